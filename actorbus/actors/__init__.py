@@ -1,0 +1,1 @@
+"""Built-in actors (policy, gateway, jobs) built on :mod:`actorbus.runtime`."""

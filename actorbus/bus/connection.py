@@ -1,0 +1,132 @@
+"""The NATS connection with actorbus's reliability defaults, and request/reply on it.
+
+This module and :mod:`.server` are the only places that catch ``nats.errors``: they
+re-raise them as :mod:`.errors` classes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .errors import PayloadTooLarge, ReplyTimeout, Unavailable
+
+__all__ = ["NATS", "Msg", "connect", "nats_answers", "request"]
+
+log = logging.getLogger("actorbus.bus")
+
+PING_INTERVAL = 5  # nats-py's default is 120 s: far too slow to notice a dead server
+MAX_OUTSTANDING_PINGS = 3
+RECONNECT_WAIT = 0.5
+RECONNECT_BUFFER = 8 * 1024 * 1024  # publishes kept while reconnecting
+CONNECT_ATTEMPTS = 3
+
+
+async def _on_error(exc: Exception) -> None:
+    log.warning("nats: %s: %s", type(exc).__name__, exc)
+
+
+@asynccontextmanager
+async def connect(
+    url: str, *, name: str | None = None, connect_timeout: float = 2.0
+) -> AsyncIterator[NATS]:
+    """Connect to ``url``; on exit drain (finish in-flight work) and close.
+
+    The first connection is tried a few times and fails with :class:`Unavailable`; once
+    connected, the client pings every 5 s, reconnects forever with backoff and buffers
+    publishes while it does.
+    """
+    holder: list[NATS] = []
+
+    async def on_disconnected() -> None:
+        if holder and not (holder[0].is_closed or holder[0].is_draining):
+            log.warning("nats: disconnected from %s, reconnecting", url)
+
+    async def on_reconnected() -> None:
+        log.warning("nats: reconnected to %s", url)
+
+    try:
+        nc = await nats.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=connect_timeout,
+            ping_interval=PING_INTERVAL,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+            allow_reconnect=True,
+            max_reconnect_attempts=CONNECT_ATTEMPTS,
+            reconnect_time_wait=RECONNECT_WAIT,
+            pending_size=RECONNECT_BUFFER,
+            error_cb=_on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+    except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+        raise Unavailable(f"cannot reach NATS at {url}: {exc}") from exc
+    holder.append(nc)
+    # Connected: from now on, never give up on the server.
+    nc.options["max_reconnect_attempts"] = -1
+    try:
+        yield nc
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await nc.drain()
+            except (nats.errors.Error, OSError) as exc:
+                log.debug("nats: drain failed: %s", exc)
+        if not nc.is_closed:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await nc.close()
+
+
+async def nats_answers(url: str, *, timeout: float = 0.5) -> bool:
+    """Whether a NATS server answers at ``url`` (one quick attempt, no reconnects)."""
+    holder: list[NATS] = []
+
+    async def on_disconnected() -> None:
+        if holder and not (holder[0].is_closed or holder[0].is_draining):
+            log.warning("nats: disconnected from %s, reconnecting", url)
+
+    async def on_reconnected() -> None:
+        log.warning("nats: reconnected to %s", url)
+
+    try:
+        nc = await nats.connect(
+            servers=[url],
+            connect_timeout=timeout,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=_quiet,
+        )
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+    await nc.close()
+    return True
+
+
+async def _quiet(exc: Exception) -> None:
+    log.debug("nats probe: %s", exc)
+
+
+async def request(
+    nc: NATS, subject: str, body: bytes, headers: dict[str, str], timeout: float
+) -> Msg:
+    """One request/reply; raises :class:`Unavailable` (no responders, closed connection) or
+    :class:`ReplyTimeout` (no reply within ``timeout`` seconds)."""
+    try:
+        return await nc.request(subject, body, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError as exc:
+        raise Unavailable(f"no actor is serving {subject}") from exc
+    except nats.errors.TimeoutError as exc:
+        raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s") from exc
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
+        raise Unavailable(f"NATS connection closed: {exc}") from exc
+    except nats.errors.MaxPayloadError as exc:
+        raise PayloadTooLarge(f"request over the server's max payload: {exc}") from exc

@@ -1,0 +1,139 @@
+"""The one exception tree of actorbus: each class carries the status code of PROTOCOL.md.
+
+The server raises these, the reply carries ``status``, the client raises the same class
+back (:func:`error_for_status`), the CLI maps them to exit codes and the gateway to HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ActorError",
+    "BadReply",
+    "BadRequest",
+    "DeadlineExceeded",
+    "Forbidden",
+    "HandlerError",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ReplyTimeout",
+    "Unauthorized",
+    "Unavailable",
+    "error_for_status",
+]
+
+
+class ActorError(Exception):
+    """Base of every actorbus error; ``status`` is the wire status code.
+
+    ``error_id`` is set on errors that came back in a reply (the id the actor logged the
+    details under), so a user can quote it to the actor's operator.
+    """
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str = "", *, error_id: str | None = None) -> None:
+        super().__init__(message or type(self).__name__)
+        self.message = message or type(self).__name__
+        self.error_id = error_id
+
+    def __str__(self) -> str:
+        suffix = f" (error id {self.error_id})" if self.error_id else ""
+        return f"{self.status} {self.message}{suffix}"
+
+
+class BadRequest(ActorError):
+    """Malformed envelope, body or arguments."""
+
+    status = 400
+
+
+class Unauthorized(ActorError):
+    """Missing or bad signature, stale or future time, replayed nonce."""
+
+    status = 401
+
+
+class Forbidden(ActorError):
+    """Denied by policy."""
+
+    status = 403
+
+
+class NotFound(ActorError):
+    """No such function (or no such actor in the registry)."""
+
+    status = 404
+
+
+class DeadlineExceeded(ActorError):
+    """The handler passed its deadline, or the request waited past it."""
+
+    status = 408
+
+
+class PayloadTooLarge(ActorError):
+    """The body is over the size limit."""
+
+    status = 413
+
+
+class RateLimited(ActorError):
+    """The caller's quota is exhausted; retry after ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(
+        self, message: str = "", *, retry_after: float = 1.0, error_id: str | None = None
+    ) -> None:
+        super().__init__(message, error_id=error_id)
+        self.retry_after = retry_after
+
+
+class HandlerError(ActorError):
+    """The handler raised; details stay in the actor's log under ``error_id``."""
+
+    status = 500
+
+
+class BadReply(ActorError):
+    """A reply whose signature or signer does not check out (client side)."""
+
+    status = 502
+
+
+class Unavailable(ActorError):
+    """Overloaded, shutting down, no responders, or the NATS server is unreachable."""
+
+    status = 503
+
+
+class ReplyTimeout(ActorError):
+    """No reply arrived within the caller's timeout (client side)."""
+
+    status = 504
+
+
+_BY_STATUS: dict[int, type[ActorError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        DeadlineExceeded,
+        PayloadTooLarge,
+        RateLimited,
+        HandlerError,
+        BadReply,
+        Unavailable,
+        ReplyTimeout,
+    )
+}
+
+
+def error_for_status(status: int) -> type[ActorError]:
+    """The error class for a status code; unknown codes map to :class:`ActorError`."""
+    return _BY_STATUS.get(status, ActorError)

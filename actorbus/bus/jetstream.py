@@ -1,0 +1,145 @@
+"""JetStream pieces actorbus uses: a KV bucket with a TTL and a bounded-age stream.
+
+Errors from ``nats.js`` are translated to :class:`Unavailable` here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from .errors import Unavailable
+
+__all__ = ["Bucket", "ensure_stream", "read_subject"]
+
+log = logging.getLogger("actorbus.bus")
+
+_JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
+
+
+class Bucket:
+    """A JetStream KV bucket whose entries expire ``ttl`` seconds after their last put."""
+
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self._kv = kv
+        self.name = name
+
+    @classmethod
+    async def open(cls, nc: NATS, name: str, *, ttl: float, replicas: int = 1) -> Bucket:
+        """Bind to bucket ``name``, creating it (history 1, file store) if it is missing."""
+        js = nc.jetstream()
+        try:
+            try:
+                kv = await js.key_value(name)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await js.create_key_value(
+                    bucket=name, ttl=ttl, history=1, replicas=replicas
+                )
+        except nats.js.errors.BadRequestError:  # created concurrently: bind to it
+            kv = await _bind(nc, name)
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
+        return cls(kv, name)
+
+    async def put(self, key: str, value: bytes) -> None:
+        try:
+            await self._kv.put(key, value)
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"put {self.name}/{key}: {exc}") from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._kv.delete(key)
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"delete {self.name}/{key}: {exc}") from exc
+
+    async def values(self, keys: str = ">", *, timeout: float = 5.0) -> list[bytes]:
+        """The current values of the keys matching ``keys`` (a subject filter)."""
+        values: list[bytes] = []
+        try:
+            watcher = await self._kv.watch(keys, ignore_deletes=True)
+            try:
+                with anyio.fail_after(timeout):
+                    async for entry in watcher:
+                        if entry is None:  # the "initial values done" marker
+                            break
+                        if entry.value:
+                            values.append(entry.value)
+            finally:
+                await watcher.stop()
+        except TimeoutError as exc:
+            raise Unavailable(f"reading bucket {self.name} timed out") from exc
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"reading bucket {self.name}: {exc}") from exc
+        return values
+
+
+async def _bind(nc: NATS, name: str) -> KeyValue:
+    try:
+        return await nc.jetstream().key_value(name)
+    except _JS_ERRORS as exc:
+        raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
+
+
+async def ensure_stream(
+    nc: NATS, name: str, subjects: list[str], *, max_age: float, replicas: int = 1
+) -> None:
+    """Create stream ``name`` (file store, messages kept ``max_age`` s) or widen its age."""
+    js = nc.jetstream()
+    config = api.StreamConfig(
+        name=name,
+        subjects=subjects,
+        max_age=max_age,
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        num_replicas=replicas,
+    )
+    try:
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError:  # created concurrently
+                info = await js.stream_info(name)
+        if (info.config.max_age or 0) < max_age:
+            await js.update_stream(info.config.evolve(max_age=max_age))
+    except _JS_ERRORS as exc:
+        raise Unavailable(f"JetStream stream {name}: {exc}") from exc
+
+
+async def read_subject(nc: NATS, stream: str, subject: str, *, timeout: float = 10.0) -> list[bytes]:
+    """Every message ``stream`` holds on ``subject`` now, oldest first."""
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(stream, subjects_filter=subject)
+        if not (info.state.subjects or {}).get(subject):
+            return []
+        sub = await js.subscribe(
+            subject,
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        data: list[bytes] = []
+        try:
+            with anyio.fail_after(timeout):
+                async for msg in sub.messages:
+                    data.append(msg.data)
+                    if msg.metadata.num_pending == 0:
+                        break
+        finally:
+            await sub.unsubscribe()
+    except TimeoutError as exc:
+        raise Unavailable(f"reading {subject} from {stream} timed out") from exc
+    except _JS_ERRORS as exc:
+        raise Unavailable(f"reading {subject} from {stream}: {exc}") from exc
+    return data

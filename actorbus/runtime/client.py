@@ -1,0 +1,179 @@
+"""The Python client: signed calls, verified replies, typed errors.
+
+>>> async with Client(key) as c:
+...     await c.call("echo", "forward", "hi")
+...     await c.actor("echo").forward("hi")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any
+
+from ..bus import (
+    JSON,
+    NATS,
+    BadReply,
+    CallBody,
+    Keypair,
+    Keystore,
+    RateLimited,
+    codec_for,
+    connect,
+    error_for_status,
+    request,
+    sign_request,
+    verify_reply,
+)
+from ..bus.subjects import call_subject
+from .registry import Registry, RegistryEntry
+from .settings import Settings
+
+__all__ = ["ActorProxy", "Client"]
+
+_ADDRESS_CACHE_SECONDS = 10.0
+
+
+class Client:
+    """Calls actors as ``key`` (the keystore's ``settings.key`` by default).
+
+    An async context manager: it connects on entry (unless given a connection ``nc``)
+    and drains on exit. Every reply's signature is checked against the addresses the
+    registry holds for that actor, so no other NATS client can answer in its name.
+    """
+
+    def __init__(
+        self,
+        key: Keypair | None = None,
+        *,
+        settings: Settings | None = None,
+        nc: NATS | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self._key = key
+        self._nc = nc
+        self._stack = AsyncExitStack()
+        self._registry: Registry | None = None
+        self._addresses: dict[str, tuple[float, frozenset[str]]] = {}
+
+    @property
+    def key(self) -> Keypair:
+        if self._key is None:
+            self._key = Keystore(self.settings.home).load(self.settings.key, create=True)
+        return self._key
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("use the client inside 'async with'")
+        return self._nc
+
+    async def __aenter__(self) -> Client:
+        _ = self.key  # fail early on a bad keystore
+        if self._nc is None:
+            self._nc = await self._stack.enter_async_context(
+                connect(self.settings.url, name="actorbus client")
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = await Registry.open(self.nc, ttl=self.settings.registry_ttl)
+        return self._registry
+
+    async def entries(self, name: str | None = None) -> list[RegistryEntry]:
+        """The live replicas in the registry (of ``name``, or all)."""
+        return await (await self.registry()).entries(name)
+
+    async def _addresses_of(self, name: str, *, refresh: bool = False) -> frozenset[str]:
+        cached = self._addresses.get(name)
+        if cached and not refresh and cached[0] > time.monotonic():
+            return cached[1]
+        addresses = frozenset(e.address for e in await self.entries(name))
+        self._addresses[name] = (time.monotonic() + _ADDRESS_CACHE_SECONDS, addresses)
+        return addresses
+
+    async def call(self, name: str, fn: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``name``'s function ``fn``; returns its result or raises its error."""
+        return await self.request(name, fn, args, kwargs)
+
+    async def request(
+        self,
+        name: str,
+        fn: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        content_type: str = JSON,
+    ) -> Any:
+        """:meth:`call` with options: ``timeout`` (seconds; also the actor's deadline) and
+        ``content_type`` (JSON or MessagePack).
+
+        Raises the :class:`ActorError` subclass of the reply's status; :class:`Unavailable`
+        when no replica serves ``name``, :class:`ReplyTimeout` when no reply comes in time,
+        :class:`BadReply` when the reply's signer is not ``name``'s registered key.
+        """
+        timeout = timeout or self.settings.call_timeout
+        subject = call_subject(name, fn)
+        codec = codec_for(content_type)
+        body = codec.encode(CallBody(list(args), kwargs or {}))
+        headers = sign_request(
+            self.key, subject, body, content_type=content_type, timeout=timeout
+        )
+        nonce = headers["Actor-Nonce"]
+        msg = await request(self.nc, subject, body, headers, timeout)
+        meta = verify_reply(msg.headers, msg.data, nonce)
+        if meta.key not in await self._addresses_of(name):
+            if meta.key not in await self._addresses_of(name, refresh=True):
+                raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
+        reply_codec = codec_for(meta.content_type)
+        if 200 <= meta.status < 300:
+            return reply_codec.decode_any(msg.data)
+        error = reply_codec.decode_error(msg.data)
+        message = error.error if error else meta.error
+        error_id = error.id if error else None
+        cls = error_for_status(meta.status)
+        if cls is RateLimited:
+            raise RateLimited(message, retry_after=meta.retry_after or 1.0, error_id=error_id)
+        raise cls(message, error_id=error_id)
+
+    def actor(self, name: str, *, timeout: float | None = None) -> ActorProxy:
+        """A proxy whose attributes are ``name``'s functions: ``await proxy.forward("hi")``."""
+        return ActorProxy(self, name, timeout)
+
+
+class ActorProxy:
+    """``client.actor("echo").forward("hi")`` calls ``echo/forward``."""
+
+    def __init__(self, client: Client, name: str, timeout: float | None) -> None:
+        self._client = client
+        self._name = name
+        self._timeout = timeout
+
+    def __getattr__(self, fn: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        if fn.startswith("_"):
+            raise AttributeError(fn)
+
+        async def invoke(*args: Any, **kwargs: Any) -> Any:
+            return await self._client.request(
+                self._name, fn, args, kwargs, timeout=self._timeout
+            )
+
+        invoke.__name__ = fn
+        return invoke
+
+    def __repr__(self) -> str:
+        return f"<actor {self._name}>"
+

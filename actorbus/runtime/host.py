@@ -1,0 +1,180 @@
+"""Hosting one actor replica: :func:`serve`.
+
+Lifetimes nest: connection -> registry -> replay guard -> actor -> task group (reader,
+workers, ``$SRV`` responder, heartbeat). On exit the replica stops taking calls,
+finishes the ones it accepted (up to ``drain_timeout``), then tears the rest down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+import anyio
+
+from ..bus import NATS, Keypair, Keystore, Unavailable, connect
+from ..bus.subjects import check_name, queue_group, serve_subject
+from .actor import Actor, actor_name, collect_functions
+from .micro import ServiceIdentity, serve_micro
+from .pipeline import Pipeline, Stage
+from .registry import Registry, RegistryEntry
+from .replay import replay_guard
+from .settings import Settings
+
+__all__ = ["Host", "serve"]
+
+log = logging.getLogger("actorbus.runtime")
+
+try:
+    VERSION = version("actorbus")
+except PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
+
+
+class Host:
+    """A running replica: what :func:`serve` yields."""
+
+    def __init__(self, actor: Actor, entry: RegistryEntry, pipeline: Pipeline) -> None:
+        self.actor = actor
+        self.entry = entry
+        self.pipeline = pipeline
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def address(self) -> str:
+        return self.entry.address
+
+    @property
+    def instance(self) -> str:
+        return self.entry.instance
+
+
+@asynccontextmanager
+async def serve(
+    actor: Actor,
+    *,
+    name: str | None = None,
+    key: Keypair | None = None,
+    settings: Settings | None = None,
+    nc: NATS | None = None,
+    extra_stages: tuple[Stage, ...] = (),
+) -> AsyncIterator[Host]:
+    """Serve ``actor`` as one replica of ``name`` until the block exits.
+
+    Started means ready: on entry the replica has loaded the replay window, registered,
+    subscribed and flushed, so a call sent right after is answered. ``key`` defaults to
+    the keystore key named after the actor (created on first use). Raises
+    :class:`Unavailable` if NATS cannot be reached.
+    """
+    settings = settings or Settings.from_env()
+    name = check_name(actor_name(type(actor), name))
+    key = key or Keystore(settings.home).load(name, create=True)
+    actor.name = name
+    actor.address = key.address
+    functions = collect_functions(actor)
+    actor.__actorbus_functions__ = functions
+    instance = secrets.token_hex(8)
+
+    async with AsyncExitStack() as stack:
+        if nc is None:
+            nc = await stack.enter_async_context(
+                connect(settings.url, name=f"actor {name} {instance}")
+            )
+        registry = await Registry.open(nc, ttl=settings.registry_ttl)
+        guard = await stack.enter_async_context(replay_guard(nc, name, settings.max_skew))
+        pipeline = Pipeline(
+            nc=nc,
+            name=name,
+            key=key,
+            actor=actor,
+            functions=functions,
+            guard=guard,
+            settings=settings,
+            extra_stages=extra_stages,
+        )
+        entry = RegistryEntry(
+            name=name,
+            address=key.address,
+            fns=sorted(functions),
+            node=socket.gethostname(),
+            pid=os.getpid(),
+            instance=instance,
+            started=time.time(),
+            version=VERSION,
+        )
+        identity = ServiceIdentity(
+            actor=name,
+            id=instance,
+            version=VERSION,
+            description=actor.description or type(actor).__doc__ or "",
+            metadata={"actor": name, "address": key.address, "node": entry.node},
+            started=dt.datetime.now(dt.UTC),
+        )
+        await actor.on_start()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(settings.max_in_flight):
+                    tg.start_soon(pipeline.work)
+                await tg.start(serve_micro, nc, identity, functions, pipeline.stats)
+                sub = await nc.subscribe(
+                    serve_subject(name),
+                    queue=queue_group(name),
+                    pending_msgs_limit=settings.max_queue * 4,
+                    pending_bytes_limit=settings.max_queue * settings.max_body,
+                )
+                await nc.flush()
+                tg.start_soon(_read, pipeline, sub)
+                await registry.put(entry)
+                tg.start_soon(_heartbeat, registry, entry)
+                log.info("%s ready: %d functions, address %s", name, len(functions), key.address)
+                try:
+                    yield Host(actor, entry, pipeline)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await _drain(pipeline, sub, registry, entry, settings.drain_timeout)
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(settings.drain_timeout):
+                await actor.on_stop()
+
+
+async def _read(pipeline: Pipeline, sub: object) -> None:
+    async for msg in sub.messages:  # type: ignore[attr-defined]
+        await pipeline.accept(msg)
+
+
+async def _heartbeat(registry: Registry, entry: RegistryEntry) -> None:
+    while True:
+        await anyio.sleep(registry.ttl / 3)
+        try:
+            await registry.put(entry)
+        except Unavailable as exc:
+            log.warning("%s: heartbeat failed: %s", entry.name, exc)
+
+
+async def _drain(
+    pipeline: Pipeline, sub: object, registry: Registry, entry: RegistryEntry, timeout: float
+) -> None:
+    """Stop taking calls, answer the accepted ones, leave the registry."""
+    pipeline.accepting = False
+    with anyio.move_on_after(2):
+        try:
+            await registry.remove(entry)
+        except Unavailable as exc:
+            log.warning("%s: could not leave the registry: %s", entry.name, exc)
+    await sub.unsubscribe()  # type: ignore[attr-defined]
+    with anyio.move_on_after(timeout) as scope:
+        await pipeline.idle.wait()
+    if scope.cancelled_caught:
+        log.warning("%s: %d calls still running after %gs; abandoning them",
+                    entry.name, pipeline.in_flight, timeout)

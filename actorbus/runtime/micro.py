@@ -1,0 +1,202 @@
+"""The NATS service API (``$SRV.PING|INFO|STATS``) for an actor replica.
+
+Every actor replica is a ``nats micro`` service: ``nats micro ls|info|stats`` and any
+client of the service API see it. We answer the protocol ourselves (msgspec Structs, our
+own task group) rather than through ``nats.micro.Service``, because its endpoints take a
+subscription's messages one at a time in a callback and time only that callback; here each
+function is an endpoint whose stats count the real calls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..bus import NATS
+from ..bus.subjects import call_subject, queue_group
+from .actor import Function
+
+__all__ = ["FunctionStats", "ServiceIdentity", "serve_micro"]
+
+log = logging.getLogger("actorbus.runtime")
+
+_VERBS = ("PING", "INFO", "STATS")
+
+
+class EndpointInfo(msgspec.Struct):
+    name: str
+    subject: str
+    queue_group: str
+    metadata: dict[str, str]
+
+
+class EndpointStats(msgspec.Struct):
+    name: str
+    subject: str
+    queue_group: str
+    num_requests: int
+    num_errors: int
+    last_error: str
+    processing_time: int
+    average_processing_time: int
+    data: dict[str, Any] | None = None
+
+
+class PingResponse(msgspec.Struct):
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str]
+    type: str = "io.nats.micro.v1.ping_response"
+
+
+class InfoResponse(msgspec.Struct):
+    name: str
+    id: str
+    version: str
+    description: str
+    metadata: dict[str, str]
+    endpoints: list[EndpointInfo]
+    type: str = "io.nats.micro.v1.info_response"
+
+
+class StatsResponse(msgspec.Struct):
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str]
+    endpoints: list[EndpointStats]
+    started: str
+    type: str = "io.nats.micro.v1.stats_response"
+
+
+class FunctionStats:
+    """Counters one function's calls update (the pipeline's logging stage owns them)."""
+
+    __slots__ = ("last_error", "num_errors", "num_requests", "processing_time")
+
+    def __init__(self) -> None:
+        self.num_requests = 0
+        self.num_errors = 0
+        self.processing_time = 0
+        self.last_error = ""
+
+    def record(self, status: int, elapsed_ns: int, error: str) -> None:
+        self.num_requests += 1
+        self.processing_time += elapsed_ns
+        if status >= 500:
+            self.num_errors += 1
+            self.last_error = f"{status} {error}"
+
+
+class ServiceIdentity(msgspec.Struct):
+    """What a replica says about itself on ``$SRV``; metadata is always an object."""
+
+    actor: str
+    id: str
+    version: str
+    description: str
+    metadata: dict[str, str]
+    started: dt.datetime
+
+    @property
+    def service_name(self) -> str:
+        # Service names are one token; actor names may be dotted. The real name is in
+        # the metadata ("actor").
+        return self.actor.replace(".", "_")
+
+
+_json = msgspec.json.Encoder()
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def _info(identity: ServiceIdentity, functions: dict[str, Function]) -> InfoResponse:
+    group = queue_group(identity.actor)
+    return InfoResponse(
+        name=identity.service_name,
+        id=identity.id,
+        version=identity.version,
+        description=identity.description,
+        metadata=identity.metadata,
+        endpoints=[
+            EndpointInfo(
+                name=fn,
+                subject=call_subject(identity.actor, fn),
+                queue_group=group,
+                metadata={"schema": _json.encode(function.schema).decode()},
+            )
+            for fn, function in sorted(functions.items())
+        ],
+    )
+
+
+def _stats(identity: ServiceIdentity, stats: dict[str, FunctionStats]) -> StatsResponse:
+    group = queue_group(identity.actor)
+    return StatsResponse(
+        name=identity.service_name,
+        id=identity.id,
+        version=identity.version,
+        metadata=identity.metadata,
+        started=_rfc3339(identity.started),
+        endpoints=[
+            EndpointStats(
+                name=fn,
+                subject=call_subject(identity.actor, fn),
+                queue_group=group,
+                num_requests=s.num_requests,
+                num_errors=s.num_errors,
+                last_error=s.last_error,
+                processing_time=s.processing_time,
+                average_processing_time=s.processing_time // max(s.num_requests, 1),
+            )
+            for fn, s in sorted(stats.items())
+        ],
+    )
+
+
+async def serve_micro(
+    nc: NATS,
+    identity: ServiceIdentity,
+    functions: dict[str, Function],
+    stats: dict[str, FunctionStats],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer ``$SRV.<verb>``, ``$SRV.<verb>.<name>`` and ``$SRV.<verb>.<name>.<id>``
+    until cancelled. Started (``task_status``) once subscribed and flushed."""
+    ping = _json.encode(
+        PingResponse(identity.service_name, identity.id, identity.version, identity.metadata)
+    )
+    info = _json.encode(_info(identity, functions))
+    answers = {
+        "PING": lambda: ping,
+        "INFO": lambda: info,
+        "STATS": lambda: _json.encode(_stats(identity, stats)),
+    }
+    subs = []
+    for verb in _VERBS:
+        for suffix in ("", f".{identity.service_name}", f".{identity.service_name}.{identity.id}"):
+            subs.append((verb, await nc.subscribe(f"$SRV.{verb}{suffix}")))
+    await nc.flush()
+
+    async def answer(verb: str, sub: Any) -> None:
+        async for msg in sub.messages:
+            if msg.reply:
+                await nc.publish(msg.reply, answers[verb]())
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for verb, sub in subs:
+                tg.start_soon(answer, verb, sub)
+            task_status.started()
+    finally:
+        with anyio.CancelScope(shield=True):
+            for _, sub in subs:
+                await sub.unsubscribe()

@@ -1,0 +1,76 @@
+"""The one Settings Struct: defaults, overridden by ``ACTOR_*`` variables, then by CLI flags.
+
+Nothing else in actorbus reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..bus import BadRequest
+
+__all__ = ["DEFAULT_NATS_URL", "Settings"]
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Every knob of actorbus, with the default a laptop wants."""
+
+    home: Path = Path("~/.actor").expanduser()
+    """Keys, the embedded server's store and logs (``ACTOR_HOME``)."""
+    nats_url: str | None = None
+    """Where NATS is (``ACTOR_NATS_URL``, else ``NATS_URL``); unset: embedded default."""
+    key: str = "default"
+    """The caller's key name in the keystore (``ACTOR_KEY``)."""
+    max_skew: float = 30.0
+    """Seconds a request's ``Actor-Time`` may differ from the actor's clock."""
+    max_body: int = 1024 * 1024
+    """Largest request body in bytes (413 beyond)."""
+    max_args: int = 256
+    """Most positional plus keyword arguments in one call (400 beyond)."""
+    max_in_flight: int = 64
+    """Handlers running at once per actor replica."""
+    max_queue: int = 1024
+    """Verified calls waiting for a handler slot per replica (503 beyond)."""
+    handler_timeout: float = 60.0
+    """A handler's deadline when neither its endpoint nor the caller sets a shorter one."""
+    call_timeout: float = 30.0
+    """How long a client waits for a reply by default."""
+    registry_ttl: float = 15.0
+    """Seconds a registry entry lives without a heartbeat."""
+    drain_timeout: float = 30.0
+    """How long a stopping replica waits for in-flight calls."""
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults < ``ACTOR_*`` variables < ``overrides`` (``None`` overrides are ignored).
+
+        Raises :class:`BadRequest` naming the variable when a value does not parse.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if url := environ.get("NATS_URL"):
+            values["nats_url"] = url
+        for field in msgspec.structs.fields(cls):
+            text = environ.get(f"ACTOR_{field.name.upper()}")
+            if text:
+                values[field.name] = text
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            settings = msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"invalid setting: {exc}") from None
+        return msgspec.structs.replace(settings, home=settings.home.expanduser())
+
+    @property
+    def url(self) -> str:
+        """The NATS URL to use: the configured one, else the local default."""
+        return self.nats_url or DEFAULT_NATS_URL

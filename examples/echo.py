@@ -1,0 +1,24 @@
+"""An example actor: ``actor up examples/echo.py:Echo`` then ``actor call echo/forward hi``."""
+
+import anyio
+
+from actorbus import Actor
+
+
+class Echo(Actor):
+    """Echoes what it is sent."""
+
+    name = "echo"
+
+    def forward(self, message: str = "hello") -> str:
+        """Return ``message`` unchanged."""
+        return message
+
+    async def add(self, a: float, b: float) -> float:
+        """The sum of two numbers."""
+        return a + b
+
+    async def sleep(self, seconds: float) -> float:
+        """Sleep, then return how long (for trying deadlines)."""
+        await anyio.sleep(seconds)
+        return seconds

