@@ -30,10 +30,6 @@ RECONNECT_BUFFER = 8 * 1024 * 1024  # publishes kept while reconnecting
 CONNECT_ATTEMPTS = 3
 
 
-async def _on_error(exc: Exception) -> None:
-    log.warning("nats: %s: %s", type(exc).__name__, exc)
-
-
 @asynccontextmanager
 async def connect(
     url: str, *, name: str | None = None, connect_timeout: float = 2.0
@@ -45,6 +41,11 @@ async def connect(
     publishes while it does.
     """
     holder: list[NATS] = []
+
+    async def on_error(exc: Exception) -> None:
+        # Before the first connection, failures end in one Unavailable: keep them quiet.
+        level = logging.WARNING if holder else logging.DEBUG
+        log.log(level, "nats: %s: %s", type(exc).__name__, exc)
 
     async def on_disconnected() -> None:
         if holder and not (holder[0].is_closed or holder[0].is_draining):
@@ -64,7 +65,7 @@ async def connect(
             max_reconnect_attempts=CONNECT_ATTEMPTS,
             reconnect_time_wait=RECONNECT_WAIT,
             pending_size=RECONNECT_BUFFER,
-            error_cb=_on_error,
+            error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
         )
@@ -90,6 +91,11 @@ async def nats_answers(url: str, *, timeout: float = 0.5) -> bool:
     """Whether a NATS server answers at ``url`` (one quick attempt, no reconnects)."""
     holder: list[NATS] = []
 
+    async def on_error(exc: Exception) -> None:
+        # Before the first connection, failures end in one Unavailable: keep them quiet.
+        level = logging.WARNING if holder else logging.DEBUG
+        log.log(level, "nats: %s: %s", type(exc).__name__, exc)
+
     async def on_disconnected() -> None:
         if holder and not (holder[0].is_closed or holder[0].is_draining):
             log.warning("nats: disconnected from %s, reconnecting", url)
@@ -102,7 +108,7 @@ async def nats_answers(url: str, *, timeout: float = 0.5) -> bool:
             servers=[url],
             connect_timeout=timeout,
             allow_reconnect=False,
-            max_reconnect_attempts=0,
+            max_reconnect_attempts=1,  # nats-py reads 0 as "no limit"
             error_cb=_quiet,
         )
     except (nats.errors.Error, OSError, TimeoutError):

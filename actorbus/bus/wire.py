@@ -31,6 +31,7 @@ __all__ = [
     "RequestMeta",
     "codec_for",
     "reply_signing_bytes",
+    "request_nonce",
     "request_signing_bytes",
     "sign_reply",
     "sign_request",
@@ -205,6 +206,12 @@ def _header(headers: dict[str, str], name: str, pattern: re.Pattern[str]) -> str
     if not pattern.fullmatch(value):
         raise Unauthorized(f"malformed header {name}")
     return value
+
+
+def request_nonce(headers: dict[str, str] | None) -> str:
+    """The request's ``Actor-Nonce`` if well-formed, else ``""``: what a reply signs over."""
+    nonce = (headers or {}).get(H_NONCE, "")
+    return nonce if _NONCE.fullmatch(nonce) else ""
 
 
 def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) -> RequestMeta:

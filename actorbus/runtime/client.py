@@ -13,6 +13,8 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
+import anyio
+
 from ..bus import (
     JSON,
     NATS,
@@ -58,6 +60,7 @@ class Client:
         self._stack = AsyncExitStack()
         self._registry: Registry | None = None
         self._addresses: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lookup = anyio.Lock()
 
     @property
     def key(self) -> Keypair:
@@ -100,9 +103,13 @@ class Client:
         cached = self._addresses.get(name)
         if cached and not refresh and cached[0] > time.monotonic():
             return cached[1]
-        addresses = frozenset(e.address for e in await self.entries(name))
-        self._addresses[name] = (time.monotonic() + _ADDRESS_CACHE_SECONDS, addresses)
-        return addresses
+        async with self._lookup:  # one lookup at a time: concurrent misses share its result
+            again = self._addresses.get(name)
+            if again and again is not cached and again[0] > time.monotonic():
+                return again[1]
+            addresses = frozenset(e.address for e in await self.entries(name))
+            self._addresses[name] = (time.monotonic() + _ADDRESS_CACHE_SECONDS, addresses)
+            return addresses
 
     async def call(self, name: str, fn: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``name``'s function ``fn``; returns its result or raises its error."""
@@ -129,8 +136,10 @@ class Client:
         subject = call_subject(name, fn)
         codec = codec_for(content_type)
         body = codec.encode(CallBody(list(args), kwargs or {}))
+        # Advertise a little less than we wait, so the actor's 408 reaches us in time.
+        advertised = timeout - min(timeout / 4, 0.5)
         headers = sign_request(
-            self.key, subject, body, content_type=content_type, timeout=timeout
+            self.key, subject, body, content_type=content_type, timeout=advertised
         )
         nonce = headers["Actor-Nonce"]
         msg = await request(self.nc, subject, body, headers, timeout)

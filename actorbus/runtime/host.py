@@ -125,6 +125,7 @@ async def serve(
             async with anyio.create_task_group() as tg:
                 for _ in range(settings.max_in_flight):
                     tg.start_soon(pipeline.work)
+                tg.start_soon(pipeline.sweep)
                 await tg.start(serve_micro, nc, identity, functions, pipeline.stats)
                 sub = await nc.subscribe(
                     serve_subject(name),

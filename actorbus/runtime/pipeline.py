@@ -5,7 +5,7 @@ there (they are quick, CPU-bound checks: size, signature, freshness and replay, 
 hooks, argument binding); an accepted call goes into a bounded priority queue, which
 ``max_in_flight`` worker tasks drain through the *execute* stages (deadline, invoke,
 encode). Python runs one thing at a time anyway, so this costs no parallelism and saves a
-task per request. Each stage is a plain async function ``(call, msg) -> None`` that raises
+task per request. Hooks see the bound arguments. Each stage is a plain async function ``(call, msg) -> None`` that raises
 an :class:`ActorError` to refuse; the two entry points turn errors into signed replies.
 """
 
@@ -36,7 +36,7 @@ from ..bus import (
     RateLimited,
     Unavailable,
 )
-from ..bus.wire import ErrorBody, codec_for, sign_reply, verify_request
+from ..bus.wire import ErrorBody, codec_for, request_nonce, sign_reply, verify_request
 from .actor import Actor, Call, Function, resolve_hook, run_hook
 from .micro import FunctionStats
 from .replay import ReplayGuard
@@ -69,6 +69,16 @@ class Admission:
     async def get(self) -> Call:
         await self._ready.acquire()
         return heapq.heappop(self._heap)[2]
+
+    def take_expired(self, now: float) -> list[Call]:
+        """Remove and return the queued calls whose deadline has passed."""
+        expired = [item[2] for item in self._heap if item[2].deadline <= now]
+        if expired:
+            self._heap = [item for item in self._heap if item[2].deadline > now]
+            heapq.heapify(self._heap)
+            for _ in expired:
+                self._ready.acquire_nowait()
+        return expired
 
 
 class Pipeline:
@@ -117,8 +127,8 @@ class Pipeline:
             self.check_replay,
             *extra_stages,
             self.route,
-            self.run_hooks,
             self.bind,
+            self.run_hooks,
         )
 
     # -- accept: runs in the reader task -------------------------------------------------
@@ -126,6 +136,7 @@ class Pipeline:
     async def accept(self, msg: Msg) -> None:
         """Run the accept stages for ``msg`` and queue it, or answer it with an error."""
         call = Call(self.name, msg.subject, msg.subject[self._prefix_len :], msg.reply, time.monotonic())
+        call.nonce = request_nonce(msg.headers)
         try:
             if not self.accepting:
                 raise Unavailable("shutting down")
@@ -148,12 +159,9 @@ class Pipeline:
             )
 
     async def verify_signature(self, call: Call, msg: Msg) -> None:
-        nonce = (msg.headers or {}).get("Actor-Nonce", "")
-        call.nonce = nonce if len(nonce) == 32 else ""
         meta = verify_request(msg.subject, msg.headers, msg.data)
         call.meta = meta
         call.caller = meta.key
-        call.nonce = meta.nonce
         call.content_type = meta.content_type
 
     async def check_replay(self, call: Call, msg: Msg) -> None:
@@ -192,6 +200,24 @@ class Pipeline:
 
     # -- execute: runs in a worker task --------------------------------------------------
 
+    async def sweep(self, period: float = 0.025) -> None:
+        """Answer 408 to queued calls as soon as their deadline passes, so the caller hears
+        it while it still waits; until cancelled."""
+        while True:
+            await anyio.sleep(period)
+            for call in self.admission.take_expired(time.monotonic()):
+                try:
+                    await self.reply_error(
+                        call, DeadlineExceeded("deadline passed before the call could run")
+                    )
+                finally:
+                    self._done()
+
+    def _done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
     async def work(self) -> None:
         """One worker: take the most urgent call, run it, reply; until cancelled."""
         while True:
@@ -199,9 +225,7 @@ class Pipeline:
             try:
                 await self.execute(call)
             finally:
-                self.in_flight -= 1
-                if self.in_flight == 0:
-                    self.idle.set()
+                self._done()
 
     async def execute(self, call: Call) -> None:
         function = call.function
@@ -251,8 +275,9 @@ class Pipeline:
         error_id = exc.error_id or secrets.token_hex(6)
         body = codec_for(call.content_type).encode(ErrorBody(exc.message, exc.status, error_id))
         retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-        await self.reply(call, exc.status, body, error=exc.message, retry_after=retry_after)
-        self.log.info("%s -> %d %s (error id %s)", call.fn, exc.status, exc.message, error_id)
+        await self.reply(
+            call, exc.status, body, error=exc.message, error_id=error_id, retry_after=retry_after
+        )
 
     async def reply(
         self,
@@ -261,15 +286,19 @@ class Pipeline:
         body: bytes,
         *,
         error: str = "",
+        error_id: str = "",
         retry_after: float | None = None,
     ) -> None:
+        """Sign and send the reply; record the call in the stats and the log (one line)."""
         elapsed_ns = int((time.monotonic() - call.received) * 1e9)
         stats = self.stats.get(call.fn)
         if stats is not None:
             stats.record(status, elapsed_ns, error)
         if self.log.isEnabledFor(logging.INFO):
+            detail = f": {error} (error id {error_id})" if error else ""
             self.log.info(
-                "%s from %s -> %d in %.2f ms", call.fn, call.caller or "?", status, elapsed_ns / 1e6
+                "%s from %s -> %d in %.2f ms%s",
+                call.fn, call.caller or "?", status, elapsed_ns / 1e6, detail,
             )
         if not call.reply_to:
             return

@@ -65,7 +65,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 values[field.name] = text
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            settings = msgspec.convert(values, cls, strict=False)
+            settings = msgspec.convert(values, cls, strict=False, dec_hook=_to_path)
         except msgspec.ValidationError as exc:
             raise BadRequest(f"invalid setting: {exc}") from None
         return msgspec.structs.replace(settings, home=settings.home.expanduser())
@@ -74,3 +74,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def url(self) -> str:
         """The NATS URL to use: the configured one, else the local default."""
         return self.nats_url or DEFAULT_NATS_URL
+
+
+def _to_path(type_: type, value: Any) -> Any:
+    if type_ is Path and isinstance(value, str | Path):
+        return Path(value)
+    raise NotImplementedError(f"cannot convert {value!r} to {type_}")

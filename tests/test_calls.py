@@ -1,0 +1,367 @@
+"""Signed calls end to end: the happy path and every status code, each by its real cause."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import msgspec
+import pytest
+from support import Probe, body, raw
+
+from actorbus import (
+    BadReply,
+    BadRequest,
+    Client,
+    DeadlineExceeded,
+    Forbidden,
+    HandlerError,
+    NotFound,
+    PayloadTooLarge,
+    Settings,
+    Unavailable,
+    serve,
+)
+from actorbus.bus import MSGPACK, Keypair, Keystore, connect, public_key_to_address, sign_reply
+from actorbus.bus.subjects import call_subject
+from actorbus.bus.wire import request_signing_bytes
+
+
+async def test_call_and_proxy(settings: Settings, name: str) -> None:
+    async with serve(Probe(), name=name, settings=settings) as host, Client(
+        settings=settings
+    ) as client:
+        assert await client.call(name, "forward", "hi") == "hi"
+        assert await client.call(name, "add", 2, 3, scale=10) == 50
+        assert await client.actor(name).add(1, b=2) == 3
+        assert await client.request(name, "add", [4, 5], content_type=MSGPACK) == 9
+        info = await client.call(name, "info")
+        assert info["address"] == host.address
+        assert "hidden" not in info["fns"] and "forward" in info["fns"]
+        schema = await client.call(name, "schema")
+        assert schema["add"]["params"]["required"] == ["a", "b"]
+        assert schema["add"]["params"]["properties"]["a"] == {"type": "integer"}
+
+
+async def test_sync_handlers_run_off_the_event_loop(settings: Settings, name: str) -> None:
+    """Two blocking 0.3 s calls finish together, and the loop keeps answering meanwhile."""
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(client.call, name, "blocking", 0.3)
+            await anyio.sleep(0.05)
+            assert await client.call(name, "forward", "still here") == "still here"
+            assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 0.55
+
+
+@pytest.mark.parametrize("header", ["Actor-Key", "Actor-Time", "Actor-Nonce", "Actor-Signature"])
+async def test_missing_header_is_401(settings: Settings, name: str, header: str) -> None:
+    key = Keypair.generate()
+    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
+        status, reply, _ = await raw(nc, key, name, "forward", body("x"), drop=(header,))
+        assert status == 401
+        assert header in reply["error"]
+        assert reply["code"] == 401 and reply["id"]
+
+
+async def test_unsigned_request_to_unknown_function_is_still_401(
+    settings: Settings, name: str
+) -> None:
+    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
+        msg = await nc.request(call_subject(name, "nope"), b"garbage{", timeout=5)
+        assert msg.headers is not None and msg.headers["Actor-Status"] == "401"
+
+
+async def test_tampering_is_401(settings: Settings, name: str) -> None:
+    key = Keypair.generate()
+    subject = call_subject(name, "forward")
+    payload = body("pay 1")
+    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
+        good = __import__("actorbus").bus.sign_request(key, subject, payload)
+        sig = bytearray.fromhex(good["Actor-Signature"])
+        sig[10] ^= 0x01
+        flipped_sig = dict(good, **{"Actor-Signature": sig.hex()})
+        status, reply, _ = await raw(nc, key, name, "forward", payload, headers=flipped_sig)
+        assert (status, reply["error"]) == (401, "bad signature")
+        flipped_body = payload.replace(b"1", b"9")
+        status, _, _ = await raw(nc, key, name, "forward", flipped_body, headers=good)
+        assert status == 401
+        # The signature binds the subject: the same envelope on another function fails.
+        status, _, _ = await raw(nc, key, name, "add", payload, headers=good)
+        assert status == 401
+        # Someone else's address with this signature fails too.
+        other = dict(good, **{"Actor-Key": Keypair.generate().address})
+        status, _, _ = await raw(nc, key, name, "forward", payload, headers=other)
+        assert status == 401
+
+
+@pytest.mark.parametrize(("offset_s", "word"), [(-31, "stale"), (31, "future")])
+async def test_time_outside_the_window_is_401(
+    settings: Settings, name: str, offset_s: int, word: str
+) -> None:
+    from actorbus.bus import sign_request
+
+    key = Keypair.generate()
+    subject = call_subject(name, "forward")
+    payload = body("x")
+    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
+        when = int((time.time() + offset_s) * 1000)
+        headers = sign_request(key, subject, payload, time_ms=when)
+        status, reply, _ = await raw(nc, key, name, "forward", payload, headers=headers)
+        assert status == 401 and word in reply["error"]
+
+
+async def test_small_order_key_is_401(settings: Settings, name: str) -> None:
+    weak = public_key_to_address(bytes(32))
+    subject = call_subject(name, "forward")
+    payload = body("x")
+    nonce = "ab" * 16
+    now = str(int(time.time() * 1000))
+    headers = {
+        "Actor-Key": weak,
+        "Actor-Time": now,
+        "Actor-Nonce": nonce,
+        # With a small-order key, an all-zero-ish signature can "verify" in lax libraries.
+        "Actor-Signature": ("01" + "00" * 31) + ("00" * 32),
+    }
+    assert request_signing_bytes(subject, now, nonce, payload)  # what a forger would sign
+    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
+        status, reply, _ = await raw(nc, Keypair.generate(), name, "forward", payload,
+                                     headers=headers)
+        assert status == 401 and "weak public key" in reply["error"]
+
+
+async def test_replay_to_the_same_replica_is_401(settings: Settings, name: str) -> None:
+    from actorbus.bus import sign_request
+
+    key = Keypair.generate()
+    payload = body("once")
+    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
+        headers = sign_request(key, call_subject(name, "forward"), payload)
+        assert (await raw(nc, key, name, "forward", payload, headers=headers))[0] == 200
+        status, reply, _ = await raw(nc, key, name, "forward", payload, headers=headers)
+        assert (status, reply["error"]) == (401, "replayed nonce")
+
+
+async def test_replay_to_other_running_replicas_is_401(settings: Settings, name: str) -> None:
+    """Both replicas are up before the first call, so the live announcement must work."""
+    from actorbus.bus import sign_request
+
+    key = Keypair.generate()
+    async with serve(Probe(), name=name, settings=settings) as a, serve(
+        Probe(), name=name, settings=settings
+    ) as b, connect(settings.url) as nc:
+        for i in range(10):
+            payload = body(f"call {i}")
+            headers = sign_request(key, call_subject(name, "forward"), payload)
+            assert (await raw(nc, key, name, "forward", payload, headers=headers))[0] == 200
+            for _ in range(6):  # the queue group spreads these over both replicas
+                status, _, _ = await raw(nc, key, name, "forward", payload, headers=headers)
+                assert status == 401
+        served = [h.pipeline.stats["forward"].num_requests for h in (a, b)]
+        assert all(n > 0 for n in served), served
+
+
+async def test_replay_to_a_restarted_replica_is_401(settings: Settings, name: str) -> None:
+    from actorbus.bus import sign_request
+
+    key = Keypair.generate()
+    payload = body("before restart")
+    headers = sign_request(key, call_subject(name, "forward"), payload)
+    async with connect(settings.url) as nc:
+        async with serve(Probe(), name=name, settings=settings):
+            assert (await raw(nc, key, name, "forward", payload, headers=headers))[0] == 200
+        async with serve(Probe(), name=name, settings=settings):
+            status, reply, _ = await raw(nc, key, name, "forward", payload, headers=headers)
+            assert (status, reply["error"]) == (401, "replayed nonce")
+
+
+async def test_unknown_function_is_404(settings: Settings, name: str) -> None:
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        with pytest.raises(NotFound, match="no function 'nope'") as info:
+            await client.call(name, "nope")
+        assert info.value.error_id
+        with pytest.raises(NotFound):
+            await client.call(name, "hidden")  # expose=False
+        with pytest.raises(NotFound):
+            await client.call(name, "_deny_all")  # private
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((1,), {}, "missing required argument 'b'"),
+        ((1, 2, 3), {}, "at most 2 positional"),
+        (("x", 2), {}, "argument 'a': Expected `int`, got `str`"),
+        ((1, 2), {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+        ((1,), {"a": 1}, "multiple values for argument 'a'"),
+        ((1, 2), {"scale": "big"}, "argument 'scale'"),
+    ],
+)
+async def test_bad_arguments_are_400(
+    settings: Settings, name: str, args: tuple[object, ...], kwargs: dict[str, object],
+    message: str,
+) -> None:
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        with pytest.raises(BadRequest) as info:
+            await client.request(name, "add", args, kwargs)
+        assert message in info.value.message
+
+
+async def test_malformed_body_is_400(settings: Settings, name: str) -> None:
+    key = Keypair.generate()
+    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
+        for payload in (b"{not json", b'{"args": 5}', b'{"args": [], "extra": 1}', b"[1,2]"):
+            status, reply, _ = await raw(nc, key, name, "forward", payload)
+            assert status == 400, payload
+            assert "malformed body" in reply["error"]
+
+
+async def test_too_many_arguments_is_400(settings: Settings, name: str) -> None:
+    small = msgspec.structs.replace(settings, max_args=4)
+    async with serve(Probe(), name=name, settings=small), Client(settings=settings) as client:
+        with pytest.raises(BadRequest, match="too many arguments"):
+            await client.call(name, "forward", *range(5))
+
+
+async def test_slow_handler_is_408(settings: Settings, name: str) -> None:
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="deadline"):
+            await client.request(name, "slow", [5.0], timeout=0.3)
+        assert time.monotonic() - started < 2
+
+
+async def test_call_queued_past_its_deadline_never_runs(settings: Settings, name: str) -> None:
+    one = msgspec.structs.replace(settings, max_in_flight=1)
+    probe = Probe()
+    async with serve(probe, name=name, settings=one), Client(settings=settings) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call, name, "slow", 0.6)
+            await anyio.sleep(0.1)  # let the first call take the only slot
+            with pytest.raises(DeadlineExceeded, match="before the call could run"):
+                await client.request(name, "slow", [0.0], timeout=0.3)
+        assert probe.runs == 1
+
+
+async def test_raising_handler_is_500_without_details(
+    settings: Settings, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        with pytest.raises(HandlerError) as info:
+            await client.call(name, "boom")
+        error = info.value
+        assert error.error_id and "shadow" not in str(error) and "Traceback" not in str(error)
+        with pytest.raises(HandlerError, match="not serializable"):
+            await client.call(name, "unserializable")
+    logged = [r for r in caplog.records if getattr(r, "exc_info", None)]
+    assert any(error.error_id in r.getMessage() for r in logged)
+
+
+async def test_blacklist_hook_is_403(settings: Settings, name: str) -> None:
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        with pytest.raises(Forbidden, match="may not"):
+            await client.call(name, "guarded")
+
+
+async def test_overload_is_503(settings: Settings, name: str) -> None:
+    tight = msgspec.structs.replace(settings, max_in_flight=1, max_queue=1)
+    async with serve(Probe(), name=name, settings=tight), Client(settings=settings) as client:
+        outcomes: list[str] = []
+
+        async def one() -> None:
+            try:
+                await client.call(name, "slow", 0.4)
+                outcomes.append("ok")
+            except Unavailable as exc:
+                assert "overloaded" in exc.message
+                outcomes.append("503")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(one)
+        assert sorted(outcomes) == ["503", "503", "ok", "ok"]
+
+
+async def test_priority_decides_who_runs_next(settings: Settings, name: str) -> None:
+    one = msgspec.structs.replace(settings, max_in_flight=1)
+    probe = Probe()
+    async with serve(probe, name=name, settings=one), Client(settings=settings) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call, name, "ranked", 0, 0.3)  # occupies the only slot
+            await anyio.sleep(0.1)
+            for rank in (1, 5, 3):
+                tg.start_soon(client.call, name, "ranked", rank)
+                await anyio.sleep(0.02)
+        assert probe.ranks == [0, 5, 3, 1]
+
+
+async def test_oversize_body_is_413(settings: Settings, name: str) -> None:
+    small = msgspec.structs.replace(settings, max_body=1024)
+    async with serve(Probe(), name=name, settings=small), Client(settings=settings) as client:
+        with pytest.raises(PayloadTooLarge, match="limit is 1024"):
+            await client.call(name, "forward", "x" * 2000)
+        assert await client.call(name, "forward", "x" * 500) == "x" * 500
+
+
+async def test_no_replica_is_503(settings: Settings, name: str) -> None:
+    async with Client(settings=settings) as client:
+        with pytest.raises(Unavailable, match="no actor is serving"):
+            await client.call(name, "forward")
+
+
+async def test_a_reply_from_an_impostor_is_refused(settings: Settings, name: str) -> None:
+    """Someone on the bus answers in the actor's name with their own key: BadReply."""
+    impostor = Keypair.generate()
+    async with connect(settings.url) as nc:
+        # A real replica registers the name, so the client knows the real address.
+        async with serve(Probe(), name=name, settings=settings):
+            pass
+        sub = await nc.subscribe(call_subject(name, "forward"))
+
+        async def answer() -> None:
+            async for msg in sub.messages:
+                nonce = (msg.headers or {}).get("Actor-Nonce", "")
+                await nc.publish(msg.reply, b'"pwned"', headers=sign_reply(impostor, nonce, 200,
+                                                                           b'"pwned"'))
+
+        async with anyio.create_task_group() as tg, serve(
+            Probe(), name=name, settings=settings
+        ) as real:
+            await sub.unsubscribe()
+            sub = await nc.subscribe(call_subject(name, "forward"))
+            tg.start_soon(answer)
+            async with Client(settings=settings) as client:
+                outcomes = set()
+                for _ in range(12):
+                    try:
+                        outcomes.add(await client.call(name, "forward", "hi"))
+                    except BadReply as exc:
+                        assert "not a registered key" in exc.message
+                        outcomes.add("refused")
+                # Never the forged result; the impostor answers every call, usually first.
+                assert "pwned" not in outcomes and "refused" in outcomes, outcomes
+                assert outcomes <= {"hi", "refused"}
+            assert real.address != impostor.address
+            tg.cancel_scope.cancel()
+
+
+async def test_two_replicas_share_the_load(settings: Settings, name: str) -> None:
+    async with serve(Probe(), name=name, settings=settings) as a, serve(
+        Probe(), name=name, settings=settings
+    ) as b, Client(settings=settings) as client:
+        assert a.address == b.address  # one actor, one key
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(client.call, name, "forward", str(i))
+        served = [h.pipeline.stats["forward"].num_requests for h in (a, b)]
+        assert sum(served) == 40 and min(served) > 0, served
+        assert len(await client.entries(name)) == 2
+
+
+async def test_the_caller_is_the_keystore_default(settings: Settings, name: str) -> None:
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        await client.call(name, "forward")
+        assert client.key.address == Keystore(settings.home).load("default").address

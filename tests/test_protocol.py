@@ -1,0 +1,130 @@
+"""The code against PROTOCOL.md's test vectors, and strict verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actorbus.bus import BadRequest, Keypair, Keystore, Unauthorized, public_key_to_address, verify
+from actorbus.bus.wire import reply_signing_bytes, request_signing_bytes, verify_reply
+
+ROOT = Path(__file__).resolve().parent.parent
+# The group order of ed25519: adding it to S gives the same point math but a
+# non-canonical encoding, which strict verifiers must refuse.
+L = 2**252 + 27742317777372353535851937790883648493
+WEAK_KEYS = [
+    bytes(32),
+    b"\x01" + bytes(31),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+]
+
+
+def vectors() -> dict[str, Any]:
+    text = (ROOT / "PROTOCOL.md").read_text()
+    block = re.search(r"## Test vectors.*?```json\n(.*?)```", text, re.S)
+    assert block, "PROTOCOL.md has no JSON test vector block"
+    data: dict[str, Any] = json.loads(block.group(1))
+    return data
+
+
+def test_keys_and_addresses_match_the_vectors() -> None:
+    v = vectors()
+    for who in ("caller", "actor"):
+        key = Keypair(bytes.fromhex(v[f"{who}_seed_hex"]))
+        assert key.public_key.hex() == v[f"{who}_public_key_hex"]
+        assert key.address == v[f"{who}_address"]
+
+
+def test_ss58_matches_substrate() -> None:
+    # Substrate's well-known dev account "Alice" (its public key and address).
+    alice = bytes.fromhex("d43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d")
+    assert public_key_to_address(alice) == "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+
+
+def test_request_signing_matches_the_vector() -> None:
+    v = vectors()
+    r = v["request"]
+    caller = Keypair(bytes.fromhex(v["caller_seed_hex"]))
+    body = r["body"].encode()
+    assert hashlib.sha256(body).hexdigest() == r["body_sha256_hex"]
+    signing = request_signing_bytes(r["subject"], r["actor_time"], r["actor_nonce"], body)
+    assert signing == r["signing_bytes"].encode()
+    assert caller.sign(signing).hex() == r["signature_hex"]
+    verify(caller.address, signing, bytes.fromhex(r["signature_hex"]))
+
+
+@pytest.mark.parametrize("which", ["reply", "error_reply"])
+def test_reply_signing_matches_the_vector(which: str) -> None:
+    v = vectors()
+    r = v[which]
+    actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
+    body = r["body"].encode()
+    nonce = v["request"]["actor_nonce"]
+    assert reply_signing_bytes(nonce, r["status"], body) == r["signing_bytes"].encode()
+    assert actor.sign(r["signing_bytes"].encode()).hex() == r["signature_hex"]
+    headers = {
+        "Actor-Status": str(r["status"]),
+        "Actor-Key": v["actor_address"],
+        "Actor-Signature": r["signature_hex"],
+    }
+    assert verify_reply(headers, body, nonce).status == r["status"]
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS, ids=["zero", "identity", "order2"])
+def test_small_order_public_keys_are_refused(weak: bytes) -> None:
+    address = public_key_to_address(weak)
+    with pytest.raises(Unauthorized, match="weak public key"):
+        verify(address, b"message", bytes(64))
+
+
+def test_non_canonical_signature_is_refused() -> None:
+    key = Keypair(bytes(range(32)))
+    message = b"actorbus/1\nactor.echo.forward\n1\n00\n00"
+    signature = key.sign(message)
+    verify(key.address, message, signature)
+    s = int.from_bytes(signature[32:], "little") + L
+    malleated = signature[:32] + s.to_bytes(32, "little")
+    with pytest.raises(Unauthorized):
+        verify(key.address, message, malleated)
+
+
+@pytest.mark.parametrize("length", [0, 63, 65])
+def test_signature_must_be_64_bytes(length: int) -> None:
+    key = Keypair(bytes(range(32)))
+    with pytest.raises(Unauthorized, match="64 bytes"):
+        verify(key.address, b"m", bytes(length))
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["", "not-base58-0OIl", "5C9TqVEs5Q51zUdjvp6tSsjHAfLseJKq1Dq6ULcuSLqEuRSg", "1111"],
+    ids=["empty", "alphabet", "checksum", "short"],
+)
+def test_malformed_addresses_are_refused(address: str) -> None:
+    with pytest.raises(Unauthorized, match="malformed address"):
+        verify(address, b"m", bytes(64))
+
+
+def test_keystore_writes_0600_and_refuses_readable_keys(tmp_path: Path) -> None:
+    store = Keystore(tmp_path)
+    key = store.create("alice")
+    path = tmp_path / "keys" / "alice.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert store.load("alice").address == key.address
+    assert key.seed.hex() not in repr(key)
+    with pytest.raises(BadRequest, match="already exists"):
+        store.create("alice")
+    os.chmod(path, 0o644)
+    with pytest.raises(BadRequest, match="chmod 600"):
+        store.load("alice")
+    with pytest.raises(BadRequest, match="invalid key name"):
+        store.load("../etc/passwd")
+    assert store.load("fresh", create=True).address == store.load("fresh").address
