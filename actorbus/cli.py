@@ -31,7 +31,19 @@ from .runtime.supervisor import ReplicaReady, nats_server_for, ready_line, super
 
 T = TypeVar("T")
 
-EXIT_CODES = {400: 3, 401: 4, 403: 5, 404: 6, 408: 7, 413: 8, 429: 9, 500: 10, 502: 11, 503: 12, 504: 13}
+EXIT_CODES = {
+    400: 3,
+    401: 4,
+    403: 5,
+    404: 6,
+    408: 7,
+    413: 8,
+    429: 9,
+    500: 10,
+    502: 11,
+    503: 12,
+    504: 13,
+}
 """Exit code per status; 1 for any other error, 2 for usage errors (click's)."""
 
 out = Console(soft_wrap=True)
@@ -62,12 +74,23 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 @click.group()
-@click.option("--nats", "nats_url", envvar=None, help="NATS URL (default: $ACTOR_NATS_URL, "
-              "$NATS_URL, else nats://127.0.0.1:4222).")
-@click.option("--home", type=click.Path(path_type=Path), help="State directory "
-              "(default: $ACTOR_HOME or ~/.actor).")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--nats",
+    "nats_url",
+    envvar=None,
+    help="NATS URL (default: $ACTOR_NATS_URL, $NATS_URL, else nats://127.0.0.1:4222).",
+)
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    help="State directory (default: $ACTOR_HOME or ~/.actor).",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @click.version_option(package_name="actorbus")
 @click.pass_context
 def main(ctx: click.Context, nats_url: str | None, home: Path | None, log_level: str) -> None:
@@ -107,9 +130,17 @@ def up(ctx: click.Context, target: str, name: str | None, replicas: int) -> None
                 )
             else:
                 err.print(f"using NATS at [bold]{url}[/bold]")
-            command = [sys.executable, "-m", "actorbus.cli", "--log-level",
-                       logging.getLevelName(logging.getLogger().level), "serve", target,
-                       "--name", actor]
+            command = [
+                sys.executable,
+                "-m",
+                "actorbus.cli",
+                "--log-level",
+                logging.getLevelName(logging.getLogger().level),
+                "serve",
+                target,
+                "--name",
+                actor,
+            ]
 
             def on_ready(index: int, ready: ReplicaReady) -> None:
                 err.print(f"{actor}[{index}] ready: pid {ready.pid}, address {ready.address}")
@@ -117,8 +148,15 @@ def up(ctx: click.Context, target: str, name: str | None, replicas: int) -> None
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_cancel_on_signal, scope)
-                    await supervise(command, name=actor, replicas=replicas, settings=settings,
-                                    nats_url=url, on_ready=on_ready, on_event=err.print)
+                    await supervise(
+                        command,
+                        name=actor,
+                        replicas=replicas,
+                        settings=settings,
+                        nats_url=url,
+                        on_ready=on_ready,
+                        on_event=err.print,
+                    )
             err.print("stopped")
 
     _run(ctx, run)
@@ -172,12 +210,21 @@ def _value(text: str) -> Any:
 @click.argument("target", metavar="NAME/FN")
 @click.argument("args", nargs=-1)
 @click.option("-k", "kwargs", multiple=True, metavar="KEY=VALUE", help="A keyword argument.")
-@click.option("--key", "key_name", help="Keystore key to sign with (default: $ACTOR_KEY or "
-              "'default', created on first use).")
+@click.option(
+    "--key",
+    "key_name",
+    help="Keystore key to sign with (default: $ACTOR_KEY or 'default', created on first use).",
+)
 @click.option("--timeout", type=click.FloatRange(0.001, 86400), help="Seconds to wait.")
 @click.pass_context
-def call(ctx: click.Context, target: str, args: tuple[str, ...], kwargs: tuple[str, ...],
-         key_name: str | None, timeout: float | None) -> None:
+def call(
+    ctx: click.Context,
+    target: str,
+    args: tuple[str, ...],
+    kwargs: tuple[str, ...],
+    key_name: str | None,
+    timeout: float | None,
+) -> None:
     """Call NAME/FN with ARGS (each JSON, else a string) and print the result as JSON."""
     settings = _settings(ctx)
     if key_name:
@@ -199,8 +246,9 @@ def call(ctx: click.Context, target: str, args: tuple[str, ...], kwargs: tuple[s
 
     async def run() -> Any:
         async with Client(settings=settings) as client:
-            return await client.request(name, fn, [_value(a) for a in args], keywords,
-                                        timeout=timeout)
+            return await client.request(
+                name, fn, [_value(a) for a in args], keywords, timeout=timeout
+            )
 
     result = _run(ctx, run)
     click.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -229,8 +277,13 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     for entry in entries:
         by_name.setdefault(entry.name, []).append(entry)
     for actor, replicas in by_name.items():
-        table.add_row(actor, str(len(replicas)), replicas[0].address,
-                      ", ".join(replicas[0].fns), ", ".join(sorted({r.node for r in replicas})))
+        table.add_row(
+            actor,
+            str(len(replicas)),
+            replicas[0].address,
+            ", ".join(replicas[0].fns),
+            ", ".join(sorted({r.node for r in replicas})),
+        )
     if by_name:
         out.print(table)
     else:
@@ -262,8 +315,14 @@ def info(ctx: click.Context, name: str, as_json: bool) -> None:
     table = Table("instance", "node", "pid", "version", "up", "heartbeat")
     now = time.time()
     for e in entries:
-        table.add_row(e.instance, e.node, str(e.pid), e.version, f"{now - e.started:.0f}s",
-                      f"{now - e.heartbeat:.1f}s ago")
+        table.add_row(
+            e.instance,
+            e.node,
+            str(e.pid),
+            e.version,
+            f"{now - e.started:.0f}s",
+            f"{now - e.heartbeat:.1f}s ago",
+        )
     out.print(table)
 
 
@@ -320,8 +379,12 @@ def key_show(ctx: click.Context, name: str) -> None:
         err.print(f"[red]error[/red] {exc}")
         ctx.exit(EXIT_CODES[400])
         return
-    click.echo(json.dumps({"name": name, "address": keypair.address,
-                           "public_key": keypair.public_key.hex()}, indent=2))
+    click.echo(
+        json.dumps(
+            {"name": name, "address": keypair.address, "public_key": keypair.public_key.hex()},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

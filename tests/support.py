@@ -85,4 +85,3 @@ async def raw(
     msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     meta = verify_reply(msg.headers, msg.data, headers.get("Actor-Nonce", ""))
     return meta.status, msgspec.json.decode(msg.data), msg
-

@@ -28,16 +28,18 @@ from actorbus.bus.wire import request_signing_bytes
 
 
 async def test_call_and_proxy(settings: Settings, name: str) -> None:
-    async with serve(Probe(), name=name, settings=settings) as host, Client(
-        settings=settings
-    ) as client:
+    async with (
+        serve(Probe(), name=name, settings=settings) as host,
+        Client(settings=settings) as client,
+    ):
         assert await client.call(name, "forward", "hi") == "hi"
         assert await client.call(name, "add", 2, 3, scale=10) == 50
         assert await client.actor(name).add(1, b=2) == 3
         assert await client.request(name, "add", [4, 5], content_type=MSGPACK) == 9
         info = await client.call(name, "info")
         assert info["address"] == host.address
-        assert "hidden" not in info["fns"] and "forward" in info["fns"]
+        assert "hidden" not in info["fns"]
+        assert "forward" in info["fns"]
         schema = await client.call(name, "schema")
         assert schema["add"]["params"]["required"] == ["a", "b"]
         assert schema["add"]["params"]["properties"]["a"] == {"type": "integer"}
@@ -63,7 +65,8 @@ async def test_missing_header_is_401(settings: Settings, name: str, header: str)
         status, reply, _ = await raw(nc, key, name, "forward", body("x"), drop=(header,))
         assert status == 401
         assert header in reply["error"]
-        assert reply["code"] == 401 and reply["id"]
+        assert reply["code"] == 401
+        assert reply["id"]
 
 
 async def test_unsigned_request_to_unknown_function_is_still_401(
@@ -71,7 +74,8 @@ async def test_unsigned_request_to_unknown_function_is_still_401(
 ) -> None:
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
         msg = await nc.request(call_subject(name, "nope"), b"garbage{", timeout=5)
-        assert msg.headers is not None and msg.headers["Actor-Status"] == "401"
+        assert msg.headers is not None
+        assert msg.headers["Actor-Status"] == "401"
 
 
 async def test_tampering_is_401(settings: Settings, name: str) -> None:
@@ -110,7 +114,8 @@ async def test_time_outside_the_window_is_401(
         when = int((time.time() + offset_s) * 1000)
         headers = sign_request(key, subject, payload, time_ms=when)
         status, reply, _ = await raw(nc, key, name, "forward", payload, headers=headers)
-        assert status == 401 and word in reply["error"]
+        assert status == 401
+        assert word in reply["error"]
 
 
 async def test_small_order_key_is_401(settings: Settings, name: str) -> None:
@@ -128,9 +133,11 @@ async def test_small_order_key_is_401(settings: Settings, name: str) -> None:
     }
     assert request_signing_bytes(subject, now, nonce, payload)  # what a forger would sign
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
-        status, reply, _ = await raw(nc, Keypair.generate(), name, "forward", payload,
-                                     headers=headers)
-        assert status == 401 and "weak public key" in reply["error"]
+        status, reply, _ = await raw(
+            nc, Keypair.generate(), name, "forward", payload, headers=headers
+        )
+        assert status == 401
+        assert "weak public key" in reply["error"]
 
 
 async def test_replay_to_the_same_replica_is_401(settings: Settings, name: str) -> None:
@@ -150,9 +157,11 @@ async def test_replay_to_other_running_replicas_is_401(settings: Settings, name:
     from actorbus.bus import sign_request
 
     key = Keypair.generate()
-    async with serve(Probe(), name=name, settings=settings) as a, serve(
-        Probe(), name=name, settings=settings
-    ) as b, connect(settings.url) as nc:
+    async with (
+        serve(Probe(), name=name, settings=settings) as a,
+        serve(Probe(), name=name, settings=settings) as b,
+        connect(settings.url) as nc,
+    ):
         for i in range(10):
             payload = body(f"call {i}")
             headers = sign_request(key, call_subject(name, "forward"), payload)
@@ -201,7 +210,10 @@ async def test_unknown_function_is_404(settings: Settings, name: str) -> None:
     ],
 )
 async def test_bad_arguments_are_400(
-    settings: Settings, name: str, args: tuple[object, ...], kwargs: dict[str, object],
+    settings: Settings,
+    name: str,
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
     message: str,
 ) -> None:
     async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
@@ -253,7 +265,9 @@ async def test_raising_handler_is_500_without_details(
         with pytest.raises(HandlerError) as info:
             await client.call(name, "boom")
         error = info.value
-        assert error.error_id and "shadow" not in str(error) and "Traceback" not in str(error)
+        assert error.error_id
+        assert "shadow" not in str(error)
+        assert "Traceback" not in str(error)
         with pytest.raises(HandlerError, match="not serializable"):
             await client.call(name, "unserializable")
     logged = [r for r in caplog.records if getattr(r, "exc_info", None)]
@@ -324,12 +338,14 @@ async def test_a_reply_from_an_impostor_is_refused(settings: Settings, name: str
         async def answer() -> None:
             async for msg in sub.messages:
                 nonce = (msg.headers or {}).get("Actor-Nonce", "")
-                await nc.publish(msg.reply, b'"pwned"', headers=sign_reply(impostor, nonce, 200,
-                                                                           b'"pwned"'))
+                await nc.publish(
+                    msg.reply, b'"pwned"', headers=sign_reply(impostor, nonce, 200, b'"pwned"')
+                )
 
-        async with anyio.create_task_group() as tg, serve(
-            Probe(), name=name, settings=settings
-        ) as real:
+        async with (
+            anyio.create_task_group() as tg,
+            serve(Probe(), name=name, settings=settings) as real,
+        ):
             await sub.unsubscribe()
             sub = await nc.subscribe(call_subject(name, "forward"))
             tg.start_soon(answer)
@@ -349,9 +365,11 @@ async def test_a_reply_from_an_impostor_is_refused(settings: Settings, name: str
 
 
 async def test_two_replicas_share_the_load(settings: Settings, name: str) -> None:
-    async with serve(Probe(), name=name, settings=settings) as a, serve(
-        Probe(), name=name, settings=settings
-    ) as b, Client(settings=settings) as client:
+    async with (
+        serve(Probe(), name=name, settings=settings) as a,
+        serve(Probe(), name=name, settings=settings) as b,
+        Client(settings=settings) as client,
+    ):
         assert a.address == b.address  # one actor, one key
         async with anyio.create_task_group() as tg:
             for i in range(40):

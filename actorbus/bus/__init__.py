@@ -17,8 +17,8 @@ from .errors import (
     Unavailable,
     error_for_status,
 )
-from .keys import Keypair, Keystore, address_to_public_key, public_key_to_address, verify
 from .jetstream import Bucket
+from .keys import Keypair, Keystore, address_to_public_key, public_key_to_address, verify
 from .server import EmbeddedServer, find_nats_server
 from .wire import (
     JSON,

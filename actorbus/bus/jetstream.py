@@ -38,9 +38,7 @@ class Bucket:
             try:
                 kv = await js.key_value(name)
             except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(
-                    bucket=name, ttl=ttl, history=1, replicas=replicas
-                )
+                kv = await js.create_key_value(bucket=name, ttl=ttl, history=1, replicas=replicas)
         except nats.js.errors.BadRequestError:  # created concurrently: bind to it
             kv = await _bind(nc, name)
         except _JS_ERRORS as exc:
@@ -72,7 +70,7 @@ class Bucket:
                         if entry.value:
                             values.append(entry.value)
             finally:
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
         except TimeoutError as exc:
             raise Unavailable(f"reading bucket {self.name} timed out") from exc
         except _JS_ERRORS as exc:
@@ -116,7 +114,9 @@ async def ensure_stream(
         raise Unavailable(f"JetStream stream {name}: {exc}") from exc
 
 
-async def read_subject(nc: NATS, stream: str, subject: str, *, timeout: float = 10.0) -> list[bytes]:
+async def read_subject(
+    nc: NATS, stream: str, subject: str, *, timeout: float = 10.0
+) -> list[bytes]:
     """Every message ``stream`` holds on ``subject`` now, oldest first."""
     js = nc.jetstream()
     try:

@@ -21,11 +21,11 @@ from .keys import Keypair, verify
 __all__ = [
     "JSON",
     "MSGPACK",
-    "NonceNote",
     "PROTOCOL_VERSION",
     "CallBody",
     "Codec",
     "ErrorBody",
+    "NonceNote",
     "RawCallBody",
     "ReplyMeta",
     "RequestMeta",
@@ -306,4 +306,3 @@ def verify_reply(headers: dict[str, str] | None, body: bytes, nonce: str) -> Rep
         retry_after=retry_after,
         content_type=headers.get(H_CONTENT_TYPE, JSON),
     )
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -37,6 +37,22 @@ class EndpointOptions(msgspec.Struct, frozen=True):
     priority: Hook | str | None = None
     idempotent: bool = False
     expose: bool = True
+
+
+@typing.overload
+def endpoint(fn: F) -> F: ...
+
+
+@typing.overload
+def endpoint(
+    *,
+    timeout: float | None = None,
+    verify: Hook | str | None = None,
+    blacklist: Hook | str | None = None,
+    priority: Hook | str | None = None,
+    idempotent: bool = False,
+    expose: bool = True,
+) -> Callable[[F], F]: ...
 
 
 def endpoint(
@@ -136,7 +152,7 @@ class Function:
         signature = inspect.signature(method)
         try:
             hints = typing.get_type_hints(target)
-        except Exception as exc:  # noqa: BLE001 - user code: unresolved forward references
+        except Exception as exc:
             log.warning("%s: type hints not resolvable (%s); arguments are unchecked", name, exc)
             hints = {}
         self.positional: list[Param] = []
@@ -196,9 +212,9 @@ class Function:
             if param.required and param.name not in bound_kwargs:
                 raise BadRequest(f"{self.name}() missing required argument {param.name!r}")
         for name, param in self.by_name.items():
-            if param.kind is inspect.Parameter.KEYWORD_ONLY and param.required:
-                if name not in bound_kwargs:
-                    raise BadRequest(f"{self.name}() missing required argument {name!r}")
+            kw_only = param.kind is inspect.Parameter.KEYWORD_ONLY
+            if kw_only and param.required and name not in bound_kwargs:
+                raise BadRequest(f"{self.name}() missing required argument {name!r}")
         return bound_args, bound_kwargs
 
 
@@ -288,7 +304,7 @@ class Call:
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:
     result = hook(call)
     if inspect.isawaitable(result):
-        result = await typing.cast(Awaitable[Any], result)
+        result = await result
     return result
 
 

@@ -144,9 +144,9 @@ class Client:
         nonce = headers["Actor-Nonce"]
         msg = await request(self.nc, subject, body, headers, timeout)
         meta = verify_reply(msg.headers, msg.data, nonce)
-        if meta.key not in await self._addresses_of(name):
-            if meta.key not in await self._addresses_of(name, refresh=True):
-                raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
+        known = meta.key in await self._addresses_of(name)
+        if not known and meta.key not in await self._addresses_of(name, refresh=True):
+            raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         reply_codec = codec_for(meta.content_type)
         if 200 <= meta.status < 300:
             return reply_codec.decode_any(msg.data)
@@ -176,13 +176,10 @@ class ActorProxy:
             raise AttributeError(fn)
 
         async def invoke(*args: Any, **kwargs: Any) -> Any:
-            return await self._client.request(
-                self._name, fn, args, kwargs, timeout=self._timeout
-            )
+            return await self._client.request(self._name, fn, args, kwargs, timeout=self._timeout)
 
         invoke.__name__ = fn
         return invoke
 
     def __repr__(self) -> str:
         return f"<actor {self._name}>"
-

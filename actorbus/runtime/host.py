@@ -177,5 +177,9 @@ async def _drain(
     with anyio.move_on_after(timeout) as scope:
         await pipeline.idle.wait()
     if scope.cancelled_caught:
-        log.warning("%s: %d calls still running after %gs; abandoning them",
-                    entry.name, pipeline.in_flight, timeout)
+        log.warning(
+            "%s: %d calls still running after %gs; abandoning them",
+            entry.name,
+            pipeline.in_flight,
+            timeout,
+        )

@@ -32,7 +32,7 @@ def load_actor_class(target: str) -> type[Actor]:
         sys.modules[path.stem] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - user code: report why it failed
+        except Exception as exc:
             raise BadRequest(f"importing {module_part} failed: {exc!r}") from exc
     else:
         try:

@@ -5,8 +5,9 @@ there (they are quick, CPU-bound checks: size, signature, freshness and replay, 
 hooks, argument binding); an accepted call goes into a bounded priority queue, which
 ``max_in_flight`` worker tasks drain through the *execute* stages (deadline, invoke,
 encode). Python runs one thing at a time anyway, so this costs no parallelism and saves a
-task per request. Hooks see the bound arguments. Each stage is a plain async function ``(call, msg) -> None`` that raises
-an :class:`ActorError` to refuse; the two entry points turn errors into signed replies.
+task per request. Hooks see the bound arguments. Each stage is a plain async function
+``(call, msg) -> None`` that raises an :class:`ActorError` to refuse; the two entry points
+turn errors into signed replies.
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ class Pipeline:
 
     async def accept(self, msg: Msg) -> None:
         """Run the accept stages for ``msg`` and queue it, or answer it with an error."""
-        call = Call(self.name, msg.subject, msg.subject[self._prefix_len :], msg.reply, time.monotonic())
+        call = Call(
+            self.name, msg.subject, msg.subject[self._prefix_len :], msg.reply, time.monotonic()
+        )
         call.nonce = request_nonce(msg.headers)
         try:
             if not self.accepting:
@@ -146,7 +149,7 @@ class Pipeline:
         except ActorError as exc:
             await self.reply_error(call, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - the outermost stage: never crash the reader
+        except Exception as exc:
             await self.reply_error(call, self._internal(call, exc))
             return
         self.in_flight += 1
@@ -246,7 +249,7 @@ class Pipeline:
         except ActorError as exc:
             await self.reply_error(call, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - a handler's exception is a 500, never a crash
+        except Exception as exc:
             await self.reply_error(call, self._internal(call, exc))
             return
         await self.reply(call, 200, body)
@@ -298,7 +301,11 @@ class Pipeline:
             detail = f": {error} (error id {error_id})" if error else ""
             self.log.info(
                 "%s from %s -> %d in %.2f ms%s",
-                call.fn, call.caller or "?", status, elapsed_ns / 1e6, detail,
+                call.fn,
+                call.caller or "?",
+                status,
+                elapsed_ns / 1e6,
+                detail,
             )
         if not call.reply_to:
             return

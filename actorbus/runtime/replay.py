@@ -57,7 +57,9 @@ class NonceBook:
         if time_ms < now_ms - self.max_skew_ms:
             raise Unauthorized(f"stale request: Actor-Time is {now_ms - time_ms} ms old")
         if time_ms > now_ms + self.max_skew_ms:
-            raise Unauthorized(f"request from the future: Actor-Time is {time_ms - now_ms} ms ahead")
+            raise Unauthorized(
+                f"request from the future: Actor-Time is {time_ms - now_ms} ms ahead"
+            )
 
     def seen(self, key: str, nonce: str) -> bool:
         return (key + nonce) in self._expiry
@@ -99,7 +101,9 @@ class ReplayGuard:
         if book.seen(meta.key, meta.nonce):
             raise Unauthorized("replayed nonce")
         book.add(meta.key, meta.nonce, meta.time_ms)
-        await self._nc.publish(self._subject, _encode(NonceNote(meta.key, meta.nonce, meta.time_ms)))
+        await self._nc.publish(
+            self._subject, _encode(NonceNote(meta.key, meta.nonce, meta.time_ms))
+        )
 
     def learn(self, data: bytes) -> None:
         try:

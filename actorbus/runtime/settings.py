@@ -48,9 +48,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """How long a stopping replica waits for in-flight calls."""
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults < ``ACTOR_*`` variables < ``overrides`` (``None`` overrides are ignored).
 
         Raises :class:`BadRequest` naming the variable when a value does not parse.

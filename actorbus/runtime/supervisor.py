@@ -140,8 +140,7 @@ async def _run_replica(
             crashes.popleft()
         if len(crashes) > max_restarts:
             raise SupervisorError(
-                f"{label} exited {len(crashes)} times in {window:g}s (last code {code}); "
-                "giving up"
+                f"{label} exited {len(crashes)} times in {window:g}s (last code {code}); giving up"
             )
         wait = delay * random.uniform(0.8, 1.2)
         on_event(f"{label} exited with code {code}; restarting in {wait:.1f}s")

@@ -1,0 +1,191 @@
+"""The `actor` command as a user types it: CliRunner for short commands, real processes for
+`actor serve` and `actor up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from actorbus.cli import EXIT_CODES, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def env(nats_url: str, home: Path) -> dict[str, str]:
+    return {"ACTOR_NATS_URL": nats_url, "ACTOR_HOME": str(home)}
+
+
+def actor(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def echo(env: dict[str, str], name: str) -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "actorbus.cli", "serve", "examples/echo.py:Echo", "--name", name],
+        cwd=ROOT,
+        env=dict(os.environ, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    try:
+        assert process.stdout.readline().startswith(b"actorbus-ready ")
+        yield name
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0  # SIGTERM drains and exits cleanly
+        process.stdout.close()
+
+
+def test_keys(env: dict[str, str], home: Path) -> None:
+    code, out, _ = actor(env, "key", "new", "alice")
+    assert code == 0
+    assert out.strip().startswith("5")
+    address = out.strip()
+    code, _, err = actor(env, "key", "new", "alice")
+    assert code == EXIT_CODES[400]
+    assert "already exists" in err
+    code, out, _ = actor(env, "key", "show", "alice")
+    shown = json.loads(out)
+    assert shown["address"] == address
+    assert set(shown) == {"name", "address", "public_key"}
+    seed = (home / "keys" / "alice.key").read_text().strip()
+    assert seed not in out
+    code, out, _ = actor(env, "key", "ls", "--json")
+    assert {"name": "alice", "address": address} in json.loads(out)
+
+
+def test_call_prints_json_and_maps_errors_to_exit_codes(env: dict[str, str], echo: str) -> None:
+    code, out, _ = actor(env, "call", f"{echo}/forward", "hi")
+    assert (code, json.loads(out)) == (0, "hi")
+    code, out, _ = actor(env, "call", f"{echo}/add", "1", "2.5")
+    assert (code, json.loads(out)) == (0, 3.5)
+    code, out, _ = actor(env, "call", f"{echo}/forward", "-k", "message=keyword")
+    assert json.loads(out) == "keyword"
+    code, _, err = actor(env, "call", f"{echo}/nope")
+    assert code == EXIT_CODES[404]
+    assert "404" in err
+    assert "error id" in err
+    code, _, err = actor(env, "call", f"{echo}/add", "1", "x")
+    assert code == EXIT_CODES[400]
+    assert "Expected `float`" in err
+    code, _, err = actor(env, "call", f"{echo}/sleep", "5", "--timeout", "0.5")
+    assert code == EXIT_CODES[408]
+    code, _, err = actor(env, "call", "nobody-home/forward")
+    assert code == EXIT_CODES[503]
+    assert "no actor is serving" in err
+    code, _, err = actor(env, "call", "no-slash")
+    assert code == 2
+    assert "NAME/FN" in err
+
+
+def test_ls_and_info(env: dict[str, str], echo: str) -> None:
+    code, out, _ = actor(env, "ls", "--json")
+    entries = [e for e in json.loads(out) if e["name"] == echo]
+    assert code == 0
+    assert len(entries) == 1
+    assert "forward" in entries[0]["fns"]
+    code, out, _ = actor(env, "info", echo)
+    assert code == 0
+    assert entries[0]["address"] in out
+    assert "forward" in out
+    code, _, _err = actor(env, "info", "nobody-home")
+    assert code == EXIT_CODES[404]
+
+
+def test_bad_settings_are_usage_errors(env: dict[str, str]) -> None:
+    code, _, err = actor(dict(env, ACTOR_MAX_SKEW="soon"), "key", "ls")
+    assert code == 2
+    assert "max_skew" in err
+
+
+class Up:
+    """`actor up` in a subprocess, its stderr collected by a reader thread."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "actorbus.cli", "up", *args],
+            cwd=ROOT,
+            env=dict(os.environ, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.lines) < count:
+            assert self.process.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(30)
+        self._reader.join(5)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return code
+
+
+def test_up_runs_replicas_and_restarts_a_crashed_one(env: dict[str, str], name: str) -> None:
+    up = Up(env, "examples/echo.py:Echo", "--name", name, "--replicas", "2")
+    try:
+        up.wait_for("ready: pid", count=2)
+        code, out, _ = actor(env, "ls", "--json")
+        replicas = [e for e in json.loads(out) if e["name"] == name]
+        assert len(replicas) == 2
+        os.kill(replicas[0]["pid"], signal.SIGKILL)
+        up.wait_for("restarted as pid")
+        code, out, _ = actor(env, "call", f"{name}/forward", "still up")
+        assert (code, json.loads(out)) == (0, "still up")
+    finally:
+        code = up.stop()
+    assert code == 0
+    assert "stopped" in up.lines[-1]
+
+
+def test_up_refuses_a_bad_target(env: dict[str, str]) -> None:
+    code, _, err = actor(env, "up", "examples/echo.py:Nope")
+    assert code == EXIT_CODES[400]
+    assert "not an actorbus Actor" in err
+    code, _, err = actor(env, "up", "missing.py:Echo")
+    assert code == EXIT_CODES[400]
+    assert "no such file" in err
+
+
+def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
+    """README's first command with no NATS configured: `actor up` brings its own server."""
+    env = {"ACTOR_HOME": str(tmp_path / "home")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "ACTOR_NATS_URL")}
+    up = Up(dict(clean, **env), "examples/echo.py:Echo")
+    try:
+        up.wait_for("ready: pid")
+        assert any("nats://127.0.0.1:4222" in line for line in up.lines)
+        result = CliRunner().invoke(
+            main, ["call", "echo/forward", "hi"], env=dict(env, NATS_URL="", ACTOR_NATS_URL="")
+        )
+        assert (result.exit_code, json.loads(result.stdout)) == (0, "hi")
+    finally:
+        assert up.stop() == 0
