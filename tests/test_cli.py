@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,5 +188,17 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
             main, ["call", "echo/forward", "hi"], env=dict(env, NATS_URL="", ACTOR_NATS_URL="")
         )
         assert (result.exit_code, json.loads(result.stdout)) == (0, "hi")
+        # The README's Python quickstart, as written.
+        readme = (ROOT / "README.md").read_text()
+        snippet = re.search(r"## Quickstart.*?```python\n(.*?)```", readme, re.S)
+        assert snippet
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet.group(1)],
+            env=dict(clean, **env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (ran.returncode, ran.stdout.strip()) == (0, "hi 3"), ran.stderr
     finally:
         assert up.stop() == 0

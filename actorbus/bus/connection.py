@@ -34,7 +34,8 @@ CONNECT_ATTEMPTS = 3
 async def connect(
     url: str, *, name: str | None = None, connect_timeout: float = 2.0
 ) -> AsyncIterator[NATS]:
-    """Connect to ``url``; on exit drain (finish in-flight work) and close.
+    """Connect to ``url`` (one URL, or several separated by commas: a cluster's seeds); on
+    exit drain (finish in-flight work) and close.
 
     The first connection is tried a few times and fails with :class:`Unavailable`; once
     connected, the client pings every 5 s, reconnects forever with backoff and buffers
@@ -56,7 +57,7 @@ async def connect(
 
     try:
         nc = await nats.connect(
-            servers=[url],
+            servers=[u.strip() for u in url.split(",") if u.strip()],
             name=name,
             connect_timeout=connect_timeout,
             ping_interval=PING_INTERVAL,

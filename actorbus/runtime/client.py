@@ -92,7 +92,9 @@ class Client:
 
     async def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = await Registry.open(self.nc, ttl=self.settings.registry_ttl)
+            self._registry = await Registry.open(
+                self.nc, ttl=self.settings.registry_ttl, replicas=self.settings.js_replicas
+            )
         return self._registry
 
     async def entries(self, name: str | None = None) -> list[RegistryEntry]:

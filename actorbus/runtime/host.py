@@ -90,8 +90,10 @@ async def serve(
             nc = await stack.enter_async_context(
                 connect(settings.url, name=f"actor {name} {instance}")
             )
-        registry = await Registry.open(nc, ttl=settings.registry_ttl)
-        guard = await stack.enter_async_context(replay_guard(nc, name, settings.max_skew))
+        registry = await Registry.open(nc, ttl=settings.registry_ttl, replicas=settings.js_replicas)
+        guard = await stack.enter_async_context(
+            replay_guard(nc, name, settings.max_skew, replicas=settings.js_replicas)
+        )
         pipeline = Pipeline(
             nc=nc,
             name=name,

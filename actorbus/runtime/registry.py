@@ -52,8 +52,8 @@ class Registry:
         self.ttl = ttl
 
     @classmethod
-    async def open(cls, nc: NATS, *, ttl: float) -> Registry:
-        return cls(await Bucket.open(nc, REGISTRY_BUCKET, ttl=ttl), ttl)
+    async def open(cls, nc: NATS, *, ttl: float, replicas: int = 1) -> Registry:
+        return cls(await Bucket.open(nc, REGISTRY_BUCKET, ttl=ttl, replicas=replicas), ttl)
 
     async def put(self, entry: RegistryEntry) -> None:
         """Write ``entry`` with a fresh heartbeat."""

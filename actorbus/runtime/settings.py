@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Seconds a registry entry lives without a heartbeat."""
     drain_timeout: float = 30.0
     """How long a stopping replica waits for in-flight calls."""
+    js_replicas: int = 1
+    """JetStream replicas for the buckets and streams actorbus creates (3 on a cluster)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
