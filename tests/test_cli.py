@@ -199,6 +199,6 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
             text=True,
             timeout=30,
         )
-        assert (ran.returncode, ran.stdout.strip()) == (0, "hi 3"), ran.stderr
+        assert (ran.returncode, ran.stdout.strip()) == (0, "hi 3.0"), ran.stderr
     finally:
         assert up.stop() == 0
