@@ -129,14 +129,18 @@ async def serve(
                     tg.start_soon(pipeline.work)
                 tg.start_soon(pipeline.sweep)
                 await tg.start(serve_micro, nc, identity, functions, pipeline.stats)
+                # The accept stages run in the subscription's callback task: they are quick,
+                # never raise, and hand each call to our workers. nats-py's message iterator
+                # would do the same reading but creates two tasks and an asyncio.wait per
+                # message, which cost a measured ~15% of throughput.
                 sub = await nc.subscribe(
                     serve_subject(name),
                     queue=queue_group(name),
+                    cb=pipeline.accept,
                     pending_msgs_limit=settings.max_queue * 4,
                     pending_bytes_limit=settings.max_queue * settings.max_body,
                 )
                 await nc.flush()
-                tg.start_soon(_read, pipeline, sub)
                 await registry.put(entry)
                 tg.start_soon(_heartbeat, registry, entry)
                 log.info("%s ready: %d functions, address %s", name, len(functions), key.address)
@@ -149,11 +153,6 @@ async def serve(
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(settings.drain_timeout):
                 await actor.on_stop()
-
-
-async def _read(pipeline: Pipeline, sub: object) -> None:
-    async for msg in sub.messages:  # type: ignore[attr-defined]
-        await pipeline.accept(msg)
 
 
 async def _heartbeat(registry: Registry, entry: RegistryEntry) -> None:
@@ -175,7 +174,8 @@ async def _drain(
             await registry.remove(entry)
         except Unavailable as exc:
             log.warning("%s: could not leave the registry: %s", entry.name, exc)
-    await sub.unsubscribe()  # type: ignore[attr-defined]
+    with anyio.move_on_after(timeout):
+        await sub.drain()  # type: ignore[attr-defined]  # queued messages get a 503
     with anyio.move_on_after(timeout) as scope:
         await pipeline.idle.wait()
     if scope.cancelled_caught:

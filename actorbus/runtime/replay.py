@@ -1,16 +1,18 @@
 """Freshness and replay: each ``(key, nonce)`` is accepted once per actor, by any replica.
 
 A replica checks a request against the nonces it has seen, records it, and announces it
-on ``actorbus.nonce.<name>`` (one small core publish). That subject is captured by the
-``ACTOR_NONCES`` stream (kept for the replay window), so:
+on ``actorbus.nonce.<name>``: the nonces accepted in one turn of the event loop go out as one
+MessagePack array, so announcing shares a socket write with that turn's replies instead of
+costing one of its own. That subject is captured by the ``ACTOR_NONCES`` stream (kept for
+the replay window), so:
 
 - running replicas learn each other's nonces from a core subscription, and
 - a replica that starts (or restarts) reads the window's nonces from the stream before it
   takes its first call.
 
 The race window left open: two replicas that receive the *same* envelope within the
-announcement's propagation delay (one NATS hop, typically well under a millisecond on a
-LAN) may both accept it. Anything later is rejected.
+announcement's delay (one event-loop turn plus one NATS hop, typically well under a
+millisecond on a LAN) may both accept it. Anything later is rejected.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = ["NonceBook", "ReplayGuard", "replay_guard"]
 log = logging.getLogger("actorbus.runtime")
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(NonceNote).decode
+_decode = msgspec.msgpack.Decoder(list[NonceNote]).decode
 
 
 class NonceBook:
@@ -90,10 +92,12 @@ class ReplayGuard:
         self._nc = nc
         self._subject = nonce_subject(name)
         self.book = NonceBook(max_skew)
+        self._outbox: list[NonceNote] = []
+        self._wakeup = anyio.Event()
 
-    async def check(self, meta: RequestMeta) -> None:
+    def check(self, meta: RequestMeta) -> None:
         """Accept ``meta`` once: raises :class:`Unauthorized` for a stale, future or replayed
-        request; otherwise records the nonce and announces it to the other replicas."""
+        request; otherwise records the nonce and queues its announcement to the replicas."""
         now_ms = int(time.time() * 1000)
         book = self.book
         book.check_time(meta.time_ms, now_ms)
@@ -101,17 +105,26 @@ class ReplayGuard:
         if book.seen(meta.key, meta.nonce):
             raise Unauthorized("replayed nonce")
         book.add(meta.key, meta.nonce, meta.time_ms)
-        await self._nc.publish(
-            self._subject, _encode(NonceNote(meta.key, meta.nonce, meta.time_ms))
-        )
+        self._outbox.append(NonceNote(meta.key, meta.nonce, meta.time_ms))
+        if len(self._outbox) == 1:
+            self._wakeup.set()
+
+    async def _announce(self) -> None:
+        """Publish the nonces accepted since the last turn, as one message; until cancelled."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            batch, self._outbox = self._outbox, []
+            await self._nc.publish(self._subject, _encode(batch))
 
     def learn(self, data: bytes) -> None:
         try:
-            note = _decode(data)
+            notes = _decode(data)
         except msgspec.DecodeError:
-            log.warning("ignoring a malformed nonce note on %s", self._subject)
+            log.warning("ignoring a malformed nonce announcement on %s", self._subject)
             return
-        self.book.add(note.key, note.nonce, note.time_ms)
+        for note in notes:
+            self.book.add(note.key, note.nonce, note.time_ms)
 
     async def _follow(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         sub = await self._nc.subscribe(self._subject, pending_msgs_limit=1_000_000)
@@ -141,6 +154,7 @@ async def replay_guard(
     guard = ReplayGuard(nc, name, max_skew)
     async with anyio.create_task_group() as tg:
         await tg.start(guard._follow)
+        tg.start_soon(guard._announce)
         try:
             yield guard
         finally:
