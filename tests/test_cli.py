@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from processes import actor_serve
 
 from actorbus.cli import EXIT_CODES, main
 
@@ -34,21 +35,10 @@ def actor(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def echo(env: dict[str, str], name: str) -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "actorbus.cli", "serve", "examples/echo.py:Echo", "--name", name],
-        cwd=ROOT,
-        env=dict(os.environ, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    try:
-        assert process.stdout.readline().startswith(b"actorbus-ready ")
+    with actor_serve(name, env) as process:
         yield name
-    finally:
         process.terminate()
         assert process.wait(10) == 0  # SIGTERM drains and exits cleanly
-        process.stdout.close()
 
 
 def test_keys(env: dict[str, str], home: Path) -> None:

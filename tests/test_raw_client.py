@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ from pathlib import Path
 import nacl.signing
 import nats
 import pytest
+from processes import actor_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -46,22 +44,8 @@ def ss58_public_key(address: str) -> bytes:
 @pytest.fixture
 def echo_actor(nats_url: str, tmp_path: Path) -> Iterator[str]:
     name = f"raw{secrets.token_hex(4)}"
-    env = dict(os.environ, ACTOR_NATS_URL=nats_url, ACTOR_HOME=str(tmp_path))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "actorbus.cli", "serve", "examples/echo.py:Echo", "--name", name],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    try:
-        assert process.stdout.readline().startswith(b"actorbus-ready ")
+    with actor_serve(name, {"ACTOR_NATS_URL": nats_url, "ACTOR_HOME": str(tmp_path)}):
         yield name
-    finally:
-        process.terminate()
-        process.wait(10)
-        process.stdout.close()
 
 
 async def test_a_client_from_the_protocol_alone(nats_url: str, echo_actor: str) -> None:

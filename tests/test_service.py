@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import anyio
 import pytest
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
+from processes import actor_serve
 from support import Probe
 
 from actorbus import Client, Settings, serve
@@ -99,27 +98,17 @@ async def test_registry_lists_replicas_and_forgets_stopped_ones(
 @pytest.mark.timeout(60)
 def test_a_killed_replica_expires_from_the_registry(settings: Settings, name: str) -> None:
     """SIGKILL leaves no chance to deregister: the heartbeat's TTL must remove it."""
-    env = dict(
-        os.environ,
-        ACTOR_NATS_URL=settings.url,
-        ACTOR_HOME=str(settings.home),
-        ACTOR_REGISTRY_TTL=str(settings.registry_ttl),
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "actorbus.cli", "serve", "examples/echo.py:Echo", "--name", name],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().startswith(b"actorbus-ready ")
+    env = {
+        "ACTOR_NATS_URL": settings.url,
+        "ACTOR_HOME": str(settings.home),
+        "ACTOR_REGISTRY_TTL": str(settings.registry_ttl),
+    }
 
-        async def entries() -> int:
-            async with Client(settings=settings) as client:
-                return len(await client.entries(name))
+    async def entries() -> int:
+        async with Client(settings=settings) as client:
+            return len(await client.entries(name))
 
+    with actor_serve(name, env) as process:
         assert anyio.run(entries) == 1
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -128,8 +117,3 @@ def test_a_killed_replica_expires_from_the_registry(settings: Settings, name: st
             assert time.monotonic() - killed < settings.registry_ttl + 5
             time.sleep(0.2)
         assert time.monotonic() - killed <= settings.registry_ttl + 1
-    finally:
-        process.kill()
-        process.wait()
-        if process.stdout:
-            process.stdout.close()

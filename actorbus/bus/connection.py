@@ -90,20 +90,6 @@ async def connect(
 
 async def nats_answers(url: str, *, timeout: float = 0.5) -> bool:
     """Whether a NATS server answers at ``url`` (one quick attempt, no reconnects)."""
-    holder: list[NATS] = []
-
-    async def on_error(exc: Exception) -> None:
-        # Before the first connection, failures end in one Unavailable: keep them quiet.
-        level = logging.WARNING if holder else logging.DEBUG
-        log.log(level, "nats: %s: %s", type(exc).__name__, exc)
-
-    async def on_disconnected() -> None:
-        if holder and not (holder[0].is_closed or holder[0].is_draining):
-            log.warning("nats: disconnected from %s, reconnecting", url)
-
-    async def on_reconnected() -> None:
-        log.warning("nats: reconnected to %s", url)
-
     try:
         nc = await nats.connect(
             servers=[url],
