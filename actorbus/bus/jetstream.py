@@ -6,6 +6,7 @@ Errors from ``nats.js`` are translated to :class:`Unavailable` here.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import anyio
 import nats.errors
@@ -16,7 +17,7 @@ from nats.js.kv import KeyValue
 
 from .errors import Unavailable
 
-__all__ = ["Bucket", "ensure_stream", "read_subject"]
+__all__ = ["Bucket", "ensure_stream", "publish_acked", "read_subject"]
 
 log = logging.getLogger("actorbus.bus")
 
@@ -44,6 +45,38 @@ class Bucket:
         except _JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
         return cls(kv, name)
+
+    @classmethod
+    async def find(cls, nc: NATS, name: str) -> Bucket | None:
+        """Bind to bucket ``name`` if it exists, else ``None``."""
+        try:
+            return cls(await nc.jetstream().key_value(name), name)
+        except nats.js.errors.BucketNotFoundError:
+            return None
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
+
+    async def watch(self) -> AsyncIterator[tuple[str, bytes | None] | None]:
+        """Each key's current value as ``(key, value)``, then ``None`` once caught up, then
+        every change as it happens; a deleted or purged key comes as ``(key, None)``.
+
+        Runs until cancelled; raises :class:`Unavailable` if the watch cannot start.
+        """
+        try:
+            watcher = await self._kv.watch(">")
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    yield None
+                elif entry.operation in ("DEL", "PURGE"):
+                    yield entry.key, None
+                else:
+                    yield entry.key, entry.value or b""
+        finally:
+            with anyio.CancelScope(shield=True):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def put(self, key: str, value: bytes) -> None:
         try:
@@ -112,6 +145,14 @@ async def ensure_stream(
             await js.update_stream(info.config.evolve(max_age=max_age))
     except _JS_ERRORS as exc:
         raise Unavailable(f"JetStream stream {name}: {exc}") from exc
+
+
+async def publish_acked(nc: NATS, subject: str, data: bytes) -> None:
+    """Publish to a stream's subject and wait for JetStream to store it."""
+    try:
+        await nc.jetstream().publish(subject, data)
+    except _JS_ERRORS as exc:
+        raise Unavailable(f"publish to {subject}: {exc}") from exc
 
 
 async def read_subject(

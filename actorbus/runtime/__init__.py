@@ -1,7 +1,7 @@
 """Hosting actors: the Actor base and endpoint decorator, the request pipeline, the
 registry, the client and the supervisor behind ``actor up``."""
 
-from .actor import Actor, Call, endpoint
+from .actor import Actor, Call, current_call, endpoint
 from .client import ActorProxy, Client
 from .host import Host, serve
 from .registry import Registry, RegistryEntry
@@ -16,6 +16,7 @@ __all__ = [
     "Registry",
     "RegistryEntry",
     "Settings",
+    "current_call",
     "endpoint",
     "serve",
 ]

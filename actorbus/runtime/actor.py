@@ -7,6 +7,7 @@ decoders, so a call's arguments are checked for arity and type and a mismatch is
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import typing
@@ -17,8 +18,9 @@ import msgspec
 
 from ..bus import BadRequest, NotFound, RequestMeta
 from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for
+from .policy import DEFAULT_WHITELIST, PolicyView
 
-__all__ = ["Actor", "Call", "Function", "endpoint"]
+__all__ = ["Actor", "Call", "Function", "current_call", "endpoint"]
 
 log = logging.getLogger("actorbus.runtime")
 
@@ -98,6 +100,12 @@ class Actor:
     name: str | None = None
     description: str = ""
     address: str = ""
+    allow_fns: frozenset[str] = frozenset()
+    """Functions any caller may call on this actor, on top of the default whitelist."""
+    deny_fns: frozenset[str] = frozenset()
+    """Functions only admins may call on this actor, whatever a role allows."""
+    quotas: bool = True
+    """Whether calls to this actor count against the callers' quotas."""
 
     async def on_start(self) -> None:
         """Called once before the actor takes calls."""
@@ -116,6 +124,22 @@ class Actor:
         return {name: f.schema for name, f in sorted(self.__actorbus_functions__.items())}
 
     @endpoint(idempotent=True)
+    def whitelist(self) -> list[str]:
+        """Functions every caller may call here."""
+        return sorted((DEFAULT_WHITELIST | self.allow_fns) & set(self.__actorbus_functions__))
+
+    @endpoint(idempotent=True)
+    def blacklist(self) -> list[str]:
+        """Functions only admins may call here."""
+        return sorted(self.deny_fns)
+
+    @endpoint(idempotent=True)
+    def is_admin(self, key: str | None = None) -> bool:
+        """Whether ``key`` (default: the caller) is a policy admin."""
+        policy = self.__actorbus_policy__
+        return policy is not None and (key or current_call().caller) in policy.state.admins
+
+    @endpoint(idempotent=True)
     def info(self) -> dict[str, Any]:
         """The actor's name, address, description and functions."""
         return {
@@ -126,6 +150,7 @@ class Actor:
         }
 
     __actorbus_functions__: dict[str, Function]
+    __actorbus_policy__: PolicyView | None = None
 
 
 def actor_name(cls: type[Actor], override: str | None = None) -> str:
@@ -260,6 +285,18 @@ def collect_functions(actor: Actor) -> dict[str, Function]:
     return functions
 
 
+_CURRENT: contextvars.ContextVar[Call] = contextvars.ContextVar("actorbus_call")
+
+
+def current_call() -> Call:
+    """The call a handler is answering (its verified ``caller``, ``fn``, ...).
+
+    Raises :class:`LookupError` outside a handler. Works in sync handlers too (worker
+    threads inherit the context).
+    """
+    return _CURRENT.get()
+
+
 class Call:
     """One request as it moves through the pipeline; hooks receive it.
 
@@ -279,6 +316,7 @@ class Call:
         "meta",
         "nonce",
         "priority",
+        "rate",
         "received",
         "reply_to",
         "subject",
@@ -299,6 +337,7 @@ class Call:
         self.kwargs: dict[str, Any] = {}
         self.deadline = received
         self.priority = 0.0
+        self.rate: float | None = None
 
 
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:

@@ -15,15 +15,19 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
+import msgspec
 
-from ..bus import NATS, Keypair, Keystore, Unavailable, connect
+from ..bus import NATS, ActorError, Keypair, Keystore, Unavailable, connect
 from ..bus.subjects import check_name, queue_group, serve_subject
 from .actor import Actor, actor_name, collect_functions
+from .client import Client
 from .micro import ServiceIdentity, serve_micro
-from .pipeline import Pipeline, Stage
+from .pipeline import Pipeline
+from .policy import Grant, PolicyView, Quotas
 from .registry import Registry, RegistryEntry
 from .replay import replay_guard
 from .settings import Settings
@@ -67,7 +71,6 @@ async def serve(
     key: Keypair | None = None,
     settings: Settings | None = None,
     nc: NATS | None = None,
-    extra_stages: tuple[Stage, ...] = (),
 ) -> AsyncIterator[Host]:
     """Serve ``actor`` as one replica of ``name`` until the block exits.
 
@@ -94,6 +97,10 @@ async def serve(
         guard = await stack.enter_async_context(
             replay_guard(nc, name, settings.max_skew, replicas=settings.js_replicas)
         )
+        policy = PolicyView(nc, settings.policy_bucket)
+        actor.__actorbus_policy__ = policy
+        client = await stack.enter_async_context(Client(key, settings=settings, nc=nc))
+        quotas = Quotas(partial(_lease, client, settings.policy)) if actor.quotas else None
         pipeline = Pipeline(
             nc=nc,
             name=name,
@@ -102,7 +109,8 @@ async def serve(
             functions=functions,
             guard=guard,
             settings=settings,
-            extra_stages=extra_stages,
+            policy=policy,
+            quotas=quotas,
         )
         entry = RegistryEntry(
             name=name,
@@ -125,6 +133,7 @@ async def serve(
         await actor.on_start()
         try:
             async with anyio.create_task_group() as tg:
+                await tg.start(policy.run)
                 for _ in range(settings.max_in_flight):
                     tg.start_soon(pipeline.work)
                 tg.start_soon(pipeline.sweep)
@@ -149,6 +158,8 @@ async def serve(
                 finally:
                     with anyio.CancelScope(shield=True):
                         await _drain(pipeline, sub, registry, entry, settings.drain_timeout)
+                        if quotas is not None:
+                            await _return_leases(client, settings.policy, quotas)
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(settings.drain_timeout):
@@ -185,3 +196,22 @@ async def _drain(
             pipeline.in_flight,
             timeout,
         )
+
+
+async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:
+    """Borrow up to ``want`` calls of ``key``'s budget from the policy actor."""
+    grant: Grant = msgspec.convert(
+        await client.request(policy, "lease", [key, want], timeout=2.0), Grant
+    )
+    return grant
+
+
+async def _return_leases(client: Client, policy: str, quotas: Quotas) -> None:
+    """Hand back what this replica borrowed and did not use (best effort, 2 s)."""
+    with anyio.move_on_after(2):
+        for key, window, count in quotas.unused():
+            try:
+                await client.request(policy, "release", [key, window, count], timeout=1.0)
+            except ActorError as exc:
+                log.debug("could not return a lease for %s: %s", key, exc)
+                return

@@ -38,8 +38,9 @@ from ..bus import (
     Unavailable,
 )
 from ..bus.wire import ErrorBody, codec_for, request_nonce, sign_reply, verify_request
-from .actor import Actor, Call, Function, resolve_hook, run_hook
+from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .micro import FunctionStats
+from .policy import PolicyView, Quotas
 from .replay import ReplayGuard
 from .settings import Settings
 
@@ -95,7 +96,8 @@ class Pipeline:
         functions: dict[str, Function],
         guard: ReplayGuard,
         settings: Settings,
-        extra_stages: tuple[Stage, ...] = (),
+        policy: PolicyView | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.nc = nc
         self.name = name
@@ -103,6 +105,10 @@ class Pipeline:
         self.functions = functions
         self.guard = guard
         self.settings = settings
+        self.policy = policy
+        self.quotas = quotas
+        self._allow = frozenset(actor.allow_fns)
+        self._deny = frozenset(actor.deny_fns)
         self.log = logging.getLogger(f"actorbus.actor.{name}")
         self.stats: dict[str, FunctionStats] = {fn: FunctionStats() for fn in functions}
         self.admission = Admission(settings.max_queue)
@@ -126,7 +132,7 @@ class Pipeline:
             self.check_size,
             self.verify_signature,
             self.check_replay,
-            *extra_stages,
+            self.check_policy,
             self.route,
             self.bind,
             self.run_hooks,
@@ -170,6 +176,15 @@ class Pipeline:
     async def check_replay(self, call: Call, msg: Msg) -> None:
         assert call.meta is not None
         self.guard.check(call.meta)
+
+    async def check_policy(self, call: Call, msg: Msg) -> None:
+        policy = self.policy
+        if policy is None or not policy.enforced:
+            return
+        decision = policy.state.decide(call.caller, self.name, call.fn, self._allow, self._deny)
+        if not decision.allowed:
+            raise Forbidden(decision.reason)
+        call.rate = decision.rate
 
     async def route(self, call: Call, msg: Msg) -> None:
         function = self.functions.get(call.fn)
@@ -234,6 +249,8 @@ class Pipeline:
         function = call.function
         assert function is not None
         try:
+            if call.rate is not None and self.quotas is not None and self.policy is not None:
+                await self.quotas.take(call.caller, call.rate, self.policy.state.config.window)
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the call could run")
@@ -255,6 +272,7 @@ class Pipeline:
         await self.reply(call, 200, body)
 
     async def _invoke(self, function: Function, call: Call) -> Any:
+        _CURRENT.set(call)  # each worker task has its own context
         if function.is_async:
             return await function.method(*call.args, **call.kwargs)
         return await anyio.to_thread.run_sync(

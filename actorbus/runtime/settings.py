@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """How long a stopping replica waits for in-flight calls."""
     js_replicas: int = 1
     """JetStream replicas for the buckets and streams actorbus creates (3 on a cluster)."""
+    policy: str = "policy"
+    """The policy actor's name; its KV bucket is ``actor_<policy>`` (``ACTOR_POLICY``)."""
+    quota_window: float = 60.0
+    """Seconds per quota window, used when a policy actor first writes its config."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -69,6 +73,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         except msgspec.ValidationError as exc:
             raise BadRequest(f"invalid setting: {exc}") from None
         return msgspec.structs.replace(settings, home=settings.home.expanduser())
+
+    @property
+    def policy_bucket(self) -> str:
+        """The KV bucket holding the policy of the policy actor named ``policy``."""
+        return "actor_" + self.policy.replace(".", "_")
 
     @property
     def url(self) -> str:
