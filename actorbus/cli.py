@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,36 +131,69 @@ def up(ctx: click.Context, target: str, name: str | None, replicas: int) -> None
                 )
             else:
                 err.print(f"using NATS at [bold]{url}[/bold]")
-            command = [
-                sys.executable,
-                "-m",
-                "actorbus.cli",
-                "--log-level",
-                logging.getLevelName(logging.getLogger().level),
-                "serve",
-                target,
-                "--name",
-                actor,
-            ]
+            level = logging.getLevelName(logging.getLogger().level)
 
-            def on_ready(index: int, ready: ReplicaReady) -> None:
-                err.print(f"{actor}[{index}] ready: pid {ready.pid}, address {ready.address}")
+            def command(target: str, name: str) -> list[str]:
+                return [
+                    sys.executable,
+                    "-m",
+                    "actorbus.cli",
+                    "--log-level",
+                    level,
+                    "serve",
+                    target,
+                    "--name",
+                    name,
+                ]
 
+            def on_ready(name: str) -> Callable[[int, ReplicaReady], None]:
+                def report(index: int, ready: ReplicaReady) -> None:
+                    err.print(f"{name}[{index}] ready: pid {ready.pid}, address {ready.address}")
+
+                return report
+
+            here = msgspec.structs.replace(settings, nats_url=url)
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_cancel_on_signal, scope)
+                    if actor != settings.policy and not await _policy_running(here):
+                        admin = Keystore(settings.home).load(settings.key, create=True)
+                        err.print(
+                            f"starting the policy actor {settings.policy!r}; if it is "
+                            f"new, its first admin is key {settings.key!r} ({admin.address})"
+                        )
+                        await tg.start(
+                            partial(
+                                supervise,
+                                command(POLICY_TARGET, settings.policy),
+                                name=settings.policy,
+                                replicas=1,
+                                settings=settings,
+                                nats_url=url,
+                                on_ready=on_ready(settings.policy),
+                                on_event=err.print,
+                            )
+                        )
                     await supervise(
-                        command,
+                        command(target, actor),
                         name=actor,
                         replicas=replicas,
                         settings=settings,
                         nats_url=url,
-                        on_ready=on_ready,
+                        on_ready=on_ready(actor),
                         on_event=err.print,
                     )
             err.print("stopped")
 
     _run(ctx, run)
+
+
+POLICY_TARGET = "actorbus.actors.policy:Policy"
+
+
+async def _policy_running(settings: Settings) -> bool:
+    async with Client(settings=settings) as client:
+        return bool(await client.entries(settings.policy))
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
@@ -324,6 +358,138 @@ def info(ctx: click.Context, name: str, as_json: bool) -> None:
             f"{now - e.heartbeat:.1f}s ago",
         )
     out.print(table)
+
+
+# -- policy --------------------------------------------------------------------------------
+
+
+@main.group()
+def policy() -> None:
+    """Admins, roles, stakes and quotas (every change is signed by your key, an admin's)."""
+
+
+def _key_address(settings: Settings, key: str) -> str:
+    """KEY as an address: a keystore key's name, or an address as it is."""
+    store = Keystore(settings.home)
+    return store.load(key).address if key in store.names() else key
+
+
+def _policy_call(ctx: click.Context, fn: str, *args: Any) -> None:
+    settings = _settings(ctx)
+
+    async def run() -> Any:
+        async with Client(settings=settings) as client:
+            return await client.request(settings.policy, fn, list(args))
+
+    click.echo(json.dumps(_run(ctx, run), indent=2))
+
+
+@policy.command("add-user")
+@click.argument("key")
+@click.option("--role", default="user", show_default=True)
+@click.pass_context
+def policy_add_user(ctx: click.Context, key: str, role: str) -> None:
+    """Give KEY (an address or a keystore name) a role."""
+    _policy_call(ctx, "add_user", _key_address(_settings(ctx), key), role)
+
+
+@policy.command("rm-user")
+@click.argument("key")
+@click.pass_context
+def policy_rm_user(ctx: click.Context, key: str) -> None:
+    """Take KEY's role away (it becomes public)."""
+    _policy_call(ctx, "rm_user", _key_address(_settings(ctx), key))
+
+
+@policy.command("add-admin")
+@click.argument("key")
+@click.pass_context
+def policy_add_admin(ctx: click.Context, key: str) -> None:
+    """Make KEY an admin."""
+    _policy_call(ctx, "add_admin", _key_address(_settings(ctx), key))
+
+
+@policy.command("rm-admin")
+@click.argument("key")
+@click.pass_context
+def policy_rm_admin(ctx: click.Context, key: str) -> None:
+    """Remove admin KEY (never the last one)."""
+    _policy_call(ctx, "rm_admin", _key_address(_settings(ctx), key))
+
+
+@policy.command("users")
+@click.pass_context
+def policy_users(ctx: click.Context) -> None:
+    """Keys with a role."""
+    _policy_call(ctx, "users")
+
+
+@policy.command("roles")
+@click.pass_context
+def policy_roles(ctx: click.Context) -> None:
+    """Roles and their rules."""
+    _policy_call(ctx, "roles")
+
+
+@policy.group("role")
+def policy_role() -> None:
+    """Define roles."""
+
+
+@policy_role.command("set")
+@click.argument("role")
+@click.option("--allow", multiple=True, metavar="ACTOR/FN", help="Pattern it may call (*).")
+@click.option("--deny", multiple=True, metavar="ACTOR/FN", help="Pattern it may not call.")
+@click.option(
+    "--stake2rate", type=float, default=1.0, show_default=True, help="Stake per call/minute."
+)
+@click.pass_context
+def policy_role_set(
+    ctx: click.Context, role: str, allow: tuple[str, ...], deny: tuple[str, ...], stake2rate: float
+) -> None:
+    """Define ROLE's allow and deny patterns and its stake per call/minute."""
+    _policy_call(ctx, "set_role", role, list(allow), list(deny), stake2rate)
+
+
+@policy.group("stake")
+def policy_stake() -> None:
+    """Set stakes."""
+
+
+@policy_stake.command("set")
+@click.argument("key")
+@click.argument("amount", type=float)
+@click.pass_context
+def policy_stake_set(ctx: click.Context, key: str, amount: float) -> None:
+    """Set KEY's stake (its rate is stake / stake2rate calls per minute)."""
+    _policy_call(ctx, "set_stake", _key_address(_settings(ctx), key), amount)
+
+
+@policy.command("stakes")
+@click.pass_context
+def policy_stakes(ctx: click.Context) -> None:
+    """Every key's stake."""
+    _policy_call(ctx, "stakes")
+
+
+@policy.command("decide")
+@click.argument("key")
+@click.argument("target", metavar="ACTOR/FN")
+@click.pass_context
+def policy_decide(ctx: click.Context, key: str, target: str) -> None:
+    """Whether KEY may call ACTOR/FN, and why."""
+    actor, sep, fn = target.rpartition("/")
+    if not sep:
+        raise click.BadParameter("expected ACTOR/FN", param_hint="ACTOR/FN")
+    _policy_call(ctx, "decide", _key_address(_settings(ctx), key), actor, fn)
+
+
+@policy.command("log")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(0, 100_000))
+@click.pass_context
+def policy_log(ctx: click.Context, limit: int) -> None:
+    """The last policy changes: who, what, when."""
+    _policy_call(ctx, "log", limit)
 
 
 # -- keys ----------------------------------------------------------------------------------

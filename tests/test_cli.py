@@ -18,14 +18,19 @@ import pytest
 from click.testing import CliRunner
 from processes import actor_serve
 
+from actorbus import Settings
 from actorbus.cli import EXIT_CODES, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def env(nats_url: str, home: Path) -> dict[str, str]:
-    return {"ACTOR_NATS_URL": nats_url, "ACTOR_HOME": str(home)}
+def env(settings: Settings) -> dict[str, str]:
+    return {
+        "ACTOR_NATS_URL": settings.url,
+        "ACTOR_HOME": str(settings.home),
+        "ACTOR_POLICY": settings.policy,
+    }
 
 
 def actor(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -143,7 +148,8 @@ class Up:
 def test_up_runs_replicas_and_restarts_a_crashed_one(env: dict[str, str], name: str) -> None:
     up = Up(env, "examples/echo.py:Echo", "--name", name, "--replicas", "2")
     try:
-        up.wait_for("ready: pid", count=2)
+        up.wait_for(f"{name}[1] ready: pid")
+        assert any("starting the policy actor" in line for line in up.lines)
         code, out, _ = actor(env, "ls", "--json")
         replicas = [e for e in json.loads(out) if e["name"] == name]
         assert len(replicas) == 2
@@ -172,7 +178,7 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
     clean = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "ACTOR_NATS_URL")}
     up = Up(dict(clean, **env), "examples/echo.py:Echo")
     try:
-        up.wait_for("ready: pid")
+        up.wait_for("echo[0] ready: pid")
         assert any("nats://127.0.0.1:4222" in line for line in up.lines)
         result = CliRunner().invoke(
             main, ["call", "echo/forward", "hi"], env=dict(env, NATS_URL="", ACTOR_NATS_URL="")

@@ -32,8 +32,9 @@ class Bucket:
         self.name = name
 
     @classmethod
-    async def open(cls, nc: NATS, name: str, *, ttl: float, replicas: int = 1) -> Bucket:
-        """Bind to bucket ``name``, creating it (history 1, file store) if it is missing."""
+    async def open(cls, nc: NATS, name: str, *, ttl: float | None, replicas: int = 1) -> Bucket:
+        """Bind to bucket ``name``, creating it (history 1, file store; entries expire after
+        ``ttl`` seconds, or never if ``None``) if it is missing."""
         js = nc.jetstream()
         try:
             try:

@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..bus import BadRequest, NotFound, RequestMeta
+from ..bus import NATS, BadRequest, NotFound, RequestMeta
 from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for
+from .client import Client
 from .policy import DEFAULT_WHITELIST, PolicyView
+from .settings import Settings
 
 __all__ = ["Actor", "Call", "Function", "current_call", "endpoint"]
 
@@ -106,6 +108,11 @@ class Actor:
     """Functions only admins may call on this actor, whatever a role allows."""
     quotas: bool = True
     """Whether calls to this actor count against the callers' quotas."""
+
+    # Set by the host before on_start: what an actor needs to call others and read NATS.
+    client: Client
+    settings: Settings
+    nc: NATS
 
     async def on_start(self) -> None:
         """Called once before the actor takes calls."""

@@ -100,6 +100,7 @@ async def serve(
         policy = PolicyView(nc, settings.policy_bucket)
         actor.__actorbus_policy__ = policy
         client = await stack.enter_async_context(Client(key, settings=settings, nc=nc))
+        actor.client, actor.settings, actor.nc = client, settings, nc
         quotas = Quotas(partial(_lease, client, settings.policy)) if actor.quotas else None
         pipeline = Pipeline(
             nc=nc,
@@ -121,6 +122,8 @@ async def serve(
             instance=instance,
             started=time.time(),
             version=VERSION,
+            allow_fns=sorted(actor.allow_fns),
+            deny_fns=sorted(actor.deny_fns),
         )
         identity = ServiceIdentity(
             actor=name,

@@ -33,6 +33,7 @@ from ..bus.jetstream import Bucket
 
 __all__ = [
     "DEFAULT_WHITELIST",
+    "PUBLIC",
     "Decision",
     "Grant",
     "PolicyConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "PolicyView",
     "Quotas",
     "Role",
+    "load_state",
 ]
 
 log = logging.getLogger("actorbus.policy")
@@ -105,6 +107,7 @@ class PolicyState:
         self.roles: dict[str, Role] = {}
         self.stakes: dict[str, float] = {}
         self.config = PolicyConfig()
+        self.configured = False
         self.revision = 0
         self._patterns: dict[str, re.Pattern[str]] = {}
         self._memo: dict[tuple[str, str, str], Decision] = {}
@@ -135,6 +138,7 @@ class PolicyState:
                     self.stakes[subject] = _number_decoder.decode(value)
             elif key == "config":
                 self.config = PolicyConfig() if value is None else _config_decoder.decode(value)
+                self.configured = value is not None
             else:
                 return
         except msgspec.DecodeError as exc:
@@ -205,6 +209,16 @@ class PolicyState:
         return Decision(False, role_name, f"role {role_name!r} may not call {target}", rate)
 
 
+async def load_state(bucket: Bucket) -> PolicyState:
+    """The policy in ``bucket`` as it is now."""
+    state = PolicyState()
+    async for item in bucket.watch():
+        if item is None:
+            break
+        state.apply(*item)
+    return state
+
+
 class PolicyView:
     """A host's live copy of the policy in bucket ``bucket``.
 
@@ -249,7 +263,8 @@ class PolicyView:
                 started = True
                 task_status.started()
             await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0) if self.enforced else 2.0
+            # Until a policy exists, look for it often: calls are open meanwhile.
+            delay = min(delay * 2, 5.0) if self.enforced else 0.25
 
     async def _follow(self, bucket: Bucket, task_status: anyio.abc.TaskStatus[None] | None) -> None:
         fresh = PolicyState()
@@ -346,4 +361,3 @@ class Quotas:
     def unused(self) -> list[tuple[str, int, int]]:
         """``(key, window, calls)`` still held, to hand back when the host stops."""
         return [(k, v.window, v.left) for k, v in self._leases.items() if v.left > 0]
-

@@ -30,6 +30,8 @@ class RegistryEntry(msgspec.Struct, frozen=True):
     version: str
     heartbeat: float = 0.0
     ttl: float = 15.0
+    allow_fns: list[str] = msgspec.field(default_factory=list)
+    deny_fns: list[str] = msgspec.field(default_factory=list)
 
     @property
     def key(self) -> str:

@@ -159,11 +159,13 @@ async def supervise(
     on_event: Callable[[str], None],
     max_restarts: int = 5,
     window: float = 60.0,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``replicas`` copies of ``command`` (one replica each) until cancelled.
 
     Each child gets ``ACTOR_NATS_URL`` and ``ACTOR_HOME``; ``on_ready`` is called as each
-    first reports ready. Raises :class:`SupervisorError` when a replica cannot be kept up.
+    first reports ready, and ``task_status`` once all are. Raises :class:`SupervisorError`
+    when a replica cannot be kept up.
     """
     if replicas < 1:
         raise Unavailable("--replicas must be at least 1")
@@ -175,6 +177,7 @@ async def supervise(
                 _run_replica, label, command, env, on_event, settings, max_restarts, window
             )
             on_ready(index, ready)
+        task_status.started()
 
 
 def ready_line(ready: ReplicaReady) -> str:

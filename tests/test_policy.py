@@ -1,0 +1,267 @@
+"""The policy actor and its enforcement on every call, each rule as a user would meet it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+from click.testing import CliRunner
+from processes import actor_serve
+from support import Probe
+
+from actorbus import (
+    BadRequest,
+    Client,
+    Forbidden,
+    Keypair,
+    Keystore,
+    RateLimited,
+    Settings,
+    serve,
+)
+from actorbus.actors.policy import Policy
+from actorbus.bus import EmbeddedServer
+from actorbus.cli import EXIT_CODES, main
+
+
+async def eventually(check: object, timeout: float = 3.0) -> float:
+    """Seconds until the coroutine function ``check`` stops raising; fails after ``timeout``."""
+    started = time.monotonic()
+    while True:
+        try:
+            await check()  # type: ignore[operator]
+            return time.monotonic() - started
+        except (AssertionError, Forbidden):
+            if time.monotonic() - started > timeout:
+                raise
+            await anyio.sleep(0.01)
+
+
+async def test_roles_allow_deny_and_the_whitelist(settings: Settings, name: str) -> None:
+    stranger = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings),
+        Client(settings=settings) as admin,
+        Client(stranger, settings=settings) as other,
+    ):
+        assert await admin.call(name, "add", 1, 2) == 3  # the first admin calls anything
+        with pytest.raises(Forbidden, match="role 'public' may not call"):
+            await other.call(name, "forward", "hi")
+        assert (await other.call(name, "info"))["name"] == name  # whitelist
+        assert "forward" not in await other.call(name, "whitelist")
+        assert await other.call(name, "is_admin") is False
+        assert await admin.call(name, "is_admin") is True
+
+        await admin.call(
+            settings.policy,
+            "set_role",
+            "reader",
+            [f"{name}/forward", f"{name}/add"],
+            [f"{name}/add"],
+        )
+        await admin.call(settings.policy, "add_user", stranger.address, "reader")
+
+        async def allowed() -> None:
+            assert await other.call(name, "forward", "hi") == "hi"
+
+        took = await eventually(allowed)
+        assert took < 1.0  # a role change reaches a running actor, no restart
+        with pytest.raises(Forbidden, match="denies"):
+            await other.call(name, "add", 1, 2)  # deny wins over allow
+        with pytest.raises(Forbidden, match="may not call"):
+            await other.call(name, "slow", 0)  # not allowed
+        assert await other.call(settings.policy, "user2role") == "reader"
+        why = await other.call(settings.policy, "decide", stranger.address, name, "add")
+        assert why == {
+            "allowed": False,
+            "role": "reader",
+            "reason": f"role 'reader' denies '{name}/add'",
+            "rate": 60.0,
+        }
+
+
+async def test_only_admins_change_the_policy(settings: Settings, name: str) -> None:
+    stranger = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        Client(settings=settings) as admin,
+        Client(stranger, settings=settings) as other,
+    ):
+        with pytest.raises(Forbidden):  # refused by the policy stage: public role
+            await other.call(settings.policy, "add_user", stranger.address, "root")
+        # Even a role that allows every policy call does not make its users admins.
+        await admin.call(settings.policy, "set_role", "ops", [f"{settings.policy}/*"])
+        await admin.call(settings.policy, "add_user", stranger.address, "ops")
+
+        async def refused_by_the_handler() -> None:
+            with pytest.raises(Forbidden, match="only a policy admin"):
+                await other.call(settings.policy, "add_admin", stranger.address)
+
+        await eventually(refused_by_the_handler)
+        with pytest.raises(Forbidden):
+            await other.call(settings.policy, "decide", admin.key.address, name, "forward")
+
+
+async def test_admins_and_the_audit_log(settings: Settings) -> None:
+    deputy = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        Client(settings=settings) as admin,
+    ):
+        me = admin.key.address
+        assert await admin.call(settings.policy, "add_admin", deputy.address) == sorted(
+            [me, deputy.address]
+        )
+        assert await admin.call(settings.policy, "rm_admin", deputy.address) == [me]
+        with pytest.raises(BadRequest, match="last admin"):
+            await admin.call(settings.policy, "rm_admin", me)
+        with pytest.raises(BadRequest, match="not a valid key"):
+            await admin.call(settings.policy, "add_user", "not-an-address")
+        log = await admin.call(settings.policy, "log")
+        assert [(r["who"], r["what"]) for r in log][-2:] == [(me, "add_admin"), (me, "rm_admin")]
+        assert log[0]["what"] == "first_admin" and log[0]["args"] == {"key": me}
+
+
+async def test_a_quota_holds_across_three_replicas(settings: Settings, name: str) -> None:
+    """600 calls/min over a 2 s window is 20 calls a window, for all replicas together."""
+    settings = msgspec.structs.replace(settings, quota_window=2.0)
+    caller = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings) as a,
+        serve(Probe(), name=name, settings=settings) as b,
+        serve(Probe(), name=name, settings=settings) as c,
+        Client(settings=settings) as admin,
+        Client(caller, settings=settings) as client,
+    ):
+        await admin.call(settings.policy, "set_role", "metered", [f"{name}/*"], [], 1.0)
+        await admin.call(settings.policy, "add_user", caller.address, "metered")
+        await admin.call(settings.policy, "set_stake", caller.address, 600)
+
+        async def metered() -> None:
+            assert await client.call(name, "info")
+
+        await eventually(metered)
+        await anyio.sleep(2.0 - time.time() % 2.0 + 0.05)  # start at a fresh window
+        outcomes: list[object] = []
+
+        async def one() -> None:
+            try:
+                outcomes.append(await client.call(name, "forward", "x"))
+            except RateLimited as exc:
+                outcomes.append(exc)
+
+        started = time.time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(60):
+                tg.start_soon(one)
+        assert time.time() - started < 1.5  # all inside one window
+        ok = outcomes.count("x")
+        limited = [o for o in outcomes if isinstance(o, RateLimited)]
+        assert 14 <= ok <= 20, ok  # about R, never more; not 3R
+        assert len(limited) == 60 - ok
+        assert all(0 < e.retry_after <= 2.0 for e in limited)
+        served = [h.pipeline.stats["forward"].num_requests for h in (a, b, c)]
+        assert min(served) > 0, served  # the calls did spread over the replicas
+        await anyio.sleep(limited[0].retry_after)
+        assert await client.call(name, "forward", "again") == "again"  # a new window
+
+
+async def test_cached_decisions_apply_while_the_policy_actor_is_down(
+    settings: Settings, name: str
+) -> None:
+    member, stranger = Keypair.generate(), Keypair.generate()
+    async with serve(Policy(), name=settings.policy, settings=settings):
+        pass  # the policy exists before the actor starts: it enforces from its first call
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        Client(settings=settings) as admin,
+        Client(member, settings=settings) as m,
+        Client(stranger, settings=settings) as s,
+    ):
+        with pytest.raises(Forbidden):
+            await m.call(name, "forward", "not yet")
+        async with serve(Policy(), name=settings.policy, settings=settings):
+            await admin.call(settings.policy, "set_role", "member", [f"{name}/forward"])
+            await admin.call(settings.policy, "add_user", member.address, "member")
+
+            async def allowed() -> None:
+                assert await m.call(name, "forward", "hi") == "hi"
+
+            await eventually(allowed)
+        # The policy actor is gone: decisions continue from the cache, no more permissive.
+        assert await m.call(name, "forward", "still") == "still"
+        with pytest.raises(Forbidden):
+            await s.call(name, "forward", "no")
+        assert await admin.call(name, "add", 2, 2) == 4
+
+
+async def test_the_policy_survives_restarts(tmp_path: Path, home: Path) -> None:
+    """Restart the policy actor, then the nats-server itself (same file store)."""
+    member = Keypair.generate()
+    store = tmp_path / "nats"
+    with EmbeddedServer(store) as server:
+        settings = Settings(home=home, nats_url=server.url, registry_ttl=3.0, drain_timeout=2.0)
+        async with Client(settings=settings) as admin:
+            async with serve(Policy(), settings=settings):
+                await admin.call("policy", "set_role", "member", ["echo/*"])
+                await admin.call("policy", "add_user", member.address, "member")
+            async with serve(Policy(), settings=settings):
+                assert await admin.call("policy", "users") == {member.address: "member"}
+        port = server.port
+    with EmbeddedServer(store, port=port) as server:
+        settings = Settings(home=home, nats_url=server.url, registry_ttl=3.0, drain_timeout=2.0)
+        async with serve(Policy(), settings=settings), Client(settings=settings) as admin:
+            assert await admin.call("policy", "users") == {member.address: "member"}
+            roles = await admin.call("policy", "roles")
+            assert roles["member"]["allow"] == ["echo/*"]
+            assert await admin.call("policy", "admins") == [admin.key.address]
+
+
+def test_policy_cli(settings: Settings) -> None:
+    env = {
+        "ACTOR_NATS_URL": settings.url,
+        "ACTOR_HOME": str(settings.home),
+        "ACTOR_POLICY": settings.policy,
+    }
+    Keystore(settings.home).load("default", create=True)  # the first admin, as `up` makes it
+    alice = Keystore(settings.home).create("alice")
+
+    def actor(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    target = "actorbus.actors.policy:Policy"
+    with actor_serve(settings.policy, env, target=target):
+        assert (
+            actor("policy", "role", "set", "reader", "--allow", "x/*", "--deny", "x/secret")[0] == 0
+        )
+        code, out, _ = actor("policy", "add-user", "alice", "--role", "reader")
+        assert (code, json.loads(out)) == (0, {alice.address: "reader"})
+        assert json.loads(actor("policy", "users")[1]) == {alice.address: "reader"}
+        assert json.loads(actor("policy", "roles")[1])["reader"]["deny"] == ["x/secret"]
+        assert actor("policy", "stake", "set", "alice", "120")[0] == 0
+        assert json.loads(actor("policy", "stakes")[1]) == {alice.address: 120.0}
+        code, out, _ = actor("policy", "decide", "alice", "x/secret")
+        assert json.loads(out)["allowed"] is False
+        code, out, _ = actor("policy", "decide", "alice", "x/open")
+        assert json.loads(out) == {
+            "allowed": True,
+            "role": "reader",
+            "reason": "role 'reader' allows 'x/*'",
+            "rate": 120.0,
+        }
+        whats = [r["what"] for r in json.loads(actor("policy", "log")[1])]
+        assert whats[-3:] == ["set_role", "add_user", "set_stake"]
+        assert actor("policy", "add-admin", "alice")[0] == 0
+        assert actor("policy", "rm-admin", "alice")[0] == 0
+        env_alice = dict(env, ACTOR_KEY="alice")
+        result = CliRunner().invoke(
+            main, ["policy", "add-user", "alice", "--role", "root"], env=env_alice
+        )
+        assert result.exit_code == EXIT_CODES[403]
