@@ -81,10 +81,11 @@ async def serve(kind: str, url: str) -> None:
 
 
 async def load(
-    url: str, concurrency: int, seconds: float, signed: bool
+    url: str, concurrency: int, seconds: float, signed: bool, key: Keypair | None = None
 ) -> tuple[float, list[float]]:
+    """Calls/s and latencies of ``concurrency`` callers for ``seconds`` (bounded in count)."""
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
-    key = Keypair.generate()
+    key = key or Keypair.generate()
     subject = "actor.bench.echo"
     body = b'{"args":["x"],"kwargs":{}}'
     latencies: list[float] = []

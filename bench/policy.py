@@ -1,0 +1,102 @@
+"""Signed calls/s with the policy on vs off through one replica, and the decision cost.
+
+    python bench/policy.py [--seconds 3] [--repeat 3] [--concurrency 64]
+
+Off: the actor runs with a policy name no policy actor serves (calls are not checked).
+On: a policy actor runs; the caller has a role that allows the call and a stake whose
+quota is never reached, so every call pays the decision and the quota bookkeeping (leases
+borrowed from the policy actor). Both use bench/calls.py's load generator and actor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from calls import HERE as CALLS
+from calls import load, percentile, start
+
+from actorbus import Client, Keypair, Settings
+from actorbus.bus import EmbeddedServer
+from actorbus.runtime.policy import PolicyState
+
+
+def decision_cost() -> tuple[float, float]:
+    """Microseconds per decision: memoized (the hot path) and computed."""
+    state = PolicyState()
+    state.apply("role.bench", b'{"allow":["bench/*","other/*"],"deny":["bench/secret"]}')
+    keys = [Keypair.generate().address for _ in range(1000)]
+    for key in keys:
+        state.apply(f"user.{key}", b'"bench"')
+    n = 200_000
+    started = time.perf_counter()
+    for i in range(n):
+        state.decide(keys[i % 1000], "bench", "echo")
+    memo = (time.perf_counter() - started) / n * 1e6
+    started = time.perf_counter()
+    for i in range(n):
+        state._decide(keys[i % 1000], "bench", "echo", frozenset(), frozenset())
+    fresh = (time.perf_counter() - started) / n * 1e6
+    return memo, fresh
+
+
+async def configure(settings: Settings, caller: Keypair) -> None:
+    async with Client(settings=settings) as admin:
+        await admin.call(settings.policy, "set_role", "bench", ["bench/*"], [], 1.0)
+        await admin.call(settings.policy, "add_user", caller.address, "bench")
+        await admin.call(settings.policy, "set_stake", caller.address, 1e9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    memo, fresh = decision_cost()
+    print(f"decision: {memo:.2f} us memoized, {fresh:.2f} us computed")
+    home = tempfile.mkdtemp(prefix="actorbus-bench-policy-")
+    caller = Keypair.generate()
+    serve = [sys.executable, "-m", "actorbus.cli", "--log-level", "WARNING", "serve"]
+    with EmbeddedServer(Path(home) / "nats") as server:
+        env = dict(os.environ, ACTOR_NATS_URL=server.url, ACTOR_HOME=home)
+        rates = {}
+        for label, policy in (("off", "nopolicy"), ("on", "policy")):
+            env["ACTOR_POLICY"] = policy
+            started = []
+            if label == "on":
+                started.append(
+                    start([*serve, "actorbus.actors.policy:Policy", "--name", policy], env)
+                )
+                settings = Settings(home=Path(home), nats_url=server.url, policy=policy)
+                asyncio.run(configure(settings, caller))
+            started.append(start([*serve, f"{CALLS}:BenchEcho"], env))
+            try:
+                asyncio.run(load(server.url, 4, 0.5, True, caller))  # warm up, first lease
+                runs = [
+                    asyncio.run(load(server.url, args.concurrency, args.seconds, True, caller))
+                    for _ in range(args.repeat)
+                ]
+            finally:
+                for process in reversed(started):
+                    process.terminate()
+                    process.wait(30)
+            rate = statistics.median(r for r, _ in runs)
+            p99 = statistics.median(percentile(lat, 0.99) for _, lat in runs) * 1e3
+            rates[label] = rate
+            print(
+                f"policy {label:3}: {rate:7.0f} calls/s  p99 {p99:6.2f} ms  "
+                f"(concurrency {args.concurrency}, median of {args.repeat})",
+                flush=True,
+            )
+        print(f"on/off = {rates['on'] / rates['off']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
