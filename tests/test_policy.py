@@ -265,3 +265,37 @@ def test_policy_cli(settings: Settings) -> None:
             main, ["policy", "add-user", "alice", "--role", "root"], env=env_alice
         )
         assert result.exit_code == EXIT_CODES[403]
+
+
+async def test_local_keys_are_metered_unless_exempt(settings: Settings, name: str) -> None:
+    """An actor's own key calling another actor: counted by default, free when exempt."""
+    settings = msgspec.structs.replace(settings, quota_window=2.0)
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings) as host,
+        Client(settings=settings) as admin,
+    ):
+        local = Keystore(settings.home).load(name)  # the actor's own key
+        assert local.address == host.address
+        await admin.call(settings.policy, "set_role", "peer", [f"{name}/*"])
+        await admin.call(settings.policy, "add_user", local.address, "peer")
+        await admin.call(settings.policy, "set_config", None, 30.0)  # 30/min: 1 per window
+
+        async def burst() -> int:
+            await anyio.sleep(2.0 - time.time() % 2.0 + 0.05)
+            ok = 0
+            async with Client(local, settings=settings) as peer:
+                for _ in range(5):
+                    try:
+                        await peer.call(name, "forward", "x")
+                        ok += 1
+                    except RateLimited:
+                        pass
+            return ok
+
+        async def limited() -> None:
+            assert await burst() == 1
+
+        await eventually(limited, timeout=6)
+        await admin.call(settings.policy, "set_config", None, None, True)
+        assert await burst() == 5

@@ -276,15 +276,17 @@ class Policy(Actor):
 
     # -- quota leases (called by hosts) ------------------------------------------------
 
-    async def _require_actor(self) -> None:
-        caller = self._caller()
-        if caller in self.state.admins:
-            return
+    async def _is_actor(self, key: str) -> bool:
+        """Whether ``key`` is a registered actor's (a "local" key); cached for 5 s."""
         expires, actors = self._actors
-        if caller not in actors or expires < time.monotonic():
+        if key not in actors or expires < time.monotonic():
             actors = frozenset(e.address for e in await self.client.entries())
             self._actors = (time.monotonic() + 5.0, actors)
-        if caller not in actors:
+        return key in actors
+
+    async def _require_actor(self) -> None:
+        caller = self._caller()
+        if caller not in self.state.admins and not await self._is_actor(caller):
             raise Forbidden("only registered actors may borrow quota")
 
     async def lease(self, key: str, want: int) -> dict[str, Any]:
@@ -295,7 +297,8 @@ class Policy(Actor):
         now = time.time()
         index = int(now // window)
         rate = state.rate_of(key)
-        if rate is None:  # an admin: unlimited
+        if rate is None or (state.config.local_exempt and await self._is_actor(key)):
+            # Admins, and actors' own keys when exempt: not counted.
             return msgspec.to_builtins(Grant(max(want, 1), index))  # type: ignore[no-any-return]
         budget = int(rate * window / 60)
         if len(self._granted) > 100_000:
