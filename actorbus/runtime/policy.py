@@ -232,14 +232,20 @@ class PolicyView:
         self.bucket = bucket
         self.state = PolicyState()
         self.enforced = False
-        self.changed = anyio.Event()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Follow the bucket until cancelled; started once the first state is loaded (or
-        the bucket is known to be missing)."""
-        started = False
+        the bucket is known to be missing, or cannot be read)."""
+        ready = False
+
+        def mark_ready() -> None:
+            nonlocal ready
+            if not ready:
+                ready = True
+                task_status.started()
+
         warned = False
         delay = 0.5
         while True:
@@ -254,19 +260,16 @@ class PolicyView:
                         )
                         warned = True
                 else:
-                    await self._follow(bucket, task_status if not started else None)
-                    started = True
+                    await self._follow(bucket, mark_ready)
             except Unavailable as exc:
                 if self.enforced:
                     log.warning("policy watch lost (%s): deciding from the cached policy", exc)
-            if not started:
-                started = True
-                task_status.started()
-            await anyio.sleep(delay)
+            mark_ready()
             # Until a policy exists, look for it often: calls are open meanwhile.
-            delay = min(delay * 2, 5.0) if self.enforced else 0.25
+            await anyio.sleep(delay if self.enforced else 0.25)
+            delay = min(delay * 2, 5.0)
 
-    async def _follow(self, bucket: Bucket, task_status: anyio.abc.TaskStatus[None] | None) -> None:
+    async def _follow(self, bucket: Bucket, mark_ready: Callable[[], None]) -> None:
         fresh = PolicyState()
         caught_up = False
         async for item in bucket.watch():
@@ -276,22 +279,14 @@ class PolicyView:
                     fresh.revision = self.state.revision + 1
                     self.state = fresh
                     self.enforced = True
-                    self._notify()
                     log.info("policy loaded from %s", self.bucket)
-                    if task_status is not None:
-                        task_status.started()
-                        task_status = None
+                    mark_ready()
                 continue
             key, value = item
             if caught_up:
                 self.state.apply(key, value)
-                self._notify()
             else:
                 fresh.apply(key, value)
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
 
 
 class _Lease:
