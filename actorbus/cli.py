@@ -23,9 +23,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from .bus import ActorError, BadRequest, Keystore, NotFound
+from .bus import ActorError, BadRequest, Keystore, NotFound, Unavailable
 from .bus.subjects import check_fn, check_name
-from .runtime import Client, Settings, serve
+from .runtime import Client, Host, Settings, serve
 from .runtime.actor import actor_name
 from .runtime.loading import load_actor_class
 from .runtime.supervisor import ReplicaReady, nats_server_for, ready_line, supervise
@@ -211,9 +211,12 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
 def serve_command(ctx: click.Context, target: str, name: str | None) -> None:
     """Serve one replica of TARGET in the foreground (what `actor up` runs per replica).
 
-    Prints one ready line on stdout once it takes calls; SIGTERM or Ctrl-C drains it.
+    Prints one ready line on stdout once it takes calls; SIGTERM or Ctrl-C drains it. A
+    replica that cannot go on (every sync handler thread stuck) drains and exits with
+    the code of a 503, for its supervisor to restart it.
     """
     settings = _settings(ctx)
+    hosts: list[Host] = []
 
     async def run() -> None:
         cls = load_actor_class(target)
@@ -221,12 +224,33 @@ def serve_command(ctx: click.Context, target: str, name: str | None) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_signal, scope)
                 async with serve(cls(), name=name, settings=settings) as host:
+                    hosts.append(host)
                     ready = ReplicaReady(host.name, host.address, host.instance, os.getpid())
                     print(ready_line(ready), flush=True)
                     os.dup2(2, 1)  # anything the actor prints goes to the log, not the pipe
-                    await anyio.sleep_forever()
+                    await host.failed.wait()
+                scope.cancel()
+        if host.failure:
+            raise Unavailable(host.failure)
 
-    _run(ctx, run)
+    try:
+        _run(ctx, run)
+    except click.exceptions.Exit as exc:
+        _leave_stuck_threads(hosts, exc.exit_code)
+        raise
+    _leave_stuck_threads(hosts, 0)
+
+
+def _leave_stuck_threads(hosts: list[Host], code: int) -> None:
+    """Exit now if handler threads are still stuck: Python waits for every thread at exit,
+    and a stuck one would hold the process forever (the replica has drained already)."""
+    stuck = sum(h.pipeline.threads.stuck for h in hosts)
+    if stuck:
+        err.print(f"leaving {stuck} stuck handler threads behind")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 # -- call ----------------------------------------------------------------------------------
@@ -470,6 +494,29 @@ def policy_stake_set(ctx: click.Context, key: str, amount: float) -> None:
 def policy_stakes(ctx: click.Context) -> None:
     """Every key's stake."""
     _policy_call(ctx, "stakes")
+
+
+@policy.command("config")
+@click.option("--window", type=click.FloatRange(0, min_open=True), help="Seconds per quota window.")
+@click.option(
+    "--floor",
+    type=click.FloatRange(0),
+    help="Calls per minute every key gets whatever its stake (0: stake alone decides).",
+)
+@click.option(
+    "--local-exempt/--no-local-exempt",
+    default=None,
+    help="Whether this NATS's own actors' keys skip quotas.",
+)
+@click.pass_context
+def policy_config(
+    ctx: click.Context, window: float | None, floor: float | None, local_exempt: bool | None
+) -> None:
+    """Show the quota settings, or change the ones given."""
+    if window is None and floor is None and local_exempt is None:
+        _policy_call(ctx, "config")
+    else:
+        _policy_call(ctx, "set_config", window, floor, local_exempt)
 
 
 @policy.command("decide")

@@ -35,6 +35,10 @@ class Probe(Actor):
         time.sleep(seconds)
         return seconds
 
+    async def big(self, size: int) -> str:
+        """A result of ``size`` characters (over the server's max payload when large)."""
+        return "x" * size
+
     async def boom(self) -> None:
         raise RuntimeError("secret internal detail /etc/shadow")
 
@@ -85,3 +89,61 @@ async def raw(
     msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     meta = verify_reply(msg.headers, msg.data, headers.get("Actor-Nonce", ""))
     return meta.status, msgspec.json.decode(msg.data), msg
+
+
+class Inbox:
+    """Sends requests with reply subjects ``_INBOX.<id>.<n>`` and collects every reply per
+    request, so a test can check that each was answered exactly once."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.replies: dict[int, list[Msg]] = {}
+        self.sent = 0
+        self._sub: Any = None
+        self._complete = anyio.Event()
+
+    async def __aenter__(self) -> Inbox:
+        async def collect(msg: Msg) -> None:
+            self.replies.setdefault(int(msg.subject.rsplit(".", 1)[1]), []).append(msg)
+            if len(self.replies) >= self.sent:
+                self._complete.set()
+
+        self._sub = await self.nc.subscribe(f"{self.prefix}.*", cb=collect)
+        await self.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._sub.unsubscribe()
+
+    async def send(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish one request; returns its number."""
+        number = self.sent
+        self.sent += 1
+        await self.nc.publish(subject, payload, reply=f"{self.prefix}.{number}", headers=headers)
+        return number
+
+    async def wait(self, timeout: float = 10.0, grace: float = 0.3) -> None:
+        """Until every request sent has a reply (fails after ``timeout``), then ``grace``
+        seconds more, so a second reply to any of them would be seen."""
+        await self.nc.flush()
+        if len(self.replies) < self.sent:
+            self._complete = anyio.Event()
+            with anyio.fail_after(timeout):
+                await self._complete.wait()
+        await anyio.sleep(grace)
+
+    def statuses(self) -> list[int]:
+        """The status of each request's reply; asserts each got exactly one."""
+        twice = {n: len(r) for n, r in self.replies.items() if len(r) != 1}
+        assert not twice, f"answered more than once: {twice}"
+        assert len(self.replies) == self.sent, (len(self.replies), self.sent)
+        return [int((self.replies[n][0].headers or {})["Actor-Status"]) for n in range(self.sent)]
+
+
+async def srv_stats(nc: NATS, name: str) -> dict[str, Any]:
+    """``$SRV.STATS`` of the (only) replica of ``name``, by endpoint name."""
+    reply = await nc.request(f"$SRV.STATS.{name}", b"", timeout=2)
+    return {e["name"]: e for e in msgspec.json.decode(reply.data)["endpoints"]}

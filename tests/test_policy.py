@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -258,6 +259,15 @@ def test_policy_cli(settings: Settings) -> None:
         }
         whats = [r["what"] for r in json.loads(actor("policy", "log")[1])]
         assert whats[-3:] == ["set_role", "add_user", "set_stake"]
+        code, out, _ = actor("policy", "config")
+        assert (code, json.loads(out)) == (
+            0,
+            {"window": 60.0, "floor": 60.0, "local_exempt": False},
+        )
+        code, out, _ = actor("policy", "config", "--floor", "0", "--local-exempt")
+        assert json.loads(out) == {"window": 60.0, "floor": 0.0, "local_exempt": True}
+        assert actor("policy", "config", "--window", "0")[0] == 2  # a usage error
+        assert json.loads(actor("policy", "config", "--no-local-exempt")[1])["floor"] == 0.0
         assert actor("policy", "add-admin", "alice")[0] == 0
         assert actor("policy", "rm-admin", "alice")[0] == 0
         env_alice = dict(env, ACTOR_KEY="alice")
@@ -299,3 +309,78 @@ async def test_local_keys_are_metered_unless_exempt(settings: Settings, name: st
         await eventually(limited, timeout=6)
         await admin.call(settings.policy, "set_config", None, None, True)
         assert await burst() == 5
+
+
+async def test_a_stake_change_applies_to_the_next_call(settings: Settings, name: str) -> None:
+    """Leases borrowed before a change do not outlive it: once, 5 calls passed a 3/min
+    quota right after `stake set`, spending a lease granted at the old rate."""
+    settings = msgspec.structs.replace(settings, quota_window=2.0)
+    caller = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings) as host,
+        Client(settings=settings) as admin,
+        Client(caller, settings=settings) as client,
+    ):
+        await admin.call(settings.policy, "set_config", None, 0.0)  # stake alone decides
+        await admin.call(settings.policy, "set_role", "metered", [f"{name}/*"], [], 1.0)
+        await admin.call(settings.policy, "add_user", caller.address, "metered")
+        await admin.call(settings.policy, "set_stake", caller.address, 6000)  # 200 a window
+
+        async def calls(n: int) -> int:
+            ok = 0
+            for _ in range(n):
+                try:
+                    await client.call(name, "forward", "x")
+                    ok += 1
+                except RateLimited:
+                    pass
+            return ok
+
+        async def metered() -> None:
+            assert await calls(1) == 1
+
+        await eventually(metered)
+        await anyio.sleep(2.0 - time.time() % 2.0 + 0.05)  # a fresh window
+        assert await calls(1) == 1  # borrows a lease of 20 calls: 19 left on this host
+        revision = host.pipeline.policy.state.revision
+        await admin.call(settings.policy, "set_stake", caller.address, 90)  # 3 a window
+
+        async def changed() -> None:
+            assert host.pipeline.policy.state.revision > revision
+
+        await eventually(changed)
+        assert await calls(6) <= 2  # 3 a window, 1 already made; not the lease's 19
+
+
+async def test_a_stake_raise_lifts_a_refusal_at_once(settings: Settings, name: str) -> None:
+    """A refusal is remembered until the window ends, unless the policy changes."""
+    settings = msgspec.structs.replace(settings, quota_window=30.0)
+    caller = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings),
+        Client(settings=settings) as admin,
+        Client(caller, settings=settings) as client,
+    ):
+        await admin.call(settings.policy, "set_config", None, 0.0)
+        await admin.call(settings.policy, "set_role", "metered", [f"{name}/*"], [], 1.0)
+        await admin.call(settings.policy, "add_user", caller.address, "metered")
+        await admin.call(settings.policy, "set_stake", caller.address, 2)  # 1 a window
+
+        async def refused() -> None:
+            with contextlib.suppress(RateLimited):
+                await client.call(name, "forward", "x")  # the one call of the window
+            with pytest.raises(RateLimited):
+                await client.call(name, "forward", "x")
+
+        await eventually(refused)
+        await admin.call(settings.policy, "set_stake", caller.address, 6000)
+
+        async def allowed() -> None:
+            try:
+                assert await client.call(name, "forward", "x") == "x"
+            except RateLimited as exc:
+                raise AssertionError("still refused") from exc
+
+        assert await eventually(allowed) < 1.0  # not at the end of the window

@@ -236,6 +236,11 @@ class Policy(Actor):
         self._require_admin()
         return dict(sorted(self.state.stakes.items()))
 
+    async def config(self) -> dict[str, Any]:
+        """The quota window (seconds), the rate floor (calls/min) and the local-key exemption."""
+        self._require_admin()
+        return msgspec.to_builtins(self.state.config)  # type: ignore[no-any-return]
+
     async def set_config(
         self,
         window: float | None = None,
@@ -272,7 +277,7 @@ class Policy(Actor):
         """The last ``limit`` policy changes, oldest first."""
         self._require_admin()
         records = await read_subject(self.nc, AUDIT_STREAM, self._audit_subject)
-        return [msgspec.json.decode(r) for r in records[-max(limit, 0) :]] if limit else []
+        return [msgspec.json.decode(r.data) for r in records[-max(limit, 0) :]] if limit else []
 
     # -- quota leases (called by hosts) ------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The wire: keys and addresses, envelope Structs and signing bytes, subjects, the NATS
 connection and the embedded nats-server. Imports no other actorbus package."""
 
-from .connection import NATS, Msg, connect, nats_answers, request
+from .connection import NATS, Msg, connect, message_size, nats_answers, publish, request
 from .errors import (
     ActorError,
     BadReply,
@@ -16,10 +16,13 @@ from .errors import (
     Unauthorized,
     Unavailable,
     error_for_status,
+    excerpt,
+    printable,
 )
 from .jetstream import Bucket
 from .keys import Keypair, Keystore, address_to_public_key, public_key_to_address, verify
 from .server import EmbeddedServer, find_nats_server
+from .throttle import LogThrottle
 from .wire import (
     JSON,
     MSGPACK,
@@ -48,6 +51,7 @@ __all__ = [
     "HandlerError",
     "Keypair",
     "Keystore",
+    "LogThrottle",
     "Msg",
     "NotFound",
     "PayloadTooLarge",
@@ -61,9 +65,13 @@ __all__ = [
     "codec_for",
     "connect",
     "error_for_status",
+    "excerpt",
     "find_nats_server",
+    "message_size",
     "nats_answers",
+    "printable",
     "public_key_to_address",
+    "publish",
     "request",
     "sign_reply",
     "sign_request",

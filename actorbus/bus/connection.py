@@ -17,9 +17,10 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .errors import PayloadTooLarge, ReplyTimeout, Unavailable
+from .errors import BadRequest, PayloadTooLarge, ReplyTimeout, Unavailable
+from .throttle import LogThrottle
 
-__all__ = ["NATS", "Msg", "connect", "nats_answers", "request"]
+__all__ = ["NATS", "Msg", "connect", "message_size", "nats_answers", "publish", "request"]
 
 log = logging.getLogger("actorbus.bus")
 
@@ -42,11 +43,22 @@ async def connect(
     publishes while it does.
     """
     holder: list[NATS] = []
+    # Slow-consumer drops and reconnect failures come once per message or attempt: a
+    # flood must not become a flood of log lines.
+    throttle = LogThrottle(log)
 
     async def on_error(exc: Exception) -> None:
         # Before the first connection, failures end in one Unavailable: keep them quiet.
         level = logging.WARNING if holder else logging.DEBUG
-        log.log(level, "nats: %s: %s", type(exc).__name__, exc)
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            throttle.log(
+                level,
+                "slow consumer",
+                "nats: %s: messages dropped unread (the subscriber's buffer is full)",
+                exc.sub.subject,  # ours; the message's own subject is the sender's choice
+            )
+        else:
+            throttle.log(level, type(exc).__name__, "nats: %s: %s", type(exc).__name__, exc)
 
     async def on_disconnected() -> None:
         if holder and not (holder[0].is_closed or holder[0].is_draining):
@@ -108,11 +120,53 @@ async def _quiet(exc: Exception) -> None:
     log.debug("nats probe: %s", exc)
 
 
+def message_size(body: bytes, headers: dict[str, str] | None) -> int:
+    """The bytes a message takes against the server's ``max_payload``: body and headers."""
+    if not headers:
+        return len(body)
+    # "NATS/1.0\r\n" + "Name: value\r\n" per header + "\r\n"
+    return len(body) + 12 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def _check_size(nc: NATS, body: bytes, headers: dict[str, str] | None) -> None:
+    # nats-py checks the body alone; a server closes the connection of a client that
+    # sends more than max_payload with the headers, so the check is ours.
+    size = message_size(body, headers)
+    if size > nc.max_payload:
+        raise PayloadTooLarge(
+            f"message of {size} bytes is over the server's max payload of {nc.max_payload}"
+        )
+
+
+async def publish(
+    nc: NATS, subject: str, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    """Publish one message; raises :class:`PayloadTooLarge` if it (headers included) is over
+    the server's max payload, :class:`Unavailable` if the connection is closed or its
+    reconnect buffer is full, :class:`BadRequest` for an invalid subject."""
+    _check_size(nc, body, headers)
+    try:
+        await nc.publish(subject, body, headers=headers)
+    except nats.errors.MaxPayloadError as exc:
+        raise PayloadTooLarge(f"message over the server's max payload: {exc}") from exc
+    except nats.errors.BadSubjectError as exc:
+        raise BadRequest("invalid subject") from exc
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionDrainingError,
+        nats.errors.OutboundBufferLimitError,
+        OSError,
+    ) as exc:
+        raise Unavailable(f"cannot publish: {type(exc).__name__}") from exc
+
+
 async def request(
     nc: NATS, subject: str, body: bytes, headers: dict[str, str], timeout: float
 ) -> Msg:
-    """One request/reply; raises :class:`Unavailable` (no responders, closed connection) or
-    :class:`ReplyTimeout` (no reply within ``timeout`` seconds)."""
+    """One request/reply; raises :class:`Unavailable` (no responders, closed connection),
+    :class:`ReplyTimeout` (no reply within ``timeout`` seconds) or :class:`PayloadTooLarge`
+    (the request, headers included, is over the server's max payload)."""
+    _check_size(nc, body, headers)
     try:
         return await nc.request(subject, body, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:

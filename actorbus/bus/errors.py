@@ -22,6 +22,8 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "error_for_status",
+    "excerpt",
+    "printable",
 ]
 
 
@@ -132,6 +134,24 @@ _BY_STATUS: dict[int, type[ActorError]] = {
         ReplyTimeout,
     )
 }
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (plus a trailing
+    ``…`` if cut): control characters, newlines and bidi overrides are escaped."""
+    head = text[: limit + 1]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in head)
+    return head if len(head) <= limit and len(text) <= limit else head[:limit] + "…"
+
+
+def excerpt(text: str, limit: int = 48) -> str:
+    """``text`` quoted and fit to quote in an error message (see :func:`printable`), with
+    its full length noted when cut. Use it wherever a caller's input would reach a message:
+    a reply or a log line never echoes more than this."""
+    short = printable(text, limit)
+    cut = short.endswith("…") and not text.endswith("…")
+    return f"'{short}' ({len(text)} characters)" if cut else f"'{short}'"
 
 
 def error_for_status(status: int) -> type[ActorError]:

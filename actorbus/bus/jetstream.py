@@ -12,6 +12,7 @@ import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.kv import KeyValue
 
@@ -156,9 +157,7 @@ async def publish_acked(nc: NATS, subject: str, data: bytes) -> None:
         raise Unavailable(f"publish to {subject}: {exc}") from exc
 
 
-async def read_subject(
-    nc: NATS, stream: str, subject: str, *, timeout: float = 10.0
-) -> list[bytes]:
+async def read_subject(nc: NATS, stream: str, subject: str, *, timeout: float = 10.0) -> list[Msg]:
     """Every message ``stream`` holds on ``subject`` now, oldest first."""
     js = nc.jetstream()
     try:
@@ -171,11 +170,11 @@ async def read_subject(
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.ALL,
         )
-        data: list[bytes] = []
+        data: list[Msg] = []
         try:
             with anyio.fail_after(timeout):
                 async for msg in sub.messages:
-                    data.append(msg.data)
+                    data.append(msg)
                     if msg.metadata.num_pending == 0:
                         break
         finally:

@@ -34,6 +34,7 @@ SS58_PREFIX = 42
 _SS58_CONTEXT = b"SS58PRE"
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
+_ADDRESS_LENGTHS = (47, 48)  # base58 of 35 bytes (prefix, key, checksum)
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -78,10 +79,13 @@ def address_to_public_key(address: str) -> bytes:
     Raises :class:`Unauthorized` for anything that is not a well-formed prefix-42 address
     of a valid ed25519 point of large order (small-order "weak" keys are refused).
     """
+    if not _ADDRESS_LENGTHS[0] <= len(address) <= _ADDRESS_LENGTHS[1]:
+        # Base58 decoding is quadratic in its input: never start on anything longer.
+        raise Unauthorized("malformed address: an address is 47-48 base58 characters")
     try:
         raw = _b58decode(address)
-    except ValueError as exc:
-        raise Unauthorized(f"malformed address: {exc}") from None
+    except ValueError:
+        raise Unauthorized("malformed address: not base58") from None
     if len(raw) != 35 or raw[0] != SS58_PREFIX:
         raise Unauthorized("malformed address: not a 32-byte key with SS58 prefix 42")
     payload, checksum = raw[:33], raw[33:]

@@ -13,6 +13,7 @@ __all__ = [
     "call_subject",
     "check_fn",
     "check_name",
+    "is_reply_subject",
     "nonce_subject",
     "queue_group",
     "serve_subject",
@@ -27,6 +28,8 @@ _TOKEN = r"[A-Za-z0-9_-]+"
 _NAME = re.compile(rf"{_TOKEN}(\.{_TOKEN})*")
 _FN = re.compile(_TOKEN)
 _MAX_NAME = 200
+# Printable ASCII without space or the wildcards * and >; tokens checked below.
+_REPLY = re.compile(r"[!-)+-=?-~]{1,256}")
 
 
 def check_name(name: str) -> str:
@@ -64,3 +67,13 @@ def queue_group(name: str) -> str:
 def nonce_subject(name: str) -> str:
     """Where replicas of ``name`` announce the nonces they accepted."""
     return f"{NONCE_PREFIX}.{check_name(name)}"
+
+
+def is_reply_subject(subject: str | None, prefixes: tuple[str, ...]) -> bool:
+    """Whether an actor may publish a reply on ``subject``: a literal subject of at most 256
+    characters, no empty token, starting with one of ``prefixes`` (the inbox prefixes of
+    the clients it serves). Anything else could make it publish onto another actor's
+    subjects."""
+    if not subject or not subject.startswith(prefixes):
+        return False
+    return _REPLY.fullmatch(subject) is not None and ".." not in subject and subject[-1] != "."

@@ -1,13 +1,15 @@
 """The v1 wire format of PROTOCOL.md: headers, bodies, codecs and the canonical signing bytes.
 
 Signatures are checked over the received bytes before anything is decoded: a request
-whose ``Actor-*`` headers are missing or malformed is a 401, never a skipped check.
+whose ``Actor-*`` headers are missing or malformed is a 401, never a skipped check. Every
+header is matched against its exact shape and length (an address is 47-48 base58
+characters, a time at most 13 digits...) before it is decoded, so what an unsigned caller
+can make us do costs at most one signature check, whatever it sends.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import secrets
 import time
@@ -15,7 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .errors import BadReply, BadRequest, Unauthorized
+from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
 from .keys import Keypair, verify
 
 __all__ = [
@@ -29,12 +31,16 @@ __all__ = [
     "RawCallBody",
     "ReplyMeta",
     "RequestMeta",
+    "announcement_signing_bytes",
     "codec_for",
+    "decode_error",
     "reply_signing_bytes",
     "request_nonce",
     "request_signing_bytes",
+    "sign_announcement",
     "sign_reply",
     "sign_request",
+    "verify_announcement",
     "verify_reply",
     "verify_request",
 ]
@@ -50,15 +56,20 @@ H_STATUS: Final = "Actor-Status"
 H_ERROR: Final = "Actor-Error"
 H_RETRY_AFTER: Final = "Retry-After"
 H_CONTENT_TYPE: Final = "Content-Type"
+H_INSTANCE: Final = "Actor-Instance"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
 
+_ADDRESS = re.compile(r"[1-9A-HJ-NP-Za-km-z]{47,48}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _SIGNATURE = re.compile(r"[0-9a-f]{128}")
-_TIME = re.compile(r"[0-9]{1,15}")
+_TIME = re.compile(r"[0-9]{1,13}")
+_SECONDS = re.compile(r"[0-9.eE+-]{1,16}")
 _STATUS = re.compile(r"[1-5][0-9][0-9]")
 _MAX_TIMEOUT = 24 * 3600.0
+ERROR_HEADER_LIMIT: Final = 200
+"""Characters of ``Actor-Error`` at most (the full message is in the body)."""
 
 
 class CallBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -107,7 +118,7 @@ class Codec:
         """Encode ``value``; raises :class:`TypeError` if it is not serializable."""
         try:
             return bytes(self._encoder.encode(value))
-        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+        except (msgspec.EncodeError, TypeError, OverflowError, RecursionError) as exc:
             raise TypeError(str(exc)) from exc
 
     def decode_call(self, body: bytes) -> RawCallBody:
@@ -115,8 +126,10 @@ class Codec:
             return RawCallBody()
         try:
             decoded: RawCallBody = self._raw_body.decode(body)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            raise BadRequest(f"malformed body: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed body: {decode_error(exc)}") from None
+        except RecursionError:
+            raise BadRequest("malformed body: nested too deeply") from None
         return decoded
 
     def decoder(self, type_: Any) -> Any:
@@ -146,7 +159,13 @@ def codec_for(content_type: str | None) -> Codec:
         return _CODECS[JSON]
     if content_type == MSGPACK:
         return _CODECS[MSGPACK]
-    raise BadRequest(f"unsupported Content-Type {content_type!r}: use {JSON} or {MSGPACK}")
+    raise BadRequest(f"unsupported Content-Type {excerpt(content_type)}: use {JSON} or {MSGPACK}")
+
+
+def decode_error(exc: msgspec.DecodeError) -> str:
+    """A msgspec decode error's message, fit to send back: msgspec quotes unknown field
+    names and paths from the input, so the message is cut and escaped like any input."""
+    return printable(str(exc), 160)
 
 
 def _digest(body: bytes) -> str:
@@ -161,6 +180,32 @@ def request_signing_bytes(subject: str, time_ms: int | str, nonce: str, body: by
 def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:
     """``actorbus/1\\n<request nonce>\\n<status>\\n<hex sha256 of body>`` as UTF-8."""
     return f"{PROTOCOL_VERSION}\n{nonce}\n{status}\n{_digest(body)}".encode()
+
+
+def announcement_signing_bytes(subject: str, body: bytes) -> bytes:
+    """``actorbus/1\nnonces\n<subject>\n<hex sha256 of body>`` as UTF-8."""
+    return f"{PROTOCOL_VERSION}\nnonces\n{subject}\n{_digest(body)}".encode()
+
+
+def sign_announcement(key: Keypair, subject: str, body: bytes, instance: str) -> dict[str, str]:
+    """The headers of a nonce announcement by replica ``instance`` of the actor ``key``."""
+    return {
+        H_KEY: key.address,
+        H_INSTANCE: instance,
+        H_SIGNATURE: key.sign(announcement_signing_bytes(subject, body)).hex(),
+    }
+
+
+def verify_announcement(
+    address: str, subject: str, headers: dict[str, str] | None, body: bytes
+) -> None:
+    """Check that a nonce announcement was signed by ``address`` (the actor's own key);
+    raises :class:`Unauthorized`."""
+    headers = headers or {}
+    if headers.get(H_KEY) != address:
+        raise Unauthorized("announcement not signed by this actor's key")
+    signature = _header(headers, H_SIGNATURE, _SIGNATURE)
+    verify(address, announcement_signing_bytes(subject, body), bytes.fromhex(signature))
 
 
 class RequestMeta(msgspec.Struct, frozen=True):
@@ -208,6 +253,16 @@ def _header(headers: dict[str, str], name: str, pattern: re.Pattern[str]) -> str
     return value
 
 
+def _seconds(text: str) -> float | None:
+    """A header's decimal seconds (at most 16 characters), or ``None`` if it is not one."""
+    if not _SECONDS.fullmatch(text):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def request_nonce(headers: dict[str, str] | None) -> str:
     """The request's ``Actor-Nonce`` if well-formed, else ``""``: what a reply signs over."""
     nonce = (headers or {}).get(H_NONCE, "")
@@ -223,20 +278,15 @@ def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) ->
     Freshness and replay are the caller's (stateful) checks.
     """
     headers = headers or {}
-    key = headers.get(H_KEY)
-    if not key:
-        raise Unauthorized(f"missing header {H_KEY}")
+    key = _header(headers, H_KEY, _ADDRESS)
     time_text = _header(headers, H_TIME, _TIME)
     nonce = _header(headers, H_NONCE, _NONCE)
     signature = _header(headers, H_SIGNATURE, _SIGNATURE)
     verify(key, request_signing_bytes(subject, time_text, nonce, body), bytes.fromhex(signature))
     timeout: float | None = None
     if (timeout_text := headers.get(H_TIMEOUT)) is not None:
-        try:
-            timeout = float(timeout_text)
-        except ValueError:
-            timeout = math.nan
-        if not 0 < timeout <= _MAX_TIMEOUT:  # also rejects nan and inf
+        timeout = _seconds(timeout_text)
+        if timeout is None or not 0 < timeout <= _MAX_TIMEOUT:  # also rejects nan and inf
             raise BadRequest(f"{H_TIMEOUT} must be seconds in (0, {_MAX_TIMEOUT:g}]")
     content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
     return RequestMeta(key, int(time_text), nonce, timeout, content_type)
@@ -269,8 +319,8 @@ def sign_reply(
         H_SIGNATURE: key.sign(reply_signing_bytes(nonce, status, body)).hex(),
     }
     if error:
-        # Header values are one line; the full message is also in the body.
-        headers[H_ERROR] = " ".join(error.split())[:200]
+        # One printable line; the full message is in the body.
+        headers[H_ERROR] = printable(" ".join(error.split()), ERROR_HEADER_LIMIT)
     if retry_after is not None:
         headers[H_RETRY_AFTER] = f"{max(retry_after, 0.001):.3f}"
     if content_type != JSON:
@@ -284,21 +334,14 @@ def verify_reply(headers: dict[str, str] | None, body: bytes, nonce: str) -> Rep
     The caller still has to check that ``ReplyMeta.key`` is the actor's registered address.
     """
     headers = headers or {}
-    key = headers.get(H_KEY)
-    if not key:
-        raise BadReply(f"unverifiable reply: missing header {H_KEY}")
     try:
+        key = _header(headers, H_KEY, _ADDRESS)
         status_text = _header(headers, H_STATUS, _STATUS)
         signature = _header(headers, H_SIGNATURE, _SIGNATURE)
         verify(key, reply_signing_bytes(nonce, int(status_text), body), bytes.fromhex(signature))
     except Unauthorized as exc:
         raise BadReply(f"unverifiable reply: {exc.message}") from None
-    retry_after: float | None = None
-    if (retry_text := headers.get(H_RETRY_AFTER)) is not None:
-        try:
-            retry_after = float(retry_text)
-        except ValueError:
-            retry_after = None
+    retry_after = _seconds(headers.get(H_RETRY_AFTER, ""))
     return ReplyMeta(
         status=int(status_text),
         key=key,

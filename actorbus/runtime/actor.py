@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..bus import NATS, BadRequest, NotFound, RequestMeta
-from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for
+from ..bus import NATS, BadRequest, NotFound, RequestMeta, excerpt
+from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for, decode_error
 from .client import Client
 from .policy import DEFAULT_WHITELIST, PolicyView
 from .settings import Settings
@@ -235,7 +235,9 @@ class Function:
             param = self.by_name.get(key)
             if param is None:
                 if self.var_keyword is None:
-                    raise BadRequest(f"{self.name}() got an unexpected keyword argument {key!r}")
+                    raise BadRequest(
+                        f"{self.name}() got an unexpected keyword argument {excerpt(key)}"
+                    )
                 param = self.var_keyword
             elif key in given:
                 raise BadRequest(f"{self.name}() got multiple values for argument {key!r}")
@@ -265,7 +267,9 @@ def _decode(param: Param, raw: msgspec.Raw, content_type: str) -> Any:
     try:
         return param.decoders[content_type].decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise BadRequest(f"argument {param.name!r}: {exc}") from None
+        raise BadRequest(f"argument {param.name!r}: {decode_error(exc)}") from None
+    except RecursionError:
+        raise BadRequest(f"argument {param.name!r}: nested too deeply") from None
 
 
 def _schema(type_: Any) -> dict[str, Any]:
@@ -325,6 +329,7 @@ class Call:
         "priority",
         "rate",
         "received",
+        "replied",
         "reply_to",
         "subject",
     )
@@ -345,6 +350,7 @@ class Call:
         self.deadline = received
         self.priority = 0.0
         self.rate: float | None = None
+        self.replied = False
 
 
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:

@@ -2,7 +2,9 @@
 
 Lifetimes nest: connection -> registry -> replay guard -> actor -> task group (reader,
 workers, ``$SRV`` responder, heartbeat). On exit the replica stops taking calls,
-finishes the ones it accepted (up to ``drain_timeout``), then tears the rest down.
+finishes the ones it accepted (up to ``drain_timeout``), answers 503 to any it could not
+finish, then tears the rest down. A replica that cannot go on (its sync handler threads
+all stuck) sets :attr:`Host.failed`; whoever runs it should leave the block and exit.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ class Host:
     def instance(self) -> str:
         return self.entry.instance
 
+    @property
+    def failed(self) -> anyio.Event:
+        """Set when this replica cannot go on; :attr:`failure` says why."""
+        return self.pipeline.failed
+
+    @property
+    def failure(self) -> str:
+        return self.pipeline.failure
+
 
 @asynccontextmanager
 async def serve(
@@ -95,13 +106,21 @@ async def serve(
             )
         registry = await Registry.open(nc, ttl=settings.registry_ttl, replicas=settings.js_replicas)
         guard = await stack.enter_async_context(
-            replay_guard(nc, name, settings.max_skew, replicas=settings.js_replicas)
+            replay_guard(nc, name, settings.max_skew, key, instance, replicas=settings.js_replicas)
         )
         policy = PolicyView(nc, settings.policy_bucket)
         actor.__actorbus_policy__ = policy
         client = await stack.enter_async_context(Client(key, settings=settings, nc=nc))
         actor.client, actor.settings, actor.nc = client, settings, nc
-        quotas = Quotas(partial(_lease, client, settings.policy)) if actor.quotas else None
+        quotas = (
+            Quotas(
+                partial(_lease, client, settings.policy),
+                partial(_release, client, settings.policy),
+                lambda: policy.state.revision,
+            )
+            if actor.quotas
+            else None
+        )
         pipeline = Pipeline(
             nc=nc,
             name=name,
@@ -140,18 +159,24 @@ async def serve(
                 for _ in range(settings.max_in_flight):
                     tg.start_soon(pipeline.work)
                 tg.start_soon(pipeline.sweep)
-                await tg.start(serve_micro, nc, identity, functions, pipeline.stats)
+                await tg.start(
+                    serve_micro, nc, identity, functions, pipeline.stats, settings.reply_prefixes
+                )
                 # The accept stages run in the subscription's callback task: they are quick,
                 # never raise, and hand each call to our workers. nats-py's message iterator
                 # would do the same reading but creates two tasks and an asyncio.wait per
-                # message, which cost a measured ~15% of throughput.
+                # message, which cost a measured ~15% of throughput. The buffer in front of
+                # it is bounded in messages and body bytes (nats-py does not count header
+                # bytes); past max_queue messages behind, the pipeline sheds (503,
+                # unverified) long before nats-py would drop requests unanswered.
                 sub = await nc.subscribe(
                     serve_subject(name),
                     queue=queue_group(name),
                     cb=pipeline.accept,
-                    pending_msgs_limit=settings.max_queue * 4,
-                    pending_bytes_limit=settings.max_queue * settings.max_body,
+                    pending_msgs_limit=settings.max_queue * 8,
+                    pending_bytes_limit=settings.max_pending_bytes,
                 )
+                pipeline.sub = sub
                 await nc.flush()
                 await registry.put(entry)
                 tg.start_soon(_heartbeat, registry, entry)
@@ -194,11 +219,14 @@ async def _drain(
         await pipeline.idle.wait()
     if scope.cancelled_caught:
         log.warning(
-            "%s: %d calls still running after %gs; abandoning them",
+            "%s: %d calls still running after %gs; answering them 503 and abandoning them",
             entry.name,
             pipeline.in_flight,
             timeout,
         )
+        with anyio.move_on_after(2):
+            await pipeline.abandon("shutting down: the call could not finish in time")
+    pipeline.replies.throttle.flush(force=True)
 
 
 async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:
@@ -209,12 +237,17 @@ async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:
     return grant
 
 
+async def _release(client: Client, policy: str, key: str, window: int, count: int) -> None:
+    """Hand ``count`` unused calls of ``key``'s lease for ``window`` back to the policy actor."""
+    await client.request(policy, "release", [key, window, count], timeout=1.0)
+
+
 async def _return_leases(client: Client, policy: str, quotas: Quotas) -> None:
     """Hand back what this replica borrowed and did not use (best effort, 2 s)."""
     with anyio.move_on_after(2):
         for key, window, count in quotas.unused():
             try:
-                await client.request(policy, "release", [key, window, count], timeout=1.0)
+                await _release(client, policy, key, window, count)
             except ActorError as exc:
                 log.debug("could not return a lease for %s: %s", key, exc)
                 return

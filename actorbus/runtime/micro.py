@@ -4,7 +4,12 @@ Every actor replica is a ``nats micro`` service: ``nats micro ls|info|stats`` an
 client of the service API see it. We answer the protocol ourselves (msgspec Structs, our
 own task group) rather than through ``nats.micro.Service``, because its endpoints take a
 subscription's messages one at a time in a callback and time only that callback; here each
-function is an endpoint whose stats count the real calls.
+function is an endpoint whose stats count the real calls, refusals included. STATS also
+lists an endpoint ``_other`` (subject ``actor.<name>.*``) for requests that name no served
+function and for what the replica dropped without reading.
+
+Anyone on the bus may ask ``$SRV``: the answers go only to reply subjects that look like
+inboxes, like the actor's own replies.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from typing import Any
 import anyio
 import msgspec
 
-from ..bus import NATS
-from ..bus.subjects import call_subject, queue_group
+from ..bus import NATS, ActorError, publish
+from ..bus.subjects import call_subject, is_reply_subject, queue_group, serve_subject
 from .actor import Function
 
-__all__ = ["FunctionStats", "ServiceIdentity", "serve_micro"]
+__all__ = ["OTHER", "FunctionStats", "ServiceIdentity", "serve_micro"]
+
+OTHER = "_other"
+"""The stats entry for requests to no served function, and for dropped requests."""
 
 log = logging.getLogger("actorbus.runtime")
 
@@ -75,22 +83,48 @@ class StatsResponse(msgspec.Struct):
 
 
 class FunctionStats:
-    """Counters one function's calls update (the pipeline's logging stage owns them)."""
+    """Counters one function's requests update (the pipeline's replies own them).
 
-    __slots__ = ("last_error", "num_errors", "num_requests", "processing_time")
+    ``num_requests`` counts answered requests, ``num_errors`` those answered with a status
+    that is not 2xx, ``statuses`` each status, ``dropped`` requests dropped unread (no
+    reply subject, or one that is not an inbox); ``gauges`` are the replica's own figures
+    (on :data:`OTHER` only).
+    """
+
+    __slots__ = (
+        "dropped",
+        "gauges",
+        "last_error",
+        "num_errors",
+        "num_requests",
+        "processing_time",
+        "statuses",
+    )
 
     def __init__(self) -> None:
         self.num_requests = 0
         self.num_errors = 0
         self.processing_time = 0
         self.last_error = ""
+        self.statuses: dict[int, int] = {}
+        self.dropped = 0
+        self.gauges: dict[str, int] = {}
 
     def record(self, status: int, elapsed_ns: int, error: str) -> None:
+        """Count one answered request; ``error`` must already be short and printable."""
         self.num_requests += 1
         self.processing_time += elapsed_ns
-        if status >= 500:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status >= 400:
             self.num_errors += 1
             self.last_error = f"{status} {error}"
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "status": {str(code): n for code, n in sorted(self.statuses.items())},
+            "dropped": self.dropped,
+            **self.gauges,
+        }
 
 
 class ServiceIdentity(msgspec.Struct):
@@ -148,13 +182,18 @@ def _stats(identity: ServiceIdentity, stats: dict[str, FunctionStats]) -> StatsR
         endpoints=[
             EndpointStats(
                 name=fn,
-                subject=call_subject(identity.actor, fn),
+                subject=(
+                    serve_subject(identity.actor)
+                    if fn == OTHER
+                    else call_subject(identity.actor, fn)
+                ),
                 queue_group=group,
                 num_requests=s.num_requests,
                 num_errors=s.num_errors,
                 last_error=s.last_error,
                 processing_time=s.processing_time,
                 average_processing_time=s.processing_time // max(s.num_requests, 1),
+                data=s.data(),
             )
             for fn, s in sorted(stats.items())
         ],
@@ -166,11 +205,13 @@ async def serve_micro(
     identity: ServiceIdentity,
     functions: dict[str, Function],
     stats: dict[str, FunctionStats],
+    reply_prefixes: tuple[str, ...],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer ``$SRV.<verb>``, ``$SRV.<verb>.<name>`` and ``$SRV.<verb>.<name>.<id>``
-    until cancelled. Started (``task_status``) once subscribed and flushed."""
+    until cancelled, on reply subjects starting with one of ``reply_prefixes`` only.
+    Started (``task_status``) once subscribed and flushed."""
     ping = _json.encode(
         PingResponse(identity.service_name, identity.id, identity.version, identity.metadata)
     )
@@ -188,8 +229,12 @@ async def serve_micro(
 
     async def answer(verb: str, sub: Any) -> None:
         async for msg in sub.messages:
-            if msg.reply:
-                await nc.publish(msg.reply, answers[verb]())
+            if not is_reply_subject(msg.reply, reply_prefixes):
+                continue
+            try:
+                await publish(nc, msg.reply, answers[verb]())
+            except ActorError as exc:
+                log.debug("$SRV.%s: no answer sent: %s", verb, exc)
 
     try:
         async with anyio.create_task_group() as tg:

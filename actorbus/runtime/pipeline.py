@@ -2,20 +2,23 @@
 
 A replica runs the *accept* stages for each message as it is read (they are quick,
 CPU-bound checks: size, signature, freshness and replay, routing, argument binding, hooks);
-an accepted call goes into a bounded priority queue, which
+an accepted call goes into a bounded priority queue (:mod:`.admission`), which
 ``max_in_flight`` worker tasks drain through the *execute* stages (deadline, invoke,
 encode). Python runs one thing at a time anyway, so this costs no parallelism and saves a
 task per request. Hooks see the bound arguments. Each stage is a plain async function
-``(call, msg) -> None`` that raises an :class:`ActorError` to refuse; the two entry points
-turn errors into signed replies.
+``(call, msg) -> None`` that raises an :class:`ActorError` to refuse.
+
+Before any stage, the door: a request nobody could hear the answer to (no reply subject,
+or one that is not an inbox) is dropped unread, and when the reader is more than
+``max_queue`` messages behind, a request is answered 503 without being verified, so a
+flood costs a replica a header check and a signature per message, not a verification.
+Every accepted call is answered exactly once: by a worker, by the deadline sweeper (408,
+it never runs), or, when a stopping replica gives up waiting, with a 503.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -29,58 +32,27 @@ from ..bus import (
     BadRequest,
     DeadlineExceeded,
     Forbidden,
-    HandlerError,
     Keypair,
     Msg,
     NotFound,
     PayloadTooLarge,
-    RateLimited,
     Unavailable,
+    excerpt,
+    message_size,
 )
-from ..bus.wire import ErrorBody, codec_for, request_nonce, sign_reply, verify_request
+from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
-from .micro import FunctionStats
+from .admission import Admission
+from .micro import OTHER, FunctionStats
 from .policy import PolicyView, Quotas
 from .replay import ReplayGuard
+from .replies import Replies
 from .settings import Settings
+from .threads import SyncRunner
 
-__all__ = ["Admission", "Pipeline", "Stage"]
+__all__ = ["Pipeline", "Stage"]
 
 Stage = Callable[[Call, Msg], Awaitable[None]]
-
-
-class Admission:
-    """A bounded queue of accepted calls, highest priority first, FIFO among equals."""
-
-    def __init__(self, max_queue: int) -> None:
-        self.max_queue = max_queue
-        self._heap: list[tuple[float, int, Call]] = []
-        self._seq = itertools.count()
-        self._ready = anyio.Semaphore(0)
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def put(self, call: Call) -> None:
-        """Queue ``call``; raises :class:`Unavailable` (503) when the queue is full."""
-        if len(self._heap) >= self.max_queue:
-            raise Unavailable("overloaded: too many calls waiting, retry later")
-        heapq.heappush(self._heap, (-call.priority, next(self._seq), call))
-        self._ready.release()
-
-    async def get(self) -> Call:
-        await self._ready.acquire()
-        return heapq.heappop(self._heap)[2]
-
-    def take_expired(self, now: float) -> list[Call]:
-        """Remove and return the queued calls whose deadline has passed."""
-        expired = [item[2] for item in self._heap if item[2].deadline <= now]
-        if expired:
-            self._heap = [item for item in self._heap if item[2].deadline > now]
-            heapq.heapify(self._heap)
-            for _ in expired:
-                self._ready.acquire_nowait()
-        return expired
 
 
 class Pipeline:
@@ -99,9 +71,7 @@ class Pipeline:
         policy: PolicyView | None = None,
         quotas: Quotas | None = None,
     ) -> None:
-        self.nc = nc
         self.name = name
-        self.key = key
         self.functions = functions
         self.guard = guard
         self.settings = settings
@@ -109,15 +79,28 @@ class Pipeline:
         self.quotas = quotas
         self._allow = frozenset(actor.allow_fns)
         self._deny = frozenset(actor.deny_fns)
-        self.log = logging.getLogger(f"actorbus.actor.{name}")
-        self.stats: dict[str, FunctionStats] = {fn: FunctionStats() for fn in functions}
+        self.replies = Replies(
+            nc=nc,
+            key=key,
+            log=logging.getLogger(f"actorbus.actor.{name}"),
+            functions=list(functions),
+            reply_prefixes=settings.reply_prefixes,
+        )
+        self.stats: dict[str, FunctionStats] = self.replies.stats
         self.admission = Admission(settings.max_queue)
-        self.in_flight = 0
+        self.threads = SyncRunner(settings.max_in_flight, settings.stuck_timeout)
+        self.calls: set[Call] = set()
+        """Accepted calls not answered yet."""
         self.idle = anyio.Event()
         self.idle.set()
         self.accepting = True
+        self.failure = ""
+        """Why this replica cannot go on (set with :attr:`failed`)."""
+        self.failed = anyio.Event()
+        self.sub: Any = None
+        """The subscription feeding :meth:`accept` (its backlog decides shedding)."""
+        self.received = 0
         self._prefix_len = len(f"actor.{name}.")
-        self._threads = anyio.CapacityLimiter(settings.max_in_flight)
         self._hooks = {
             fn: (
                 resolve_hook(actor, f.options.verify),
@@ -138,33 +121,52 @@ class Pipeline:
             self.run_hooks,
         )
 
+    @property
+    def in_flight(self) -> int:
+        return len(self.calls)
+
     # -- accept: runs in the reader task -------------------------------------------------
 
     async def accept(self, msg: Msg) -> None:
-        """Run the accept stages for ``msg`` and queue it, or answer it with an error."""
-        call = Call(
-            self.name, msg.subject, msg.subject[self._prefix_len :], msg.reply, time.monotonic()
-        )
+        """Run the accept stages for ``msg`` and queue it, or answer it with an error.
+
+        Never raises: whatever the message, it is dropped (no inbox to answer) or answered.
+        """
+        self.received += 1
+        fn = msg.subject[self._prefix_len :]
+        if not self.replies.can_reply(msg.reply):
+            self.replies.drop(fn, msg.reply)
+            return
+        call = Call(self.name, msg.subject, fn, msg.reply, time.monotonic())
         call.nonce = request_nonce(msg.headers)
         try:
             if not self.accepting:
                 raise Unavailable("shutting down")
+            if self.sub is not None and self.sub.pending_msgs > self.settings.max_queue:
+                raise Unavailable("overloaded: requests arrive faster than they are read")
             for stage in self.stages:
                 await stage(call, msg)
+            self.calls.add(call)
             self.admission.put(call)
         except ActorError as exc:
-            await self.reply_error(call, exc)
+            self.calls.discard(call)
+            await self.replies.error(call, exc)
             return
         except Exception as exc:
-            await self.reply_error(call, self._internal(call, exc))
+            self.calls.discard(call)
+            await self.replies.error(call, self.replies.internal(call, exc))
             return
-        self.in_flight += 1
-        self.idle = anyio.Event() if self.idle.is_set() else self.idle
+        if self.idle.is_set():
+            self.idle = anyio.Event()
 
     async def check_size(self, call: Call, msg: Msg) -> None:
         if len(msg.data) > self.settings.max_body:
             raise PayloadTooLarge(
                 f"body is {len(msg.data)} bytes; the limit is {self.settings.max_body}"
+            )
+        if msg.headers and (size := message_size(b"", msg.headers)) > self.settings.max_headers:
+            raise PayloadTooLarge(
+                f"headers are {size} bytes; the limit is {self.settings.max_headers}"
             )
 
     async def verify_signature(self, call: Call, msg: Msg) -> None:
@@ -189,7 +191,7 @@ class Pipeline:
     async def route(self, call: Call, msg: Msg) -> None:
         function = self.functions.get(call.fn)
         if function is None:
-            raise NotFound(f"{self.name} has no function {call.fn!r}")
+            raise NotFound(f"{self.name} has no function {excerpt(call.fn)}")
         call.function = function
         assert call.meta is not None
         limit = function.options.timeout or self.settings.handler_timeout
@@ -218,24 +220,6 @@ class Pipeline:
 
     # -- execute: runs in a worker task --------------------------------------------------
 
-    async def sweep(self, period: float = 0.025) -> None:
-        """Answer 408 to queued calls as soon as their deadline passes, so the caller hears
-        it while it still waits; until cancelled."""
-        while True:
-            await anyio.sleep(period)
-            for call in self.admission.take_expired(time.monotonic()):
-                try:
-                    await self.reply_error(
-                        call, DeadlineExceeded("deadline passed before the call could run")
-                    )
-                finally:
-                    self._done()
-
-    def _done(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self.idle.set()
-
     async def work(self) -> None:
         """One worker: take the most urgent call, run it, reply; until cancelled."""
         while True:
@@ -243,101 +227,76 @@ class Pipeline:
             try:
                 await self.execute(call)
             finally:
-                self._done()
+                self._finish(call)
 
     async def execute(self, call: Call) -> None:
+        """Run ``call`` within its deadline (quota lease included) and answer it."""
         function = call.function
         assert function is not None
         try:
-            if call.rate is not None and self.quotas is not None and self.policy is not None:
-                await self.quotas.take(call.caller, call.rate, self.policy.state.config.window)
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the call could run")
             with anyio.move_on_after(remaining) as scope:
+                if call.rate is not None and self.quotas is not None and self.policy is not None:
+                    await self.quotas.take(call.caller, call.rate, self.policy.state.config.window)
                 result = await self._invoke(function, call)
             if scope.cancelled_caught:
                 raise DeadlineExceeded(f"{call.fn} did not finish within its deadline")
-            codec = codec_for(call.content_type)
             try:
-                body = codec.encode(result)
+                body = codec_for(call.content_type).encode(result)
             except TypeError as exc:
-                raise self._internal(call, exc, "return value is not serializable") from None
+                raise self.replies.internal(call, exc, "return value is not serializable") from None
         except ActorError as exc:
-            await self.reply_error(call, exc)
+            await self.replies.error(call, exc)
             return
         except Exception as exc:
-            await self.reply_error(call, self._internal(call, exc))
+            await self.replies.error(call, self.replies.internal(call, exc))
             return
-        await self.reply(call, 200, body)
+        await self.replies.send(call, 200, body)
 
     async def _invoke(self, function: Function, call: Call) -> Any:
         _CURRENT.set(call)  # each worker task has its own context
         if function.is_async:
             return await function.method(*call.args, **call.kwargs)
-        return await anyio.to_thread.run_sync(
-            partial(function.method, *call.args, **call.kwargs),
-            abandon_on_cancel=True,
-            limiter=self._threads,
-        )
+        # The thread runs in a copy of this context, so current_call() works there too.
+        return await self.threads.run(call.fn, partial(function.method, *call.args, **call.kwargs))
 
-    # -- replies -------------------------------------------------------------------------
+    def _finish(self, call: Call) -> None:
+        self.calls.discard(call)
+        if not self.calls:
+            self.idle.set()
 
-    def _internal(
-        self, call: Call, exc: BaseException, message: str = "internal error"
-    ) -> HandlerError:
-        error = HandlerError(message, error_id=secrets.token_hex(6))
-        self.log.error(
-            "%s/%s raised (error id %s)", self.name, call.fn, error.error_id, exc_info=exc
-        )
-        return error
+    # -- housekeeping: one task per replica ----------------------------------------------
 
-    async def reply_error(self, call: Call, exc: ActorError) -> None:
-        error_id = exc.error_id or secrets.token_hex(6)
-        body = codec_for(call.content_type).encode(ErrorBody(exc.message, exc.status, error_id))
-        retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-        await self.reply(
-            call, exc.status, body, error=exc.message, error_id=error_id, retry_after=retry_after
-        )
+    async def sweep(self, period: float = 0.025) -> None:
+        """Until cancelled: answer 408 to queued calls as soon as their deadline passes (so
+        the caller hears it while it still waits), publish the throttled log summaries,
+        keep the replica's gauges current and notice stuck threads."""
+        other = self.stats[OTHER]
+        while True:
+            await anyio.sleep(period)
+            now = time.monotonic()
+            for call in self.admission.take_expired(now):
+                try:
+                    await self.replies.error(
+                        call, DeadlineExceeded("deadline passed before the call could run")
+                    )
+                finally:
+                    self._finish(call)
+            self.replies.throttle.flush()
+            other.gauges["stuck_threads"] = self.threads.stuck
+            if self.sub is not None:
+                # What nats-py dropped because the reader's buffer was full.
+                other.gauges["unread"] = self.sub.delivered - self.received - self.sub.pending_msgs
+            if not self.failure and (failure := self.threads.failure(now)):
+                self.failure = failure
+                self.replies.log.error("%s: %s", self.name, failure)
+                self.failed.set()
 
-    async def reply(
-        self,
-        call: Call,
-        status: int,
-        body: bytes,
-        *,
-        error: str = "",
-        error_id: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        """Sign and send the reply; record the call in the stats and the log (one line)."""
-        elapsed_ns = int((time.monotonic() - call.received) * 1e9)
-        stats = self.stats.get(call.fn)
-        if stats is not None:
-            stats.record(status, elapsed_ns, error)
-        # One line per call: DEBUG when it succeeded (a line per call costs ~10% of
-        # throughput), INFO when it was refused or failed.
-        level = logging.DEBUG if status < 400 else logging.INFO
-        if self.log.isEnabledFor(level):
-            detail = f": {error} (error id {error_id})" if error else ""
-            self.log.log(
-                level,
-                "%s from %s -> %d in %.2f ms%s",
-                call.fn,
-                call.caller or "?",
-                status,
-                elapsed_ns / 1e6,
-                detail,
-            )
-        if not call.reply_to:
-            return
-        headers = sign_reply(
-            self.key,
-            call.nonce,
-            status,
-            body,
-            content_type=call.content_type,
-            error=error,
-            retry_after=retry_after,
-        )
-        await self.nc.publish(call.reply_to, body, headers=headers)
+    async def abandon(self, reason: str) -> None:
+        """Answer every call not answered yet with a 503 (a stopping replica that could not
+        finish them); their handlers, if running, are cancelled by the caller of this."""
+        for call in self.admission.take_all() + list(self.calls):
+            await self.replies.error(call, Unavailable(reason))
+            self._finish(call)

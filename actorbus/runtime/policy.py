@@ -12,7 +12,10 @@ Keys in the bucket: ``admin.<address>``, ``user.<address>`` (role name), ``role.
 Quotas: a key may make ``max(stake / role.stake2rate, config.floor)`` calls per minute,
 admins are unlimited. A host borrows part of a key's budget for the current window from
 the policy actor (:class:`Quotas`), spends it locally, and borrows again when it runs out,
-so a key's rate holds across every replica and host without a round trip per call.
+so a key's rate holds across every replica and host without a round trip per call. A lease
+holds only for the policy revision it was granted under: after any change (a stake, a
+role, the config) the next call hands back what is left and borrows at the new rate, so a
+change applies to the very next call, not after the old lease is spent.
 """
 
 from __future__ import annotations
@@ -290,27 +293,34 @@ class PolicyView:
 
 
 class _Lease:
-    __slots__ = ("left", "refused_until", "window")
+    __slots__ = ("left", "refused_until", "revision", "window")
 
-    def __init__(self, window: int, left: int, refused_until: float = 0.0) -> None:
+    def __init__(self, window: int, left: int, revision: int, refused_until: float = 0.0) -> None:
         self.window = window
         self.left = left
+        self.revision = revision
         self.refused_until = refused_until
 
 
 LeaseFn = Callable[[str, int], Awaitable[Grant]]
+"""Borrow up to ``want`` calls of a key's budget: ``lease(key, want)``."""
+ReleaseFn = Callable[[str, int, int], Awaitable[None]]
+"""Hand back unused calls: ``release(key, window, count)``."""
 
 
 class Quotas:
     """Spends leases of each caller's budget; borrows more from the policy actor.
 
-    One borrow at a time per caller; a refused borrow is remembered until the window ends,
-    so an exhausted key costs no round trip per call. If the policy actor cannot be
-    reached, the host allows itself a tenth of the key's budget per window and logs it.
+    One borrow at a time per caller; a refused borrow is remembered until the window ends
+    (or the policy changes), so an exhausted key costs no round trip per call. A lease is
+    good for the policy ``revision`` it was granted under only. If the policy actor cannot
+    be reached, the host allows itself a tenth of the key's budget per window and logs it.
     """
 
-    def __init__(self, lease: LeaseFn) -> None:
+    def __init__(self, lease: LeaseFn, release: ReleaseFn, revision: Callable[[], int]) -> None:
         self._lease = lease
+        self._release = release
+        self._revision = revision
         self._leases: dict[str, _Lease] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
@@ -319,14 +329,23 @@ class Quotas:
         :class:`RateLimited` with ``retry_after`` when none is left."""
         now = time.time()
         index = int(now // window)
+        revision = self._revision()
         lease = self._leases.get(key)
-        if lease is not None and lease.window == index and lease.left > 0:
+        if (
+            lease is not None
+            and lease.left > 0
+            and (lease.window, lease.revision)
+            == (
+                index,
+                revision,
+            )
+        ):
             lease.left -= 1
             return
         lock = self._locks.setdefault(key, anyio.Lock())
         async with lock:
             lease = self._leases.get(key)
-            if lease is not None and lease.window == index:
+            if lease is not None and lease.window == index and lease.revision == revision:
                 if lease.left > 0:
                     lease.left -= 1
                     return
@@ -335,6 +354,14 @@ class Quotas:
                         f"quota of {rate:g} calls/min used up",
                         retry_after=lease.refused_until - now,
                     )
+            elif lease is not None and lease.window == index and lease.left > 0:
+                # Granted under an older policy: what is left goes back, so the new rate
+                # counts only the calls really made in this window.
+                left, lease.left = lease.left, 0
+                try:
+                    await self._release(key, index, left)
+                except ActorError as exc:
+                    log.warning("could not hand back a stale lease for %s: %s", key, exc)
             budget = rate * window / 60
             want = max(1, math.ceil(budget / 10))
             try:
@@ -347,11 +374,11 @@ class Quotas:
                 self._locks = {k: v for k, v in self._locks.items() if k in self._leases}
             if grant.granted <= 0:
                 until = now + max(grant.retry_after, 0.001)
-                self._leases[key] = _Lease(grant.window, 0, until)
+                self._leases[key] = _Lease(grant.window, 0, revision, until)
                 raise RateLimited(
                     f"quota of {rate:g} calls/min used up", retry_after=grant.retry_after
                 )
-            self._leases[key] = _Lease(grant.window, grant.granted - 1)
+            self._leases[key] = _Lease(grant.window, grant.granted - 1, revision)
 
     def unused(self) -> list[tuple[str, int, int]]:
         """``(key, window, calls)`` still held, to hand back when the host stops."""

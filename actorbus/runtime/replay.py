@@ -10,6 +10,11 @@ the replay window), so:
 - a replica that starts (or restarts) reads the window's nonces from the stream before it
   takes its first call.
 
+Anyone on the bus can publish on that subject, so each announcement is signed with the
+actor's key (which all its replicas share) and a replica learns only from announcements
+that verify, and only notes inside the freshness window: forged notes cannot fill its
+memory. A replica skips its own announcements (they come back to it) by instance id.
+
 The race window left open: two replicas that receive the *same* envelope within the
 announcement's delay (one event-loop turn plus one NATS hop, typically well under a
 millisecond on a LAN) may both accept it. Anything later is rejected.
@@ -25,10 +30,10 @@ from contextlib import asynccontextmanager
 import anyio
 import msgspec
 
-from ..bus import NATS, RequestMeta, Unauthorized
+from ..bus import NATS, ActorError, Keypair, LogThrottle, Msg, RequestMeta, Unauthorized, publish
 from ..bus.jetstream import ensure_stream, read_subject
 from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
-from ..bus.wire import NonceNote
+from ..bus.wire import H_INSTANCE, NonceNote, sign_announcement, verify_announcement
 
 __all__ = ["NonceBook", "ReplayGuard", "replay_guard"]
 
@@ -88,12 +93,15 @@ class NonceBook:
 class ReplayGuard:
     """Checks and records requests for one actor name across all its replicas."""
 
-    def __init__(self, nc: NATS, name: str, max_skew: float) -> None:
+    def __init__(self, nc: NATS, name: str, max_skew: float, key: Keypair, instance: str) -> None:
         self._nc = nc
         self._subject = nonce_subject(name)
+        self._key = key
+        self._instance = instance
         self.book = NonceBook(max_skew)
         self._outbox: list[NonceNote] = []
         self._wakeup = anyio.Event()
+        self._throttle = LogThrottle(log)
 
     def check(self, meta: RequestMeta) -> None:
         """Accept ``meta`` once: raises :class:`Unauthorized` for a stale, future or replayed
@@ -115,26 +123,46 @@ class ReplayGuard:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
             batch, self._outbox = self._outbox, []
-            await self._nc.publish(self._subject, _encode(batch))
+            body = _encode(batch)
+            headers = sign_announcement(self._key, self._subject, body, self._instance)
+            try:
+                await publish(self._nc, self._subject, body, headers)
+            except ActorError as exc:
+                self._throttle.log(
+                    logging.WARNING, "announce", "nonce announcement not sent: %s", exc.message
+                )
 
-    def learn(self, data: bytes) -> None:
+    def learn(self, msg: Msg) -> None:
+        """Record the nonces of a verified announcement from another replica."""
+        if (msg.headers or {}).get(H_INSTANCE) == self._instance:
+            return  # our own, already recorded
         try:
-            notes = _decode(data)
-        except msgspec.DecodeError:
-            log.warning("ignoring a malformed nonce announcement on %s", self._subject)
+            verify_announcement(self._key.address, self._subject, msg.headers, msg.data)
+            notes = _decode(msg.data)
+        except (Unauthorized, msgspec.DecodeError) as exc:
+            self._throttle.log(
+                logging.WARNING,
+                "forged",
+                "ignoring a nonce announcement on %s: %s",
+                self._subject,
+                exc.message if isinstance(exc, Unauthorized) else "malformed",
+            )
             return
+        now_ms = int(time.time() * 1000)
+        skew_ms = self.book.max_skew_ms
         for note in notes:
-            self.book.add(note.key, note.nonce, note.time_ms)
+            if abs(note.time_ms - now_ms) <= skew_ms:  # others could never be accepted
+                self.book.add(note.key, note.nonce, note.time_ms)
 
     async def _follow(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         sub = await self._nc.subscribe(self._subject, pending_msgs_limit=1_000_000)
         try:
             await self._nc.flush()
-            for data in await read_subject(self._nc, NONCE_STREAM, self._subject):
-                self.learn(data)
+            for stored in await read_subject(self._nc, NONCE_STREAM, self._subject):
+                self.learn(stored)
             task_status.started()
             async for msg in sub.messages:
-                self.learn(msg.data)
+                self.learn(msg)
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
@@ -142,16 +170,17 @@ class ReplayGuard:
 
 @asynccontextmanager
 async def replay_guard(
-    nc: NATS, name: str, max_skew: float, *, replicas: int = 1
+    nc: NATS, name: str, max_skew: float, key: Keypair, instance: str, *, replicas: int = 1
 ) -> AsyncIterator[ReplayGuard]:
-    """A :class:`ReplayGuard` that has loaded the window's nonces and follows new ones.
+    """A :class:`ReplayGuard` for replica ``instance`` of actor ``name`` (whose key is
+    ``key``) that has loaded the window's nonces and follows new ones.
 
     Started means ready: the stream's history is read before this yields.
     """
     await ensure_stream(
         nc, NONCE_STREAM, [f"{NONCE_PREFIX}.>"], max_age=2 * max_skew + 5, replicas=replicas
     )
-    guard = ReplayGuard(nc, name, max_skew)
+    guard = ReplayGuard(nc, name, max_skew, key, instance)
     async with anyio.create_task_group() as tg:
         await tg.start(guard._follow)
         tg.start_soon(guard._announce)

@@ -38,6 +38,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Handlers running at once per actor replica."""
     max_queue: int = 1024
     """Verified calls waiting for a handler slot per replica (503 beyond)."""
+    max_pending_bytes: int = 64 * 1024 * 1024
+    """Bytes of requests a replica holds unread; beyond, its NATS client drops them."""
+    max_headers: int = 8192
+    """Largest header block of a request in bytes (413 beyond)."""
+    stuck_timeout: float = 60.0
+    """Seconds a sync handler's thread may run past its deadline before it counts as stuck;
+    a replica whose threads are all stuck drains and exits so its supervisor restarts it."""
+    reply_prefix: str = "_INBOX."
+    """Reply subjects a replica answers on (comma-separated prefixes; nats-py, nats.js and
+    nats.go use ``_INBOX.``). Requests asking for a reply elsewhere are dropped unread."""
     handler_timeout: float = 60.0
     """A handler's deadline when neither its endpoint nor the caller sets a shorter one."""
     call_timeout: float = 30.0
@@ -78,6 +88,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def policy_bucket(self) -> str:
         """The KV bucket holding the policy of the policy actor named ``policy``."""
         return "actor_" + self.policy.replace(".", "_")
+
+    @property
+    def reply_prefixes(self) -> tuple[str, ...]:
+        """:attr:`reply_prefix` as a tuple of prefixes."""
+        return tuple(p.strip() for p in self.reply_prefix.split(",") if p.strip())
 
     @property
     def url(self) -> str:
