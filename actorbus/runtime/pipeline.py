@@ -38,7 +38,6 @@ from ..bus import (
     PayloadTooLarge,
     Unavailable,
     excerpt,
-    message_size,
 )
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
@@ -164,9 +163,13 @@ class Pipeline:
             raise PayloadTooLarge(
                 f"body is {len(msg.data)} bytes; the limit is {self.settings.max_body}"
             )
-        if msg.headers and (size := message_size(b"", msg.headers)) > self.settings.max_headers:
+        # Characters, not encoded bytes: a cheap bound on what a caller may make us hold.
+        headers = msg.headers
+        if headers and (size := sum(map(len, headers)) + sum(map(len, headers.values()))) > (
+            self.settings.max_headers
+        ):
             raise PayloadTooLarge(
-                f"headers are {size} bytes; the limit is {self.settings.max_headers}"
+                f"headers are {size} characters; the limit is {self.settings.max_headers}"
             )
 
     async def verify_signature(self, call: Call, msg: Msg) -> None:

@@ -15,6 +15,7 @@ a flood of bad requests costs a few lines and a count, not a line each.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -61,6 +62,15 @@ class Replies:
         self.stats: dict[str, FunctionStats] = {fn: FunctionStats() for fn in functions}
         self.stats[OTHER] = FunctionStats()
         self.throttle = LogThrottle(log)
+        # Error ids only have to be unique (to find the log line), not unpredictable: a
+        # random prefix per replica and a counter cost far less than a random id each,
+        # and a flood of refusals asks for one per request.
+        self._id_prefix = secrets.token_hex(3)
+        self._ids = itertools.count()
+
+    def error_id(self) -> str:
+        """A new 12-hex-character error id."""
+        return f"{self._id_prefix}{next(self._ids) & 0xFFFFFF:06x}"
 
     def stats_of(self, fn: str) -> FunctionStats:
         return self.stats.get(fn) or self.stats[OTHER]
@@ -93,7 +103,7 @@ class Replies:
     ) -> HandlerError:
         """A 500 for an unexpected exception: the caller gets an error id, the log (throttled)
         gets the traceback under that id."""
-        error = HandlerError(message, error_id=secrets.token_hex(6))
+        error = HandlerError(message, error_id=self.error_id())
         self.throttle.log(
             logging.ERROR,
             "500 traceback",
@@ -106,7 +116,7 @@ class Replies:
 
     async def error(self, call: Call, exc: ActorError) -> None:
         """Answer ``call`` with ``exc``'s status, message and error id."""
-        error_id = exc.error_id or secrets.token_hex(6)
+        error_id = exc.error_id or self.error_id()
         message = printable(exc.message, ERROR_LIMIT)
         body = codec_for(call.content_type).encode(ErrorBody(message, exc.status, error_id))
         retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
@@ -130,14 +140,17 @@ class Replies:
             return
         call.replied = True
         headers = self._sign(call, status, body, error, retry_after)
-        if message_size(body, headers) > self.nc.max_payload:
+        # Reply headers are a few hundred bytes: only a large body needs the exact sum.
+        if len(body) + 1024 > self.nc.max_payload and (
+            message_size(body, headers) > self.nc.max_payload
+        ):
             # Too large to send as built: say so instead, in a reply that always fits.
             if status < 400:
                 error = (
                     f"the result is {len(body)} bytes, over the reply limit of "
                     f"{self.nc.max_payload} bytes"
                 )
-                status, error_id = HandlerError.status, secrets.token_hex(6)
+                status, error_id = HandlerError.status, self.error_id()
             else:
                 error = "the error reply was too large to send"
             body = codec_for(call.content_type).encode(ErrorBody(error, status, error_id))

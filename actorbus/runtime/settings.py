@@ -41,7 +41,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_pending_bytes: int = 64 * 1024 * 1024
     """Bytes of requests a replica holds unread; beyond, its NATS client drops them."""
     max_headers: int = 8192
-    """Largest header block of a request in bytes (413 beyond)."""
+    """Largest header block of a request, in characters of names and values (413 beyond)."""
     stuck_timeout: float = 60.0
     """Seconds a sync handler's thread may run past its deadline before it counts as stuck;
     a replica whose threads are all stuck drains and exits so its supervisor restarts it."""
