@@ -13,13 +13,21 @@ import time
 import anyio
 import msgspec
 import pytest
+from processes import actor_serve
 from support import Inbox, Probe, body, srv_stats
 
-from actorbus import Client, Settings, serve
-from actorbus.bus import MSGPACK, Keypair, connect, sign_request, verify_reply
-from actorbus.bus.subjects import call_subject
-
-STATUSES = {200, 400, 401, 403, 404, 408, 413, 429, 500, 503}
+from actorbus import (
+    Client,
+    DeadlineExceeded,
+    HandlerError,
+    Settings,
+    Unavailable,
+    serve,
+)
+from actorbus.bus import MSGPACK, Keypair, Keystore, connect, sign_request, verify_reply
+from actorbus.bus.subjects import call_subject, nonce_subject
+from actorbus.bus.wire import NonceNote, sign_announcement
+from actorbus.cli import EXIT_CODES
 
 
 def unsigned(key: str = "") -> dict[str, str]:
@@ -61,41 +69,39 @@ async def test_a_huge_unsigned_key_is_refused_at_once(settings: Settings, name: 
         assert "headers are" in (msg.headers or {})["Actor-Error"]
 
 
-async def test_a_huge_argument_name_is_not_echoed(
-    settings: Settings, name: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("content_type", "argument", "quoted"),
+    [
+        (None, "k" * 700_000, "'kkkk"),
+        # Once: no reply at all (the name, quoted in full, made the reply too large to send).
+        (MSGPACK, "\x01\x1b[31m" * 50_000, "'\\x01\\x1b[31m"),
+    ],
+    ids=["json-700k-name", "msgpack-control-bytes"],
+)
+async def test_a_huge_argument_name_is_quoted_as_a_short_excerpt(
+    settings: Settings,
+    name: str,
+    caplog: pytest.LogCaptureFixture,
+    content_type: str | None,
+    argument: str,
+    quoted: str,
 ) -> None:
     caplog.set_level(logging.INFO)
-    key = Keypair.generate()
-    payload = msgspec.json.encode({"kwargs": {"k" * 700_000: 1}})
+    codec = msgspec.msgpack if content_type else msgspec.json
+    payload = codec.encode({"kwargs": {argument: 1}})
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
         subject = call_subject(name, "forward")
-        headers = sign_request(key, subject, payload)
-        msg = await nc.request(subject, payload, headers=headers, timeout=5)
-        meta = verify_reply(msg.headers, msg.data, headers["Actor-Nonce"])
-        assert meta.status == 400
-        assert len(msg.data) < 300
-        error = msgspec.json.decode(msg.data)["error"]
-        assert "unexpected keyword argument 'kkk" in error and "(700000 characters)" in error
-    logged = sum(len(r.getMessage()) for r in actor_lines(caplog, name))
-    assert 0 < logged < 1000
-
-
-async def test_control_bytes_in_a_msgpack_name_get_an_escaped_reply(
-    settings: Settings, name: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Once: no reply at all (the quoted name made the reply too large to publish)."""
-    caplog.set_level(logging.INFO)
-    key = Keypair.generate()
-    payload = msgspec.msgpack.encode({"kwargs": {"\x01\x1b[31m" * 50_000: 1}})
-    async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
-        subject = call_subject(name, "forward")
-        headers = sign_request(key, subject, payload, content_type=MSGPACK)
+        headers = sign_request(
+            Keypair.generate(), subject, payload, content_type=content_type or "application/json"
+        )
         msg = await nc.request(subject, payload, headers=headers, timeout=5)
         meta = verify_reply(msg.headers, msg.data, headers["Actor-Nonce"])
         assert meta.status == 400
         assert meta.error.isprintable() and len(meta.error) <= 201
-        error = msgspec.msgpack.decode(msg.data)["error"]
-        assert error.isprintable() and "\\x01\\x1b[31m" in error and len(error) < 300
+        assert len(msg.data) < 300
+        error = codec.decode(msg.data)["error"]
+        assert error.isprintable() and quoted in error
+        assert f"({len(argument)} characters)" in error
     lines = actor_lines(caplog, name)
     assert lines and all(r.getMessage().isprintable() for r in lines)
     assert sum(len(r.getMessage()) for r in lines) < 1000
@@ -148,6 +154,31 @@ async def test_a_flood_of_bad_signatures_is_answered_counted_and_summarized(
     assert summary and "401 x" in summary[-1]
 
 
+async def burst(
+    settings: Settings, name: str, sleep: float, timeouts: list[float], wait: float
+) -> list[int]:
+    """Send one signed call to ``slow(sleep)`` per entry of ``timeouts`` (its Actor-Timeout)
+    at once; returns each one's status, having checked each got exactly one reply and
+    that the replica answers a fresh call within a second afterwards."""
+    key = Keypair.generate()
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        Client(settings=settings) as client,
+        connect(settings.url) as nc,
+        Inbox(nc) as inbox,
+    ):
+        subject = call_subject(name, "slow")
+        payload = body(sleep)
+        for timeout in timeouts:
+            await inbox.send(subject, payload, sign_request(key, subject, payload, timeout=timeout))
+        await inbox.wait(timeout=wait)
+        statuses = inbox.statuses()
+        started = time.monotonic()
+        assert await client.call(name, "forward", "after") == "after"
+        assert time.monotonic() - started < 1.0
+    return statuses
+
+
 async def test_calls_expiring_as_they_are_handed_to_a_worker_are_answered(
     settings: Settings, name: str
 ) -> None:
@@ -155,44 +186,16 @@ async def test_calls_expiring_as_they_are_handed_to_a_worker_are_answered(
     waking an idle worker and that worker taking the call. Once, the deadline sweeper took
     such a call, then crashed on the queue's count (and the workers on an empty queue):
     the replica went down and every call it held went unanswered."""
-    key = Keypair.generate()
-    async with (
-        serve(Probe(), name=name, settings=settings),
-        Client(settings=settings) as client,
-        connect(settings.url) as nc,
-        Inbox(nc) as inbox,
-    ):
-        subject = call_subject(name, "slow")
-        payload = body(0.01)
-        for i in range(2_000):
-            timeout = 0.001 if i % 2 else 0.05
-            await inbox.send(subject, payload, sign_request(key, subject, payload, timeout=timeout))
-        await inbox.wait()
-        assert set(inbox.statuses()) <= {200, 408, 503}
-        assert await client.call(name, "forward", "after") == "after"
+    statuses = await burst(settings, name, 0.01, [0.001, 0.05] * 1_000, wait=10)
+    assert set(statuses) <= {200, 408, 503}
 
 
 async def test_every_call_of_a_burst_is_answered_once(settings: Settings, name: str) -> None:
     """1,500 concurrent calls to a 0.4 s handler that may take 1.5 s each: 64 run at once,
     1,024 wait, the rest are refused, and each gets exactly one answer."""
-    key = Keypair.generate()
-    async with (
-        serve(Probe(), name=name, settings=settings),
-        Client(settings=settings) as client,
-        connect(settings.url) as nc,
-        Inbox(nc) as inbox,
-    ):
-        subject = call_subject(name, "slow")
-        payload = body(0.4)
-        for _ in range(1_500):
-            await inbox.send(subject, payload, sign_request(key, subject, payload, timeout=1.5))
-        await inbox.wait(timeout=15)
-        statuses = inbox.statuses()
-        assert set(statuses) <= {200, 408, 503}
-        assert statuses.count(200) >= 64 and statuses.count(503) > 0
-        started = time.monotonic()
-        assert await client.call(name, "forward", "after") == "after"
-        assert time.monotonic() - started < 1.0
+    statuses = await burst(settings, name, 0.4, [1.5] * 1_500, wait=15)
+    assert set(statuses) <= {200, 408, 503}
+    assert statuses.count(200) >= 64 and statuses.count(503) > 0
 
 
 async def test_replies_go_only_to_inboxes(settings: Settings, name: str) -> None:
@@ -217,8 +220,6 @@ async def test_replies_go_only_to_inboxes(settings: Settings, name: str) -> None
 
 async def test_a_result_over_the_max_payload_is_a_500(settings: Settings, name: str) -> None:
     """Once, publishing it raised in the worker and took the replica down."""
-    from actorbus import HandlerError
-
     async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
         limit = client.nc.max_payload
         with pytest.raises(HandlerError, match="over the reply limit") as info:
@@ -250,8 +251,6 @@ async def test_a_stuck_sync_handler_gives_its_slot_back(settings: Settings, name
     """A sync handler past its deadline: 408 at once, the worker slot free, the thread
     counted as stuck; with every thread stuck, sync calls are refused and the replica
     reports that it must be restarted."""
-    from actorbus import DeadlineExceeded, Unavailable
-
     tight = msgspec.structs.replace(settings, max_in_flight=2, stuck_timeout=0.3)
     async with (
         serve(Probe(), name=name, settings=tight) as host,
@@ -277,10 +276,6 @@ async def test_a_stuck_sync_handler_gives_its_slot_back(settings: Settings, name
 
 async def test_forged_nonce_announcements_are_ignored(settings: Settings, name: str) -> None:
     """Anyone on the bus can publish on the nonce subject; only the actor's key counts."""
-    from actorbus.bus import Keystore
-    from actorbus.bus.subjects import nonce_subject
-    from actorbus.bus.wire import NonceNote, sign_announcement
-
     now = int(time.time() * 1000)
     notes = [NonceNote(Keypair.generate().address, f"{i:032x}", now) for i in range(5_000)]
     forged = msgspec.msgpack.encode(notes)
@@ -300,3 +295,28 @@ async def test_forged_nonce_announcements_are_ignored(settings: Settings, name: 
         await nc.flush()
         await anyio.sleep(0.3)
         assert len(book) == before
+
+
+def test_a_replica_with_every_thread_stuck_exits_to_be_restarted(
+    settings: Settings, name: str
+) -> None:
+    """`actor serve` drains and exits with the code of a 503 (12), promptly: Python would
+    otherwise wait for the stuck thread forever at exit."""
+    env = {
+        "ACTOR_NATS_URL": settings.url,
+        "ACTOR_HOME": str(settings.home),
+        "ACTOR_MAX_IN_FLIGHT": "1",
+        "ACTOR_STUCK_TIMEOUT": "0.3",
+        "ACTOR_DRAIN_TIMEOUT": "1",
+    }
+
+    async def stick() -> None:
+        async with Client(settings=settings) as client:
+            with pytest.raises(DeadlineExceeded):
+                await client.request(name, "blocking", [30], timeout=0.3)
+
+    with actor_serve(name, env, target="tests/support.py:Probe") as process:
+        anyio.run(stick)
+        started = time.monotonic()
+        assert process.wait(10) == EXIT_CODES[503]
+        assert time.monotonic() - started < 5

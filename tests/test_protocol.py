@@ -10,10 +10,18 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from actorbus.bus import BadRequest, Keypair, Keystore, Unauthorized, public_key_to_address, verify
-from actorbus.bus.wire import reply_signing_bytes, request_signing_bytes, verify_reply
+from actorbus.bus.wire import (
+    announcement_signing_bytes,
+    reply_signing_bytes,
+    request_signing_bytes,
+    sign_announcement,
+    verify_announcement,
+    verify_reply,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The group order of ed25519: adding it to S gives the same point math but a
@@ -128,3 +136,24 @@ def test_keystore_writes_0600_and_refuses_readable_keys(tmp_path: Path) -> None:
     with pytest.raises(BadRequest, match="invalid key name"):
         store.load("../etc/passwd")
     assert store.load("fresh", create=True).address == store.load("fresh").address
+
+
+def test_nonce_announcement_matches_the_vector() -> None:
+    v = vectors()
+    a = v["nonce_announcement"]
+    actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
+    body = bytes.fromhex(a["body_hex"])
+    assert hashlib.sha256(body).hexdigest() == a["body_sha256_hex"]
+    assert announcement_signing_bytes(a["subject"], body) == a["signing_bytes"].encode()
+    headers = sign_announcement(actor, a["subject"], body, a["instance"])
+    assert headers == {
+        "Actor-Key": v["actor_address"],
+        "Actor-Instance": a["instance"],
+        "Actor-Signature": a["signature_hex"],
+    }
+    verify_announcement(v["actor_address"], a["subject"], headers, body)
+    assert msgspec.msgpack.decode(body) == [
+        [v["caller_address"], v["request"]["actor_nonce"], int(v["request"]["actor_time"])]
+    ]
+    with pytest.raises(Unauthorized):
+        verify_announcement(v["caller_address"], a["subject"], headers, body)
