@@ -56,13 +56,13 @@ async def test_a_huge_unsigned_key_is_refused_at_once(settings: Settings, name: 
         subject = call_subject(name, "forward")
         started = time.monotonic()
         msg = await nc.request(subject, b"", headers=unsigned("5" * 200_000), timeout=5)
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 2.0  # milliseconds here; ~13 s when quadratic
         meta = verify_reply(msg.headers, msg.data, "00" * 16)
         assert (meta.status, meta.error) == (401, "malformed header Actor-Key")
         assert len(msg.data) < 200
         started = time.monotonic()
         assert await client.call(name, "forward", "still here") == "still here"
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1.0
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
         msg = await nc.request(subject, b"", headers=unsigned("5" * 20_000), timeout=5)
         assert (msg.headers or {})["Actor-Status"] == "413"  # default header limit: 8 KiB
@@ -260,7 +260,7 @@ async def test_a_stuck_sync_handler_gives_its_slot_back(settings: Settings, name
             started = time.monotonic()
             with pytest.raises(DeadlineExceeded):
                 await client.request(name, "blocking", [1.5], timeout=0.4)
-            assert time.monotonic() - started < 0.6
+            assert time.monotonic() - started < 1.2  # the 408 comes before the thread ends
         assert await client.call(name, "add", 1, 2) == 3  # async calls still run
         with pytest.raises(Unavailable, match="stuck"):
             await client.call(name, "forward", "sync")
