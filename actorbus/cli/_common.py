@@ -1,0 +1,61 @@
+"""What every command module shares: settings from the context, running a coroutine with
+errors mapped to exit codes, the consoles, logging setup."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+import click
+from rich.console import Console
+
+from ..bus import ActorError
+from ..runtime import Settings
+
+__all__ = ["EXIT_CODES", "err", "out", "run_coroutine", "settings_of", "setup_logging"]
+
+T = TypeVar("T")
+
+EXIT_CODES = {
+    400: 3,
+    401: 4,
+    403: 5,
+    404: 6,
+    408: 7,
+    413: 8,
+    429: 9,
+    500: 10,
+    502: 11,
+    503: 12,
+    504: 13,
+}
+"""Exit code per status; 1 for any other error, 2 for usage errors (click's)."""
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_coroutine(ctx: click.Context, main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main`` under anyio; an :class:`ActorError` becomes one line and an exit code."""
+    try:
+        return anyio.run(main)
+    except ActorError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, markup=True)
+        ctx.exit(EXIT_CODES.get(exc.status, 1))
+    raise AssertionError("unreachable")
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings

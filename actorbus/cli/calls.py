@@ -1,0 +1,144 @@
+"""`actor call`, `actor ls`, `actor info`: calling actors and reading the registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+import msgspec
+from rich.table import Table
+
+from ..bus import BadRequest, NotFound
+from ..bus.subjects import check_fn, check_name
+from ..runtime import Client
+from ._common import err, out, run_coroutine, settings_of
+
+
+def _value(text: str) -> Any:
+    """A CLI argument: JSON if it parses (1, true, [1,2], {"a":1}, "quoted"), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@click.command()
+@click.argument("target", metavar="NAME/FN")
+@click.argument("args", nargs=-1)
+@click.option("-k", "kwargs", multiple=True, metavar="KEY=VALUE", help="A keyword argument.")
+@click.option(
+    "--key",
+    "key_name",
+    help="Keystore key to sign with (default: $ACTOR_KEY or 'default', created on first use).",
+)
+@click.option("--timeout", type=click.FloatRange(0.001, 86400), help="Seconds to wait.")
+@click.pass_context
+def call(
+    ctx: click.Context,
+    target: str,
+    args: tuple[str, ...],
+    kwargs: tuple[str, ...],
+    key_name: str | None,
+    timeout: float | None,
+) -> None:
+    """Call NAME/FN with ARGS (each JSON, else a string) and print the result as JSON."""
+    settings = settings_of(ctx)
+    if key_name:
+        settings = msgspec.structs.replace(settings, key=key_name)
+    name, sep, fn = target.rpartition("/")
+    if not sep:
+        raise click.BadParameter("expected NAME/FN, e.g. echo/forward", param_hint="NAME/FN")
+    keywords: dict[str, Any] = {}
+    for item in kwargs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="-k")
+        keywords[key] = _value(value)
+    try:
+        check_name(name)
+        check_fn(fn)
+    except BadRequest as exc:
+        raise click.BadParameter(exc.message, param_hint="NAME/FN") from None
+
+    async def run() -> Any:
+        async with Client(settings=settings) as client:
+            return await client.request(
+                name, fn, [_value(a) for a in args], keywords, timeout=timeout
+            )
+
+    result = run_coroutine(ctx, run)
+    click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+# -- ls / info -----------------------------------------------------------------------------
+
+
+@click.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def ls(ctx: click.Context, as_json: bool) -> None:
+    """List the actors in the registry with their replicas."""
+    settings = settings_of(ctx)
+
+    async def run() -> Any:
+        async with Client(settings=settings) as client:
+            return await client.entries()
+
+    entries = run_coroutine(ctx, run)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(entries)).decode())
+        return
+    table = Table("name", "replicas", "address", "functions", "nodes")
+    by_name: dict[str, list[Any]] = {}
+    for entry in entries:
+        by_name.setdefault(entry.name, []).append(entry)
+    for actor, replicas in by_name.items():
+        table.add_row(
+            actor,
+            str(len(replicas)),
+            replicas[0].address,
+            ", ".join(replicas[0].fns),
+            ", ".join(sorted({r.node for r in replicas})),
+        )
+    if by_name:
+        out.print(table)
+    else:
+        err.print("no actors are running")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def info(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show NAME's address (its key), functions and replicas."""
+    settings = settings_of(ctx)
+
+    async def run() -> Any:
+        async with Client(settings=settings) as client:
+            entries = await client.entries(name)
+            if not entries:
+                raise NotFound(f"no actor named {name!r} is running")
+            return entries
+
+    entries = run_coroutine(ctx, run)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(entries)).decode())
+        return
+    first = entries[0]
+    out.print(f"[bold]{name}[/bold]  address {first.address}")
+    out.print(f"functions: {', '.join(first.fns)}")
+    table = Table("instance", "node", "pid", "version", "up", "heartbeat")
+    now = time.time()
+    for e in entries:
+        table.add_row(
+            e.instance,
+            e.node,
+            str(e.pid),
+            e.version,
+            f"{now - e.started:.0f}s",
+            f"{now - e.heartbeat:.1f}s ago",
+        )
+    out.print(table)
