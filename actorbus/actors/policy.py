@@ -3,7 +3,8 @@
 After commune's access module. State lives in the JetStream KV bucket ``actor_<name>``
 (file store: it survives restarts of this actor and of the nats-server); every host
 enforces it from its own cached copy (:mod:`actorbus.runtime.policy`). Every change must be
-signed by an admin and is recorded (who, what, when) in the ``ACTOR_POLICY_AUDIT`` stream.
+signed by an admin and is recorded (who, what, when) in the audit stream
+(:mod:`actorbus.runtime.audit`).
 The key that first starts the policy actor (``$ACTOR_KEY``, ``default``) is its first admin.
 
 Quota leases: ``lease(key, want)`` hands a host up to ``want`` calls of ``key``'s budget for
@@ -22,25 +23,15 @@ from typing import Any
 import msgspec
 
 from ..bus import BadRequest, Forbidden, Keystore, NotFound, Unauthorized, address_to_public_key
-from ..bus.jetstream import Bucket, ensure_stream, publish_acked, read_subject
+from ..bus.jetstream import Bucket
 from ..runtime import Actor, current_call
+from ..runtime.audit import ensure_audit, read_audit, record
 from ..runtime.policy import PUBLIC, Decision, Grant, PolicyConfig, PolicyState, Role, load_state
 
-__all__ = ["AUDIT_STREAM", "AuditRecord", "Policy"]
+__all__ = ["Policy"]
 
-AUDIT_STREAM = "ACTOR_POLICY_AUDIT"
-_AUDIT_MAX_AGE = 365 * 24 * 3600.0
 _ROLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _encode = msgspec.json.Encoder().encode
-
-
-class AuditRecord(msgspec.Struct, frozen=True):
-    """One policy change: who (an admin's address) did what, with which arguments, when."""
-
-    time: float
-    who: str
-    what: str
-    args: dict[str, Any]
 
 
 def _address(key: str) -> str:
@@ -75,14 +66,7 @@ class Policy(Actor):
         self._bucket = await Bucket.open(
             self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
         )
-        self._audit_subject = f"actorbus.audit.{self.name}"
-        await ensure_stream(
-            self.nc,
-            AUDIT_STREAM,
-            ["actorbus.audit.>"],
-            max_age=_AUDIT_MAX_AGE,
-            replicas=settings.js_replicas,
-        )
+        await ensure_audit(self.nc, replicas=settings.js_replicas)
         state = await load_state(self._bucket)
         if not state.admins:
             first = Keystore(settings.home).load(settings.key, create=True).address
@@ -127,8 +111,7 @@ class Policy(Actor):
         view = self.__actorbus_policy__
         if view is not None:
             view.state.apply(key, value)
-        record = AuditRecord(time=time.time(), who=who, what=what, args=args)
-        await publish_acked(self.nc, self._audit_subject, _encode(record))
+        await record(self.nc, self.name or "policy", who, what, args)
 
     async def _change(self, what: str, entry: str, value: bytes | None, /, **args: Any) -> None:
         await self._write(entry, value, who=self._require_admin(), what=what, args=args)
@@ -274,10 +257,11 @@ class Policy(Actor):
         return msgspec.to_builtins(decision)  # type: ignore[no-any-return]
 
     async def log(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The last ``limit`` policy changes, oldest first."""
+        """The last ``limit`` admin actions, oldest first: this policy's changes and node
+        control (each record's ``source`` says which actor recorded it)."""
         self._require_admin()
-        records = await read_subject(self.nc, AUDIT_STREAM, self._audit_subject)
-        return [msgspec.json.decode(r.data) for r in records[-max(limit, 0) :]] if limit else []
+        own = self.name or "policy"
+        return await read_audit(self.nc, limit, lambda s: s == own or s.startswith("node."))
 
     # -- quota leases (called by hosts) ------------------------------------------------
 

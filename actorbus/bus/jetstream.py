@@ -5,6 +5,7 @@ Errors from ``nats.js`` are translated to :class:`Unavailable` here.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,7 @@ from nats.js.kv import KeyValue
 
 from .errors import Unavailable
 
-__all__ = ["Bucket", "ensure_stream", "publish_acked", "read_subject"]
+__all__ = ["Bucket", "ensure_stream", "publish_acked", "stream_messages"]
 
 log = logging.getLogger("actorbus.bus")
 
@@ -121,14 +122,24 @@ async def _bind(nc: NATS, name: str) -> KeyValue:
 
 
 async def ensure_stream(
-    nc: NATS, name: str, subjects: list[str], *, max_age: float, replicas: int = 1
+    nc: NATS,
+    name: str,
+    subjects: list[str],
+    *,
+    max_age: float,
+    replicas: int = 1,
+    max_bytes: int | None = None,
+    max_msg_size: int | None = None,
 ) -> None:
-    """Create stream ``name`` (file store, messages kept ``max_age`` s) or widen its age."""
+    """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
+    ``max_bytes`` in all, the oldest dropped first) or widen its age."""
     js = nc.jetstream()
     config = api.StreamConfig(
         name=name,
         subjects=subjects,
         max_age=max_age,
+        max_bytes=max_bytes,
+        max_msg_size=max_msg_size,
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.LIMITS,
         discard=api.DiscardPolicy.OLD,
@@ -149,38 +160,61 @@ async def ensure_stream(
         raise Unavailable(f"JetStream stream {name}: {exc}") from exc
 
 
-async def publish_acked(nc: NATS, subject: str, data: bytes) -> None:
+async def publish_acked(
+    nc: NATS, subject: str, data: bytes, headers: dict[str, str] | None = None
+) -> None:
     """Publish to a stream's subject and wait for JetStream to store it."""
     try:
-        await nc.jetstream().publish(subject, data)
+        await nc.jetstream().publish(subject, data, headers=headers)
     except _JS_ERRORS as exc:
         raise Unavailable(f"publish to {subject}: {exc}") from exc
 
 
-async def read_subject(nc: NATS, stream: str, subject: str, *, timeout: float = 10.0) -> list[Msg]:
-    """Every message ``stream`` holds on ``subject`` now, oldest first."""
+async def stream_messages(
+    nc: NATS,
+    stream: str,
+    subject: str,
+    *,
+    since: dt.datetime | None = None,
+    follow: bool = False,
+    idle: float = 1.0,
+) -> AsyncIterator[Msg]:
+    """The messages ``stream`` holds on ``subject`` (a filter, wildcards allowed), oldest
+    first, from ``since`` (else all); with ``follow``, then each new one until cancelled.
+
+    Without ``follow`` it ends at once if nothing is stored on ``subject``, else once
+    caught up, or when nothing arrives for ``idle`` seconds (all of it was older than
+    ``since``). Raises :class:`Unavailable`.
+    """
     js = nc.jetstream()
+    policy = api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL
     try:
-        info = await js.stream_info(stream, subjects_filter=subject)
-        if not (info.state.subjects or {}).get(subject):
-            return []
+        if not follow:
+            info = await js.stream_info(stream, subjects_filter=subject)
+            if not sum((info.state.subjects or {}).values()):
+                return  # nothing stored: do not wait out `idle`
         sub = await js.subscribe(
             subject,
             stream=stream,
             ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
+            config=api.ConsumerConfig(deliver_policy=policy, opt_start_time=since),
         )
-        data: list[Msg] = []
-        try:
-            with anyio.fail_after(timeout):
-                async for msg in sub.messages:
-                    data.append(msg)
-                    if msg.metadata.num_pending == 0:
-                        break
-        finally:
-            await sub.unsubscribe()
-    except TimeoutError as exc:
-        raise Unavailable(f"reading {subject} from {stream} timed out") from exc
     except _JS_ERRORS as exc:
         raise Unavailable(f"reading {subject} from {stream}: {exc}") from exc
-    return data
+    try:
+        while True:
+            try:
+                if follow:
+                    msg = await sub.next_msg(timeout=None)
+                else:
+                    msg = await sub.next_msg(timeout=idle)
+            except nats.errors.TimeoutError:
+                return
+            except _JS_ERRORS as exc:
+                raise Unavailable(f"reading {subject} from {stream}: {exc}") from exc
+            yield msg
+            if not follow and msg.metadata.num_pending == 0:
+                return
+    finally:
+        with anyio.CancelScope(shield=True):
+            await sub.unsubscribe()

@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -32,7 +31,7 @@ from .pipeline import Pipeline
 from .policy import Grant, PolicyView, Quotas
 from .registry import Registry, RegistryEntry
 from .replay import replay_guard
-from .settings import Settings
+from .settings import Settings, node_name
 
 __all__ = ["Host", "serve"]
 
@@ -136,13 +135,14 @@ async def serve(
             name=name,
             address=key.address,
             fns=sorted(functions),
-            node=socket.gethostname(),
+            node=node_name(settings),
             pid=os.getpid(),
             instance=instance,
             started=time.time(),
             version=VERSION,
             allow_fns=sorted(actor.allow_fns),
             deny_fns=sorted(actor.deny_fns),
+            replica=settings.replica,
         )
         identity = ServiceIdentity(
             actor=name,
@@ -179,7 +179,7 @@ async def serve(
                 pipeline.sub = sub
                 await nc.flush()
                 await registry.put(entry)
-                tg.start_soon(_heartbeat, registry, entry)
+                tg.start_soon(_heartbeat, registry, entry, pipeline)
                 log.info("%s ready: %d functions, address %s", name, len(functions), key.address)
                 try:
                     yield Host(actor, entry, pipeline)
@@ -194,11 +194,12 @@ async def serve(
                 await actor.on_stop()
 
 
-async def _heartbeat(registry: Registry, entry: RegistryEntry) -> None:
+async def _heartbeat(registry: Registry, entry: RegistryEntry, pipeline: Pipeline) -> None:
     while True:
         await anyio.sleep(registry.ttl / 3)
+        calls = sum(s.num_requests for s in pipeline.stats.values())
         try:
-            await registry.put(entry)
+            await registry.put(msgspec.structs.replace(entry, calls=calls))
         except Unavailable as exc:
             log.warning("%s: heartbeat failed: %s", entry.name, exc)
 

@@ -32,6 +32,10 @@ class RegistryEntry(msgspec.Struct, frozen=True):
     ttl: float = 15.0
     allow_fns: list[str] = msgspec.field(default_factory=list)
     deny_fns: list[str] = msgspec.field(default_factory=list)
+    replica: int = 0
+    """The replica's index on its node (``actor logs --replica``)."""
+    calls: int = 0
+    """Requests it has answered, as of its last heartbeat."""
 
     @property
     def key(self) -> str:

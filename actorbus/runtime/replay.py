@@ -31,7 +31,7 @@ import anyio
 import msgspec
 
 from ..bus import NATS, ActorError, Keypair, LogThrottle, Msg, RequestMeta, Unauthorized, publish
-from ..bus.jetstream import ensure_stream, read_subject
+from ..bus.jetstream import ensure_stream, publish_acked, stream_messages
 from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
 from ..bus.wire import H_INSTANCE, NonceNote, sign_announcement, verify_announcement
 
@@ -122,11 +122,20 @@ class ReplayGuard:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            await self.flush()
+
+    async def flush(self, *, stored: bool = False) -> None:
+        """Publish what the outbox holds now; with ``stored``, wait until the stream has it
+        (on the way out: a nonce accepted in the last turn before a stop must be in the
+        stream before a replica started right after reads it, or it would accept the
+        replay)."""
+        if self._outbox:
             batch, self._outbox = self._outbox, []
             body = _encode(batch)
             headers = sign_announcement(self._key, self._subject, body, self._instance)
+            send = publish_acked if stored else publish
             try:
-                await publish(self._nc, self._subject, body, headers)
+                await send(self._nc, self._subject, body, headers)
             except ActorError as exc:
                 self._throttle.log(
                     logging.WARNING, "announce", "nonce announcement not sent: %s", exc.message
@@ -158,7 +167,7 @@ class ReplayGuard:
         sub = await self._nc.subscribe(self._subject, pending_msgs_limit=1_000_000)
         try:
             await self._nc.flush()
-            for stored in await read_subject(self._nc, NONCE_STREAM, self._subject):
+            async for stored in stream_messages(self._nc, NONCE_STREAM, self._subject):
                 self.learn(stored)
             task_status.started()
             async for msg in sub.messages:
@@ -187,4 +196,6 @@ async def replay_guard(
         try:
             yield guard
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await guard.flush(stored=True)
             tg.cancel_scope.cancel()

@@ -6,6 +6,9 @@ Nothing else in actorbus reads the environment.
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import msgspec
 
 from ..bus import BadRequest
 
-__all__ = ["DEFAULT_NATS_URL", "Settings"]
+__all__ = ["DEFAULT_NATS_URL", "Settings", "node_name"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -62,6 +65,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """The policy actor's name; its KV bucket is ``actor_<policy>`` (``ACTOR_POLICY``)."""
     quota_window: float = 60.0
     """Seconds per quota window, used when a policy actor first writes its config."""
+    node: str = ""
+    """This machine's name among the nodes on one NATS (``ACTOR_NODE``); empty: the one
+    kept in ``$ACTOR_HOME/node``, made on first use from the host name (see
+    :func:`node_name`)."""
+    replica: int = 0
+    """This process's replica index on its node (``ACTOR_REPLICA``, set by the supervisor)."""
+    logs_max_bytes: int = 256 * 1024 * 1024
+    """Bytes of replica log lines the ``ACTOR_LOGS`` stream keeps, oldest dropped first."""
+    logs_max_age: float = 7 * 24 * 3600.0
+    """Seconds a replica log line is kept."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -104,3 +117,28 @@ def _to_path(type_: type, value: Any) -> Any:
     if type_ is Path and isinstance(value, str | Path):
         return Path(value)
     raise NotImplementedError(f"cannot convert {value!r} to {type_}")
+
+
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def node_name(settings: Settings) -> str:
+    """This node's name: ``settings.node``, else the one stored in ``$ACTOR_HOME/node``,
+    made on first use as ``<host name>-<4 hex>`` (one token: a NATS subject name), so two
+    homes on one machine are two nodes. Raises :class:`BadRequest` for an invalid name."""
+    if settings.node:
+        if not _NODE.fullmatch(settings.node):
+            raise BadRequest(f"invalid node name {settings.node!r}: 1-64 of [A-Za-z0-9_-]")
+        return settings.node
+    path = settings.home / "node"
+    try:
+        stored = path.read_text().strip()
+        if _NODE.fullmatch(stored):
+            return stored
+    except FileNotFoundError:
+        pass
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:48] or "node"
+    name = f"{host}-{secrets.token_hex(2)}"
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(name + "\n")
+    return name
