@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -35,6 +36,11 @@ class Probe(Actor):
         time.sleep(seconds)
         return seconds
 
+    def say(self, text: str) -> str:
+        """Print ``text`` on stdout (where a supervisor's log shipping picks it up)."""
+        print(text, flush=True)
+        return text
+
     async def big(self, size: int) -> str:
         """A result of ``size`` characters (over the server's max payload when large)."""
         return "x" * size
@@ -64,6 +70,20 @@ class Probe(Actor):
     @endpoint(expose=False)
     def hidden(self) -> str:
         return "not served"
+
+
+class Crashy(Actor):
+    """Starts only while the file named by $CRASHY_FILE does not exist (a crash loop on
+    demand: create the file, kill the replica)."""
+
+    async def on_start(self) -> None:
+        marker = os.environ.get("CRASHY_FILE", "")
+        if marker and await anyio.Path(marker).exists():
+            print("crashy: refusing to start: the marker file is there", flush=True)
+            os._exit(3)
+
+    def forward(self, message: str = "hello") -> str:
+        return message
 
 
 def body(*args: Any, **kwargs: Any) -> bytes:

@@ -1,8 +1,9 @@
 """The ``actor`` command: parse, call a library coroutine, print.
 
 This module is the entry point and the group registry; each command group lives in its
-own module: :mod:`.node` (up, serve: what runs on this node), :mod:`.calls` (call, ls,
-info), :mod:`.policy`, :mod:`.keys`. Errors print one line (status, message, error id)
+own module: :mod:`.node` (up, down, serve: what runs on this node), :mod:`.ops` (ps,
+kill, restart, scale, logs: control from anywhere), :mod:`.calls` (call, ls, info),
+:mod:`.policy`, :mod:`.keys`. Errors print one line (status, message, error id)
 and exit with the code in :data:`EXIT_CODES`, so scripts can tell a 403 from a 503.
 """
 
@@ -14,7 +15,7 @@ import click
 
 from ..bus import BadRequest
 from ..runtime import Settings
-from . import calls, keys, node, policy
+from . import calls, keys, node, ops, policy
 from ._common import EXIT_CODES, setup_logging
 
 __all__ = ["EXIT_CODES", "main"]
@@ -51,7 +52,14 @@ def main(ctx: click.Context, nats_url: str | None, home: Path | None, log_level:
 
 for command in (
     node.up,
+    node.down,
     node.serve_command,
+    node.supervise,
+    ops.ps,
+    ops.kill,
+    ops.restart,
+    ops.scale,
+    ops.logs,
     calls.call,
     calls.ls,
     calls.info,

@@ -6,16 +6,17 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import anyio
 import click
 from rich.console import Console
+from rich.text import Text
 
 from ..bus import ActorError
 from ..runtime import Settings
 
-__all__ = ["EXIT_CODES", "err", "out", "run_coroutine", "settings_of", "setup_logging"]
+__all__ = ["EXIT_CODES", "err", "exit_with", "out", "run_coroutine", "settings_of", "setup_logging"]
 
 T = TypeVar("T")
 
@@ -46,14 +47,19 @@ def setup_logging(level: str) -> None:
     )
 
 
+def exit_with(ctx: click.Context, exc: ActorError) -> NoReturn:
+    """Print ``exc`` as one line and exit with its status's code."""
+    err.print(Text("error ", style="red") + Text(str(exc)))
+    ctx.exit(EXIT_CODES.get(exc.status, 1))
+    raise AssertionError("unreachable")
+
+
 def run_coroutine(ctx: click.Context, main: Callable[[], Awaitable[T]]) -> T:
     """Run ``main`` under anyio; an :class:`ActorError` becomes one line and an exit code."""
     try:
         return anyio.run(main)
     except ActorError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False, markup=True)
-        ctx.exit(EXIT_CODES.get(exc.status, 1))
-    raise AssertionError("unreachable")
+        exit_with(ctx, exc)
 
 
 def settings_of(ctx: click.Context) -> Settings:

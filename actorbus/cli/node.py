@@ -1,124 +1,328 @@
-"""Commands that run on this node: `actor up` (the supervisor) and `actor serve` (one
-replica, what the supervisor runs)."""
+"""Commands that run on this node: `actor up` (start or join this home's supervisor),
+`actor down`, `actor serve` (one replica: what the supervisor runs) and the hidden
+`actor supervise` (the detached supervisor)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
-from functools import partial
+from pathlib import Path
 
 import anyio
 import click
 import msgspec
+import psutil
 
-from ..bus import Keystore, Unavailable
+from ..actors.node import run_node
+from ..bus import ActorError, BadRequest, Unavailable
 from ..bus.subjects import check_name
 from ..runtime import Client, Host, Settings, serve
 from ..runtime.actor import actor_name
+from ..runtime.control import NODE_PREFIX, Control
 from ..runtime.loading import load_actor_class
-from ..runtime.supervisor import ReplicaReady, nats_server_for, ready_line, supervise
-from ._common import err, run_coroutine, settings_of
+from ..runtime.logs import read_logs
+from ..runtime.manifest import load_manifest
+from ..runtime.replicas import ReplicaReady, ready_line
+from ..runtime.settings import node_name
+from ..runtime.specs import ActorSpec
+from ..runtime.supervisor import Node, NodeInfo, running_node
+from ._common import err, exit_with, run_coroutine, settings_of
+from ._console import NodeConsole, status_table
+
+__all__ = ["down", "serve_command", "supervise", "up"]
+
+_READY_TIMEOUT = 120.0
+
+
+def _absolute(target: str, base: Path) -> str:
+    """A file target made absolute (against ``base``), so any process can load it."""
+    module, sep, cls = target.rpartition(":")
+    if sep and (module.endswith(".py") or "/" in module or "\\" in module):
+        return f"{(base / module).resolve()}:{cls}"
+    return target
+
+
+def _specs(
+    target: str | None, manifest: Path | None, name: str | None, replicas: int | None
+) -> list[ActorSpec]:
+    """What to run, every target loaded once here so a bad one starts nothing."""
+    if target and manifest:
+        raise click.UsageError("give a TARGET or -f FILE, not both")
+    if target:
+        drafts = [(ActorSpec(_absolute(target, Path.cwd()), name or "", replicas or 1), "")]
+    else:
+        if name or replicas:
+            raise click.UsageError("--name and --replicas go with a TARGET")
+        path = manifest or Path("actors.toml")
+        if not path.exists():
+            raise click.UsageError(
+                f"no TARGET and no {path} here: try `actor up examples/echo.py:Echo`"
+            )
+        base = path.resolve().parent
+        drafts = [
+            (
+                msgspec.structs.replace(e.spec, target=_absolute(e.spec.target, base)),
+                f"{path}:{e.line}: ",
+            )
+            for e in load_manifest(path)
+        ]
+    specs: list[ActorSpec] = []
+    for draft, where in drafts:
+        try:
+            cls = load_actor_class(draft.target)
+        except BadRequest as exc:
+            raise BadRequest(where + exc.message) from None
+        actor = check_name(actor_name(cls, draft.name or None))
+        if actor.startswith(NODE_PREFIX):
+            raise BadRequest(f"{actor!r}: names starting with {NODE_PREFIX!r} are the nodes'")
+        if any(s.name == actor for s in specs):
+            raise BadRequest(f"actor {actor!r} is listed twice")
+        specs.append(msgspec.structs.replace(draft, name=actor))
+    return specs
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", required=False)
+@click.option("-f", "--file", "manifest", type=click.Path(path_type=Path), help="A manifest.")
 @click.option("--name", help="Actor name (default: the class's `name`, else its lowercased name).")
-@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 256))
+@click.option("--replicas", type=click.IntRange(1, 256), help="Replicas (default 1).")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and return.")
 @click.pass_context
-def up(ctx: click.Context, target: str, name: str | None, replicas: int) -> None:
-    """Launch TARGET (path.py:Class or module:Class) and keep it running, in the foreground.
+def up(
+    ctx: click.Context,
+    target: str | None,
+    manifest: Path | None,
+    name: str | None,
+    replicas: int | None,
+    detach: bool,
+) -> None:
+    """Run TARGET (path.py:Class or module:Class), or the actors of ./actors.toml (-f FILE),
+    on this node, restarting replicas that crash.
 
-    Starts an embedded nats-server when no NATS URL is set and nothing answers on
-    127.0.0.1:4222. Ctrl-C drains every replica, then stops the embedded server.
+    Starts this home's supervisor (with an embedded nats-server when no NATS is set and
+    nothing answers on 127.0.0.1:4222, and the policy actor when none runs), or adds to
+    the one already running. In the foreground it shows the replicas and their output
+    until Ctrl-C, which stops what it started; with -d it returns once every actor
+    answers.
     """
     settings = settings_of(ctx)
-
-    async def run() -> None:
-        cls = load_actor_class(target)  # fail here, not in N children
-        actor = check_name(actor_name(cls, name))
-        async with nats_server_for(settings) as server:
-            url = server.url if server else settings.url
-            if server:
-                err.print(
-                    f"started embedded nats-server at [bold]{url}[/bold] (pid {server.pid}, "
-                    f"store {server.store}); it stops with this command"
-                )
-            else:
-                err.print(f"using NATS at [bold]{url}[/bold]")
-            level = logging.getLevelName(logging.getLogger().level)
-
-            def command(target: str, name: str) -> list[str]:
-                return [
-                    sys.executable,
-                    "-m",
-                    "actorbus.cli",
-                    "--log-level",
-                    level,
-                    "serve",
-                    target,
-                    "--name",
-                    name,
-                ]
-
-            def on_ready(name: str) -> Callable[[int, ReplicaReady], None]:
-                def report(index: int, ready: ReplicaReady) -> None:
-                    err.print(f"{name}[{index}] ready: pid {ready.pid}, address {ready.address}")
-
-                return report
-
-            here = msgspec.structs.replace(settings, nats_url=url)
-            with anyio.CancelScope() as scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_cancel_on_signal, scope)
-                    if actor != settings.policy and not await _policy_running(here):
-                        admin = Keystore(settings.home).load(settings.key, create=True)
-                        err.print(
-                            f"starting the policy actor {settings.policy!r}; if it is "
-                            f"new, its first admin is key {settings.key!r} ({admin.address})"
-                        )
-                        await tg.start(
-                            partial(
-                                supervise,
-                                command(POLICY_TARGET, settings.policy),
-                                name=settings.policy,
-                                replicas=1,
-                                settings=settings,
-                                nats_url=url,
-                                on_ready=on_ready(settings.policy),
-                                on_event=err.print,
-                            )
-                        )
-                    await supervise(
-                        command(target, actor),
-                        name=actor,
-                        replicas=replicas,
-                        settings=settings,
-                        nats_url=url,
-                        on_ready=on_ready(actor),
-                        on_event=err.print,
-                    )
-            err.print("stopped")
-
-    run_coroutine(ctx, run)
+    try:
+        specs = _specs(target, manifest, name, replicas)
+    except ActorError as exc:  # a bad manifest or target: say so, start nothing
+        exit_with(ctx, exc)
+    running = running_node(settings.home)
+    if running is not None:
+        _join(ctx, settings, running.url, running.node, specs, detach)
+    elif detach:
+        _detach(ctx, settings, specs)
+    else:
+        _foreground(ctx, settings, specs)
 
 
-POLICY_TARGET = "actorbus.actors.policy:Policy"
+def _foreground(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> None:
+    console = NodeConsole(err)
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, stop, console.say)
+
+            def ready(info: NodeInfo, node: Node) -> None:
+                tg.start_soon(console.live, info, node, stop)
+
+            await run_node(
+                settings,
+                specs,
+                stop=stop,
+                on_output=console.output,
+                on_event=console.event,
+                on_ready=ready,
+            )
+            tg.cancel_scope.cancel()
+        console.say("stopped")
+
+    run_coroutine(ctx, main)
 
 
-async def _policy_running(settings: Settings) -> bool:
-    async with Client(settings=settings) as client:
-        return bool(await client.entries(settings.policy))
-
-
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+async def _stop_on_signal(stop: anyio.Event, say: Callable[[str], None] | None) -> None:
+    """Set ``stop`` on SIGINT or SIGTERM (saying so, if ``say``)."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            err.print(f"got {signal.Signals(signum).name}: draining")
-            scope.cancel()
+            if say is not None:
+                say(f"got {signal.Signals(signum).name}: stopping (actors drain first)")
+            stop.set()
             return
+
+
+def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> None:
+    """Start the supervisor as a background process; return once every actor answers."""
+    node = node_name(settings)  # made here first, so the daemon reads the same name
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = settings.home / "node.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    level = logging.getLevelName(logging.getLogger().level)
+    command = [sys.executable, "-m", "actorbus.cli", "--log-level", level, "supervise"]
+    env = dict(os.environ, ACTOR_HOME=str(settings.home))
+    if settings.nats_url:
+        env["ACTOR_NATS_URL"] = settings.nats_url
+    with open(log_path, "ab") as log:
+        daemon = subprocess.Popen(
+            [*command, json.dumps(msgspec.to_builtins(specs))],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
+
+    async def main() -> list[object]:
+        with anyio.fail_after(_READY_TIMEOUT):
+            while True:
+                if daemon.poll() is not None:
+                    tail = log_path.read_bytes()[offset:].decode(errors="replace")
+                    raise Unavailable(
+                        f"the supervisor exited (code {daemon.returncode}):\n"
+                        + "\n".join(tail.strip().splitlines()[-15:])
+                    )
+                info = running_node(settings.home)
+                if info is not None:
+                    here = msgspec.structs.replace(settings, nats_url=info.url)
+                    entries = await _entries_when_up(here, node, specs)
+                    if entries is not None:
+                        return entries
+                await anyio.sleep(0.1)
+
+    entries = run_coroutine(ctx, main)
+    err.print(
+        f"node {node} is up (pid {daemon.pid}; log {log_path}); "
+        "`actor ps` to see it, `actor down` to stop it"
+    )
+    err.print(status_table(entries))
+
+
+async def _entries_when_up(
+    settings: Settings, node: str, specs: list[ActorSpec]
+) -> list[object] | None:
+    """The registry entries of ``specs`` on ``node`` once every replica is there."""
+    try:
+        async with Client(settings=settings) as client:
+            entries = [e for e in await client.entries() if e.node == node]
+    except Unavailable:
+        return None  # its NATS is not up yet
+    for spec in specs:
+        if sum(e.name == spec.name for e in entries) < spec.replicas:
+            return None
+    return [e for e in entries if any(e.name == s.name for s in specs)]
+
+
+def _join(
+    ctx: click.Context,
+    settings: Settings,
+    url: str,
+    node: str,
+    specs: list[ActorSpec],
+    detach: bool,
+) -> None:
+    """Add ``specs`` to this home's running supervisor; in the foreground, show their
+    output until Ctrl-C, then stop them."""
+    here = msgspec.structs.replace(settings, nats_url=url)
+    console = NodeConsole(err)
+
+    async def main() -> None:
+        async with Client(settings=here) as client:
+            control = Control(client)
+            for spec in specs:
+                for status in await control.up(node, spec):
+                    console.say(f"{status.actor}[{status.replica}] ready: pid {status.pid}")
+            if detach:
+                return
+            console.say(f"joined node {node}; Ctrl-C stops {', '.join(s.name for s in specs)}")
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signal, stop, console.say)
+                for spec in specs:
+                    tg.start_soon(_follow, client, spec.name, node, console)
+                await stop.wait()
+                tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                for spec in specs:
+                    await control.kill(spec.name)
+        console.say("stopped")
+
+    run_coroutine(ctx, main)
+
+
+async def _follow(client: Client, actor: str, node: str, console: NodeConsole) -> None:
+    async for line in read_logs(client.nc, actor, node=node, since=time.time(), follow=True):
+        if line is not None:
+            console.output(line.actor, line.replica, line.pid, line.line)
+
+
+@click.command(hidden=True)
+@click.argument("specs_json")
+@click.pass_context
+def supervise(ctx: click.Context, specs_json: str) -> None:
+    """The detached supervisor `actor up -d` starts (its output goes to node.log)."""
+    settings = settings_of(ctx)
+    specs = msgspec.json.decode(specs_json, type=list[ActorSpec])
+    console = NodeConsole(err, live=False)
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, stop, console.say)
+            await run_node(
+                settings,
+                specs,
+                stop=stop,
+                on_output=console.output,
+                on_event=console.event,
+                on_ready=lambda info, node: console.say(f"node {info.node} ready at {info.url}"),
+            )
+            tg.cancel_scope.cancel()
+        console.say("stopped")
+
+    run_coroutine(ctx, main)
+
+
+@click.command()
+@click.option("--node", help="Another node, by name (default: this home's).")
+@click.pass_context
+def down(ctx: click.Context, node: str | None) -> None:
+    """Stop a node: its actors drain, then its supervisor (and the embedded nats-server it
+    started) exits. Without --node, this home's."""
+    settings = settings_of(ctx)
+    local = running_node(settings.home) if node is None else None
+    if node is None and local is None:
+        err.print(f"no supervisor runs for {settings.home}")
+        return
+    target = node or (local.node if local else "")
+    here = msgspec.structs.replace(settings, nats_url=local.url) if local else settings
+
+    async def main() -> list[int]:
+        async with Client(settings=here) as client:
+            control = Control(client)
+            pids = [s.pid for s in await control.ps(target) if s.pid]
+            await control.down(target)
+            return pids
+
+    pids = run_coroutine(ctx, main)
+    if local is None:
+        err.print(f"node {target} is stopping")
+        return
+    deadline = time.monotonic() + settings.drain_timeout + 30
+    while psutil.pid_exists(local.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in [local.pid, *pids] if psutil.pid_exists(p)]
+    if left:
+        raise click.ClickException(f"node {target}: processes still running: {left}")
+    err.print(f"node {target} stopped")
 
 
 @click.command("serve")
@@ -130,32 +334,54 @@ def serve_command(ctx: click.Context, target: str, name: str | None) -> None:
 
     Prints one ready line on stdout once it takes calls; SIGTERM or Ctrl-C drains it. A
     replica that cannot go on (every sync handler thread stuck) drains and exits with
-    the code of a 503, for its supervisor to restart it.
+    the code of a 503, for its supervisor to restart it; one whose supervisor is gone
+    (ACTOR_SUPERVISOR_PID) drains and exits too.
     """
     settings = settings_of(ctx)
     hosts: list[Host] = []
 
-    async def run() -> None:
+    async def main() -> None:
         cls = load_actor_class(target)
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_signal, scope)
-                async with serve(cls(), name=name, settings=settings) as host:
-                    hosts.append(host)
-                    ready = ReplicaReady(host.name, host.address, host.instance, os.getpid())
-                    print(ready_line(ready), flush=True)
-                    os.dup2(2, 1)  # anything the actor prints goes to the log, not the pipe
-                    await host.failed.wait()
-                scope.cancel()
-        if host.failure:
-            raise Unavailable(host.failure)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            # A stop leaves `serve` normally, never by cancelling it: its workers must
+            # stay alive to finish the calls it drains.
+            tg.start_soon(_stop_on_signal, stop, None)
+            if settings.supervisor_pid:
+                tg.start_soon(_watch_supervisor, settings.supervisor_pid, stop)
+            async with serve(cls(), name=name, settings=settings) as host:
+                hosts.append(host)
+                ready = ReplicaReady(host.name, host.address, host.instance, os.getpid())
+                print(ready_line(ready), flush=True)
+                os.dup2(2, 1)  # anything the actor prints goes to the log, not the pipe
+                tg.start_soon(_set_when, host.failed, stop)
+                await stop.wait()
+            tg.cancel_scope.cancel()
+        if hosts and hosts[0].failure:
+            raise Unavailable(hosts[0].failure)
 
     try:
-        run_coroutine(ctx, run)
+        run_coroutine(ctx, main)
     except click.exceptions.Exit as exc:
         _leave_stuck_threads(hosts, exc.exit_code)
         raise
     _leave_stuck_threads(hosts, 0)
+
+
+async def _set_when(event: anyio.Event, stop: anyio.Event) -> None:
+    await event.wait()
+    stop.set()
+
+
+async def _watch_supervisor(pid: int, stop: anyio.Event) -> None:
+    """Stop (draining) when the supervisor that started us is gone (we are re-parented:
+    nothing portable signals a parent's death, so look twice a second)."""
+    while True:
+        await anyio.sleep(0.5)
+        if os.getppid() != pid:
+            break
+    logging.getLogger("actorbus.runtime").warning("supervisor %d is gone: stopping", pid)
+    stop.set()
 
 
 def _leave_stuck_threads(hosts: list[Host], code: int) -> None:

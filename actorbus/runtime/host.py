@@ -207,15 +207,17 @@ async def _heartbeat(registry: Registry, entry: RegistryEntry, pipeline: Pipelin
 async def _drain(
     pipeline: Pipeline, sub: object, registry: Registry, entry: RegistryEntry, timeout: float
 ) -> None:
-    """Stop taking calls, answer the accepted ones, leave the registry."""
-    pipeline.accepting = False
+    """Leave the registry and the queue group, serve what was already on its way, finish
+    the accepted calls. A rolling restart loses no call this way: the server stops routing
+    here before the replica stops accepting."""
     with anyio.move_on_after(2):
         try:
             await registry.remove(entry)
         except Unavailable as exc:
             log.warning("%s: could not leave the registry: %s", entry.name, exc)
     with anyio.move_on_after(timeout):
-        await sub.drain()  # type: ignore[attr-defined]  # queued messages get a 503
+        await sub.drain()  # type: ignore[attr-defined]  # unsubscribe, then serve the rest
+    pipeline.accepting = False
     with anyio.move_on_after(timeout) as scope:
         await pipeline.idle.wait()
     if scope.cancelled_caught:

@@ -71,6 +71,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     :func:`node_name`)."""
     replica: int = 0
     """This process's replica index on its node (``ACTOR_REPLICA``, set by the supervisor)."""
+    restart_limit: int = 5
+    """Crashes of one replica a supervisor restarts within ``restart_window`` seconds; one
+    more and it gives up on that replica (``actor ps`` shows it failed)."""
+    restart_window: float = 60.0
+    supervisor_pid: int = 0
+    """The supervisor this replica belongs to (``ACTOR_SUPERVISOR_PID``): the replica
+    stops if it goes away."""
     logs_max_bytes: int = 256 * 1024 * 1024
     """Bytes of replica log lines the ``ACTOR_LOGS`` stream keeps, oldest dropped first."""
     logs_max_age: float = 7 * 24 * 3600.0

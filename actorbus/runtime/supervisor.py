@@ -1,60 +1,104 @@
-"""The supervisor behind ``actor up``: one OS process per replica, restarted on a crash.
+"""The node supervisor: what ``actor up`` runs on a machine. Process management lives here
+and in :mod:`.replicas`; only a node imports them (the control client does not).
 
-A visible loop per replica: start it, wait until it says it is ready, wait for it to
-exit; on a crash log it, back off (capped, with jitter) and start it again; give up
-loudly when it crashes more than ``max_restarts`` times in ``window`` seconds, or when it
-dies before it was ever ready (a typo should not loop). Cancellation always passes
-through: on the way out each replica gets SIGTERM, drains its calls, and is killed only
-if it does not exit in time.
+A :class:`Node` keeps groups of replica slots (:class:`~.replicas.Replica`), one task per
+slot in its task group: it adds, kills, scales and restarts them (rolling: one slot at a
+time, each new process ready before the old one stops) and stops everything in order
+(the user's actors drain first, the system's, such as the policy actor, after them).
+One supervisor runs per ``$ACTOR_HOME``: it holds ``node.lock`` for its lifetime and
+describes itself in ``node.json``, so a second ``actor up`` joins it instead of starting
+a rival.
 """
 
 from __future__ import annotations
 
-import logging
+import fcntl
 import os
-import random
-import signal
-import subprocess
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import anyio
 import anyio.abc
 import msgspec
+import psutil
 
-from ..bus import ActorError, EmbeddedServer, Unavailable, nats_answers
+from ..bus import NATS, ActorError, BadRequest, EmbeddedServer, NotFound, nats_answers, request
+from .replicas import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 from .settings import DEFAULT_NATS_URL, Settings
+from .specs import ActorSpec, ReplicaStatus
 
 __all__ = [
-    "READY_PREFIX",
-    "ReplicaReady",
-    "SupervisorError",
+    "Node",
+    "NodeInfo",
+    "claim_node",
     "nats_server_for",
-    "ready_line",
-    "supervise",
+    "running_node",
+    "supervised",
 ]
 
-log = logging.getLogger("actorbus.supervisor")
-
-READY_PREFIX = "actorbus-ready "
-_READY_TIMEOUT = 60.0
+_STATS_TIMEOUT = 0.5
+_json = msgspec.json.Decoder()
 
 
-class SupervisorError(ActorError):
-    """A replica could not be kept running."""
+class NodeInfo(msgspec.Struct):
+    """``$ACTOR_HOME/node.json``: the running supervisor of this home."""
 
-    status = 503
-
-
-class ReplicaReady(msgspec.Struct):
-    """What a replica prints (after :data:`READY_PREFIX`) once it takes calls."""
-
-    name: str
-    address: str
-    instance: str
     pid: int
+    node: str
+    url: str
+    started: float
+    embedded: bool = False
+    """Whether it runs the embedded nats-server (then it stops it last)."""
+
+
+@contextmanager
+def claim_node(home: Path) -> Iterator[Callable[[NodeInfo], None]]:
+    """Be this home's supervisor for the block: hold ``node.lock``; yields the function
+    that writes ``node.json`` (removed on exit).
+
+    Raises :class:`SupervisorError` if another process holds the lock.
+    """
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = home / "node.json"
+    with open(home / "node.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            running = running_node(home)
+            raise SupervisorError(
+                f"a supervisor already runs for {home}"
+                + (f" (pid {running.pid})" if running else "")
+            ) from None
+
+        def describe(info: NodeInfo) -> None:
+            path.write_bytes(msgspec.json.encode(info))
+
+        try:
+            yield describe
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def running_node(home: Path) -> NodeInfo | None:
+    """The supervisor running for ``home``, or ``None`` (its lock is free)."""
+    lock_path = home / "node.lock"
+    if not lock_path.exists():
+        return None
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: someone runs
+        else:
+            return None
+    for _ in range(50):  # the holder writes node.json right after taking the lock
+        try:
+            return msgspec.json.decode((home / "node.json").read_bytes(), type=NodeInfo)
+        except (FileNotFoundError, msgspec.DecodeError):
+            time.sleep(0.02)
+    return None
 
 
 @asynccontextmanager
@@ -69,117 +113,218 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
         yield server
 
 
-async def _read_ready(process: anyio.abc.Process) -> ReplicaReady:
-    assert process.stdout is not None
-    buffer = b""
-    with anyio.fail_after(_READY_TIMEOUT):
-        async for chunk in process.stdout:
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                text = line.decode(errors="replace")
-                if text.startswith(READY_PREFIX):
-                    return msgspec.json.decode(text[len(READY_PREFIX) :], type=ReplicaReady)
-    raise SupervisorError("exited before it was ready")
+class _Slot:
+    """A replica and the task that keeps it: cancelling ``scope`` stops it."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
 
 
-async def _stop(process: anyio.abc.Process, drain_timeout: float) -> None:
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            with anyio.move_on_after(drain_timeout + 5):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        await process.aclose()
+class Node:
+    """This machine's actors; use :func:`supervised` to run one."""
 
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: Settings,
+        url: str,
+        nc: NATS,
+        tg: anyio.abc.TaskGroup,
+        on_output: OutputFn,
+        on_event: EventFn,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.nc = nc
+        self.on_output = on_output
+        self.on_event = on_event
+        self._tg = tg
+        self._groups: dict[str, list[_Slot]] = {}
+        self._specs: dict[str, ActorSpec] = {}
+        self._env = {
+            "ACTOR_NATS_URL": url,
+            "ACTOR_HOME": str(settings.home),
+            "ACTOR_NODE": name,
+            "ACTOR_LOG_LEVEL": os.environ.get("ACTOR_LOG_LEVEL", "INFO"),
+        }
 
-async def _run_replica(
-    label: str,
-    command: Sequence[str],
-    env: dict[str, str],
-    on_event: Callable[[str], None],
-    settings: Settings,
-    max_restarts: int,
-    window: float,
-    *,
-    task_status: anyio.abc.TaskStatus[ReplicaReady] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    crashes: deque[float] = deque()
-    delay = 0.5
-    started = False
-    while True:
-        process = await anyio.open_process(
-            list(command), stdout=subprocess.PIPE, stderr=None, env=env
-        )
-        try:
-            try:
-                ready = await _read_ready(process)
-            except (SupervisorError, TimeoutError, msgspec.DecodeError) as exc:
-                if not started:
-                    raise SupervisorError(
-                        f"{label} did not start ({exc or 'no ready line in time'}); "
-                        "see its log above"
-                    ) from None
-                ready = None
-            if ready is not None:
-                if not started:
-                    started = True
-                    task_status.started(ready)
-                else:
-                    on_event(f"{label} restarted as pid {ready.pid}")
-                code = await process.wait()
-            else:
-                code = process.returncode if process.returncode is not None else -1
-        finally:
-            await _stop(process, settings.drain_timeout)
-        now = time.monotonic()
-        crashes.append(now)
-        while crashes and crashes[0] < now - window:
-            crashes.popleft()
-        if len(crashes) > max_restarts:
-            raise SupervisorError(
-                f"{label} exited {len(crashes)} times in {window:g}s (last code {code}); giving up"
+    def specs(self) -> list[ActorSpec]:
+        return list(self._specs.values())
+
+    def _live(self, name: str) -> list[_Slot]:
+        slots = self._groups.get(name)
+        if slots is None:
+            raise NotFound(f"{name!r} does not run on node {self.name}")
+        return slots
+
+    async def add(self, spec: ActorSpec) -> list[ReplicaStatus]:
+        """Start ``spec``'s replicas (together) and return once all answer.
+
+        Raises :class:`BadRequest` if it already runs here (and has not failed), and
+        :class:`SupervisorError` if a replica does not start (then none is left running).
+        """
+        if spec.replicas < 1:
+            raise BadRequest("replicas must be at least 1")
+        running = self._groups.get(spec.name)
+        if running and any(not s.done.is_set() for s in running):
+            raise BadRequest(
+                f"{spec.name!r} already runs on node {self.name}: use restart or scale"
             )
-        wait = delay * random.uniform(0.8, 1.2)
-        on_event(f"{label} exited with code {code}; restarting in {wait:.1f}s")
-        await anyio.sleep(wait)
-        delay = min(delay * 2, 30.0)
+        self._groups[spec.name] = []
+        self._specs[spec.name] = spec
+        try:
+            await self._grow(spec, range(spec.replicas))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stop(self._groups.pop(spec.name, []))
+                self._specs.pop(spec.name, None)
+            raise
+        return await self.ps(spec.name)
+
+    async def _grow(self, spec: ActorSpec, indexes: range) -> None:
+        failures: list[SupervisorError] = []
+
+        async def start(index: int) -> None:
+            try:
+                await self._start_slot(spec, index)
+            except SupervisorError as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as starters:
+            for index in indexes:
+                starters.start_soon(start, index)
+        if failures:
+            raise failures[0]
+
+    async def _start_slot(self, spec: ActorSpec, index: int) -> ReplicaReady:
+        replica = Replica(
+            spec,
+            index,
+            settings=self.settings,
+            env=dict(self._env),
+            on_output=self.on_output,
+            on_event=self.on_event,
+        )
+        slot = _Slot(replica)
+        self._groups[spec.name].append(slot)
+        self._groups[spec.name].sort(key=lambda s: s.replica.index)
+        ready: ReplicaReady = await self._tg.start(self._keep, slot)
+        return ready
+
+    async def _keep(self, slot: _Slot, *, task_status: anyio.abc.TaskStatus[ReplicaReady]) -> None:
+        try:
+            with slot.scope:
+                await slot.replica.run(task_status=task_status)
+        finally:
+            slot.done.set()
+
+    async def _stop(self, slots: list[_Slot]) -> None:
+        """Stop ``slots`` together (each process drains) and wait until they are gone."""
+        for slot in slots:
+            slot.scope.cancel()
+        for slot in slots:
+            await slot.done.wait()
+
+    async def kill(self, name: str) -> int:
+        """Stop every replica of ``name`` here; returns how many there were."""
+        slots = self._live(name)
+        await self._stop(slots)
+        del self._groups[name]
+        self._specs.pop(name, None)
+        return len(slots)
+
+    async def restart(self, name: str) -> list[ReplicaStatus]:
+        """Restart ``name``'s replicas one at a time, each new process answering before the
+        old one stops; a failed slot is started afresh."""
+        for slot in list(self._live(name)):
+            if slot.done.is_set():
+                self._groups[name].remove(slot)
+                await self._start_slot(self._specs[name], slot.replica.index)
+            else:
+                await slot.replica.restart()
+        return await self.ps(name)
+
+    async def scale(self, name: str, replicas: int) -> list[ReplicaStatus]:
+        """Run ``replicas`` replicas of ``name`` here (the highest indexes stop first)."""
+        if replicas < 1:
+            raise BadRequest("replicas must be at least 1 (use kill to stop an actor)")
+        slots = self._live(name)
+        spec = msgspec.structs.replace(self._specs[name], replicas=replicas)
+        self._specs[name] = spec
+        if replicas > len(slots):
+            top = max(s.replica.index for s in slots) + 1
+            await self._grow(spec, range(top, top + replicas - len(slots)))
+        elif replicas < len(slots):
+            extra = slots[replicas:]
+            await self._stop(extra)
+            self._groups[name] = slots[:replicas]
+        return await self.ps(name)
+
+    def status(self, name: str | None = None) -> list[ReplicaStatus]:
+        names = [name] if name else sorted(self._groups)
+        return [s.replica.status(self.name) for n in names for s in self._groups.get(n, [])]
+
+    async def ps(self, name: str | None = None) -> list[ReplicaStatus]:
+        """Every slot (of ``name``) with its calls (asked of the replica) and memory."""
+        statuses = self.status(name)
+        async with anyio.create_task_group() as tg:
+            for status in statuses:
+                if status.pid is not None:
+                    tg.start_soon(self._measure, status)
+        return statuses
+
+    async def _measure(self, status: ReplicaStatus) -> None:
+        assert status.pid is not None
+        try:
+            status.rss = psutil.Process(status.pid).memory_info().rss
+        except psutil.Error:
+            status.rss = None
+        service = status.actor.replace(".", "_")
+        subject = f"$SRV.STATS.{service}.{status.instance}"
+        try:
+            reply = await request(self.nc, subject, b"", {}, _STATS_TIMEOUT)
+            endpoints = _json.decode(reply.data)["endpoints"]
+            status.calls = sum(int(e.get("num_requests", 0)) for e in endpoints)
+        except (ActorError, msgspec.DecodeError, KeyError, TypeError, ValueError):
+            status.calls = None  # a replica that cannot say: no figure, not an error
+
+    async def stop_all(self) -> None:
+        """The user's actors drain together, then the system's."""
+        for system in (False, True):
+            names = [n for n, spec in self._specs.items() if spec.system == system]
+            await self._stop([slot for n in names for slot in self._groups.get(n, [])])
+            for n in names:
+                self._groups.pop(n, None)
+                self._specs.pop(n, None)
 
 
-async def supervise(
-    command: Sequence[str],
+@asynccontextmanager
+async def supervised(
     *,
     name: str,
-    replicas: int,
     settings: Settings,
-    nats_url: str,
-    on_ready: Callable[[int, ReplicaReady], None],
-    on_event: Callable[[str], None],
-    max_restarts: int = 5,
-    window: float = 60.0,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run ``replicas`` copies of ``command`` (one replica each) until cancelled.
-
-    Each child gets ``ACTOR_NATS_URL`` and ``ACTOR_HOME``; ``on_ready`` is called as each
-    first reports ready, and ``task_status`` once all are. Raises :class:`SupervisorError`
-    when a replica cannot be kept up.
-    """
-    if replicas < 1:
-        raise Unavailable("--replicas must be at least 1")
-    env = dict(os.environ, ACTOR_NATS_URL=nats_url, ACTOR_HOME=str(settings.home))
+    url: str,
+    nc: NATS,
+    on_output: OutputFn,
+    on_event: EventFn,
+) -> AsyncIterator[Node]:
+    """A :class:`Node` for the block; on exit every actor it runs stops, in order."""
     async with anyio.create_task_group() as tg:
-        for index in range(replicas):
-            label = f"{name}[{index}]"
-            ready = await tg.start(
-                _run_replica, label, command, env, on_event, settings, max_restarts, window
-            )
-            on_ready(index, ready)
-        task_status.started()
-
-
-def ready_line(ready: ReplicaReady) -> str:
-    """The line a replica prints on stdout once it takes calls."""
-    return READY_PREFIX + msgspec.json.encode(ready).decode()
+        node = Node(
+            name=name,
+            settings=settings,
+            url=url,
+            nc=nc,
+            tg=tg,
+            on_output=on_output,
+            on_event=on_event,
+        )
+        try:
+            yield node
+        finally:
+            with anyio.CancelScope(shield=True):
+                await node.stop_all()
+            tg.cancel_scope.cancel()

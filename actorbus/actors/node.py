@@ -1,0 +1,194 @@
+"""A node: the supervisor of one machine's actors, controlled over NATS as an actor.
+
+:func:`run_node` is what ``actor up`` runs (in the foreground, or detached). Its lifetimes
+nest: this home's lock -> the NATS server (an embedded one if none answers) -> a
+connection -> the log stream and shipper -> the replica slots (:mod:`..runtime.supervisor`)
+-> the control actor ``node.<node>``. Unwinding runs in reverse: the control actor
+stops, the user's actors drain, then the system's (the policy actor), the last log lines
+go out, the connection drains, and the embedded server stops last.
+
+:class:`NodeActor` is an actor like any other, served by the same pipeline: ``ps``,
+``up``, ``kill``, ``restart``, ``scale`` and ``down`` are for policy admins only (for
+this home's own key while no policy runs), and each change is audited.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..bus import NATS, BadRequest, Forbidden, Keystore, connect
+from ..bus.subjects import check_name
+from ..runtime import Actor, Client, Settings, current_call, endpoint, serve
+from ..runtime.audit import ensure_audit, record
+from ..runtime.control import CONTROL_TIMEOUT, NODE_PREFIX, node_actor
+from ..runtime.logs import LogShipper, ensure_logs
+from ..runtime.replicas import EventFn, OutputFn
+from ..runtime.settings import node_name
+from ..runtime.specs import ActorSpec, ReplicaStatus
+from ..runtime.supervisor import Node, NodeInfo, claim_node, nats_server_for, supervised
+
+__all__ = ["POLICY_TARGET", "NodeActor", "run_node"]
+
+POLICY_TARGET = "actorbus.actors.policy:Policy"
+
+_CONTROL = frozenset({"ps", "up", "kill", "restart", "scale", "down"})
+
+
+class NodeActor(Actor):
+    """Controls the actors of one node (admins only; every change is audited)."""
+
+    deny_fns = _CONTROL
+    quotas = False
+
+    def __init__(self, node: Node, owner: str, stop: anyio.Event) -> None:
+        self._node = node
+        self._owner = owner
+        self._stop = stop
+
+    async def on_start(self) -> None:
+        await ensure_audit(self.nc, replicas=self.settings.js_replicas)
+
+    def _authorize(self) -> str:
+        """The caller, if a policy admin (or this home's own key while no policy runs)."""
+        caller = current_call().caller
+        policy = self.__actorbus_policy__
+        if policy is not None and policy.enforced:
+            if caller in policy.state.admins:
+                return caller
+        elif caller == self._owner:
+            return caller
+        raise Forbidden("only a policy admin may control a node")
+
+    async def _audit(self, who: str, what: str, **args: Any) -> None:
+        await record(self.nc, self.name or "node", who, what, args)
+
+    async def ps(self) -> list[ReplicaStatus]:
+        """Every replica slot on this node: state, pid, uptime, restarts, calls, memory."""
+        self._authorize()
+        return await self._node.ps()
+
+    @endpoint(timeout=CONTROL_TIMEOUT)
+    async def up(self, spec: ActorSpec) -> list[ReplicaStatus]:
+        """Start ``spec`` here; returns once its replicas answer."""
+        who = self._authorize()
+        check_name(spec.name)
+        if spec.name.startswith(NODE_PREFIX) or spec.system:
+            raise BadRequest(f"names starting with {NODE_PREFIX!r} are the supervisors'")
+        statuses = await self._node.add(spec)
+        await self._audit(who, "up", spec=msgspec.to_builtins(spec))
+        return statuses
+
+    @endpoint(timeout=CONTROL_TIMEOUT)
+    async def kill(self, name: str) -> int:
+        """Stop every replica of ``name`` here (each drains); returns how many."""
+        who = self._authorize()
+        stopped = await self._node.kill(name)
+        await self._audit(who, "kill", name=name, replicas=stopped)
+        return stopped
+
+    @endpoint(timeout=CONTROL_TIMEOUT)
+    async def restart(self, name: str) -> list[ReplicaStatus]:
+        """Restart ``name``'s replicas one at a time, each new one answering first."""
+        who = self._authorize()
+        statuses = await self._node.restart(name)
+        await self._audit(who, "restart", name=name)
+        return statuses
+
+    @endpoint(timeout=CONTROL_TIMEOUT)
+    async def scale(self, name: str, replicas: int) -> list[ReplicaStatus]:
+        """Run ``replicas`` replicas of ``name`` here."""
+        who = self._authorize()
+        statuses = await self._node.scale(name, replicas)
+        await self._audit(who, "scale", name=name, replicas=replicas)
+        return statuses
+
+    async def down(self) -> str:
+        """Stop this node: its actors drain, then the supervisor exits."""
+        who = self._authorize()
+        await self._audit(who, "down")
+        self._stop.set()
+        return f"node {self._node.name} is stopping"
+
+
+async def run_node(
+    settings: Settings,
+    specs: list[ActorSpec],
+    *,
+    stop: anyio.Event,
+    on_output: OutputFn,
+    on_event: EventFn,
+    on_ready: Callable[[NodeInfo, Node], None],
+) -> None:
+    """Run this node's supervisor with ``specs`` until ``stop`` is set (a signal, or a
+    ``down`` request), then stop everything in order.
+
+    Raises :class:`SupervisorError` if another supervisor runs for this home or an actor
+    does not start (then nothing is left running), :class:`Unavailable` if NATS cannot be
+    reached.
+    """
+    name = node_name(settings)
+    owner = Keystore(settings.home).load(settings.key, create=True).address
+    with claim_node(settings.home) as describe:
+        async with nats_server_for(settings) as server:
+            url = server.url if server else settings.url
+            here = msgspec.structs.replace(settings, nats_url=url, node=name)
+            info = NodeInfo(os.getpid(), name, url, time.time(), embedded=server is not None)
+            describe(info)
+            async with connect(url, name=f"actorbus node {name}") as nc:
+                await ensure_logs(nc, here)
+                shipper = LogShipper(nc, name)
+
+                def output(actor: str, replica: int, pid: int, line: str) -> None:
+                    shipper.ship(actor, replica, pid, line)
+                    on_output(actor, replica, pid, line)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(shipper.run)
+                    try:
+                        async with supervised(
+                            name=name,
+                            settings=here,
+                            url=url,
+                            nc=nc,
+                            on_output=output,
+                            on_event=on_event,
+                        ) as node:
+                            actor = NodeActor(node, owner, stop)
+                            async with serve(actor, name=node_actor(name), settings=here, nc=nc):
+                                await _start(node, here, specs, nc, owner, on_event)
+                                on_ready(info, node)
+                                await stop.wait()
+                    finally:
+                        shipper.close()  # the last lines go out before the connection drains
+
+
+async def _start(
+    node: Node,
+    settings: Settings,
+    specs: list[ActorSpec],
+    nc: NATS,
+    owner: str,
+    on_event: EventFn,
+) -> None:
+    """The policy actor if none runs on this NATS, then ``specs`` in order (each recorded
+    in the audit trail as started by this home's key, as an ``up`` request would be)."""
+    async with Client(settings=settings, nc=nc) as client:
+        policy_running = bool(await client.entries(settings.policy))
+    if not policy_running and all(spec.name != settings.policy for spec in specs):
+        admin = Keystore(settings.home).load(settings.key, create=True)
+        on_event(
+            f"starting the policy actor {settings.policy!r}; if it is new, its first admin "
+            f"is key {settings.key!r} ({admin.address})",
+            False,
+        )
+        specs = [ActorSpec(target=POLICY_TARGET, name=settings.policy, system=True), *specs]
+    for spec in specs:
+        await node.add(spec)
+        args = {"spec": msgspec.to_builtins(spec)}
+        await record(nc, node_actor(node.name), owner, "up", args)

@@ -1,0 +1,43 @@
+"""What node supervisors and their control clients tell each other (wire types only)."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["ActorSpec", "ReplicaStatus"]
+
+
+class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What to run: an entry of a manifest, or `actor up TARGET`."""
+
+    target: str
+    """``path/to/file.py:Class`` or ``module:Class``."""
+    name: str
+    replicas: int = 1
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra environment of its processes."""
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+    """Settings of its replicas by field name (``max_in_flight`` ...), as ``ACTOR_*``."""
+    system: bool = False
+    """Part of the system (the policy actor): stopped after the user's actors."""
+
+
+class ReplicaStatus(msgspec.Struct):
+    """One replica slot as ``actor ps`` shows it."""
+
+    node: str
+    actor: str
+    replica: int
+    state: str
+    """``starting``, ``running``, ``restarting`` (backing off after a crash), ``failed``."""
+    pid: int | None = None
+    instance: str = ""
+    started: float | None = None
+    """Unix time the running process became ready."""
+    restarts: int = 0
+    calls: int | None = None
+    rss: int | None = None
+    """Resident memory of the process, bytes."""
+    last_exit: str = ""
+    tail: list[str] = msgspec.field(default_factory=list)
+    """The last lines the process wrote, when it failed."""

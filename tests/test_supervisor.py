@@ -1,0 +1,378 @@
+"""`actor up` as a process manager, as a user meets it: real supervisors (each its own
+$ACTOR_HOME on the test NATS), real replica processes, faults by kill -9 on real pids,
+control from other processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+import pytest_asyncio
+
+from actorbus import ActorError, Client, Keystore, Settings
+from actorbus.cli import EXIT_CODES
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = "tests/support.py:Probe"
+
+
+class Node:
+    """One node: its own ACTOR_HOME on the test NATS, driven through the `actor` command."""
+
+    def __init__(self, home: Path, nats_url: str, policy: str, **env: str) -> None:
+        self.home = home
+        self.env = {
+            "ACTOR_HOME": str(home),
+            "ACTOR_NATS_URL": nats_url,
+            "ACTOR_POLICY": policy,
+            "ACTOR_DRAIN_TIMEOUT": "5",
+            "ACTOR_REGISTRY_TTL": "3",
+            **env,
+        }
+        self.pids: set[int] = set()
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    async def actor(self, *args: str, check: bool = True, **env: str) -> tuple[int, str, str]:
+        """`actor ARGS` in its own process; with ``check``, a non-zero exit fails the test."""
+        done = await anyio.run_process(
+            [sys.executable, "-m", "actorbus.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env, **env},
+            check=False,
+        )
+        out, err = done.stdout.decode(), done.stderr.decode()
+        assert not check or done.returncode == 0, f"actor {' '.join(args)}: {err}{out}"
+        return done.returncode, out, err
+
+    async def ps(self, **env: str) -> list[dict[str, Any]]:
+        _, out, _ = await self.actor("ps", "--json", **env)
+        rows: list[dict[str, Any]] = json.loads(out)
+        self.pids |= {r["pid"] for r in rows if r["pid"]}
+        return rows
+
+    def node_pid(self) -> int | None:
+        try:
+            pid: int = json.loads((self.home / "node.json").read_text())["pid"]
+        except FileNotFoundError:
+            return None
+        self.pids.add(pid)
+        return pid
+
+    async def stop(self) -> None:
+        """`actor down`, then end (by pid) whatever we saw that is still running."""
+        if self.node_pid() is not None:
+            await self.actor("down", check=False)
+        for pid in self.pids:
+            try:
+                process = psutil.Process(pid)
+                if "actorbus" in " ".join(process.cmdline()):
+                    process.kill()
+            except psutil.Error:
+                pass
+
+
+@pytest_asyncio.fixture
+async def nodes(tmp_path: Path, nats_url: str, settings: Settings) -> AsyncIterator[Any]:
+    """Makes nodes (``await nodes("a")``) that are stopped at the end of the test."""
+    made: list[Node] = []
+
+    async def make(label: str = "a", **env: str) -> Node:
+        node = Node(tmp_path / label, nats_url, settings.policy, **env)
+        made.append(node)
+        return node
+
+    yield make
+    with anyio.CancelScope(shield=True):
+        for node in made:
+            await node.stop()
+
+
+async def up(node: Node, *args: str) -> str:
+    """`actor up -d ARGS`; returns its stderr."""
+    _, _, err = await node.actor("up", "-d", *args)
+    node.node_pid()
+    return err
+
+
+class Load:
+    """Calls ``name/forward`` from ``concurrency`` callers until stopped; counts outcomes."""
+
+    def __init__(self, settings: Settings, name: str, concurrency: int = 8) -> None:
+        self.settings = settings
+        self.name = name
+        self.concurrency = concurrency
+        self.ok = 0
+        self.failures: list[ActorError] = []
+        self.stop = anyio.Event()
+
+    async def run(self) -> None:
+        async with Client(settings=self.settings) as client:
+
+            async def caller() -> None:
+                while not self.stop.is_set() and self.ok < 50_000:
+                    try:
+                        await client.request(self.name, "forward", ["x"], timeout=3)
+                        self.ok += 1
+                    except ActorError as exc:
+                        self.failures.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.concurrency):
+                    tg.start_soon(caller)
+
+
+async def test_a_killed_replica_is_replaced_under_load(nodes: Any, name: str) -> None:
+    """kill -9 one of two replicas while 8 callers keep calling: it comes back, and no call
+    fails beyond those in flight on the killed process."""
+    node = await nodes()
+    await up(node, PROBE, "--name", name, "--replicas", "2")
+    load = Load(node.settings, name)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load.run)
+        await anyio.sleep(1.0)
+        before = {r["replica"]: r for r in await node.ps() if r["actor"] == name}
+        victim = before[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        with anyio.fail_after(15):
+            while True:
+                rows = {r["replica"]: r for r in await node.ps() if r["actor"] == name}
+                if rows[0]["state"] == "running" and rows[0]["pid"] not in (None, victim):
+                    break
+                await anyio.sleep(0.1)
+        replaced = time.monotonic() - killed
+        await anyio.sleep(1.0)
+        load.stop.set()
+    assert rows[0]["restarts"] == 1 and rows[1]["pid"] == before[1]["pid"]
+    assert load.ok > 100
+    assert len(load.failures) <= load.concurrency, load.failures  # only the in-flight ones
+    assert replaced < 10
+
+
+async def test_a_rolling_restart_loses_no_call(nodes: Any, name: str) -> None:
+    node = await nodes()
+    await up(node, PROBE, "--name", name, "--replicas", "2")
+    old = {r["pid"] for r in await node.ps() if r["actor"] == name}
+    load = Load(node.settings, name)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load.run)
+        await anyio.sleep(0.5)
+        await node.actor("restart", name)
+        await anyio.sleep(0.5)
+        load.stop.set()
+    new = {r["pid"] for r in await node.ps() if r["actor"] == name}
+    assert len(new) == 2 and not new & old
+    assert load.ok > 100 and load.failures == []
+
+
+async def test_two_nodes_controlled_from_a_third_process(nodes: Any, name: str) -> None:
+    """Two supervisors (two homes) on one NATS; ps, scale and kill from another process,
+    signed by the first node's key (the policy's first admin)."""
+    a, b = await nodes("a"), await nodes("b")
+    await up(a, PROBE, "--name", f"{name}a")
+    await up(b, PROBE, "--name", f"{name}b", "--replicas", "2")
+    admin = {"ACTOR_KEY": "default", "ACTOR_HOME": str(a.home)}
+    rows = await a.ps(**admin)
+    by_node = {(r["node"], r["actor"]) for r in rows}
+    node_a = (a.home / "node").read_text().strip()
+    node_b = (b.home / "node").read_text().strip()
+    assert {(node_a, f"{name}a"), (node_b, f"{name}b")} <= by_node
+    assert sum(r["actor"] == f"{name}b" and r["calls"] is not None for r in rows) == 2
+    await a.actor("scale", f"{name}b", "3", **admin)
+    assert sum(r["actor"] == f"{name}b" for r in await a.ps(**admin)) == 3
+    _, _, err = await a.actor("kill", f"{name}b", **admin)
+    assert f"3 replicas stopped on {node_b}" in err
+    rows = await a.ps(**admin)
+    assert not any(r["actor"] == f"{name}b" for r in rows)
+    assert any(r["actor"] == f"{name}a" for r in rows)
+
+
+async def test_non_admins_get_403_and_admins_are_audited(nodes: Any, name: str) -> None:
+    node = await nodes()
+    await up(node, PROBE, "--name", name)
+    Keystore(node.home).create("mallory")
+    code, _, err = await node.actor("kill", name, check=False, ACTOR_KEY="mallory")
+    assert code == EXIT_CODES[403] and "403" in err
+    code, _, _ = await node.actor("ps", check=False, ACTOR_KEY="mallory")
+    assert code == EXIT_CODES[403]
+    assert any(r["actor"] == name for r in await node.ps())  # still running
+    await node.actor("scale", name, "2")
+    _, out, _ = await node.actor("policy", "log")
+    records = [r for r in json.loads(out) if r["source"].startswith("node.")]
+    assert [
+        (r["what"], r["args"].get("name", r["args"].get("spec", {}).get("name"))) for r in records
+    ][-2:] == [
+        ("up", name),
+        ("scale", name),
+    ]
+
+
+async def test_logs_show_what_an_actor_printed(nodes: Any, name: str) -> None:
+    node = await nodes()
+    await up(node, PROBE, "--name", name, "--replicas", "2")
+    marker = f"hello from the actor {time.time()}"
+    async with Client(settings=node.settings) as client:
+        await client.call(name, "say", marker)
+    with anyio.fail_after(10):
+        while True:
+            _, out, _ = await node.actor("logs", name)
+            if marker in out:
+                break
+            await anyio.sleep(0.2)
+    line = next(line for line in out.splitlines() if marker in line)
+    assert line.startswith(f"{name}[")
+    _, out, _ = await node.actor("logs", name, "--replica", "9")
+    assert marker not in out
+
+
+async def test_a_manifest_brings_up_several_actors_and_a_second_up_joins(
+    nodes: Any, name: str, tmp_path: Path
+) -> None:
+    node = await nodes()
+    manifest = tmp_path / "actors.toml"
+    manifest.write_text(
+        f'[[actor]]\ntarget = "{ROOT}/examples/echo.py:Echo"\nname = "{name}x"\nreplicas = 2\n'
+        f"max_in_flight = 4\n\n"
+        f'[[actor]]\ntarget = "{ROOT}/{PROBE}"\nname = "{name}y"\nenv = {{ GREETING = "hi" }}\n'
+    )
+    await up(node, "-f", str(manifest))
+    supervisor = node.node_pid()
+    actors = [r["actor"] for r in await node.ps()]
+    assert actors.count(f"{name}x") == 2 and actors.count(f"{name}y") == 1
+    err = await up(node, PROBE, "--name", f"{name}z")  # joins: no second supervisor
+    assert node.node_pid() == supervisor
+    assert f"{name}z" in [r["actor"] for r in await node.ps()]
+    assert "ready" in err or f"{name}z" in err
+
+
+async def test_a_bad_manifest_names_the_line_and_starts_nothing(nodes: Any, tmp_path: Path) -> None:
+    node = await nodes()
+    manifest = tmp_path / "actors.toml"
+    manifest.write_text('[[actor]]\ntarget = "examples/echo.py:Echo"\nreplicas = "two"\n')
+    code, _, err = await node.actor("up", "-d", "-f", str(manifest), check=False)
+    assert code == EXIT_CODES[400]
+    assert f"{manifest}:3: replicas must be a whole number" in err
+    manifest.write_text(f'[[actor]]\nname = "a"\ntarget = "{ROOT}/examples/echo.py:Nope"\n')
+    code, _, err = await node.actor("up", "-d", "-f", str(manifest), check=False)
+    assert code == EXIT_CODES[400]
+    assert f"{manifest}:3: 'Nope' in" in err and "is not an actorbus Actor" in err
+    manifest.write_text('[[actor]]\ntarget = "missing.py:Echo"\n')  # relative to the file
+    code, _, err = await node.actor("up", "-d", "-f", str(manifest), check=False)
+    assert code == EXIT_CODES[400] and f"no such file: {tmp_path}/missing.py" in err
+    assert not (node.home / "node.json").exists() and node.node_pid() is None
+
+
+async def test_a_crash_loop_is_reported_with_the_last_lines(
+    nodes: Any, name: str, tmp_path: Path
+) -> None:
+    node = await nodes(ACTOR_RESTART_LIMIT="2")
+    marker = tmp_path / "refuse"
+    manifest = tmp_path / "actors.toml"
+    manifest.write_text(
+        f'[[actor]]\ntarget = "{ROOT}/tests/support.py:Crashy"\nname = "{name}"\n'
+        f'env = {{ CRASHY_FILE = "{marker}" }}\n'
+    )
+    await up(node, "-f", str(manifest))
+    victim = next(r["pid"] for r in await node.ps() if r["actor"] == name)
+    marker.write_text("no")
+    os.kill(victim, signal.SIGKILL)
+    with anyio.fail_after(20):
+        while True:
+            row = next(r for r in await node.ps() if r["actor"] == name)
+            if row["state"] == "failed":
+                break
+            await anyio.sleep(0.2)
+    assert row["restarts"] >= 2 and "exited with code 3" in row["last_exit"]
+    assert any("crashy: refusing to start" in line for line in row["tail"])
+    _, out, err = await node.actor("ps")
+    assert "failed" in out and "crashy: refusing to start" in err
+
+
+async def test_down_leaves_no_process_behind(nodes: Any, name: str) -> None:
+    node = await nodes()
+    await up(node, PROBE, "--name", name, "--replicas", "2")
+    pids = {r["pid"] for r in await node.ps()} | {node.node_pid()}
+    assert len(pids) == 4  # the supervisor, the policy actor, two replicas
+    _, _, err = await node.actor("down")
+    assert "stopped" in err
+    assert not [p for p in pids if p and psutil.pid_exists(p)]
+    assert not (node.home / "node.json").exists()
+
+
+@pytest.fixture
+def foreground(settings: Settings, nats_url: str, tmp_path: Path) -> Iterator[Any]:
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        env = {
+            **os.environ,
+            "ACTOR_HOME": str(tmp_path / "fg"),
+            "ACTOR_NATS_URL": nats_url,
+            "ACTOR_POLICY": settings.policy,
+            "ACTOR_DRAIN_TIMEOUT": "5",
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "actorbus.cli", "up", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal would give it
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_ctrl_c_to_the_process_group_stops_in_order_without_tracebacks(
+    foreground: Any, name: str, settings: Settings
+) -> None:
+    """A terminal's Ctrl-C signals the whole foreground group: only the supervisor may
+    get it; it stops the actor (drained) before the policy actor, and prints no traceback."""
+    process = foreground(PROBE, "--name", name)
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while not any(f"{name}[0] ready: pid" in line for line in lines):
+        assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+        lines.append(process.stdout.readline())
+    pids = {
+        who: int(line.rsplit("pid ", 1)[1])
+        for line in lines
+        for who in (name, settings.policy)
+        if line.startswith(f"{who}[0] ready: pid")
+    }
+    assert len(pids) == 2, lines
+    os.killpg(process.pid, signal.SIGINT)
+    gone: dict[str, float] = {}
+    while len(gone) < 2 and time.monotonic() < deadline:
+        for who, pid in pids.items():
+            if who not in gone and not psutil.pid_exists(pid):
+                gone[who] = time.monotonic()
+        time.sleep(0.01)
+    output = "".join(lines) + process.stdout.read()
+    assert process.wait(30) == 0, output
+    assert "Traceback" not in output and "ExceptionGroup" not in output, output
+    assert gone[name] <= gone[settings.policy], gone
+    assert output.rstrip().endswith("stopped"), output
