@@ -97,7 +97,12 @@ def test_ls_and_info(env: dict[str, str], echo: str) -> None:
     code, out, _ = actor(env, "info", echo)
     assert code == 0
     assert entries[0]["address"] in out
-    assert "forward" in out
+    assert "forward(message: str = 'hello') -> str  Return ``message`` unchanged." in out
+    assert "add(a: float, b: float) -> float  The sum of two numbers." in out
+    code, out, _ = actor(env, "info", echo, "--json")
+    assert json.loads(out)["functions"]["sleep"]["signature"] == "sleep(seconds: float) -> float"
+    code, out, _ = actor(env, "ls")
+    assert echo in out and entries[0]["node"] in out
     code, _, _err = actor(env, "info", "nobody-home")
     assert code == EXIT_CODES[404]
 

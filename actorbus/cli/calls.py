@@ -9,6 +9,7 @@ from typing import Any
 import click
 import msgspec
 from rich.table import Table
+from rich.text import Text
 
 from ..bus import BadRequest, NotFound
 from ..bus.subjects import check_fn, check_name
@@ -79,7 +80,7 @@ def call(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool) -> None:
-    """List the actors in the registry with their replicas."""
+    """The actors in the registry: replicas, nodes, address, uptime, calls answered."""
     settings = settings_of(ctx)
 
     async def run() -> Any:
@@ -90,17 +91,19 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(entries)).decode())
         return
-    table = Table("name", "replicas", "address", "functions", "nodes")
+    table = Table("name", "replicas", "nodes", "address", "up", "calls")
     by_name: dict[str, list[Any]] = {}
     for entry in entries:
         by_name.setdefault(entry.name, []).append(entry)
+    now = time.time()
     for actor, replicas in by_name.items():
         table.add_row(
             actor,
             str(len(replicas)),
-            replicas[0].address,
-            ", ".join(replicas[0].fns),
             ", ".join(sorted({r.node for r in replicas})),
+            replicas[0].address,
+            _duration(now - min(r.started for r in replicas)),
+            str(sum(r.calls for r in replicas)),
         )
     if by_name:
         out.print(table)
@@ -108,12 +111,21 @@ def ls(ctx: click.Context, as_json: bool) -> None:
         err.print("no actors are running")
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 @click.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def info(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Show NAME's address (its key), functions and replicas."""
+    """NAME's address (its key), functions with their signatures, and replicas."""
     settings = settings_of(ctx)
 
     async def run() -> Any:
@@ -121,24 +133,31 @@ def info(ctx: click.Context, name: str, as_json: bool) -> None:
             entries = await client.entries(name)
             if not entries:
                 raise NotFound(f"no actor named {name!r} is running")
-            return entries
+            return entries, await client.call(name, "schema")
 
-    entries = run_coroutine(ctx, run)
+    entries, schema = run_coroutine(ctx, run)
     if as_json:
-        click.echo(msgspec.json.format(msgspec.json.encode(entries)).decode())
+        data = {"replicas": msgspec.to_builtins(entries), "functions": schema}
+        click.echo(json.dumps(data, indent=2))
         return
     first = entries[0]
-    out.print(f"[bold]{name}[/bold]  address {first.address}")
-    out.print(f"functions: {', '.join(first.fns)}")
-    table = Table("instance", "node", "pid", "version", "up", "heartbeat")
+    out.print(Text.assemble((name, "bold"), f"  address {first.address}"))
+    for fn, spec in schema.items():
+        doc = (spec.get("doc") or "").strip().split("\n")[0]
+        out.print(
+            Text.assemble("  ", (spec.get("signature", fn), "cyan"), f"  {doc}" if doc else "")
+        )
+    table = Table("replica", "node", "pid", "instance", "version", "up", "calls", "heartbeat")
     now = time.time()
     for e in entries:
         table.add_row(
-            e.instance,
+            str(e.replica),
             e.node,
             str(e.pid),
+            e.instance,
             e.version,
-            f"{now - e.started:.0f}s",
+            _duration(now - e.started),
+            str(e.calls),
             f"{now - e.heartbeat:.1f}s ago",
         )
     out.print(table)

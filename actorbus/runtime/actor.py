@@ -210,6 +210,7 @@ class Function:
             if param.required:
                 required.append(p.name)
         self.schema: dict[str, Any] = {
+            "signature": _signature(name, signature, hints),
             "doc": inspect.getdoc(method) or "",
             "params": {"type": "object", "properties": properties, "required": required},
             "returns": _schema(hints.get("return", Any)),
@@ -250,6 +251,32 @@ class Function:
             if kw_only and param.required and name not in bound_kwargs:
                 raise BadRequest(f"{self.name}() missing required argument {name!r}")
         return bound_args, bound_kwargs
+
+
+def _type_name(type_: Any) -> str:
+    if type_ is type(None):
+        return "None"
+    if isinstance(type_, type):
+        return type_.__name__
+    return str(type_).replace("typing.", "")
+
+
+def _signature(name: str, signature: inspect.Signature, hints: dict[str, Any]) -> str:
+    """``name(a: int, b: str = 'x') -> bool``, from the resolved type hints."""
+    params = []
+    kinds = [p.kind for p in signature.parameters.values()]
+    for p in signature.parameters.values():
+        if p.kind is p.KEYWORD_ONLY and p.VAR_POSITIONAL not in kinds and "*" not in params:
+            params.append("*")
+        stars = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
+        text = stars + p.name
+        if p.name in hints:
+            text += f": {_type_name(hints[p.name])}"
+        if p.default is not p.empty:
+            text += f" = {p.default!r}"
+        params.append(text)
+    returns = f" -> {_type_name(hints['return'])}" if "return" in hints else ""
+    return f"{name}({', '.join(params)}){returns}"
 
 
 def _decoders(type_: Any) -> dict[str, Any]:
