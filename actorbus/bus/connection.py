@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import anyio
 import nats
@@ -101,23 +102,18 @@ async def connect(
 
 
 async def nats_answers(url: str, *, timeout: float = 0.5) -> bool:
-    """Whether a NATS server answers at ``url`` (one quick attempt, no reconnects)."""
+    """Whether a NATS server answers at ``url``: a TCP connection it greets with its
+    ``INFO`` line within ``timeout`` seconds. A refused connection is a quick no (a NATS
+    client would wait out its reconnect delay first)."""
+    parsed = urlsplit(url if "://" in url else f"nats://{url}")
     try:
-        nc = await nats.connect(
-            servers=[url],
-            connect_timeout=timeout,
-            allow_reconnect=False,
-            max_reconnect_attempts=1,  # nats-py reads 0 as "no limit"
-            error_cb=_quiet,
-        )
-    except (nats.errors.Error, OSError, TimeoutError):
+        with anyio.fail_after(timeout):
+            async with await anyio.connect_tcp(
+                parsed.hostname or "127.0.0.1", parsed.port or 4222
+            ) as stream:
+                return (await stream.receive(5)).startswith(b"INFO ")
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
         return False
-    await nc.close()
-    return True
-
-
-async def _quiet(exc: Exception) -> None:
-    log.debug("nats probe: %s", exc)
 
 
 def message_size(body: bytes, headers: dict[str, str] | None) -> int:

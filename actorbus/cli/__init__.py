@@ -1,27 +1,61 @@
 """The ``actor`` command: parse, call a library coroutine, print.
 
-This module is the entry point and the group registry; each command group lives in its
-own module: :mod:`.node` (up, down, serve: what runs on this node), :mod:`.ops` (ps,
-kill, restart, scale, logs: control from anywhere), :mod:`.calls` (call, ls, info),
-:mod:`.policy`, :mod:`.keys`. Errors print one line (status, message, error id)
-and exit with the code in :data:`EXIT_CODES`, so scripts can tell a 403 from a 503.
+This module is the entry point and the command registry; each command group lives in its
+own module, loaded only when one of its commands runs (a replica process, `actor serve`,
+never imports the supervisor or the tables): :mod:`.node` (up, down: this node's
+supervisor), :mod:`.replica` (serve: one replica), :mod:`.ops` (ps, kill, restart, scale,
+logs: control from anywhere), :mod:`.calls` (call, ls, info), :mod:`.policy`,
+:mod:`.keys`. Errors print one line (status, message, error id) and exit with the code
+in :data:`EXIT_CODES`, so scripts can tell a 403 from a 503.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from ..bus import BadRequest
 from ..runtime import Settings
-from . import calls, keys, node, ops, policy
 from ._common import EXIT_CODES, setup_logging
 
 __all__ = ["EXIT_CODES", "main"]
 
+COMMANDS = {
+    "up": "node:up",
+    "down": "node:down",
+    "supervise": "node:supervise",
+    "serve": "replica:serve_command",
+    "ps": "ops:ps",
+    "kill": "ops:kill",
+    "restart": "ops:restart",
+    "scale": "ops:scale",
+    "logs": "ops:logs",
+    "call": "calls:call",
+    "ls": "calls:ls",
+    "info": "calls:info",
+    "policy": "policy:policy",
+    "key": "keys:key",
+}
+"""Each command's ``module:object`` in this package."""
 
-@click.group()
+
+class _Commands(click.Group):
+    """A group whose commands are imported when asked for (click's lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, name = COMMANDS[cmd_name].split(":")
+        command: click.Command = getattr(importlib.import_module(f".{module}", __name__), name)
+        return command
+
+
+@click.group(cls=_Commands)
 @click.option(
     "--nats",
     "nats_url",
@@ -48,22 +82,3 @@ def main(ctx: click.Context, nats_url: str | None, home: Path | None, log_level:
         ctx.obj = Settings.from_env(nats_url=nats_url, home=home)
     except BadRequest as exc:
         raise click.UsageError(exc.message) from None
-
-
-for command in (
-    node.up,
-    node.down,
-    node.serve_command,
-    node.supervise,
-    ops.ps,
-    ops.kill,
-    ops.restart,
-    ops.scale,
-    ops.logs,
-    calls.call,
-    calls.ls,
-    calls.info,
-    policy.policy,
-    keys.key,
-):
-    main.add_command(command)

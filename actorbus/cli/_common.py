@@ -4,6 +4,7 @@ errors mapped to exit codes, the consoles, logging setup."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -16,7 +17,16 @@ from rich.text import Text
 from ..bus import ActorError
 from ..runtime import Settings
 
-__all__ = ["EXIT_CODES", "err", "exit_with", "out", "run_coroutine", "settings_of", "setup_logging"]
+__all__ = [
+    "EXIT_CODES",
+    "err",
+    "exit_with",
+    "out",
+    "run_coroutine",
+    "settings_of",
+    "setup_logging",
+    "stop_on_signal",
+]
 
 T = TypeVar("T")
 
@@ -65,3 +75,13 @@ def run_coroutine(ctx: click.Context, main: Callable[[], Awaitable[T]]) -> T:
 def settings_of(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
+
+
+async def stop_on_signal(stop: anyio.Event, say: Callable[[str], None] | None) -> None:
+    """Set ``stop`` on SIGINT or SIGTERM (saying so, if ``say``)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if say is not None:
+                say(f"got {signal.Signals(signum).name}: stopping (actors drain first)")
+            stop.set()
+            return

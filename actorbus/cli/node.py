@@ -1,17 +1,14 @@
-"""Commands that run on this node: `actor up` (start or join this home's supervisor),
-`actor down`, `actor serve` (one replica: what the supervisor runs) and the hidden
-`actor supervise` (the detached supervisor)."""
+"""Commands that run this node's supervisor: `actor up` (start or join it), `actor down`
+and the hidden `actor supervise` (the detached supervisor)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -22,20 +19,19 @@ import psutil
 from ..actors.node import run_node
 from ..bus import ActorError, BadRequest, Unavailable
 from ..bus.subjects import check_name
-from ..runtime import Client, Host, Settings, serve
+from ..runtime import Client, Settings
 from ..runtime.actor import actor_name
 from ..runtime.control import NODE_PREFIX, Control
 from ..runtime.loading import load_actor_class
 from ..runtime.logs import read_logs
 from ..runtime.manifest import load_manifest
-from ..runtime.replicas import ReplicaReady, ready_line
 from ..runtime.settings import node_name
 from ..runtime.specs import ActorSpec
 from ..runtime.supervisor import Node, NodeInfo, running_node
-from ._common import err, exit_with, run_coroutine, settings_of
+from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, status_table
 
-__all__ = ["down", "serve_command", "supervise", "up"]
+__all__ = ["down", "supervise", "up"]
 
 _READY_TIMEOUT = 120.0
 
@@ -131,7 +127,7 @@ def _foreground(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) 
     async def main() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, stop, console.say)
+            tg.start_soon(stop_on_signal, stop, console.say)
 
             def ready(info: NodeInfo, node: Node) -> None:
                 tg.start_soon(console.live, info, node, stop)
@@ -148,16 +144,6 @@ def _foreground(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) 
         console.say("stopped")
 
     run_coroutine(ctx, main)
-
-
-async def _stop_on_signal(stop: anyio.Event, say: Callable[[str], None] | None) -> None:
-    """Set ``stop`` on SIGINT or SIGTERM (saying so, if ``say``)."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if say is not None:
-                say(f"got {signal.Signals(signum).name}: stopping (actors drain first)")
-            stop.set()
-            return
 
 
 def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> None:
@@ -245,7 +231,7 @@ def _join(
             console.say(f"joined node {node}; Ctrl-C stops {', '.join(s.name for s in specs)}")
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_stop_on_signal, stop, console.say)
+                tg.start_soon(stop_on_signal, stop, console.say)
                 for spec in specs:
                     tg.start_soon(_follow, client, spec.name, node, console)
                 await stop.wait()
@@ -276,7 +262,7 @@ def supervise(ctx: click.Context, specs_json: str) -> None:
     async def main() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, stop, console.say)
+            tg.start_soon(stop_on_signal, stop, console.say)
             await run_node(
                 settings,
                 specs,
@@ -323,74 +309,3 @@ def down(ctx: click.Context, node: str | None) -> None:
     if left:
         raise click.ClickException(f"node {target}: processes still running: {left}")
     err.print(f"node {target} stopped")
-
-
-@click.command("serve")
-@click.argument("target")
-@click.option("--name", help="Actor name (default: from the class).")
-@click.pass_context
-def serve_command(ctx: click.Context, target: str, name: str | None) -> None:
-    """Serve one replica of TARGET in the foreground (what `actor up` runs per replica).
-
-    Prints one ready line on stdout once it takes calls; SIGTERM or Ctrl-C drains it. A
-    replica that cannot go on (every sync handler thread stuck) drains and exits with
-    the code of a 503, for its supervisor to restart it; one whose supervisor is gone
-    (ACTOR_SUPERVISOR_PID) drains and exits too.
-    """
-    settings = settings_of(ctx)
-    hosts: list[Host] = []
-
-    async def main() -> None:
-        cls = load_actor_class(target)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            # A stop leaves `serve` normally, never by cancelling it: its workers must
-            # stay alive to finish the calls it drains.
-            tg.start_soon(_stop_on_signal, stop, None)
-            if settings.supervisor_pid:
-                tg.start_soon(_watch_supervisor, settings.supervisor_pid, stop)
-            async with serve(cls(), name=name, settings=settings) as host:
-                hosts.append(host)
-                ready = ReplicaReady(host.name, host.address, host.instance, os.getpid())
-                print(ready_line(ready), flush=True)
-                os.dup2(2, 1)  # anything the actor prints goes to the log, not the pipe
-                tg.start_soon(_set_when, host.failed, stop)
-                await stop.wait()
-            tg.cancel_scope.cancel()
-        if hosts and hosts[0].failure:
-            raise Unavailable(hosts[0].failure)
-
-    try:
-        run_coroutine(ctx, main)
-    except click.exceptions.Exit as exc:
-        _leave_stuck_threads(hosts, exc.exit_code)
-        raise
-    _leave_stuck_threads(hosts, 0)
-
-
-async def _set_when(event: anyio.Event, stop: anyio.Event) -> None:
-    await event.wait()
-    stop.set()
-
-
-async def _watch_supervisor(pid: int, stop: anyio.Event) -> None:
-    """Stop (draining) when the supervisor that started us is gone (we are re-parented:
-    nothing portable signals a parent's death, so look twice a second)."""
-    while True:
-        await anyio.sleep(0.5)
-        if os.getppid() != pid:
-            break
-    logging.getLogger("actorbus.runtime").warning("supervisor %d is gone: stopping", pid)
-    stop.set()
-
-
-def _leave_stuck_threads(hosts: list[Host], code: int) -> None:
-    """Exit now if handler threads are still stuck: Python waits for every thread at exit,
-    and a stuck one would hold the process forever (the replica has drained already)."""
-    stuck = sum(h.pipeline.threads.stuck for h in hosts)
-    if stuck:
-        err.print(f"leaving {stuck} stuck handler threads behind")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
