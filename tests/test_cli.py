@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 from processes import actor_serve
@@ -114,7 +115,8 @@ def test_bad_settings_are_usage_errors(env: dict[str, str]) -> None:
 
 
 class Up:
-    """`actor up` in a subprocess, its stderr collected by a reader thread."""
+    """`actor up` in a subprocess in its own process group (as a terminal runs it), its
+    stderr collected by a reader thread."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.lines: list[str] = []
@@ -125,6 +127,7 @@ class Up:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -142,7 +145,8 @@ class Up:
             time.sleep(0.05)
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
+        """Ctrl-C as a terminal sends it: SIGINT to the whole process group."""
+        os.killpg(self.process.pid, signal.SIGINT)
         code = self.process.wait(30)
         self._reader.join(5)
         assert self.process.stderr is not None
@@ -184,7 +188,10 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
     up = Up(dict(clean, **env), "examples/echo.py:Echo")
     try:
         up.wait_for("echo[0] ready: pid")
-        assert any("nats://127.0.0.1:4222" in line for line in up.lines)
+        where = next(line for line in up.lines if "embedded nats-server" in line)
+        assert "nats://127.0.0.1:4222" in where
+        server = int(where.split("(pid ")[1].split(")")[0])
+        echo = int(next(line for line in up.lines if "echo[0] ready" in line).split("pid ")[1])
         result = CliRunner().invoke(
             main, ["call", "echo/forward", "hi"], env=dict(env, NATS_URL="", ACTOR_NATS_URL="")
         )
@@ -203,3 +210,8 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
         assert (ran.returncode, ran.stdout.strip()) == (0, "hi 3.0"), ran.stderr
     finally:
         assert up.stop() == 0
+    # Ctrl-C reached only the supervisor: the replicas drained against a live server
+    # (which stopped last), and a normal stop prints no traceback and no reconnects.
+    output = "".join(up.lines)
+    assert "Traceback" not in output and "ConnectionRefused" not in output, output
+    assert not psutil.pid_exists(server) and not psutil.pid_exists(echo)

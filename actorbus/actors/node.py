@@ -138,7 +138,7 @@ async def run_node(
         async with nats_server_for(settings) as server:
             url = server.url if server else settings.url
             here = msgspec.structs.replace(settings, nats_url=url, node=name)
-            info = NodeInfo(os.getpid(), name, url, time.time(), embedded=server is not None)
+            info = NodeInfo(os.getpid(), name, url, time.time(), server.pid if server else None)
             describe(info)
             async with connect(url, name=f"actorbus node {name}") as nc:
                 await ensure_logs(nc, here)

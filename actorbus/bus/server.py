@@ -101,7 +101,13 @@ class EmbeddedServer:
             *self.extra_args,
         ]
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C is for whoever started it, which stops
+            # it last, after the actors that need it have drained.
+            start_new_session=True,
         )
         deadline = time.monotonic() + _START_TIMEOUT
         ports_file = ports_dir / f"{Path(command[0]).name}_{self._process.pid}.ports"

@@ -96,7 +96,7 @@ class NodeConsole:
 
     async def live(self, info: NodeInfo, node: Node, stop: anyio.Event) -> None:
         """Say what runs; on a terminal, keep the table current until ``stop``."""
-        where = "an embedded nats-server" if info.embedded else "NATS"
+        where = f"an embedded nats-server (pid {info.embedded})" if info.embedded else "NATS"
         self.say(f"node {info.node} (pid {info.pid}) on {where} at {info.url}")
         for status in node.status():
             self.say(f"{status.actor}[{status.replica}] ready: pid {status.pid}")

@@ -49,8 +49,8 @@ class NodeInfo(msgspec.Struct):
     node: str
     url: str
     started: float
-    embedded: bool = False
-    """Whether it runs the embedded nats-server (then it stops it last)."""
+    embedded: int | None = None
+    """The pid of the embedded nats-server it runs (it stops it last), if it runs one."""
 
 
 @contextmanager
