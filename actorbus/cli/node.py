@@ -122,7 +122,13 @@ def up(
 
 
 def _foreground(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> None:
-    console = NodeConsole(err)
+    _run_supervisor(ctx, settings, specs, NodeConsole(err))
+
+
+def _run_supervisor(
+    ctx: click.Context, settings: Settings, specs: list[ActorSpec], console: NodeConsole
+) -> None:
+    """This home's supervisor, in this process, until a signal or `actor down`."""
 
     async def main() -> None:
         stop = anyio.Event()
@@ -255,26 +261,8 @@ async def _follow(client: Client, actor: str, node: str, console: NodeConsole) -
 @click.pass_context
 def supervise(ctx: click.Context, specs_json: str) -> None:
     """The detached supervisor `actor up -d` starts (its output goes to node.log)."""
-    settings = settings_of(ctx)
     specs = msgspec.json.decode(specs_json, type=list[ActorSpec])
-    console = NodeConsole(err, live=False)
-
-    async def main() -> None:
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signal, stop, console.say)
-            await run_node(
-                settings,
-                specs,
-                stop=stop,
-                on_output=console.output,
-                on_event=console.event,
-                on_ready=lambda info, node: console.say(f"node {info.node} ready at {info.url}"),
-            )
-            tg.cancel_scope.cancel()
-        console.say("stopped")
-
-    run_coroutine(ctx, main)
+    _run_supervisor(ctx, settings_of(ctx), specs, NodeConsole(err, live=False))
 
 
 @click.command()
