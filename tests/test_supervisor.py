@@ -4,6 +4,7 @@ control from other processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -198,6 +199,12 @@ async def test_two_nodes_controlled_from_a_third_process(nodes: Any, name: str) 
     rows = await a.ps(**admin)
     assert not any(r["actor"] == f"{name}b" for r in rows)
     assert any(r["actor"] == f"{name}a" for r in rows)
+    supervisor_b = b.node_pid()
+    assert supervisor_b is not None
+    await a.actor("down", "--node", node_b, **admin)  # stop node b from node a's side
+    with contextlib.suppress(psutil.NoSuchProcess):  # (already gone)
+        await anyio.to_thread.run_sync(psutil.Process(supervisor_b).wait, 20)
+    assert node_b not in {r["node"] for r in await a.ps(**admin)}
 
 
 async def test_non_admins_get_403_and_admins_are_audited(nodes: Any, name: str) -> None:
@@ -236,6 +243,28 @@ async def test_logs_show_what_an_actor_printed(nodes: Any, name: str) -> None:
     assert line.startswith(f"{name}[")
     _, out, _ = await node.actor("logs", name, "--replica", "9")
     assert marker not in out
+    # -f: the history, then new lines as they come
+    follower = await anyio.open_process(
+        [sys.executable, "-m", "actorbus.cli", "logs", name, "-f", "--tail", "1"],
+        cwd=ROOT,
+        env={**os.environ, **node.env},
+    )
+    try:
+        assert follower.stdout is not None
+        later = f"and later {time.time()}"
+        seen = b""
+        with anyio.fail_after(15):
+            async with Client(settings=node.settings) as client:
+                await anyio.sleep(1.0)  # it has printed the history and follows
+                await client.call(name, "say", later)
+            async for chunk in follower.stdout:
+                seen += chunk
+                if later.encode() in seen:
+                    break
+        assert marker.encode() in seen or later.encode() in seen
+    finally:
+        follower.kill()
+        await follower.aclose()
 
 
 async def test_a_manifest_brings_up_several_actors_and_a_second_up_joins(
