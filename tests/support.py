@@ -12,6 +12,7 @@ import msgspec
 from actorbus import Actor, Call, endpoint
 from actorbus.bus import NATS, Keypair, Msg, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
+from actorbus.runtime import current_call
 
 
 class Probe(Actor):
@@ -35,6 +36,11 @@ class Probe(Actor):
     def blocking(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds
+
+    async def whoami(self) -> dict[str, str]:
+        """Who the pipeline says is calling, and through which forwarder."""
+        call = current_call()
+        return {"caller": call.caller, "forwarder": call.forwarder}
 
     def say(self, text: str) -> str:
         """Print ``text`` on stdout (where a supervisor's log shipping picks it up)."""

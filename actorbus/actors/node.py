@@ -4,7 +4,8 @@
 nest: this home's lock -> the NATS server (an embedded one if none answers) -> a
 connection -> the log stream and shipper -> the replica slots (:mod:`..runtime.supervisor`)
 -> the control actor ``node.<node>``. Unwinding runs in reverse: the control actor
-stops, the user's actors drain, then the system's (the policy actor), the last log lines
+stops, the gateway stops taking requests, the user's actors drain, then the policy actor,
+the last log lines
 go out, the connection drains, and the embedded server stops last.
 
 :class:`NodeActor` is an actor like any other, served by the same pipeline: ``ps``,
@@ -22,13 +23,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from ..bus import NATS, BadRequest, Forbidden, Keystore, connect
+from ..bus import NATS, ActorError, BadRequest, Forbidden, Keypair, Keystore, connect
 from ..bus.subjects import check_name
 from ..runtime import Actor, Client, Settings, current_call, endpoint, serve
 from ..runtime.audit import ensure_audit, record
 from ..runtime.control import CONTROL_TIMEOUT, NODE_PREFIX, node_actor
 from ..runtime.logs import LogShipper, ensure_logs
-from ..runtime.replicas import EventFn, OutputFn
+from ..runtime.replicas import EventFn, OutputFn, SupervisorError
 from ..runtime.settings import node_name
 from ..runtime.specs import ActorSpec, ReplicaStatus
 from ..runtime.supervisor import Node, NodeInfo, claim_node, nats_server_for, supervised
@@ -46,7 +47,7 @@ class NodeActor(Actor):
     deny_fns = _CONTROL
     quotas = False
 
-    def __init__(self, node: Node, owner: str, stop: anyio.Event) -> None:
+    def __init__(self, node: Node, owner: Keypair, stop: anyio.Event) -> None:
         self._node = node
         self._owner = owner
         self._stop = stop
@@ -61,7 +62,7 @@ class NodeActor(Actor):
         if policy is not None and policy.enforced:
             if caller in policy.state.admins:
                 return caller
-        elif caller == self._owner:
+        elif caller == self._owner.address:
             return caller
         raise Forbidden("only a policy admin may control a node")
 
@@ -78,10 +79,15 @@ class NodeActor(Actor):
         """Start ``spec`` here; returns once its replicas answer."""
         who = self._authorize()
         check_name(spec.name)
-        if spec.name.startswith(NODE_PREFIX) or spec.system:
+        if spec.name.startswith(NODE_PREFIX):
             raise BadRequest(f"names starting with {NODE_PREFIX!r} are the supervisors'")
+        if spec.tier == "system":
+            raise BadRequest("system actors are started by the node itself")
         statuses = await self._node.add(spec)
         await self._audit(who, "up", spec=msgspec.to_builtins(spec))
+        if spec.tier == "front":
+            owner = Client(self._owner, settings=self.settings, nc=self.nc)
+            await trust_gateway(owner, self.settings, spec.name, self._node.on_event)
         return statuses
 
     @endpoint(timeout=CONTROL_TIMEOUT)
@@ -133,7 +139,7 @@ async def run_node(
     reached.
     """
     name = node_name(settings)
-    owner = Keystore(settings.home).load(settings.key, create=True).address
+    owner = Keystore(settings.home).load(settings.key, create=True)
     with claim_node(settings.home) as describe:
         async with nats_server_for(settings) as server:
             url = server.url if server else settings.url
@@ -173,22 +179,50 @@ async def _start(
     settings: Settings,
     specs: list[ActorSpec],
     nc: NATS,
-    owner: str,
+    owner: Keypair,
     on_event: EventFn,
 ) -> None:
-    """The policy actor if none runs on this NATS, then ``specs`` in order (each recorded
-    in the audit trail as started by this home's key, as an ``up`` request would be)."""
-    async with Client(settings=settings, nc=nc) as client:
+    """The policy actor if none runs on this NATS, then ``specs`` in order, gateways (tier
+    ``front``) last, once the actors behind them answer. Each start is recorded in the
+    audit trail as made by this home's key, as an ``up`` request would be. A gateway that
+    cannot start (its port taken) is reported, not fatal."""
+    async with Client(owner, settings=settings, nc=nc) as client:
         policy_running = bool(await client.entries(settings.policy))
-    if not policy_running and all(spec.name != settings.policy for spec in specs):
-        admin = Keystore(settings.home).load(settings.key, create=True)
+        if not policy_running and all(spec.name != settings.policy for spec in specs):
+            on_event(
+                f"starting the policy actor {settings.policy!r}; if it is new, its first admin "
+                f"is key {settings.key!r} ({owner.address})",
+                False,
+            )
+            specs = [ActorSpec(target=POLICY_TARGET, name=settings.policy, tier="system"), *specs]
+        for spec in sorted(specs, key=lambda s: s.tier == "front"):
+            try:
+                await node.add(spec)
+            except SupervisorError as exc:
+                if spec.tier != "front":
+                    raise
+                on_event(
+                    f"the gateway did not start, the node runs without it: {exc.message}", True
+                )
+                continue
+            spec_args = {"spec": msgspec.to_builtins(spec)}
+            await record(nc, node_actor(node.name), owner.address, "up", spec_args)
+            if spec.tier == "front":
+                await trust_gateway(client, settings, spec.name, on_event)
+
+
+async def trust_gateway(client: Client, settings: Settings, name: str, on_event: EventFn) -> None:
+    """Make the gateway ``name`` a forwarder (it may call on behalf of callers it has
+    authenticated: commune bodies), signed by ``client``'s key, an admin's if it can."""
+    entries = await client.entries(name)
+    if not entries:
+        return
+    address = entries[0].address
+    try:
+        await client.call(settings.policy, "add_forwarder", address)
+    except ActorError as exc:
         on_event(
-            f"starting the policy actor {settings.policy!r}; if it is new, its first admin "
-            f"is key {settings.key!r} ({admin.address})",
-            False,
+            f"gateway {name} is not a forwarder ({exc}): commune-style calls through it are "
+            f"refused until an admin runs `actor policy forwarder add {address}`",
+            True,
         )
-        specs = [ActorSpec(target=POLICY_TARGET, name=settings.policy, system=True), *specs]
-    for spec in specs:
-        await node.add(spec)
-        args = {"spec": msgspec.to_builtins(spec)}
-        await record(nc, node_actor(node.name), owner, "up", args)

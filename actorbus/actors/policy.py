@@ -22,11 +22,30 @@ from typing import Any
 
 import msgspec
 
-from ..bus import BadRequest, Forbidden, Keystore, NotFound, Unauthorized, address_to_public_key
+from ..bus import (
+    BadRequest,
+    Forbidden,
+    Keystore,
+    NotFound,
+    Unauthorized,
+    address_to_public_key,
+    new_token,
+    token_id,
+    token_keypair,
+)
 from ..bus.jetstream import Bucket
 from ..runtime import Actor, current_call
 from ..runtime.audit import ensure_audit, read_audit, record
-from ..runtime.policy import PUBLIC, Decision, Grant, PolicyConfig, PolicyState, Role, load_state
+from ..runtime.policy import (
+    PUBLIC,
+    Decision,
+    Grant,
+    PolicyConfig,
+    PolicyState,
+    Role,
+    TokenInfo,
+    load_state,
+)
 
 __all__ = ["Policy"]
 
@@ -40,6 +59,12 @@ def _address(key: str) -> str:
     except Unauthorized as exc:
         raise BadRequest(f"not a valid key address: {exc.message}") from None
     return key
+
+
+def _token_name(name: str) -> str:
+    if not _ROLE_NAME.fullmatch(name):
+        raise BadRequest(f"invalid token name {name!r}: 1-64 of [A-Za-z0-9_-]")
+    return name
 
 
 def _role_name(role: str) -> str:
@@ -73,7 +98,7 @@ class Policy(Actor):
             await self._write(
                 "admin." + first, b"1", who=self.address, what="first_admin", args={"key": first}
             )
-        if not state.configured:
+        if not state.configured:  # a new policy: its config, and a role for token holders
             config = PolicyConfig(window=settings.quota_window)
             await self._write(
                 "config",
@@ -82,6 +107,15 @@ class Policy(Actor):
                 what="set_config",
                 args=msgspec.to_builtins(config),
             )
+            if "user" not in state.roles:
+                user = Role(allow=["*/*"])
+                await self._write(
+                    "role.user",
+                    _encode(user),
+                    who=self.address,
+                    what="set_role",
+                    args={"role": "user", **msgspec.to_builtins(user)},
+                )
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -223,6 +257,81 @@ class Policy(Actor):
         """The quota window (seconds), the rate floor (calls/min) and the local-key exemption."""
         self._require_admin()
         return msgspec.to_builtins(self.state.config)  # type: ignore[no-any-return]
+
+    # -- bearer tokens and forwarders (the gateway's identities) ------------------------
+
+    async def issue_token(self, name: str, role: str = "user") -> dict[str, str]:
+        """A new bearer token ``name`` whose holder calls with role ``role`` (its own key,
+        derived from the token). The token is in this answer only: the policy keeps its
+        hash, never the token."""
+        who = self._require_admin()
+        _token_name(name)
+        if any(t.name == name for t in self.state.tokens.values()):
+            raise BadRequest(f"a token named {name!r} exists; revoke it first")
+        token = new_token()
+        address = token_keypair(token).address
+        info = TokenInfo(name=name, address=address, created=time.time())
+        await self._write(
+            "user." + address,
+            _encode(_role_name(role)),
+            who=who,
+            what="add_user",
+            args={"key": address, "role": role},
+        )
+        await self._write(
+            "token." + token_id(token),
+            _encode(info),
+            who=who,
+            what="issue_token",
+            args={"name": name, "role": role, "address": address},
+        )
+        return {"name": name, "token": token, "address": address, "role": role}
+
+    async def tokens(self) -> list[dict[str, Any]]:
+        """Every token: name, address, role, created (never the token)."""
+        self._require_admin()
+        return [
+            {**msgspec.to_builtins(t), "role": self.state.role_of(t.address)}
+            for t in sorted(self.state.tokens.values(), key=lambda t: t.name)
+        ]
+
+    async def revoke_token(self, name: str) -> dict[str, str]:
+        """Stop token ``name``: the gateway refuses it at once, and its key loses its role
+        and stake (so the holder cannot go on signing with it directly either)."""
+        who = self._require_admin()
+        found = [(h, t) for h, t in self.state.tokens.items() if t.name == name]
+        if not found:
+            raise NotFound(f"no token named {name!r}")
+        for digest, info in found:
+            await self._write(
+                "token." + digest, None, who=who, what="revoke_token", args={"name": name}
+            )
+            for entry in ("user.", "stake."):
+                await self._write(
+                    entry + info.address,
+                    None,
+                    who=who,
+                    what="revoke_token",
+                    args={"name": name, "key": info.address},
+                )
+        return {"revoked": name}
+
+    async def add_forwarder(self, key: str) -> list[str]:
+        """Trust ``key`` (a gateway's) to call on behalf of other keys it has authenticated;
+        returns the forwarders."""
+        await self._change("add_forwarder", "forwarder." + _address(key), b"1", key=key)
+        return sorted(self.state.forwarders)
+
+    async def rm_forwarder(self, key: str) -> list[str]:
+        self._require_admin()
+        if key not in self.state.forwarders:
+            raise NotFound(f"{key} is not a forwarder")
+        await self._change("rm_forwarder", "forwarder." + key, None, key=key)
+        return sorted(self.state.forwarders)
+
+    async def forwarders(self) -> list[str]:
+        self._require_admin()
+        return sorted(self.state.forwarders)
 
     async def set_config(
         self,

@@ -20,7 +20,16 @@ from .errors import (
     printable,
 )
 from .jetstream import Bucket
-from .keys import Keypair, Keystore, address_to_public_key, public_key_to_address, verify
+from .keys import (
+    Keypair,
+    Keystore,
+    address_to_public_key,
+    new_token,
+    public_key_to_address,
+    token_id,
+    token_keypair,
+    verify,
+)
 from .server import EmbeddedServer, find_nats_server
 from .throttle import LogThrottle
 from .wire import (
@@ -69,12 +78,15 @@ __all__ = [
     "find_nats_server",
     "message_size",
     "nats_answers",
+    "new_token",
     "printable",
     "public_key_to_address",
     "publish",
     "request",
     "sign_reply",
     "sign_request",
+    "token_id",
+    "token_keypair",
     "verify",
     "verify_reply",
     "verify_request",

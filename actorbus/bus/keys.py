@@ -7,6 +7,7 @@ and 64-byte canonical signatures, as libsodium checks them.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import os
@@ -26,7 +27,10 @@ __all__ = [
     "Keypair",
     "Keystore",
     "address_to_public_key",
+    "new_token",
     "public_key_to_address",
+    "token_id",
+    "token_keypair",
     "verify",
 ]
 
@@ -143,6 +147,30 @@ class Keypair:
 
     def __repr__(self) -> str:  # never show the seed
         return f"Keypair({self.address})"
+
+
+_TOKEN = re.compile(r"abt_[A-Za-z0-9_-]{43}")
+
+
+def new_token() -> str:
+    """A new bearer token: ``abt_`` and 32 random bytes, base64url without padding."""
+    return "abt_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def token_id(token: str) -> str:
+    """What is stored of a token: the hex SHA-256 of its text (never the token itself).
+    Raises :class:`Unauthorized` for anything not shaped like a token."""
+    if not _TOKEN.fullmatch(token):
+        raise Unauthorized("malformed bearer token")
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_keypair(token: str) -> Keypair:
+    """The key a token's holder signs with: its seed is SHA-256 of
+    ``actorbus/1\ntoken\n<token>``, so whoever holds the token (a gateway serving its
+    request, or the holder itself) can sign as that identity and nobody else can."""
+    token_id(token)  # shape check
+    return Keypair(hashlib.sha256(f"actorbus/1\ntoken\n{token}".encode()).digest())
 
 
 class Keystore:

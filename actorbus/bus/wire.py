@@ -57,6 +57,7 @@ H_ERROR: Final = "Actor-Error"
 H_RETRY_AFTER: Final = "Retry-After"
 H_CONTENT_TYPE: Final = "Content-Type"
 H_INSTANCE: Final = "Actor-Instance"
+H_ON_BEHALF: Final = "Actor-On-Behalf-Of"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
@@ -172,9 +173,13 @@ def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def request_signing_bytes(subject: str, time_ms: int | str, nonce: str, body: bytes) -> bytes:
-    """``actorbus/1\\n<subject>\\n<time>\\n<nonce>\\n<hex sha256 of body>`` as UTF-8."""
-    return f"{PROTOCOL_VERSION}\n{subject}\n{time_ms}\n{nonce}\n{_digest(body)}".encode()
+def request_signing_bytes(
+    subject: str, time_ms: int | str, nonce: str, body: bytes, on_behalf: str = ""
+) -> bytes:
+    """``actorbus/1\\n<subject>\\n<time>\\n<nonce>\\n<hex sha256 of body>`` as UTF-8, and
+    ``\\n<address>`` when a forwarder calls on behalf of that address."""
+    signed = f"{PROTOCOL_VERSION}\n{subject}\n{time_ms}\n{nonce}\n{_digest(body)}"
+    return (f"{signed}\n{on_behalf}" if on_behalf else signed).encode()
 
 
 def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:
@@ -216,6 +221,8 @@ class RequestMeta(msgspec.Struct, frozen=True):
     nonce: str
     timeout: float | None = None
     content_type: str = JSON
+    on_behalf: str = ""
+    """The caller a trusted forwarder vouches for (``Actor-On-Behalf-Of``), if any."""
 
 
 def sign_request(
@@ -227,16 +234,21 @@ def sign_request(
     timeout: float | None = None,
     time_ms: int | None = None,
     nonce: str | None = None,
+    on_behalf: str = "",
 ) -> dict[str, str]:
-    """The headers of a signed request; a fresh time and nonce unless given (test vectors)."""
+    """The headers of a signed request; a fresh time and nonce unless given (test vectors).
+    With ``on_behalf``, ``key`` signs as a forwarder vouching for that address."""
     time_ms = int(time.time() * 1000) if time_ms is None else time_ms
     nonce = secrets.token_hex(16) if nonce is None else nonce
+    signed = request_signing_bytes(subject, time_ms, nonce, body, on_behalf)
     headers = {
         H_KEY: key.address,
         H_TIME: str(time_ms),
         H_NONCE: nonce,
-        H_SIGNATURE: key.sign(request_signing_bytes(subject, time_ms, nonce, body)).hex(),
+        H_SIGNATURE: key.sign(signed).hex(),
     }
+    if on_behalf:
+        headers[H_ON_BEHALF] = on_behalf
     if timeout is not None:
         headers[H_TIMEOUT] = f"{timeout:g}"
     if content_type != JSON:
@@ -282,14 +294,16 @@ def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) ->
     time_text = _header(headers, H_TIME, _TIME)
     nonce = _header(headers, H_NONCE, _NONCE)
     signature = _header(headers, H_SIGNATURE, _SIGNATURE)
-    verify(key, request_signing_bytes(subject, time_text, nonce, body), bytes.fromhex(signature))
+    on_behalf = _header(headers, H_ON_BEHALF, _ADDRESS) if H_ON_BEHALF in headers else ""
+    signed = request_signing_bytes(subject, time_text, nonce, body, on_behalf)
+    verify(key, signed, bytes.fromhex(signature))
     timeout: float | None = None
     if (timeout_text := headers.get(H_TIMEOUT)) is not None:
         timeout = _seconds(timeout_text)
         if timeout is None or not 0 < timeout <= _MAX_TIMEOUT:  # also rejects nan and inf
             raise BadRequest(f"{H_TIMEOUT} must be seconds in (0, {_MAX_TIMEOUT:g}]")
     content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
-    return RequestMeta(key, int(time_text), nonce, timeout, content_type)
+    return RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf)
 
 
 class ReplyMeta(msgspec.Struct, frozen=True):

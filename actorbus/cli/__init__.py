@@ -2,11 +2,12 @@
 
 This module is the entry point and the command registry; each command group lives in its
 own module, loaded only when one of its commands runs (a replica process, `actor serve`,
-never imports the supervisor or the tables): :mod:`.node` (up, down: this node's
-supervisor), :mod:`.replica` (serve: one replica), :mod:`.ops` (ps, kill, restart, scale,
-logs: control from anywhere), :mod:`.calls` (call, ls, info), :mod:`.policy`,
-:mod:`.keys`. Errors print one line (status, message, error id) and exit with the code
-in :data:`EXIT_CODES`, so scripts can tell a 403 from a 503.
+never imports the supervisor or the tables): :mod:`.node` (up, down, gateway: this
+node's supervisor), :mod:`.replica` (serve: one replica), :mod:`.ops` (ps, kill,
+restart, scale, logs: control from anywhere), :mod:`.calls` (call, ls, info),
+:mod:`.policy`, :mod:`.keys`, :mod:`.tokens`. Errors print one line (status, message,
+error id) and exit with the code in :data:`EXIT_CODES`, so scripts can tell a 403 from a
+503.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ COMMANDS = {
     "up": "node:up",
     "down": "node:down",
     "supervise": "node:supervise",
+    "gateway": "node:gateway",
+    "token": "tokens:token",
     "serve": "replica:serve_command",
     "ps": "ops:ps",
     "kill": "ops:kill",

@@ -14,15 +14,8 @@ from rich.text import Text
 from ..bus import BadRequest, NotFound
 from ..bus.subjects import check_fn, check_name
 from ..runtime import Client
+from ..runtime.client import loose_value
 from ._common import err, out, run_coroutine, settings_of
-
-
-def _value(text: str) -> Any:
-    """A CLI argument: JSON if it parses (1, true, [1,2], {"a":1}, "quoted"), else the text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 @click.command()
@@ -56,7 +49,7 @@ def call(
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="-k")
-        keywords[key] = _value(value)
+        keywords[key] = loose_value(value)
     try:
         check_name(name)
         check_fn(fn)
@@ -66,7 +59,7 @@ def call(
     async def run() -> Any:
         async with Client(settings=settings) as client:
             return await client.request(
-                name, fn, [_value(a) for a in args], keywords, timeout=timeout
+                name, fn, [loose_value(a) for a in args], keywords, timeout=timeout
             )
 
     result = run_coroutine(ctx, run)

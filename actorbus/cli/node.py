@@ -31,7 +31,9 @@ from ..runtime.supervisor import Node, NodeInfo, running_node
 from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, status_table
 
-__all__ = ["down", "supervise", "up"]
+__all__ = ["GATEWAY_TARGET", "down", "gateway", "gateway_spec", "supervise", "up"]
+
+GATEWAY_TARGET = "actorbus.actors.gateway:Gateway"
 
 _READY_TIMEOUT = 120.0
 
@@ -89,6 +91,13 @@ def _specs(
 @click.option("--name", help="Actor name (default: the class's `name`, else its lowercased name).")
 @click.option("--replicas", type=click.IntRange(1, 256), help="Replicas (default 1).")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and return.")
+@click.option(
+    "--gateway/--no-gateway",
+    default=True,
+    show_default=True,
+    help="Start an HTTP gateway with a new node ($ACTOR_GATEWAY_HOST:$ACTOR_GATEWAY_PORT).",
+)
+@click.option("--gateway-port", type=click.IntRange(0, 65535), help="Its port (default 8080).")
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -97,13 +106,16 @@ def up(
     name: str | None,
     replicas: int | None,
     detach: bool,
+    gateway: bool,
+    gateway_port: int | None,
 ) -> None:
     """Run TARGET (path.py:Class or module:Class), or the actors of ./actors.toml (-f FILE),
     on this node, restarting replicas that crash.
 
     Starts this home's supervisor (with an embedded nats-server when no NATS is set and
     nothing answers on 127.0.0.1:4222, and the policy actor when none runs), or adds to
-    the one already running. In the foreground it shows the replicas and their output
+    the one already running. A new node also runs an HTTP gateway (on 127.0.0.1:8080
+    unless told otherwise). In the foreground it shows the replicas and their output
     until Ctrl-C, which stops what it started; with -d it returns once every actor
     answers.
     """
@@ -115,10 +127,49 @@ def up(
     running = running_node(settings.home)
     if running is not None:
         _join(ctx, settings, running.url, running.node, specs, detach)
-    elif detach:
+        return
+    if gateway:
+        specs.append(gateway_spec(settings, settings.gateway_host, gateway_port, 1))
+    _start_node(ctx, settings, specs, detach)
+
+
+def _start_node(
+    ctx: click.Context, settings: Settings, specs: list[ActorSpec], detach: bool
+) -> None:
+    if detach:
         _detach(ctx, settings, specs)
     else:
         _foreground(ctx, settings, specs)
+
+
+def gateway_spec(settings: Settings, host: str, port: int | None, replicas: int) -> ActorSpec:
+    """The gateway, as a node runs it (stopped first, so no web request finds its actors
+    gone)."""
+    port = settings.gateway_port if port is None else port
+    options = {"gateway_host": host, "gateway_port": str(port)}
+    return ActorSpec(GATEWAY_TARGET, "gateway", replicas, options=options, tier="front")
+
+
+@click.command()
+@click.option("--host", help="Address to listen on (default: $ACTOR_GATEWAY_HOST, 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Port (default 8080; replicas share it)."
+)
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and return.")
+@click.pass_context
+def gateway(
+    ctx: click.Context, host: str | None, port: int | None, replicas: int, detach: bool
+) -> None:
+    """Run an HTTP gateway on this node (adding it to the running supervisor, or starting
+    one): POST /<actor>/<fn>, /docs, a dashboard at /."""
+    settings = settings_of(ctx)
+    spec = gateway_spec(settings, host or settings.gateway_host, port, replicas)
+    running = running_node(settings.home)
+    if running is not None:
+        _join(ctx, settings, running.url, running.node, [spec], detach)
+    else:
+        _start_node(ctx, settings, [spec], detach)
 
 
 def _foreground(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> None:

@@ -144,6 +144,34 @@ def policy_config(
         _policy_call(ctx, "set_config", window, floor, local_exempt)
 
 
+@policy.group("forwarder")
+def policy_forwarder() -> None:
+    """Keys trusted to call on behalf of callers they authenticated (gateways)."""
+
+
+@policy_forwarder.command("add")
+@click.argument("key")
+@click.pass_context
+def policy_forwarder_add(ctx: click.Context, key: str) -> None:
+    """Trust KEY (a gateway's address) to call on behalf of others."""
+    _policy_call(ctx, "add_forwarder", _key_address(settings_of(ctx), key))
+
+
+@policy_forwarder.command("rm")
+@click.argument("key")
+@click.pass_context
+def policy_forwarder_rm(ctx: click.Context, key: str) -> None:
+    """Stop trusting KEY to call on behalf of others."""
+    _policy_call(ctx, "rm_forwarder", _key_address(settings_of(ctx), key))
+
+
+@policy.command("forwarders")
+@click.pass_context
+def policy_forwarders(ctx: click.Context) -> None:
+    """The keys trusted to call on behalf of others."""
+    _policy_call(ctx, "forwarders")
+
+
 @policy.command("decide")
 @click.argument("key")
 @click.argument("target", metavar="ACTOR/FN")

@@ -14,6 +14,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
+import anyio.abc
 import msgspec
 
 from ..bus import NATS, BadRequest, NotFound, RequestMeta, excerpt
@@ -31,7 +33,7 @@ Hook = Callable[["Call"], Any]
 """A hook takes the :class:`Call` and may be sync or async (it runs on the event loop)."""
 
 _OPTIONS_ATTR = "__actorbus_endpoint__"
-_LIFECYCLE = frozenset({"on_start", "on_stop"})
+_LIFECYCLE = frozenset({"on_start", "on_run", "on_stop"})
 
 
 class EndpointOptions(msgspec.Struct, frozen=True):
@@ -116,6 +118,14 @@ class Actor:
 
     async def on_start(self) -> None:
         """Called once before the actor takes calls."""
+
+    async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Runs beside the calls for the actor's whole life (a server of its own, a
+        consumer): started after :meth:`on_start`, ready once it calls
+        ``task_status.started()`` (the replica reports ready only then), cancelled after the
+        replica has drained its calls and before :meth:`on_stop`. The default does nothing.
+        """
+        task_status.started()
 
     async def on_stop(self) -> None:
         """Called once after the last call has drained."""
@@ -338,8 +348,9 @@ def current_call() -> Call:
 class Call:
     """One request as it moves through the pipeline; hooks receive it.
 
-    ``caller`` is the verified address of the signer; ``args``/``kwargs`` are bound and
-    decoded once the call has been routed.
+    ``caller`` is the verified address of the signer, or of the key a trusted
+    ``forwarder`` (a gateway) calls for; ``args``/``kwargs`` are bound and decoded once the
+    call has been routed.
     """
 
     __slots__ = (
@@ -349,6 +360,7 @@ class Call:
         "content_type",
         "deadline",
         "fn",
+        "forwarder",
         "function",
         "kwargs",
         "meta",
@@ -368,6 +380,7 @@ class Call:
         self.reply_to = reply_to
         self.received = received
         self.caller = ""
+        self.forwarder = ""
         self.nonce = ""
         self.content_type = JSON
         self.meta: RequestMeta | None = None

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -14,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import msgspec
 
 from ..bus import (
     JSON,
@@ -31,10 +33,11 @@ from ..bus import (
     verify_reply,
 )
 from ..bus.subjects import call_subject
+from ..bus.wire import ReplyMeta, request_nonce
 from .registry import Registry, RegistryEntry
 from .settings import Settings
 
-__all__ = ["ActorProxy", "Client"]
+__all__ = ["ActorProxy", "Client", "Reply", "advertised_timeout", "loose_value"]
 
 _ADDRESS_CACHE_SECONDS = 10.0
 
@@ -135,34 +138,73 @@ class Client:
         :class:`BadReply` when the reply's signer is not ``name``'s registered key.
         """
         timeout = timeout or self.settings.call_timeout
-        subject = call_subject(name, fn)
-        codec = codec_for(content_type)
-        body = codec.encode(CallBody(list(args), kwargs or {}))
-        # Advertise a little less than we wait, so the actor's 408 reaches us in time.
-        advertised = timeout - min(timeout / 4, 0.5)
+        body = codec_for(content_type).encode(CallBody(list(args), kwargs or {}))
         headers = sign_request(
-            self.key, subject, body, content_type=content_type, timeout=advertised
+            self.key,
+            call_subject(name, fn),
+            body,
+            content_type=content_type,
+            timeout=advertised_timeout(timeout),
         )
-        nonce = headers["Actor-Nonce"]
-        msg = await request(self.nc, subject, body, headers, timeout)
-        meta = verify_reply(msg.headers, msg.data, nonce)
+        return (await self.send(name, fn, body, headers, timeout)).result()
+
+    async def send(
+        self, name: str, fn: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> Reply:
+        """Send a request as built and signed (by this client's key or any other) and
+        verify the reply: its signature over the request's nonce, and its signer against
+        the addresses the registry holds for ``name``.
+
+        Raises :class:`Unavailable` (no replica), :class:`ReplyTimeout`,
+        :class:`PayloadTooLarge` (over the server's max payload) and :class:`BadReply`.
+        """
+        msg = await request(self.nc, call_subject(name, fn), body, headers, timeout)
+        meta = verify_reply(msg.headers, msg.data, request_nonce(headers))
         known = meta.key in await self._addresses_of(name)
         if not known and meta.key not in await self._addresses_of(name, refresh=True):
             raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
-        reply_codec = codec_for(meta.content_type)
+        return Reply(meta, msg.data, dict(msg.headers or {}))
+
+    def actor(self, name: str, *, timeout: float | None = None) -> ActorProxy:
+        """A proxy whose attributes are ``name``'s functions: ``await proxy.forward("hi")``."""
+        return ActorProxy(self, name, timeout)
+
+
+def loose_value(text: str) -> Any:
+    """An argument typed as text (a command line, a query string): JSON if it parses
+    (``1``, ``true``, ``[1,2]``, ``{"a":1}``, ``"quoted"``), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def advertised_timeout(timeout: float) -> float:
+    """The ``Actor-Timeout`` to send when waiting ``timeout`` seconds: a little less, so
+    the actor's 408 arrives before the caller gives up."""
+    return timeout - min(timeout / 4, 0.5)
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """A verified reply: its checked headers (``meta``), body and raw headers."""
+
+    meta: ReplyMeta
+    body: bytes
+    headers: dict[str, str]
+
+    def result(self) -> Any:
+        """The decoded value, or the reply's error raised as its :class:`ActorError` class."""
+        meta = self.meta
+        codec = codec_for(meta.content_type)
         if 200 <= meta.status < 300:
-            return reply_codec.decode_any(msg.data)
-        error = reply_codec.decode_error(msg.data)
+            return codec.decode_any(self.body)
+        error = codec.decode_error(self.body)
         message = error.error if error else meta.error
         error_id = error.id if error else None
         cls = error_for_status(meta.status)
         if cls is RateLimited:
             raise RateLimited(message, retry_after=meta.retry_after or 1.0, error_id=error_id)
         raise cls(message, error_id=error_id)
-
-    def actor(self, name: str, *, timeout: float | None = None) -> ActorProxy:
-        """A proxy whose attributes are ``name``'s functions: ``await proxy.forward("hi")``."""
-        return ActorProxy(self, name, timeout)
 
 
 class ActorProxy:

@@ -1,10 +1,12 @@
 """Hosting one actor replica: :func:`serve`.
 
 Lifetimes nest: connection -> registry -> replay guard -> actor -> task group (reader,
-workers, ``$SRV`` responder, heartbeat). On exit the replica stops taking calls,
-finishes the ones it accepted (up to ``drain_timeout``), answers 503 to any it could not
-finish, then tears the rest down. A replica that cannot go on (its sync handler threads
-all stuck) sets :attr:`Host.failed`; whoever runs it should leave the block and exit.
+workers, ``$SRV`` responder, heartbeat, the actor's own :meth:`~Actor.on_run`). On exit
+the replica stops taking calls, finishes the ones it accepted (up to ``drain_timeout``),
+answers 503 to any it could not finish, then tears the rest down (``on_run`` last, so a
+server of its own can finish its requests while the connection is still up). A replica
+that cannot go on (its sync handler threads all stuck) sets :attr:`Host.failed`; whoever
+runs it should leave the block and exit.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ async def serve(
                 await nc.flush()
                 await registry.put(entry)
                 tg.start_soon(_heartbeat, registry, entry, pipeline)
+                await tg.start(actor.on_run)
                 log.info("%s ready: %d functions, address %s", name, len(functions), key.address)
                 try:
                     yield Host(actor, entry, pipeline)

@@ -37,6 +37,7 @@ from ..bus import (
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    address_to_public_key,
     excerpt,
 )
 from ..bus.wire import codec_for, request_nonce, verify_request
@@ -114,6 +115,7 @@ class Pipeline:
             self.check_size,
             self.verify_signature,
             self.check_replay,
+            self.check_forwarded,
             self.check_policy,
             self.route,
             self.bind,
@@ -182,11 +184,26 @@ class Pipeline:
         assert call.meta is not None
         self.guard.check(call.meta)
 
+    async def check_forwarded(self, call: Call, msg: Msg) -> None:
+        """A trusted forwarder (a gateway) may call on behalf of another key: from here on
+        that key is the caller (policy, quota, hooks), the forwarder is remembered."""
+        meta = call.meta
+        assert meta is not None
+        if not meta.on_behalf:
+            return
+        policy = self.policy
+        if policy is None or not policy.enforced or meta.key not in policy.state.forwarders:
+            raise Forbidden(f"{meta.key} is not a trusted forwarder: it may not call for others")
+        address_to_public_key(meta.on_behalf)  # a key of large order, or 401
+        call.forwarder, call.caller = meta.key, meta.on_behalf
+
     async def check_policy(self, call: Call, msg: Msg) -> None:
         policy = self.policy
         if policy is None or not policy.enforced:
             return
-        decision = policy.state.decide(call.caller, self.name, call.fn, self._allow, self._deny)
+        decision = policy.state.decide(
+            call.caller, self.name, call.fn, self._allow, self._deny, forwarded=bool(call.forwarder)
+        )
         if not decision.allowed:
             raise Forbidden(decision.reason)
         call.rate = decision.rate

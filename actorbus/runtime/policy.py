@@ -7,7 +7,8 @@ the policy actor's process: if it is down, hosts keep deciding from the same dat
 static); if NATS itself goes away, they decide from the last state they saw and say so.
 
 Keys in the bucket: ``admin.<address>``, ``user.<address>`` (role name), ``role.<name>``
-(:class:`Role`), ``stake.<address>`` (a number), ``config`` (:class:`PolicyConfig`).
+(:class:`Role`), ``stake.<address>`` (a number), ``config`` (:class:`PolicyConfig`),
+``token.<sha256 of a bearer token>`` (:class:`TokenInfo`), ``forwarder.<address>``.
 
 Quotas: a key may make ``max(stake / role.stake2rate, config.floor)`` calls per minute,
 admins are unlimited. A host borrows part of a key's budget for the current window from
@@ -44,6 +45,7 @@ __all__ = [
     "PolicyView",
     "Quotas",
     "Role",
+    "TokenInfo",
     "load_state",
 ]
 
@@ -83,6 +85,15 @@ class Decision(msgspec.Struct, frozen=True):
     """Calls per minute, or ``None`` for unlimited."""
 
 
+class TokenInfo(msgspec.Struct, frozen=True):
+    """A bearer token as the policy keeps it (under the hash of its text): its name and the
+    address of the key it signs as (see :func:`actorbus.bus.token_keypair`)."""
+
+    name: str
+    address: str
+    created: float
+
+
 class Grant(msgspec.Struct, frozen=True):
     """A lease of ``granted`` calls for ``window``; ``retry_after`` when none are left."""
 
@@ -93,6 +104,7 @@ class Grant(msgspec.Struct, frozen=True):
 
 _role_decoder = msgspec.json.Decoder(Role)
 _config_decoder = msgspec.json.Decoder(PolicyConfig)
+_token_decoder = msgspec.json.Decoder(TokenInfo)
 _number_decoder = msgspec.json.Decoder(float)
 _text_decoder = msgspec.json.Decoder(str)
 
@@ -109,11 +121,15 @@ class PolicyState:
         self.users: dict[str, str] = {}
         self.roles: dict[str, Role] = {}
         self.stakes: dict[str, float] = {}
+        self.tokens: dict[str, TokenInfo] = {}
+        """Bearer tokens by the hex SHA-256 of their text."""
+        self.forwarders: set[str] = set()
+        """Keys trusted to call on behalf of others (a gateway's)."""
         self.config = PolicyConfig()
         self.configured = False
         self.revision = 0
         self._patterns: dict[str, re.Pattern[str]] = {}
-        self._memo: dict[tuple[str, str, str], Decision] = {}
+        self._memo: dict[tuple[str, str, str, bool], Decision] = {}
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply the KV entry ``key`` (``None``: deleted). Malformed values are skipped."""
@@ -139,6 +155,16 @@ class PolicyState:
                     self.stakes.pop(subject, None)
                 else:
                     self.stakes[subject] = _number_decoder.decode(value)
+            elif kind == "token":
+                if value is None:
+                    self.tokens.pop(subject, None)
+                else:
+                    self.tokens[subject] = _token_decoder.decode(value)
+            elif kind == "forwarder":
+                if value is None:
+                    self.forwarders.discard(subject)
+                else:
+                    self.forwarders.add(subject)
             elif key == "config":
                 self.config = PolicyConfig() if value is None else _config_decoder.decode(value)
                 self.configured = value is not None
@@ -153,9 +179,10 @@ class PolicyState:
     def role_of(self, key: str) -> str:
         return self.users.get(key, PUBLIC)
 
-    def rate_of(self, key: str) -> float | None:
-        """Calls per minute ``key`` may make, ``None`` if unlimited (admins)."""
-        if key in self.admins:
+    def rate_of(self, key: str, *, forwarded: bool = False) -> float | None:
+        """Calls per minute ``key`` may make, ``None`` if unlimited (admins, unless the call
+        was forwarded on their behalf)."""
+        if key in self.admins and not forwarded:
             return None
         role = self.roles.get(self.role_of(key)) or Role()
         stake = self.stakes.get(key, 0.0)
@@ -177,29 +204,38 @@ class PolicyState:
         fn: str,
         allow: frozenset[str] = frozenset(),
         deny: frozenset[str] = frozenset(),
+        *,
+        forwarded: bool = False,
     ) -> Decision:
         """May ``key`` call ``actor/fn``? ``allow``/``deny`` are the actor class's own widening
-        and narrowing of the whitelist. Admins may call anything; then deny wins: the actor's
-        ``deny``, the role's deny patterns; then the whitelist, the actor's ``allow`` and the
-        role's allow patterns; anything else is refused."""
-        memo_key = (key, actor, fn)
+        and narrowing of the whitelist. Admins may call anything (but a call a forwarder
+        makes on an admin's behalf is decided by the admin's role, like anyone's); then deny
+        wins: the actor's ``deny``, the role's deny patterns; then the whitelist, the actor's
+        ``allow`` and the role's allow patterns; anything else is refused."""
+        memo_key = (key, actor, fn, forwarded)
         decision = self._memo.get(memo_key)
         if decision is not None:
             return decision
-        decision = self._decide(key, actor, fn, allow, deny)
+        decision = self._decide(key, actor, fn, allow, deny, forwarded)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         self._memo[memo_key] = decision
         return decision
 
     def _decide(
-        self, key: str, actor: str, fn: str, allow: frozenset[str], deny: frozenset[str]
+        self,
+        key: str,
+        actor: str,
+        fn: str,
+        allow: frozenset[str],
+        deny: frozenset[str],
+        forwarded: bool,
     ) -> Decision:
-        if key in self.admins:
+        if key in self.admins and not forwarded:
             return Decision(True, "admin", "admins may call everything")
         role_name = self.role_of(key)
         role = self.roles.get(role_name) or Role()
-        rate = self.rate_of(key)
+        rate = self.rate_of(key, forwarded=forwarded)
         target = f"{actor}/{fn}"
         if fn in deny:
             return Decision(False, role_name, f"{target} is for admins only", rate)

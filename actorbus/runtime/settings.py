@@ -78,6 +78,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     supervisor_pid: int = 0
     """The supervisor this replica belongs to (``ACTOR_SUPERVISOR_PID``): the replica
     stops if it goes away."""
+    gateway_host: str = "127.0.0.1"
+    """Where a gateway listens (``actor up`` starts one unless told not to)."""
+    gateway_port: int = 8080
+    """Its port; replicas share it (0: any free port)."""
+    gateway_timeout: float = 30.0
+    """Seconds a gateway waits for an actor's reply (504 beyond)."""
+    gateway_read_timeout: float = 10.0
+    """Seconds a gateway waits for a request's body (408 beyond)."""
+    gateway_max_concurrency: int = 256
+    """Requests a gateway replica handles at once (503 beyond)."""
+    gateway_max_headers: int = 16384
+    """Bytes of request headers a gateway accepts (431 beyond)."""
+    gateway_cors: str = ""
+    """Origins allowed to call a gateway from a browser (comma-separated; empty: none)."""
     logs_max_bytes: int = 256 * 1024 * 1024
     """Bytes of replica log lines the ``ACTOR_LOGS`` stream keeps, oldest dropped first."""
     logs_max_age: float = 7 * 24 * 3600.0

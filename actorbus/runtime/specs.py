@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ActorSpec", "ReplicaStatus"]
+__all__ = ["TIERS", "ActorSpec", "ReplicaStatus"]
+
+TIERS = ("front", "actor", "system")
+"""The order in which a node stops its actors."""
 
 
 class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -18,8 +21,9 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Extra environment of its processes."""
     options: dict[str, str] = msgspec.field(default_factory=dict)
     """Settings of its replicas by field name (``max_in_flight`` ...), as ``ACTOR_*``."""
-    system: bool = False
-    """Part of the system (the policy actor): stopped after the user's actors."""
+    tier: str = "actor"
+    """When it stops: ``front`` (a gateway: stops taking requests first), ``actor`` (the
+    user's), ``system`` (the policy actor: last, the others may need it to drain)."""
 
 
 class ReplicaStatus(msgspec.Struct):

@@ -4,7 +4,7 @@ and in :mod:`.replicas`; only a node imports them (the control client does not).
 A :class:`Node` keeps groups of replica slots (:class:`~.replicas.Replica`), one task per
 slot in its task group: it adds, kills, scales and restarts them (rolling: one slot at a
 time, each new process ready before the old one stops) and stops everything in order
-(the user's actors drain first, the system's, such as the policy actor, after them).
+(gateways first, then the user's actors, then the system's such as the policy actor).
 One supervisor runs per ``$ACTOR_HOME``: it holds ``node.lock`` for its lifetime and
 describes itself in ``node.json``, so a second ``actor up`` joins it instead of starting
 a rival.
@@ -27,7 +27,7 @@ import psutil
 from ..bus import NATS, ActorError, BadRequest, EmbeddedServer, NotFound, nats_answers, request
 from .replicas import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 from .settings import DEFAULT_NATS_URL, Settings
-from .specs import ActorSpec, ReplicaStatus
+from .specs import TIERS, ActorSpec, ReplicaStatus
 
 __all__ = [
     "Node",
@@ -292,9 +292,9 @@ class Node:
             status.calls = None  # a replica that cannot say: no figure, not an error
 
     async def stop_all(self) -> None:
-        """The user's actors drain together, then the system's."""
-        for system in (False, True):
-            names = [n for n, spec in self._specs.items() if spec.system == system]
+        """Tier by tier (see :attr:`ActorSpec.tier`), each tier's replicas together."""
+        for tier in TIERS:
+            names = [n for n, spec in self._specs.items() if spec.tier == tier]
             await self._stop([slot for n in names for slot in self._groups.get(n, [])])
             for n in names:
                 self._groups.pop(n, None)

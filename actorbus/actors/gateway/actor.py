@@ -1,0 +1,138 @@
+"""The gateway as an actor: registered and served like any other (its key signs anonymous
+calls), with an HTTP server running beside its calls (:meth:`Gateway.on_run`).
+
+Replicas are stateless: each binds its port with ``SO_REUSEPORT``, so several can share
+one port (the kernel spreads connections) or run side by side on their own. The server
+stops after the replica has drained its NATS calls: it stops accepting connections and
+lets open requests finish (up to ``drain_timeout``) while the NATS connection is still
+up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import anyio.abc
+import uvicorn
+
+from ...runtime import Actor
+from ...runtime.host import VERSION
+from ...runtime.policy import PolicyState
+from .app import build_app
+from .catalog import Catalog
+from .identity import Identities
+
+__all__ = ["Gateway"]
+
+_HEADROOM = 4096  # bytes of a NATS message left for headers
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the replica decides when the server stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Gateway(Actor):
+    """HTTP in, signed NATS calls out: ``POST /<actor>/<fn>``, ``/openapi.json``, ``/docs``,
+    a dashboard at ``/``."""
+
+    name = "gateway"
+    quotas = False
+    version = VERSION
+
+    def __init__(self) -> None:
+        self.url = ""
+
+    async def on_start(self) -> None:
+        self.identities = Identities(self.client.key, self.settings.max_skew)
+        self.catalog = Catalog(self.client)
+        self.max_body = min(self.settings.max_body, self.nc.max_payload - _HEADROOM)
+
+    @property
+    def policy_state(self) -> PolicyState:
+        view = self.__actorbus_policy__
+        return view.state if view is not None else PolicyState()
+
+    def where(self) -> str:
+        """This replica's HTTP address."""
+        return self.url
+
+    async def overview(self) -> dict[str, Any]:
+        """What the dashboard shows: each actor's replicas, calls, errors and latency."""
+        entries = await self.catalog.entries()
+        stats = await self.catalog.stats(self.nc)
+        now = time.time()
+        actors: dict[str, Any] = {}
+        for e in entries:
+            endpoints = stats.get(e.instance, {}).get("endpoints", [])
+            calls = sum(p.get("num_requests", 0) for p in endpoints)
+            spent = sum(p.get("processing_time", 0) for p in endpoints)
+            actor = actors.setdefault(
+                e.name, {"name": e.name, "address": e.address, "fns": e.fns, "replicas": []}
+            )
+            actor["replicas"].append(
+                {
+                    "node": e.node,
+                    "replica": e.replica,
+                    "pid": e.pid,
+                    "up": round(now - e.started),
+                    "calls": calls,
+                    "errors": sum(p.get("num_errors", 0) for p in endpoints),
+                    "latency_ms": round(spent / calls / 1e6, 3) if calls else None,
+                }
+            )
+        return {"actors": [actors[n] for n in sorted(actors)]}
+
+    async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        settings = self.settings
+        sock = _listen(settings.gateway_host, settings.gateway_port)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        server = _Server(
+            uvicorn.Config(
+                build_app(self),
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+                lifespan="off",
+                timeout_keep_alive=5,
+                timeout_graceful_shutdown=int(settings.drain_timeout),
+            )
+        )
+
+        async def run() -> None:
+            with anyio.CancelScope(shield=True):  # it stops through should_exit, gracefully
+                await server.serve(sockets=[sock])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            try:
+                while not server.started:
+                    if server.should_exit:
+                        raise RuntimeError(f"the gateway could not serve on {self.url}")
+                    await anyio.sleep(0.01)
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                server.should_exit = True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket other replicas may share (``SO_REUSEPORT`` where there is one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,208 @@
+"""The gateway's HTTP side: a Starlette app mapping ``POST|GET /<name>/<fn>`` to signed NATS
+calls and their replies back to HTTP, one status for one status.
+
+The actor's status becomes the HTTP status and its body the response body (errors are
+``{"error", "code", "id"}``), after the reply's signature and signer have been checked
+(502 if they do not hold); the reply's ``Actor-*`` headers go back too, so a caller that
+signed its request can verify the answer itself. What the gateway refuses on its own
+has the same body: 400 malformed path or body, 401 bad token or commune signature,
+408 body not read within the read timeout, 413 body over the limit, 431 headers over the
+limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ...bus import ActorError, BadRequest, LogThrottle, PayloadTooLarge, Unavailable, printable
+from ...bus.subjects import check_fn, check_name
+from ...runtime.client import advertised_timeout, loose_value
+from .catalog import openapi
+
+if TYPE_CHECKING:
+    from .actor import Gateway
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("actorbus.gateway")
+
+_HERE = Path(__file__).parent
+_REPLY_HEADERS = ("actor-status", "actor-key", "actor-signature", "actor-error", "retry-after")
+
+
+class _Refused(ActorError):
+    """A status the gateway answers itself that has no class of its own (408, 431)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code = status
+
+
+def _error(status: int, message: str, error_id: str = "", **headers: str) -> JSONResponse:
+    body = {
+        "error": printable(message, 512),
+        "code": status,
+        "id": error_id or secrets.token_hex(6),
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Limits:
+    """Refuses what must not reach the app: too many requests at once (503), too large a
+    header block (431). Pure ASGI, so a refusal costs no request object."""
+
+    def __init__(self, app: ASGIApp, *, max_concurrency: int, max_headers: int) -> None:
+        self.app = app
+        self.max_concurrency = max_concurrency
+        self.max_headers = max_headers
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = sum(len(k) + len(v) for k, v in scope["headers"])
+        if size > self.max_headers:
+            response = _error(431, f"headers are {size} bytes; the limit is {self.max_headers}")
+        elif self.active >= self.max_concurrency:
+            response = _error(
+                503, "the gateway is at its limit of requests at once", **{"Retry-After": "1"}
+            )
+        else:
+            self.active += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.active -= 1
+            return
+        await response(scope, receive, send)
+
+
+def build_app(gateway: Gateway) -> Starlette:
+    """The app of one gateway replica."""
+    settings = gateway.settings
+    throttle = LogThrottle(log)
+
+    async def read_body(request: Request) -> bytes:
+        limit = gateway.max_body
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            with anyio.fail_after(settings.gateway_read_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _Refused(
+                408, f"body not received within {settings.gateway_read_timeout:g}s"
+            ) from None
+        return b"".join(chunks)
+
+    async def call(request: Request) -> Response:
+        name, fn = request.path_params["name"], request.path_params["fn"]
+        try:
+            check_name(name)
+            check_fn(fn)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            if request.method == "GET":
+                if "actor-signature" in headers:
+                    raise BadRequest("a call you sign is a POST of the body you signed")
+                kwargs = {k: loose_value(v) for k, v in request.query_params.items()}
+                body = msgspec.json.encode({"kwargs": kwargs})
+            else:
+                body = await read_body(request)
+            timeout = settings.gateway_timeout
+            outgoing = gateway.identities.outgoing(
+                name, fn, headers, body, gateway.policy_state, advertised_timeout(timeout)
+            )
+            reply = await gateway.client.send(name, fn, outgoing.body, outgoing.headers, timeout)
+        except _Refused as exc:
+            return _refusal(exc.code, exc)
+        except ActorError as exc:
+            return _refusal(exc.status, exc)
+        passed = {k: v for k, v in reply.headers.items() if k.lower() in _REPLY_HEADERS}
+        return Response(
+            reply.body,
+            status_code=reply.meta.status,
+            media_type=reply.meta.content_type,
+            headers=passed,
+        )
+
+    def _refusal(status: int, exc: ActorError) -> JSONResponse:
+        error_id = exc.error_id or secrets.token_hex(6)
+        throttle.log(
+            logging.INFO,
+            str(status),
+            "refused %d: %s (error id %s)",
+            status,
+            printable(exc.message, 200),
+            error_id,
+        )
+        headers = {"Retry-After": "1"} if status == Unavailable.status else {}
+        return _error(status, exc.message, error_id, **headers)
+
+    async def health(request: Request) -> JSONResponse:
+        up = gateway.nc.is_connected
+        return JSONResponse({"status": "ok" if up else "no NATS"}, status_code=200 if up else 503)
+
+    async def openapi_json(request: Request) -> JSONResponse:
+        return JSONResponse(openapi(await gateway.catalog.schemas(), gateway.version))
+
+    async def actors(request: Request) -> JSONResponse:
+        return JSONResponse(await gateway.overview())
+
+    routes = [
+        Route("/", _static("dashboard.html")),
+        Route("/docs", _static("docs.html")),
+        Route("/health", health),
+        Route("/openapi.json", openapi_json),
+        Route("/api/v0/actors", actors),
+        Route("/{name}/{fn}", call, methods=["GET", "POST"]),
+    ]
+    middleware = [
+        Middleware(
+            _Limits,
+            max_concurrency=settings.gateway_max_concurrency,
+            max_headers=settings.gateway_max_headers,
+        )
+    ]
+    if settings.gateway_cors:
+        origins = [o.strip() for o in settings.gateway_cors.split(",") if o.strip()]
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+                expose_headers=list(_REPLY_HEADERS),
+            ),
+        )
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def _static(filename: str) -> Any:
+    text = (_HERE / filename).read_text()
+
+    async def serve(request: Request) -> HTMLResponse:
+        return HTMLResponse(text)
+
+    return serve

@@ -1,0 +1,209 @@
+"""What the gateway knows of the actors on its NATS: who runs (the registry), what each
+function takes and returns (``$SRV.INFO``, no signature needed), and how each replica is
+doing (``$SRV.STATS``), refreshed as replicas come and go; and the OpenAPI 3.1 document
+built from it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import msgspec
+
+from ...bus import NATS, ActorError, request
+from ...runtime import Client, RegistryEntry
+
+__all__ = ["Catalog", "openapi"]
+
+_ENTRIES_TTL = 2.0
+_STATS_WINDOW = 0.25
+_json = msgspec.json.Decoder()
+_STATUSES = {
+    "400": "malformed body or arguments",
+    "401": "missing or bad signature, token or commune signature",
+    "403": "denied by policy",
+    "404": "no such function",
+    "408": "the handler passed its deadline",
+    "413": "body over the limit",
+    "429": "quota exhausted: wait Retry-After seconds",
+    "431": "request headers over the limit",
+    "500": "the handler raised (see the error id in the actor's log)",
+    "502": "the reply's signature or signer did not check out",
+    "503": "no replica serves it, or the gateway or the actor is overloaded",
+    "504": "no reply within the gateway's timeout",
+}
+
+
+class Catalog:
+    """The registry and function schemas, cached (one per gateway replica)."""
+
+    def __init__(self, client: Client, hidden: tuple[str, ...] = ("node.",)) -> None:
+        self.client = client
+        self.hidden = hidden
+        self._entries: tuple[float, list[RegistryEntry]] = (0.0, [])
+        self._schemas: dict[str, tuple[frozenset[str], dict[str, Any]]] = {}
+        self._lock = anyio.Lock()
+
+    async def entries(self) -> list[RegistryEntry]:
+        """Live replicas of the actors callers can reach, re-read every 2 s."""
+        stamp, entries = self._entries
+        if time.monotonic() - stamp > _ENTRIES_TTL:
+            async with self._lock:
+                stamp, entries = self._entries
+                if time.monotonic() - stamp > _ENTRIES_TTL:
+                    entries = [
+                        e for e in await self.client.entries() if not e.name.startswith(self.hidden)
+                    ]
+                    self._entries = (time.monotonic(), entries)
+        return entries
+
+    async def schemas(self) -> dict[str, dict[str, Any]]:
+        """Each actor's functions and their schemas; asked again when its replicas change."""
+        by_name: dict[str, set[str]] = {}
+        for entry in await self.entries():
+            by_name.setdefault(entry.name, set()).add(entry.instance)
+        for name in list(self._schemas):
+            if name not in by_name:
+                del self._schemas[name]
+        async with anyio.create_task_group() as tg:
+            for name, instances in by_name.items():
+                known = self._schemas.get(name)
+                if known is None or known[0] != frozenset(instances):
+                    tg.start_soon(self._fetch, name, frozenset(instances))
+        return {name: schema for name, (_, schema) in sorted(self._schemas.items())}
+
+    async def _fetch(self, name: str, instances: frozenset[str]) -> None:
+        service = name.replace(".", "_")
+        try:
+            reply = await request(self.client.nc, f"$SRV.INFO.{service}", b"", {}, 1.0)
+            endpoints = _json.decode(reply.data)["endpoints"]
+            schema = {e["name"]: _json.decode(e["metadata"]["schema"]) for e in endpoints}
+        except (ActorError, msgspec.DecodeError, KeyError, TypeError):
+            return  # gone, or not ours: left out until it answers
+        self._schemas[name] = (instances, schema)
+
+    async def stats(self, nc: NATS) -> dict[str, Any]:
+        """``$SRV.STATS`` of every replica that answers within a quarter second, by
+        instance id."""
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        found: dict[str, Any] = {}
+        try:
+            await nc.publish("$SRV.STATS", b"", reply=inbox)
+            with anyio.move_on_after(_STATS_WINDOW):
+                async for msg in sub.messages:
+                    try:
+                        stats = _json.decode(msg.data)
+                        found[stats["id"]] = stats
+                    except (msgspec.DecodeError, KeyError, TypeError):
+                        continue
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+        return found
+
+
+def _relocate(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
+    """``schema`` with msgspec's ``$defs`` moved to ``components/schemas`` (under
+    ``prefix``) and its references pointed there."""
+    if isinstance(schema, dict):
+        for key, value in schema.pop("$defs", {}).items():
+            defs[f"{prefix}{key}"] = _relocate(value, prefix, defs)
+        out = {k: _relocate(v, prefix, defs) for k, v in schema.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            out["$ref"] = f"#/components/schemas/{prefix}{ref[len('#/$defs/') :]}"
+        return out
+    if isinstance(schema, list):
+        return [_relocate(item, prefix, defs) for item in schema]
+    return schema
+
+
+def _scalar(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") in (
+        "string",
+        "integer",
+        "number",
+        "boolean",
+    )
+
+
+def openapi(schemas: dict[str, dict[str, Any]], version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``schemas`` (actor -> function -> schema)."""
+    defs: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
+    errors = {
+        code: {
+            "description": text,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code, text in _STATUSES.items()
+    }
+    for actor, functions in schemas.items():
+        prefix = actor.replace(".", "_") + "_"
+        for fn, schema in sorted(functions.items()):
+            params = _relocate(schema.get("params", {}), prefix, defs)
+            returns = _relocate(schema.get("returns", {}), prefix, defs)
+            doc = schema.get("doc", "")
+            operation = {
+                "tags": [actor],
+                "summary": schema.get("signature", fn),
+                "description": doc,
+                "responses": {
+                    "200": {
+                        "description": "the result",
+                        "content": {"application/json": {"schema": returns}},
+                    },
+                    **errors,
+                },
+            }
+            body_schema = {
+                "type": "object",
+                "properties": {"args": {"type": "array"}, "kwargs": params},
+                "additionalProperties": False,
+            }
+            path: dict[str, Any] = {
+                "post": {
+                    **operation,
+                    "operationId": f"{actor}.{fn}",
+                    "requestBody": {"content": {"application/json": {"schema": body_schema}}},
+                }
+            }
+            properties = params.get("properties", {}) if isinstance(params, dict) else {}
+            if all(_scalar(p) for p in properties.values()):
+                required = set(params.get("required", []))
+                path["get"] = {
+                    **operation,
+                    "operationId": f"{actor}.{fn}.get",
+                    "parameters": [
+                        {"name": name, "in": "query", "required": name in required, "schema": p}
+                        for name, p in properties.items()
+                    ],
+                }
+            paths[f"/{actor}/{fn}"] = path
+    defs["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string"},
+            "code": {"type": "integer"},
+            "id": {"type": "string"},
+        },
+        "required": ["error", "code", "id"],
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "actorbus gateway",
+            "version": version,
+            "description": "Every actor function on this NATS, called over HTTP: POST a body "
+            '{"args": [...], "kwargs": {...}}, or GET with keyword arguments in the query. '
+            "Send Actor-* headers to sign the call yourself, a bearer token, or nothing "
+            "(the gateway's public identity).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

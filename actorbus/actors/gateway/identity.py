@@ -1,0 +1,146 @@
+"""Who a web call is made as: the four ways an HTTP request becomes a signed NATS request.
+
+1. **End to end**: the caller signed the request itself (``Actor-*`` headers, as in
+   PROTOCOL.md); the gateway forwards headers and body untouched, so the actor verifies the
+   caller and the gateway can neither forge nor alter the call.
+2. **Bearer token** (``Authorization: Bearer abt_...``): admins issue tokens through the
+   policy actor, which keeps only their hash; the gateway signs as the key the token
+   derives (:func:`~actorbus.bus.token_keypair`), so it holds no secret of its own for
+   it, and a revoked token fails as soon as the policy change reaches the gateway.
+3. **Commune body** (``{"data", "signature", "address"}``): the caller's ed25519 signature
+   over ``data`` (``{"args", "kwargs", "timestamp"}``) is checked here, with its freshness
+   and replay; the gateway then calls *on behalf of* that address, which actors accept
+   because the policy lists the gateway's key as a forwarder.
+4. **Anonymous**: signed with the gateway's own key (role ``public`` unless an admin says
+   otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+
+from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
+from ...bus.subjects import call_subject
+from ...bus.wire import H_CONTENT_TYPE, H_KEY, H_NONCE, H_ON_BEHALF, H_SIGNATURE, H_TIME, H_TIMEOUT
+from ...runtime.policy import PolicyState
+
+__all__ = ["Identities", "Outgoing"]
+
+_SIGNED = (H_KEY, H_TIME, H_NONCE, H_SIGNATURE, H_TIMEOUT, H_ON_BEHALF, H_CONTENT_TYPE)
+_KEY_CACHE = 4096
+_SEEN_LIMIT = 100_000
+
+
+class Outgoing(msgspec.Struct):
+    """The NATS request an HTTP request becomes, and how its caller was identified."""
+
+    mode: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class Identities:
+    """Turns HTTP requests into signed NATS requests (one per gateway replica)."""
+
+    def __init__(self, key: Keypair, max_skew: float) -> None:
+        self.key = key
+        self.max_skew = max_skew
+        self._token_keys: OrderedDict[str, Keypair] = OrderedDict()
+        self._seen: dict[str, float] = {}
+
+    def outgoing(
+        self,
+        name: str,
+        fn: str,
+        headers: dict[str, str],
+        body: bytes,
+        policy: PolicyState,
+        timeout: float,
+    ) -> Outgoing:
+        """The NATS request for a call of ``name/fn`` with HTTP ``headers`` (lower-case
+        names) and ``body``; raises :class:`Unauthorized` for a bad token or commune
+        signature, :class:`BadRequest` for a malformed commune body."""
+        subject = call_subject(name, fn)
+        if "actor-signature" in headers or "actor-key" in headers:
+            forwarded = {h: headers[h.lower()] for h in _SIGNED if h.lower() in headers}
+            return Outgoing("end-to-end", body, forwarded)
+        content_type = headers.get("content-type", "")
+        msgpack = content_type.startswith("application/msgpack")
+        wire_type = "application/msgpack" if msgpack else "application/json"
+        authorization = headers.get("authorization", "")
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer":
+                raise Unauthorized("Authorization must be 'Bearer <token>'")
+            signer = self._token_key(token.strip(), policy)
+            return Outgoing(
+                "token",
+                body,
+                sign_request(signer, subject, body, content_type=wire_type, timeout=timeout),
+            )
+        on_behalf = ""
+        if not msgpack and body[:1] == b"{" and b'"signature"' in body and b'"data"' in body:
+            body, on_behalf = self._commune(body)
+            wire_type = "application/json"
+        signed = sign_request(
+            self.key, subject, body, content_type=wire_type, timeout=timeout, on_behalf=on_behalf
+        )
+        return Outgoing("commune" if on_behalf else "anonymous", body, signed)
+
+    def _token_key(self, token: str, policy: PolicyState) -> Keypair:
+        digest = token_id(token)
+        if digest not in policy.tokens:
+            self._token_keys.pop(digest, None)
+            raise Unauthorized("unknown or revoked token")
+        key = self._token_keys.get(digest)
+        if key is None:
+            key = self._token_keys[digest] = token_keypair(token)
+            if len(self._token_keys) > _KEY_CACHE:
+                self._token_keys.popitem(last=False)
+        else:
+            self._token_keys.move_to_end(digest)
+        return key
+
+    def _commune(self, raw: bytes) -> tuple[bytes, str]:
+        """Check a commune body; returns our body and the address it was signed by."""
+        try:
+            envelope = json.loads(raw)
+            data, signature, address = envelope["data"], envelope["signature"], envelope["address"]
+            message = data if isinstance(data, str) else json.dumps(data)  # as commune signs
+            decoded = json.loads(message)
+            sig = bytes.fromhex(signature.removeprefix("0x"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BadRequest(
+                'a commune body is {"data": ..., "signature": <hex>, "address": <ss58>}'
+            ) from None
+        if not isinstance(address, str) or not isinstance(decoded, dict):
+            raise BadRequest("commune data must be an object with args, kwargs and timestamp")
+        signed = message.encode()
+        try:
+            verify(address, signed, sig)
+        except Unauthorized:  # polkadot-js wraps what it signs
+            verify(address, b"<Bytes>" + signed + b"</Bytes>", sig)
+        stamp = decoded.get("timestamp")
+        now = time.time()
+        if not isinstance(stamp, int | float) or abs(now - stamp) > self.max_skew:
+            raise Unauthorized(f"commune timestamp must be within {self.max_skew:g}s of now")
+        self._once(signature, now)
+        params = decoded.get("params")
+        args: Any = decoded.get("args", params if isinstance(params, list) else [])
+        kwargs: Any = decoded.get("kwargs", params if isinstance(params, dict) else {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise BadRequest("commune args must be a list and kwargs an object")
+        return msgspec.json.encode({"args": args, "kwargs": kwargs}), address
+
+    def _once(self, signature: str, now: float) -> None:
+        """Refuse a commune signature seen within the freshness window (this replica)."""
+        if len(self._seen) > _SEEN_LIMIT:
+            self._seen = {s: t for s, t in self._seen.items() if t > now}
+        if self._seen.get(signature, 0.0) > now:
+            raise Unauthorized("replayed commune signature")
+        self._seen[signature] = now + 2 * self.max_skew

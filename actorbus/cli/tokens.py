@@ -1,0 +1,69 @@
+"""`actor token ...`: bearer tokens for web callers, issued and revoked by admins through
+the policy actor (which keeps only their hash)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..runtime import Client
+from ._common import err, out, run_coroutine, settings_of
+
+__all__ = ["token"]
+
+
+def _policy(ctx: click.Context, fn: str, *args: Any) -> Any:
+    settings = settings_of(ctx)
+
+    async def main() -> Any:
+        async with Client(settings=settings) as client:
+            return await client.request(settings.policy, fn, list(args))
+
+    return run_coroutine(ctx, main)
+
+
+@click.group()
+def token() -> None:
+    """Bearer tokens for the HTTP gateway (admins only)."""
+
+
+@token.command("new")
+@click.argument("name")
+@click.option("--role", default="user", show_default=True, help="The role its calls have.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def token_new(ctx: click.Context, name: str, role: str, as_json: bool) -> None:
+    """Issue token NAME. It is shown this once: keep it (only its hash is stored)."""
+    issued = _policy(ctx, "issue_token", name, role)
+    if as_json:
+        click.echo(json.dumps(issued, indent=2))
+        return
+    click.echo(issued["token"])
+    err.print(f"token {name!r}: role {role!r}, calls as {issued['address']}; shown once")
+
+
+@token.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def token_ls(ctx: click.Context, as_json: bool) -> None:
+    """The tokens: name, role, the address their calls are signed as (never the token)."""
+    tokens = _policy(ctx, "tokens")
+    if as_json:
+        click.echo(json.dumps(tokens, indent=2))
+        return
+    table = Table("name", "role", "address")
+    for t in tokens:
+        table.add_row(t["name"], t["role"], t["address"])
+    out.print(table)
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke token NAME: refused at once, and its key loses its role."""
+    _policy(ctx, "revoke_token", name)
+    err.print(f"token {name!r} revoked")

@@ -1,0 +1,385 @@
+"""The HTTP gateway with real actors, a real policy and a real nats-server: every identity
+mode, every status from its real cause, the limits, OpenAPI, and the CLI for tokens."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import pytest
+from click.testing import CliRunner
+from support import Probe
+
+from actorbus import Client, Keypair, Settings, serve
+from actorbus.actors.gateway import Gateway
+from actorbus.actors.policy import Policy
+from actorbus.bus import connect, sign_reply, sign_request, verify_reply
+from actorbus.bus.subjects import call_subject
+from actorbus.cli import main
+
+
+class Stack:
+    """A policy, a probe actor and a gateway, served in this process."""
+
+    def __init__(self, settings: Settings, name: str, gateway: Gateway, admin: Client) -> None:
+        self.settings = settings
+        self.name = name
+        self.gateway = gateway
+        self.admin = admin
+        self.http = httpx.AsyncClient(base_url=gateway.url, timeout=15)
+
+    async def policy(self, fn: str, *args: Any) -> Any:
+        return await self.admin.call(self.settings.policy, fn, *args)
+
+    async def open_to(self, role: str) -> None:
+        """Let ``role`` call the probe, and wait until the gateway's actor sees it."""
+        await self.policy("set_role", role, [f"{self.name}/*"])
+        await anyio.sleep(0.2)
+
+
+@asynccontextmanager
+async def stack(settings: Settings, name: str, **changes: Any) -> AsyncIterator[Stack]:
+    here = msgspec.structs.replace(settings, gateway_port=0, **changes)
+    gateway = Gateway()
+    async with (
+        serve(Policy(), name=here.policy, settings=here),
+        serve(Probe(), name=name, settings=here),
+        serve(gateway, settings=here),
+        Client(settings=here) as admin,
+    ):
+        result = Stack(here, name, gateway, admin)
+        async with result.http:
+            yield result
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error", "code", "id"} and body["code"] == response.status_code
+    assert body["id"]
+    return body
+
+
+async def test_anonymous_callers_are_public(settings: Settings, name: str) -> None:
+    async with stack(settings, name) as s:
+        response = await s.http.post(f"/{name}/forward", json={"args": ["hi"]})
+        assert response.status_code == 403
+        assert "role 'public' may not call" in error_of(response)["error"]
+        response = await s.http.post(f"/{name}/info", json={})
+        assert response.status_code == 200 and response.json()["name"] == name  # whitelisted
+        await s.open_to("public")
+        response = await s.http.post(f"/{name}/forward", json={"args": ["hi"]})
+        assert (response.status_code, response.json()) == (200, "hi")
+        response = await s.http.get(f"/{name}/add", params={"a": 2, "b": 3, "scale": 10})
+        assert (response.status_code, response.json()) == (200, 50)
+        me = (await s.http.post(f"/{name}/whoami", json={})).json()
+        assert me == {"caller": s.gateway.address, "forwarder": ""}
+
+
+async def test_a_signed_call_passes_through_untouched(settings: Settings, name: str) -> None:
+    """End to end: the actor verifies the web caller; the gateway cannot alter the call,
+    and the caller can verify the actor's answer itself."""
+    async with stack(settings, name) as s:
+        await s.open_to("public")
+        caller = Keypair.generate()
+        body = b'{"args":["signed"]}'
+        headers = sign_request(caller, call_subject(name, "forward"), body)
+        response = await s.http.post(f"/{name}/forward", content=body, headers=headers)
+        assert (response.status_code, response.json()) == (200, "signed")
+        canonical = {k.title(): v for k, v in response.headers.items()}  # HTTP names any case
+        meta = verify_reply(canonical, response.content, headers["Actor-Nonce"])
+        actor = (await s.admin.entries(name))[0].address
+        assert (meta.status, meta.key) == (200, actor)
+        me_headers = sign_request(caller, call_subject(name, "whoami"), b"{}")
+        me = await s.http.post(f"/{name}/whoami", content=b"{}", headers=me_headers)
+        assert me.json() == {"caller": caller.address, "forwarder": ""}
+        # Replayed, altered, forged, or signed for another function: 401, gateway or not.
+        again = await s.http.post(f"/{name}/forward", content=body, headers=headers)
+        assert (again.status_code, error_of(again)["error"]) == (401, "replayed nonce")
+        fresh = sign_request(caller, call_subject(name, "forward"), body)
+        altered = await s.http.post(f"/{name}/forward", content=b'{"args":["evil"]}', headers=fresh)
+        assert altered.status_code == 401
+        forged = dict(fresh, **{"Actor-Key": Keypair.generate().address})
+        assert (
+            await s.http.post(f"/{name}/forward", content=body, headers=forged)
+        ).status_code == 401
+        moved = await s.http.post(f"/{name}/add", content=body, headers=fresh)
+        assert moved.status_code == 401
+        get = await s.http.get(f"/{name}/forward", headers=fresh)
+        assert get.status_code == 400  # a signed call is a POST of what was signed
+
+
+async def test_bearer_tokens(settings: Settings, name: str) -> None:
+    async with stack(settings, name) as s:
+        issued = await s.policy("issue_token", "web", "user")
+        token = issued["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        assert token not in json.dumps(await s.policy("tokens"))  # only its hash is kept
+        assert json.dumps(await s.policy("log", 1000)).count(token) == 0
+        response = await s.http.post(f"/{name}/whoami", json={}, headers=auth)
+        assert response.json() == {"caller": issued["address"], "forwarder": ""}  # its own key
+        for bad in ("Bearer abt_" + "x" * 43, "Bearer nope", "Basic dXNlcjpwYXNz"):
+            refused = await s.http.post(f"/{name}/forward", json={}, headers={"Authorization": bad})
+            assert refused.status_code == 401
+        await s.policy("revoke_token", "web")
+        started = time.monotonic()
+        while (await s.http.post(f"/{name}/forward", json={}, headers=auth)).status_code != 401:
+            assert time.monotonic() - started < 1.0, "a revoked token still works after 1 s"
+            await anyio.sleep(0.02)
+        assert (await s.policy("tokens")) == []
+
+
+async def test_a_token_has_its_own_quota(settings: Settings, name: str) -> None:
+    async with stack(settings, name, quota_window=30.0) as s:
+        issued = await s.policy("issue_token", "metered", "user")
+        await s.policy("set_config", None, 0.0)
+        await s.policy("set_stake", issued["address"], 2)  # one call a 30 s window
+        await anyio.sleep(0.2)
+        auth = {"Authorization": f"Bearer {issued['token']}"}
+        statuses = []
+        for _ in range(3):
+            response = await s.http.post(f"/{name}/forward", json={"args": ["x"]}, headers=auth)
+            statuses.append(response.status_code)
+        assert statuses.count(200) == 1 and statuses.count(429) == 2
+        assert 0 < float(response.headers["Retry-After"]) <= 30
+
+
+def commune_body(
+    key: Keypair, args: list[Any], *, age: float = 0.0, wrap: bool = False
+) -> dict[str, Any]:
+    data = json.dumps({"args": args, "kwargs": {}, "timestamp": time.time() - age})
+    signed = f"<Bytes>{data}</Bytes>" if wrap else data
+    return {"data": data, "signature": key.sign(signed.encode()).hex(), "address": key.address}
+
+
+async def test_commune_bodies_call_as_their_signer(settings: Settings, name: str) -> None:
+    async with stack(settings, name) as s:
+        caller = Keypair.generate()
+        await s.policy("add_user", caller.address, "user")
+        body = commune_body(caller, [])
+        refused = await s.http.post(f"/{name}/whoami", json=body)
+        assert (
+            refused.status_code == 403 and "not a trusted forwarder" in error_of(refused)["error"]
+        )
+        await s.policy("add_forwarder", s.gateway.address)
+        await anyio.sleep(0.2)
+        response = await s.http.post(f"/{name}/whoami", json=commune_body(caller, []))
+        assert response.json() == {"caller": caller.address, "forwarder": s.gateway.address}
+        wrapped = await s.http.post(f"/{name}/forward", json=commune_body(caller, ["w"], wrap=True))
+        assert (wrapped.status_code, wrapped.json()) == (200, "w")
+        again = await s.http.post(f"/{name}/forward", json=body)  # its signature was used
+        stale = await s.http.post(f"/{name}/forward", json=commune_body(caller, [], age=120))
+        tampered = commune_body(caller, ["a"])
+        tampered["data"] = tampered["data"].replace('"a"', '"b"')
+        changed = await s.http.post(f"/{name}/forward", json=tampered)
+        assert [r.status_code for r in (again, stale, changed)] == [401, 401, 401]
+        # A forwarded admin is not an admin: the probe's role rules apply to it.
+        admin_key = s.admin.key
+        as_admin = await s.http.post(f"/{name}/forward", json=commune_body(admin_key, ["x"]))
+        assert as_admin.status_code == 403
+
+
+async def test_each_status_arrives_one_to_one(settings: Settings, name: str) -> None:
+    async with stack(settings, name, gateway_timeout=1.0, max_body=4096) as s:
+        await s.open_to("public")
+        post = s.http.post
+        assert (await post(f"/{name}/add", json={"args": ["x", 1]})).status_code == 400
+        assert (await post(f"/{name}/nope", json={})).status_code == 404
+        assert (await post(f"/{name}/slow", json={"args": [5]})).status_code == 408
+        too_big = await post(f"/{name}/forward", json={"args": ["x" * 5000]})
+        assert too_big.status_code == 413
+        boom = await post(f"/{name}/boom", json={})
+        assert boom.status_code == 500 and "shadow" not in boom.text and error_of(boom)["id"]
+        assert (await post(f"/{name}x/forward", json={})).status_code == 503
+        assert (await post("/bad name/forward", json={})).status_code == 400
+        huge = await post(f"/{name}/forward", json={}, headers={"X-Junk": "j" * 20_000})
+        assert huge.status_code == 431
+        for response in (too_big, boom, huge):
+            error_of(response)
+        # 504: something takes the request and never answers.
+        async with connect(settings.url) as nc:
+            silent = f"{name}silent"
+            await nc.subscribe(f"actor.{silent}.*")
+            await nc.flush()
+            timed_out = await post(f"/{silent}/forward", json={})
+            assert (timed_out.status_code, error_of(timed_out)["code"]) == (504, 504)
+
+
+async def test_a_reply_that_does_not_verify_is_502(settings: Settings, name: str) -> None:
+    """An impostor answers in the actor's name with its own key: the gateway refuses the
+    reply rather than pass it on."""
+    impostor = Keypair.generate()
+    async with stack(settings, name) as s, connect(settings.url) as nc:
+        await s.open_to("public")
+        sub = await nc.subscribe(call_subject(name, "forward"))
+
+        async def answer() -> None:
+            async for msg in sub.messages:
+                nonce = (msg.headers or {}).get("Actor-Nonce", "")
+                await nc.publish(
+                    msg.reply, b'"pwned"', headers=sign_reply(impostor, nonce, 200, b'"pwned"')
+                )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer)
+            seen = set()
+            for _ in range(10):
+                response = await s.http.post(f"/{name}/forward", json={"args": ["real"]})
+                seen.add(response.status_code)
+                assert response.text != '"pwned"'
+            tg.cancel_scope.cancel()
+        assert 502 in seen
+
+
+async def test_slow_clients_get_408_and_do_not_hold_the_gateway(
+    settings: Settings, name: str
+) -> None:
+    async with stack(settings, name, gateway_read_timeout=0.5) as s:
+        await s.open_to("public")
+        host, port = s.gateway.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as slow:
+            # Promises 100 bytes of body, sends one, and waits (in a thread: the gateway
+            # runs on this test's event loop).
+            slow.sendall(
+                f"POST /{name}/forward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100\r\n\r\n{".encode()
+            )
+            slow.settimeout(5)
+            async with anyio.create_task_group() as tg:
+                answers: list[bytes] = []
+
+                async def wait() -> None:
+                    answers.append(await anyio.to_thread.run_sync(slow.recv, 4096))
+
+                tg.start_soon(wait)
+                started = time.monotonic()
+                fast = await s.http.post(f"/{name}/forward", json={"args": ["meanwhile"]})
+                assert fast.json() == "meanwhile" and time.monotonic() - started < 0.5
+        assert answers[0].startswith(b"HTTP/1.1 408")
+
+
+async def test_the_concurrency_cap_answers_503(settings: Settings, name: str) -> None:
+    async with stack(settings, name, gateway_max_concurrency=2) as s:
+        await s.open_to("public")
+        statuses: list[int] = []
+
+        async def slow() -> None:
+            statuses.append((await s.http.post(f"/{name}/slow", json={"args": [0.5]})).status_code)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(slow)
+        assert sorted(statuses) == [200, 200, 503, 503]
+
+
+async def test_cors_is_off_unless_configured(settings: Settings, name: str) -> None:
+    origin = {"Origin": "https://example.org"}
+    async with stack(settings, name) as s:
+        response = await s.http.get("/health", headers=origin)
+        assert "access-control-allow-origin" not in response.headers
+    async with stack(settings, name, gateway_cors="https://example.org") as s:
+        response = await s.http.get("/health", headers=origin)
+        assert response.headers["access-control-allow-origin"] == "https://example.org"
+
+
+async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: str) -> None:
+    async with stack(settings, name) as s:
+        document = (await s.http.get("/openapi.json")).json()
+        assert document["openapi"] == "3.1.0"
+        add = document["paths"][f"/{name}/add"]
+        kwargs = add["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert kwargs["properties"]["kwargs"]["properties"]["a"] == {"type": "integer"}
+        assert add["post"]["summary"] == "add(a: int, b: int, *, scale: int = 1) -> int"
+        assert {p["name"] for p in add["get"]["parameters"]} == {"a", "b", "scale"}
+        assert "429" in add["post"]["responses"]
+        # A new actor shows up as it comes.
+        other = f"{name}b"
+        async with serve(Probe(), name=other, settings=s.settings):
+            await anyio.sleep(2.1)  # the registry cache
+            assert f"/{other}/forward" in (await s.http.get("/openapi.json")).json()["paths"]
+        docs = await s.http.get("/docs")
+        assert docs.status_code == 200 and "swagger-ui" in docs.text
+        assert (await s.http.get("/health")).json() == {"status": "ok"}
+        await s.open_to("public")
+        await s.http.post(f"/{name}/forward", json={"args": ["x"]})
+        overview = (await s.http.get("/api/v0/actors")).json()["actors"]
+        probe = next(a for a in overview if a["name"] == name)
+        assert probe["replicas"][0]["calls"] >= 1 and "forward" in probe["fns"]
+
+
+def test_token_cli(settings: Settings) -> None:
+    from processes import actor_serve
+
+    env = {
+        "ACTOR_NATS_URL": settings.url,
+        "ACTOR_HOME": str(settings.home),
+        "ACTOR_POLICY": settings.policy,
+    }
+
+    def actor(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+        return result.exit_code, result.stdout
+
+    with actor_serve(settings.policy, env, target="actorbus.actors.policy:Policy"):
+        code, out = actor("token", "new", "ci", "--role", "user")
+        token = out.strip()
+        assert code == 0 and token.startswith("abt_")
+        code, out = actor("token", "ls", "--json")
+        assert [t["name"] for t in json.loads(out)] == ["ci"] and token not in out
+        assert actor("token", "revoke", "ci")[0] == 0
+        assert json.loads(actor("token", "ls", "--json")[1]) == []
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:httpx")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"
+)
+async def test_the_dashboard_in_a_browser(settings: Settings, name: str) -> None:
+    """A person opens the dashboard, sees the actor, calls it and reads the answer."""
+    from playwright.async_api import async_playwright
+
+    async with stack(settings, name) as s, async_playwright() as playwright:
+        await s.open_to("public")
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(s.gateway.url + "/")
+            row = page.locator(f'#actors tr[data-actor="{name}"]')
+            await row.wait_for(timeout=10_000)
+            assert "1" in await row.locator("td").nth(1).inner_text()  # one replica
+            await page.select_option("#actor", name)
+            await page.select_option("#fn", "forward")
+            await page.fill("#args", '["from the browser"]')
+            await page.click("#call")
+            result = page.locator("#result")
+            await result.filter(has_text="from the browser").wait_for(timeout=10_000)
+            assert (await page.locator("#status").inner_text()).startswith("200")
+            await page.select_option("#fn", "boom")
+            await page.fill("#args", "[]")
+            await page.click("#call")
+            await page.locator("#status").filter(has_text="500").wait_for(timeout=10_000)
+            assert "shadow" not in await result.inner_text()  # the error id, not the details
+        finally:
+            await browser.close()
