@@ -1,6 +1,9 @@
 """An example actor: ``actor up examples/echo.py:Echo`` then ``actor call echo/forward hi``."""
 
+from typing import Annotated
+
 import anyio
+from msgspec import Meta
 
 from actorbus import Actor
 
@@ -18,7 +21,7 @@ class Echo(Actor):
         """The sum of two numbers."""
         return a + b
 
-    async def sleep(self, seconds: float) -> float:
+    async def sleep(self, seconds: Annotated[float, Meta(ge=0)]) -> float:
         """Sleep, then return how long (for trying deadlines)."""
         await anyio.sleep(seconds)
         return seconds

@@ -191,6 +191,10 @@ async def test_each_status_arrives_one_to_one(settings: Settings, name: str) -> 
         await s.open_to("public")
         post = s.http.post
         assert (await post(f"/{name}/add", json={"args": ["x", 1]})).status_code == 400
+        # An error quoting non-Latin-1 input still fits in an HTTP header (escaped).
+        odd = await post(f"/{name}/add", json={"kwargs": {"\U0002378b": 1}})
+        assert odd.status_code == 400 and r"\U0002378b" in odd.headers["actor-error"]
+        assert "\U0002378b" in error_of(odd)["error"]
         assert (await post(f"/{name}/nope", json={})).status_code == 404
         assert (await post(f"/{name}/slow", json={"args": [5]})).status_code == 408
         too_big = await post(f"/{name}/forward", json={"args": ["x" * 5000]})

@@ -136,13 +136,23 @@ _BY_STATUS: dict[int, type[ActorError]] = {
 }
 
 
-def printable(text: str, limit: int) -> str:
+def printable(text: str, limit: int, *, ascii_only: bool = False) -> str:
     """``text`` as one printable line of at most ``limit`` characters (plus a trailing
-    ``…`` if cut): control characters, newlines and bidi overrides are escaped."""
+    ``…`` if cut): control characters, newlines and bidi overrides are escaped. With
+    ``ascii_only`` (a header value), every other non-ASCII character is escaped too and a
+    cut is marked ``...``."""
     head = text[: limit + 1]
-    if not head.isprintable():
-        head = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in head)
-    return head if len(head) <= limit and len(text) <= limit else head[:limit] + "…"
+    if not head.isprintable() or (ascii_only and not head.isascii()):
+        head = "".join(
+            c if c.isprintable() and (c.isascii() or not ascii_only) else _escape(c) for c in head
+        )
+    if len(head) <= limit and len(text) <= limit:
+        return head
+    return head[:limit] + ("..." if ascii_only else "…")
+
+
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def excerpt(text: str, limit: int = 48) -> str:

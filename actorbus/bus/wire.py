@@ -333,8 +333,8 @@ def sign_reply(
         H_SIGNATURE: key.sign(reply_signing_bytes(nonce, status, body)).hex(),
     }
     if error:
-        # One printable line; the full message is in the body.
-        headers[H_ERROR] = printable(" ".join(error.split()), ERROR_HEADER_LIMIT)
+        # One printable ASCII line; the full message is in the body.
+        headers[H_ERROR] = printable(" ".join(error.split()), ERROR_HEADER_LIMIT, ascii_only=True)
     if retry_after is not None:
         headers[H_RETRY_AFTER] = f"{max(retry_after, 0.001):.3f}"
     if content_type != JSON:

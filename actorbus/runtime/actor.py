@@ -193,7 +193,7 @@ class Function:
         self.is_async = inspect.iscoroutinefunction(target)
         signature = inspect.signature(method)
         try:
-            hints = typing.get_type_hints(target)
+            hints = typing.get_type_hints(target, include_extras=True)
         except Exception as exc:
             log.warning("%s: type hints not resolvable (%s); arguments are unchecked", name, exc)
             hints = {}
@@ -222,7 +222,12 @@ class Function:
         self.schema: dict[str, Any] = {
             "signature": _signature(name, signature, hints),
             "doc": inspect.getdoc(method) or "",
-            "params": {"type": "object", "properties": properties, "required": required},
+            "params": {
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": self.var_keyword is not None,
+            },
             "returns": _schema(hints.get("return", Any)),
             "idempotent": options.idempotent,
         }

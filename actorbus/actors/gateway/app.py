@@ -138,7 +138,12 @@ def build_app(gateway: Gateway) -> Starlette:
             return _refusal(exc.code, exc)
         except ActorError as exc:
             return _refusal(exc.status, exc)
-        passed = {k: v for k, v in reply.headers.items() if k.lower() in _REPLY_HEADERS}
+        # HTTP header values are Latin-1: anything else from an actor is escaped.
+        passed = {
+            k: printable(v, 512, ascii_only=True)
+            for k, v in reply.headers.items()
+            if k.lower() in _REPLY_HEADERS
+        }
         return Response(
             reply.body,
             status_code=reply.meta.status,

@@ -120,6 +120,19 @@ def _relocate(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
     return schema
 
 
+def _nullable_numbers(schema: Any) -> Any:
+    """``schema`` with every ``number`` also allowing ``null``: JSON has no Infinity or
+    NaN, so a float result that is one arrives as null (PROTOCOL.md, section 3)."""
+    if isinstance(schema, dict):
+        out = {k: _nullable_numbers(v) for k, v in schema.items()}
+        if out.get("type") == "number":
+            out["type"] = ["number", "null"]
+        return out
+    if isinstance(schema, list):
+        return [_nullable_numbers(item) for item in schema]
+    return schema
+
+
 def _scalar(schema: Any) -> bool:
     return isinstance(schema, dict) and schema.get("type") in (
         "string",
@@ -144,7 +157,7 @@ def openapi(schemas: dict[str, dict[str, Any]], version: str) -> dict[str, Any]:
         prefix = actor.replace(".", "_") + "_"
         for fn, schema in sorted(functions.items()):
             params = _relocate(schema.get("params", {}), prefix, defs)
-            returns = _relocate(schema.get("returns", {}), prefix, defs)
+            returns = _relocate(_nullable_numbers(schema.get("returns", {})), prefix, defs)
             doc = schema.get("doc", "")
             operation = {
                 "tags": [actor],
@@ -158,16 +171,23 @@ def openapi(schemas: dict[str, dict[str, Any]], version: str) -> dict[str, Any]:
                     **errors,
                 },
             }
+            # The keyword form, which a schema can state exactly; positional "args" are
+            # accepted too (the info description says so).
+            needs_body = bool(params.get("required"))
             body_schema = {
                 "type": "object",
-                "properties": {"args": {"type": "array"}, "kwargs": params},
+                "properties": {"kwargs": params},
+                "required": ["kwargs"] if needs_body else [],
                 "additionalProperties": False,
             }
             path: dict[str, Any] = {
                 "post": {
                     **operation,
                     "operationId": f"{actor}.{fn}",
-                    "requestBody": {"content": {"application/json": {"schema": body_schema}}},
+                    "requestBody": {
+                        "required": needs_body,
+                        "content": {"application/json": {"schema": body_schema}},
+                    },
                 }
             }
             properties = params.get("properties", {}) if isinstance(params, dict) else {}
