@@ -126,9 +126,11 @@ class Gateway(Actor):
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket other replicas may share (``SO_REUSEPORT`` where there is one)."""
+    """A listening socket other replicas may share (``SO_REUSEPORT`` where there is one).
+    Its protocol is named: asyncio sets TCP_NODELAY on accepted connections only when it
+    is, and without it every keep-alive response waits ~40 ms for a delayed ACK."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

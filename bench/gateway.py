@@ -1,0 +1,249 @@
+"""Calls/s and p99 of HTTP calls through the gateway against signed NATS calls to the same
+actor, in one run (target: the gateway at >= 0.5 of direct calls/s at concurrency 64).
+
+    python bench/gateway.py [--seconds 3] [--repeat 3] [--concurrency 1,16,64]
+
+Processes: an embedded nats-server, the policy actor, one replica of an echo actor and one
+gateway replica (each `actor serve`), and the load generator, started from this script as a
+process of its own so it does not share an event loop with anything it measures:
+
+(a) direct: actorbus ``Client`` calls over NATS (signs each request, verifies each reply);
+(b) http: ``POST /bench/echo`` to the gateway over keep-alive HTTP/1.1 connections, one per
+    caller, anonymous (the gateway signs as itself and verifies the reply);
+(c) token: the same with ``Authorization: Bearer`` (the gateway signs as the token's key).
+
+The public role may call the actor and the quota floor is raised, so no call is refused;
+every reply must be a 200 or the run stops. Every cell is bounded in time and count;
+figures are medians over --repeat runs. The machine is shared: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from actorbus import Actor, Client, Settings
+from actorbus.bus import EmbeddedServer
+
+HERE = Path(__file__).resolve()
+ACTOR = [sys.executable, "-m", "actorbus.cli", "--log-level", "WARNING"]
+MAX_CALLS_PER_CELL = 200_000
+BODY = b'{"args":["x"],"kwargs":{}}'
+
+
+class BenchEcho(Actor):
+    """The actor called both ways: return what was sent."""
+
+    name = "bench"
+
+    async def echo(self, message: str) -> str:
+        return message
+
+
+# -- the load generator, run as `python bench/gateway.py --load MODE TARGET CONC SECONDS` ----
+
+
+async def http_caller(
+    port: int, deadline: float, budget: list[int], latencies: list[float], token: str
+) -> None:
+    """One keep-alive HTTP/1.1 connection, one request at a time."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    request = (
+        f"POST /bench/echo HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+    try:
+        while time.perf_counter() < deadline and budget[0] > 0:
+            budget[0] -= 1
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head[9:12]
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            if status != b"200":
+                raise SystemExit(f"HTTP {status.decode()}: {body[:200]!r}")
+            latencies.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def nats_caller(
+    client: Client, deadline: float, budget: list[int], latencies: list[float]
+) -> None:
+    while time.perf_counter() < deadline and budget[0] > 0:
+        budget[0] -= 1
+        started = time.perf_counter()
+        await client.call("bench", "echo", "x")
+        latencies.append(time.perf_counter() - started)
+
+
+async def load(mode: str, target: str, concurrency: int, seconds: float, token: str) -> None:
+    latencies: list[float] = []
+    budget = [MAX_CALLS_PER_CELL]
+    client: Client | None = None
+    if mode == "direct":
+        client = await Client(settings=Settings(nats_url=target)).__aenter__()
+        await client.call("bench", "echo", "warm")
+    started = time.perf_counter()
+    deadline = started + seconds
+    if client is not None:
+        callers = [nats_caller(client, deadline, budget, latencies) for _ in range(concurrency)]
+    else:
+        port = int(target)
+        callers = [
+            http_caller(port, deadline, budget, latencies, token) for _ in range(concurrency)
+        ]
+    await asyncio.gather(*callers)
+    elapsed = time.perf_counter() - started
+    if client is not None:
+        await client.__aexit__(None, None, None)
+    print(json.dumps({"rate": len(latencies) / elapsed, "latencies": latencies}))
+
+
+def run_load(
+    mode: str, target: str, concurrency: int, seconds: float, env: dict[str, str], token: str
+) -> tuple[float, list[float]]:
+    command = [sys.executable, str(HERE), "--load", mode, target, str(concurrency), str(seconds)]
+    done = subprocess.run(
+        command,
+        env={**env, "BENCH_TOKEN": token},
+        capture_output=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"load {mode} failed: {done.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result["rate"], result["latencies"]
+
+
+# -- the set-up -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def serve(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*ACTOR, "serve", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+async def prepare(settings: Settings, port: int) -> str:
+    """Wait for the policy, actor and gateway; open the actor to the public, raise the
+    quota floor; returns a bearer token."""
+    async with Client(settings=settings) as admin:
+        for _ in range(300):
+            names = {e.name for e in await admin.entries()}
+            if {settings.policy, "bench", "gateway"} <= names:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise SystemExit(f"actors did not come up: {sorted(names)}")
+        await admin.call(settings.policy, "set_role", "public", ["bench/*"])
+        await admin.call(settings.policy, "set_config", floor=10_000_000)
+        token: str = (await admin.call(settings.policy, "issue_token", "bench", "user"))["token"]
+    for _ in range(100):  # the gateway sees policy changes through its watch
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /bench/echo?message=x HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            if head[9:12] == b"200":
+                return token
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("the gateway did not answer 200")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per cell (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        mode, target, concurrency, seconds = args.load
+        token = os.environ.get("BENCH_TOKEN", "") if mode == "token" else ""
+        asyncio.run(load(mode, target, int(concurrency), float(seconds), token))
+        return
+    levels = [int(c) for c in args.concurrency.split(",")]
+    home = Path(tempfile.mkdtemp(prefix="actorbus-bench-"))
+    port = free_port()
+    with EmbeddedServer(home / "nats") as server:
+        env = dict(
+            os.environ,
+            ACTOR_NATS_URL=server.url,
+            ACTOR_HOME=str(home),
+            ACTOR_GATEWAY_PORT=str(port),
+        )
+        settings = Settings(nats_url=server.url, home=home)
+        processes = [
+            serve(env, "actorbus.actors.policy:Policy", "--name", settings.policy),
+            serve(env, f"{HERE}:BenchEcho"),
+            serve(env, "actorbus.actors.gateway:Gateway"),
+        ]
+        try:
+            token = asyncio.run(prepare(settings, port))
+            targets = {"direct": server.url, "http": str(port), "token": str(port)}
+            results: dict[tuple[str, int], float] = {}
+            print(f"{'mode':7} {'conc':>5} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+            for concurrency in levels:
+                for mode, target in targets.items():
+                    run_load(mode, target, 4, 0.3, env, token)  # warm up
+                    runs = [
+                        run_load(mode, target, concurrency, args.seconds, env, token)
+                        for _ in range(args.repeat)
+                    ]
+                    rate = statistics.median(r for r, _ in runs)
+                    p50 = statistics.median(percentile(lat, 0.50) for _, lat in runs) * 1e3
+                    p99 = statistics.median(percentile(lat, 0.99) for _, lat in runs) * 1e3
+                    results[mode, concurrency] = rate
+                    print(f"{mode:7} {concurrency:5} {rate:9.0f} {p50:8.2f} {p99:8.2f}", flush=True)
+            print()
+            for concurrency in levels:
+                direct = results["direct", concurrency]
+                print(
+                    f"concurrency {concurrency:3}: http/direct = "
+                    f"{results['http', concurrency] / direct:.2f}   token/direct = "
+                    f"{results['token', concurrency] / direct:.2f}"
+                )
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(30)
+
+
+if __name__ == "__main__":
+    main()
