@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -208,6 +209,32 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
             timeout=30,
         )
         assert (ran.returncode, ran.stdout.strip()) == (0, "hi 3.0"), ran.stderr
+        # The gateway on 8080: discovery only for the public until the README's role change.
+        up.wait_for("gateway[0] ready: pid")
+        gateway = "http://127.0.0.1:8080"
+        assert httpx.get(f"{gateway}/echo/add?a=1&b=2.5", timeout=10).status_code == 403
+        result = CliRunner().invoke(
+            main,
+            ["policy", "role", "set", "public", "--allow", "echo/*"],
+            env=dict(env, NATS_URL="", ACTOR_NATS_URL=""),
+        )
+        assert result.exit_code == 0, result.output
+        for _ in range(50):  # the policy change reaches the gateway's replica through a watch
+            answer = httpx.get(f"{gateway}/echo/add?a=1&b=2.5", timeout=10)
+            if answer.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert answer.json() == 3.5
+        snippet = re.search(r"## The HTTP gateway.*?```python\n(.*?)```", readme, re.S)
+        assert snippet
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet.group(1)],
+            env=dict(clean, **env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (ran.returncode, ran.stdout.strip()) == (0, "signed by me"), ran.stderr
     finally:
         assert up.stop() == 0
     # Ctrl-C reached only the supervisor: the replicas drained against a live server

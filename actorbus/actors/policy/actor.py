@@ -1,0 +1,176 @@
+"""The policy actor: admins, roles with allow/deny patterns, stakes, the quota config,
+decisions and the audit log; tokens and forwarders (:mod:`.credentials`) and quota leases
+(:mod:`.quotas`) are its other parts, all written through :mod:`.store`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+
+from ...bus import BadRequest, NotFound
+from ...runtime.audit import read_audit
+from ...runtime.policy import PUBLIC, Decision, PolicyConfig, Role
+from .credentials import Credentials
+from .quotas import Quotas
+from .store import check_address, check_role, encode
+
+__all__ = ["Policy"]
+
+
+class Policy(Credentials, Quotas):
+    """Admins, roles with allow/deny patterns, stakes and rate quotas."""
+
+    name = "policy"
+    # Anyone may ask about themselves and hosts must reach the lease calls; the handlers
+    # check further (admin, own key, registered actor).
+    allow_fns = frozenset({"decide", "lease", "release", "user2role"})
+    quotas = False
+
+    # -- admins and users --------------------------------------------------------------
+
+    async def add_admin(self, key: str) -> list[str]:
+        """Make ``key`` an admin; returns the admins."""
+        await self._change("add_admin", "admin." + check_address(key), b"1", key=key)
+        return sorted(self.state.admins)
+
+    async def rm_admin(self, key: str) -> list[str]:
+        """Remove admin ``key`` (never the last one); returns the admins."""
+        self._require_admin()
+        if key not in self.state.admins:
+            raise NotFound(f"{key} is not an admin")
+        if self.state.admins == {key}:
+            raise BadRequest("cannot remove the last admin")
+        await self._change("rm_admin", "admin." + key, None, key=key)
+        return sorted(self.state.admins)
+
+    async def admins(self) -> list[str]:
+        self._require_admin()
+        return sorted(self.state.admins)
+
+    async def add_user(self, key: str, role: str = "user") -> dict[str, str]:
+        """Give ``key`` the role ``role``; returns ``{key: role}``."""
+        await self._change(
+            "add_user", "user." + check_address(key), encode(check_role(role)), key=key, role=role
+        )
+        return {key: role}
+
+    async def rm_user(self, key: str) -> None:
+        """Forget ``key``'s role (it becomes ``public``)."""
+        if key not in self.state.users:
+            self._require_admin()
+            raise NotFound(f"{key} has no role")
+        await self._change("rm_user", "user." + key, None, key=key)
+
+    async def users(self) -> dict[str, str]:
+        """Every key with a role."""
+        self._require_admin()
+        return dict(sorted(self.state.users.items()))
+
+    async def user2role(self, key: str | None = None) -> str:
+        """The role of ``key`` (default: the caller; others' roles are for admins)."""
+        caller = self._caller()
+        key = key or caller
+        if key != caller:
+            self._require_admin()
+        return self.state.role_of(key)
+
+    async def role2users(self, role: str) -> list[str]:
+        self._require_admin()
+        return sorted(k for k, r in self.state.users.items() if r == role)
+
+    # -- roles, stakes, config ---------------------------------------------------------
+
+    async def set_role(
+        self,
+        role: str,
+        allow: list[str] | None = None,
+        deny: list[str] | None = None,
+        stake2rate: float = 1.0,
+    ) -> dict[str, Any]:
+        """Define ``role``: ``actor/fn`` patterns it may (allow) and may not (deny) call, and
+        the stake per call/minute (``stake2rate``)."""
+        if not stake2rate > 0:
+            raise BadRequest("stake2rate must be positive")
+        rules = Role(allow=list(allow or []), deny=list(deny or []), stake2rate=stake2rate)
+        for pattern in (*rules.allow, *rules.deny):
+            if "/" not in pattern:
+                raise BadRequest(f"pattern {pattern!r} is not ACTOR/FN (wildcards: *)")
+        await self._change(
+            "set_role",
+            "role." + check_role(role),
+            encode(rules),
+            role=role,
+            **msgspec.to_builtins(rules),
+        )
+        return {role: msgspec.to_builtins(rules)}
+
+    async def rm_role(self, role: str) -> None:
+        if role not in self.state.roles:
+            self._require_admin()
+            raise NotFound(f"no role {role!r}")
+        await self._change("rm_role", "role." + role, None, role=role)
+
+    async def roles(self) -> dict[str, Any]:
+        """Every defined role (``public`` applies to keys without one)."""
+        self._require_admin()
+        roles = dict(self.state.roles)
+        roles.setdefault(PUBLIC, Role())
+        return {name: msgspec.to_builtins(r) for name, r in sorted(roles.items())}
+
+    async def set_stake(self, key: str, amount: float) -> dict[str, float]:
+        if not (amount >= 0 and math.isfinite(amount)):
+            raise BadRequest("a stake is a finite number >= 0")
+        await self._change(
+            "set_stake", "stake." + check_address(key), encode(amount), key=key, amount=amount
+        )
+        return {key: amount}
+
+    async def stakes(self) -> dict[str, float]:
+        self._require_admin()
+        return dict(sorted(self.state.stakes.items()))
+
+    async def config(self) -> dict[str, Any]:
+        """The quota window (seconds), the rate floor (calls/min) and the local-key exemption."""
+        self._require_admin()
+        return msgspec.to_builtins(self.state.config)  # type: ignore[no-any-return]
+
+    async def set_config(
+        self,
+        window: float | None = None,
+        floor: float | None = None,
+        local_exempt: bool | None = None,
+    ) -> dict[str, Any]:
+        """Quota window (seconds), the rate floor (calls/min) and the local-key exemption."""
+        current = self.state.config
+        config = PolicyConfig(
+            window=current.window if window is None else window,
+            floor=current.floor if floor is None else floor,
+            local_exempt=current.local_exempt if local_exempt is None else local_exempt,
+        )
+        if not config.window > 0 or not config.floor >= 0:
+            raise BadRequest("window must be > 0 and floor >= 0")
+        await self._change("set_config", "config", encode(config), **msgspec.to_builtins(config))
+        return msgspec.to_builtins(config)  # type: ignore[no-any-return]
+
+    # -- decisions and the audit log ---------------------------------------------------
+
+    async def decide(self, key: str, actor: str, fn: str) -> dict[str, Any]:
+        """Whether ``key`` may call ``actor/fn`` and why (others' decisions are for admins)."""
+        if key != self._caller():
+            self._require_admin()
+        allow: frozenset[str] = frozenset()
+        deny: frozenset[str] = frozenset()
+        entries = await self.client.entries(actor)
+        if entries:
+            allow, deny = frozenset(entries[0].allow_fns), frozenset(entries[0].deny_fns)
+        decision: Decision = self.state.decide(check_address(key), actor, fn, allow, deny)
+        return msgspec.to_builtins(decision)  # type: ignore[no-any-return]
+
+    async def log(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The last ``limit`` admin actions, oldest first: this policy's changes and node
+        control (each record's ``source`` says which actor recorded it)."""
+        self._require_admin()
+        own = self.name or "policy"
+        return await read_audit(self.nc, limit, lambda s: s == own or s.startswith("node."))
