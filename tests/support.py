@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from actorbus import Actor, Call, endpoint
+from actorbus import Actor, Call, Forbidden, endpoint
 from actorbus.bus import NATS, Keypair, Msg, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
 from actorbus.runtime import current_call
@@ -173,3 +173,17 @@ async def srv_stats(nc: NATS, name: str) -> dict[str, Any]:
     """``$SRV.STATS`` of the (only) replica of ``name``, by endpoint name."""
     reply = await nc.request(f"$SRV.STATS.{name}", b"", timeout=2)
     return {e["name"]: e for e in msgspec.json.decode(reply.data)["endpoints"]}
+
+
+async def eventually(check: Any, timeout: float = 3.0) -> float:
+    """Seconds until the coroutine function ``check`` stops failing (an assertion, or a 403
+    while a policy change travels); fails after ``timeout``."""
+    started = time.monotonic()
+    while True:
+        try:
+            await check()
+            return time.monotonic() - started
+        except (AssertionError, Forbidden):
+            if time.monotonic() - started > timeout:
+                raise
+            await anyio.sleep(0.01)

@@ -102,7 +102,10 @@ def test_ls_and_info(env: dict[str, str], echo: str) -> None:
     assert "forward(message: str = 'hello') -> str  Return ``message`` unchanged." in out
     assert "add(a: float, b: float) -> float  The sum of two numbers." in out
     code, out, _ = actor(env, "info", echo, "--json")
-    assert json.loads(out)["functions"]["sleep"]["signature"] == "sleep(seconds: float) -> float"
+    assert (
+        json.loads(out)["functions"]["sleep"]["signature"]
+        == "sleep(seconds: float (ge=0)) -> float"
+    )
     code, out, _ = actor(env, "ls")
     assert echo in out and entries[0]["node"] in out
     code, _, _err = actor(env, "info", "nobody-home")

@@ -16,9 +16,9 @@ import httpx
 import msgspec
 import pytest
 from click.testing import CliRunner
-from support import Probe
+from support import Probe, eventually
 
-from actorbus import Client, Keypair, Settings, serve
+from actorbus import Actor, Client, Keypair, Settings, serve
 from actorbus.actors.gateway import Gateway
 from actorbus.actors.policy import Policy
 from actorbus.bus import connect, sign_reply, sign_request, verify_reply
@@ -26,36 +26,62 @@ from actorbus.bus.subjects import call_subject
 from actorbus.cli import main
 
 
+def _policy_of(actor: Actor) -> tuple[Any, ...]:
+    view = actor.__actorbus_policy__
+    assert view is not None
+    state = view.state
+    return (
+        state.admins,
+        state.users,
+        state.roles,
+        state.stakes,
+        state.tokens,
+        state.forwarders,
+        state.config,
+    )
+
+
 class Stack:
     """A policy, a probe actor and a gateway, served in this process."""
 
-    def __init__(self, settings: Settings, name: str, gateway: Gateway, admin: Client) -> None:
+    def __init__(
+        self, settings: Settings, name: str, actors: tuple[Policy, Probe, Gateway], admin: Client
+    ) -> None:
         self.settings = settings
         self.name = name
-        self.gateway = gateway
+        self.actors = actors
+        self.gateway = actors[2]
         self.admin = admin
-        self.http = httpx.AsyncClient(base_url=gateway.url, timeout=15)
+        self.http = httpx.AsyncClient(base_url=self.gateway.url, timeout=15)
 
     async def policy(self, fn: str, *args: Any) -> Any:
-        return await self.admin.call(self.settings.policy, fn, *args)
+        """Call the policy actor, then wait until the probe and the gateway (which follow
+        its bucket through a watch) have the change."""
+        result = await self.admin.call(self.settings.policy, fn, *args)
+        policy, *others = self.actors
+
+        async def settled() -> None:
+            assert all(_policy_of(actor) == _policy_of(policy) for actor in others)
+
+        await eventually(settled)
+        return result
 
     async def open_to(self, role: str) -> None:
-        """Let ``role`` call the probe, and wait until the gateway's actor sees it."""
+        """Let ``role`` call the probe."""
         await self.policy("set_role", role, [f"{self.name}/*"])
-        await anyio.sleep(0.2)
 
 
 @asynccontextmanager
 async def stack(settings: Settings, name: str, **changes: Any) -> AsyncIterator[Stack]:
     here = msgspec.structs.replace(settings, gateway_port=0, **changes)
-    gateway = Gateway()
+    actors = (Policy(), Probe(), Gateway())
     async with (
-        serve(Policy(), name=here.policy, settings=here),
-        serve(Probe(), name=name, settings=here),
-        serve(gateway, settings=here),
+        serve(actors[0], name=here.policy, settings=here),
+        serve(actors[1], name=name, settings=here),
+        serve(actors[2], settings=here),
         Client(settings=here) as admin,
     ):
-        result = Stack(here, name, gateway, admin)
+        result = Stack(here, name, actors, admin)
         async with result.http:
             yield result
 
@@ -141,7 +167,6 @@ async def test_a_token_has_its_own_quota(settings: Settings, name: str) -> None:
         issued = await s.policy("issue_token", "metered", "user")
         await s.policy("set_config", None, 0.0)
         await s.policy("set_stake", issued["address"], 2)  # one call a 30 s window
-        await anyio.sleep(0.2)
         auth = {"Authorization": f"Bearer {issued['token']}"}
         statuses = []
         for _ in range(3):
@@ -169,7 +194,6 @@ async def test_commune_bodies_call_as_their_signer(settings: Settings, name: str
             refused.status_code == 403 and "not a trusted forwarder" in error_of(refused)["error"]
         )
         await s.policy("add_forwarder", s.gateway.address)
-        await anyio.sleep(0.2)
         response = await s.http.post(f"/{name}/whoami", json=commune_body(caller, []))
         assert response.json() == {"caller": caller.address, "forwarder": s.gateway.address}
         wrapped = await s.http.post(f"/{name}/forward", json=commune_body(caller, ["w"], wrap=True))

@@ -14,6 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
+from support import eventually
 
 from actorbus import Client, Settings, serve
 from actorbus.actors.gateway import Gateway
@@ -69,6 +70,11 @@ async def test_generated_requests_get_documented_answers(settings: Settings, nam
         await admin.call(here.policy, "set_role", "public", [f"{name}/*"])
         await admin.call(here.policy, "set_config", floor=100_000)
         async with httpx.AsyncClient(base_url=gateway.url) as http:
+
+            async def opened() -> None:  # the policy change has reached the actor
+                assert (await http.get(f"/{name}/forward")).status_code == 200
+
+            await eventually(opened, timeout=10)
             document = (await http.get("/openapi.json")).json()
         assert f"/{name}/sleep" in document["paths"]
         statuses = await anyio.to_thread.run_sync(fuzz, gateway.url, document, f"^/{name}/", 150)

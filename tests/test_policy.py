@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 from processes import actor_serve
-from support import Probe
+from support import Probe, eventually
 
 from actorbus import (
     BadRequest,
@@ -26,19 +26,6 @@ from actorbus import (
 from actorbus.actors.policy import Policy
 from actorbus.bus import EmbeddedServer
 from actorbus.cli import EXIT_CODES, main
-
-
-async def eventually(check: object, timeout: float = 3.0) -> float:
-    """Seconds until the coroutine function ``check`` stops raising; fails after ``timeout``."""
-    started = time.monotonic()
-    while True:
-        try:
-            await check()  # type: ignore[operator]
-            return time.monotonic() - started
-        except (AssertionError, Forbidden):
-            if time.monotonic() - started > timeout:
-                raise
-            await anyio.sleep(0.01)
 
 
 async def test_roles_allow_deny_and_the_whitelist(settings: Settings, name: str) -> None:

@@ -268,7 +268,20 @@ class Function:
         return bound_args, bound_kwargs
 
 
+_CONSTRAINTS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length")
+
+
 def _type_name(type_: Any) -> str:
+    if typing.get_origin(type_) is typing.Annotated:  # float with Meta(ge=0): "float (ge=0)"
+        base, *extras = typing.get_args(type_)
+        limits = [
+            f"{name}={value!r}"
+            for meta in extras
+            if isinstance(meta, msgspec.Meta)
+            for name in _CONSTRAINTS
+            if (value := getattr(meta, name)) is not None
+        ]
+        return _type_name(base) + (f" ({', '.join(limits)})" if limits else "")
     if type_ is type(None):
         return "None"
     if isinstance(type_, type):
