@@ -3,9 +3,10 @@ actor, in one run (target: the gateway at >= 0.5 of direct calls/s at concurrenc
 
     python bench/gateway.py [--seconds 3] [--repeat 3] [--concurrency 1,16,64]
 
-Processes: an embedded nats-server, the policy actor, one replica of an echo actor and one
-gateway replica (each `actor serve`), and the load generator, started from this script as a
-process of its own so it does not share an event loop with anything it measures:
+Processes: an embedded nats-server, the policy actor, one replica of the echo actor of
+bench/calls.py and one gateway replica (each `actor serve`), and the load generator,
+started from this script as a process of its own so it shares no event loop with anything
+it measures:
 
 (a) direct: actorbus ``Client`` calls over NATS (signs each request, verifies each reply);
 (b) http: ``POST /bench/echo`` to the gateway over keep-alive HTTP/1.1 connections, one per
@@ -32,22 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actorbus import Actor, Client, Settings
+from calls import BenchEcho, percentile  # the same echo actor as bench/calls.py
+
+from actorbus import Client, Settings
 from actorbus.bus import EmbeddedServer
 
 HERE = Path(__file__).resolve()
 ACTOR = [sys.executable, "-m", "actorbus.cli", "--log-level", "WARNING"]
 MAX_CALLS_PER_CELL = 200_000
 BODY = b'{"args":["x"],"kwargs":{}}'
-
-
-class BenchEcho(Actor):
-    """The actor called both ways: return what was sent."""
-
-    name = "bench"
-
-    async def echo(self, message: str) -> str:
-        return message
 
 
 # -- the load generator, run as `python bench/gateway.py --load MODE TARGET CONC SECONDS` ----
@@ -180,11 +174,6 @@ async def prepare(settings: Settings, port: int) -> str:
     raise SystemExit("the gateway did not answer 200")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per cell (default 3)")
@@ -210,7 +199,7 @@ def main() -> None:
         settings = Settings(nats_url=server.url, home=home)
         processes = [
             serve(env, "actorbus.actors.policy:Policy", "--name", settings.policy),
-            serve(env, f"{HERE}:BenchEcho"),
+            serve(env, f"{HERE.parent / 'calls.py'}:{BenchEcho.__name__}"),
             serve(env, "actorbus.actors.gateway:Gateway"),
         ]
         try:

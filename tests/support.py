@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import msgspec
 
 from actorbus import Actor, Call, Forbidden, endpoint
-from actorbus.bus import NATS, Keypair, Msg, sign_request, verify_reply
+from actorbus.bus import NATS, Keypair, Msg, sign_reply, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
 from actorbus.runtime import current_call
 
@@ -187,3 +189,24 @@ async def eventually(check: Any, timeout: float = 3.0) -> float:
             if time.monotonic() - started > timeout:
                 raise
             await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def impostor(nc: NATS, name: str, fn: str) -> AsyncIterator[Keypair]:
+    """Something on the bus answering every call of ``name/fn`` in the actor's name: a
+    well-signed ``"pwned"`` from a key of its own (yielded), racing the real replicas."""
+    key = Keypair.generate()
+    sub = await nc.subscribe(call_subject(name, fn))
+
+    async def answer() -> None:
+        async for msg in sub.messages:
+            nonce = (msg.headers or {}).get("Actor-Nonce", "")
+            await nc.publish(msg.reply, b'"pwned"', headers=sign_reply(key, nonce, 200, b'"pwned"'))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(answer)
+        try:
+            yield key
+        finally:
+            tg.cancel_scope.cancel()
+            await sub.unsubscribe()

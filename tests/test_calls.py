@@ -7,7 +7,7 @@ import time
 import anyio
 import msgspec
 import pytest
-from support import Probe, body, raw
+from support import Probe, body, impostor, raw
 
 from actorbus import (
     BadReply,
@@ -22,7 +22,7 @@ from actorbus import (
     Unavailable,
     serve,
 )
-from actorbus.bus import MSGPACK, Keypair, Keystore, connect, public_key_to_address, sign_reply
+from actorbus.bus import MSGPACK, Keypair, Keystore, connect, public_key_to_address
 from actorbus.bus.subjects import call_subject
 from actorbus.bus.wire import request_signing_bytes
 
@@ -329,40 +329,23 @@ async def test_no_replica_is_503(settings: Settings, name: str) -> None:
 
 async def test_a_reply_from_an_impostor_is_refused(settings: Settings, name: str) -> None:
     """Someone on the bus answers in the actor's name with their own key: BadReply."""
-    impostor = Keypair.generate()
-    async with connect(settings.url) as nc:
-        # A real replica registers the name, so the client knows the real address.
-        async with serve(Probe(), name=name, settings=settings):
-            pass
-        sub = await nc.subscribe(call_subject(name, "forward"))
-
-        async def answer() -> None:
-            async for msg in sub.messages:
-                nonce = (msg.headers or {}).get("Actor-Nonce", "")
-                await nc.publish(
-                    msg.reply, b'"pwned"', headers=sign_reply(impostor, nonce, 200, b'"pwned"')
-                )
-
-        async with (
-            anyio.create_task_group() as tg,
-            serve(Probe(), name=name, settings=settings) as real,
-        ):
-            await sub.unsubscribe()
-            sub = await nc.subscribe(call_subject(name, "forward"))
-            tg.start_soon(answer)
-            async with Client(settings=settings) as client:
-                outcomes = set()
-                for _ in range(12):
-                    try:
-                        outcomes.add(await client.call(name, "forward", "hi"))
-                    except BadReply as exc:
-                        assert "not a registered key" in exc.message
-                        outcomes.add("refused")
-                # Never the forged result; the impostor answers every call, usually first.
-                assert "pwned" not in outcomes and "refused" in outcomes, outcomes
-                assert outcomes <= {"hi", "refused"}
-            assert real.address != impostor.address
-            tg.cancel_scope.cancel()
+    async with (
+        connect(settings.url) as nc,
+        serve(Probe(), name=name, settings=settings) as real,
+        impostor(nc, name, "forward") as forger,
+        Client(settings=settings) as client,
+    ):
+        outcomes = set()
+        for _ in range(12):
+            try:
+                outcomes.add(await client.call(name, "forward", "hi"))
+            except BadReply as exc:
+                assert "not a registered key" in exc.message
+                outcomes.add("refused")
+        # Never the forged result; the impostor answers every call, usually first.
+        assert "pwned" not in outcomes and "refused" in outcomes, outcomes
+        assert outcomes <= {"hi", "refused"}
+        assert real.address != forger.address
 
 
 async def test_two_replicas_share_the_load(settings: Settings, name: str) -> None:

@@ -185,6 +185,22 @@ def test_up_refuses_a_bad_target(env: dict[str, str]) -> None:
     assert "no such file" in err
 
 
+def readme_python(section: str, env: dict[str, str]) -> str:
+    """Run the first Python block of README's ``## <section>`` as written; its output."""
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(rf"## {section}\n.*?```python\n(.*?)```", readme, re.S)
+    assert snippet, section
+    ran = subprocess.run(
+        [sys.executable, "-c", snippet.group(1)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.strip()
+
+
 def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
     """README's first command with no NATS configured: `actor up` brings its own server."""
     env = {"ACTOR_HOME": str(tmp_path / "home")}
@@ -201,17 +217,7 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
         )
         assert (result.exit_code, json.loads(result.stdout)) == (0, "hi")
         # The README's Python quickstart, as written.
-        readme = (ROOT / "README.md").read_text()
-        snippet = re.search(r"## Quickstart.*?```python\n(.*?)```", readme, re.S)
-        assert snippet
-        ran = subprocess.run(
-            [sys.executable, "-c", snippet.group(1)],
-            env=dict(clean, **env),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert (ran.returncode, ran.stdout.strip()) == (0, "hi 3.0"), ran.stderr
+        assert readme_python("Quickstart", dict(clean, **env)) == "hi 3.0"
         # The gateway on 8080: discovery only for the public until the README's role change.
         up.wait_for("gateway[0] ready: pid")
         gateway = "http://127.0.0.1:8080"
@@ -228,16 +234,7 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert answer.json() == 3.5
-        snippet = re.search(r"## The HTTP gateway.*?```python\n(.*?)```", readme, re.S)
-        assert snippet
-        ran = subprocess.run(
-            [sys.executable, "-c", snippet.group(1)],
-            env=dict(clean, **env),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert (ran.returncode, ran.stdout.strip()) == (0, "signed by me"), ran.stderr
+        assert readme_python("The HTTP gateway", dict(clean, **env)) == "signed by me"
     finally:
         assert up.stop() == 0
     # Ctrl-C reached only the supervisor: the replicas drained against a live server

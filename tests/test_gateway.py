@@ -16,12 +16,12 @@ import httpx
 import msgspec
 import pytest
 from click.testing import CliRunner
-from support import Probe, eventually
+from support import Probe, eventually, impostor
 
 from actorbus import Actor, Client, Keypair, Settings, serve
 from actorbus.actors.gateway import Gateway
 from actorbus.actors.policy import Policy
-from actorbus.bus import connect, sign_reply, sign_request, verify_reply
+from actorbus.bus import connect, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
 from actorbus.cli import main
 
@@ -243,26 +243,14 @@ async def test_each_status_arrives_one_to_one(settings: Settings, name: str) -> 
 async def test_a_reply_that_does_not_verify_is_502(settings: Settings, name: str) -> None:
     """An impostor answers in the actor's name with its own key: the gateway refuses the
     reply rather than pass it on."""
-    impostor = Keypair.generate()
     async with stack(settings, name) as s, connect(settings.url) as nc:
         await s.open_to("public")
-        sub = await nc.subscribe(call_subject(name, "forward"))
-
-        async def answer() -> None:
-            async for msg in sub.messages:
-                nonce = (msg.headers or {}).get("Actor-Nonce", "")
-                await nc.publish(
-                    msg.reply, b'"pwned"', headers=sign_reply(impostor, nonce, 200, b'"pwned"')
-                )
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(answer)
-            seen = set()
+        seen = set()
+        async with impostor(nc, name, "forward"):
             for _ in range(10):
                 response = await s.http.post(f"/{name}/forward", json={"args": ["real"]})
                 seen.add(response.status_code)
                 assert response.text != '"pwned"'
-            tg.cancel_scope.cancel()
         assert 502 in seen
 
 
