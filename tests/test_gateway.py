@@ -114,6 +114,7 @@ async def test_a_signed_call_passes_through_untouched(settings: Settings, name: 
     and the caller can verify the actor's answer itself."""
     async with stack(settings, name) as s:
         await s.open_to("public")
+        await s.policy("add_forwarder", s.gateway.address)  # trusted, and still no forger
         caller = Keypair.generate()
         body = b'{"args":["signed"]}'
         headers = sign_request(caller, call_subject(name, "forward"), body)
@@ -140,6 +141,31 @@ async def test_a_signed_call_passes_through_untouched(settings: Settings, name: 
         assert moved.status_code == 401
         get = await s.http.get(f"/{name}/forward", headers=fresh)
         assert get.status_code == 400  # a signed call is a POST of what was signed
+        # A web caller cannot borrow the gateway's trust to speak for someone else.
+        admin = s.admin.key.address
+        posing = sign_request(caller, call_subject(name, "whoami"), b"{}", on_behalf=admin)
+        refused = await s.http.post(f"/{name}/whoami", content=b"{}", headers=posing)
+        assert refused.status_code == 403 and "not a trusted forwarder" in refused.text
+
+
+async def test_key_sign_makes_headers_for_curl(settings: Settings, name: str) -> None:
+    """`actor key sign NAME/FN BODY --curl`, as README shows it with curl's -d (which
+    sends a form Content-Type: the gateway takes anything but MessagePack as JSON)."""
+    async with stack(settings, name) as s:
+        body = '{"args": ["from curl"]}'
+        env = {"ACTOR_HOME": str(settings.home)}
+        signed = CliRunner().invoke(
+            main, ["key", "sign", f"{name}/forward", body, "--curl"], env=env
+        )
+        assert signed.exit_code == 0, signed.output
+        headers = dict(o.removeprefix("-H").split(":", 1) for o in signed.stdout.split())
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        response = await s.http.post(f"/{name}/forward", content=body, headers=headers | form)
+        assert (response.status_code, response.json()) == (200, "from curl")
+        again = CliRunner().invoke(main, ["key", "sign", f"{name}/forward", body], env=env)
+        fresh = json.loads(again.stdout)
+        altered = await s.http.post(f"/{name}/forward", content=body.upper(), headers=fresh)
+        assert altered.status_code == 401
 
 
 async def test_bearer_tokens(settings: Settings, name: str) -> None:

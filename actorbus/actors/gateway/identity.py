@@ -26,12 +26,22 @@ import msgspec
 
 from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
 from ...bus.subjects import call_subject
-from ...bus.wire import H_CONTENT_TYPE, H_KEY, H_NONCE, H_ON_BEHALF, H_SIGNATURE, H_TIME, H_TIMEOUT
+from ...bus.wire import (
+    H_CONTENT_TYPE,
+    H_KEY,
+    H_NONCE,
+    H_ON_BEHALF,
+    H_SIGNATURE,
+    H_TIME,
+    H_TIMEOUT,
+    JSON,
+    MSGPACK,
+)
 from ...runtime.policy import PolicyState
 
 __all__ = ["Identities", "Outgoing"]
 
-_SIGNED = (H_KEY, H_TIME, H_NONCE, H_SIGNATURE, H_TIMEOUT, H_ON_BEHALF, H_CONTENT_TYPE)
+_SIGNED = (H_KEY, H_TIME, H_NONCE, H_SIGNATURE, H_TIMEOUT, H_ON_BEHALF)
 _KEY_CACHE = 4096
 _SEEN_LIMIT = 100_000
 
@@ -66,12 +76,15 @@ class Identities:
         names) and ``body``; raises :class:`Unauthorized` for a bad token or commune
         signature, :class:`BadRequest` for a malformed commune body."""
         subject = call_subject(name, fn)
+        # MessagePack when the request says so; anything else (curl's form type, a
+        # charset parameter) is taken as JSON, in every mode.
+        msgpack = headers.get("content-type", "").startswith(MSGPACK)
+        wire_type = MSGPACK if msgpack else JSON
         if "actor-signature" in headers or "actor-key" in headers:
             forwarded = {h: headers[h.lower()] for h in _SIGNED if h.lower() in headers}
+            if msgpack:
+                forwarded[H_CONTENT_TYPE] = MSGPACK
             return Outgoing("end-to-end", body, forwarded)
-        content_type = headers.get("content-type", "")
-        msgpack = content_type.startswith("application/msgpack")
-        wire_type = "application/msgpack" if msgpack else "application/json"
         authorization = headers.get("authorization", "")
         if authorization:
             scheme, _, token = authorization.partition(" ")
@@ -86,7 +99,7 @@ class Identities:
         on_behalf = ""
         if not msgpack and body[:1] == b"{" and b'"signature"' in body and b'"data"' in body:
             body, on_behalf = self._commune(body)
-            wire_type = "application/json"
+            wire_type = JSON
         signed = sign_request(
             self.key, subject, body, content_type=wire_type, timeout=timeout, on_behalf=on_behalf
         )
