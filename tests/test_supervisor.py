@@ -354,6 +354,7 @@ async def test_gateway_replicas_share_a_port_and_outlive_a_kill(nodes: Any, name
     node = await nodes()
     await up(node, PROBE, "--name", name, "--no-gateway")
     await node.actor("policy", "role", "set", "public", "--allow", f"{name}/*")
+    await node.actor("policy", "config", "--floor", "100000")  # all callers share one key
     await node.actor("gateway", "--port", str(port), "--replicas", "2", "-d")
     gateways = {r["replica"]: r for r in await node.ps() if r["actor"] == "gateway"}
     assert [g["state"] for g in gateways.values()] == ["running", "running"]  # one port
@@ -382,9 +383,10 @@ async def test_gateway_replicas_share_a_port_and_outlive_a_kill(nodes: Any, name
                 await anyio.sleep(0.1)
         for _ in range(20):
             await call()
-    # Only the first few may fail: connections the kernel handed the killed listener in the
-    # moment before its socket was closed (one, when this was written).
-    assert statuses[10:].count(200) == 50 and statuses.count(200) >= 55, statuses
+    # Right after the kill a few may fail: connections the kernel handed the killed
+    # listener before its socket was closed. Once it is back, every call is answered.
+    failed = [(i, status) for i, status in enumerate(statuses) if status != 200]
+    assert statuses[:40].count(200) >= 30 and statuses[40:].count(200) == 20, failed
     assert rows[1]["pid"] == gateways[1]["pid"]
 
 
