@@ -81,6 +81,28 @@ class Bucket:
             with anyio.CancelScope(shield=True):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        """``(value, revision)`` of ``key``, or ``None`` if it has none."""
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"get {self.name}/{key}: {exc}") from exc
+        return entry.value or b"", entry.revision or 0
+
+    async def update(self, key: str, value: bytes, revision: int) -> int | None:
+        """Store ``value`` if ``key`` is still at ``revision`` (0: if it has no value);
+        returns the new revision, or ``None`` if another writer came first."""
+        try:
+            if revision:
+                return await self._kv.update(key, value, last=revision)
+            return await self._kv.create(key, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"update {self.name}/{key}: {exc}") from exc
+
     async def put(self, key: str, value: bytes) -> None:
         try:
             await self._kv.put(key, value)
@@ -130,9 +152,14 @@ async def ensure_stream(
     replicas: int = 1,
     max_bytes: int | None = None,
     max_msg_size: int | None = None,
+    work_queue: bool = False,
+    duplicate_window: float = 120.0,
+    allow_direct: bool = False,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
-    ``max_bytes`` in all, the oldest dropped first) or widen its age."""
+    ``max_bytes`` in all, the oldest dropped first) or widen its age. A ``work_queue``
+    stream drops each message once a consumer acknowledges it; a message id is stored
+    once per ``duplicate_window`` seconds; ``allow_direct`` serves direct gets."""
     js = nc.jetstream()
     config = api.StreamConfig(
         name=name,
@@ -141,9 +168,11 @@ async def ensure_stream(
         max_bytes=max_bytes,
         max_msg_size=max_msg_size,
         storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS,
+        retention=api.RetentionPolicy.WORK_QUEUE if work_queue else api.RetentionPolicy.LIMITS,
         discard=api.DiscardPolicy.OLD,
         num_replicas=replicas,
+        duplicate_window=duplicate_window,
+        allow_direct=allow_direct or None,
     )
     try:
         try:
@@ -178,11 +207,13 @@ async def stream_messages(
     since: dt.datetime | None = None,
     follow: bool = False,
     idle: float = 1.0,
+    headers_only: bool = False,
 ) -> AsyncIterator[Msg]:
     """The messages ``stream`` holds on ``subject`` (a filter, wildcards allowed), oldest
     first, from ``since`` (else all); with ``follow``, then each new one until cancelled.
 
-    Without ``follow`` it ends at once if nothing is stored on ``subject``, else once
+    With ``headers_only`` the messages come without their bodies. Without ``follow`` it
+    ends at once if nothing is stored on ``subject``, else once
     caught up, or when nothing arrives for ``idle`` seconds (all of it was older than
     ``since``). Raises :class:`Unavailable`.
     """
@@ -197,7 +228,9 @@ async def stream_messages(
             subject,
             stream=stream,
             ordered_consumer=True,
-            config=api.ConsumerConfig(deliver_policy=policy, opt_start_time=since),
+            config=api.ConsumerConfig(
+                deliver_policy=policy, opt_start_time=since, headers_only=headers_only or None
+            ),
         )
     except _JS_ERRORS as exc:
         raise Unavailable(f"reading {subject} from {stream}: {exc}") from exc

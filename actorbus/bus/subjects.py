@@ -10,6 +10,7 @@ from .errors import BadRequest
 __all__ = [
     "NONCE_STREAM",
     "REGISTRY_BUCKET",
+    "JobsNames",
     "call_subject",
     "check_fn",
     "check_name",
@@ -67,6 +68,30 @@ def queue_group(name: str) -> str:
 def nonce_subject(name: str) -> str:
     """Where replicas of ``name`` announce the nonces they accepted."""
     return f"{NONCE_PREFIX}.{check_name(name)}"
+
+
+class JobsNames:
+    """The subjects, streams and bucket of the jobs actor ``name``."""
+
+    def __init__(self, name: str) -> None:
+        flat = check_name(name).replace(".", "_")
+        self.prefix = f"actorbus.jobs.{name}"
+        self.bucket = f"actor_jobs_{flat}"
+        """Job records by job id (KV)."""
+        self.work_stream = f"ACTOR_JOBS_{flat.upper()}"
+        """The work queue: one message per slice not yet done, on :meth:`work`."""
+        self.record_stream = f"ACTOR_JOB_RESULTS_{flat.upper()}"
+        """Results (:meth:`result`) and batches of slices (:meth:`batch`), kept for the
+        jobs' retention."""
+
+    def work(self, job: str) -> str:
+        return f"{self.prefix}.work.{job}"
+
+    def result(self, job: str, index: int | str) -> str:
+        return f"{self.prefix}.result.{job}.{index}"
+
+    def batch(self, job: str) -> str:
+        return f"{self.prefix}.batch.{job}"
 
 
 def is_reply_subject(subject: str | None, prefixes: tuple[str, ...]) -> bool:

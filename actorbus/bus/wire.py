@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .delegation import HEADER as _DELEGATION
 from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
 from .keys import Keypair, verify
 
@@ -58,6 +59,7 @@ H_RETRY_AFTER: Final = "Retry-After"
 H_CONTENT_TYPE: Final = "Content-Type"
 H_INSTANCE: Final = "Actor-Instance"
 H_ON_BEHALF: Final = "Actor-On-Behalf-Of"
+H_DELEGATION: Final = "Actor-Delegation"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
@@ -174,12 +176,22 @@ def _digest(body: bytes) -> str:
 
 
 def request_signing_bytes(
-    subject: str, time_ms: int | str, nonce: str, body: bytes, on_behalf: str = ""
+    subject: str,
+    time_ms: int | str,
+    nonce: str,
+    body: bytes,
+    on_behalf: str = "",
+    delegation: str = "",
 ) -> bytes:
-    """``actorbus/1\\n<subject>\\n<time>\\n<nonce>\\n<hex sha256 of body>`` as UTF-8, and
-    ``\\n<address>`` when a forwarder calls on behalf of that address."""
+    """``actorbus/1\\n<subject>\\n<time>\\n<nonce>\\n<hex sha256 of body>`` as UTF-8, then
+    ``\\n<address>`` when a forwarder calls on behalf of that address, then
+    ``\\n<Actor-Delegation>`` when it does so with the address's delegation."""
     signed = f"{PROTOCOL_VERSION}\n{subject}\n{time_ms}\n{nonce}\n{_digest(body)}"
-    return (f"{signed}\n{on_behalf}" if on_behalf else signed).encode()
+    if on_behalf:
+        signed += f"\n{on_behalf}"
+        if delegation:
+            signed += f"\n{delegation}"
+    return signed.encode()
 
 
 def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:
@@ -223,6 +235,9 @@ class RequestMeta(msgspec.Struct, frozen=True):
     content_type: str = JSON
     on_behalf: str = ""
     """The caller a trusted forwarder vouches for (``Actor-On-Behalf-Of``), if any."""
+    delegation: str = ""
+    """The ``Actor-Delegation`` header: the ``on_behalf`` key's own signed permission for
+    the signer to make this call (:mod:`.delegation`), if any."""
 
 
 def sign_request(
@@ -235,12 +250,16 @@ def sign_request(
     time_ms: int | None = None,
     nonce: str | None = None,
     on_behalf: str = "",
+    delegation: str = "",
 ) -> dict[str, str]:
     """The headers of a signed request; a fresh time and nonce unless given (test vectors).
-    With ``on_behalf``, ``key`` signs as a forwarder vouching for that address."""
+    With ``on_behalf``, ``key`` signs as a forwarder vouching for that address, or, with
+    that address's ``delegation`` header too, as its delegate."""
+    if delegation and not on_behalf:
+        raise ValueError("a delegated request is made on behalf of the delegation's owner")
     time_ms = int(time.time() * 1000) if time_ms is None else time_ms
     nonce = secrets.token_hex(16) if nonce is None else nonce
-    signed = request_signing_bytes(subject, time_ms, nonce, body, on_behalf)
+    signed = request_signing_bytes(subject, time_ms, nonce, body, on_behalf, delegation)
     headers = {
         H_KEY: key.address,
         H_TIME: str(time_ms),
@@ -249,6 +268,8 @@ def sign_request(
     }
     if on_behalf:
         headers[H_ON_BEHALF] = on_behalf
+    if delegation:
+        headers[H_DELEGATION] = delegation
     if timeout is not None:
         headers[H_TIMEOUT] = f"{timeout:g}"
     if content_type != JSON:
@@ -295,7 +316,10 @@ def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) ->
     nonce = _header(headers, H_NONCE, _NONCE)
     signature = _header(headers, H_SIGNATURE, _SIGNATURE)
     on_behalf = _header(headers, H_ON_BEHALF, _ADDRESS) if H_ON_BEHALF in headers else ""
-    signed = request_signing_bytes(subject, time_text, nonce, body, on_behalf)
+    delegation = _header(headers, H_DELEGATION, _DELEGATION) if H_DELEGATION in headers else ""
+    if delegation and not on_behalf:
+        raise Unauthorized(f"{H_DELEGATION} without {H_ON_BEHALF}")
+    signed = request_signing_bytes(subject, time_text, nonce, body, on_behalf, delegation)
     verify(key, signed, bytes.fromhex(signature))
     timeout: float | None = None
     if (timeout_text := headers.get(H_TIMEOUT)) is not None:
@@ -303,7 +327,7 @@ def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) ->
         if timeout is None or not 0 < timeout <= _MAX_TIMEOUT:  # also rejects nan and inf
             raise BadRequest(f"{H_TIMEOUT} must be seconds in (0, {_MAX_TIMEOUT:g}]")
     content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
-    return RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf)
+    return RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf, delegation)
 
 
 class ReplyMeta(msgspec.Struct, frozen=True):

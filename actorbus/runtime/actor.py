@@ -367,8 +367,9 @@ class Call:
     """One request as it moves through the pipeline; hooks receive it.
 
     ``caller`` is the verified address of the signer, or of the key a trusted
-    ``forwarder`` (a gateway) calls for; ``args``/``kwargs`` are bound and decoded once the
-    call has been routed.
+    ``forwarder`` (a gateway) calls for, or of the owner of the job (``job``) a delegate
+    (the jobs actor, as ``forwarder``) runs with the owner's delegation;
+    ``args``/``kwargs`` are bound and decoded once the call has been routed.
     """
 
     __slots__ = (
@@ -380,6 +381,7 @@ class Call:
         "fn",
         "forwarder",
         "function",
+        "job",
         "kwargs",
         "meta",
         "nonce",
@@ -399,6 +401,7 @@ class Call:
         self.received = received
         self.caller = ""
         self.forwarder = ""
+        self.job = ""
         self.nonce = ""
         self.content_type = JSON
         self.meta: RequestMeta | None = None

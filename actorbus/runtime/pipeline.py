@@ -40,6 +40,7 @@ from ..bus import (
     address_to_public_key,
     excerpt,
 )
+from ..bus.delegation import parse_delegation_header, verify_delegation
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .admission import Admission
@@ -185,11 +186,19 @@ class Pipeline:
         self.guard.check(call.meta)
 
     async def check_forwarded(self, call: Call, msg: Msg) -> None:
-        """A trusted forwarder (a gateway) may call on behalf of another key: from here on
+        """A trusted forwarder (a gateway) may call on behalf of another key, and so may a
+        delegate that carries that key's own delegation for this function: from here on
         that key is the caller (policy, quota, hooks), the forwarder is remembered."""
         meta = call.meta
         assert meta is not None
         if not meta.on_behalf:
+            return
+        if meta.delegation:
+            job, expires, signature = parse_delegation_header(meta.delegation)
+            work = f"{self.name}/{call.fn}"
+            now_ms = int(time.time() * 1000)
+            verify_delegation(meta.on_behalf, meta.key, work, job, expires, signature, now_ms)
+            call.forwarder, call.caller, call.job = meta.key, meta.on_behalf, job
             return
         policy = self.policy
         if policy is None or not policy.enforced or meta.key not in policy.state.forwarders:
@@ -201,8 +210,10 @@ class Pipeline:
         policy = self.policy
         if policy is None or not policy.enforced:
             return
+        # A forwarder cannot lend admin rights; a delegation is the owner's own signature.
+        forwarded = bool(call.forwarder) and not call.job
         decision = policy.state.decide(
-            call.caller, self.name, call.fn, self._allow, self._deny, forwarded=bool(call.forwarder)
+            call.caller, self.name, call.fn, self._allow, self._deny, forwarded=forwarded
         )
         if not decision.allowed:
             raise Forbidden(decision.reason)

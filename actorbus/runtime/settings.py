@@ -92,6 +92,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Bytes of request headers a gateway accepts (431 beyond)."""
     gateway_cors: str = ""
     """Origins allowed to call a gateway from a browser (comma-separated; empty: none)."""
+    jobs: str = "jobs"
+    """The jobs actor's name (``ACTOR_JOBS``); ``actor up`` starts it with the policy actor."""
+    jobs_concurrency: int = 64
+    """Slices one jobs replica runs at once, over all jobs (shared fairly between owners)."""
+    jobs_retention: float = 7 * 24 * 3600.0
+    """Seconds a job's record, slices and results are kept after their last change."""
+    jobs_max_bytes: int = 1024 * 1024 * 1024
+    """Bytes of results and batches the jobs actor keeps, oldest dropped first."""
     logs_max_bytes: int = 256 * 1024 * 1024
     """Bytes of replica log lines the ``ACTOR_LOGS`` stream keeps, oldest dropped first."""
     logs_max_age: float = 7 * 24 * 3600.0

@@ -1,0 +1,239 @@
+"""Where jobs live on JetStream, and the only module that writes them.
+
+- **Job records** in the KV bucket ``actor_jobs_<name>``: changed by compare-and-set only
+  (:meth:`JobStore.change`), so replicas of the jobs actor never overwrite each other.
+- **Slices** in the work-queue stream ``ACTOR_JOBS_<NAME>``, one message per slice on
+  ``actorbus.jobs.<name>.work.<job>`` with its index in ``Actor-Slice``, published with the
+  message id ``<job>.<index>`` (stored once within the duplicate window). A job's slices
+  are read through the durable pull consumer ``job_<job>``; acknowledged means done.
+- **Batches and results** in the stream ``ACTOR_JOB_RESULTS_<NAME>``: each batch of slices
+  added is stored whole first (``…batch.<job>``), then its indices are allocated in the
+  job record with the batch marked pending, then its slices are queued, then the mark is
+  cleared. Whoever finds a batch pending for long (its adder stopped midway) queues it
+  again from the stored copy: a batch is never half lost. A result is stored once per
+  slice (``…result.<job>.<index>``, expected last subject sequence 0): a slice run twice
+  (a worker killed after the call, before its acknowledgement) keeps its first result.
+
+Everything here expires after the jobs' retention (``ACTOR_JOBS_RETENTION``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import msgspec
+
+from ...bus import NATS, CallBody, Msg, Unavailable
+from ...bus.jetstream import Bucket, ensure_stream, stream_messages
+from ...bus.subjects import JobsNames
+from ...bus.workqueue import (
+    Puller,
+    consumer_counts,
+    delete_consumer,
+    last_message,
+    message_at,
+    publish_deduplicated,
+    publish_once,
+    purge_subject,
+)
+from ...runtime import Settings
+from .model import Batch, JobRecord, SliceResult
+
+__all__ = ["SLICE_HEADER", "STATUS_HEADER", "JobStore", "call_body"]
+
+SLICE_HEADER = "Actor-Slice"
+STATUS_HEADER = "Actor-Status"
+_DUPLICATE_WINDOW = 600.0
+_QUEUE_CONCURRENCY = 128
+
+_record = msgspec.json.Decoder(JobRecord)
+_result = msgspec.json.Decoder(SliceResult)
+_slices = msgspec.json.Decoder(list[list[Any]])
+_encode = msgspec.json.Encoder().encode
+
+
+def call_body(args: list[Any]) -> bytes:
+    """A slice as the body of its call."""
+    return _encode(CallBody(args=args))
+
+
+class JobStore:
+    """The jobs of the jobs actor ``name`` on JetStream."""
+
+    def __init__(self, nc: NATS, names: JobsNames, records: Bucket) -> None:
+        self.nc = nc
+        self.names = names
+        self.records = records
+
+    @classmethod
+    async def open(cls, nc: NATS, name: str, settings: Settings) -> JobStore:
+        """Create (or bind to) the bucket and streams of the jobs actor ``name``."""
+        names = JobsNames(name)
+        retention = settings.jobs_retention
+        records = await Bucket.open(nc, names.bucket, ttl=retention, replicas=settings.js_replicas)
+        await ensure_stream(
+            nc,
+            names.work_stream,
+            [names.work("*")],
+            max_age=retention,
+            replicas=settings.js_replicas,
+            work_queue=True,
+            duplicate_window=_DUPLICATE_WINDOW,
+        )
+        await ensure_stream(
+            nc,
+            names.record_stream,
+            [names.result("*", "*"), names.batch("*")],
+            max_age=retention,
+            max_bytes=settings.jobs_max_bytes,
+            replicas=settings.js_replicas,
+            allow_direct=True,
+        )
+        return cls(nc, names, records)
+
+    # -- job records -------------------------------------------------------------------
+
+    async def get(self, job: str) -> JobRecord | None:
+        found = await self.records.get(job)
+        return None if found is None else _record.decode(found[0])
+
+    async def create(self, record: JobRecord) -> bool:
+        """Store a new job; ``False`` if its id is taken."""
+        return await self.records.update(record.id, _encode(record), 0) is not None
+
+    async def change(self, job: str, edit: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
+        """Apply ``edit`` to the current record of ``job`` until it sticks (compare-and-set);
+        ``edit`` returns ``None`` to leave it as it is, or raises to refuse."""
+        while True:
+            found = await self.records.get(job)
+            if found is None:
+                raise Unavailable(f"job {job} vanished")  # expired under us
+            record = _record.decode(found[0])
+            edited = edit(record)
+            if edited is None:
+                return record
+            if await self.records.update(job, _encode(edited), found[1]) is not None:
+                return edited
+
+    async def watch(self) -> AsyncIterator[tuple[str, JobRecord | None] | None]:
+        """Every job record, ``None`` once caught up, then each change (``None``: gone)."""
+        async for item in self.records.watch():
+            if item is None:
+                yield None
+                continue
+            key, value = item
+            if value is None:
+                yield key, None
+                continue
+            try:
+                yield key, _record.decode(value)
+            except msgspec.DecodeError:
+                continue  # not ours
+
+    # -- slices --------------------------------------------------------------------------
+
+    async def add(
+        self, job: str, slices: list[list[Any]], allocate: Callable[[JobRecord, Batch], None]
+    ) -> tuple[int, int]:
+        """Give ``slices`` the next indices of ``job`` and queue them; returns the first
+        and last index. ``allocate(record, batch)`` may refuse (a closed job)."""
+        seq = await self._store_batch(job, slices)
+        start = 0
+
+        def reserve(record: JobRecord) -> JobRecord:
+            nonlocal start
+            start = record.total + 1
+            batch = Batch(start, len(slices), seq, time.time())
+            allocate(record, batch)
+            pending = [*record.pending, batch]
+            total = record.total + len(slices)
+            return msgspec.structs.replace(record, total=total, pending=pending)
+
+        await self.change(job, reserve)
+        await self._queue(job, start, slices)
+        await self.change(job, lambda r: _without(r, start))
+        return start, start + len(slices) - 1
+
+    async def requeue(self, job: str, batch: Batch) -> None:
+        """Queue a batch found pending again (message ids keep it from running twice)."""
+        stored = await message_at(self.nc, self.names.record_stream, batch.seq)
+        if stored is not None and stored.data is not None:
+            await self._queue(job, batch.start, _slices.decode(stored.data))
+        await self.change(job, lambda r: _without(r, batch.start))
+
+    async def _store_batch(self, job: str, slices: list[list[Any]]) -> int:
+        msg_id = f"{job}.{time.time_ns()}"
+        return await publish_deduplicated(self.nc, self.names.batch(job), _encode(slices), msg_id)
+
+    async def _queue(self, job: str, start: int, slices: list[list[Any]]) -> None:
+        subject = self.names.work(job)
+        limit = anyio.Semaphore(_QUEUE_CONCURRENCY)
+
+        async def one(index: int, args: list[Any]) -> None:
+            async with limit:
+                headers = {SLICE_HEADER: str(index)}
+                await publish_deduplicated(
+                    self.nc, subject, call_body(args), f"{job}.{index}", headers
+                )
+
+        async with anyio.create_task_group() as tg:
+            for offset, args in enumerate(slices):
+                tg.start_soon(one, start + offset, args)
+
+    async def puller(self, job: str, ack_wait: float) -> Puller:
+        return await Puller.open(
+            self.nc, self.names.work_stream, f"job_{job}", self.names.work(job), ack_wait=ack_wait
+        )
+
+    async def counts(self, job: str) -> tuple[int, int]:
+        """``(queued, in flight)`` slices of ``job``."""
+        return await consumer_counts(self.nc, self.names.work_stream, f"job_{job}")
+
+    async def drop_work(self, job: str) -> None:
+        """Forget ``job``'s queue: its consumer and any slice still waiting."""
+        await delete_consumer(self.nc, self.names.work_stream, f"job_{job}")
+        await purge_subject(self.nc, self.names.work_stream, self.names.work(job))
+
+    # -- results -------------------------------------------------------------------------
+
+    async def save(self, job: str, result: SliceResult) -> bool:
+        """Store ``result`` unless its slice has one; returns whether this one was stored."""
+        headers = {STATUS_HEADER: str(result.status)}
+        subject = self.names.result(job, result.index)
+        return await publish_once(self.nc, subject, _encode(result), headers)
+
+    async def result(self, job: str, index: int) -> SliceResult | None:
+        subject = self.names.result(job, index)
+        stored = await last_message(self.nc, self.names.record_stream, subject)
+        if stored is None or not stored.data:
+            return None
+        return _result.decode(stored.data)
+
+    async def follow_results(self) -> AsyncIterator[tuple[str, int, int, bool]]:
+        """``(job, index, status, caught_up)`` for every result stored, then for each new
+        one, until cancelled (bodies are not fetched)."""
+        prefix = len(self.names.prefix) + len(".result.")
+        async for msg in stream_messages(
+            self.nc,
+            self.names.record_stream,
+            self.names.result("*", "*"),
+            follow=True,
+            headers_only=True,
+        ):
+            job, _, index = msg.subject[prefix:].partition(".")
+            status = int((msg.headers or {}).get(STATUS_HEADER, "500"))
+            yield job, int(index), status, _caught_up(msg)
+
+
+def _caught_up(msg: Msg) -> bool:
+    return msg.metadata.num_pending == 0
+
+
+def _without(record: JobRecord, start: int) -> JobRecord | None:
+    pending = [b for b in record.pending if b.start != start]
+    if len(pending) == len(record.pending):
+        return None
+    return msgspec.structs.replace(record, pending=pending)
