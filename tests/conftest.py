@@ -47,13 +47,14 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(nats_url: str, home: Path) -> Settings:
     # Each test gets its own policy (actor name and bucket), so a policy actor one test
-    # starts never governs another test's actors on the shared server.
+    # starts never governs another test's actors on the shared server; and its own jobs.
     return Settings(
         home=home,
         nats_url=nats_url,
         registry_ttl=3.0,
         drain_timeout=5.0,
         policy=f"policy{secrets.token_hex(4)}",
+        jobs=f"jobs{secrets.token_hex(4)}",
     )
 
 

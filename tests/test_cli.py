@@ -32,6 +32,7 @@ def env(settings: Settings) -> dict[str, str]:
         "ACTOR_NATS_URL": settings.url,
         "ACTOR_HOME": str(settings.home),
         "ACTOR_POLICY": settings.policy,
+        "ACTOR_JOBS": settings.jobs,
     }
 
 

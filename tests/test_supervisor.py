@@ -33,12 +33,13 @@ PROBE = "tests/support.py:Probe"
 class Node:
     """One node: its own ACTOR_HOME on the test NATS, driven through the `actor` command."""
 
-    def __init__(self, home: Path, nats_url: str, policy: str, **env: str) -> None:
+    def __init__(self, home: Path, nats_url: str, policy: str, jobs: str, **env: str) -> None:
         self.home = home
         self.env = {
             "ACTOR_HOME": str(home),
             "ACTOR_NATS_URL": nats_url,
             "ACTOR_POLICY": policy,
+            "ACTOR_JOBS": jobs,
             "ACTOR_DRAIN_TIMEOUT": "5",
             "ACTOR_REGISTRY_TTL": "3",
             "ACTOR_GATEWAY_PORT": "0",  # nodes of one machine would share 8080
@@ -95,7 +96,7 @@ async def nodes(tmp_path: Path, nats_url: str, settings: Settings) -> AsyncItera
     made: list[Node] = []
 
     async def make(label: str = "a", **env: str) -> Node:
-        node = Node(tmp_path / label, nats_url, settings.policy, **env)
+        node = Node(tmp_path / label, nats_url, settings.policy, settings.jobs, **env)
         made.append(node)
         return node
 
@@ -405,6 +406,7 @@ def foreground(settings: Settings, nats_url: str, tmp_path: Path) -> Iterator[An
             "ACTOR_HOME": str(tmp_path / "fg"),
             "ACTOR_NATS_URL": nats_url,
             "ACTOR_POLICY": settings.policy,
+            "ACTOR_JOBS": settings.jobs,
             "ACTOR_DRAIN_TIMEOUT": "5",
             "ACTOR_GATEWAY_PORT": "0",
         }

@@ -34,9 +34,10 @@ from ..runtime.settings import node_name
 from ..runtime.specs import ActorSpec, ReplicaStatus
 from ..runtime.supervisor import Node, NodeInfo, claim_node, nats_server_for, supervised
 
-__all__ = ["POLICY_TARGET", "NodeActor", "run_node"]
+__all__ = ["JOBS_TARGET", "POLICY_TARGET", "NodeActor", "run_node"]
 
 POLICY_TARGET = "actorbus.actors.policy:Policy"
+JOBS_TARGET = "actorbus.actors.jobs:Jobs"
 
 _CONTROL = frozenset({"ps", "up", "kill", "restart", "scale", "down"})
 
@@ -81,8 +82,8 @@ class NodeActor(Actor):
         check_name(spec.name)
         if spec.name.startswith(NODE_PREFIX):
             raise BadRequest(f"names starting with {NODE_PREFIX!r} are the supervisors'")
-        if spec.tier == "system":
-            raise BadRequest("system actors are started by the node itself")
+        if spec.tier in ("system", "jobs"):
+            raise BadRequest(f"{spec.tier} actors are started by the node itself")
         statuses = await self._node.add(spec)
         await self._audit(who, "up", spec=msgspec.to_builtins(spec))
         if spec.tier == "front":
@@ -182,10 +183,10 @@ async def _start(
     owner: Keypair,
     on_event: EventFn,
 ) -> None:
-    """The policy actor if none runs on this NATS, then ``specs`` in order, gateways (tier
-    ``front``) last, once the actors behind them answer. Each start is recorded in the
-    audit trail as made by this home's key, as an ``up`` request would be. A gateway that
-    cannot start (its port taken) is reported, not fatal."""
+    """The policy actor and the jobs actor if none runs on this NATS, then ``specs`` in
+    order, gateways (tier ``front``) last, once the actors behind them answer. Each start
+    is recorded in the audit trail as made by this home's key, as an ``up`` request would
+    be. A gateway that cannot start (its port taken) is reported, not fatal."""
     async with Client(owner, settings=settings, nc=nc) as client:
         policy_running = bool(await client.entries(settings.policy))
         if not policy_running and all(spec.name != settings.policy for spec in specs):
@@ -195,7 +196,10 @@ async def _start(
                 False,
             )
             specs = [ActorSpec(target=POLICY_TARGET, name=settings.policy, tier="system"), *specs]
-        for spec in sorted(specs, key=lambda s: s.tier == "front"):
+        jobs_running = bool(await client.entries(settings.jobs))
+        if not jobs_running and all(spec.name != settings.jobs for spec in specs):
+            specs = [*specs, ActorSpec(target=JOBS_TARGET, name=settings.jobs, tier="jobs")]
+        for spec in sorted(specs, key=lambda s: (s.tier == "front", s.tier == "jobs")):
             try:
                 await node.add(spec)
             except SupervisorError as exc:

@@ -153,13 +153,14 @@ async def ensure_stream(
     max_bytes: int | None = None,
     max_msg_size: int | None = None,
     work_queue: bool = False,
-    duplicate_window: float = 120.0,
+    duplicate_window: float = 0.0,
     allow_direct: bool = False,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
     ``max_bytes`` in all, the oldest dropped first) or widen its age. A ``work_queue``
     stream drops each message once a consumer acknowledges it; a message id is stored
-    once per ``duplicate_window`` seconds; ``allow_direct`` serves direct gets."""
+    once per ``duplicate_window`` seconds (0: the server's default, 2 minutes);
+    ``allow_direct`` serves direct gets."""
     js = nc.jetstream()
     config = api.StreamConfig(
         name=name,

@@ -4,6 +4,7 @@ registry, the client and the supervisor behind ``actor up``."""
 from .actor import Actor, Call, current_call, endpoint
 from .client import ActorProxy, Client
 from .host import Host, serve
+from .jobs import Job
 from .registry import Registry, RegistryEntry
 from .settings import Settings
 
@@ -13,6 +14,7 @@ __all__ = [
     "Call",
     "Client",
     "Host",
+    "Job",
     "Registry",
     "RegistryEntry",
     "Settings",

@@ -34,6 +34,7 @@ from ..bus import (
 )
 from ..bus.subjects import call_subject
 from ..bus.wire import ReplyMeta, request_nonce
+from .jobs import DEFAULT_JOB_TTL, Job, submit
 from .registry import Registry, RegistryEntry
 from .settings import Settings
 
@@ -164,6 +165,37 @@ class Client:
         if not known and meta.key not in await self._addresses_of(name, refresh=True):
             raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         return Reply(meta, msg.data, dict(msg.headers or {}))
+
+    async def submit(
+        self,
+        work: str,
+        slices: list[list[Any]] | None = None,
+        *,
+        job: str | None = None,
+        ttl: float = DEFAULT_JOB_TTL,
+        retries: int | None = None,
+        concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Start an open job on the jobs actor: ``work`` (``"actor/fn"``) is called once per
+        slice (a slice is the argument list of one call), as this client's key, through a
+        delegation signed here for this job only, valid ``ttl`` seconds. ``slices`` now
+        and/or later (:meth:`Job.add`); ``retries`` (after 408/5xx), ``concurrency`` (per
+        jobs replica) and ``timeout`` (per slice) default to the jobs actor's."""
+        return await submit(
+            self,
+            work,
+            slices,
+            job=job,
+            ttl=ttl,
+            retries=retries,
+            concurrency=concurrency,
+            timeout=timeout,
+        )
+
+    def job(self, id: str) -> Job:
+        """A handle on the job ``id`` (yours, or anyone's if you are an admin)."""
+        return Job(self, id)
 
     def actor(self, name: str, *, timeout: float | None = None) -> ActorProxy:
         """A proxy whose attributes are ``name``'s functions: ``await proxy.forward("hi")``."""

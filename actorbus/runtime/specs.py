@@ -6,7 +6,7 @@ import msgspec
 
 __all__ = ["TIERS", "ActorSpec", "ReplicaStatus"]
 
-TIERS = ("front", "actor", "system")
+TIERS = ("front", "jobs", "actor", "system")
 """The order in which a node stops its actors."""
 
 
@@ -22,8 +22,9 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     options: dict[str, str] = msgspec.field(default_factory=dict)
     """Settings of its replicas by field name (``max_in_flight`` ...), as ``ACTOR_*``."""
     tier: str = "actor"
-    """When it stops: ``front`` (a gateway: stops taking requests first), ``actor`` (the
-    user's), ``system`` (the policy actor: last, the others may need it to drain)."""
+    """When it stops: ``front`` (a gateway: stops taking requests first), ``jobs`` (the
+    jobs actor: its slices call the user's actors), ``actor`` (the user's), ``system``
+    (the policy actor: last, the others may need it to drain)."""
 
 
 class ReplicaStatus(msgspec.Struct):

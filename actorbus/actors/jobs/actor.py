@@ -24,6 +24,7 @@ from ...bus.delegation import (
     split_work,
     verify_delegation,
 )
+from ...bus.ranges import page_of, parse_ranges
 from ...runtime import Actor, current_call
 from .model import (
     ACTIVE,
@@ -32,8 +33,6 @@ from .model import (
     JobRecord,
     JobStatus,
     SliceResult,
-    page_of,
-    parse_ranges,
 )
 from .runner import Runner
 from .store import JobStore

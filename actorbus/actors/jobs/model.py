@@ -1,34 +1,25 @@
-"""What the jobs actor stores and answers: job records, options, results, status, ranges."""
+"""What the jobs actor stores and answers: job records, options, results, status."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from ...bus import BadRequest
 from ...bus.delegation import Delegation
 
 __all__ = [
     "ACTIVE",
-    "PAGE_SIZE",
     "Batch",
     "JobOptions",
     "JobRecord",
     "JobStatus",
     "SliceResult",
-    "page_of",
-    "parse_ranges",
 ]
 
 State = Literal["open", "closed", "finished", "cancelled"]
 ACTIVE: Final = frozenset({"open", "closed"})
 """States in which a job's slices run."""
-PAGE_SIZE: Final = 1000
-"""Slice indices per page of :func:`page_of` (and of ``results``)."""
-_MAX_RANGES = 100
-_RANGE = re.compile(r"\s*([0-9]{1,12})\s*(?:-\s*([0-9]{1,12})\s*)?")
 
 
 class JobOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -73,11 +64,12 @@ class SliceResult(msgspec.Struct, omit_defaults=True):
 
     index: int
     status: int
+    attempts: int
+    """Calls made (1 unless it was retried after a 408 or 5xx)."""
     value: Any = None
     error: str = ""
     id: str = ""
     """The error id of the target's log line, if it gave one."""
-    attempts: int = 1
 
 
 class JobStatus(msgspec.Struct):
@@ -103,48 +95,3 @@ class JobStatus(msgspec.Struct):
     created: float
     closed: float | None
     finished: float | None
-
-
-def parse_ranges(text: str, total: int) -> list[tuple[int, int]]:
-    """``"1-10,33-35"`` -> ``[(1, 10), (33, 35)]``, merged, sorted and cut to ``1..total``;
-    empty means every index. Raises :class:`BadRequest` for anything else."""
-    if not text.strip():
-        return [(1, total)] if total else []
-    parts = text.split(",")
-    if len(parts) > _MAX_RANGES:
-        raise BadRequest(f"at most {_MAX_RANGES} ranges")
-    spans = []
-    for part in parts:
-        match = _RANGE.fullmatch(part)
-        if match is None:
-            raise BadRequest("ranges are N or N-M, comma-separated, e.g. 1-10,33-35")
-        first = int(match[1])
-        last = int(match[2]) if match[2] else first
-        if not 1 <= first <= last:
-            raise BadRequest(f"range {first}-{last}: indices start at 1, N <= M")
-        if first <= total:
-            spans.append((first, min(last, total)))
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(spans):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
-
-
-def page_of(spans: list[tuple[int, int]], page: int) -> list[int]:
-    """The indices of page ``page`` (from 0, :data:`PAGE_SIZE` each) of ``spans``."""
-    skip = page * PAGE_SIZE
-    indices: list[int] = []
-    for first, last in spans:
-        length = last - first + 1
-        if skip >= length:
-            skip -= length
-            continue
-        start = first + skip
-        skip = 0
-        indices.extend(range(start, min(last, start + PAGE_SIZE - len(indices) - 1) + 1))
-        if len(indices) >= PAGE_SIZE:
-            break
-    return indices

@@ -21,10 +21,12 @@ done and failed slices per job, and marks a closed job finished once every slice
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -50,7 +52,10 @@ _EMPTY_WAIT = 0.5
 """Seconds one fetch waits for a slice when the queue looks empty."""
 _PENDING_AGE = 30.0
 """Seconds after which a batch still marked pending is queued again by anyone."""
-_HOLD_STEP = 10.0
+_HOLD_STEP = 2.0
+_ACK_MARGIN = 5.0
+"""A slice not acknowledged nor marked in progress for its timeout plus this many seconds
+(so: its replica is gone) is handed to another."""
 
 
 class Tally:
@@ -140,20 +145,23 @@ class Runner:
     async def _watch_records(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         started = False
         while True:
-            try:
-                async for item in self.store.watch():
-                    if item is None:
-                        if not started:
-                            started = True
-                            task_status.started()
-                        continue
-                    self._on_record(*item)
-            except Unavailable as exc:
-                self._throttle.log(logging.WARNING, "watch", "jobs: watching job records: %s", exc)
+            with self._until_reconnected():
+                try:
+                    async for item in self.store.watch():
+                        if item is None:
+                            if not started:
+                                started = True
+                                task_status.started()
+                            continue
+                        self._on_record(*item)
+                except Unavailable as exc:
+                    self._throttle.log(
+                        logging.WARNING, "watch", "jobs: watching job records: %s", exc
+                    )
             if not started:
                 started = True
                 task_status.started()
-            await anyio.sleep(1.0)
+            await anyio.sleep(0.1)
 
     def _on_record(self, job: str, record: JobRecord | None) -> None:
         if record is None or record.state not in ACTIVE:
@@ -174,14 +182,39 @@ class Runner:
 
     async def _follow_results(self) -> None:
         while True:
+            with self._until_reconnected():
+                try:
+                    async for job, index, status, caught_up in self.store.follow_results():
+                        if self.tally(job).add(index, status, live=self.caught_up):
+                            self._check_finished(job)
+                        self.caught_up = self.caught_up or caught_up
+                except Unavailable as exc:
+                    self._throttle.log(
+                        logging.WARNING, "follow", "jobs: following results: %s", exc
+                    )
+            await anyio.sleep(0.1)
+
+    @contextlib.contextmanager
+    def _until_reconnected(self) -> Iterator[None]:
+        """A scope cancelled when the connection comes back after a loss: a watch that
+        was running then is started again at once (its consumer may be gone with the
+        server; NATS would notice only after missing heartbeats, seconds later). What
+        it replays is counted once (results) or applied again (records)."""
+        assert self._tg is not None
+        with anyio.CancelScope() as scope:
+            self._tg.start_soon(self._cancel_on_reconnect, scope)
             try:
-                async for job, index, status, caught_up in self.store.follow_results():
-                    if self.tally(job).add(index, status, live=self.caught_up):
-                        self._check_finished(job)
-                    self.caught_up = self.caught_up or caught_up
-            except Unavailable as exc:
-                self._throttle.log(logging.WARNING, "follow", "jobs: following results: %s", exc)
-            await anyio.sleep(1.0)
+                yield
+            finally:
+                scope.cancel()
+
+    async def _cancel_on_reconnect(self, scope: anyio.CancelScope) -> None:
+        reconnects = self.nc.stats["reconnects"]
+        while not scope.cancel_called:
+            if self.nc.stats["reconnects"] != reconnects and self.nc.is_connected:
+                scope.cancel()
+                return
+            await anyio.sleep(0.25)
 
     async def _janitor(self) -> None:
         """Queue again the batches whose adder stopped before queueing them all."""
@@ -279,7 +312,7 @@ class Runner:
         try:
             puller = self._pullers.get(job)
             if puller is None:
-                puller = await self.store.puller(job, record.options.timeout + 30)
+                puller = await self.store.puller(job, record.options.timeout + _ACK_MARGIN)
                 self._pullers[job] = puller
             msgs = await puller.fetch(taken, _EMPTY_WAIT)
         except Unavailable as exc:
@@ -329,6 +362,7 @@ class Runner:
             return SliceResult(
                 index,
                 500,
+                taken - 1,
                 error=f"gave up: slice {index} was taken {taken - 1} times and its worker "
                 "stopped each time",
             )
@@ -350,9 +384,9 @@ class Runner:
                     attempt += 1
                     continue
                 return SliceResult(
-                    index, exc.status, error=exc.message, id=exc.error_id or "", attempts=attempt
+                    index, exc.status, attempt, error=exc.message, id=exc.error_id or ""
                 )
-            return SliceResult(index, 200, msgspec.Raw(reply), attempts=attempt)
+            return SliceResult(index, 200, attempt, value=msgspec.Raw(reply))
 
     async def _call(self, record: JobRecord, actor: str, fn: str, body: bytes) -> bytes:
         """One slice call as the owner: the reply's body if 2xx, else its error raised."""
@@ -373,7 +407,7 @@ class Runner:
         """Store the result, then acknowledge the slice; if NATS is away, keep trying
         while the slice is ours (its ack wait), then leave it to be taken again."""
         record = self.records.get(job)
-        with anyio.move_on_after(record.options.timeout + 25 if record else 5):
+        with anyio.move_on_after(record.options.timeout if record else _ACK_MARGIN):
             while True:
                 try:
                     await self.store.save(job, result)
@@ -381,7 +415,7 @@ class Runner:
                     self._throttle.log(
                         logging.WARNING, "save", "jobs: storing a result of %s: %s", job, exc
                     )
-                    await anyio.sleep(0.5)
+                    await _hold(msg, 0.5)
                     continue
                 await _quietly(msg.ack())  # if it is lost, the stored result is found again
                 return

@@ -1,0 +1,219 @@
+"""Open jobs: slices in batches, results by range, status, cancel, ownership, delegation."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from support import Probe, eventually, raw
+
+from actorbus import BadRequest, Client, Forbidden, Keypair, Settings, Unauthorized, serve
+from actorbus.actors.jobs import Jobs
+from actorbus.actors.policy import Policy
+from actorbus.bus import sign_request
+from actorbus.bus.delegation import sign_delegation
+from actorbus.bus.subjects import call_subject
+
+
+async def test_an_open_job_takes_three_batches_then_closes(settings: Settings, name: str) -> None:
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        job = await client.submit(f"{name}/add", [[i, 1] for i in range(1, 11)])
+        assert await job.add([[i, 1] for i in range(11, 21)]) == (11, 20)
+        assert await job.add([[i, 1] for i in range(21, 31)]) == (21, 30)
+        status = await job.close()
+        assert status["state"] in ("closed", "finished") and status["total"] == 30
+        final = await job.wait()
+        assert final["state"] == "finished"
+        assert (final["done"], final["failed"]) == (30, 0)
+        results = [r async for r in job.results()]
+        assert [r["index"] for r in results] == list(range(1, 31))
+        assert [r["value"] for r in results] == [i + 1 for i in range(1, 31)]
+        some = [r async for r in job.results("2-3,29-40")]
+        assert [(r["index"], r["value"]) for r in some] == [(2, 3), (3, 4), (29, 30), (30, 31)]
+
+
+async def test_a_cancelled_job_starts_no_more_slices(settings: Settings, name: str) -> None:
+    probe = Probe()
+    async with (
+        serve(probe, name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        job = await client.submit(f"{name}/slow", [[0.2]] * 200, concurrency=4)
+
+        async def started() -> None:
+            assert probe.runs >= 4
+
+        await eventually(started)
+        status = await job.cancel()
+        assert status["state"] == "cancelled"
+        runs = probe.runs
+        await anyio.sleep(0.6)  # three slices' time: none starts
+        assert probe.runs == runs
+        final = await job.status()
+        assert final["state"] == "cancelled" and final["done"] + final["failed"] < 200
+        assert final["queued"] == 0 and final["in_flight"] == 0
+        assert len([r async for r in job.results()]) == final["done"] + final["failed"]
+
+
+async def test_only_the_owner_or_an_admin_touches_a_job(settings: Settings, name: str) -> None:
+    stranger = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as admin,
+        Client(stranger, settings=settings) as other,
+    ):
+        await admin.call(settings.policy, "set_role", "worker", [f"{name}/*", f"{settings.jobs}/*"])
+        await admin.call(settings.policy, "add_user", stranger.address, "worker")
+
+        async def member() -> None:
+            assert await other.call(name, "forward", "hi") == "hi"
+
+        await eventually(member)
+        job = await other.submit(f"{name}/forward", [["a"], ["b"]])
+        await job.close()
+        assert (await job.wait())["done"] == 2
+        mine = await other.call(settings.jobs, "jobs")
+        assert [j["id"] for j in mine] == [job.id]
+        assert await admin.call(settings.jobs, "jobs") == []  # jobs() is the caller's
+
+        intruder = Keypair.generate()
+        await admin.call(settings.policy, "add_user", intruder.address, "worker")
+        async with Client(intruder, settings=settings) as third:
+            theirs = third.job(job.id)
+            for attempt in (
+                theirs.status(),
+                theirs.add([["c"]]),
+                theirs.page(),
+                theirs.close(),
+                theirs.cancel(),
+            ):
+                with pytest.raises(Forbidden, match="not yours"):
+                    await attempt
+        assert (await admin.job(job.id).status())["done"] == 2  # admins may
+        results = [r["value"] async for r in admin.job(job.id).results()]
+        assert results == ["a", "b"]
+
+
+async def test_a_delegation_is_good_for_its_delegate_target_job_and_time_only(
+    settings: Settings, name: str
+) -> None:
+    owner, delegate, other = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    job = "job" + secrets.token_hex(6)
+    expires = int((time.time() + 60) * 1000)
+    good = sign_delegation(owner, delegate.address, f"{name}/whoami", job, expires)
+
+    async def call(
+        signer: Keypair, fn: str, header: str, on_behalf: str = owner.address
+    ) -> tuple[int, Any]:
+        subject = call_subject(name, fn)
+        headers = sign_request(signer, subject, b"", on_behalf=on_behalf, delegation=header)
+        status, value, _ = await raw(nc, signer, name, fn, b"", headers=headers)
+        return status, value
+
+    async with serve(Probe(), name=name, settings=settings) as host:
+        nc = host.actor.nc
+        status, value = await call(delegate, "whoami", good.header)
+        assert (status, value) == (200, {"caller": owner.address, "forwarder": delegate.address})
+        # Another target, another job, another presenter: each a 401.
+        status, value = await call(delegate, "forward", good.header)
+        assert status == 401 and "does not verify" in value["error"]
+        other_job = good.header.replace(job, "job" + secrets.token_hex(6))
+        assert (await call(delegate, "whoami", other_job))[0] == 401
+        assert (await call(other, "whoami", good.header))[0] == 401
+        # Nor can it be lent to another owner's name.
+        assert (await call(delegate, "whoami", good.header, other.address))[0] == 401
+        past = sign_delegation(owner, delegate.address, f"{name}/whoami", job, expires - 61_000)
+        status, value = await call(delegate, "whoami", past.header)
+        assert status == 401 and "expired" in value["error"]
+        # The header is signed with the request: dropping it leaves an unsigned change.
+        subject = call_subject(name, "whoami")
+        headers = sign_request(
+            delegate, subject, b"", on_behalf=owner.address, delegation=good.header
+        )
+        del headers["Actor-Delegation"]
+        assert (await raw(nc, delegate, name, "whoami", b"", headers=headers))[0] == 401
+
+
+async def test_slices_run_under_the_owners_policy_and_quota(settings: Settings, name: str) -> None:
+    worker = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as admin,
+        Client(worker, settings=settings) as client,
+    ):
+        await admin.call(
+            settings.policy, "set_role", "worker", [f"{name}/add", f"{settings.jobs}/*"]
+        )
+        await admin.call(settings.policy, "add_user", worker.address, "worker")
+        # 600 calls/min in windows of 1 s: 10 slices a second for this owner.
+        await admin.call(settings.policy, "set_config", 1.0, 600.0)
+
+        async def member() -> None:
+            assert await client.call(name, "add", 1, 1) == 2
+
+        await eventually(member)
+        with pytest.raises(Forbidden, match="may not call"):
+            await client.submit(f"{name}/forward", [["no"]])  # refused at once
+
+        started = time.monotonic()
+        job = await client.submit(f"{name}/add", [[i, 0] for i in range(30)])
+        await job.close()
+        final = await job.wait()
+        took = time.monotonic() - started
+        assert (final["done"], final["failed"]) == (30, 0)  # it waited, it did not fail
+        assert took > 1.5, took  # 30 slices at 10 a second
+
+        # A role taken away mid-job: the target refuses the next slices (403, no retry).
+        slow = await client.submit(f"{name}/add", [[i, 0] for i in range(5)])
+        await admin.call(settings.policy, "set_role", "worker", [f"{settings.jobs}/*"])
+        await eventually(lambda: _refused(client, name))
+        await slow.add([[i, 0] for i in range(5)])
+        await slow.close()
+        final = await slow.wait()
+        assert final["done"] + final["failed"] == 10 and final["failed"] >= 5
+        failed = [r async for r in slow.results("6-10")]
+        assert {r["status"] for r in failed} == {403}
+        assert all(r["attempts"] == 1 for r in failed)
+
+
+async def _refused(client: Client, name: str) -> None:
+    with pytest.raises(Forbidden):
+        await client.call(name, "add", 1, 1)
+
+
+async def test_a_delegation_serves_one_job_and_its_own_work(settings: Settings, name: str) -> None:
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings) as jobs,
+        Client(settings=settings) as client,
+    ):
+        expires = int((time.time() + 60) * 1000)
+        job = "job" + secrets.token_hex(6)
+        delegation = sign_delegation(client.key, jobs.address, f"{name}/add", job, expires)
+        wire = msgspec.to_builtins(delegation)
+        assert await client.call(settings.jobs, "submit", f"{name}/add", wire) == job
+        with pytest.raises(BadRequest, match="exists"):
+            await client.call(settings.jobs, "submit", f"{name}/add", wire)
+        with pytest.raises(BadRequest, match="is for"):
+            await client.call(settings.jobs, "submit", f"{name}/forward", wire)
+        stranger = sign_delegation(
+            client.key, Keypair.generate().address, f"{name}/add", "j" * 9, expires
+        )
+        with pytest.raises(BadRequest, match="not this actor"):
+            await client.call(settings.jobs, "submit", f"{name}/add", msgspec.to_builtins(stranger))
+        forged = {**wire, "job": "job" + secrets.token_hex(6)}
+        with pytest.raises(Unauthorized, match="does not verify"):
+            await client.call(settings.jobs, "submit", f"{name}/add", forged)
