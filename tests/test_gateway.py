@@ -20,6 +20,7 @@ from support import Probe, eventually, impostor
 
 from actorbus import Actor, Client, Keypair, Settings, serve
 from actorbus.actors.gateway import Gateway
+from actorbus.actors.jobs import Jobs
 from actorbus.actors.policy import Policy
 from actorbus.bus import connect, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
@@ -425,3 +426,51 @@ async def test_the_dashboard_in_a_browser(settings: Settings, name: str) -> None
             assert "shadow" not in await result.inner_text()  # the error id, not the details
         finally:
             await browser.close()
+
+
+async def test_dcp_rest_job_routes(settings: Settings, name: str) -> None:
+    async with stack(settings, name) as s, serve(Jobs(), name=s.settings.jobs, settings=s.settings):
+        auth = {
+            "Authorization": f"Bearer {(await s.policy('issue_token', 'web', 'user'))['token']}"
+        }
+        job_body = {"work": f"{name}/add", "slices": [[1, 2], [3, 4]], "options": {"retries": 1}}
+        refused = await s.http.post("/api/v0/job", json=job_body)  # anonymous: role public
+        assert refused.status_code == 403
+        created = await s.http.post("/api/v0/job", json=job_body, headers=auth)
+        assert created.status_code == 200, created.text
+        job = created.json()
+        added = await s.http.post(
+            f"/api/v0/job/{job}/slices", json={"slices": [[5, 6]]}, headers=auth
+        )
+        assert added.json() == [3, 3]
+        assert (await s.http.post(f"/api/v0/job/{job}/close", headers=auth)).status_code == 200
+
+        async def finished() -> None:
+            status = (await s.http.get(f"/api/v0/job/{job}/status", headers=auth)).json()
+            assert (status["state"], status["done"]) == ("finished", 3)
+
+        await eventually(finished, timeout=10)
+        got = await s.http.get(
+            f"/api/v0/job/{job}/result", params=[("range", "1"), ("range", "3-9")], headers=auth
+        )
+        assert [(r["index"], r["value"]) for r in got.json()] == [(1, 3), (3, 11)]
+        mine = (await s.http.get("/api/v0/jobs", headers=auth)).json()
+        assert [j["id"] for j in mine] == [job]
+        bad = await s.http.post(f"/api/v0/job/{job}/slices", json={"slice": []}, headers=auth)
+        assert bad.status_code == 400 and "malformed body" in error_of(bad)["error"]
+
+        other = {"Authorization": f"Bearer {(await s.policy('issue_token', 'x', 'user'))['token']}"}
+        for method, path in (("GET", "status"), ("GET", "result"), ("POST", "close")):
+            response = await s.http.request(method, f"/api/v0/job/{job}/{path}", headers=other)
+            assert response.status_code == 403, (method, path)
+        assert (await s.http.delete(f"/api/v0/job/{job}", headers=other)).status_code == 403
+
+        slow = (
+            await s.http.post(
+                "/api/v0/job", json={"work": f"{name}/slow", "slices": [[5]] * 3}, headers=auth
+            )
+        ).json()
+        cancelled = await s.http.delete(f"/api/v0/job/{slow}", headers=auth)
+        assert cancelled.json()["state"] == "cancelled"
+        spec = (await s.http.get("/openapi.json")).json()
+        assert {"/api/v0/job", "/api/v0/job/{id}/result"} <= set(spec["paths"])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
+from click.testing import CliRunner
+from processes import actor_serve
 from support import Probe, eventually, raw
 
 from actorbus import BadRequest, Client, Forbidden, Keypair, Settings, Unauthorized, serve
@@ -17,6 +21,7 @@ from actorbus.actors.policy import Policy
 from actorbus.bus import sign_request
 from actorbus.bus.delegation import sign_delegation
 from actorbus.bus.subjects import call_subject
+from actorbus.cli import EXIT_CODES, main
 
 
 async def test_an_open_job_takes_three_batches_then_closes(settings: Settings, name: str) -> None:
@@ -217,3 +222,47 @@ async def test_a_delegation_serves_one_job_and_its_own_work(settings: Settings, 
         forged = {**wire, "job": "job" + secrets.token_hex(6)}
         with pytest.raises(Unauthorized, match="does not verify"):
             await client.call(settings.jobs, "submit", f"{name}/add", forged)
+
+
+def test_job_cli(settings: Settings, name: str, tmp_path: Path) -> None:
+    env = {
+        "ACTOR_NATS_URL": settings.url,
+        "ACTOR_HOME": str(settings.home),
+        "ACTOR_POLICY": settings.policy,
+        "ACTOR_JOBS": settings.jobs,
+    }
+
+    def actor(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, list(args), env=env, input=stdin)
+        return result.exit_code, result.stdout, result.stderr
+
+    slices = tmp_path / "slices.jsonl"
+    slices.write_text("".join(f"[{i}, 100]\n" for i in range(1, 6)) + "\n")
+    with (
+        actor_serve(name, env, "tests/support.py:Probe"),
+        actor_serve(settings.jobs, env, "actorbus.actors.jobs:Jobs"),
+    ):
+        code, out, err = actor("job", "submit", f"{name}/add", "--slices", str(slices), "--watch")
+        assert code == 0, err
+        job_id = out.strip()
+        assert "finished" in err and "5/5" in err  # the progress bar's last state
+        code, out, _ = actor("job", "results", job_id, "--range", "2,4-9", "--json")
+        assert code == 0
+        assert [(r["index"], r["value"]) for r in json.loads(out)] == [(2, 102), (4, 104), (5, 105)]
+        code, out, _ = actor("job", "status", job_id, "--json")
+        assert json.loads(out)["done"] == 5
+
+        code, out, _ = actor("job", "submit", f"{name}/forward")  # open, no slices yet
+        open_id = out.strip()
+        code, out, _ = actor("job", "add", open_id, "--slices", "-", stdin='"a"\n"b"\n')
+        assert (code, out.strip()) == (0, "1-2")
+        code, out, _ = actor("job", "ls", "--json")
+        assert {j["id"] for j in json.loads(out)} == {job_id, open_id}
+        code, _, err = actor("job", "cancel", open_id)
+        assert code == 0 and "cancelled" in err
+        code, _, err = actor("job", "add", open_id, "--slices", "-", stdin="[1]\n")
+        assert code == EXIT_CODES[400] and "cancelled: no more slices" in err
+        code, _, err = actor("job", "add", open_id, "--slices", "-", stdin="[1\n")
+        assert code == 2 and "line 1 is not JSON" in err
+        code, _, err = actor("job", "status", "nosuchjob1")
+        assert code == EXIT_CODES[404]

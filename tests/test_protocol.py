@@ -24,6 +24,7 @@ from actorbus.bus import (
     token_keypair,
     verify,
 )
+from actorbus.bus.delegation import sign_delegation, verify_delegation
 from actorbus.bus.wire import (
     announcement_signing_bytes,
     reply_signing_bytes,
@@ -106,6 +107,54 @@ def test_forwarded_request_signing_matches_the_vector() -> None:
         tampered = {k: x for k, x in headers.items() if k != "Actor-On-Behalf-Of"} | changed
         with pytest.raises(Unauthorized):
             verify_request(r["subject"], tampered, body)
+
+
+def test_delegation_matches_the_vector() -> None:
+    v = vectors()
+    r, f, d = v["request"], v["forwarded_request"], v["delegation"]
+    owner = Keypair(bytes.fromhex(v["caller_seed_hex"]))
+    delegate = Keypair(bytes.fromhex(f["forwarder_seed_hex"]))
+    assert (owner.address, delegate.address) == (d["owner_address"], d["delegate_address"])
+    signed = sign_delegation(owner, delegate.address, d["work"], d["job"], d["expires"])
+    assert signed.signature == d["signature_hex"] and signed.header == d["header"]
+    lines = ["actorbus/1", "delegation", owner.address, delegate.address, d["work"], d["job"]]
+    expected = "\n".join([*lines, str(d["expires"])])
+    assert d["signing_bytes"] == expected
+    verify(owner.address, expected.encode(), bytes.fromhex(d["signature_hex"]))
+    body = r["body"].encode()
+    headers = sign_request(
+        delegate,
+        r["subject"],
+        body,
+        time_ms=int(r["actor_time"]),
+        nonce=r["actor_nonce"],
+        on_behalf=owner.address,
+        delegation=d["header"],
+    )
+    assert d["request_signing_bytes"] == f["signing_bytes"] + "\n" + d["header"]
+    assert headers["Actor-Signature"] == d["request_signature_hex"]
+    meta = verify_request(r["subject"], headers, body)
+    assert (meta.on_behalf, meta.delegation) == (owner.address, d["header"])
+    # The delegation is signed with the request: it cannot be dropped or swapped...
+    other = sign_delegation(owner, delegate.address, d["work"], "another-job", d["expires"])
+    for changed in ({}, {"Actor-Delegation": other.header}):
+        tampered = {k: x for k, x in headers.items() if k != "Actor-Delegation"} | changed
+        with pytest.raises(Unauthorized):
+            verify_request(r["subject"], tampered, body)
+    # ...and means nothing without the owner it speaks for.
+    alone = {k: x for k, x in headers.items() if k != "Actor-On-Behalf-Of"}
+    with pytest.raises(Unauthorized, match="without"):
+        verify_request(r["subject"], alone, body)
+    with pytest.raises(Unauthorized, match="expired"):
+        verify_delegation(
+            owner.address,
+            delegate.address,
+            d["work"],
+            d["job"],
+            d["expires"],
+            d["signature_hex"],
+            d["expires"],
+        )
 
 
 def test_token_key_matches_the_vector() -> None:

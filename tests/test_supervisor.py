@@ -339,7 +339,8 @@ async def test_down_leaves_no_process_behind(nodes: Any, name: str) -> None:
     node = await nodes()
     await up(node, PROBE, "--name", name, "--replicas", "2")
     pids = {r["pid"] for r in await node.ps()} | {node.node_pid()}
-    assert len(pids) == 5  # the supervisor, the policy actor, the gateway, two replicas
+    # The supervisor, the policy actor, the jobs actor, the gateway, two replicas.
+    assert len(pids) == 6
     _, _, err = await node.actor("down")
     assert "stopped" in err
     assert not [p for p in pids if p and psutil.pid_exists(p)]

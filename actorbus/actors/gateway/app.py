@@ -27,10 +27,19 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ...bus import ActorError, BadRequest, LogThrottle, PayloadTooLarge, Unavailable, printable
+from ...bus import (
+    ActorError,
+    BadRequest,
+    Keypair,
+    LogThrottle,
+    PayloadTooLarge,
+    Unavailable,
+    printable,
+)
 from ...bus.subjects import check_fn, check_name
 from ...runtime.client import advertised_timeout, loose_value
 from .catalog import openapi
+from .jobs import BodyFn, job_paths, job_routes
 
 if TYPE_CHECKING:
     from .actor import Gateway
@@ -116,19 +125,22 @@ def build_app(gateway: Gateway) -> Starlette:
             ) from None
         return b"".join(chunks)
 
-    async def call(request: Request) -> Response:
-        name, fn = request.path_params["name"], request.path_params["fn"]
+    async def relay(request: Request, name: str, fn: str, make_body: BodyFn) -> Response:
+        """Call ``name/fn`` as the request's identity with the body ``make_body`` builds
+        from the request's own (read here, for a POST) and the key the gateway will sign
+        with (``None`` when the caller signed: then the body must be theirs, as sent)."""
         try:
             check_name(name)
             check_fn(fn)
             headers = {k.lower(): v for k, v in request.headers.items()}
-            if request.method == "GET":
+            raw = b""
+            if request.method != "POST":
                 if "actor-signature" in headers:
                     raise BadRequest("a call you sign is a POST of the body you signed")
-                kwargs = {k: loose_value(v) for k, v in request.query_params.items()}
-                body = msgspec.json.encode({"kwargs": kwargs})
             else:
-                body = await read_body(request)
+                raw = await read_body(request)
+            signer = gateway.identities.signer(headers, raw, gateway.policy_state)
+            body = await make_body(raw, signer)
             timeout = settings.gateway_timeout
             outgoing = gateway.identities.outgoing(
                 name, fn, headers, body, gateway.policy_state, advertised_timeout(timeout)
@@ -151,6 +163,15 @@ def build_app(gateway: Gateway) -> Starlette:
             headers=passed,
         )
 
+    async def call(request: Request) -> Response:
+        async def body(raw: bytes, signer: Keypair | None) -> bytes:
+            if request.method == "POST":
+                return raw
+            kwargs = {k: loose_value(v) for k, v in request.query_params.items()}
+            return msgspec.json.encode({"kwargs": kwargs})
+
+        return await relay(request, request.path_params["name"], request.path_params["fn"], body)
+
     def _refusal(status: int, exc: ActorError) -> JSONResponse:
         error_id = exc.error_id or secrets.token_hex(6)
         throttle.log(
@@ -169,7 +190,9 @@ def build_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok" if up else "no NATS"}, status_code=200 if up else 503)
 
     async def openapi_json(request: Request) -> JSONResponse:
-        return JSONResponse(openapi(await gateway.catalog.schemas(), gateway.version))
+        schemas = await gateway.catalog.schemas()
+        extra = job_paths() if settings.jobs in schemas else {}
+        return JSONResponse(openapi(schemas, gateway.version, extra))
 
     async def actors(request: Request) -> JSONResponse:
         return JSONResponse(await gateway.overview())
@@ -180,6 +203,7 @@ def build_app(gateway: Gateway) -> Starlette:
         Route("/health", health),
         Route("/openapi.json", openapi_json),
         Route("/api/v0/actors", actors),
+        *job_routes(gateway, relay),
         Route("/{name}/{fn}", call, methods=["GET", "POST"]),
     ]
     middleware = [

@@ -142,8 +142,11 @@ def _scalar(schema: Any) -> bool:
     )
 
 
-def openapi(schemas: dict[str, dict[str, Any]], version: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``schemas`` (actor -> function -> schema)."""
+def openapi(
+    schemas: dict[str, dict[str, Any]], version: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``schemas`` (actor -> function -> schema), with the
+    ``extra`` path items (the gateway's own routes)."""
     defs: dict[str, Any] = {}
     paths: dict[str, Any] = {}
     errors = {
@@ -221,7 +224,7 @@ def openapi(schemas: dict[str, dict[str, Any]], version: str) -> dict[str, Any]:
             "Send Actor-* headers to sign the call yourself, a bearer token, or nothing "
             "(the gateway's public identity).",
         },
-        "paths": paths,
+        "paths": {**paths, **(extra or {})},
         "components": {
             "schemas": defs,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -97,13 +97,25 @@ class Identities:
                 sign_request(signer, subject, body, content_type=wire_type, timeout=timeout),
             )
         on_behalf = ""
-        if not msgpack and body[:1] == b"{" and b'"signature"' in body and b'"data"' in body:
+        if _commune_like(headers, body):
             body, on_behalf = self._commune(body)
             wire_type = JSON
         signed = sign_request(
             self.key, subject, body, content_type=wire_type, timeout=timeout, on_behalf=on_behalf
         )
         return Outgoing("commune" if on_behalf else "anonymous", body, signed)
+
+    def signer(self, headers: dict[str, str], body: bytes, policy: PolicyState) -> Keypair | None:
+        """The key :meth:`outgoing` will sign a request with as its caller (a token's, or
+        the gateway's own for an anonymous call); ``None`` when the caller signs (end to
+        end) or the gateway signs only as a forwarder (a commune body)."""
+        if "actor-signature" in headers or "actor-key" in headers:
+            return None
+        authorization = headers.get("authorization", "")
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            return self._token_key(token.strip(), policy) if scheme.lower() == "bearer" else None
+        return None if _commune_like(headers, body) else self.key
 
     def _token_key(self, token: str, policy: PolicyState) -> Keypair:
         digest = token_id(token)
@@ -157,3 +169,13 @@ class Identities:
         if self._seen.get(signature, 0.0) > now:
             raise Unauthorized("replayed commune signature")
         self._seen[signature] = now + 2 * self.max_skew
+
+
+def _commune_like(headers: dict[str, str], body: bytes) -> bool:
+    """Whether a body is meant as a commune body (and checked as one)."""
+    return (
+        not headers.get("content-type", "").startswith(MSGPACK)
+        and body[:1] == b"{"
+        and b'"signature"' in body
+        and b'"data"' in body
+    )
