@@ -236,6 +236,8 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert answer.json() == 3.5
         assert readme_python("The HTTP gateway", dict(clean, **env)) == "signed by me"
+        up.wait_for("jobs[0] ready: pid")
+        assert readme_python("Jobs", dict(clean, **env)) == "1001 2001.0 finished"
     finally:
         assert up.stop() == 0
     # Ctrl-C reached only the supervisor: the replicas drained against a live server

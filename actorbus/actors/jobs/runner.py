@@ -48,6 +48,8 @@ log = logging.getLogger("actorbus.jobs")
 
 _BATCH = 16
 """Slices taken from the queue in one fetch, at most."""
+_SAVE_CONCURRENCY = 256
+"""Results one replica stores at once (each is one JetStream round trip)."""
 _EMPTY_WAIT = 0.5
 """Seconds one fetch waits for a slice when the queue looks empty."""
 _PENDING_AGE = 30.0
@@ -110,6 +112,7 @@ class Runner:
         self.tallies: dict[str, Tally] = {}
         self.caught_up = False
         self._slots = anyio.Semaphore(settings.jobs_concurrency)
+        self._saving = anyio.Semaphore(_SAVE_CONCURRENCY)
         self._changed = anyio.Event()
         self._owners: set[str] = set()
         self._local: dict[str, int] = {}
@@ -289,9 +292,15 @@ class Runner:
             self._owners.discard(owner)
 
     def _wants_slices(self, job: str, now: float) -> bool:
+        """Whether to take more of ``job``'s slices: it has room for a batch (or runs
+        nothing), and its queue has not just been found empty."""
         record = self.records[job]
+        room = record.options.concurrency - self._local.get(job, 0)
         return (
-            self._local.get(job, 0) < record.options.concurrency
+            (
+                room >= min(_BATCH, (record.options.concurrency + 1) // 2)
+                or room == record.options.concurrency
+            )
             and self._idle_until.get(job, 0.0) <= now
             and self.tally(job).count < record.total
         )
@@ -331,8 +340,11 @@ class Runner:
     # -- running one slice ---------------------------------------------------------------
 
     async def _run_slice(self, job: str, msg: Msg) -> None:
+        """Run one slice in one of its job's slots; its result is stored after the slot is
+        free again (storing is not calling: it holds one of the replica's save slots)."""
         scope = anyio.CancelScope()
         self._running.setdefault(job, set()).add(scope)
+        result: SliceResult | None = None
         try:
             with scope:
                 record = self.records.get(job)
@@ -344,15 +356,20 @@ class Runner:
                     self._throttle.log(
                         logging.ERROR, "bug", "jobs: slice of %s: %r", job, exc, exc_info=exc
                     )
-                    return
-                await self._save(job, result, msg)
+        finally:
+            self._local[job] -= 1
+            self._slots.release()
+            self._poke()  # its owner's task may take another
+        try:
+            with scope:
+                if result is not None:
+                    async with self._saving:
+                        await self._save(job, result, msg)
             if scope.cancel_called:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await _quietly(msg.term())  # cancelled: never again
         finally:
             self._running[job].discard(scope)
-            self._local[job] -= 1
-            self._slots.release()
 
     async def _execute(self, record: JobRecord, msg: Msg) -> SliceResult:
         job = record.id
