@@ -266,3 +266,24 @@ def test_job_cli(settings: Settings, name: str, tmp_path: Path) -> None:
         assert code == 2 and "line 1 is not JSON" in err
         code, _, err = actor("job", "status", "nosuchjob1")
         assert code == EXIT_CODES[404]
+
+
+async def test_5xx_is_retried_a_bounded_number_of_times_4xx_never(
+    settings: Settings, name: str
+) -> None:
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        failing = await client.submit(f"{name}/boom", [[]], retries=1)
+        wrong = await client.submit(f"{name}/add", [["not a number", 1], [1, 2]], retries=3)
+        for job in (failing, wrong):
+            await job.close()
+            await job.wait()
+        (boom,) = [r async for r in failing.results()]
+        assert (boom["status"], boom["attempts"]) == (500, 2) and boom["id"]
+        assert "secret" not in boom["error"]  # the target's error body, no traceback
+        bad, good = [r async for r in wrong.results()]
+        assert (bad["status"], bad["attempts"], good["value"]) == (400, 1, 3)
+        assert (await wrong.status())["failed"] == 1

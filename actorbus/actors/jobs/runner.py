@@ -172,8 +172,9 @@ class Runner:
                 scope.cancel()  # cancelled (or gone): abandon its slices
             if (puller := self._pullers.pop(job, None)) is not None and self._tg is not None:
                 self._tg.start_soon(puller.close)
-        if record is None:
-            self.records.pop(job, None)
+        if record is None:  # expired: forget it
+            for table in (self.records, self.tallies, self._idle_until):
+                table.pop(job, None)
             return
         self.records[job] = record
         self._idle_until.pop(job, None)
