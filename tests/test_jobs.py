@@ -287,3 +287,24 @@ async def test_5xx_is_retried_a_bounded_number_of_times_4xx_never(
         bad, good = [r async for r in wrong.results()]
         assert (bad["status"], bad["attempts"], good["value"]) == (400, 1, 3)
         assert (await wrong.status())["failed"] == 1
+
+
+async def test_owners_share_a_replica_fairly(settings: Settings, name: str) -> None:
+    """Owner A's three jobs get no more of a jobs replica than owner B's one."""
+    small = msgspec.structs.replace(settings, jobs_concurrency=2)
+    owner_b = Keypair.generate()
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=small),
+        Client(settings=settings) as a,
+        Client(owner_b, settings=settings) as b,
+    ):
+        many = [await a.submit(f"{name}/slow", [[0.05]] * 20) for _ in range(3)]
+        one = await b.submit(f"{name}/slow", [[0.05]] * 10)
+        await one.close()
+        await one.wait(poll=0.05)
+        done_a = sum([(await job.status())["done"] for job in many])
+        # Round robin over jobs would have given A three slices for each of B's (30 by now).
+        assert done_a < 20, done_a
+        for job in many:
+            await job.cancel()
