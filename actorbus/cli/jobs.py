@@ -12,7 +12,7 @@ from typing import IO, Any
 import anyio
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..bus import ReplyTimeout, Unavailable
 from ..runtime import Client, Job, Settings
@@ -213,7 +213,8 @@ def job_ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return
-    table = Table("id", "work", "state", "done", "failed", "total", "created")
+    whole_id = Column("id", no_wrap=True, min_width=24)  # it is copied from here
+    table = Table(whole_id, "work", "state", "done", "failed", "total", "created")
     for j in jobs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created"]))
         table.add_row(
