@@ -14,7 +14,7 @@ import msgspec
 from actorbus import Actor, Call, Forbidden, endpoint
 from actorbus.bus import NATS, Keypair, Msg, sign_reply, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
-from actorbus.runtime import current_call
+from actorbus.runtime import Settings, current_call
 
 
 class Probe(Actor):
@@ -92,6 +92,18 @@ class Crashy(Actor):
 
     def forward(self, message: str = "hello") -> str:
         return message
+
+
+def env_of(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of an `actor` command or process on this test's NATS, home,
+    policy and jobs actor."""
+    return {
+        "ACTOR_NATS_URL": settings.url,
+        "ACTOR_HOME": str(settings.home),
+        "ACTOR_POLICY": settings.policy,
+        "ACTOR_JOBS": settings.jobs,
+        **extra,
+    }
 
 
 def body(*args: Any, **kwargs: Any) -> bytes:

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 from processes import actor_serve
+from support import env_of
 
 from actorbus import Settings
 from actorbus.cli import EXIT_CODES, main
@@ -28,12 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
-    return {
-        "ACTOR_NATS_URL": settings.url,
-        "ACTOR_HOME": str(settings.home),
-        "ACTOR_POLICY": settings.policy,
-        "ACTOR_JOBS": settings.jobs,
-    }
+    return env_of(settings)
 
 
 def actor(env: dict[str, str], *args: str) -> tuple[int, str, str]:

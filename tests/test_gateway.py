@@ -16,7 +16,7 @@ import httpx
 import msgspec
 import pytest
 from click.testing import CliRunner
-from support import Probe, eventually, impostor
+from support import Probe, env_of, eventually, impostor
 
 from actorbus import Actor, Client, Keypair, Settings, serve
 from actorbus.actors.gateway import Gateway
@@ -361,11 +361,7 @@ async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: 
 def test_token_cli(settings: Settings) -> None:
     from processes import actor_serve
 
-    env = {
-        "ACTOR_NATS_URL": settings.url,
-        "ACTOR_HOME": str(settings.home),
-        "ACTOR_POLICY": settings.policy,
-    }
+    env = env_of(settings)
 
     def actor(*args: str) -> tuple[int, str]:
         result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 from processes import actor_serve
-from support import Probe, eventually, raw
+from support import Probe, env_of, eventually, raw
 
 from actorbus import BadRequest, Client, Forbidden, Keypair, Settings, Unauthorized, serve
 from actorbus.actors.jobs import Jobs
@@ -225,12 +225,7 @@ async def test_a_delegation_serves_one_job_and_its_own_work(settings: Settings, 
 
 
 def test_job_cli(settings: Settings, name: str, tmp_path: Path) -> None:
-    env = {
-        "ACTOR_NATS_URL": settings.url,
-        "ACTOR_HOME": str(settings.home),
-        "ACTOR_POLICY": settings.policy,
-        "ACTOR_JOBS": settings.jobs,
-    }
+    env = env_of(settings)
 
     def actor(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
         result = CliRunner().invoke(main, list(args), env=env, input=stdin)

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 from processes import actor_serve
-from support import Probe, eventually
+from support import Probe, env_of, eventually
 
 from actorbus import Client, Settings, serve
 from actorbus.actors.jobs import Jobs
@@ -18,16 +18,6 @@ from actorbus.bus import EmbeddedServer
 
 JOBS = "actorbus.actors.jobs:Jobs"
 PROBE = "tests/support.py:Probe"
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    return {
-        "ACTOR_NATS_URL": settings.url,
-        "ACTOR_HOME": str(settings.home),
-        "ACTOR_POLICY": settings.policy,
-        "ACTOR_JOBS": settings.jobs,
-        "ACTOR_DRAIN_TIMEOUT": "2",
-    }
 
 
 async def exactly_once(job: Any, total: int) -> None:
@@ -46,7 +36,7 @@ async def exactly_once(job: Any, total: int) -> None:
 async def test_kill_9_of_a_jobs_replica_mid_job_loses_nothing(
     settings: Settings, name: str
 ) -> None:
-    env = env_of(settings)
+    env = env_of(settings, ACTOR_DRAIN_TIMEOUT="2")
     with actor_serve(settings.jobs, env, JOBS) as first, actor_serve(settings.jobs, env, JOBS):
         async with (
             serve(Probe(), name=name, settings=settings),
@@ -68,7 +58,7 @@ async def test_kill_9_of_a_jobs_replica_mid_job_loses_nothing(
 async def test_kill_9_of_a_target_replica_mid_job_loses_nothing(
     settings: Settings, name: str
 ) -> None:
-    env = env_of(settings)
+    env = env_of(settings, ACTOR_DRAIN_TIMEOUT="2")
     with actor_serve(name, env, PROBE) as first, actor_serve(name, env, PROBE):
         async with (
             serve(Jobs(), name=settings.jobs, settings=settings),

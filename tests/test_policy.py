@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 from processes import actor_serve
-from support import Probe, eventually
+from support import Probe, env_of, eventually
 
 from actorbus import (
     BadRequest,
@@ -212,11 +212,7 @@ async def test_the_policy_survives_restarts(tmp_path: Path, home: Path) -> None:
 
 
 def test_policy_cli(settings: Settings) -> None:
-    env = {
-        "ACTOR_NATS_URL": settings.url,
-        "ACTOR_HOME": str(settings.home),
-        "ACTOR_POLICY": settings.policy,
-    }
+    env = env_of(settings)
     Keystore(settings.home).load("default", create=True)  # the first admin, as `up` makes it
     alice = Keystore(settings.home).create("alice")
 

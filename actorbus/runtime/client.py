@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -25,6 +26,7 @@ from ..bus import (
     Keypair,
     Keystore,
     RateLimited,
+    Unavailable,
     codec_for,
     connect,
     error_for_status,
@@ -32,9 +34,10 @@ from ..bus import (
     sign_request,
     verify_reply,
 )
+from ..bus.delegation import MAX_DELEGATION_SECONDS, sign_delegation, split_work
 from ..bus.subjects import call_subject
 from ..bus.wire import ReplyMeta, request_nonce
-from .jobs import DEFAULT_JOB_TTL, Job, submit
+from .jobs import DEFAULT_JOB_TTL, Job
 from .registry import Registry, RegistryEntry
 from .settings import Settings
 
@@ -179,19 +182,25 @@ class Client:
     ) -> Job:
         """Start an open job on the jobs actor: ``work`` (``"actor/fn"``) is called once per
         slice (a slice is the argument list of one call), as this client's key, through a
-        delegation signed here for this job only, valid ``ttl`` seconds. ``slices`` now
-        and/or later (:meth:`Job.add`); ``retries`` (after 408/5xx), ``concurrency`` (per
-        jobs replica) and ``timeout`` (per slice) default to the jobs actor's."""
-        return await submit(
-            self,
-            work,
-            slices,
-            job=job,
-            ttl=ttl,
-            retries=retries,
-            concurrency=concurrency,
-            timeout=timeout,
-        )
+        delegation signed here for this job only, valid ``ttl`` seconds (the key never
+        leaves this client). ``slices`` now and/or later (:meth:`Job.add`); ``retries``
+        (after 408/5xx), ``concurrency`` (per jobs replica) and ``timeout`` (per slice)
+        default to the jobs actor's. Raises :class:`Unavailable` if no jobs actor runs."""
+        split_work(work)
+        if not 0 < ttl <= MAX_DELEGATION_SECONDS:
+            raise ValueError(f"ttl must be in (0, {MAX_DELEGATION_SECONDS}] seconds")
+        name = self.settings.jobs
+        entries = await self.entries(name)
+        if not entries:
+            raise Unavailable(f"no jobs actor {name!r} is running (`actor up` starts one)")
+        job = job or secrets.token_hex(12)
+        expires = int((time.time() + ttl) * 1000)
+        delegation = sign_delegation(self.key, entries[0].address, work, job, expires)
+        given = (("retries", retries), ("concurrency", concurrency), ("timeout", timeout))
+        options = {k: v for k, v in given if v is not None}
+        kwargs: dict[str, Any] = {"slices": slices, "options": options or None}
+        await self.request(name, "submit", [work, msgspec.to_builtins(delegation)], kwargs)
+        return Job(self, job)
 
     def job(self, id: str) -> Job:
         """A handle on the job ``id`` (yours, or anyone's if you are an admin)."""

@@ -76,9 +76,14 @@ class Control:
 
     async def _nodes_running(self, name: str) -> list[str]:
         nodes = sorted({s.node for s in await self.ps() if s.actor == name})
-        if not nodes:
-            raise NotFound(f"no node runs {name!r}")
-        return nodes
+        if nodes:
+            return nodes
+        # A node that is gone is no responders (503); one that answered otherwise (a 403,
+        # a timeout) may well run it, and that is the error to show.
+        for node, exc in sorted(self.errors.items()):
+            if exc.status != Unavailable.status:
+                raise type(exc)(f"no node that answered runs {name!r}; {node}: {exc.message}")
+        raise NotFound(f"no node runs {name!r}")
 
     async def up(self, node: str, spec: ActorSpec) -> list[ReplicaStatus]:
         """Start ``spec`` on ``node``; returns once its replicas answer."""

@@ -1,64 +1,23 @@
-"""Open jobs from Python: ``job = await client.submit("echo/forward", slices)``.
-
-The client picks the job id and signs the delegation that lets the jobs actor run the
-job's slices as this client's key (for that job, that work function and until ``ttl``
-runs out); the key itself never leaves the client.
-"""
+"""A job of the jobs actor, from Python: what ``await client.submit(...)`` returns."""
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
 
 from ..bus import ReplyTimeout, Unavailable
-from ..bus.delegation import MAX_DELEGATION_SECONDS, sign_delegation, split_work
 from ..bus.ranges import PAGE_SIZE, page_of, parse_ranges
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["DEFAULT_JOB_TTL", "ENDED", "Job", "submit"]
+__all__ = ["DEFAULT_JOB_TTL", "ENDED", "Job"]
 
 DEFAULT_JOB_TTL = 24 * 3600.0
 """Seconds a job's delegation lasts unless told otherwise."""
 ENDED = frozenset({"finished", "cancelled"})
-
-
-async def submit(
-    client: Client,
-    work: str,
-    slices: list[list[Any]] | None = None,
-    *,
-    job: str | None = None,
-    ttl: float = DEFAULT_JOB_TTL,
-    retries: int | None = None,
-    concurrency: int | None = None,
-    timeout: float | None = None,
-) -> Job:
-    """See :meth:`Client.submit`."""
-    split_work(work)
-    if not 0 < ttl <= MAX_DELEGATION_SECONDS:
-        raise ValueError(f"ttl must be in (0, {MAX_DELEGATION_SECONDS}] seconds")
-    name = client.settings.jobs
-    entries = await client.entries(name)
-    if not entries:
-        raise Unavailable(f"no jobs actor {name!r} is running (`actor up` starts one)")
-    job = job or secrets.token_hex(12)
-    expires = int((time.time() + ttl) * 1000)
-    delegation = sign_delegation(client.key, entries[0].address, work, job, expires)
-    options = {
-        k: v
-        for k, v in (("retries", retries), ("concurrency", concurrency), ("timeout", timeout))
-        if v is not None
-    }
-    kwargs: dict[str, Any] = {"slices": slices, "options": options or None}
-    await client.request(name, "submit", [work, msgspec.to_builtins(delegation)], kwargs)
-    return Job(client, job)
 
 
 class Job:
