@@ -51,7 +51,7 @@ def settings(nats_url: str, home: Path) -> Settings:
     return Settings(
         home=home,
         nats_url=nats_url,
-        registry_ttl=3.0,
+        registry_ttl=6.0,  # the shared bucket's TTL: heartbeats every 2 s, slack for a busy CI
         drain_timeout=5.0,
         policy=f"policy{secrets.token_hex(4)}",
         jobs=f"jobs{secrets.token_hex(4)}",

@@ -16,6 +16,7 @@ from support import Probe
 
 from actorbus import Client, Settings, serve
 from actorbus.bus import connect
+from actorbus.runtime import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,3 +118,12 @@ def test_a_killed_replica_expires_from_the_registry(settings: Settings, name: st
             assert time.monotonic() - killed < settings.registry_ttl + 5
             time.sleep(0.2)
         assert time.monotonic() - killed <= settings.registry_ttl + 1
+
+
+async def test_heartbeats_follow_the_registry_buckets_own_ttl(settings: Settings) -> None:
+    """A replica configured with a longer TTL than the bucket was made with would see its
+    entry expire between heartbeats: it follows the bucket's TTL instead."""
+    async with connect(settings.url) as nc:
+        made = await Registry.open(nc, ttl=settings.registry_ttl)
+        longer = await Registry.open(nc, ttl=settings.registry_ttl * 10)
+        assert longer.ttl == made.ttl <= settings.registry_ttl

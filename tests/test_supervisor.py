@@ -41,7 +41,7 @@ class Node:
             "ACTOR_POLICY": policy,
             "ACTOR_JOBS": jobs,
             "ACTOR_DRAIN_TIMEOUT": "5",
-            "ACTOR_REGISTRY_TTL": "10",  # expiry is not what these tests test
+            "ACTOR_REGISTRY_TTL": "6",  # as the shared bucket (conftest)
             "ACTOR_GATEWAY_PORT": "0",  # nodes of one machine would share 8080
             **env,
         }

@@ -29,14 +29,18 @@ _JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
 class Bucket:
     """A JetStream KV bucket whose entries expire ``ttl`` seconds after their last put."""
 
-    def __init__(self, kv: KeyValue, name: str) -> None:
+    def __init__(self, kv: KeyValue, name: str, ttl: float | None = None) -> None:
         self._kv = kv
         self.name = name
+        self.ttl = ttl
+        """Seconds an entry lives after its last put, as the bucket was made (``None``:
+        forever, or not known)."""
 
     @classmethod
     async def open(cls, nc: NATS, name: str, *, ttl: float | None, replicas: int = 1) -> Bucket:
         """Bind to bucket ``name``, creating it (history 1, file store; entries expire after
-        ``ttl`` seconds, or never if ``None``) if it is missing."""
+        ``ttl`` seconds, or never if ``None``) if it is missing; :attr:`ttl` is what the
+        bucket really has (its creator's choice, if it existed)."""
         js = nc.jetstream()
         try:
             try:
@@ -47,7 +51,11 @@ class Bucket:
             kv = await _bind(nc, name)
         except _JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
-        return cls(kv, name)
+        try:
+            made_ttl = (await kv.status()).ttl or None  # another creator may have chosen
+        except _JS_ERRORS as exc:
+            raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
+        return cls(kv, name, made_ttl)
 
     @classmethod
     async def find(cls, nc: NATS, name: str) -> Bucket | None:

@@ -59,7 +59,10 @@ class Registry:
 
     @classmethod
     async def open(cls, nc: NATS, *, ttl: float, replicas: int = 1) -> Registry:
-        return cls(await Bucket.open(nc, REGISTRY_BUCKET, ttl=ttl, replicas=replicas), ttl)
+        """Bind to the registry; entries live ``ttl`` seconds without a heartbeat, or less if
+        the bucket was made with a shorter TTL (then heartbeats follow the bucket's)."""
+        bucket = await Bucket.open(nc, REGISTRY_BUCKET, ttl=ttl, replicas=replicas)
+        return cls(bucket, min(ttl, bucket.ttl) if bucket.ttl else ttl)
 
     async def put(self, entry: RegistryEntry) -> None:
         """Write ``entry`` with a fresh heartbeat."""
