@@ -11,8 +11,10 @@ and one jobs actor replica, each its own process (`actor serve`), no policy:
   actor runs each slice as a delegated call and stores each result on JetStream.
 
 It prints, per run and as medians: both rates, their ratio (target >= 0.5), the time to
-queue the slices, and the time from ``close`` to the last result. Every run is bounded:
-a job that does not finish in 10 minutes fails the bench.
+queue the slices, the time from ``close`` to the last result, and the CPU milliseconds
+each process spent per call or slice (this one, the echo actor, the jobs actor, the
+nats-server): on a small machine they share the cores, so that is where a gap comes
+from. Every run is bounded: a job that does not finish in 10 minutes fails the bench.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import anyio
+import psutil
 
 from actorbus import Client, Settings
 from actorbus.bus import EmbeddedServer
@@ -93,26 +96,46 @@ async def job(client: Client, slices: int, concurrency: int) -> tuple[float, flo
     return slices / (ended - started), queued - started, ended - closed
 
 
-async def run(url: str, home: Path, args: argparse.Namespace) -> None:
+class CPU:
+    """CPU seconds of some processes, read before and after a phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.processes = {label: psutil.Process(pid) for label, pid in pids.items()}
+
+    def read(self) -> dict[str, float]:
+        return {label: sum(p.cpu_times()[:2]) for label, p in self.processes.items()}
+
+    @staticmethod
+    def per_item(before: dict[str, float], after: dict[str, float], items: int) -> str:
+        return "  ".join(f"{k} {(after[k] - before[k]) / items * 1e3:.2f}" for k in before)
+
+
+async def run(url: str, home: Path, args: argparse.Namespace, cpu: CPU) -> None:
     settings = Settings(home=home, nats_url=url, call_timeout=30)
     async with Client(settings=settings) as client:
         await direct(client, 500, args.concurrency)  # warm up
         rows = []
         for i in range(args.repeat):
+            start = cpu.read()
             rate = await direct(client, args.slices, args.concurrency)
+            middle = cpu.read()
             job_rate, queue_s, tail_s = await job(client, args.slices, args.concurrency)
+            end = cpu.read()
             rows.append((rate, job_rate, queue_s, tail_s))
             print(
                 f"run {i + 1}: direct {rate:7.0f}/s   job {job_rate:7.0f}/s   "
                 f"ratio {job_rate / rate:.2f}   queueing {queue_s:5.2f}s   "
-                f"close->last {tail_s:5.2f}s",
+                f"close->last {tail_s:5.2f}s\n"
+                f"  CPU ms per call:  {CPU.per_item(start, middle, args.slices)}\n"
+                f"  CPU ms per slice: {CPU.per_item(middle, end, args.slices)}",
                 flush=True,
             )
     rate, job_rate, queue_s, tail_s = (statistics.median(c) for c in zip(*rows, strict=True))
     print(
         f"\nmedian of {args.repeat}: {args.slices} slices at concurrency {args.concurrency}: "
         f"direct {rate:.0f}/s, job {job_rate:.0f}/s, ratio {job_rate / rate:.2f} "
-        f"(target >= 0.5); queueing {queue_s:.2f}s; close -> last result {tail_s:.2f}s"
+        f"(target >= 0.5); queueing {queue_s:.2f}s; close -> last result {tail_s:.2f}s; "
+        f"{os.cpu_count()} cores"
     )
 
 
@@ -129,8 +152,14 @@ def main() -> None:
             serve(env, f"{HERE / 'calls.py'}:BenchEcho", "bench"),
             serve(env, "actorbus.actors.jobs:Jobs", "jobs"),
         ]
+        pids = {
+            "bench": os.getpid(),
+            "echo": processes[0].pid,
+            "jobs": processes[1].pid,
+            "nats": server.pid or 0,
+        }
         try:
-            anyio.run(run, server.url, home, args)
+            anyio.run(run, server.url, home, args, CPU(pids))
         finally:
             for process in processes:
                 process.terminate()
