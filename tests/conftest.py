@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster import Cluster
 
 from actorbus.bus import EmbeddedServer, Unavailable
 from actorbus.runtime import Settings
@@ -56,6 +57,18 @@ def settings(nats_url: str, home: Path) -> Settings:
         policy=f"policy{secrets.token_hex(4)}",
         jobs=f"jobs{secrets.token_hex(4)}",
     )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A 3-node JetStream cluster of its own (stopped at the end of the test)."""
+    (tmp_path / "cluster").mkdir()
+    nodes = Cluster(tmp_path / "cluster")
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 @pytest.fixture

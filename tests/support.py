@@ -35,6 +35,13 @@ class Probe(Actor):
         await anyio.sleep(seconds)
         return seconds
 
+    @endpoint(idempotent=True)
+    async def same(self, value: Any, seconds: float = 0.0) -> Any:
+        """``value`` (after ``seconds``): idempotent, so callers may retry it."""
+        self.runs += 1
+        await anyio.sleep(seconds)
+        return value
+
     def blocking(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds

@@ -21,7 +21,16 @@ from nats.aio.msg import Msg
 from .errors import BadRequest, PayloadTooLarge, ReplyTimeout, Unavailable
 from .throttle import LogThrottle
 
-__all__ = ["NATS", "Msg", "connect", "message_size", "nats_answers", "publish", "request"]
+__all__ = [
+    "NATS",
+    "Msg",
+    "connect",
+    "gather",
+    "message_size",
+    "nats_answers",
+    "publish",
+    "request",
+]
 
 log = logging.getLogger("actorbus.bus")
 
@@ -173,3 +182,26 @@ async def request(
         raise Unavailable(f"NATS connection closed: {exc}") from exc
     except nats.errors.MaxPayloadError as exc:
         raise PayloadTooLarge(f"request over the server's max payload: {exc}") from exc
+
+
+async def gather(nc: NATS, subject: str, body: bytes, *, wait: float, limit: int) -> list[Msg]:
+    """Publish ``body`` on ``subject`` with a fresh inbox as its reply subject and collect
+    the answers that arrive within ``wait`` seconds (at most ``limit``): a question for
+    every responder, such as ``$SRV.INFO``. Raises :class:`Unavailable`."""
+    inbox = nc.new_inbox()
+    answers: list[Msg] = []
+    try:
+        sub = await nc.subscribe(inbox, max_msgs=limit)
+        try:
+            await nc.publish(subject, body, reply=inbox)
+            with anyio.move_on_after(wait):
+                async for msg in sub.messages:
+                    answers.append(msg)
+                    if len(answers) >= limit:
+                        break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+    except nats.errors.Error as exc:
+        raise Unavailable(f"asking {subject}: {exc}") from exc
+    return answers

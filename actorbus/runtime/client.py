@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -26,6 +28,7 @@ from ..bus import (
     Keypair,
     Keystore,
     RateLimited,
+    ReplyTimeout,
     Unavailable,
     codec_for,
     connect,
@@ -37,13 +40,20 @@ from ..bus import (
 from ..bus.delegation import MAX_DELEGATION_SECONDS, sign_delegation, split_work
 from ..bus.subjects import call_subject
 from ..bus.wire import ReplyMeta, request_nonce
+from .discovery import Known, from_entries, from_service_info
 from .jobs import DEFAULT_JOB_TTL, Job
 from .registry import Registry, RegistryEntry
 from .settings import Settings
 
 __all__ = ["ActorProxy", "Client", "Reply", "advertised_timeout", "loose_value"]
 
-_ADDRESS_CACHE_SECONDS = 10.0
+_KNOWN_SECONDS = 10.0
+_DEGRADED_SECONDS = 5.0
+_ATTEMPTS = 3
+"""Attempts of an idempotent call (after 503, 504 or a lost connection), within its
+deadline."""
+
+log = logging.getLogger("actorbus.client")
 
 
 class Client:
@@ -66,7 +76,9 @@ class Client:
         self._nc = nc
         self._stack = AsyncExitStack()
         self._registry: Registry | None = None
-        self._addresses: dict[str, tuple[float, frozenset[str]]] = {}
+        self._known: dict[str, Known] = {}
+        self._degraded_until = 0.0
+        """While the registry is unreadable: when to try it again."""
         self._lookup = anyio.Lock()
 
     @property
@@ -108,17 +120,35 @@ class Client:
         """The live replicas in the registry (of ``name``, or all)."""
         return await (await self.registry()).entries(name)
 
-    async def _addresses_of(self, name: str, *, refresh: bool = False) -> frozenset[str]:
-        cached = self._addresses.get(name)
-        if cached and not refresh and cached[0] > time.monotonic():
-            return cached[1]
+    async def known(self, name: str, *, refresh: bool = False) -> Known:
+        """What this client knows of ``name`` (its replicas' addresses, its idempotent
+        functions), cached for 10 s: from the registry, or, when JetStream cannot answer
+        (degraded mode), from the replicas' ``$SRV.INFO`` over core NATS; past its time, a
+        cached answer is kept while neither source can give a better one."""
+        cached = self._known.get(name)
+        if cached and not refresh and cached.expires > time.monotonic():
+            return cached
         async with self._lookup:  # one lookup at a time: concurrent misses share its result
-            again = self._addresses.get(name)
-            if again and again is not cached and again[0] > time.monotonic():
-                return again[1]
-            addresses = frozenset(e.address for e in await self.entries(name))
-            self._addresses[name] = (time.monotonic() + _ADDRESS_CACHE_SECONDS, addresses)
-            return addresses
+            again = self._known.get(name)
+            if again and again is not cached and again.expires > time.monotonic():
+                return again
+            try:
+                if self._degraded_until > time.monotonic():
+                    raise Unavailable("unreadable moments ago")
+                known = from_entries(await self.entries(name), _KNOWN_SECONDS)
+            except Unavailable as exc:
+                known = await from_service_info(self.nc, name, _KNOWN_SECONDS)
+                if not self._degraded_until:
+                    log.warning("registry unreadable (%s): asking replicas ($SRV.INFO)", exc)
+                self._degraded_until = time.monotonic() + _DEGRADED_SECONDS
+            else:
+                if self._degraded_until:
+                    log.warning("registry readable again")
+                self._degraded_until = 0.0
+            if not known.addresses and again is not None:
+                return again  # nothing better: keep what we had
+            self._known[name] = known
+            return known
 
     async def call(self, name: str, fn: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``name``'s function ``fn``; returns its result or raises its error."""
@@ -143,14 +173,29 @@ class Client:
         """
         timeout = timeout or self.settings.call_timeout
         body = codec_for(content_type).encode(CallBody(list(args), kwargs or {}))
-        headers = sign_request(
-            self.key,
-            call_subject(name, fn),
-            body,
-            content_type=content_type,
-            timeout=advertised_timeout(timeout),
-        )
-        return (await self.send(name, fn, body, headers, timeout)).result()
+        subject = call_subject(name, fn)
+        attempts = _ATTEMPTS if fn in (await self.known(name)).idempotent else 1
+        deadline = time.monotonic() + timeout
+        for attempt in range(attempts):
+            # Each attempt gets its share of what is left, so a request lost with a
+            # replica or a connection still leaves time to try again.
+            share = (deadline - time.monotonic()) / (attempts - attempt)
+            headers = sign_request(
+                self.key,
+                subject,
+                body,
+                content_type=content_type,
+                timeout=advertised_timeout(share),
+            )
+            try:
+                return (await self.send(name, fn, body, headers, share)).result()
+            except (Unavailable, ReplyTimeout) as exc:
+                left = deadline - time.monotonic()
+                if attempt + 1 == attempts or left <= 0:
+                    raise
+                log.debug("%s/%s: %s; trying again (idempotent)", name, fn, exc)
+                await anyio.sleep(min(random.uniform(0.5, 1.5) * 0.05 * 2**attempt, left / 2))
+        raise AssertionError("unreachable")
 
     async def send(
         self, name: str, fn: str, body: bytes, headers: dict[str, str], timeout: float
@@ -164,8 +209,8 @@ class Client:
         """
         msg = await request(self.nc, call_subject(name, fn), body, headers, timeout)
         meta = verify_reply(msg.headers, msg.data, request_nonce(headers))
-        known = meta.key in await self._addresses_of(name)
-        if not known and meta.key not in await self._addresses_of(name, refresh=True):
+        known = meta.key in (await self.known(name)).addresses
+        if not known and meta.key not in (await self.known(name, refresh=True)).addresses:
             raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         return Reply(meta, msg.data, dict(msg.headers or {}))
 

@@ -145,6 +145,7 @@ async def serve(
             allow_fns=sorted(actor.allow_fns),
             deny_fns=sorted(actor.deny_fns),
             replica=settings.replica,
+            idempotent=sorted(fn for fn, f in functions.items() if f.options.idempotent),
         )
         identity = ServiceIdentity(
             actor=name,

@@ -36,6 +36,8 @@ class RegistryEntry(msgspec.Struct, frozen=True):
     """The replica's index on its node (``actor logs --replica``)."""
     calls: int = 0
     """Requests it has answered, as of its last heartbeat."""
+    idempotent: list[str] = msgspec.field(default_factory=list)
+    """Its functions marked idempotent: callers may retry them (PROTOCOL.md §4)."""
 
     @property
     def key(self) -> str:

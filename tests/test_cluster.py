@@ -1,0 +1,127 @@
+"""actorbus beyond one server: a 3-node JetStream cluster losing nodes and its JetStream
+quorum (degraded mode), and idempotent calls retried through lost replicas."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from cluster import Cluster
+from processes import actor_serve
+from support import Probe, env_of
+
+from actorbus import Client, Keypair, ReplyTimeout, Settings, serve
+from actorbus.actors.policy import Policy
+from actorbus.bus import connect
+
+
+def on(cluster: Cluster, settings: Settings, node: int | None = None) -> Settings:
+    """``settings`` on the cluster (one node's URL, or all of them), R3 buckets and streams."""
+    url = cluster.url if node is None else cluster.url_of(node)
+    return msgspec.structs.replace(settings, nats_url=url, js_replicas=3)
+
+
+async def test_calls_go_on_through_a_node_kill(
+    cluster: Cluster, settings: Settings, name: str
+) -> None:
+    await cluster.wait_for_jetstream()
+    here = on(cluster, settings)
+    async with serve(Probe(), name=name, settings=here), Client(settings=here) as client:
+        assert await client.call(name, "add", 1, 2) == 3
+        cluster.kill(0)
+        # An idempotent call is retried if its request was lost with the node.
+        assert await client.request(name, "same", ["x"], timeout=6) == "x"
+        cluster.start(0)
+        assert await client.request(name, "same", ["y"], timeout=6) == "y"
+
+
+async def test_calls_go_on_without_a_jetstream_quorum(
+    cluster: Cluster, settings: Settings, name: str
+) -> None:
+    """Kill two of three nodes: JetStream (registry, policy bucket) is gone, core NATS on
+    the last node still routes, and calls keep working, from a client that knew the actor
+    and from one that never saw it, under the policy the replicas had cached."""
+    await cluster.wait_for_jetstream()
+    last = on(cluster, settings, node=2)  # everyone on the node that stays
+    member = Keypair.generate()
+    async with (
+        serve(Policy(), name=last.policy, settings=last),
+        serve(Probe(), name=name, settings=last),
+        Client(settings=last) as admin,
+        Client(member, settings=last) as old,
+    ):
+        await admin.call(last.policy, "set_role", "member", [f"{name}/*"])
+        await admin.call(last.policy, "add_user", member.address, "member")
+        await anyio.sleep(0.3)  # the change reaches the probe through its watch
+        assert await old.call(name, "add", 1, 2) == 3
+        cluster.kill(0)
+        cluster.kill(1)
+        for _ in range(20):
+            assert await old.call(name, "add", 2, 3) == 5
+        async with Client(member, settings=last) as new:
+            assert await new.call(name, "add", 3, 4) == 7
+            assert await new.call(name, "same", "degraded") == "degraded"
+        stranger = Keypair.generate()
+        async with Client(stranger, settings=last) as other:
+            with pytest.raises(Exception, match="may not call"):
+                await other.call(name, "add", 1, 1)  # the cached policy still refuses
+
+
+async def test_idempotent_calls_see_no_failure_when_a_replica_is_killed(
+    settings: Settings, name: str
+) -> None:
+    env = env_of(settings)
+    failures: list[BaseException] = []
+    done = 0
+    warmed = anyio.Event()
+    with (
+        actor_serve(name, env, "tests/support.py:Probe") as first,
+        actor_serve(name, env, "tests/support.py:Probe"),
+    ):
+        async with Client(settings=settings) as client:
+
+            async def caller() -> None:
+                nonlocal done
+                for i in range(60):
+                    try:
+                        assert await client.request(name, "same", [i, 0.02], timeout=3) == i
+                    except Exception as exc:  # counted, then asserted
+                        failures.append(exc)
+                    done += 1
+                    if done == 40:
+                        warmed.set()
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(caller)
+                await warmed.wait()
+                os.kill(first.pid, signal.SIGKILL)  # some calls are in its hands
+    assert done == 240 and failures == [], failures[:3]
+
+
+async def test_only_idempotent_calls_are_tried_again(settings: Settings, name: str) -> None:
+    """A replica that stops reading (SIGSTOP) loses the requests it is sent: an idempotent
+    call tries three times within its deadline, any other call once."""
+    seen: list[str] = []
+    with actor_serve(name, env_of(settings), "tests/support.py:Probe") as replica:
+        async with Client(settings=settings) as client, connect(settings.url) as nc:
+            assert await client.call(name, "same", 1) == 1  # it knows `same` is idempotent
+
+            async def count(msg: Any) -> None:
+                seen.append(msg.subject.rsplit(".", 1)[1])
+
+            await nc.subscribe(f"actor.{name}.*", cb=count)  # no queue group: sees all
+            await nc.flush()
+            os.kill(replica.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(ReplyTimeout):
+                    await client.request(name, "same", ["x"], timeout=1.5)
+                with pytest.raises(ReplyTimeout):
+                    await client.request(name, "add", [1, 2], timeout=1.5)
+            finally:
+                os.kill(replica.pid, signal.SIGCONT)
+    assert (seen.count("same"), seen.count("add")) == (3, 1)
