@@ -106,6 +106,9 @@ async def test_anonymous_callers_are_public(settings: Settings, name: str) -> No
         assert (response.status_code, response.json()) == (200, "hi")
         response = await s.http.get(f"/{name}/add", params={"a": 2, "b": 3, "scale": 10})
         assert (response.status_code, response.json()) == (200, 50)
+        # A string parameter takes the text as it is, digits or not (the fuzz test's find).
+        response = await s.http.get(f"/{name}/forward", params={"message": "3"})
+        assert (response.status_code, response.json()) == (200, "3")
         me = (await s.http.post(f"/{name}/whoami", json={})).json()
         assert me == {"caller": s.gateway.address, "forwarder": ""}
 

@@ -15,6 +15,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from .errors import Unavailable
@@ -29,8 +30,11 @@ _JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
 class Bucket:
     """A JetStream KV bucket whose entries expire ``ttl`` seconds after their last put."""
 
-    def __init__(self, kv: KeyValue, name: str, ttl: float | None = None) -> None:
+    def __init__(
+        self, kv: KeyValue, name: str, js: JetStreamContext, ttl: float | None = None
+    ) -> None:
         self._kv = kv
+        self._js = js
         self.name = name
         self.ttl = ttl
         """Seconds an entry lives after its last put, as the bucket was made (``None``:
@@ -55,13 +59,14 @@ class Bucket:
             made_ttl = (await kv.status()).ttl or None  # another creator may have chosen
         except _JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
-        return cls(kv, name, made_ttl)
+        return cls(kv, name, js, made_ttl)
 
     @classmethod
     async def find(cls, nc: NATS, name: str) -> Bucket | None:
         """Bind to bucket ``name`` if it exists, else ``None``."""
         try:
-            return cls(await nc.jetstream().key_value(name), name)
+            js = nc.jetstream()
+            return cls(await js.key_value(name), name, js)
         except nats.js.errors.BucketNotFoundError:
             return None
         except _JS_ERRORS as exc:
@@ -124,17 +129,27 @@ class Bucket:
             raise Unavailable(f"delete {self.name}/{key}: {exc}") from exc
 
     async def values(self, keys: str = ">", *, timeout: float = 5.0) -> list[bytes]:
-        """The current values of the keys matching ``keys`` (a subject filter)."""
+        """The current values of the keys matching ``keys`` (a subject filter).
+
+        nats-py's watcher may say "caught up" before a value already on its way (the
+        server counts it delivered, the client has not read it yet), so its marker alone
+        is not trusted: reading ends at the last key's entry (nothing pending after it,
+        deletions included), or at the marker when the bucket holds no such key at all.
+        """
         values: list[bytes] = []
         try:
-            watcher = await self._kv.watch(keys, ignore_deletes=True)
+            watcher = await self._kv.watch(keys)
             try:
                 with anyio.fail_after(timeout):
                     async for entry in watcher:
-                        if entry is None:  # the "initial values done" marker
-                            break
-                        if entry.value:
+                        if entry is None:  # "caught up", maybe too early
+                            if values or await self._holds_none(keys):
+                                break
+                            continue
+                        if entry.operation not in ("DEL", "PURGE") and entry.value:
                             values.append(entry.value)
+                        if entry.delta == 0:
+                            break
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]
         except TimeoutError as exc:
@@ -142,6 +157,12 @@ class Bucket:
         except _JS_ERRORS as exc:
             raise Unavailable(f"reading bucket {self.name}: {exc}") from exc
         return values
+
+    async def _holds_none(self, keys: str) -> bool:
+        """Whether no key matching ``keys`` has an entry (a value or a deletion)."""
+        subjects = f"$KV.{self.name}.{keys}"
+        info = await self._js.stream_info(f"KV_{self.name}", subjects_filter=subjects)
+        return not info.state.subjects
 
 
 async def _bind(nc: NATS, name: str) -> KeyValue:

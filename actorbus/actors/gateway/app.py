@@ -164,13 +164,19 @@ def build_app(gateway: Gateway) -> Starlette:
         )
 
     async def call(request: Request) -> Response:
+        name, fn = request.path_params["name"], request.path_params["fn"]
+
         async def body(raw: bytes, signer: Keypair | None) -> bytes:
             if request.method == "POST":
                 return raw
-            kwargs = {k: loose_value(v) for k, v in request.query_params.items()}
+            schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
+            properties = schema.get("params", {}).get("properties", {})
+            kwargs = {
+                k: _query_value(v, properties.get(k)) for k, v in request.query_params.items()
+            }
             return msgspec.json.encode({"kwargs": kwargs})
 
-        return await relay(request, request.path_params["name"], request.path_params["fn"], body)
+        return await relay(request, name, fn, body)
 
     def _refusal(status: int, exc: ActorError) -> JSONResponse:
         error_id = exc.error_id or secrets.token_hex(6)
@@ -226,6 +232,20 @@ def build_app(gateway: Gateway) -> Starlette:
             ),
         )
     return Starlette(routes=routes, middleware=middleware)
+
+
+_NOT_TEXT = frozenset({"integer", "number", "boolean", "array", "object"})
+
+
+def _query_value(text: str, schema: Any) -> Any:
+    """A query parameter's value: the text itself for a parameter typed as a string
+    (``?message=3`` is ``"3"``), else JSON if it parses (``1``, ``true``), else the text."""
+    if isinstance(schema, dict):
+        options = [schema, *(o for o in schema.get("anyOf", []) if isinstance(o, dict))]
+        types = {o.get("type") for o in options}
+        if "string" in types and not types & _NOT_TEXT:
+            return text
+    return loose_value(text)
 
 
 def _static(filename: str) -> Any:
