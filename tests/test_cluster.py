@@ -14,7 +14,7 @@ from cluster import Cluster
 from processes import actor_serve
 from support import Probe, env_of
 
-from actorbus import Client, Keypair, ReplyTimeout, Settings, serve
+from actorbus import Client, Keypair, ReplyTimeout, Settings, Unavailable, serve
 from actorbus.actors.policy import Policy
 from actorbus.bus import connect
 
@@ -65,6 +65,15 @@ async def test_calls_go_on_without_a_jetstream_quorum(
         async with Client(member, settings=last) as new:
             assert await new.call(name, "add", 3, 4) == 7
             assert await new.call(name, "same", "degraded") == "degraded"
+        # A replica can even start now (no registry, no replay window: it says so), and
+        # a caller finds it through $SRV.INFO; but it never saw the policy, so it refuses
+        # calls (a signed 503) rather than let them through unchecked.
+        async with (
+            serve(Probe(), name=f"{name}late", settings=last),
+            Client(member, settings=last) as fresh,
+        ):
+            with pytest.raises(Unavailable, match="policy cannot be read"):
+                await fresh.call(f"{name}late", "add", 5, 5)
         stranger = Keypair.generate()
         async with Client(stranger, settings=last) as other:
             with pytest.raises(Exception, match="may not call"):

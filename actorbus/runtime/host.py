@@ -105,7 +105,8 @@ async def serve(
             nc = await stack.enter_async_context(
                 connect(settings.url, name=f"actor {name} {instance}")
             )
-        registry = await Registry.open(nc, ttl=settings.registry_ttl, replicas=settings.js_replicas)
+        registration = _Registration(nc, settings, name)
+        await registration.open()
         guard = await stack.enter_async_context(
             replay_guard(nc, name, settings.max_skew, key, instance, replicas=settings.js_replicas)
         )
@@ -181,15 +182,15 @@ async def serve(
                 )
                 pipeline.sub = sub
                 await nc.flush()
-                await registry.put(entry)
-                tg.start_soon(_heartbeat, registry, entry, pipeline)
+                await registration.put(entry)
+                tg.start_soon(_heartbeat, registration, entry, pipeline)
                 await tg.start(actor.on_run)
                 log.info("%s ready: %d functions, address %s", name, len(functions), key.address)
                 try:
                     yield Host(actor, entry, pipeline)
                 finally:
                     with anyio.CancelScope(shield=True):
-                        await _drain(pipeline, sub, registry, entry, settings.drain_timeout)
+                        await _drain(pipeline, sub, registration, entry, settings.drain_timeout)
                         if quotas is not None:
                             await _return_leases(client, settings.policy, quotas)
                     tg.cancel_scope.cancel()
@@ -198,25 +199,78 @@ async def serve(
                 await actor.on_stop()
 
 
-async def _heartbeat(registry: Registry, entry: RegistryEntry, pipeline: Pipeline) -> None:
-    while True:
-        await anyio.sleep(registry.ttl / 3)
-        calls = sum(s.num_requests for s in pipeline.stats.values())
+class _Registration:
+    """This replica's registry entry. Without JetStream (its quorum lost) a replica still
+    starts and serves: callers find it through ``$SRV.INFO`` until a heartbeat manages to
+    open the registry and write the entry (warned about once, then when it is back)."""
+
+    def __init__(self, nc: NATS, settings: Settings, name: str) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._name = name
+        self.registry: Registry | None = None
+        self._failing = False
+
+    @property
+    def period(self) -> float:
+        """Seconds between heartbeats: a third of the entries' TTL."""
+        return (self.registry.ttl if self.registry else self._settings.registry_ttl) / 3
+
+    async def open(self) -> None:
+        settings = self._settings
         try:
-            await registry.put(msgspec.structs.replace(entry, calls=calls))
+            self.registry = await Registry.open(
+                self._nc, ttl=settings.registry_ttl, replicas=settings.js_replicas
+            )
         except Unavailable as exc:
-            log.warning("%s: heartbeat failed: %s", entry.name, exc)
+            self._failed(exc)
+
+    async def put(self, entry: RegistryEntry) -> None:
+        if self.registry is None:
+            await self.open()
+        if self.registry is None:
+            return
+        try:
+            await self.registry.put(entry)
+        except Unavailable as exc:
+            self._failed(exc)
+            return
+        if self._failing:
+            log.warning("%s: in the registry again", entry.name)
+            self._failing = False
+
+    def _failed(self, exc: Unavailable) -> None:
+        if not self._failing:
+            log.warning(
+                "%s: not in the registry (%s): callers find this replica through "
+                "$SRV.INFO; trying again every heartbeat",
+                self._name,
+                exc.message,
+            )
+            self._failing = True
+
+
+async def _heartbeat(registration: _Registration, entry: RegistryEntry, pipeline: Pipeline) -> None:
+    while True:
+        await anyio.sleep(registration.period)
+        calls = sum(s.num_requests for s in pipeline.stats.values())
+        await registration.put(msgspec.structs.replace(entry, calls=calls))
 
 
 async def _drain(
-    pipeline: Pipeline, sub: object, registry: Registry, entry: RegistryEntry, timeout: float
+    pipeline: Pipeline,
+    sub: object,
+    registration: _Registration,
+    entry: RegistryEntry,
+    timeout: float,
 ) -> None:
     """Leave the registry and the queue group, serve what was already on its way, finish
     the accepted calls. A rolling restart loses no call this way: the server stops routing
     here before the replica stops accepting."""
     with anyio.move_on_after(2):
         try:
-            await registry.remove(entry)
+            if registration.registry is not None:
+                await registration.registry.remove(entry)
         except Unavailable as exc:
             log.warning("%s: could not leave the registry: %s", entry.name, exc)
     with anyio.move_on_after(timeout):

@@ -208,7 +208,11 @@ class Pipeline:
 
     async def check_policy(self, call: Call, msg: Msg) -> None:
         policy = self.policy
-        if policy is None or not policy.enforced:
+        if policy is None:
+            return
+        if not policy.enforced:
+            if policy.unreadable:  # there may be a policy we cannot see: fail closed
+                raise Unavailable(f"the policy cannot be read yet: {policy.unreadable}")
             return
         # A forwarder cannot lend admin rights; a delegation is the owner's own signature.
         forwarded = bool(call.forwarder) and not call.job

@@ -271,6 +271,9 @@ class PolicyView:
         self.bucket = bucket
         self.state = PolicyState()
         self.enforced = False
+        self.unreadable = ""
+        """Why the bucket could not be read, while no policy was ever loaded: calls are
+        refused then (503), never let through unchecked."""
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -291,6 +294,7 @@ class PolicyView:
             try:
                 bucket = await Bucket.find(self._nc, self.bucket)
                 if bucket is None:
+                    self.unreadable = ""  # no policy here: nothing to enforce
                     if not warned:
                         log.warning(
                             "no policy in bucket %s yet: calls are not policy-checked "
@@ -303,6 +307,10 @@ class PolicyView:
             except Unavailable as exc:
                 if self.enforced:
                     log.warning("policy watch lost (%s): deciding from the cached policy", exc)
+                else:
+                    if not self.unreadable:
+                        log.warning("policy unreadable (%s): refusing calls until it is", exc)
+                    self.unreadable = exc.message
             mark_ready()
             # Until a policy exists, look for it often: calls are open meanwhile.
             await anyio.sleep(delay if self.enforced else 0.25)
@@ -318,6 +326,7 @@ class PolicyView:
                     fresh.revision = self.state.revision + 1
                     self.state = fresh
                     self.enforced = True
+                    self.unreadable = ""
                     log.info("policy loaded from %s", self.bucket)
                     mark_ready()
                 continue

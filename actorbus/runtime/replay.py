@@ -30,7 +30,17 @@ from contextlib import asynccontextmanager
 import anyio
 import msgspec
 
-from ..bus import NATS, ActorError, Keypair, LogThrottle, Msg, RequestMeta, Unauthorized, publish
+from ..bus import (
+    NATS,
+    ActorError,
+    Keypair,
+    LogThrottle,
+    Msg,
+    RequestMeta,
+    Unauthorized,
+    Unavailable,
+    publish,
+)
 from ..bus.jetstream import ensure_stream, publish_acked, stream_messages
 from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
 from ..bus.wire import H_INSTANCE, NonceNote, sign_announcement, verify_announcement
@@ -167,8 +177,18 @@ class ReplayGuard:
         sub = await self._nc.subscribe(self._subject, pending_msgs_limit=1_000_000)
         try:
             await self._nc.flush()
-            async for stored in stream_messages(self._nc, NONCE_STREAM, self._subject):
-                self.learn(stored)
+            try:
+                async for stored in stream_messages(self._nc, NONCE_STREAM, self._subject):
+                    self.learn(stored)
+            except Unavailable as exc:
+                log.warning(
+                    "%s: replay window not loaded (%s): until a request's Actor-Time is "
+                    "%gs old, one sent before this replica started and replayed to it "
+                    "may be accepted once; replicas running together still share nonces",
+                    self._subject,
+                    exc.message,
+                    self.book.max_skew_ms / 1000,
+                )
             task_status.started()
             async for msg in sub.messages:
                 self.learn(msg)
@@ -184,11 +204,15 @@ async def replay_guard(
     """A :class:`ReplayGuard` for replica ``instance`` of actor ``name`` (whose key is
     ``key``) that has loaded the window's nonces and follows new ones.
 
-    Started means ready: the stream's history is read before this yields.
+    Started means ready: the stream's history is read before this yields (or, when
+    JetStream is unavailable, a warning says it could not be).
     """
-    await ensure_stream(
-        nc, NONCE_STREAM, [f"{NONCE_PREFIX}.>"], max_age=2 * max_skew + 5, replicas=replicas
-    )
+    try:
+        await ensure_stream(
+            nc, NONCE_STREAM, [f"{NONCE_PREFIX}.>"], max_age=2 * max_skew + 5, replicas=replicas
+        )
+    except Unavailable as exc:  # no JetStream: start anyway (reading the window says so)
+        log.debug("nonce stream: %s", exc)
     guard = ReplayGuard(nc, name, max_skew, key, instance)
     async with anyio.create_task_group() as tg:
         await tg.start(guard._follow)
