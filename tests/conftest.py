@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+import pytest_asyncio
 from cluster import Cluster
+from nodes import Node
 
 from actorbus.bus import EmbeddedServer, Unavailable
 from actorbus.runtime import Settings
@@ -75,3 +79,20 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def name() -> str:
     """A fresh actor name, so tests sharing the server never share subjects."""
     return f"t{secrets.token_hex(4)}"
+
+
+@pytest_asyncio.fixture
+async def nodes(tmp_path: Path, nats_url: str, settings: Settings) -> AsyncIterator[Any]:
+    """Makes nodes (``await nodes("a")``, on the test NATS unless given another ``url``)
+    that are stopped at the end of the test."""
+    made: list[Node] = []
+
+    async def make(label: str = "a", url: str | None = None, **env: str) -> Node:
+        node = Node(tmp_path / label, url or nats_url, settings.policy, settings.jobs, **env)
+        made.append(node)
+        return node
+
+    yield make
+    with anyio.CancelScope(shield=True):
+        for node in made:
+            await node.stop()

@@ -11,12 +11,15 @@ import anyio
 import msgspec
 import pytest
 from cluster import Cluster
+from nodes import up
 from processes import actor_serve
-from support import Probe, env_of
+from support import Probe, env_of, eventually
 
 from actorbus import Client, Keypair, ReplyTimeout, Settings, Unavailable, serve
 from actorbus.actors.policy import Policy
 from actorbus.bus import connect
+
+PROBE = "tests/support.py:Probe"
 
 
 def on(cluster: Cluster, settings: Settings, node: int | None = None) -> Settings:
@@ -134,3 +137,37 @@ async def test_only_idempotent_calls_are_tried_again(settings: Settings, name: s
             finally:
                 os.kill(replica.pid, signal.SIGCONT)
     assert (seen.count("same"), seen.count("add")) == (3, 1)
+
+
+async def test_two_supervisors_on_two_nodes_of_the_cluster(
+    cluster: Cluster, nodes: Any, name: str
+) -> None:
+    """Each supervisor on its own NATS node; either one sees and controls both, reads
+    the other's logs, and a NATS node's loss leaves its supervisor reconnected, serving."""
+    await cluster.wait_for_jetstream()
+    a = await nodes("a", url=cluster.url_of(0), ACTOR_JS_REPLICAS="3")
+    b = await nodes("b", url=cluster.url_of(1), ACTOR_JS_REPLICAS="3")
+    await up(a, PROBE, "--name", f"{name}a", "--no-gateway")
+    await up(b, PROBE, "--name", f"{name}b", "--no-gateway")
+    admin = {"ACTOR_HOME": str(a.home)}  # a's key: it started the policy, its first admin
+    for node in (a, b):
+        actors = {(r["node"], r["actor"]) for r in await node.ps(**admin)}
+        assert {f"{name}a", f"{name}b"} <= {actor for _, actor in actors}
+        assert len({n for n, _ in actors}) == 2
+    await b.actor("call", f"{name}b/say", "hello from b", **admin)
+    _, out, _ = await a.actor("logs", f"{name}b", "--tail", "20")
+    assert "hello from b" in out
+    cluster.kill(0)  # node a's NATS server
+    on_2 = msgspec.structs.replace(a.settings, nats_url=cluster.url_of(2))
+    async with Client(settings=on_2) as client:
+        assert await client.request(f"{name}a", "same", ["still here"], timeout=10) == "still here"
+
+    async def a_is_back() -> None:  # its supervisor reconnected to another NATS node
+        rows = await b.ps(**admin)
+        assert any(r["actor"] == f"{name}a" and r["state"] == "running" for r in rows)
+
+    took = await eventually(a_is_back, timeout=30)
+    print(f"node a's supervisor answered again {took:.1f}s after its NATS node died")
+    _, _, err = await b.actor("kill", f"{name}a", **admin)
+    assert "stopped" in err
+    assert not any(r["actor"] == f"{name}a" for r in await b.ps(**admin))

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import anyio
 import httpx
 import psutil
 import pytest
-import pytest_asyncio
+from nodes import up
 from support import eventually
 
 from actorbus import ActorError, Client, Keystore, Settings
@@ -28,89 +28,6 @@ from actorbus.cli import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = "tests/support.py:Probe"
-
-
-class Node:
-    """One node: its own ACTOR_HOME on the test NATS, driven through the `actor` command."""
-
-    def __init__(self, home: Path, nats_url: str, policy: str, jobs: str, **env: str) -> None:
-        self.home = home
-        self.env = {
-            "ACTOR_HOME": str(home),
-            "ACTOR_NATS_URL": nats_url,
-            "ACTOR_POLICY": policy,
-            "ACTOR_JOBS": jobs,
-            "ACTOR_DRAIN_TIMEOUT": "5",
-            "ACTOR_REGISTRY_TTL": "6",  # as the shared bucket (conftest)
-            "ACTOR_GATEWAY_PORT": "0",  # nodes of one machine would share 8080
-            **env,
-        }
-        self.pids: set[int] = set()
-
-    @property
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env)
-
-    async def actor(self, *args: str, check: bool = True, **env: str) -> tuple[int, str, str]:
-        """`actor ARGS` in its own process; with ``check``, a non-zero exit fails the test."""
-        done = await anyio.run_process(
-            [sys.executable, "-m", "actorbus.cli", *args],
-            cwd=ROOT,
-            env={**os.environ, **self.env, **env},
-            check=False,
-        )
-        out, err = done.stdout.decode(), done.stderr.decode()
-        assert not check or done.returncode == 0, f"actor {' '.join(args)}: {err}{out}"
-        return done.returncode, out, err
-
-    async def ps(self, **env: str) -> list[dict[str, Any]]:
-        _, out, _ = await self.actor("ps", "--json", **env)
-        rows: list[dict[str, Any]] = json.loads(out)
-        self.pids |= {r["pid"] for r in rows if r["pid"]}
-        return rows
-
-    def node_pid(self) -> int | None:
-        try:
-            pid: int = json.loads((self.home / "node.json").read_text())["pid"]
-        except FileNotFoundError:
-            return None
-        self.pids.add(pid)
-        return pid
-
-    async def stop(self) -> None:
-        """`actor down`, then end (by pid) whatever we saw that is still running."""
-        if self.node_pid() is not None:
-            await self.actor("down", check=False)
-        for pid in self.pids:
-            try:
-                process = psutil.Process(pid)
-                if "actorbus" in " ".join(process.cmdline()):
-                    process.kill()
-            except psutil.Error:
-                pass
-
-
-@pytest_asyncio.fixture
-async def nodes(tmp_path: Path, nats_url: str, settings: Settings) -> AsyncIterator[Any]:
-    """Makes nodes (``await nodes("a")``) that are stopped at the end of the test."""
-    made: list[Node] = []
-
-    async def make(label: str = "a", **env: str) -> Node:
-        node = Node(tmp_path / label, nats_url, settings.policy, settings.jobs, **env)
-        made.append(node)
-        return node
-
-    yield make
-    with anyio.CancelScope(shield=True):
-        for node in made:
-            await node.stop()
-
-
-async def up(node: Node, *args: str) -> str:
-    """`actor up -d ARGS`; returns its stderr."""
-    _, _, err = await node.actor("up", "-d", *args)
-    node.node_pid()
-    return err
 
 
 class Load:
