@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import anyio
 import httpx
 import psutil
 import pytest
+from cluster import free_port
 from nodes import up
 from support import eventually
 
@@ -267,9 +267,7 @@ async def test_down_leaves_no_process_behind(nodes: Any, name: str) -> None:
 async def test_gateway_replicas_share_a_port_and_outlive_a_kill(nodes: Any, name: str) -> None:
     """`actor gateway --replicas 2` on one port: kill -9 one, and HTTP callers keep being
     answered (by the other) while the supervisor brings it back."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     node = await nodes()
     await up(node, PROBE, "--name", name, "--no-gateway")
     await node.actor("policy", "role", "set", "public", "--allow", f"{name}/*")

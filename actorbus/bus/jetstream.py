@@ -20,11 +20,12 @@ from nats.js.kv import KeyValue
 
 from .errors import Unavailable
 
-__all__ = ["Bucket", "ensure_stream", "publish_acked", "stream_messages"]
+__all__ = ["JS_ERRORS", "Bucket", "ensure_stream", "publish_acked", "stream_messages"]
 
 log = logging.getLogger("actorbus.bus")
 
-_JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
+JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
+"""What nats.js raises when JetStream cannot answer (all mapped to :class:`Unavailable`)."""
 
 
 class Bucket:
@@ -53,11 +54,11 @@ class Bucket:
                 kv = await js.create_key_value(bucket=name, ttl=ttl, history=1, replicas=replicas)
         except nats.js.errors.BadRequestError:  # created concurrently: bind to it
             kv = await _bind(nc, name)
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
         try:
             made_ttl = (await kv.status()).ttl or None  # another creator may have chosen
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
         return cls(kv, name, js, made_ttl)
 
@@ -69,7 +70,7 @@ class Bucket:
             return cls(await js.key_value(name), name, js)
         except nats.js.errors.BucketNotFoundError:
             return None
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
 
     async def watch(self) -> AsyncIterator[tuple[str, bytes | None] | None]:
@@ -80,7 +81,7 @@ class Bucket:
         """
         try:
             watcher = await self._kv.watch(">")
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
         try:
             async for entry in watcher:
@@ -100,7 +101,7 @@ class Bucket:
             entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"get {self.name}/{key}: {exc}") from exc
         return entry.value or b"", entry.revision or 0
 
@@ -113,19 +114,19 @@ class Bucket:
             return await self._kv.create(key, value)
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"update {self.name}/{key}: {exc}") from exc
 
     async def put(self, key: str, value: bytes) -> None:
         try:
             await self._kv.put(key, value)
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"put {self.name}/{key}: {exc}") from exc
 
     async def delete(self, key: str) -> None:
         try:
             await self._kv.delete(key)
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"delete {self.name}/{key}: {exc}") from exc
 
     async def values(self, keys: str = ">", *, timeout: float = 5.0) -> list[bytes]:
@@ -154,7 +155,7 @@ class Bucket:
                 await watcher.stop()  # type: ignore[no-untyped-call]
         except TimeoutError as exc:
             raise Unavailable(f"reading bucket {self.name} timed out") from exc
-        except _JS_ERRORS as exc:
+        except JS_ERRORS as exc:
             raise Unavailable(f"reading bucket {self.name}: {exc}") from exc
         return values
 
@@ -168,7 +169,7 @@ class Bucket:
 async def _bind(nc: NATS, name: str) -> KeyValue:
     try:
         return await nc.jetstream().key_value(name)
-    except _JS_ERRORS as exc:
+    except JS_ERRORS as exc:
         raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
 
 
@@ -215,7 +216,7 @@ async def ensure_stream(
                 info = await js.stream_info(name)
         if (info.config.max_age or 0) < max_age:
             await js.update_stream(info.config.evolve(max_age=max_age))
-    except _JS_ERRORS as exc:
+    except JS_ERRORS as exc:
         raise Unavailable(f"JetStream stream {name}: {exc}") from exc
 
 
@@ -225,7 +226,7 @@ async def publish_acked(
     """Publish to a stream's subject and wait for JetStream to store it."""
     try:
         await nc.jetstream().publish(subject, data, headers=headers)
-    except _JS_ERRORS as exc:
+    except JS_ERRORS as exc:
         raise Unavailable(f"publish to {subject}: {exc}") from exc
 
 
@@ -262,7 +263,7 @@ async def stream_messages(
                 deliver_policy=policy, opt_start_time=since, headers_only=headers_only or None
             ),
         )
-    except _JS_ERRORS as exc:
+    except JS_ERRORS as exc:
         raise Unavailable(f"reading {subject} from {stream}: {exc}") from exc
     try:
         while True:
@@ -273,7 +274,7 @@ async def stream_messages(
                     msg = await sub.next_msg(timeout=idle)
             except nats.errors.TimeoutError:
                 return
-            except _JS_ERRORS as exc:
+            except JS_ERRORS as exc:
                 raise Unavailable(f"reading {subject} from {stream}: {exc}") from exc
             yield msg
             if not follow and msg.metadata.num_pending == 0:

@@ -15,6 +15,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 from .errors import Unavailable
+from .jetstream import JS_ERRORS as _JS_ERRORS
 
 __all__ = [
     "Puller",
@@ -28,7 +29,6 @@ __all__ = [
     "purge_subject",
 ]
 
-_JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 StoredMsg = api.RawStreamMsg

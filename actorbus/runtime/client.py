@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import secrets
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -37,11 +36,10 @@ from ..bus import (
     sign_request,
     verify_reply,
 )
-from ..bus.delegation import MAX_DELEGATION_SECONDS, sign_delegation, split_work
 from ..bus.subjects import call_subject
 from ..bus.wire import ReplyMeta, request_nonce
 from .discovery import Known, from_entries, from_service_info
-from .jobs import DEFAULT_JOB_TTL, Job
+from .jobs import DEFAULT_JOB_TTL, Job, delegate_job
 from .registry import Registry, RegistryEntry
 from .settings import Settings
 
@@ -231,21 +229,13 @@ class Client:
         leaves this client). ``slices`` now and/or later (:meth:`Job.add`); ``retries``
         (after 408/5xx), ``concurrency`` (per jobs replica) and ``timeout`` (per slice)
         default to the jobs actor's. Raises :class:`Unavailable` if no jobs actor runs."""
-        split_work(work)
-        if not 0 < ttl <= MAX_DELEGATION_SECONDS:
-            raise ValueError(f"ttl must be in (0, {MAX_DELEGATION_SECONDS}] seconds")
-        name = self.settings.jobs
-        entries = await self.entries(name)
-        if not entries:
-            raise Unavailable(f"no jobs actor {name!r} is running (`actor up` starts one)")
-        job = job or secrets.token_hex(12)
-        expires = int((time.time() + ttl) * 1000)
-        delegation = sign_delegation(self.key, entries[0].address, work, job, expires)
+        delegation = await delegate_job(self, self.key, work, ttl, job)
         given = (("retries", retries), ("concurrency", concurrency), ("timeout", timeout))
         options = {k: v for k, v in given if v is not None}
         kwargs: dict[str, Any] = {"slices": slices, "options": options or None}
-        await self.request(name, "submit", [work, msgspec.to_builtins(delegation)], kwargs)
-        return Job(self, job)
+        args = [work, msgspec.to_builtins(delegation)]
+        await self.request(self.settings.jobs, "submit", args, kwargs)
+        return Job(self, delegation.job)
 
     def job(self, id: str) -> Job:
         """A handle on the job ``id`` (yours, or anyone's if you are an admin)."""

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..bus import ReplyTimeout, Unavailable
+from ..bus import BadRequest, Keypair, ReplyTimeout, Unavailable
+from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
 from ..bus.ranges import PAGE_SIZE, page_of, parse_ranges
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["DEFAULT_JOB_TTL", "ENDED", "Job"]
+__all__ = ["DEFAULT_JOB_TTL", "ENDED", "Job", "delegate_job"]
 
 DEFAULT_JOB_TTL = 24 * 3600.0
 """Seconds a job's delegation lasts unless told otherwise."""
 ENDED = frozenset({"finished", "cancelled"})
+
+
+async def delegate_job(
+    client: Client, key: Keypair, work: str, ttl: float, job: str | None = None
+) -> Delegation:
+    """A new job's delegation: ``key`` lets the jobs actor (found through ``client``) call
+    ``work`` as ``key`` for job ``job`` (a fresh id by default) for ``ttl`` seconds.
+    Raises :class:`Unavailable` if no jobs actor runs."""
+    split_work(work)
+    if not 0 < ttl <= MAX_DELEGATION_SECONDS:
+        raise BadRequest(f"ttl must be in (0, {MAX_DELEGATION_SECONDS}] seconds")
+    name = client.settings.jobs
+    addresses = (await client.known(name)).addresses
+    if not addresses:
+        raise Unavailable(f"no jobs actor {name!r} is running (`actor up` starts one)")
+    expires = int((time.time() + ttl) * 1000)
+    job = job or secrets.token_hex(12)
+    return sign_delegation(key, min(addresses), work, job, expires)
 
 
 class Job:

@@ -20,8 +20,6 @@ caller POSTs to ``/<jobs>/<fn>`` instead.
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ...bus import BadRequest, Keypair, Unavailable
-from ...bus.delegation import MAX_DELEGATION_SECONDS, sign_delegation
+from ...bus import BadRequest, Keypair
 from ...bus.wire import decode_error
+from ...runtime.jobs import DEFAULT_JOB_TTL, delegate_job
 
 if TYPE_CHECKING:
     from .actor import Gateway
@@ -43,8 +41,6 @@ BodyFn = Callable[[bytes, Keypair | None], Awaitable[bytes]]
 """Builds a call body from an HTTP request's body and the key the gateway signs with."""
 Relay = Callable[[Request, str, str, BodyFn], Awaitable[Response]]
 
-_DEFAULT_TTL = 24 * 3600.0
-
 
 class JobRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The body of ``POST /api/v0/job``."""
@@ -52,7 +48,7 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True):
     work: str
     slices: list[list[Any]] | None = None
     options: dict[str, Any] | None = None
-    ttl: float = _DEFAULT_TTL
+    ttl: float = DEFAULT_JOB_TTL
     """Seconds the job may run as its owner."""
 
 
@@ -87,15 +83,7 @@ def job_routes(gateway: Gateway, relay: Relay) -> list[Route]:
             if signer is None:
                 return raw  # the caller's own submit body, delegation included
             spec: JobRequest = _decode(_job_request, raw)
-            if not 0 < spec.ttl <= MAX_DELEGATION_SECONDS:
-                raise BadRequest(f"ttl must be in (0, {MAX_DELEGATION_SECONDS}] seconds")
-            entries = await gateway.client.entries(jobs)
-            if not entries:
-                raise Unavailable(f"no jobs actor {jobs!r} is running")
-            expires = int((time.time() + spec.ttl) * 1000)
-            delegation = sign_delegation(
-                signer, entries[0].address, spec.work, secrets.token_hex(12), expires
-            )
+            delegation = await delegate_job(gateway.client, signer, spec.work, spec.ttl)
             kwargs = {"slices": spec.slices, "options": spec.options}
             args = [spec.work, msgspec.to_builtins(delegation)]
             return _encode({"args": args, "kwargs": kwargs})

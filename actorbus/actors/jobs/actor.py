@@ -25,7 +25,7 @@ from ...bus.delegation import (
     verify_delegation,
 )
 from ...bus.ranges import page_of, parse_ranges
-from ...runtime import Actor, current_call
+from ...runtime import Actor, current_call, endpoint
 from .model import (
     ACTIVE,
     Batch,
@@ -115,16 +115,18 @@ class Jobs(Actor):
         def close(r: JobRecord) -> JobRecord | None:
             if r.state != "open":
                 return None
-            return _replace(r, state="closed", closed=time.time())
+            return msgspec.structs.replace(r, state="closed", closed=time.time())
 
         record = await self._store.change(record.id, close)
         self._runner.records[record.id] = record
         return await self._status(record)
 
+    @endpoint(idempotent=True)
     async def status(self, job: str) -> JobStatus:
         """State, total, done, failed, in flight, queued, rate, eta and times."""
         return await self._status(await self._owned(job))
 
+    @endpoint(idempotent=True)
     async def results(self, job: str, ranges: str = "", page: int = 0) -> list[SliceResult]:
         """The results among slice indices ``ranges`` (``"1-10,33-35"``; empty: all), page
         ``page`` (1000 indices a page, from 0), in index order; slices without a result
@@ -158,13 +160,14 @@ class Jobs(Actor):
         def cancel(r: JobRecord) -> JobRecord | None:
             if r.state not in ACTIVE:
                 return None
-            return _replace(r, state="cancelled", finished=time.time())
+            return msgspec.structs.replace(r, state="cancelled", finished=time.time())
 
         record = await self._store.change(record.id, cancel)
         if record.state == "cancelled":
             await self._store.drop_work(record.id)
         return await self._status(record)
 
+    @endpoint(idempotent=True)
     async def jobs(self) -> list[JobStatus]:
         """Your jobs, oldest first."""
         caller = current_call().caller
@@ -214,7 +217,7 @@ class Jobs(Actor):
         def renew(r: JobRecord) -> JobRecord | None:
             if delegation.expires <= r.delegation.expires:
                 return None
-            return _replace(r, delegation=delegation)
+            return msgspec.structs.replace(r, delegation=delegation)
 
         await self._store.change(record.id, renew)
 
@@ -258,7 +261,3 @@ class Jobs(Actor):
 def _open_only(record: JobRecord, batch: Batch) -> None:
     if record.state != "open":
         raise BadRequest(f"job {record.id} is {record.state}: no more slices")
-
-
-def _replace(record: JobRecord, **changes: Any) -> JobRecord:
-    return msgspec.structs.replace(record, **changes)
