@@ -48,6 +48,9 @@ __all__ = ["ActorProxy", "Client", "Reply", "advertised_timeout", "loose_value"]
 _KNOWN_SECONDS = 10.0
 _DEGRADED_SECONDS = 5.0
 _ATTEMPTS = 3
+_BACKOFF = 0.25
+"""Seconds before the second attempt (then doubled, jittered): a replica that lost its
+NATS server needs about half a second to reconnect and be routed to again."""
 """Attempts of an idempotent call (after 503, 504 or a lost connection), within its
 deadline."""
 
@@ -192,7 +195,7 @@ class Client:
                 if attempt + 1 == attempts or left <= 0:
                     raise
                 log.debug("%s/%s: %s; trying again (idempotent)", name, fn, exc)
-                await anyio.sleep(min(random.uniform(0.5, 1.5) * 0.05 * 2**attempt, left / 2))
+                await anyio.sleep(min(random.uniform(0.5, 1.5) * _BACKOFF * 2**attempt, left / 2))
         raise AssertionError("unreachable")
 
     async def send(
