@@ -1,4 +1,5 @@
-"""Signed calls/s with the policy on vs off through one replica, and the decision cost.
+"""Signed calls/s with the policy on vs off through one replica, the decision cost, and
+the cost of a quota lease (a compare-and-set on its counter in JetStream).
 
     python bench/policy.py [--seconds 3] [--repeat 3] [--concurrency 64]
 
@@ -6,6 +7,9 @@ Off: the actor runs with a policy name no policy actor serves (calls are not che
 On: a policy actor runs; the caller has a role that allows the call and a stake whose
 quota is never reached, so every call pays the decision and the quota bookkeeping (leases
 borrowed from the policy actor). Both use bench/calls.py's load generator and actor.
+Lease: milliseconds per `lease` call to the policy actor (each writes the key's counter)
+vs a `user2role` call (a read of the policy in memory), one at a time; the difference is
+what a lease costs a host once per borrowed slice of a budget.
 """
 
 from __future__ import annotations
@@ -41,9 +45,31 @@ def decision_cost() -> tuple[float, float]:
     memo = (time.perf_counter() - started) / n * 1e6
     started = time.perf_counter()
     for i in range(n):
-        state._decide(keys[i % 1000], "bench", "echo", frozenset(), frozenset())
+        state._decide(keys[i % 1000], "bench", "echo", frozenset(), frozenset(), False)
     fresh = (time.perf_counter() - started) / n * 1e6
     return memo, fresh
+
+
+async def lease_cost(settings: Settings, key: str, calls: int = 300) -> tuple[float, float]:
+    """Median milliseconds of a `lease` of ``key``'s budget and of a `user2role` call, by
+    an admin, one at a time, ``calls`` of each, interleaved."""
+    times: dict[str, list[float]] = {"lease": [], "user2role": []}
+    async with Client(settings=settings) as admin:
+        for _ in range(calls):
+            for fn, args in (("lease", [key, 1]), ("user2role", [])):
+                started = time.perf_counter()
+                await admin.request(settings.policy, fn, args)
+                times[fn].append(time.perf_counter() - started)
+    return statistics.median(times["lease"]) * 1e3, statistics.median(times["user2role"]) * 1e3
+
+
+def print_lease_cost(settings: Settings, key: str, where: str) -> None:
+    lease, read = asyncio.run(lease_cost(settings, key))
+    print(
+        f"lease {lease:.2f} ms vs user2role {read:.2f} ms ({where}, median of 300): "
+        f"a lease costs {lease - read:.2f} ms more, {lease / read:.2f}x",
+        flush=True,
+    )
 
 
 async def configure(settings: Settings, caller: Keypair) -> None:
@@ -76,6 +102,7 @@ def main() -> None:
                 )
                 settings = Settings(home=Path(home), nats_url=server.url, policy=policy)
                 asyncio.run(configure(settings, caller))
+                print_lease_cost(settings, caller.address, "one server, R1")
             started.append(start([*serve, f"{CALLS}:BenchEcho"], env))
             try:
                 asyncio.run(load(server.url, 4, 0.5, True, caller))  # warm up, first lease

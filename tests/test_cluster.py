@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import anyio
@@ -15,7 +16,7 @@ from nodes import up
 from processes import actor_serve
 from support import Probe, env_of, eventually
 
-from actorbus import Client, Keypair, ReplyTimeout, Settings, Unavailable, serve
+from actorbus import Client, Keypair, RateLimited, ReplyTimeout, Settings, Unavailable, serve
 from actorbus.actors.policy import Policy
 from actorbus.bus import connect
 
@@ -171,3 +172,67 @@ async def test_two_supervisors_on_two_nodes_of_the_cluster(
     _, _, err = await b.actor("kill", f"{name}a", **admin)
     assert "stopped" in err
     assert not any(r["actor"] == f"{name}a" for r in await b.ps(**admin))
+
+
+async def test_a_quota_holds_across_nodes_through_a_policy_replica_kill(
+    cluster: Cluster, settings: Settings, name: str
+) -> None:
+    """Two policy replicas (processes on nodes 0 and 1) lend from counters in JetStream:
+    a key's budget holds within 10% over three replicas on three nodes, and when a policy
+    replica is killed -9 mid-window and started again, nothing is lent twice."""
+    await cluster.wait_for_jetstream()
+    window, budget = 6.0, 60
+    here = [
+        msgspec.structs.replace(on(cluster, settings, i), quota_window=window) for i in range(3)
+    ]
+    caller = Keypair.generate()
+    served: dict[int, int] = {}  # successes by window index
+
+    async def fire(clients: list[Client], count: int) -> None:
+        async def one(i: int) -> None:
+            try:
+                await clients[i % 3].call(name, "add", i, 1)
+            except RateLimited:
+                return
+            index = int(time.time() // window)
+            served[index] = served.get(index, 0) + 1
+
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(one, i)
+
+    def policy_on(node: int) -> Any:
+        env = env_of(here[node], ACTOR_QUOTA_WINDOW=str(window), ACTOR_JS_REPLICAS="3")
+        return actor_serve(here[node].policy, env, "actorbus.actors.policy:Policy")
+
+    with policy_on(0) as first, policy_on(1):
+        async with (
+            serve(Probe(), name=name, settings=here[0]),
+            serve(Probe(), name=name, settings=here[1]),
+            serve(Probe(), name=name, settings=here[2]),
+            Client(settings=here[0]) as admin,
+            Client(caller, settings=here[0]) as c0,
+            Client(caller, settings=here[1]) as c1,
+            Client(caller, settings=here[2]) as c2,
+        ):
+            await admin.call(here[0].policy, "set_role", "metered", [f"{name}/*"], [], 1.0)
+            await admin.call(here[0].policy, "add_user", caller.address, "metered")
+            await admin.call(here[0].policy, "set_stake", caller.address, budget * 60 / window)
+            await eventually(lambda: c0.call(name, "add", 0, 0))
+            clients = [c0, c1, c2]
+
+            await anyio.sleep(window - time.time() % window + 0.05)  # a fresh window
+            index = int(time.time() // window)
+            await fire(clients, 3 * budget)
+            assert int(time.time() // window) == index  # all in one window
+            assert budget * 0.9 <= served[index] <= budget * 1.1, served
+
+            await anyio.sleep(window - time.time() % window + 0.05)
+            index = int(time.time() // window)
+            await fire(clients, budget // 2)
+            os.kill(first.pid, signal.SIGKILL)  # mid-window, with leases on its books
+            await fire(clients, budget)  # the other replica lends what is left
+            with policy_on(0):  # the killed one is back: it reads the same counters
+                await fire(clients, 2 * budget)
+                assert int(time.time() // window) == index, "the test ran past its window"
+                assert budget * 0.9 <= served[index] <= budget * 1.1, served

@@ -195,7 +195,9 @@ async def _start(
                 f"is key {settings.key!r} ({owner.address})",
                 False,
             )
-            specs = [ActorSpec(target=POLICY_TARGET, name=settings.policy, tier="system"), *specs]
+            replicas = settings.policy_replicas or (2 if settings.js_replicas > 1 else 1)
+            policy = ActorSpec(POLICY_TARGET, settings.policy, replicas, tier="system")
+            specs = [policy, *specs]
         jobs_running = bool(await client.entries(settings.jobs))
         if not jobs_running and all(spec.name != settings.jobs for spec in specs):
             specs = [*specs, ActorSpec(target=JOBS_TARGET, name=settings.jobs, tier="jobs")]

@@ -293,7 +293,7 @@ async def _drain(
 async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:
     """Borrow up to ``want`` calls of ``key``'s budget from the policy actor."""
     grant: Grant = msgspec.convert(
-        await client.request(policy, "lease", [key, want], timeout=2.0), Grant
+        await client.request(policy, "lease", [key, want], timeout=4.0), Grant
     )
     return grant
 

@@ -338,13 +338,23 @@ class PolicyView:
 
 
 class _Lease:
-    __slots__ = ("left", "refused_until", "revision", "window")
+    __slots__ = ("left", "local", "refused_until", "revision", "window")
 
-    def __init__(self, window: int, left: int, revision: int, refused_until: float = 0.0) -> None:
+    def __init__(
+        self,
+        window: int,
+        left: int,
+        revision: int,
+        refused_until: float = 0.0,
+        local: bool = False,
+    ) -> None:
         self.window = window
         self.left = left
         self.revision = revision
         self.refused_until = refused_until
+        self.local = local
+        """Whether this is the host's own share, taken when the policy actor was out of
+        reach (once per window)."""
 
 
 LeaseFn = Callable[[str, int], Awaitable[Grant]]
@@ -359,7 +369,8 @@ class Quotas:
     One borrow at a time per caller; a refused borrow is remembered until the window ends
     (or the policy changes), so an exhausted key costs no round trip per call. A lease is
     good for the policy ``revision`` it was granted under only. If the policy actor cannot
-    be reached, the host allows itself a tenth of the key's budget per window and logs it.
+    be reached, the host allows itself a tenth of the key's budget once per window and logs
+    it.
     """
 
     def __init__(self, lease: LeaseFn, release: ReleaseFn, revision: Callable[[], int]) -> None:
@@ -399,7 +410,7 @@ class Quotas:
                         f"quota of {rate:g} calls/min used up",
                         retry_after=lease.refused_until - now,
                     )
-            elif lease is not None and lease.window == index and lease.left > 0:
+            elif lease is not None and lease.window == index and lease.left > 0 and not lease.local:
                 # Granted under an older policy: what is left goes back, so the new rate
                 # counts only the calls really made in this window.
                 left, lease.left = lease.left, 0
@@ -409,22 +420,31 @@ class Quotas:
                     log.warning("could not hand back a stale lease for %s: %s", key, exc)
             budget = rate * window / 60
             want = max(1, math.ceil(budget / 10))
+            local = False
             try:
                 grant = await self._lease(key, want)
             except ActorError as exc:
-                log.warning("policy actor unreachable for a lease (%s): using a local share", exc)
-                grant = Grant(max(1, int(budget // 10)), index)
+                if lease is not None and lease.window == index and lease.local:
+                    log.warning("policy actor unreachable for a lease (%s), local share spent", exc)
+                    grant = Grant(0, index, (index + 1) * window - now)
+                else:
+                    log.warning("policy actor unreachable for a lease (%s): local share", exc)
+                    grant = Grant(max(1, int(budget // 10)), index)
+                    local = True
             if len(self._leases) > _MEMO_LIMIT:
                 self._leases = {k: v for k, v in self._leases.items() if v.window >= index}
                 self._locks = {k: v for k, v in self._locks.items() if k in self._leases}
             if grant.granted <= 0:
                 until = now + max(grant.retry_after, 0.001)
-                self._leases[key] = _Lease(grant.window, 0, revision, until)
+                self._leases[key] = _Lease(grant.window, 0, revision, until, local)
                 raise RateLimited(
                     f"quota of {rate:g} calls/min used up", retry_after=grant.retry_after
                 )
-            self._leases[key] = _Lease(grant.window, grant.granted - 1, revision)
+            self._leases[key] = _Lease(grant.window, grant.granted - 1, revision, local=local)
 
     def unused(self) -> list[tuple[str, int, int]]:
-        """``(key, window, calls)`` still held, to hand back when the host stops."""
-        return [(k, v.window, v.left) for k, v in self._leases.items() if v.left > 0]
+        """``(key, window, calls)`` still held of leases, to hand back when the host stops
+        (not of local shares: the policy actor never lent them)."""
+        return [
+            (k, v.window, v.left) for k, v in self._leases.items() if v.left > 0 and not v.local
+        ]

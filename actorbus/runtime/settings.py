@@ -11,7 +11,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -63,8 +63,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """JetStream replicas for the buckets and streams actorbus creates (3 on a cluster)."""
     policy: str = "policy"
     """The policy actor's name; its KV bucket is ``actor_<policy>`` (``ACTOR_POLICY``)."""
-    quota_window: float = 60.0
-    """Seconds per quota window, used when a policy actor first writes its config."""
+    policy_replicas: int = 0
+    """Replicas of the policy actor that ``actor up`` starts when none runs (0: two when
+    :attr:`js_replicas` > 1, i.e. on a cluster, else one)."""
+    quota_window: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    """Seconds per quota window (at most a day), used when a policy actor first writes its
+    config."""
     node: str = ""
     """This machine's name among the nodes on one NATS (``ACTOR_NODE``); empty: the one
     kept in ``$ACTOR_HOME/node``, made on first use from the host name (see

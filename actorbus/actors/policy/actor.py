@@ -13,7 +13,7 @@ from ...bus import BadRequest, NotFound
 from ...runtime.audit import read_audit
 from ...runtime.policy import PUBLIC, Decision, PolicyConfig, Role
 from .credentials import Credentials
-from .quotas import Quotas
+from .quotas import MAX_WINDOW, Quotas
 from .store import check_address, check_role, encode
 
 __all__ = ["Policy"]
@@ -149,8 +149,8 @@ class Policy(Credentials, Quotas):
             floor=current.floor if floor is None else floor,
             local_exempt=current.local_exempt if local_exempt is None else local_exempt,
         )
-        if not config.window > 0 or not config.floor >= 0:
-            raise BadRequest("window must be > 0 and floor >= 0")
+        if not 0 < config.window <= MAX_WINDOW or not config.floor >= 0:
+            raise BadRequest(f"window must be > 0 and <= {MAX_WINDOW:g} (a day), floor >= 0")
         await self._change("set_config", "config", encode(config), **msgspec.to_builtins(config))
         return msgspec.to_builtins(config)  # type: ignore[no-any-return]
 

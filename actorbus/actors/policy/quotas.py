@@ -1,29 +1,75 @@
 """How fast: quota leases. ``lease(key, want)`` hands a host up to ``want`` calls of
 ``key``'s budget for the current window, never more than the budget in total; ``release``
-takes back what a host did not use. The counters live in this process: a restart
-mid-window forgets what was lent in that window (at most one window's budget is lent
-twice)."""
+takes back what a host did not use.
+
+What was lent lives in JetStream, not in this process: one counter per key in the bucket
+``<policy bucket>_lent``, changed by compare-and-set on its revision. Every replica of the
+policy actor lends from the same counters, so the replicas need no leader, and a replica
+killed mid-window forgets nothing (a counter is written before the grant is sent). A lease
+whose reply is lost is simply lent and unused: a retry can lose budget, never double it.
+
+Without JetStream (its quorum lost), each replica counts on its own, in memory, and says
+so once: a key may then get a budget per policy replica per window, until JetStream is
+back.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import anyio
 import msgspec
 
-from ...bus import Forbidden
+from ...bus import Forbidden, Unavailable
+from ...bus.jetstream import Bucket
+from ...runtime import endpoint
 from ...runtime.policy import Grant
 from .store import PolicyStore
 
-__all__ = ["Quotas"]
+__all__ = ["MAX_WINDOW", "Quotas"]
+
+log = logging.getLogger("actorbus.policy")
+
+MAX_WINDOW = 86_400.0
+"""The longest quota window (seconds): a counter lives that long after its last change."""
+_CONTENDED = 16
+"""Compare-and-set attempts before a lease gives up (503): other replicas kept winning."""
+_REVISIONS = 100_000
+"""Counters whose last revision a replica remembers (a known revision saves a read)."""
+_SHARED_WAIT = 1.0
+"""Seconds a lease waits for the shared counters before it counts here instead."""
+_OFFLINE = 5.0
+"""Seconds a replica counts on its own before it tries the shared counters again."""
+
+
+class Lent(msgspec.Struct, array_like=True, frozen=True):
+    """A key's counter: ``lent`` calls of its budget lent in ``window`` (time // length)."""
+
+    window: int
+    lent: int
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Lent).decode
 
 
 class Quotas(PolicyStore):
     """The lease calls hosts make (registered actors and admins only)."""
 
     def __init__(self) -> None:
-        self._granted: dict[tuple[str, int], int] = {}
+        self._counters: dict[str, tuple[Lent, int]] = {}
+        self._here: dict[tuple[str, int], int] = {}
+        self._offline_until = 0.0
         self._actors: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        settings = self.settings
+        self._lent = await Bucket.open(
+            self.nc, settings.policy_bucket + "_lent", ttl=MAX_WINDOW, replicas=settings.js_replicas
+        )
 
     async def _is_actor(self, key: str) -> bool:
         """Whether ``key`` is a registered actor's (a "local" key); cached for 5 s."""
@@ -38,6 +84,55 @@ class Quotas(PolicyStore):
         if caller not in self.state.admins and not await self._is_actor(caller):
             raise Forbidden("only registered actors may borrow quota")
 
+    async def _count(self, key: str, window: int, change: int, budget: int) -> int:
+        """Add ``change`` (negative: take back) to what ``key`` has been lent in ``window``,
+        kept within ``0..budget``; returns what was really added."""
+        if time.monotonic() >= self._offline_until:
+            try:
+                with anyio.fail_after(_SHARED_WAIT):
+                    added = await self._count_shared(key, window, change, budget)
+            except (Unavailable, TimeoutError) as exc:
+                if not self._offline_until:
+                    log.warning("quota counters unreachable (%s): counting here until back", exc)
+                self._offline_until = time.monotonic() + _OFFLINE
+            else:
+                if self._offline_until:
+                    log.warning("quota counters reachable again")
+                    self._offline_until = 0.0
+                    self._here.clear()
+                return added
+        if len(self._here) >= _REVISIONS:
+            self._here = {k: v for k, v in self._here.items() if k[1] >= window}
+        lent = self._here.get((key, window), 0)
+        new = max(0, min(budget, lent + change))
+        self._here[key, window] = new
+        return new - lent
+
+    async def _count_shared(self, key: str, window: int, change: int, budget: int) -> int:
+        """:meth:`_count` on the counter in JetStream, by compare-and-set."""
+        for _ in range(_CONTENDED):
+            known = self._counters.get(key)
+            if known is None:
+                found = await self._lent.get(key)
+                known = (_decode(found[0]), found[1]) if found else (Lent(window, 0), 0)
+            counter, revision = known
+            lent = counter.lent if counter.window == window else 0
+            if counter.window > window:
+                return 0  # another replica's clock is in the next window already
+            new = max(0, min(budget, lent + change))
+            if new == lent and counter.window == window:
+                return 0
+            after = Lent(window, new)
+            written = await self._lent.update(key, _encode(after), revision)
+            if written is not None:
+                if len(self._counters) >= _REVISIONS:
+                    self._counters.clear()
+                self._counters[key] = (after, written)
+                return new - lent
+            self._counters.pop(key, None)  # another replica wrote first: read it again
+        raise Unavailable(f"the quota counter of {key} is contended; try again")
+
+    @endpoint(idempotent=True)  # a retried lease may lose budget, never lend it twice
     async def lease(self, key: str, want: int) -> dict[str, Any]:
         """Lend up to ``want`` calls of ``key``'s budget for the current window."""
         await self._require_actor()
@@ -50,17 +145,12 @@ class Quotas(PolicyStore):
             # Admins, and actors' own keys when exempt: not counted.
             return msgspec.to_builtins(Grant(max(want, 1), index))  # type: ignore[no-any-return]
         budget = int(rate * window / 60)
-        if len(self._granted) > 100_000:
-            self._granted = {k: v for k, v in self._granted.items() if k[1] >= index}
-        lent = self._granted.get((key, index), 0)
-        granted = max(0, min(max(want, 1), budget - lent))
-        self._granted[key, index] = lent + granted
+        granted = await self._count(key, index, max(want, 1), budget)
         retry_after = 0.0 if granted else (index + 1) * window - now
         return msgspec.to_builtins(Grant(granted, index, retry_after))  # type: ignore[no-any-return]
 
     async def release(self, key: str, window: int, count: int) -> None:
         """Take back ``count`` unused calls of a lease for ``window``."""
         await self._require_actor()
-        lent = self._granted.get((key, window))
-        if lent:
-            self._granted[key, window] = max(0, lent - max(count, 0))
+        if count > 0:
+            await self._count(key, window, -count, 2**62)

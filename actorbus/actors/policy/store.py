@@ -51,29 +51,27 @@ class PolicyStore(Actor):
         )
         await ensure_audit(self.nc, replicas=settings.js_replicas)
         state = await load_state(self._bucket)
-        if not state.admins:
-            first = Keystore(settings.home).load(settings.key, create=True).address
-            await self._write(
-                "admin." + first, b"1", who=self.address, what="first_admin", args={"key": first}
-            )
-        if not state.configured:  # a new policy: its config, and a role for token holders
-            config = PolicyConfig(window=settings.quota_window)
-            await self._write(
-                "config",
-                encode(config),
-                who=self.address,
-                what="set_config",
-                args=msgspec.to_builtins(config),
-            )
+        # A new policy: its config, and from the replica that wrote it (replicas may start
+        # together) the first admin and a role for token holders.
+        if state.configured:
+            return
+        config = PolicyConfig(window=settings.quota_window)
+        if await self._seed("config", encode(config), "set_config", msgspec.to_builtins(config)):
+            if not state.admins:
+                first = Keystore(settings.home).load(settings.key, create=True).address
+                await self._seed("admin." + first, b"1", "first_admin", {"key": first})
             if "user" not in state.roles:
                 user = Role(allow=["*/*"])
-                await self._write(
-                    "role.user",
-                    encode(user),
-                    who=self.address,
-                    what="set_role",
-                    args={"role": "user", **msgspec.to_builtins(user)},
-                )
+                args = {"role": "user", **msgspec.to_builtins(user)}
+                await self._seed("role.user", encode(user), "set_role", args)
+
+    async def _seed(self, key: str, value: bytes, what: str, args: dict[str, Any]) -> bool:
+        """Write ``key`` unless it has a value; whether this call wrote it."""
+        if await self._bucket.update(key, value, 0) is None:
+            return False
+        self._applied(key, value)
+        await record(self.nc, self.name or "policy", self.address, what, args)
+        return True
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -100,10 +98,14 @@ class PolicyStore(Actor):
             await self._bucket.delete(key)
         else:
             await self._bucket.put(key, value)
+        self._applied(key, value)
+        await record(self.nc, self.name or "policy", who, what, args)
+
+    def _applied(self, key: str, value: bytes | None) -> None:
+        """Apply a change just written to this replica's view at once (read your writes)."""
         view = self.__actorbus_policy__
         if view is not None:
             view.state.apply(key, value)
-        await record(self.nc, self.name or "policy", who, what, args)
 
     async def _change(self, what: str, entry: str, value: bytes | None, /, **args: Any) -> None:
         await self._write(entry, value, who=self._require_admin(), what=what, args=args)
