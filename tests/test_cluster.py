@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -158,6 +159,10 @@ async def test_two_supervisors_on_two_nodes_of_the_cluster(
     await b.actor("call", f"{name}b/say", "hello from b", **admin)
     _, out, _ = await a.actor("logs", f"{name}b", "--tail", "20")
     assert "hello from b" in out
+    before = {r["pid"] for r in await a.ps(**admin) if r["actor"] == f"{name}b"}
+    await a.actor("restart", f"{name}b", **admin)  # b's replica, from node a
+    after = {r["pid"] for r in await b.ps(**admin) if r["actor"] == f"{name}b"}
+    assert after and not after & before
     cluster.kill(0)  # node a's NATS server
     on_2 = msgspec.structs.replace(a.settings, nats_url=cluster.url_of(2))
     async with Client(settings=on_2) as client:
@@ -236,3 +241,32 @@ async def test_a_quota_holds_across_nodes_through_a_policy_replica_kill(
                 await fire(clients, 2 * budget)
                 assert int(time.time() // window) == index, "the test ran past its window"
                 assert budget * 0.9 <= served[index] <= budget * 1.1, served
+
+
+async def test_start_up_waits_for_jetstream(cluster: Cluster, nodes: Any, name: str) -> None:
+    """`actor up` on a cluster without a JetStream quorum waits, says so, and starts once
+    the quorum is back; what cannot wait longer fails in one line, without a traceback."""
+    await cluster.wait_for_jetstream()
+    cluster.kill(0)
+    cluster.kill(1)
+    node = await nodes("a", url=cluster.url_of(2), ACTOR_JS_REPLICAS="3")
+    code, _, err = await node.actor(
+        "serve", "actorbus.actors.policy:Policy", check=False, ACTOR_START_WAIT="1"
+    )
+    assert code == 12, err
+    assert "JetStream was not ready within 1 s" in err and "Traceback" not in err, err
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(up, node, PROBE, "--name", name, "--no-gateway")
+
+        async def waiting() -> None:
+            assert "JetStream is not ready" in _read(node.home / "node.log")
+
+        await eventually(waiting, timeout=20)
+        cluster.start(0)
+        cluster.start(1)
+    assert "JetStream is ready" in _read(node.home / "node.log")
+    assert any(r["actor"] == name and r["state"] == "running" for r in await node.ps())
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

@@ -24,6 +24,7 @@ import anyio
 import msgspec
 
 from ..bus import NATS, ActorError, BadRequest, Forbidden, Keypair, Keystore, connect
+from ..bus.jetstream import when_ready
 from ..bus.subjects import check_name
 from ..runtime import Actor, Client, Settings, current_call, endpoint, serve
 from ..runtime.audit import ensure_audit, record
@@ -54,7 +55,12 @@ class NodeActor(Actor):
         self._stop = stop
 
     async def on_start(self) -> None:
-        await ensure_audit(self.nc, replicas=self.settings.js_replicas)
+        settings = self.settings
+        await when_ready(
+            lambda: ensure_audit(self.nc, replicas=settings.js_replicas),
+            "the audit stream",
+            wait=settings.start_wait,
+        )
 
     def _authorize(self) -> str:
         """The caller, if a policy admin (or this home's own key while no policy runs)."""
@@ -148,7 +154,9 @@ async def run_node(
             info = NodeInfo(os.getpid(), name, url, time.time(), server.pid if server else None)
             describe(info)
             async with connect(url, name=f"actorbus node {name}") as nc:
-                await ensure_logs(nc, here)
+                await when_ready(
+                    lambda: ensure_logs(nc, here), "the logs stream", wait=here.start_wait
+                )
                 shipper = LogShipper(nc, name)
 
                 def output(actor: str, replica: int, pid: int, line: str) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import nats.errors
@@ -20,7 +22,16 @@ from nats.js.kv import KeyValue
 
 from .errors import Unavailable
 
-__all__ = ["JS_ERRORS", "Bucket", "ensure_stream", "publish_acked", "stream_messages"]
+__all__ = [
+    "JS_ERRORS",
+    "Bucket",
+    "ensure_stream",
+    "publish_acked",
+    "stream_messages",
+    "when_ready",
+]
+
+T = TypeVar("T")
 
 log = logging.getLogger("actorbus.bus")
 
@@ -171,6 +182,35 @@ async def _bind(nc: NATS, name: str) -> KeyValue:
         return await nc.jetstream().key_value(name)
     except JS_ERRORS as exc:
         raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
+
+
+async def when_ready(op: Callable[[], Awaitable[T]], what: str, *, wait: float) -> T:
+    """``op()``, again while it raises :class:`Unavailable` (JetStream still electing its
+    leaders, a node catching up), for up to ``wait`` seconds with backoff; says once that it
+    waits, and when it is over. Raises :class:`Unavailable` naming ``what`` after ``wait``,
+    or at once if the server has no JetStream."""
+    deadline = time.monotonic() + wait
+    delay = 0.1
+    waited = False
+    while True:
+        try:
+            result = await op()
+        except Unavailable as exc:
+            if "not enabled" in exc.message:  # a server without -js: waiting cannot help
+                raise
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(
+                    f"{what}: JetStream was not ready within {wait:g} s ({exc.message})"
+                ) from None
+            if not waited:
+                log.warning("%s: JetStream is not ready (%s); waiting up to %g s", what, exc, wait)
+                waited = True
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        else:
+            if waited:
+                log.warning("%s: JetStream is ready", what)
+            return result
 
 
 async def ensure_stream(

@@ -65,11 +65,28 @@ def exit_with(ctx: click.Context, exc: ActorError) -> NoReturn:
 
 
 def run_coroutine(ctx: click.Context, main: Callable[[], Awaitable[T]]) -> T:
-    """Run ``main`` under anyio; an :class:`ActorError` becomes one line and an exit code."""
+    """Run ``main`` under anyio; an :class:`ActorError` (also one alone in task groups)
+    becomes one line and an exit code."""
     try:
         return anyio.run(main)
     except ActorError as exc:
         exit_with(ctx, exc)
+    except BaseExceptionGroup as group:
+        only = _only_error(group)
+        if only is None:
+            raise
+        exit_with(ctx, only)
+
+
+def _only_error(group: BaseExceptionGroup[BaseException]) -> ActorError | None:
+    """The one :class:`ActorError` a task group raised, through nested groups, if that
+    is all it raised."""
+    if len(group.exceptions) != 1:
+        return None
+    (inner,) = group.exceptions
+    if isinstance(inner, BaseExceptionGroup):
+        return _only_error(inner)
+    return inner if isinstance(inner, ActorError) else None
 
 
 def settings_of(ctx: click.Context) -> Settings:

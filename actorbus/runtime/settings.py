@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """How long a stopping replica waits for in-flight calls."""
     js_replicas: int = 1
     """JetStream replicas for the buckets and streams actorbus creates (3 on a cluster)."""
+    start_wait: float = 60.0
+    """Seconds a start-up waits for JetStream (a cluster electing its leaders) before it
+    gives up, for what cannot start without it: the policy and jobs actors, a node."""
     policy: str = "policy"
     """The policy actor's name; its KV bucket is ``actor_<policy>`` (``ACTOR_POLICY``)."""
     policy_replicas: int = 0

@@ -24,6 +24,7 @@ from ...bus.delegation import (
     split_work,
     verify_delegation,
 )
+from ...bus.jetstream import when_ready
 from ...bus.ranges import page_of, parse_ranges
 from ...runtime import Actor, current_call, endpoint
 from .model import (
@@ -57,7 +58,11 @@ class Jobs(Actor):
     _runner: Runner
 
     async def on_start(self) -> None:
-        self._store = await JobStore.open(self.nc, self.name or "jobs", self.settings)
+        self._store = await when_ready(
+            lambda: JobStore.open(self.nc, self.name or "jobs", self.settings),
+            "the jobs streams",
+            wait=self.settings.start_wait,
+        )
         self._runner = Runner(self._store, self.client, self.client.key, self.nc, self.settings)
 
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:

@@ -23,7 +23,7 @@ import anyio
 import msgspec
 
 from ...bus import Forbidden, Unavailable
-from ...bus.jetstream import Bucket
+from ...bus.jetstream import Bucket, when_ready
 from ...runtime import endpoint
 from ...runtime.policy import Grant
 from .store import PolicyStore
@@ -67,8 +67,11 @@ class Quotas(PolicyStore):
     async def on_start(self) -> None:
         await super().on_start()
         settings = self.settings
-        self._lent = await Bucket.open(
-            self.nc, settings.policy_bucket + "_lent", ttl=MAX_WINDOW, replicas=settings.js_replicas
+        name = settings.policy_bucket + "_lent"
+        self._lent = await when_ready(
+            lambda: Bucket.open(self.nc, name, ttl=MAX_WINDOW, replicas=settings.js_replicas),
+            "the quota counters",
+            wait=settings.start_wait,
         )
 
     async def _is_actor(self, key: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from ...bus import BadRequest, Forbidden, Keystore, Unauthorized, address_to_public_key
-from ...bus.jetstream import Bucket
+from ...bus.jetstream import Bucket, when_ready
 from ...runtime import Actor, current_call
 from ...runtime.audit import ensure_audit, record
 from ...runtime.policy import PolicyConfig, PolicyState, Role, load_state
@@ -45,6 +45,9 @@ class PolicyStore(Actor):
     """The bucket behind the policy actor and the helpers its functions share."""
 
     async def on_start(self) -> None:
+        await when_ready(self._open, "the policy bucket", wait=self.settings.start_wait)
+
+    async def _open(self) -> None:
         settings = self.settings
         self._bucket = await Bucket.open(
             self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
