@@ -48,7 +48,9 @@ class EmbeddedServer:
     """A ``nats-server -js`` child process on ``host:port`` (port 0: a free one).
 
     ``store`` holds the JetStream data, the server's log (``nats-server.log``) and its
-    ports file. ``extra_args`` go to nats-server as they are (e.g. cluster options).
+    ports file. ``extra_args`` go to nats-server as they are (e.g. cluster options);
+    ``jetstream=False`` leaves JetStream off (a leaf node uses its hub's), ``monitor``
+    opens the HTTP monitoring port on a free port (:attr:`monitor_url`).
     """
 
     def __init__(
@@ -58,12 +60,18 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         port: int = 0,
         extra_args: tuple[str, ...] = (),
+        jetstream: bool = True,
+        monitor: bool = False,
     ) -> None:
         self.store = store
         self.host = host
         self.port = port
         self.extra_args = extra_args
+        self.jetstream = jetstream
+        self.monitor = monitor
         self.url = ""
+        self.monitor_url = ""
+        """The HTTP monitoring endpoint (``/varz``, ``/leafz``...) if ``monitor``."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,13 +95,12 @@ class EmbeddedServer:
             stale.unlink()
         command = [
             find_nats_server(),
-            "-js",
+            *(("-js", "-sd", str(self.store / "jetstream")) if self.jetstream else ()),
+            *(("-m", "-1") if self.monitor else ()),
             "-a",
             self.host,
             "-p",
             str(self.port or -1),
-            "-sd",
-            str(self.store / "jetstream"),
             "--ports_file_dir",
             str(ports_dir),
             "-l",
@@ -118,7 +125,9 @@ class EmbeddedServer:
             time.sleep(0.01)
         for _ in range(100):  # the file may be observed before its content is flushed
             try:
-                self.url = json.loads(ports_file.read_text())["nats"][0]
+                ports = json.loads(ports_file.read_text())
+                self.url = ports["nats"][0]
+                self.monitor_url = ports["monitoring"][0] if self.monitor else ""
                 break
             except (ValueError, KeyError, IndexError):
                 time.sleep(0.01)

@@ -24,10 +24,10 @@ from ..runtime.actor import actor_name
 from ..runtime.control import NODE_PREFIX, Control
 from ..runtime.loading import load_actor_class
 from ..runtime.logs import read_logs
-from ..runtime.manifest import load_manifest
+from ..runtime.manifest import Manifest, load_manifest
 from ..runtime.settings import node_name
 from ..runtime.specs import ActorSpec
-from ..runtime.supervisor import Node, NodeInfo, running_node
+from ..runtime.supervisor import Node, NodeInfo, leaf_config_of, running_node
 from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, status_table
 
@@ -48,10 +48,12 @@ def _absolute(target: str, base: Path) -> str:
 
 def _specs(
     target: str | None, manifest: Path | None, name: str | None, replicas: int | None
-) -> list[ActorSpec]:
-    """What to run, every target loaded once here so a bad one starts nothing."""
+) -> tuple[list[ActorSpec], Manifest | None]:
+    """What to run, every target loaded once here so a bad one starts nothing; and the
+    manifest, if it came from one."""
     if target and manifest:
         raise click.UsageError("give a TARGET or -f FILE, not both")
+    loaded = None
     if target:
         drafts = [(ActorSpec(_absolute(target, Path.cwd()), name or "", replicas or 1), "")]
     else:
@@ -63,12 +65,13 @@ def _specs(
                 f"no TARGET and no {path} here: try `actor up examples/echo.py:Echo`"
             )
         base = path.resolve().parent
+        loaded = load_manifest(path)
         drafts = [
             (
                 msgspec.structs.replace(e.spec, target=_absolute(e.spec.target, base)),
                 f"{path}:{e.line}: ",
             )
-            for e in load_manifest(path)
+            for e in loaded.entries
         ]
     specs: list[ActorSpec] = []
     for draft, where in drafts:
@@ -82,7 +85,7 @@ def _specs(
         if any(s.name == actor for s in specs):
             raise BadRequest(f"actor {actor!r} is listed twice")
         specs.append(msgspec.structs.replace(draft, name=actor))
-    return specs
+    return specs, loaded
 
 
 @click.command()
@@ -98,6 +101,16 @@ def _specs(
     help="Start an HTTP gateway with a new node ($ACTOR_GATEWAY_HOST:$ACTOR_GATEWAY_PORT).",
 )
 @click.option("--gateway-port", type=click.IntRange(0, 65535), help="Its port (default 8080).")
+@click.option(
+    "--join",
+    metavar="URL",
+    help="nats-leaf://HOST:PORT of a remote NATS: this node's NATS is a leaf node of it.",
+)
+@click.option(
+    "--join-credentials",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Its credentials: a .creds file, or one line USER:PASSWORD or a token (0600).",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -108,6 +121,8 @@ def up(
     detach: bool,
     gateway: bool,
     gateway_port: int | None,
+    join: str | None,
+    join_credentials: Path | None,
 ) -> None:
     """Run TARGET (path.py:Class or module:Class), or the actors of ./actors.toml (-f FILE),
     on this node, restarting replicas that crash.
@@ -118,16 +133,34 @@ def up(
     unless told otherwise). In the foreground it shows the replicas and their output
     until Ctrl-C, which stops what it started; with -d it returns once every actor
     answers.
+
+    With --join (or `join` in the manifest's [node] table), the node's NATS is a leaf
+    node of a remote NATS: a machine behind NAT serves its actors into the shared bus.
     """
     settings = settings_of(ctx)
     try:
-        specs = _specs(target, manifest, name, replicas)
+        specs, loaded = _specs(target, manifest, name, replicas)
     except ActorError as exc:  # a bad manifest or target: say so, start nothing
         exit_with(ctx, exc)
+    if join or (loaded and loaded.join):
+        credentials = join_credentials.resolve() if join_credentials else None
+        settings = msgspec.structs.replace(
+            settings,
+            join=join or (loaded.join if loaded else ""),
+            join_credentials=str(credentials or (loaded.credentials if loaded else "")),
+            join_domain=(loaded.domain if loaded else "") or settings.join_domain,
+        )
     running = running_node(settings.home)
     if running is not None:
-        _join(ctx, settings, running.url, running.node, specs, detach)
+        if join:
+            raise click.UsageError(f"node {running.node} runs already: --join is for a new node")
+        _add_to_node(ctx, settings, running.url, running.node, specs, detach)
         return
+    if settings.join:
+        try:
+            leaf_config_of(settings)  # a bad URL or credentials file: say so, start nothing
+        except ActorError as exc:
+            exit_with(ctx, exc)
     if gateway:
         specs.append(gateway_spec(settings, settings.gateway_host, gateway_port, 1))
     _start_node(ctx, settings, specs, detach)
@@ -167,7 +200,7 @@ def gateway(
     spec = gateway_spec(settings, host or settings.gateway_host, port, replicas)
     running = running_node(settings.home)
     if running is not None:
-        _join(ctx, settings, running.url, running.node, [spec], detach)
+        _add_to_node(ctx, settings, running.url, running.node, [spec], detach)
     else:
         _start_node(ctx, settings, [spec], detach)
 
@@ -214,6 +247,12 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
     env = dict(os.environ, ACTOR_HOME=str(settings.home))
     if settings.nats_url:
         env["ACTOR_NATS_URL"] = settings.nats_url
+    if settings.join:
+        env.update(
+            ACTOR_JOIN=settings.join,
+            ACTOR_JOIN_CREDENTIALS=settings.join_credentials,
+            ACTOR_JOIN_DOMAIN=settings.join_domain,
+        )
     with open(log_path, "ab") as log:
         daemon = subprocess.Popen(
             [*command, json.dumps(msgspec.to_builtins(specs))],
@@ -264,7 +303,7 @@ async def _entries_when_up(
     return [e for e in entries if any(e.name == s.name for s in specs)]
 
 
-def _join(
+def _add_to_node(
     ctx: click.Context,
     settings: Settings,
     url: str,

@@ -1,5 +1,10 @@
 """``actors.toml``: the actors a node runs, in one file that ``actor up`` reads.
 
+    [node]                             # optional: how a new node reaches the bus
+    join = "nats-leaf://hub.example.com:7422"
+    credentials = "hub.creds"          # relative to this file
+    domain = "hub"                     # the hub's JetStream domain (default "hub")
+
     [[actor]]
     target = "examples/echo.py:Echo"   # path.py:Class or module:Class (required)
     name = "echo"                      # default: the class's name
@@ -25,7 +30,7 @@ from ..bus.subjects import check_name
 from .settings import Settings
 from .specs import ActorSpec
 
-__all__ = ["OPTIONS", "Entry", "load_manifest"]
+__all__ = ["OPTIONS", "Entry", "Manifest", "load_manifest"]
 
 OPTIONS = frozenset(
     {
@@ -55,6 +60,16 @@ class Entry(msgspec.Struct, frozen=True):
     line: int
 
 
+class Manifest(msgspec.Struct, frozen=True):
+    """A manifest's actors, and its ``[node]`` table: the remote NATS to join as a leaf
+    node, its credentials file (absolute) and JetStream domain, or empty."""
+
+    entries: list[Entry]
+    join: str = ""
+    credentials: str = ""
+    domain: str = ""
+
+
 class _Lines:
     """Where each ``[[actor]]`` table and its keys stand in the text."""
 
@@ -75,9 +90,10 @@ class _Lines:
         return start + 1
 
 
-def load_manifest(path: Path) -> list[Entry]:
-    """The actors ``path`` lists, in order; ``name`` is ``""`` where the file gives none
-    (the class decides). Raises :class:`BadRequest` naming the file and line."""
+def load_manifest(path: Path) -> Manifest:
+    """The actors ``path`` lists, in order (``name`` is ``""`` where the file gives none:
+    the class decides), and its ``[node]`` table. Raises :class:`BadRequest` naming the
+    file and line."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -92,11 +108,24 @@ def load_manifest(path: Path) -> list[Entry]:
         return BadRequest(f"{path}:{line}: {message}")
 
     for key in data:
-        if key != "actor":
+        if key not in ("actor", "node"):
             raise fail(
                 _top_level_line(lines.lines, key),
-                f"unknown table or key {key!r}: a manifest holds [[actor]] tables",
+                f"unknown table or key {key!r}: a manifest holds [node] and [[actor]] tables",
             )
+    node = data.get("node", {})
+    if not isinstance(node, dict):
+        raise fail(_top_level_line(lines.lines, "node"), "node must be a table: [node]")
+    for key, value in node.items():
+        if key not in ("join", "credentials", "domain") or not isinstance(value, str):
+            raise fail(
+                _top_level_line(lines.lines, "node"),
+                f"[node] takes join, credentials and domain (strings), not {key!r}",
+            )
+    join = node.get("join", "")
+    credentials = node.get("credentials", "")
+    if credentials:
+        credentials = str((path.resolve().parent / credentials).resolve())
     tables = data.get("actor", [])
     if not isinstance(tables, list) or not tables:
         raise fail(1, "no [[actor]] table: nothing to run")
@@ -112,7 +141,7 @@ def load_manifest(path: Path) -> list[Entry]:
                 )
             seen[spec.name] = lines.of(index, "name")
         entries.append(Entry(spec, lines.of(index, "target")))
-    return entries
+    return Manifest(entries, join, credentials, node.get("domain", ""))
 
 
 def _spec(table: dict[str, Any], index: int, lines: _Lines, fail: Any) -> ActorSpec:

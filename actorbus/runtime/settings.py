@@ -61,6 +61,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """How long a stopping replica waits for in-flight calls."""
     js_replicas: int = 1
     """JetStream replicas for the buckets and streams actorbus creates (3 on a cluster)."""
+    join: str = ""
+    """``nats-leaf://HOST:PORT`` of a remote NATS (``ACTOR_JOIN``, `actor up --join`): the
+    node's embedded nats-server is then a leaf node of it, listening on :attr:`url`."""
+    join_credentials: str = ""
+    """A file (0600) with the credentials for :attr:`join`: a NATS ``.creds`` file, or one
+    line ``USER:PASSWORD`` or a token (``ACTOR_JOIN_CREDENTIALS``)."""
+    join_domain: str = "hub"
+    """The JetStream domain of the NATS that :attr:`join` names (its ``jetstream { domain:
+    ... }``; ``ACTOR_JOIN_DOMAIN``)."""
     start_wait: float = 60.0
     """Seconds a start-up waits for JetStream (a cluster electing its leaders) before it
     gives up, for what cannot start without it: the policy and jobs actors, a node."""

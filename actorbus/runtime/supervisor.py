@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -25,6 +26,7 @@ import msgspec
 import psutil
 
 from ..bus import NATS, ActorError, BadRequest, EmbeddedServer, NotFound, nats_answers, request
+from ..bus.leaf import leaf_config, wait_joined
 from .replicas import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 from .settings import DEFAULT_NATS_URL, Settings
 from .specs import TIERS, ActorSpec, ReplicaStatus
@@ -103,13 +105,52 @@ def running_node(home: Path) -> NodeInfo | None:
 
 @asynccontextmanager
 async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | None]:
-    """The NATS to use: ``settings.nats_url`` if set; else one already answering on
-    127.0.0.1:4222; else an embedded ``nats-server -js`` on that port, its store under
-    ``$ACTOR_HOME/nats``, stopped on exit. Yields the embedded server, or ``None``."""
+    """The NATS to use: with ``settings.join``, an embedded nats-server that is a leaf
+    node of that remote NATS (on ``settings.url``, without JetStream of its own), once its
+    leaf connection is up; else ``settings.nats_url`` if set; else one already answering
+    on 127.0.0.1:4222; else an embedded ``nats-server -js`` on that port. An embedded
+    server keeps its files under ``$ACTOR_HOME/nats`` and is stopped on exit. Yields it,
+    or ``None``."""
+    if settings.join:
+        async with _leaf_server(settings) as server:
+            yield server
+        return
     if settings.nats_url or await nats_answers(DEFAULT_NATS_URL):
         yield None
         return
     async with EmbeddedServer(settings.home / "nats", port=4222) as server:
+        yield server
+
+
+def leaf_config_of(settings: Settings) -> Path:
+    """Write the config of this node's leaf server (``settings.join``); raises
+    :class:`BadRequest` for a bad URL or credentials file."""
+    credentials = Path(settings.join_credentials) if settings.join_credentials else None
+    path = settings.home / "nats" / "leaf.conf"
+    return leaf_config(path, settings.join, credentials, settings.join_domain)
+
+
+@asynccontextmanager
+async def _leaf_server(settings: Settings) -> AsyncIterator[EmbeddedServer]:
+    url = urlsplit(settings.url)
+    if "," in settings.url or url.hostname is None or url.port is None:
+        raise BadRequest(f"with --join, ACTOR_NATS_URL is where the leaf listens: {settings.url}")
+    if await nats_answers(settings.url):
+        raise BadRequest(
+            f"a NATS server answers on {settings.url} already; --join runs its own there "
+            "(set ACTOR_NATS_URL to a free port, or join without --join)"
+        )
+    config = leaf_config_of(settings)
+    server = EmbeddedServer(
+        settings.home / "nats",
+        host=url.hostname,
+        port=url.port,
+        extra_args=("-c", str(config)),
+        jetstream=False,
+        monitor=True,
+    )
+    async with server:
+        await wait_joined(server, settings.join, wait=settings.start_wait)
         yield server
 
 
