@@ -1,0 +1,75 @@
+"""The deploy files, checked as far as this machine can without a container engine or a
+Kubernetes cluster: the NATS config parses (`nats-server -t`), and every actorbus container
+in compose.yaml and deploy/kubernetes runs an `actor` command that exists, with targets
+that load and ACTOR_* settings that read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from actorbus.bus import find_nats_server
+from actorbus.cli import main
+from actorbus.runtime import Settings
+from actorbus.runtime.loading import load_actor_class
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_actor_container(args: list[str], env: dict[str, Any]) -> None:
+    assert main.get_command(click.Context(main), args[0]) is not None, args
+    if args[0] == "serve":
+        cwd = os.getcwd()
+        os.chdir(ROOT)  # targets are relative to the image's WORKDIR, the repository here
+        try:
+            load_actor_class(args[1])
+        finally:
+            os.chdir(cwd)
+    settings = Settings.from_env({k: str(v) for k, v in env.items()})
+    assert settings.nats_url
+
+
+def test_the_nats_config_parses() -> None:
+    env = dict(os.environ, NODE="nats-1", LEAF_PASSWORD="x")
+    done = subprocess.run(
+        [find_nats_server(), "-t", "-c", str(ROOT / "deploy/nats.conf")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "leafnodes" in (ROOT / "deploy/nats.conf").read_text()
+
+
+def test_compose_runs_actor_commands_that_exist() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    actors = {name: s for name, s in services.items() if s.get("build") == "."}
+    assert {"policy", "jobs", "gateway", "echo"} <= actors.keys()
+    assert actors["policy"]["deploy"]["replicas"] >= 2
+    for service in actors.values():
+        check_actor_container(service["command"], service["environment"])
+    for name in ("nats-1", "nats-2", "nats-3"):
+        mounts = services[name]["volumes"]
+        assert any(m.startswith("./deploy/nats.conf:") for m in mounts), mounts
+
+
+@pytest.mark.parametrize("path", ["deploy/kubernetes/actorbus.yaml"])
+def test_kubernetes_deployments_run_actor_commands_that_exist(path: str) -> None:
+    documents = list(yaml.safe_load_all((ROOT / path).read_text()))
+    config = next(d["data"] for d in documents if d["kind"] == "ConfigMap")
+    deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
+    assert deployments["policy"]["spec"]["replicas"] >= 2
+    for deployment in deployments.values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = dict(config) | {e["name"]: e["value"] for e in container.get("env", [])}
+        check_actor_container(container["args"], env)
+    values = yaml.safe_load((ROOT / "deploy/kubernetes/nats-values.yaml").read_text())
+    assert values["config"]["merge"]["jetstream"]["domain"] == "hub"
