@@ -19,7 +19,7 @@ from support import Probe, env_of, eventually
 
 from actorbus import Client, Keypair, RateLimited, ReplyTimeout, Settings, Unavailable, serve
 from actorbus.actors.policy import Policy
-from actorbus.bus import connect
+from actorbus.bus import Bucket, connect
 
 PROBE = "tests/support.py:Probe"
 
@@ -139,6 +139,33 @@ async def test_only_idempotent_calls_are_tried_again(settings: Settings, name: s
             finally:
                 os.kill(replica.pid, signal.SIGCONT)
     assert (seen.count("same"), seen.count("add")) == (3, 1)
+
+
+async def test_any_call_is_sent_again_while_no_replica_takes_it(
+    settings: Settings, name: str
+) -> None:
+    """No responders means not delivered: even a call that is not idempotent is sent again
+    while its actor's replica restarts, within a bounded wait (2 s); past it, 503."""
+    async with Client(settings=settings) as client:
+        async with serve(Probe(), name=name, settings=settings):
+            assert await client.call(name, "add", 1, 2) == 3
+        back = anyio.Event()
+
+        async def restart_later() -> None:
+            await anyio.sleep(0.5)
+            async with serve(Probe(), name=name, settings=settings):
+                await back.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restart_later)
+            started = time.monotonic()
+            assert await client.call(name, "add", 2, 3) == 5  # sent while none served it
+            assert time.monotonic() - started >= 0.5
+            back.set()
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="no actor is serving"):
+            await client.call(name, "add", 3, 4)
+        assert 1.0 < time.monotonic() - started < 3.0
 
 
 async def test_two_supervisors_on_two_nodes_of_the_cluster(
@@ -270,3 +297,24 @@ async def test_start_up_waits_for_jetstream(cluster: Cluster, nodes: Any, name: 
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+async def test_a_policy_change_right_after_a_node_kill_succeeds(
+    cluster: Cluster, settings: Settings
+) -> None:
+    """Kill the node that leads the policy bucket's stream: the next change waits out the
+    election (within its timeout) instead of failing. The policy actor and the admin are
+    on another node, so only JetStream's leader is lost, not their connections."""
+    await cluster.wait_for_jetstream()
+    async with connect(cluster.url) as nc:
+        await Bucket.open(nc, settings.policy_bucket, ttl=None, replicas=3)
+        info = await nc.jetstream().stream_info(f"KV_{settings.policy_bucket}")
+    assert info.cluster is not None and info.cluster.leader
+    leader = int(info.cluster.leader.removeprefix("n"))
+    here = on(cluster, settings, node=(leader + 1) % 3)
+    async with serve(Policy(), name=here.policy, settings=here), Client(settings=here) as admin:
+        await admin.call(here.policy, "set_role", "before", ["a/*"])
+        cluster.kill(leader)
+        role = await admin.request(here.policy, "set_role", ["after", ["b/*"]], timeout=15)
+        assert role == {"after": {"allow": ["b/*"], "deny": [], "stake2rate": 1.0}}
+        assert "after" in await admin.request(here.policy, "roles", timeout=15)

@@ -18,7 +18,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .errors import BadRequest, PayloadTooLarge, ReplyTimeout, Unavailable
+from .errors import BadRequest, NoResponders, PayloadTooLarge, ReplyTimeout, Unavailable
 from .throttle import LogThrottle
 
 __all__ = [
@@ -168,14 +168,15 @@ async def publish(
 async def request(
     nc: NATS, subject: str, body: bytes, headers: dict[str, str], timeout: float
 ) -> Msg:
-    """One request/reply; raises :class:`Unavailable` (no responders, closed connection),
+    """One request/reply; raises :class:`NoResponders`, :class:`Unavailable` (a closed
+    connection),
     :class:`ReplyTimeout` (no reply within ``timeout`` seconds) or :class:`PayloadTooLarge`
     (the request, headers included, is over the server's max payload)."""
     _check_size(nc, body, headers)
     try:
         return await nc.request(subject, body, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:
-        raise Unavailable(f"no actor is serving {subject}") from exc
+        raise NoResponders(f"no actor is serving {subject}") from exc
     except nats.errors.TimeoutError as exc:
         raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s") from exc
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:

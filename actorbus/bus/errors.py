@@ -112,6 +112,11 @@ class Unavailable(ActorError):
     status = 503
 
 
+class NoResponders(Unavailable):
+    """No subscriber took the request (no replica serves it, or none is connected right
+    now): it was not delivered, so sending it again is safe for any call."""
+
+
 class ReplyTimeout(ActorError):
     """No reply arrived within the caller's timeout (client side)."""
 

@@ -26,6 +26,7 @@ from ..bus import (
     CallBody,
     Keypair,
     Keystore,
+    NoResponders,
     RateLimited,
     ReplyTimeout,
     Unavailable,
@@ -48,11 +49,13 @@ __all__ = ["ActorProxy", "Client", "Reply", "advertised_timeout", "loose_value"]
 _KNOWN_SECONDS = 10.0
 _DEGRADED_SECONDS = 5.0
 _ATTEMPTS = 3
+"""Attempts of an idempotent call within its deadline (after 503, 504 or a lost request)."""
+_NO_RESPONDERS_WAIT = 2.0
+"""Seconds any call is sent again while no replica takes it (no responders: it was not
+delivered), for a replica that reconnects or restarts."""
 _BACKOFF = 0.25
 """Seconds before the second attempt (then doubled, jittered): a replica that lost its
 NATS server needs about half a second to reconnect and be routed to again."""
-"""Attempts of an idempotent call (after 503, 504 or a lost connection), within its
-deadline."""
 
 log = logging.getLogger("actorbus.client")
 
@@ -175,12 +178,18 @@ class Client:
         timeout = timeout or self.settings.call_timeout
         body = codec_for(content_type).encode(CallBody(list(args), kwargs or {}))
         subject = call_subject(name, fn)
-        attempts = _ATTEMPTS if fn in (await self.known(name)).idempotent else 1
-        deadline = time.monotonic() + timeout
-        for attempt in range(attempts):
-            # Each attempt gets its share of what is left, so a request lost with a
-            # replica or a connection still leaves time to try again.
-            share = (deadline - time.monotonic()) / (attempts - attempt)
+        idempotent = fn in (await self.known(name)).idempotent
+        now = time.monotonic()
+        deadline = now + timeout
+        patience = min(deadline, now + _NO_RESPONDERS_WAIT)
+        attempt = 0  # of an idempotent call, each after a 503, a 504 or a lost request
+        retries = 0
+        while True:
+            # An idempotent call's attempt gets its share of what is left, so a request
+            # lost with a replica or a connection still leaves time to try again; any
+            # other call waits for its reply as long as it may (it is never sent twice).
+            left = deadline - time.monotonic()
+            share = left / (_ATTEMPTS - attempt) if idempotent else left
             headers = sign_request(
                 self.key,
                 subject,
@@ -190,13 +199,21 @@ class Client:
             )
             try:
                 return (await self.send(name, fn, body, headers, share)).result()
+            except NoResponders:
+                # Not delivered: any call may be sent again, while a replica reconnects
+                # or restarts, for a bounded time.
+                pause = random.uniform(0.5, 1.5) * _BACKOFF * 2 ** min(retries, 1)
+                if time.monotonic() + pause > patience:
+                    raise
             except (Unavailable, ReplyTimeout) as exc:
+                attempt += 1
                 left = deadline - time.monotonic()
-                if attempt + 1 == attempts or left <= 0:
+                if not idempotent or attempt == _ATTEMPTS or left <= 0:
                     raise
                 log.debug("%s/%s: %s; trying again (idempotent)", name, fn, exc)
-                await anyio.sleep(min(random.uniform(0.5, 1.5) * _BACKOFF * 2**attempt, left / 2))
-        raise AssertionError("unreachable")
+                pause = min(random.uniform(0.5, 1.5) * _BACKOFF * 2**retries, left / 2)
+            retries += 1
+            await anyio.sleep(pause)
 
     async def send(
         self, name: str, fn: str, body: bytes, headers: dict[str, str], timeout: float

@@ -5,6 +5,7 @@ here at once and recorded in the audit stream."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import msgspec
@@ -96,13 +97,24 @@ class PolicyStore(Actor):
     async def _write(
         self, key: str, value: bytes | None, *, who: str, what: str, args: dict[str, Any]
     ) -> None:
-        """Change one entry, apply it here at once (read your writes), record it."""
-        if value is None:
-            await self._bucket.delete(key)
-        else:
-            await self._bucket.put(key, value)
+        """Change one entry, apply it here at once (read your writes), record it. The
+        write is tried again while JetStream elects a leader (a node just lost), until
+        shortly before the call's deadline."""
+
+        async def write() -> None:
+            if value is None:
+                await self._bucket.delete(key)
+            else:
+                await self._bucket.put(key, value)
+
+        deadline = current_call().deadline - 0.5
+        await when_ready(write, f"policy change {what}", wait=max(0.0, deadline - time.monotonic()))
         self._applied(key, value)
-        await record(self.nc, self.name or "policy", who, what, args)
+        await when_ready(
+            lambda: record(self.nc, self.name or "policy", who, what, args),
+            f"the audit record of {what}",
+            wait=max(0.0, deadline - time.monotonic()),
+        )
 
     def _applied(self, key: str, value: bytes | None) -> None:
         """Apply a change just written to this replica's view at once (read your writes)."""
