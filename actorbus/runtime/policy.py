@@ -272,8 +272,9 @@ class PolicyView:
         self.state = PolicyState()
         self.enforced = False
         self.unreadable = ""
-        """Why the bucket could not be read, while no policy was ever loaded: calls are
-        refused then (503), never let through unchecked."""
+        """Why the bucket could not be read, while no policy was ever loaded nor known to
+        be absent: calls are refused then (503), never let through unchecked."""
+        self._absent = False  # the bucket was missing when last looked at
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -293,6 +294,7 @@ class PolicyView:
         while True:
             try:
                 bucket = await Bucket.find(self._nc, self.bucket)
+                self._absent = bucket is None
                 if bucket is None:
                     self.unreadable = ""  # no policy here: nothing to enforce
                     if not warned:
@@ -307,6 +309,8 @@ class PolicyView:
             except Unavailable as exc:
                 if self.enforced:
                     log.warning("policy watch lost (%s): deciding from the cached policy", exc)
+                elif self._absent:
+                    log.debug("policy bucket unreadable (%s); it was missing before", exc)
                 else:
                     if not self.unreadable:
                         log.warning("policy unreadable (%s): refusing calls until it is", exc)
