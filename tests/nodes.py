@@ -58,10 +58,13 @@ class Node:
 
     def node_pid(self) -> int | None:
         try:
-            pid: int = json.loads((self.home / "node.json").read_text())["pid"]
+            info = json.loads((self.home / "node.json").read_text())
         except FileNotFoundError:
             return None
+        pid: int = info["pid"]
         self.pids.add(pid)
+        if info.get("embedded"):
+            self.pids.add(info["embedded"])  # its nats-server, if it had to be ended
         return pid
 
     async def stop(self) -> None:
@@ -71,7 +74,7 @@ class Node:
         for pid in self.pids:
             try:
                 process = psutil.Process(pid)
-                if "actorbus" in " ".join(process.cmdline()):
+                if any("actorbus" in part or "nats-server" in part for part in process.cmdline()):
                     process.kill()
             except psutil.Error:
                 pass

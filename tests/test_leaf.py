@@ -85,3 +85,4 @@ async def test_a_leaf_node_serves_its_actors_into_the_hub(
             assert [e.node for e in entries] == [(await leaf.ps())[0]["node"]]
         _, out, _ = await leaf.actor("logs", name, "--tail", "5")
         assert "ready" in out  # the logs stream lives on the hub
+        await leaf.stop()  # while the hub runs: `down` is audited there

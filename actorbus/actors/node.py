@@ -15,6 +15,7 @@ this home's own key while no policy runs), and each change is audited.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +24,16 @@ from typing import Any
 import anyio
 import msgspec
 
-from ..bus import NATS, ActorError, BadRequest, Forbidden, Keypair, Keystore, connect
+from ..bus import (
+    NATS,
+    ActorError,
+    BadRequest,
+    Forbidden,
+    Keypair,
+    Keystore,
+    Unavailable,
+    connect,
+)
 from ..bus.jetstream import when_ready
 from ..bus.subjects import check_name
 from ..runtime import Actor, Client, Settings, current_call, endpoint, serve
@@ -36,6 +46,8 @@ from ..runtime.specs import ActorSpec, ReplicaStatus
 from ..runtime.supervisor import Node, NodeInfo, claim_node, nats_server_for, supervised
 
 __all__ = ["JOBS_TARGET", "POLICY_TARGET", "NodeActor", "run_node"]
+
+log = logging.getLogger("actorbus.node")
 
 POLICY_TARGET = "actorbus.actors.policy:Policy"
 JOBS_TARGET = "actorbus.actors.jobs:Jobs"
@@ -74,7 +86,13 @@ class NodeActor(Actor):
         raise Forbidden("only a policy admin may control a node")
 
     async def _audit(self, who: str, what: str, **args: Any) -> None:
-        await record(self.nc, self.name or "node", who, what, args)
+        """Record a control action in the audit trail; without JetStream (its quorum lost,
+        a leaf cut from its hub) the action still happens and the log says it went
+        unrecorded."""
+        try:
+            await record(self.nc, self.name or "node", who, what, args)
+        except Unavailable as exc:
+            log.warning("%s by %s is not in the audit trail: %s", what, who, exc.message)
 
     async def ps(self) -> list[ReplicaStatus]:
         """Every replica slot on this node: state, pid, uptime, restarts, calls, memory."""

@@ -268,6 +268,10 @@ class Pipeline:
         """Run ``call`` within its deadline (quota lease included) and answer it."""
         function = call.function
         assert function is not None
+        # Its nonce goes out to the other replicas before any reply does (same connection,
+        # so in that order): a caller that replays a call it has an answer to finds every
+        # replica knowing it.
+        await self.guard.flush()
         try:
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
