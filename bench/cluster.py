@@ -1,5 +1,5 @@
-"""Calls/s on a 3-node NATS cluster: through one node vs spread over three, and the time
-from a node's kill to full throughput again, in one run.
+"""Calls/s on a 3-node NATS cluster: through one node vs spread over three, the time
+from a node's kill to full throughput again, and a quota lease's cost on R3, in one run.
 
     python bench/cluster.py [--seconds 3] [--repeat 3] [--concurrency 64]
 
@@ -9,6 +9,9 @@ from a node's kill to full throughput again, in one run.
 per 250 ms; "back" is the first moment after the kill from which three buckets in a row
 reach 90% of the median before it. Failed calls are counted (each has a 2 s timeout), and
 when the last one failed.
+
+(lease) two policy replicas; `lease` (a compare-and-set on its counter, replicated 3 ways)
+vs `user2role` (a read in memory), as bench/policy.py measures them on one server.
 
 The replicas run `actor serve` with their own NATS URL (one node each: a replica whose
 node dies reconnects to another it learnt of). Everything shares this machine's cores, so
@@ -30,7 +33,9 @@ import nats
 import nats.errors
 from calls import HERE as CALLS
 from calls import start
+from policy import configure, print_lease_cost
 
+from actorbus import Settings
 from actorbus.bus import Keypair, sign_request, verify_reply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -152,6 +157,25 @@ def recovery(cluster: Cluster, args: argparse.Namespace, home: str) -> None:
     print(f"kill: {len(failed)} failed calls of {len(done) + len(failed)}{last}")
 
 
+def lease(cluster: Cluster, home: str) -> None:
+    serve = [sys.executable, "-m", "actorbus.cli", "--log-level", "WARNING", "serve"]
+    env = dict(os.environ, ACTOR_HOME=home, ACTOR_POLICY="policy", ACTOR_JS_REPLICAS="3")
+    policies = [
+        start(
+            [*serve, "actorbus.actors.policy:Policy", "--name", "policy"],
+            dict(env, ACTOR_NATS_URL=cluster.url_of(node)),
+        )
+        for node in (0, 1)
+    ]
+    try:
+        settings = Settings(home=Path(home), nats_url=cluster.url, policy="policy", js_replicas=3)
+        caller = Keypair.generate()
+        asyncio.run(configure(settings, caller))
+        print_lease_cost(settings, caller.address, "3-node cluster, R3, 2 policy replicas")
+    finally:
+        stop(policies)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -172,6 +196,7 @@ def main() -> None:
             f"median of {args.repeat} x {args.seconds:g} s)",
             flush=True,
         )
+        lease(cluster, home)
         recovery(cluster, args, home)
     finally:
         cluster.stop()
