@@ -122,6 +122,17 @@ def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return process
 
 
+def load_options(
+    doc: str, *, seconds: float = 3.0, concurrency: int = 64
+) -> argparse.ArgumentParser:
+    """The options of a bench that runs one load level: --seconds, --repeat, --concurrency."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=seconds, help=f"per run ({seconds:g})")
+    parser.add_argument("--repeat", type=int, default=3, help="runs (the median is shown)")
+    parser.add_argument("--concurrency", type=int, default=concurrency)
+    return parser
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -32,7 +32,7 @@ from pathlib import Path
 import nats
 import nats.errors
 from calls import HERE as CALLS
-from calls import start
+from calls import load_options, start
 from policy import configure, print_lease_cost
 
 from actorbus import Settings
@@ -177,11 +177,7 @@ def lease(cluster: Cluster, home: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=64)
-    args = parser.parse_args()
+    args = load_options(__doc__).parse_args()
     root = Path(tempfile.mkdtemp(prefix="actorbus-bench-cluster-"))
     home = str(root / "home")
     cluster = Cluster(root)

@@ -35,7 +35,7 @@ from pathlib import Path
 import msgspec
 import nats
 from calls import HERE as CALLS
-from calls import load, percentile, start
+from calls import load, load_options, percentile, start
 
 from actorbus.bus import EmbeddedServer, Keypair
 
@@ -148,10 +148,7 @@ def flooded(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per phase (default 3)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser = load_options(__doc__, concurrency=16)
     parser.add_argument("--junk", default="badsig,bigkey", help="kinds: badsig, bigkey")
     parser.add_argument(
         "--flood", nargs=3, metavar=("URL", "SECONDS", "MODE"), help=argparse.SUPPRESS

@@ -14,7 +14,6 @@ what a lease costs a host once per borrowed slice of a budget.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 from calls import HERE as CALLS
-from calls import load, percentile, start
+from calls import load, load_options, percentile, start
 
 from actorbus import Client, Keypair, Settings
 from actorbus.bus import EmbeddedServer
@@ -80,11 +79,7 @@ async def configure(settings: Settings, caller: Keypair) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=64)
-    args = parser.parse_args()
+    args = load_options(__doc__).parse_args()
     memo, fresh = decision_cost()
     print(f"decision: {memo:.2f} us memoized, {fresh:.2f} us computed")
     home = tempfile.mkdtemp(prefix="actorbus-bench-policy-")
