@@ -144,14 +144,15 @@ def _check_size(nc: NATS, body: bytes, headers: dict[str, str] | None) -> None:
 
 
 async def publish(
-    nc: NATS, subject: str, body: bytes, headers: dict[str, str] | None = None
+    nc: NATS, subject: str, body: bytes, headers: dict[str, str] | None = None, reply: str = ""
 ) -> None:
-    """Publish one message; raises :class:`PayloadTooLarge` if it (headers included) is over
-    the server's max payload, :class:`Unavailable` if the connection is closed or its
-    reconnect buffer is full, :class:`BadRequest` for an invalid subject."""
+    """Publish one message (with a ``reply`` subject, if given); raises
+    :class:`PayloadTooLarge` if it (headers included) is over the server's max payload,
+    :class:`Unavailable` if the connection is closed or its reconnect buffer is full,
+    :class:`BadRequest` for an invalid subject."""
     _check_size(nc, body, headers)
     try:
-        await nc.publish(subject, body, headers=headers)
+        await nc.publish(subject, body, reply=reply, headers=headers)
     except nats.errors.MaxPayloadError as exc:
         raise PayloadTooLarge(f"message over the server's max payload: {exc}") from exc
     except nats.errors.BadSubjectError as exc:

@@ -35,6 +35,7 @@ __all__ = [
     "announcement_signing_bytes",
     "codec_for",
     "decode_error",
+    "end_signing_bytes",
     "reply_signing_bytes",
     "request_nonce",
     "request_signing_bytes",
@@ -60,6 +61,7 @@ H_CONTENT_TYPE: Final = "Content-Type"
 H_INSTANCE: Final = "Actor-Instance"
 H_ON_BEHALF: Final = "Actor-On-Behalf-Of"
 H_DELEGATION: Final = "Actor-Delegation"
+H_CHUNKS: Final = "Actor-Chunks"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
@@ -197,6 +199,12 @@ def request_signing_bytes(
 def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:
     """``actorbus/1\\n<request nonce>\\n<status>\\n<hex sha256 of body>`` as UTF-8."""
     return f"{PROTOCOL_VERSION}\n{nonce}\n{status}\n{_digest(body)}".encode()
+
+
+def end_signing_bytes(nonce: str, chunks: int, status: int, body: bytes) -> bytes:
+    """The last message of a streamed reply, after ``chunks`` chunks:
+    ``actorbus/1\\nend\\n<request nonce>\\n<chunks>\\n<status>\\n<hex sha256 of body>``."""
+    return f"{PROTOCOL_VERSION}\nend\n{nonce}\n{chunks}\n{status}\n{_digest(body)}".encode()
 
 
 def announcement_signing_bytes(subject: str, body: bytes) -> bytes:
@@ -349,13 +357,18 @@ def sign_reply(
     content_type: str = JSON,
     error: str = "",
     retry_after: float | None = None,
+    chunks: int | None = None,
 ) -> dict[str, str]:
-    """The headers of a signed reply to the request that carried ``nonce``."""
-    headers = {
-        H_STATUS: str(status),
-        H_KEY: key.address,
-        H_SIGNATURE: key.sign(reply_signing_bytes(nonce, status, body)).hex(),
-    }
+    """The headers of a signed reply to the request that carried ``nonce``; with
+    ``chunks``, the end of a streamed reply that sent that many chunks."""
+    signed = (
+        reply_signing_bytes(nonce, status, body)
+        if chunks is None
+        else end_signing_bytes(nonce, chunks, status, body)
+    )
+    headers = {H_STATUS: str(status), H_KEY: key.address, H_SIGNATURE: key.sign(signed).hex()}
+    if chunks is not None:
+        headers[H_CHUNKS] = str(chunks)
     if error:
         # One printable ASCII line; the full message is in the body.
         headers[H_ERROR] = printable(" ".join(error.split()), ERROR_HEADER_LIMIT, ascii_only=True)
@@ -366,8 +379,11 @@ def sign_reply(
     return headers
 
 
-def verify_reply(headers: dict[str, str] | None, body: bytes, nonce: str) -> ReplyMeta:
+def verify_reply(
+    headers: dict[str, str] | None, body: bytes, nonce: str, *, chunks: int | None = None
+) -> ReplyMeta:
     """Check a reply's signature against the request ``nonce``; raises :class:`BadReply`.
+    With ``chunks``, it must be the end of a streamed reply after that many chunks.
 
     The caller still has to check that ``ReplyMeta.key`` is the actor's registered address.
     """
@@ -376,7 +392,14 @@ def verify_reply(headers: dict[str, str] | None, body: bytes, nonce: str) -> Rep
         key = _header(headers, H_KEY, _ADDRESS)
         status_text = _header(headers, H_STATUS, _STATUS)
         signature = _header(headers, H_SIGNATURE, _SIGNATURE)
-        verify(key, reply_signing_bytes(nonce, int(status_text), body), bytes.fromhex(signature))
+        status = int(status_text)
+        if chunks is None:
+            signed = reply_signing_bytes(nonce, status, body)
+        else:
+            if headers.get(H_CHUNKS) != str(chunks):
+                raise Unauthorized(f"the stream ended after {chunks} chunks, not as it says")
+            signed = end_signing_bytes(nonce, chunks, status, body)
+        verify(key, signed, bytes.fromhex(signature))
     except Unauthorized as exc:
         raise BadReply(f"unverifiable reply: {exc.message}") from None
     retry_after = _seconds(headers.get(H_RETRY_AFTER, ""))

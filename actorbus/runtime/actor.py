@@ -7,6 +7,7 @@ decoders, so a call's arguments are checked for arity and type and a mismatch is
 
 from __future__ import annotations
 
+import collections.abc
 import contextvars
 import inspect
 import logging
@@ -170,6 +171,22 @@ class Actor:
     __actorbus_policy__: PolicyView | None = None
 
 
+_ITERATORS = {
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncIterable,
+    collections.abc.AsyncGenerator,
+    collections.abc.Iterator,
+    collections.abc.Iterable,
+    collections.abc.Generator,
+}
+
+
+def _item_type(hint: Any) -> Any:
+    """What a generator annotated ``AsyncIterator[T]`` (or the like) yields: ``T``."""
+    args = typing.get_args(hint)
+    return args[0] if typing.get_origin(hint) in _ITERATORS and args else Any
+
+
 def actor_name(cls: type[Actor], override: str | None = None) -> str:
     """The name an actor class serves under: ``override``, its ``name``, or the class name."""
     return override or cls.name or cls.__name__.lower()
@@ -190,7 +207,9 @@ class Function:
         self.method = method
         self.options = options
         target = inspect.unwrap(method)
-        self.is_async = inspect.iscoroutinefunction(target)
+        self.is_stream = inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target)
+        """A generator: each item it yields is a chunk of a streamed reply."""
+        self.is_async = inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
         signature = inspect.signature(method)
         try:
             hints = typing.get_type_hints(target, include_extras=True)
@@ -228,8 +247,11 @@ class Function:
                 "required": required,
                 "additionalProperties": self.var_keyword is not None,
             },
-            "returns": _schema(hints.get("return", Any)),
+            "returns": _schema(
+                _item_type(hints.get("return", Any)) if self.is_stream else hints.get("return", Any)
+            ),
             "idempotent": options.idempotent,
+            "stream": self.is_stream,
         }
 
     def bind(self, body: RawCallBody, content_type: str) -> tuple[list[Any], dict[str, Any]]:
@@ -376,6 +398,7 @@ class Call:
         "actor",
         "args",
         "caller",
+        "chunks",
         "content_type",
         "deadline",
         "fn",
@@ -391,6 +414,7 @@ class Call:
         "replied",
         "reply_to",
         "subject",
+        "window",
     )
 
     def __init__(self, actor: str, subject: str, fn: str, reply_to: str, received: float) -> None:
@@ -412,6 +436,10 @@ class Call:
         self.priority = 0.0
         self.rate: float | None = None
         self.replied = False
+        self.window: int | None = None
+        """The chunks a streaming caller lets the actor send ahead (``Actor-Stream``)."""
+        self.chunks: int | None = None
+        """Chunks sent so far once a streamed reply began (its end is signed over them)."""
 
 
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:

@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -27,22 +27,22 @@ from ..bus import (
     Keypair,
     Keystore,
     NoResponders,
-    RateLimited,
     ReplyTimeout,
     Unavailable,
     codec_for,
     connect,
-    error_for_status,
     request,
     sign_request,
     verify_reply,
 )
 from ..bus.subjects import call_subject
-from ..bus.wire import ReplyMeta, request_nonce
+from ..bus.wire import request_nonce
+from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info
 from .jobs import DEFAULT_JOB_TTL, Job, delegate_job
 from .registry import Registry, RegistryEntry
 from .settings import Settings
+from .streams import read_stream
 
 __all__ = ["ActorProxy", "Client", "Reply", "advertised_timeout", "loose_value"]
 
@@ -215,6 +215,25 @@ class Client:
             retries += 1
             await anyio.sleep(pause)
 
+    def stream(
+        self,
+        name: str,
+        fn: str,
+        /,
+        *args: Any,
+        _window: int = 64,
+        _timeout: float | None = None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[Any]:
+        """The chunks of ``name``'s streaming function ``fn``, each verified before it comes
+        out: ``async for token in client.stream("llm", "generate", prompt)``. The actor
+        sends at most ``_window`` chunks ahead of what the loop has taken; leaving the loop
+        early stops the generator there. ``_timeout`` bounds the whole stream (default:
+        ``call_timeout``). Raises what :meth:`request` raises, at the point it happens."""
+        body = codec_for(JSON).encode(CallBody(list(args), kwargs))
+        timeout = _timeout or self.settings.call_timeout
+        return read_stream(self, name, fn, body, window=_window, timeout=timeout, content_type=JSON)
+
     async def send(
         self, name: str, fn: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> Reply:
@@ -275,34 +294,6 @@ def loose_value(text: str) -> Any:
         return text
 
 
-def advertised_timeout(timeout: float) -> float:
-    """The ``Actor-Timeout`` to send when waiting ``timeout`` seconds: a little less, so
-    the actor's 408 arrives before the caller gives up."""
-    return timeout - min(timeout / 4, 0.5)
-
-
-class Reply(msgspec.Struct, frozen=True):
-    """A verified reply: its checked headers (``meta``), body and raw headers."""
-
-    meta: ReplyMeta
-    body: bytes
-    headers: dict[str, str]
-
-    def result(self) -> Any:
-        """The decoded value, or the reply's error raised as its :class:`ActorError` class."""
-        meta = self.meta
-        codec = codec_for(meta.content_type)
-        if 200 <= meta.status < 300:
-            return codec.decode_any(self.body)
-        error = codec.decode_error(self.body)
-        message = error.error if error else meta.error
-        error_id = error.id if error else None
-        cls = error_for_status(meta.status)
-        if cls is RateLimited:
-            raise RateLimited(message, retry_after=meta.retry_after or 1.0, error_id=error_id)
-        raise cls(message, error_id=error_id)
-
-
 class ActorProxy:
     """``client.actor("echo").forward("hi")`` calls ``echo/forward``."""
 
@@ -311,15 +302,43 @@ class ActorProxy:
         self._name = name
         self._timeout = timeout
 
-    def __getattr__(self, fn: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    def __getattr__(self, fn: str) -> Callable[..., _ProxyCall]:
         if fn.startswith("_"):
             raise AttributeError(fn)
 
-        async def invoke(*args: Any, **kwargs: Any) -> Any:
-            return await self._client.request(self._name, fn, args, kwargs, timeout=self._timeout)
+        def invoke(*args: Any, **kwargs: Any) -> _ProxyCall:
+            return _ProxyCall(self._client, self._name, fn, args, kwargs, self._timeout)
 
         invoke.__name__ = fn
         return invoke
 
     def __repr__(self) -> str:
         return f"<actor {self._name}>"
+
+
+class _ProxyCall:
+    """``await proxy.fn(...)`` for its result, ``async for x in proxy.fn(...)`` for the
+    chunks of a streaming function."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        fn: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> None:
+        self._client, self._name, self._fn = client, name, fn
+        self._args, self._kwargs, self._timeout = args, kwargs, timeout
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        call = self._client.request(
+            self._name, self._fn, self._args, self._kwargs, timeout=self._timeout
+        )
+        return call.__await__()
+
+    def __aiter__(self) -> AsyncGenerator[Any]:
+        return self._client.stream(
+            self._name, self._fn, *self._args, _timeout=self._timeout, **self._kwargs
+        )

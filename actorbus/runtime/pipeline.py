@@ -40,6 +40,7 @@ from ..bus import (
     address_to_public_key,
     excerpt,
 )
+from ..bus.chunks import H_STREAM, stream_window
 from ..bus.delegation import parse_delegation_header, verify_delegation
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
@@ -49,6 +50,7 @@ from .policy import PolicyView, Quotas
 from .replay import ReplayGuard
 from .replies import Replies
 from .settings import Settings
+from .streams import stream_reply
 from .threads import SyncRunner
 
 __all__ = ["Pipeline", "Stage"]
@@ -228,6 +230,9 @@ class Pipeline:
         if function is None:
             raise NotFound(f"{self.name} has no function {excerpt(call.fn)}")
         call.function = function
+        call.window = stream_window(msg.headers)
+        if function.is_stream and call.window is None:
+            raise BadRequest(f"{call.fn} streams its reply: send {H_STREAM} (PROTOCOL.md §4a)")
         assert call.meta is not None
         limit = function.options.timeout or self.settings.handler_timeout
         if call.meta.timeout is not None:
@@ -279,7 +284,12 @@ class Pipeline:
             with anyio.move_on_after(remaining) as scope:
                 if call.rate is not None and self.quotas is not None and self.policy is not None:
                     await self.quotas.take(call.caller, call.rate, self.policy.state.config.window)
-                result = await self._invoke(function, call)
+                if function.is_stream:
+                    _CURRENT.set(call)
+                    await stream_reply(self.replies, self.threads, function, call)
+                    result = None  # the end of the stream: its chunks came before
+                else:
+                    result = await self._invoke(function, call)
             if scope.cancelled_caught:
                 raise DeadlineExceeded(f"{call.fn} did not finish within its deadline")
             try:

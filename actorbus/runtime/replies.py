@@ -19,6 +19,7 @@ import itertools
 import logging
 import secrets
 import time
+from typing import Any
 
 from ..bus import (
     NATS,
@@ -32,6 +33,7 @@ from ..bus import (
     printable,
     publish,
 )
+from ..bus.chunks import sign_chunk
 from ..bus.subjects import is_reply_subject
 from ..bus.wire import ErrorBody, codec_for, sign_reply
 from .actor import Call
@@ -185,6 +187,25 @@ class Replies:
                 exc.message,
             )
 
+    async def chunk(self, call: Call, item: Any, control: str) -> None:
+        """Encode, sign and publish ``item`` as the next chunk of ``call``'s streamed reply
+        (the caller steers the stream on ``control``); raises :class:`HandlerError` for an
+        item that cannot be encoded or sent."""
+        assert call.chunks is not None
+        try:
+            body = codec_for(call.content_type).encode(item)
+        except TypeError as exc:
+            raise self.internal(call, exc, f"chunk {call.chunks} is not serializable") from None
+        headers = sign_chunk(self.key, call.nonce, call.chunks, body)
+        if message_size(body, headers) > self.nc.max_payload:
+            raise HandlerError(
+                f"chunk {call.chunks} is {len(body)} bytes, over the limit of "
+                f"{self.nc.max_payload} bytes",
+                error_id=self.error_id(),
+            )
+        await publish(self.nc, call.reply_to, body, headers, reply=control)
+        call.chunks += 1
+
     def _sign(
         self, call: Call, status: int, body: bytes, error: str, retry_after: float | None
     ) -> dict[str, str]:
@@ -196,4 +217,5 @@ class Replies:
             content_type=call.content_type,
             error=error,
             retry_after=retry_after,
+            chunks=call.chunks,
         )
