@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from actorbus.bus import (
+    BadReply,
     BadRequest,
     Keypair,
     Keystore,
@@ -24,12 +25,22 @@ from actorbus.bus import (
     token_keypair,
     verify,
 )
+from actorbus.bus.chunks import (
+    chunk_signing_bytes,
+    control_signing_bytes,
+    sign_chunk,
+    sign_control,
+    verify_chunk,
+    verify_control,
+)
 from actorbus.bus.delegation import sign_delegation, verify_delegation
 from actorbus.bus.wire import (
     announcement_signing_bytes,
+    end_signing_bytes,
     reply_signing_bytes,
     request_signing_bytes,
     sign_announcement,
+    sign_reply,
     sign_request,
     verify_announcement,
     verify_reply,
@@ -257,3 +268,38 @@ def test_nonce_announcement_matches_the_vector() -> None:
     ]
     with pytest.raises(Unauthorized):
         verify_announcement(v["caller_address"], a["subject"], headers, body)
+
+
+def test_streamed_reply_matches_the_vectors() -> None:
+    v = vectors()
+    s = v["stream"]
+    actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
+    caller = Keypair(bytes.fromhex(v["caller_seed_hex"]))
+    nonce = v["request"]["actor_nonce"]
+    for chunk in s["chunks"]:
+        body = chunk["body"].encode()
+        assert chunk_signing_bytes(nonce, chunk["seq"], body) == chunk["signing_bytes"].encode()
+        headers = sign_chunk(actor, nonce, chunk["seq"], body)
+        assert headers["Actor-Signature"] == chunk["signature_hex"]
+        verify_chunk(headers, body, nonce, chunk["seq"], v["actor_address"])
+        with pytest.raises(BadReply):  # the same chunk in another place
+            verify_chunk(headers, body, nonce, chunk["seq"] + 1, v["actor_address"])
+    end = s["end"]
+    body = end["body"].encode()
+    assert end_signing_bytes(nonce, end["chunks"], end["status"], body) == (
+        end["signing_bytes"].encode()
+    )
+    headers = sign_reply(actor, nonce, end["status"], body, chunks=end["chunks"])
+    assert headers["Actor-Signature"] == end["signature_hex"]
+    assert headers["Actor-Chunks"] == str(end["chunks"])
+    assert verify_reply(headers, body, nonce, chunks=end["chunks"]).status == 200
+    with pytest.raises(BadReply):  # a chunk lost before the end
+        verify_reply(headers, body, nonce, chunks=end["chunks"] - 1)
+    for name, credit in (("credit", s["credit"]["read"]), ("cancel", None)):
+        c = s[name]
+        assert control_signing_bytes(nonce, credit) == c["signing_bytes"].encode()
+        control = sign_control(caller, nonce, credit)
+        assert control["Actor-Signature"] == c["signature_hex"]
+        assert verify_control(control, nonce, v["caller_address"]) == credit
+        with pytest.raises(Unauthorized):
+            verify_control(control, nonce, v["actor_address"])

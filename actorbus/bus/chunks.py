@@ -98,10 +98,11 @@ def sign_control(key: Keypair, nonce: str, credit: int | None) -> dict[str, str]
 
 def verify_control(headers: dict[str, str] | None, nonce: str, caller: str) -> int | None:
     """The chunks read a credit message reports, or ``None`` for a cancel; raises
-    :class:`Unauthorized` unless ``caller`` signed it for the stream answering ``nonce``."""
+    :class:`Unauthorized` unless ``caller`` (the request's signer) signed it for the stream
+    answering ``nonce``."""
     headers = headers or {}
     if _header(headers, H_KEY, _ADDRESS) != caller:
-        raise Unauthorized("a stream is steered by its caller only")
+        raise Unauthorized("a stream is steered by the key that signed its request only")
     credit: int | None = None
     if H_CANCEL not in headers:
         credit = int(_header(headers, H_CREDIT, _COUNT))

@@ -63,15 +63,17 @@ class _Steering:
         self.changed = anyio.Event()
 
     async def on_message(self, msg: Msg) -> None:
+        call = self.call
+        signer = call.meta.key if call.meta is not None else call.caller
         try:
-            credit = verify_control(msg.headers, self.call.nonce, self.call.caller)
+            credit = verify_control(msg.headers, call.nonce, signer)
         except Unauthorized as exc:
             log.debug("%s: stream control refused: %s", self.call.fn, exc.message)
             return
         if credit is None:
             self.cancelled = True
         else:
-            self.read = max(self.read, min(credit, self.call.chunks or 0))
+            self.read = max(self.read, min(credit, call.chunks or 0))
         self.changed.set()
 
     async def wait_for_room(self) -> None:
