@@ -300,6 +300,6 @@ def test_streamed_reply_matches_the_vectors() -> None:
         assert control_signing_bytes(nonce, credit) == c["signing_bytes"].encode()
         control = sign_control(caller, nonce, credit)
         assert control["Actor-Signature"] == c["signature_hex"]
-        assert verify_control(control, nonce, v["caller_address"]) == credit
+        assert verify_control(control, nonce, {v["caller_address"]}.__contains__) == credit
         with pytest.raises(Unauthorized):
-            verify_control(control, nonce, v["actor_address"])
+            verify_control(control, nonce, {v["actor_address"]}.__contains__)

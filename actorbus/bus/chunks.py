@@ -8,6 +8,7 @@ end is a reply signed over the count of chunks before it (:func:`.wire.end_signi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final
 
 from .errors import BadReply, BadRequest, Unauthorized
@@ -96,12 +97,15 @@ def sign_control(key: Keypair, nonce: str, credit: int | None) -> dict[str, str]
     return headers
 
 
-def verify_control(headers: dict[str, str] | None, nonce: str, caller: str) -> int | None:
+def verify_control(
+    headers: dict[str, str] | None, nonce: str, may_steer: Callable[[str], bool]
+) -> int | None:
     """The chunks read a credit message reports, or ``None`` for a cancel; raises
-    :class:`Unauthorized` unless ``caller`` (the request's signer) signed it for the stream
-    answering ``nonce``."""
+    :class:`Unauthorized` unless a key ``may_steer`` the stream answering ``nonce`` (its
+    request's signer, or a trusted forwarder) signed it for that stream."""
     headers = headers or {}
-    if _header(headers, H_KEY, _ADDRESS) != caller:
+    caller = _header(headers, H_KEY, _ADDRESS)
+    if not may_steer(caller):
         raise Unauthorized("a stream is steered by the key that signed its request only")
     credit: int | None = None
     if H_CANCEL not in headers:

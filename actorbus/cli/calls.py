@@ -28,6 +28,9 @@ from ._common import err, out, run_coroutine, settings_of
     help="Keystore key to sign with (default: $ACTOR_KEY or 'default', created on first use).",
 )
 @click.option("--timeout", type=click.FloatRange(0.001, 86400), help="Seconds to wait.")
+@click.option(
+    "--raw", is_flag=True, help="A streamed reply's text chunks as they are, not a line each."
+)
 @click.pass_context
 def call(
     ctx: click.Context,
@@ -36,8 +39,11 @@ def call(
     kwargs: tuple[str, ...],
     key_name: str | None,
     timeout: float | None,
+    raw: bool,
 ) -> None:
-    """Call NAME/FN with ARGS (each JSON, else a string) and print the result as JSON."""
+    """Call NAME/FN with ARGS (each JSON, else a string) and print the result as JSON; a
+    streaming function's chunks are printed as they come, a line of JSON each (with
+    --raw, text chunks as they are: tokens make up the text)."""
     settings = settings_of(ctx)
     if key_name:
         settings = msgspec.structs.replace(settings, key=key_name)
@@ -56,14 +62,24 @@ def call(
     except BadRequest as exc:
         raise click.BadParameter(exc.message, param_hint="NAME/FN") from None
 
-    async def run() -> Any:
-        async with Client(settings=settings) as client:
-            return await client.request(
-                name, fn, [loose_value(a) for a in args], keywords, timeout=timeout
-            )
+    values = [loose_value(a) for a in args]
 
-    result = run_coroutine(ctx, run)
-    click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    async def run() -> tuple[bool, Any]:  # (a single result to print, it)
+        async with Client(settings=settings) as client:
+            if fn not in (await client.known(name)).streams:
+                return True, await client.request(name, fn, values, keywords, timeout=timeout)
+            async for chunk in client.stream(name, fn, *values, _timeout=timeout, **keywords):
+                if raw and isinstance(chunk, str):
+                    click.echo(chunk, nl=False)
+                else:
+                    click.echo(json.dumps(chunk, ensure_ascii=False))
+            if raw:
+                click.echo()
+            return False, None
+
+    single, result = run_coroutine(ctx, run)
+    if single:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 # -- ls / info -----------------------------------------------------------------------------

@@ -232,7 +232,12 @@ class Client:
         ``call_timeout``). Raises what :meth:`request` raises, at the point it happens."""
         body = codec_for(JSON).encode(CallBody(list(args), kwargs))
         timeout = _timeout or self.settings.call_timeout
-        return read_stream(self, name, fn, body, window=_window, timeout=timeout, content_type=JSON)
+        headers = sign_request(
+            self.key, call_subject(name, fn), body, timeout=advertised_timeout(timeout)
+        )
+        return read_stream(
+            self, name, fn, body, headers, steer=self.key, window=_window, timeout=timeout
+        )
 
     async def send(
         self, name: str, fn: str, body: bytes, headers: dict[str, str], timeout: float

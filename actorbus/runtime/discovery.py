@@ -29,6 +29,7 @@ class Known(msgspec.Struct, frozen=True):
 
     addresses: frozenset[str]
     idempotent: frozenset[str]
+    streams: frozenset[str]
     expires: float
     source: str
     """``registry`` or ``$SRV.INFO``."""
@@ -48,6 +49,7 @@ class _Info(msgspec.Struct):
 
 class _Schema(msgspec.Struct):
     idempotent: bool = False
+    stream: bool = False
 
 
 _info = msgspec.json.Decoder(_Info)
@@ -58,6 +60,7 @@ def from_entries(entries: list[RegistryEntry], ttl: float) -> Known:
     return Known(
         frozenset(e.address for e in entries),
         frozenset(fn for e in entries for fn in e.idempotent),
+        frozenset(fn for e in entries for fn in e.streams),
         time.monotonic() + ttl,
         "registry",
     )
@@ -67,6 +70,7 @@ async def from_service_info(nc: NATS, name: str, ttl: float) -> Known:
     """Ask every replica of ``name`` for its ``$SRV.INFO`` (answers within 0.25 s)."""
     addresses: set[str] = set()
     idempotent: set[str] = set()
+    streams: set[str] = set()
     subject = f"$SRV.INFO.{name.replace('.', '_')}"
     for msg in await gather(nc, subject, b"", wait=_INFO_WAIT, limit=_INFO_LIMIT):
         try:
@@ -84,4 +88,9 @@ async def from_service_info(nc: NATS, name: str, ttl: float) -> Known:
                 continue
             if schema.idempotent:
                 idempotent.add(endpoint.name)
-    return Known(frozenset(addresses), frozenset(idempotent), time.monotonic() + ttl, "$SRV.INFO")
+            if schema.stream:
+                streams.add(endpoint.name)
+    expires = time.monotonic() + ttl
+    return Known(
+        frozenset(addresses), frozenset(idempotent), frozenset(streams), expires, "$SRV.INFO"
+    )

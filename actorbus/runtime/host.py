@@ -147,6 +147,7 @@ async def serve(
             deny_fns=sorted(actor.deny_fns),
             replica=settings.replica,
             idempotent=sorted(fn for fn, f in functions.items() if f.options.idempotent),
+            streams=sorted(fn for fn, f in functions.items() if f.is_stream),
         )
         identity = ServiceIdentity(
             actor=name,

@@ -208,6 +208,10 @@ class Pipeline:
         address_to_public_key(meta.on_behalf)  # a key of large order, or 401
         call.forwarder, call.caller = meta.key, meta.on_behalf
 
+    def _forwarders(self) -> frozenset[str] | set[str]:
+        policy = self.policy
+        return policy.state.forwarders if policy is not None else frozenset()
+
     async def check_policy(self, call: Call, msg: Msg) -> None:
         policy = self.policy
         if policy is None:
@@ -286,7 +290,7 @@ class Pipeline:
                     await self.quotas.take(call.caller, call.rate, self.policy.state.config.window)
                 if function.is_stream:
                     _CURRENT.set(call)
-                    await stream_reply(self.replies, self.threads, function, call)
+                    await stream_reply(self.replies, self.threads, function, call, self._forwarders)
                     result = None  # the end of the stream: its chunks came before
                 else:
                     result = await self._invoke(function, call)

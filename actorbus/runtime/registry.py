@@ -37,7 +37,9 @@ class RegistryEntry(msgspec.Struct, frozen=True):
     calls: int = 0
     """Requests it has answered, as of its last heartbeat."""
     idempotent: list[str] = msgspec.field(default_factory=list)
-    """Its functions marked idempotent: callers may retry them (PROTOCOL.md §4)."""
+    """Its functions marked idempotent: callers may retry them (PROTOCOL.md §7)."""
+    streams: list[str] = msgspec.field(default_factory=list)
+    """Its functions that stream their reply (PROTOCOL.md §4a)."""
 
     @property
     def key(self) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -27,18 +27,18 @@ import nats.errors
 from ..bus import (
     ActorError,
     BadReply,
+    Keypair,
     Msg,
     NoResponders,
     ReplyTimeout,
     Unauthorized,
     publish,
-    sign_request,
     verify_reply,
 )
 from ..bus.chunks import H_CHUNK, H_STREAM, sign_control, verify_chunk, verify_control
 from ..bus.subjects import call_subject
-from ..bus.wire import H_CHUNKS, H_KEY, codec_for
-from .answers import Reply, advertised_timeout
+from ..bus.wire import H_CHUNKS, H_KEY, JSON, codec_for
+from .answers import Reply
 
 if TYPE_CHECKING:
     from .actor import Call, Function
@@ -56,17 +56,24 @@ _END = object()
 class _Steering:
     """What the caller said on the control subject: chunks read, or cancel."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, forwarders: Callable[[], frozenset[str] | set[str]]) -> None:
         self.call = call
+        self._forwarders = forwarders
         self.read = 0
         self.cancelled = False
         self.changed = anyio.Event()
 
+    def may_steer(self, key: str) -> bool:
+        """The request's signer, or a trusted forwarder (a gateway relaying the stream)."""
+        meta = self.call.meta
+        return key == (meta.key if meta is not None else self.call.caller) or (
+            key in self._forwarders()
+        )
+
     async def on_message(self, msg: Msg) -> None:
         call = self.call
-        signer = call.meta.key if call.meta is not None else call.caller
         try:
-            credit = verify_control(msg.headers, call.nonce, signer)
+            credit = verify_control(msg.headers, call.nonce, self.may_steer)
         except Unauthorized as exc:
             log.debug("%s: stream control refused: %s", self.call.fn, exc.message)
             return
@@ -86,13 +93,18 @@ class _Steering:
 
 
 async def stream_reply(
-    replies: Replies, threads: SyncRunner, function: Function, call: Call
+    replies: Replies,
+    threads: SyncRunner,
+    function: Function,
+    call: Call,
+    forwarders: Callable[[], frozenset[str] | set[str]],
 ) -> None:
     """Send ``call``'s generator's items as chunks; returns when it is exhausted or the
-    caller cancelled; raises what the generator raises."""
+    caller cancelled; raises what the generator raises. ``forwarders()``: the keys the
+    policy trusts to steer a stream they relay, besides the request's signer."""
     nc = replies.nc
     control = nc.new_inbox()
-    steering = _Steering(call)
+    steering = _Steering(call, forwarders)
     subscription = await nc.subscribe(control, cb=steering.on_message)
     call.chunks = 0
     items = _items(function, call, threads)
@@ -140,21 +152,23 @@ async def read_stream(
     name: str,
     fn: str,
     body: bytes,
+    headers: dict[str, str],
     *,
+    steer: Keypair,
     window: int,
     timeout: float,
-    content_type: str,
 ) -> AsyncGenerator[Any]:
-    """The verified chunks of ``name/fn`` called with ``body``; raises the stream's error
-    (its end's status), :class:`ReplyTimeout` past ``timeout`` (for the whole stream),
-    :class:`NoResponders`, or :class:`BadReply` for a chunk or end that does not check out."""
+    """The verified chunks of ``name/fn`` for the request ``body`` with ``headers`` as
+    signed (by ``client.key`` or anyone; ``Actor-Stream`` is set here to ``window``);
+    ``steer`` signs the credit and the cancel (the request's signer, or a trusted
+    forwarder). Raises the stream's error (its end's status), :class:`ReplyTimeout` past
+    ``timeout`` (for the whole stream), :class:`NoResponders`, or :class:`BadReply` for a
+    chunk or end that does not check out."""
     nc = client.nc
     subject = call_subject(name, fn)
-    headers = sign_request(
-        client.key, subject, body, content_type=content_type, timeout=advertised_timeout(timeout)
-    )
-    headers[H_STREAM] = str(window)
+    headers = {**headers, H_STREAM: str(window)}
     nonce = headers["Actor-Nonce"]
+    content_type = headers.get("Content-Type", JSON)
     addresses = (await client.known(name)).addresses
     codec = codec_for(content_type)
     inbox = nc.new_inbox()
@@ -185,7 +199,7 @@ async def read_stream(
                 control = msg.reply
                 yield codec.decode_any(msg.data)
                 if control and seq % max(window // 2, 1) == 0:
-                    await publish(nc, control, b"", sign_control(client.key, nonce, seq))
+                    await publish(nc, control, b"", sign_control(steer, nonce, seq))
                 continue
             ended = True
             chunks = seq if (seq or H_CHUNKS in got) else None
@@ -203,5 +217,5 @@ async def read_stream(
         with anyio.CancelScope(shield=True):
             if not ended and control:  # the caller left early: stop the generator there
                 with contextlib.suppress(ActorError):
-                    await publish(nc, control, b"", sign_control(client.key, nonce, None))
+                    await publish(nc, control, b"", sign_control(steer, nonce, None))
             await subscription.unsubscribe()
