@@ -27,6 +27,13 @@ class Probe(Actor):
     def forward(self, message: str = "hello") -> str:
         return message
 
+    async def tokens(self, text: str, fail: bool = False) -> AsyncIterator[str]:
+        """The words of ``text``, one chunk each (then a 500, if ``fail``)."""
+        for word in text.split():
+            yield word
+        if fail:
+            raise RuntimeError("the secret detail")
+
     async def add(self, a: int, b: int, *, scale: int = 1) -> int:
         return (a + b) * scale
 

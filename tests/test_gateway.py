@@ -474,3 +474,36 @@ async def test_dcp_rest_job_routes(settings: Settings, name: str) -> None:
         assert cancelled.json()["state"] == "cancelled"
         spec = (await s.http.get("/openapi.json")).json()
         assert {"/api/v0/job", "/api/v0/job/{id}/result"} <= set(spec["paths"])
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    """``(event, data)`` of a text/event-stream body."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+async def test_a_streaming_function_is_server_sent_events(settings: Settings, name: str) -> None:
+    async with stack(settings, name) as s:
+        response = await s.http.get(f"/{name}/tokens", params={"text": "a b"})
+        assert response.status_code == 403  # refused before a chunk: a plain HTTP error
+        await s.open_to("public")
+        url = f"{str(s.http.base_url).rstrip('/')}/{name}/tokens?text=to+be+streamed"
+        done = await anyio.run_process(["curl", "-sN", "-D", "-", url])
+        head, _, body = done.stdout.decode().partition("\r\n\r\n")
+        assert "200" in head.splitlines()[0] and "text/event-stream" in head
+        assert sse_events(body) == [
+            ("chunk", "to"),
+            ("chunk", "be"),
+            ("chunk", "streamed"),
+            ("end", {"status": 200}),
+        ]
+        response = await s.http.post(f"/{name}/tokens", json={"args": ["x y", True]})
+        *chunks, (event, end) = sse_events(response.text)
+        assert chunks == [("chunk", "x"), ("chunk", "y")] and event == "end"
+        assert end["status"] == 500 and end["id"] and "secret" not in end["error"]
+        document = (await s.http.get("/openapi.json")).json()
+        ok = document["paths"][f"/{name}/tokens"]["post"]["responses"]["200"]
+        assert "text/event-stream" in ok["content"]

@@ -40,6 +40,7 @@ from ...bus.subjects import check_fn, check_name
 from ...runtime.client import advertised_timeout, loose_value
 from .catalog import openapi
 from .jobs import BodyFn, job_paths, job_routes
+from .sse import sse_response
 
 if TYPE_CHECKING:
     from .actor import Gateway
@@ -145,6 +146,17 @@ def build_app(gateway: Gateway) -> Starlette:
             outgoing = gateway.identities.outgoing(
                 name, fn, headers, body, gateway.policy_state, advertised_timeout(timeout)
             )
+            schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
+            if schema.get("stream"):
+                return await sse_response(
+                    gateway.client,
+                    name,
+                    fn,
+                    outgoing.body,
+                    outgoing.headers,
+                    steer=signer or gateway.identities.key,  # the gateway, relaying
+                    timeout=timeout,
+                )
             reply = await gateway.client.send(name, fn, outgoing.body, outgoing.headers, timeout)
         except _Refused as exc:
             return _refusal(exc.code, exc)

@@ -142,6 +142,19 @@ def _scalar(schema: Any) -> bool:
     )
 
 
+def _streamed(item: Any) -> dict[str, Any]:
+    """The 200 of a streaming function: server-sent events, each `chunk` event's data one
+    item (``item``, as JSON), then one `end` event."""
+    return {
+        "description": (
+            "server-sent events: `event: chunk` with one item as JSON per event (schema "
+            '`x-item`), then `event: end` with `{"status": 200}`, or the error\'s '
+            '`{"status", "error", "id"}` if the stream failed midway'
+        ),
+        "content": {"text/event-stream": {"schema": {"type": "string"}, "x-item": item}},
+    }
+
+
 def openapi(
     schemas: dict[str, dict[str, Any]], version: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -167,7 +180,9 @@ def openapi(
                 "summary": schema.get("signature", fn),
                 "description": doc,
                 "responses": {
-                    "200": {
+                    "200": _streamed(returns)
+                    if schema.get("stream")
+                    else {
                         "description": "the result",
                         "content": {"application/json": {"schema": returns}},
                     },
