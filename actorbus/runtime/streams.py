@@ -218,4 +218,7 @@ async def read_stream(
             if not ended and control:  # the caller left early: stop the generator there
                 with contextlib.suppress(ActorError):
                     await publish(nc, control, b"", sign_control(steer, nonce, None))
-            await subscription.unsubscribe()
+            # Left early, this runs when the generator is collected: maybe as the client
+            # closes (draining), when there is nothing left to unsubscribe from.
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
