@@ -6,12 +6,14 @@ dropped chunk is caught before it is yielded."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import pytest
-from support import raw
+from support import env_of, raw
 
 from actorbus import Actor, BadReply, BadRequest, Client, HandlerError, Keystore, Settings, serve
 from actorbus.bus import connect, sign_request
@@ -174,3 +176,19 @@ async def test_a_protocol_only_caller_reads_a_stream(settings: Settings, name: s
         assert got[3].headers["Actor-Status"] == "200" and got[3].headers["Actor-Chunks"] == "3"
         status, _, _ = await raw(nc, key, name, "count", body)
         assert status == 400  # without Actor-Stream
+
+
+async def test_the_cli_prints_chunks_as_they_come(settings: Settings, name: str) -> None:
+    async with serve(Talker(), name=name, settings=settings):
+        command = [
+            sys.executable,
+            "-m",
+            "actorbus.cli",
+            "call",
+            f"{name}/words",
+            "a streamed reply",
+        ]
+        done = await anyio.run_process(command, env={**os.environ, **env_of(settings)})
+        assert done.stdout.decode().splitlines() == ['"a"', '"streamed"', '"reply"']
+        done = await anyio.run_process([*command, "--raw"], env={**os.environ, **env_of(settings)})
+        assert done.stdout.decode() == "astreamedreply\n"
