@@ -424,6 +424,12 @@ async def test_the_dashboard_in_a_browser(settings: Settings, name: str) -> None
             await page.click("#call")
             await page.locator("#status").filter(has_text="500").wait_for(timeout=10_000)
             assert "shadow" not in await result.inner_text()  # the error id, not the details
+            await page.select_option("#fn", "tokens")  # a stream: its chunks as they come
+            await page.fill("#args", '["one two three"]')
+            await page.click("#call")
+            status = page.locator("#status")
+            await status.filter(has_text="200 after 3 chunks").wait_for(timeout=10_000)
+            assert await result.inner_text() == "onetwothree"
         finally:
             await browser.close()
 
