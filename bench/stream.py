@@ -4,7 +4,9 @@
 
 (calls) 10,000 signed calls of `one(i)`, one at a time and with 64 in flight;
 (stream) one call of `many(10000)` whose items come as 10,000 verified chunks;
-then the time to the first chunk of a stream vs a plain call's latency (median of 200).
+then the time to the first chunk of a stream vs a plain call's latency (median of 200);
+then the actor's memory (RSS) while a reader of 64 KiB chunks stalls for 2 s, against
+its RSS before: the window (64 chunks, 4 MiB) bounds what it may run ahead.
 The actor runs in its own process (`actor serve`) on an embedded nats-server; the caller
 here verifies every reply and chunk. Target: stream >= 5x the calls' items/s.
 """
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
+import psutil
 from calls import start
 
 from actorbus import Actor, Client, Settings
@@ -39,6 +42,10 @@ class Streamer(Actor):
     async def many(self, n: int) -> AsyncIterator[int]:
         for i in range(n):
             yield i
+
+    async def blobs(self, n: int, size: int) -> AsyncIterator[str]:
+        for _ in range(n):
+            yield "x" * size
 
 
 async def calls(settings: Settings, items: int, concurrency: int) -> float:
@@ -80,6 +87,21 @@ async def first_chunk(settings: Settings, window: int, repeat: int = 200) -> tup
     return statistics.median(plain) * 1e3, statistics.median(first) * 1e3
 
 
+async def stalled_reader(settings: Settings, pid: int, window: int) -> tuple[float, float]:
+    """The actor's RSS in MiB before a stream of 100,000 chunks of 64 KiB (6 GiB if it
+    ran ahead) and after its reader took one chunk and stalled for 2 s."""
+    process = psutil.Process(pid)
+    before = process.memory_info().rss / 2**20
+    async with Client(settings=settings) as client:
+        chunks = client.stream("streamer", "blobs", 100_000, 65_536, _window=window, _timeout=60)
+        async with aclosing(chunks):
+            async for _ in chunks:
+                await asyncio.sleep(2)
+                break
+        stalled = process.memory_info().rss / 2**20
+    return before, stalled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=10_000)
@@ -110,6 +132,11 @@ def main() -> None:
             print(
                 f"first chunk {first:.2f} ms vs a plain call {plain:.2f} ms "
                 f"({first / plain:.2f}x; median of 200)"
+            )
+            before, stalled = asyncio.run(stalled_reader(settings, actor.pid, args.window))
+            print(
+                f"actor RSS {before:.0f} MiB before, {stalled:.0f} MiB with a reader stalled "
+                f"2 s on a stream of 100,000 x 64 KiB (+{stalled - before:.0f} MiB)"
             )
         finally:
             actor.terminate()
