@@ -38,6 +38,7 @@ from ...bus import (
 )
 from ...bus.subjects import check_fn, check_name
 from ...runtime.client import advertised_timeout, loose_value
+from ...runtime.streams import read_stream
 from .catalog import openapi
 from .jobs import BodyFn, job_paths, job_routes
 from .sse import sse_response
@@ -50,6 +51,8 @@ __all__ = ["build_app"]
 log = logging.getLogger("actorbus.gateway")
 
 _HERE = Path(__file__).parent
+_STREAM_WINDOW = 64
+"""Chunks an actor may stream ahead of what the web caller has taken."""
 _REPLY_HEADERS = ("actor-status", "actor-key", "actor-signature", "actor-error", "retry-after")
 
 
@@ -148,15 +151,17 @@ def build_app(gateway: Gateway) -> Starlette:
             )
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
             if schema.get("stream"):
-                return await sse_response(
+                chunks = read_stream(
                     gateway.client,
                     name,
                     fn,
                     outgoing.body,
                     outgoing.headers,
                     steer=signer or gateway.identities.key,  # the gateway, relaying
+                    window=_STREAM_WINDOW,
                     timeout=timeout,
                 )
+                return await sse_response(chunks)
             reply = await gateway.client.send(name, fn, outgoing.body, outgoing.headers, timeout)
         except _Refused as exc:
             return _refusal(exc.code, exc)

@@ -5,39 +5,23 @@ error like any call's; a web caller that goes away cancels the stream on the act
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
 from starlette.responses import StreamingResponse
 
-from ...bus import ActorError, Keypair
-from ...runtime import Client
-from ...runtime.streams import read_stream
+from ...bus import ActorError
 
-__all__ = ["WINDOW", "sse_response"]
-
-WINDOW = 64
-"""Chunks the actor may send ahead of what the web caller has taken."""
+__all__ = ["sse_response"]
 
 _END = object()
 _encode = msgspec.json.Encoder().encode
 
 
-async def sse_response(
-    client: Client,
-    name: str,
-    fn: str,
-    body: bytes,
-    headers: dict[str, str],
-    *,
-    steer: Keypair,
-    timeout: float,
-) -> StreamingResponse:
-    """Start the stream; raises its :class:`ActorError` if it fails before a chunk."""
-    chunks = read_stream(
-        client, name, fn, body, headers, steer=steer, window=WINDOW, timeout=timeout
-    )
+async def sse_response(chunks: AsyncGenerator[Any]) -> StreamingResponse:
+    """The response for a stream's ``chunks`` (:func:`read_stream`'s); raises the
+    stream's :class:`ActorError` if it fails before its first chunk."""
     try:
         first = await anext(chunks, _END)
     except BaseException:
@@ -50,7 +34,7 @@ async def sse_response(
     )
 
 
-async def _events(first: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+async def _events(first: Any, chunks: AsyncGenerator[Any]) -> AsyncIterator[bytes]:
     try:
         item = first
         while item is not _END:
@@ -61,4 +45,4 @@ async def _events(first: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[bytes
         end = {"status": exc.status, "error": exc.message, "id": exc.error_id or ""}
         yield b"event: end\ndata: " + _encode(end) + b"\n\n"
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
