@@ -215,6 +215,13 @@ class Client:
             retries += 1
             await anyio.sleep(pause)
 
+    async def signs_for(self, name: str, key: str) -> bool:
+        """Whether ``key`` is a registered address of ``name`` (looked up again once if the
+        cached one does not have it: a replica may have just started)."""
+        if key in (await self.known(name)).addresses:
+            return True
+        return key in (await self.known(name, refresh=True)).addresses
+
     def stream(
         self,
         name: str,
@@ -251,8 +258,7 @@ class Client:
         """
         msg = await request(self.nc, call_subject(name, fn), body, headers, timeout)
         meta = verify_reply(msg.headers, msg.data, request_nonce(headers))
-        known = meta.key in (await self.known(name)).addresses
-        if not known and meta.key not in (await self.known(name, refresh=True)).addresses:
+        if not await self.signs_for(name, meta.key):
             raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         return Reply(meta, msg.data, dict(msg.headers or {}))
 

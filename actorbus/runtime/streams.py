@@ -169,7 +169,6 @@ async def read_stream(
     headers = {**headers, H_STREAM: str(window)}
     nonce = headers["Actor-Nonce"]
     content_type = headers.get("Content-Type", JSON)
-    addresses = (await client.known(name)).addresses
     codec = codec_for(content_type)
     inbox = nc.new_inbox()
     subscription = await nc.subscribe(inbox)
@@ -190,9 +189,7 @@ async def read_stream(
             if H_CHUNK in got:
                 if not signer:
                     signer = got.get(H_KEY, "")
-                    if signer not in addresses:
-                        addresses = (await client.known(name, refresh=True)).addresses
-                    if signer not in addresses:
+                    if not await client.signs_for(name, signer):
                         raise BadReply(f"a chunk signed by {signer[:48]!r}, not a key of {name!r}")
                 verify_chunk(got, msg.data, nonce, seq, signer)
                 seq += 1
@@ -204,10 +201,7 @@ async def read_stream(
             ended = True
             chunks = seq if (seq or H_CHUNKS in got) else None
             meta = verify_reply(got, msg.data, nonce, chunks=chunks)
-            if (
-                meta.key not in addresses
-                and meta.key not in (await client.known(name, refresh=True)).addresses
-            ):
+            if not await client.signs_for(name, meta.key):
                 raise BadReply(f"a stream ended by {meta.key}, not a registered key of {name!r}")
             if signer and meta.key != signer:
                 raise BadReply("a stream ended by another key than its chunks'")
