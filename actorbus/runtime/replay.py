@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import msgspec
+from nats.aio.subscription import Subscription
 
 from ..bus import (
     NATS,
@@ -110,6 +111,7 @@ class ReplayGuard:
         self._instance = instance
         self.book = NonceBook(max_skew)
         self._outbox: list[NonceNote] = []
+        self._incoming: Subscription | None = None
         self._wakeup = anyio.Event()
         self._throttle = LogThrottle(log)
 
@@ -120,6 +122,7 @@ class ReplayGuard:
         book = self.book
         book.check_time(meta.time_ms, now_ms)
         book.prune(now_ms)
+        self._catch_up()
         if book.seen(meta.key, meta.nonce):
             raise Unauthorized("replayed nonce")
         book.add(meta.key, meta.nonce, meta.time_ms)
@@ -150,6 +153,22 @@ class ReplayGuard:
                 self._throttle.log(
                     logging.WARNING, "announce", "nonce announcement not sent: %s", exc.message
                 )
+
+    def _catch_up(self) -> None:
+        """Learn the announcements this connection has received but the follower task has
+        not read yet. They arrived before the request being checked (one connection
+        delivers in order), but nats-py hands each subscription's messages to its own
+        task, so without this a replay sent right after its reply could be checked first.
+        (Reads nats-py's subscription queue: it has no public non-blocking read.)"""
+        sub = self._incoming
+        if sub is None or not sub.pending_msgs:
+            return
+        queue = sub._pending_queue
+        while not queue.empty():
+            msg = queue.get_nowait()
+            queue.task_done()
+            sub._pending_size -= len(msg.data)
+            self.learn(msg)
 
     def learn(self, msg: Msg) -> None:
         """Record the nonces of a verified announcement from another replica."""
@@ -189,10 +208,12 @@ class ReplayGuard:
                     exc.message,
                     self.book.max_skew_ms / 1000,
                 )
+            self._incoming = sub
             task_status.started()
             async for msg in sub.messages:
                 self.learn(msg)
         finally:
+            self._incoming = None
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
 
