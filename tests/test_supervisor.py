@@ -195,14 +195,16 @@ async def test_a_manifest_brings_up_several_actors_and_a_second_up_joins(
     node = await nodes()
     manifest = tmp_path / "actors.toml"
     manifest.write_text(
-        f'[[actor]]\ntarget = "{ROOT}/examples/echo.py:Echo"\nname = "{name}x"\nreplicas = 2\n'
+        f'[[actor]]\ntarget = "{ROOT}/examples/echo.py:Echo"\nname = "{name}x"\n'
+        'replicas = "auto"\n'  # one per core
         f"max_in_flight = 4\n\n"
         f'[[actor]]\ntarget = "{ROOT}/{PROBE}"\nname = "{name}y"\nenv = {{ GREETING = "hi" }}\n'
     )
     await up(node, "-f", str(manifest))
     supervisor = node.node_pid()
     actors = [r["actor"] for r in await node.ps()]
-    assert actors.count(f"{name}x") == 2 and actors.count(f"{name}y") == 1
+    cores = len(os.sched_getaffinity(0))
+    assert actors.count(f"{name}x") == cores and actors.count(f"{name}y") == 1
     err = await up(node, PROBE, "--name", f"{name}z")  # joins: no second supervisor
     assert node.node_pid() == supervisor
     assert f"{name}z" in [r["actor"] for r in await node.ps()]
@@ -216,6 +218,8 @@ async def test_a_bad_manifest_names_the_line_and_starts_nothing(nodes: Any, tmp_
     code, _, err = await node.actor("up", "-d", "-f", str(manifest), check=False)
     assert code == EXIT_CODES[400]
     assert f"{manifest}:3: replicas must be a whole number" in err
+    code, _, err = await node.actor("up", "-d", PROBE, "--replicas", "many", check=False)
+    assert code == 2 and 'from 1 to 256, or "auto"' in err
     manifest.write_text(f'[[actor]]\nname = "a"\ntarget = "{ROOT}/examples/echo.py:Nope"\n')
     code, _, err = await node.actor("up", "-d", "-f", str(manifest), check=False)
     assert code == EXIT_CODES[400]

@@ -26,7 +26,7 @@ from ..runtime.loading import load_actor_class
 from ..runtime.logs import read_logs
 from ..runtime.manifest import Manifest, load_manifest
 from ..runtime.settings import node_name
-from ..runtime.specs import ActorSpec
+from ..runtime.specs import ActorSpec, replica_count
 from ..runtime.supervisor import Node, NodeInfo, leaf_config_of, running_node
 from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, status_table
@@ -47,7 +47,7 @@ def _absolute(target: str, base: Path) -> str:
 
 
 def _specs(
-    target: str | None, manifest: Path | None, name: str | None, replicas: int | None
+    target: str | None, manifest: Path | None, name: str | None, replicas: str | None
 ) -> tuple[list[ActorSpec], Manifest | None]:
     """What to run, every target loaded once here so a bad one starts nothing; and the
     manifest, if it came from one."""
@@ -55,7 +55,11 @@ def _specs(
         raise click.UsageError("give a TARGET or -f FILE, not both")
     loaded = None
     if target:
-        drafts = [(ActorSpec(_absolute(target, Path.cwd()), name or "", replicas or 1), "")]
+        try:
+            count = replica_count(replicas or 1)
+        except BadRequest as exc:
+            raise click.BadParameter(exc.message, param_hint="--replicas") from None
+        drafts = [(ActorSpec(_absolute(target, Path.cwd()), name or "", count), "")]
     else:
         if name or replicas:
             raise click.UsageError("--name and --replicas go with a TARGET")
@@ -92,7 +96,7 @@ def _specs(
 @click.argument("target", required=False)
 @click.option("-f", "--file", "manifest", type=click.Path(path_type=Path), help="A manifest.")
 @click.option("--name", help="Actor name (default: the class's `name`, else its lowercased name).")
-@click.option("--replicas", type=click.IntRange(1, 256), help="Replicas (default 1).")
+@click.option("--replicas", metavar="N|auto", help='Replicas (default 1; "auto": one per core).')
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and return.")
 @click.option(
     "--gateway/--no-gateway",
@@ -117,7 +121,7 @@ def up(
     target: str | None,
     manifest: Path | None,
     name: str | None,
-    replicas: int | None,
+    replicas: str | None,
     detach: bool,
     gateway: bool,
     gateway_port: int | None,

@@ -8,7 +8,7 @@
     [[actor]]
     target = "examples/echo.py:Echo"   # path.py:Class or module:Class (required)
     name = "echo"                      # default: the class's name
-    replicas = 2
+    replicas = 2                       # or "auto": one per core
     env = { GREETING = "hi" }          # extra environment of its processes
     max_in_flight = 32                 # any of OPTIONS: settings of its replicas
     handler_timeout = 10
@@ -28,7 +28,7 @@ import msgspec
 from ..bus import BadRequest
 from ..bus.subjects import check_name
 from .settings import Settings
-from .specs import ActorSpec
+from .specs import ActorSpec, replica_count
 
 __all__ = ["OPTIONS", "Entry", "Manifest", "load_manifest"]
 
@@ -162,9 +162,10 @@ def _spec(table: dict[str, Any], index: int, lines: _Lines, fail: Any) -> ActorS
             check_name(name)
         except BadRequest as exc:
             raise fail(lines.of(index, "name"), exc.message) from None
-    replicas = table.get("replicas", 1)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 256:
-        raise fail(lines.of(index, "replicas"), "replicas must be a whole number from 1 to 256")
+    try:
+        replicas = replica_count(table.get("replicas", 1))
+    except BadRequest as exc:
+        raise fail(lines.of(index, "replicas"), exc.message) from None
     env = table.get("env", {})
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str | int | float) for k, v in env.items()

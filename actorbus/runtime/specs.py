@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 
-__all__ = ["TIERS", "ActorSpec", "ReplicaStatus"]
+from ..bus import BadRequest
+
+__all__ = ["MAX_REPLICAS", "TIERS", "ActorSpec", "ReplicaStatus", "replica_count"]
+
+MAX_REPLICAS = 256
 
 TIERS = ("front", "jobs", "actor", "system")
 """The order in which a node stops its actors."""
@@ -46,3 +52,16 @@ class ReplicaStatus(msgspec.Struct):
     last_exit: str = ""
     tail: list[str] = msgspec.field(default_factory=list)
     """The last lines the process wrote, when it failed."""
+
+
+def replica_count(value: object) -> int:
+    """Replicas from 1 to 256, or ``"auto"``: one per core this process may run on.
+    Raises :class:`BadRequest` otherwise."""
+    if value == "auto":
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        return max(1, min(MAX_REPLICAS, len(cores) if cores else os.cpu_count() or 1))
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPLICAS:
+        return value
+    raise BadRequest(f'replicas must be a whole number from 1 to {MAX_REPLICAS}, or "auto"')
