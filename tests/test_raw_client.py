@@ -6,12 +6,14 @@ The actor runs in a subprocess (``actor serve``), so nothing here touches our pa
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nacl.public
 import nacl.signing
 import nats
 import pytest
@@ -85,6 +87,62 @@ async def test_a_client_from_the_protocol_alone(nats_url: str, echo_actor: str) 
         again = await nc.request(subject, body, timeout=5, headers=headers)
         assert again.headers is not None
         assert again.headers["Actor-Status"] == "401"
+        assert json.loads(again.data)["error"] == "replayed nonce"
+    finally:
+        await nc.close()
+
+
+async def test_a_session_from_the_protocol_alone(nats_url: str, echo_actor: str) -> None:
+    """§4b: a signed handshake, the sealed session key opened, then calls with a MAC."""
+    signing_key = nacl.signing.SigningKey(secrets.token_bytes(32))
+    address = ss58(bytes(signing_key.verify_key))
+    exchange = nacl.public.PrivateKey.generate()
+
+    def envelope(subject: str, body: bytes) -> tuple[str, str, bytes]:
+        now, nonce = str(int(time.time() * 1000)), secrets.token_hex(16)
+        digest = hashlib.sha256(body).hexdigest()
+        return now, nonce, f"actorbus/1\n{subject}\n{now}\n{nonce}\n{digest}".encode()
+
+    nc = await nats.connect(nats_url)
+    try:
+        subject = f"actor.{echo_actor}._session"
+        body = json.dumps({"args": [bytes(exchange.public_key).hex(), 60]}).encode()
+        now, nonce, signed = envelope(subject, body)
+        headers = {
+            "Actor-Key": address,
+            "Actor-Time": now,
+            "Actor-Nonce": nonce,
+            "Actor-Signature": signing_key.sign(signed).signature.hex(),
+        }
+        reply = await nc.request(subject, body, timeout=5, headers=headers)
+        assert reply.headers is not None and reply.headers["Actor-Status"] == "200", reply.data
+        reply_signed = f"actorbus/1\n{nonce}\n200\n{hashlib.sha256(reply.data).hexdigest()}"
+        nacl.signing.VerifyKey(ss58_public_key(reply.headers["Actor-Key"])).verify(
+            reply_signed.encode(), bytes.fromhex(reply.headers["Actor-Signature"])
+        )
+        grant = json.loads(reply.data)
+        session_key = nacl.public.SealedBox(exchange).decrypt(bytes.fromhex(grant["sealed_key"]))
+        assert grant["expires"] > time.time() * 1000 + 50_000
+
+        subject = f"actor.{echo_actor}.forward"
+        body = json.dumps({"args": ["by session"]}).encode()
+        now, nonce, signed = envelope(subject, body)
+        headers = {
+            "Actor-Key": address,
+            "Actor-Time": now,
+            "Actor-Nonce": nonce,
+            "Actor-Session": grant["ticket"],
+            "Actor-Mac": hmac.new(session_key, signed, hashlib.sha256).hexdigest(),
+        }
+        reply = await nc.request(subject, body, timeout=5, headers=headers)
+        assert reply.headers is not None and reply.headers["Actor-Status"] == "200", reply.data
+        assert json.loads(reply.data) == "by session"
+        reply_signed = f"actorbus/1\n{nonce}\n200\n{hashlib.sha256(reply.data).hexdigest()}"
+        expected = hmac.new(session_key, reply_signed.encode(), hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(reply.headers["Actor-Mac"], expected)
+
+        again = await nc.request(subject, body, timeout=5, headers=headers)
+        assert again.headers is not None and again.headers["Actor-Status"] == "401"
         assert json.loads(again.data)["error"] == "replayed nonce"
     finally:
         await nc.close()

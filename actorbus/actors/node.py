@@ -60,6 +60,7 @@ class NodeActor(Actor):
 
     deny_fns = _CONTROL
     quotas = False
+    sessions = False  # every control request is signed by the admin who sent it
 
     def __init__(self, node: Node, owner: Keypair, stop: anyio.Event) -> None:
         self._node = node

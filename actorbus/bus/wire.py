@@ -10,6 +10,7 @@ can make us do costs at most one signature check, whatever it sends.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -36,9 +37,11 @@ __all__ = [
     "codec_for",
     "decode_error",
     "end_signing_bytes",
+    "mac",
     "reply_signing_bytes",
     "request_nonce",
     "request_signing_bytes",
+    "request_timeout",
     "sign_announcement",
     "sign_reply",
     "sign_request",
@@ -62,6 +65,7 @@ H_INSTANCE: Final = "Actor-Instance"
 H_ON_BEHALF: Final = "Actor-On-Behalf-Of"
 H_DELEGATION: Final = "Actor-Delegation"
 H_CHUNKS: Final = "Actor-Chunks"
+H_MAC: Final = "Actor-Mac"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
@@ -72,6 +76,7 @@ _SIGNATURE = re.compile(r"[0-9a-f]{128}")
 _TIME = re.compile(r"[0-9]{1,13}")
 _SECONDS = re.compile(r"[0-9.eE+-]{1,16}")
 _STATUS = re.compile(r"[1-5][0-9][0-9]")
+_MAC = re.compile(r"[0-9a-f]{64}")
 _MAX_TIMEOUT = 24 * 3600.0
 ERROR_HEADER_LIMIT: Final = 200
 """Characters of ``Actor-Error`` at most (the full message is in the body)."""
@@ -194,6 +199,11 @@ def request_signing_bytes(
         if delegation:
             signed += f"\n{delegation}"
     return signed.encode()
+
+
+def mac(session_key: bytes, signed: bytes) -> str:
+    """A session's ``Actor-Mac`` over signing bytes: hex HMAC-SHA256 (PROTOCOL.md §4b)."""
+    return hmac.new(session_key, signed, hashlib.sha256).hexdigest()
 
 
 def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:
@@ -329,13 +339,21 @@ def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) ->
         raise Unauthorized(f"{H_DELEGATION} without {H_ON_BEHALF}")
     signed = request_signing_bytes(subject, time_text, nonce, body, on_behalf, delegation)
     verify(key, signed, bytes.fromhex(signature))
-    timeout: float | None = None
-    if (timeout_text := headers.get(H_TIMEOUT)) is not None:
-        timeout = _seconds(timeout_text)
-        if timeout is None or not 0 < timeout <= _MAX_TIMEOUT:  # also rejects nan and inf
-            raise BadRequest(f"{H_TIMEOUT} must be seconds in (0, {_MAX_TIMEOUT:g}]")
+    timeout = request_timeout(headers)
     content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
     return RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf, delegation)
+
+
+def request_timeout(headers: dict[str, str]) -> float | None:
+    """A request's ``Actor-Timeout`` in seconds, if it has one; raises :class:`BadRequest`
+    for one that is not seconds in (0, 86400]."""
+    timeout_text = headers.get(H_TIMEOUT)
+    if timeout_text is None:
+        return None
+    timeout = _seconds(timeout_text)
+    if timeout is None or not 0 < timeout <= _MAX_TIMEOUT:  # also rejects nan and inf
+        raise BadRequest(f"{H_TIMEOUT} must be seconds in (0, {_MAX_TIMEOUT:g}]")
+    return timeout
 
 
 class ReplyMeta(msgspec.Struct, frozen=True):
@@ -346,6 +364,8 @@ class ReplyMeta(msgspec.Struct, frozen=True):
     error: str = ""
     retry_after: float | None = None
     content_type: str = JSON
+    by_session: bool = False
+    """Authenticated by the MAC of the caller's session, not by a signature."""
 
 
 def sign_reply(
@@ -358,15 +378,21 @@ def sign_reply(
     error: str = "",
     retry_after: float | None = None,
     chunks: int | None = None,
+    session_key: bytes | None = None,
 ) -> dict[str, str]:
     """The headers of a signed reply to the request that carried ``nonce``; with
-    ``chunks``, the end of a streamed reply that sent that many chunks."""
-    signed = (
-        reply_signing_bytes(nonce, status, body)
-        if chunks is None
-        else end_signing_bytes(nonce, chunks, status, body)
-    )
-    headers = {H_STATUS: str(status), H_KEY: key.address, H_SIGNATURE: key.sign(signed).hex()}
+    ``chunks``, the end of a streamed reply that sent that many chunks; with the
+    ``session_key`` of a session call (and no chunks), authenticated by its MAC instead."""
+    headers = {H_STATUS: str(status), H_KEY: key.address}
+    if chunks is None and session_key is not None:
+        headers[H_MAC] = mac(session_key, reply_signing_bytes(nonce, status, body))
+    else:
+        signed = (
+            reply_signing_bytes(nonce, status, body)
+            if chunks is None
+            else end_signing_bytes(nonce, chunks, status, body)
+        )
+        headers[H_SIGNATURE] = key.sign(signed).hex()
     if chunks is not None:
         headers[H_CHUNKS] = str(chunks)
     if error:
@@ -380,33 +406,47 @@ def sign_reply(
 
 
 def verify_reply(
-    headers: dict[str, str] | None, body: bytes, nonce: str, *, chunks: int | None = None
+    headers: dict[str, str] | None,
+    body: bytes,
+    nonce: str,
+    *,
+    chunks: int | None = None,
+    session_key: bytes | None = None,
 ) -> ReplyMeta:
     """Check a reply's signature against the request ``nonce``; raises :class:`BadReply`.
-    With ``chunks``, it must be the end of a streamed reply after that many chunks.
+    With ``chunks``, it must be the end of a streamed reply after that many chunks. With
+    the ``session_key`` of a session call, a reply with an ``Actor-Mac`` is checked by it.
 
-    The caller still has to check that ``ReplyMeta.key`` is the actor's registered address.
+    For a signed reply the caller still has to check that ``ReplyMeta.key`` is the actor's
+    registered address (``ReplyMeta.by_session`` is false).
     """
     headers = headers or {}
     try:
         key = _header(headers, H_KEY, _ADDRESS)
         status_text = _header(headers, H_STATUS, _STATUS)
-        signature = _header(headers, H_SIGNATURE, _SIGNATURE)
         status = int(status_text)
-        if chunks is None:
-            signed = reply_signing_bytes(nonce, status, body)
+        by_session = session_key is not None and chunks is None and H_MAC in headers
+        if session_key is not None and by_session:
+            expected = mac(session_key, reply_signing_bytes(nonce, status, body))
+            if not hmac.compare_digest(expected, _header(headers, H_MAC, _MAC)):
+                raise Unauthorized("bad session MAC")
         else:
-            if headers.get(H_CHUNKS) != str(chunks):
-                raise Unauthorized(f"the stream ended after {chunks} chunks, not as it says")
-            signed = end_signing_bytes(nonce, chunks, status, body)
-        verify(key, signed, bytes.fromhex(signature))
+            signature = _header(headers, H_SIGNATURE, _SIGNATURE)
+            if chunks is None:
+                signed = reply_signing_bytes(nonce, status, body)
+            else:
+                if headers.get(H_CHUNKS) != str(chunks):
+                    raise Unauthorized(f"the stream ended after {chunks} chunks, not as it says")
+                signed = end_signing_bytes(nonce, chunks, status, body)
+            verify(key, signed, bytes.fromhex(signature))
     except Unauthorized as exc:
         raise BadReply(f"unverifiable reply: {exc.message}") from None
     retry_after = _seconds(headers.get(H_RETRY_AFTER, ""))
     return ReplyMeta(
-        status=int(status_text),
+        status=status,
         key=key,
         error=headers.get(H_ERROR, ""),
         retry_after=retry_after,
         content_type=headers.get(H_CONTENT_TYPE, JSON),
+        by_session=by_session,
     )

@@ -111,6 +111,9 @@ class Actor:
     """Functions only admins may call on this actor, whatever a role allows."""
     quotas: bool = True
     """Whether calls to this actor count against the callers' quotas."""
+    sessions: bool = True
+    """Whether callers may open sessions (PROTOCOL.md §4b) and authenticate calls with
+    them; ``False`` has every call signed (the policy actor's changes, node control)."""
 
     # Set by the host before on_start: what an actor needs to call others and read NATS.
     client: Client
@@ -413,6 +416,7 @@ class Call:
         "received",
         "replied",
         "reply_to",
+        "session_key",
         "subject",
         "window",
     )
@@ -440,6 +444,8 @@ class Call:
         """The chunks a streaming caller lets the actor send ahead (``Actor-Stream``)."""
         self.chunks: int | None = None
         """Chunks sent so far once a streamed reply began (its end is signed over them)."""
+        self.session_key: bytes | None = None
+        """The key of the session the call came in (its reply is authenticated with it)."""
 
 
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import nacl.public
 
 from ..bus import (
     JSON,
@@ -27,7 +28,9 @@ from ..bus import (
     Keypair,
     Keystore,
     NoResponders,
+    NotFound,
     ReplyTimeout,
+    Unauthorized,
     Unavailable,
     codec_for,
     connect,
@@ -35,6 +38,7 @@ from ..bus import (
     sign_request,
     verify_reply,
 )
+from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, mac_request, open_grant
 from ..bus.subjects import call_subject
 from ..bus.wire import request_nonce
 from .answers import Reply, advertised_timeout
@@ -56,6 +60,18 @@ delivered), for a replica that reconnects or restarts."""
 _BACKOFF = 0.25
 """Seconds before the second attempt (then doubled, jittered): a replica that lost its
 NATS server needs about half a second to reconnect and be routed to again."""
+_NO_SESSIONS_SECONDS = 60.0
+"""How long a client signs each call to an actor that refused it a session."""
+
+
+class _Session(msgspec.Struct, frozen=True):
+    """A session this client holds with one actor (PROTOCOL.md §4b)."""
+
+    ticket: str
+    key: bytes
+    renew: float
+    """Monotonic seconds after which the next call opens a new session (3/4 of its life)."""
+
 
 log = logging.getLogger("actorbus.client")
 
@@ -66,6 +82,11 @@ class Client:
     An async context manager: it connects on entry (unless given a connection ``nc``)
     and drains on exit. Every reply's signature is checked against the addresses the
     registry holds for that actor, so no other NATS client can answer in its name.
+
+    With ``session=True`` the client opens a session with each actor it calls (one signed
+    handshake) and authenticates its calls with the session's MAC instead of a signature
+    per call; actors that take no sessions (the policy actor, node control) still get
+    signed calls, and so do streams. See PROTOCOL.md §4b for what a session gives up.
     """
 
     def __init__(
@@ -74,10 +95,17 @@ class Client:
         *,
         settings: Settings | None = None,
         nc: NATS | None = None,
+        session: bool = False,
+        session_ttl: float = DEFAULT_SESSION_TTL,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._key = key
         self._nc = nc
+        self.session = session
+        self.session_ttl = session_ttl
+        self._sessions: dict[str, _Session | float] = {}
+        """Per actor: the session, or until when it takes no sessions (monotonic)."""
+        self._opening: dict[str, anyio.Lock] = {}
         self._stack = AsyncExitStack()
         self._registry: Registry | None = None
         self._known: dict[str, Known] = {}
@@ -184,21 +212,42 @@ class Client:
         patience = min(deadline, now + _NO_RESPONDERS_WAIT)
         attempt = 0  # of an idempotent call, each after a 503, a 504 or a lost request
         retries = 0
+        renewed = False
         while True:
             # An idempotent call's attempt gets its share of what is left, so a request
             # lost with a replica or a connection still leaves time to try again; any
             # other call waits for its reply as long as it may (it is never sent twice).
             left = deadline - time.monotonic()
             share = left / (_ATTEMPTS - attempt) if idempotent else left
-            headers = sign_request(
-                self.key,
-                subject,
-                body,
-                content_type=content_type,
-                timeout=advertised_timeout(share),
-            )
+            session = await self.session_with(name) if self.session else None
+            timeout_header = advertised_timeout(share)
+            if session is None:
+                headers = sign_request(
+                    self.key, subject, body, content_type=content_type, timeout=timeout_header
+                )
+            else:
+                headers = mac_request(
+                    session.key,
+                    self.key.address,
+                    session.ticket,
+                    subject,
+                    body,
+                    content_type=content_type,
+                    timeout=timeout_header,
+                )
             try:
-                return (await self.send(name, fn, body, headers, share)).result()
+                reply = await self.send(
+                    name, fn, body, headers, share, session_key=session.key if session else None
+                )
+                return reply.result()
+            except Unauthorized:
+                # Refused before it ran: a session that expired or that a replica cannot
+                # check any more (the actor's key changed) is replaced, once.
+                if session is None or renewed:
+                    raise
+                renewed = True
+                self._sessions.pop(name, None)
+                continue
             except NoResponders:
                 # Not delivered: any call may be sent again, while a replica reconnects
                 # or restarts, for a bounded time.
@@ -247,20 +296,62 @@ class Client:
         )
 
     async def send(
-        self, name: str, fn: str, body: bytes, headers: dict[str, str], timeout: float
+        self,
+        name: str,
+        fn: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        *,
+        session_key: bytes | None = None,
     ) -> Reply:
         """Send a request as built and signed (by this client's key or any other) and
         verify the reply: its signature over the request's nonce, and its signer against
-        the addresses the registry holds for ``name``.
+        the addresses the registry holds for ``name``; or, for a request made in a session
+        (``session_key``), a reply's MAC by that key.
 
         Raises :class:`Unavailable` (no replica), :class:`ReplyTimeout`,
         :class:`PayloadTooLarge` (over the server's max payload) and :class:`BadReply`.
         """
         msg = await request(self.nc, call_subject(name, fn), body, headers, timeout)
-        meta = verify_reply(msg.headers, msg.data, request_nonce(headers))
-        if not await self.signs_for(name, meta.key):
+        meta = verify_reply(msg.headers, msg.data, request_nonce(headers), session_key=session_key)
+        if not meta.by_session and not await self.signs_for(name, meta.key):
             raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         return Reply(meta, msg.data, dict(msg.headers or {}))
+
+    async def session_with(self, name: str) -> _Session | None:
+        """This client's session with ``name``, opened (one signed call) when there is none
+        or the one there is nears its end; ``None`` for an actor that takes no sessions."""
+        held = self._sessions.get(name)
+        if isinstance(held, _Session) and held.renew > time.monotonic():
+            return held
+        if isinstance(held, float) and held > time.monotonic():
+            return None
+        async with self._opening.setdefault(name, anyio.Lock()):  # one handshake at a time
+            again = self._sessions.get(name)
+            if again is not held and isinstance(again, _Session):
+                return again
+            exchange = nacl.public.PrivateKey.generate()
+            args = [bytes(exchange.public_key).hex(), self.session_ttl]
+            try:
+                grant = msgspec.convert(await self._signed(name, SESSION_FN, args), SessionGrant)
+            except NotFound:  # no _session function: it signs or it has no sessions
+                self._sessions[name] = time.monotonic() + _NO_SESSIONS_SECONDS
+                return None
+            except msgspec.ValidationError:
+                raise BadReply(f"{name} answered a session handshake with no grant") from None
+            renew = time.monotonic() + 0.75 * max(0.0, grant.expires / 1000 - time.time())
+            session = _Session(grant.ticket, open_grant(grant, exchange), renew)
+            self._sessions[name] = session
+            return session
+
+    async def _signed(self, name: str, fn: str, args: list[Any]) -> Any:
+        """The result of one signed call of ``name``'s ``fn``, not retried."""
+        timeout = self.settings.call_timeout
+        body = codec_for(JSON).encode(CallBody(args))
+        subject = call_subject(name, fn)
+        headers = sign_request(self.key, subject, body, timeout=advertised_timeout(timeout))
+        return (await self.send(name, fn, body, headers, timeout)).result()
 
     async def submit(
         self,

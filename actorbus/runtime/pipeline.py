@@ -42,6 +42,7 @@ from ..bus import (
 )
 from ..bus.chunks import H_STREAM, stream_window
 from ..bus.delegation import parse_delegation_header, verify_delegation
+from ..bus.sessions import H_SESSION, SESSION_FN
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .admission import Admission
@@ -49,6 +50,7 @@ from .micro import OTHER, FunctionStats
 from .policy import PolicyView, Quotas
 from .replay import ReplayGuard
 from .replies import Replies
+from .sessions import Sessions
 from .settings import Settings
 from .streams import stream_reply
 from .threads import SyncRunner
@@ -75,6 +77,9 @@ class Pipeline:
         quotas: Quotas | None = None,
     ) -> None:
         self.name = name
+        self.sessions = Sessions(key, name, enabled=actor.sessions)
+        if actor.sessions:
+            functions = {**functions, SESSION_FN: self.sessions.function}
         self.functions = functions
         self.guard = guard
         self.settings = settings
@@ -178,7 +183,11 @@ class Pipeline:
             )
 
     async def verify_signature(self, call: Call, msg: Msg) -> None:
-        meta = verify_request(msg.subject, msg.headers, msg.data)
+        headers = msg.headers
+        if headers and H_SESSION in headers:
+            meta = self.sessions.authenticate(call, msg.subject, headers, msg.data)
+        else:
+            meta = verify_request(msg.subject, headers, msg.data)
         call.meta = meta
         call.caller = meta.key
         call.content_type = meta.content_type
@@ -214,7 +223,7 @@ class Pipeline:
 
     async def check_policy(self, call: Call, msg: Msg) -> None:
         policy = self.policy
-        if policy is None:
+        if policy is None or call.fn == SESSION_FN:  # a session grants nothing by itself
             return
         if not policy.enforced:
             if policy.unreadable:  # there may be a policy we cannot see: fail closed

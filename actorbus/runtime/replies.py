@@ -218,4 +218,5 @@ class Replies:
             error=error,
             retry_after=retry_after,
             chunks=call.chunks,
+            session_key=call.session_key,
         )

@@ -45,6 +45,8 @@ def check_role(role: str) -> str:
 class PolicyStore(Actor):
     """The bucket behind the policy actor and the helpers its functions share."""
 
+    sessions = False  # every change to the policy is signed by the admin who made it
+
     async def on_start(self) -> None:
         await when_ready(self._open, "the policy bucket", wait=self.settings.start_wait)
 
