@@ -275,7 +275,7 @@ async def test_a_stuck_sync_handler_gives_its_slot_back(settings: Settings, name
 
 
 async def test_forged_nonce_announcements_are_ignored(settings: Settings, name: str) -> None:
-    """Anyone on the bus can publish on the nonce subject; only the actor's key counts."""
+    """Anyone on the bus can publish on the nonce subject; only the actor's seed counts."""
     now = int(time.time() * 1000)
     notes = [NonceNote(Keypair.generate().address, f"{i:032x}", now) for i in range(5_000)]
     forged = msgspec.msgpack.encode(notes)
@@ -286,8 +286,10 @@ async def test_forged_nonce_announcements_are_ignored(settings: Settings, name: 
         await nc.publish(subject, forged)  # unsigned
         stranger = sign_announcement(Keypair.generate(), subject, forged, "x" * 16)
         await nc.publish(subject, forged, headers=stranger)
-        # Signed by the actor's own key, but from the far future: never acceptable anyway.
         actor_key = Keystore(settings.home).load(name)
+        posing = dict(stranger, **{"Actor-Key": actor_key.address})  # its address, not its seed
+        await nc.publish(subject, forged, headers=posing)
+        # Made with the actor's own key, but from the far future: never acceptable anyway.
         future = msgspec.msgpack.encode([NonceNote(actor_key.address, "ab" * 16, now + 10**9)])
         await nc.publish(
             subject, future, headers=sign_announcement(actor_key, subject, future, "y")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from actorbus.bus.chunks import (
     verify_control,
 )
 from actorbus.bus.delegation import sign_delegation, verify_delegation
+from actorbus.bus.sessions import SessionSecret, mac_request
 from actorbus.bus.wire import (
     announcement_signing_bytes,
     end_signing_bytes,
@@ -256,18 +258,69 @@ def test_nonce_announcement_matches_the_vector() -> None:
     body = bytes.fromhex(a["body_hex"])
     assert hashlib.sha256(body).hexdigest() == a["body_sha256_hex"]
     assert announcement_signing_bytes(a["subject"], body) == a["signing_bytes"].encode()
+    secret = hmac.digest(actor.seed, b"actorbus/1\nnonces", "sha256")
+    assert secret.hex() == a["secret_hex"]
     headers = sign_announcement(actor, a["subject"], body, a["instance"])
     assert headers == {
         "Actor-Key": v["actor_address"],
         "Actor-Instance": a["instance"],
-        "Actor-Signature": a["signature_hex"],
+        "Actor-Mac": a["mac_hex"],
     }
-    verify_announcement(v["actor_address"], a["subject"], headers, body)
+    verify_announcement(actor, a["subject"], headers, body)
     assert msgspec.msgpack.decode(body) == [
         [v["caller_address"], v["request"]["actor_nonce"], int(v["request"]["actor_time"])]
     ]
-    with pytest.raises(Unauthorized):
-        verify_announcement(v["caller_address"], a["subject"], headers, body)
+    caller = Keypair(bytes.fromhex(v["caller_seed_hex"]))
+    with pytest.raises(Unauthorized):  # another actor's replicas
+        verify_announcement(caller, a["subject"], headers, body)
+    with pytest.raises(Unauthorized, match="bad announcement MAC"):  # altered
+        verify_announcement(actor, a["subject"], headers, body + b"\x90")
+
+
+def test_session_matches_the_vectors() -> None:
+    v = vectors()
+    s, r = v["session"], v["request"]
+    actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
+    secret = hmac.digest(actor.seed, b"actorbus/1\nsessions", "sha256")
+    assert secret.hex() == s["session_secret_hex"]
+    label = f"actorbus/1\nsession\n{s['actor']}\n{v['caller_address']}\n{s['ticket']}"
+    assert label == s["session_key_bytes"]
+    session_key = SessionSecret(actor, s["actor"]).session_key(v["caller_address"], s["ticket"])
+    assert session_key.hex() == s["session_key_hex"]
+    assert hmac.digest(secret, label.encode(), "sha256") == session_key
+    headers = mac_request(
+        session_key,
+        v["caller_address"],
+        s["ticket"],
+        r["subject"],
+        r["body"].encode(),
+        time_ms=int(r["actor_time"]),
+        nonce=r["actor_nonce"],
+    )
+    assert headers == {
+        "Actor-Key": v["caller_address"],
+        "Actor-Time": r["actor_time"],
+        "Actor-Nonce": r["actor_nonce"],
+        "Actor-Session": s["ticket"],
+        "Actor-Mac": s["request_mac_hex"],
+    }
+    signed = r["signing_bytes"].encode()
+    assert hmac.new(session_key, signed, hashlib.sha256).hexdigest() == s["request_mac_hex"]
+    reply = v["reply"]
+    replied = sign_reply(
+        actor, r["actor_nonce"], 200, reply["body"].encode(), session_key=session_key
+    )
+    assert replied == {
+        "Actor-Status": "200",
+        "Actor-Key": v["actor_address"],
+        "Actor-Mac": s["reply_mac_hex"],
+    }
+    meta = verify_reply(replied, reply["body"].encode(), r["actor_nonce"], session_key=session_key)
+    assert meta.by_session and meta.status == 200
+    with pytest.raises(BadReply, match="bad session MAC"):
+        verify_reply(replied, b'"ho"', r["actor_nonce"], session_key=session_key)
+    with pytest.raises(BadReply):  # a MAC is no signature: without the session it fails
+        verify_reply(replied, reply["body"].encode(), r["actor_nonce"])
 
 
 def test_streamed_reply_matches_the_vectors() -> None:

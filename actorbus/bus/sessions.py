@@ -70,6 +70,7 @@ SESSION_FN: Final = "_session"
 MAX_SESSION_TTL: Final = 3600.0
 DEFAULT_SESSION_TTL: Final = 600.0
 
+_KEY_CACHE = 4096
 _TICKET = re.compile(r"([0-9a-f]{32})\.([0-9]{1,13})")
 _EXCHANGE_KEY = re.compile(r"[0-9a-f]{64}")
 
@@ -87,16 +88,24 @@ class SessionGrant(msgspec.Struct, frozen=True):
 class SessionSecret:
     """What every replica of an actor derives from its seed to grant and check sessions."""
 
-    __slots__ = ("_secret", "name")
+    __slots__ = ("_keys", "_secret", "name")
 
     def __init__(self, key: Keypair, name: str) -> None:
         self.name = name
         self._secret = hmac.digest(key.seed, f"{PROTOCOL_VERSION}\nsessions".encode(), "sha256")
+        self._keys: dict[tuple[str, str], bytes] = {}
+        """Keys derived lately (a cache, not state: any replica can derive any of them)."""
 
     def session_key(self, caller: str, ticket: str) -> bytes:
         """The session key of ``caller``'s session ``ticket`` with this actor."""
-        label = f"{PROTOCOL_VERSION}\nsession\n{self.name}\n{caller}\n{ticket}"
-        return hmac.digest(self._secret, label.encode(), "sha256")
+        derived = self._keys.get((caller, ticket))
+        if derived is None:
+            label = f"{PROTOCOL_VERSION}\nsession\n{self.name}\n{caller}\n{ticket}"
+            derived = hmac.digest(self._secret, label.encode(), "sha256")
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            self._keys[caller, ticket] = derived
+        return derived
 
     def grant(self, caller: str, exchange_key: str, ttl: float) -> SessionGrant:
         """A new session for ``caller``, its key sealed to the hex X25519 ``exchange_key``;

@@ -9,6 +9,7 @@ can make us do costs at most one signature check, whatever it sends.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -222,25 +223,36 @@ def announcement_signing_bytes(subject: str, body: bytes) -> bytes:
     return f"{PROTOCOL_VERSION}\nnonces\n{subject}\n{_digest(body)}".encode()
 
 
+@functools.lru_cache(maxsize=64)
+def _nonce_secret(seed: bytes) -> bytes:
+    return hmac.digest(seed, f"{PROTOCOL_VERSION}\nnonces".encode(), "sha256")
+
+
 def sign_announcement(key: Keypair, subject: str, body: bytes, instance: str) -> dict[str, str]:
-    """The headers of a nonce announcement by replica ``instance`` of the actor ``key``."""
+    """The headers of a nonce announcement by replica ``instance`` of the actor ``key``:
+    authenticated with an HMAC by a secret derived from the seed all its replicas share
+    (an ed25519 signature cost a sender 40 µs and each other replica 100 µs per batch)."""
+    signed = announcement_signing_bytes(subject, body)
     return {
         H_KEY: key.address,
         H_INSTANCE: instance,
-        H_SIGNATURE: key.sign(announcement_signing_bytes(subject, body)).hex(),
+        H_MAC: mac(_nonce_secret(key.seed), signed),
     }
 
 
 def verify_announcement(
-    address: str, subject: str, headers: dict[str, str] | None, body: bytes
+    key: Keypair, subject: str, headers: dict[str, str] | None, body: bytes
 ) -> None:
-    """Check that a nonce announcement was signed by ``address`` (the actor's own key);
-    raises :class:`Unauthorized`."""
+    """Check that a nonce announcement comes from a replica of the actor ``key`` (its own
+    key: only its replicas hold the seed); raises :class:`Unauthorized`."""
     headers = headers or {}
-    if headers.get(H_KEY) != address:
-        raise Unauthorized("announcement not signed by this actor's key")
-    signature = _header(headers, H_SIGNATURE, _SIGNATURE)
-    verify(address, announcement_signing_bytes(subject, body), bytes.fromhex(signature))
+    if headers.get(H_KEY) != key.address:
+        raise Unauthorized("announcement not made with this actor's key")
+    given = _header(headers, H_MAC, _MAC)
+    if not hmac.compare_digest(
+        mac(_nonce_secret(key.seed), announcement_signing_bytes(subject, body)), given
+    ):
+        raise Unauthorized("bad announcement MAC")
 
 
 class RequestMeta(msgspec.Struct, frozen=True):

@@ -3,7 +3,9 @@ errors mapped to exit codes, the consoles, logging setup."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -64,11 +66,17 @@ def exit_with(ctx: click.Context, exc: ActorError) -> NoReturn:
     raise AssertionError("unreachable")
 
 
+_HAS_UVLOOP = (
+    importlib.util.find_spec("uvloop") is not None and os.environ.get("ACTOR_UVLOOP") != "0"
+)
+"""The ``fast`` extra: uvloop's event loop when it is installed, unless ACTOR_UVLOOP=0."""
+
+
 def run_coroutine(ctx: click.Context, main: Callable[[], Awaitable[T]]) -> T:
     """Run ``main`` under anyio; an :class:`ActorError` (also one alone in task groups)
     becomes one line and an exit code."""
     try:
-        return anyio.run(main)
+        return anyio.run(main, backend_options={"use_uvloop": _HAS_UVLOOP})
     except ActorError as exc:
         exit_with(ctx, exc)
     except BaseExceptionGroup as group:

@@ -10,10 +10,11 @@ the replay window), so:
 - a replica that starts (or restarts) reads the window's nonces from the stream before it
   takes its first call.
 
-Anyone on the bus can publish on that subject, so each announcement is signed with the
-actor's key (which all its replicas share) and a replica learns only from announcements
-that verify, and only notes inside the freshness window: forged notes cannot fill its
-memory. A replica skips its own announcements (they come back to it) by instance id.
+Anyone on the bus can publish on that subject, so each announcement carries an HMAC by a
+secret derived from the actor's seed (which all its replicas share, and nobody else) and a
+replica learns only from announcements that verify, and only notes inside the freshness
+window: forged notes cannot fill its memory. A replica skips its own announcements (they
+come back to it) by instance id.
 
 The race window left open: two replicas that receive the *same* envelope within the
 announcement's delay (one event-loop turn plus one NATS hop, typically well under a
@@ -175,7 +176,7 @@ class ReplayGuard:
         if (msg.headers or {}).get(H_INSTANCE) == self._instance:
             return  # our own, already recorded
         try:
-            verify_announcement(self._key.address, self._subject, msg.headers, msg.data)
+            verify_announcement(self._key, self._subject, msg.headers, msg.data)
             notes = _decode(msg.data)
         except (Unauthorized, msgspec.DecodeError) as exc:
             self._throttle.log(
