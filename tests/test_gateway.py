@@ -16,7 +16,7 @@ import httpx
 import msgspec
 import pytest
 from click.testing import CliRunner
-from support import Probe, env_of, eventually, impostor
+from support import Probe, env_of, eventually, impostor, srv_stats
 
 from actorbus import Actor, Client, Keypair, Settings, serve
 from actorbus.actors.gateway import Gateway
@@ -111,6 +111,10 @@ async def test_anonymous_callers_are_public(settings: Settings, name: str) -> No
         assert (response.status_code, response.json()) == (200, "3")
         me = (await s.http.post(f"/{name}/whoami", json={})).json()
         assert me == {"caller": s.gateway.address, "forwarder": ""}
+        # The gateway's own calls went in one session: one signed handshake, then MACs.
+        stats = await srv_stats(s.admin.nc, name)
+        assert stats["_session"]["num_requests"] == 1
+        assert stats["forward"]["num_requests"] == 3
 
 
 async def test_a_signed_call_passes_through_untouched(settings: Settings, name: str) -> None:

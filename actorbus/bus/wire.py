@@ -204,7 +204,7 @@ def request_signing_bytes(
 
 def mac(session_key: bytes, signed: bytes) -> str:
     """A session's ``Actor-Mac`` over signing bytes: hex HMAC-SHA256 (PROTOCOL.md §4b)."""
-    return hmac.new(session_key, signed, hashlib.sha256).hexdigest()
+    return hmac.digest(session_key, signed, "sha256").hex()
 
 
 def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:

@@ -219,23 +219,10 @@ class Client:
             # other call waits for its reply as long as it may (it is never sent twice).
             left = deadline - time.monotonic()
             share = left / (_ATTEMPTS - attempt) if idempotent else left
-            session = await self.session_with(name) if self.session else None
-            timeout_header = advertised_timeout(share)
-            if session is None:
-                headers = sign_request(
-                    self.key, subject, body, content_type=content_type, timeout=timeout_header
-                )
-            else:
-                headers = mac_request(
-                    session.key,
-                    self.key.address,
-                    session.ticket,
-                    subject,
-                    body,
-                    content_type=content_type,
-                    timeout=timeout_header,
-                )
+            session: _Session | None = None
             try:
+                session = await self.session_with(name, share) if self.session else None
+                headers = self._authenticate(session, subject, body, content_type, share)
                 reply = await self.send(
                     name, fn, body, headers, share, session_key=session.key if session else None
                 )
@@ -246,7 +233,7 @@ class Client:
                 if session is None or renewed:
                     raise
                 renewed = True
-                self._sessions.pop(name, None)
+                self.forget_session(name)
                 continue
             except NoResponders:
                 # Not delivered: any call may be sent again, while a replica reconnects
@@ -319,9 +306,10 @@ class Client:
             raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         return Reply(meta, msg.data, dict(msg.headers or {}))
 
-    async def session_with(self, name: str) -> _Session | None:
-        """This client's session with ``name``, opened (one signed call) when there is none
-        or the one there is nears its end; ``None`` for an actor that takes no sessions."""
+    async def session_with(self, name: str, timeout: float | None = None) -> _Session | None:
+        """This client's session with ``name``, opened (one signed call, within ``timeout``)
+        when there is none or the one there is nears its end; ``None`` for an actor that
+        takes no sessions."""
         held = self._sessions.get(name)
         if isinstance(held, _Session) and held.renew > time.monotonic():
             return held
@@ -334,7 +322,8 @@ class Client:
             exchange = nacl.public.PrivateKey.generate()
             args = [bytes(exchange.public_key).hex(), self.session_ttl]
             try:
-                grant = msgspec.convert(await self._signed(name, SESSION_FN, args), SessionGrant)
+                result = await self._signed(name, SESSION_FN, args, timeout)
+                grant = msgspec.convert(result, SessionGrant)
             except NotFound:  # no _session function: it signs or it has no sessions
                 self._sessions[name] = time.monotonic() + _NO_SESSIONS_SECONDS
                 return None
@@ -345,9 +334,41 @@ class Client:
             self._sessions[name] = session
             return session
 
-    async def _signed(self, name: str, fn: str, args: list[Any]) -> Any:
+    def _authenticate(
+        self,
+        session: _Session | None,
+        subject: str,
+        body: bytes,
+        content_type: str,
+        timeout: float,
+    ) -> dict[str, str]:
+        """A request's headers: signed, or made in ``session``."""
+        if session is None:
+            return sign_request(
+                self.key,
+                subject,
+                body,
+                content_type=content_type,
+                timeout=advertised_timeout(timeout),
+            )
+        return mac_request(
+            session.key,
+            self.key.address,
+            session.ticket,
+            subject,
+            body,
+            content_type=content_type,
+            timeout=advertised_timeout(timeout),
+        )
+
+    def forget_session(self, name: str) -> None:
+        """Drop the session with ``name`` (refused: expired, or the actor's key changed);
+        the next call opens another."""
+        self._sessions.pop(name, None)
+
+    async def _signed(self, name: str, fn: str, args: list[Any], timeout: float | None) -> Any:
         """The result of one signed call of ``name``'s ``fn``, not retried."""
-        timeout = self.settings.call_timeout
+        timeout = timeout or self.settings.call_timeout
         body = codec_for(JSON).encode(CallBody(args))
         subject = call_subject(name, fn)
         headers = sign_request(self.key, subject, body, timeout=advertised_timeout(timeout))

@@ -52,7 +52,9 @@ class Gateway(Actor):
         self.url = ""
 
     async def on_start(self) -> None:
-        self.identities = Identities(self.client.key, self.settings.max_skew)
+        self.client.session = True  # what the gateway's own key sends goes in sessions
+        self.key = self.client.key
+        self.identities = Identities(self.key, self.settings.max_skew)
         self.catalog = Catalog(self.client)
         self.max_body = min(self.settings.max_body, self.nc.max_payload - _HEADROOM)
 

@@ -146,10 +146,19 @@ def build_app(gateway: Gateway) -> Starlette:
             signer = gateway.identities.signer(headers, raw, gateway.policy_state)
             body = await make_body(raw, signer)
             timeout = settings.gateway_timeout
-            outgoing = gateway.identities.outgoing(
-                name, fn, headers, body, gateway.policy_state, advertised_timeout(timeout)
-            )
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
+            # The gateway's own calls go in its session with the actor (streams stay signed).
+            own = signer is gateway.key and not schema.get("stream")
+            session = await gateway.client.session_with(name, timeout) if own else None
+            outgoing = gateway.identities.outgoing(
+                name,
+                fn,
+                headers,
+                body,
+                gateway.policy_state,
+                advertised_timeout(timeout),
+                (session.ticket, session.key) if session else None,
+            )
             if schema.get("stream"):
                 chunks = read_stream(
                     gateway.client,
@@ -162,7 +171,11 @@ def build_app(gateway: Gateway) -> Starlette:
                     timeout=timeout,
                 )
                 return await sse_response(chunks)
-            reply = await gateway.client.send(name, fn, outgoing.body, outgoing.headers, timeout)
+            reply = await gateway.client.send(
+                name, fn, outgoing.body, outgoing.headers, timeout, session_key=outgoing.session_key
+            )
+            if reply.meta.status == 401 and outgoing.session_key is not None:
+                gateway.client.forget_session(name)  # expired or no longer derivable
         except _Refused as exc:
             return _refusal(exc.code, exc)
         except ActorError as exc:

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
+from ...bus.sessions import mac_request
 from ...bus.subjects import call_subject
 from ...bus.wire import (
     H_CONTENT_TYPE,
@@ -52,6 +53,8 @@ class Outgoing(msgspec.Struct):
     mode: str
     body: bytes
     headers: dict[str, str]
+    session_key: bytes | None = None
+    """Set when the gateway's own key made the request in its session with the actor."""
 
 
 class Identities:
@@ -71,10 +74,13 @@ class Identities:
         body: bytes,
         policy: PolicyState,
         timeout: float,
+        session: tuple[str, bytes] | None = None,
     ) -> Outgoing:
         """The NATS request for a call of ``name/fn`` with HTTP ``headers`` (lower-case
-        names) and ``body``; raises :class:`Unauthorized` for a bad token or commune
-        signature, :class:`BadRequest` for a malformed commune body."""
+        names) and ``body``; what the gateway's own key sends (anonymous and commune calls)
+        goes in its ``session`` (ticket, key) with the actor, if it has one. Raises
+        :class:`Unauthorized` for a bad token or commune signature, :class:`BadRequest`
+        for a malformed commune body."""
         subject = call_subject(name, fn)
         # MessagePack when the request says so; anything else (curl's form type, a
         # charset parameter) is taken as JSON, in every mode.
@@ -100,10 +106,24 @@ class Identities:
         if _commune_like(headers, body):
             body, on_behalf = self._commune(body)
             wire_type = JSON
+        mode = "commune" if on_behalf else "anonymous"
+        if session is not None:
+            ticket, session_key = session
+            made = mac_request(
+                session_key,
+                self.key.address,
+                ticket,
+                subject,
+                body,
+                content_type=wire_type,
+                timeout=timeout,
+                on_behalf=on_behalf,
+            )
+            return Outgoing(mode, body, made, session_key)
         signed = sign_request(
             self.key, subject, body, content_type=wire_type, timeout=timeout, on_behalf=on_behalf
         )
-        return Outgoing("commune" if on_behalf else "anonymous", body, signed)
+        return Outgoing(mode, body, signed)
 
     def signer(self, headers: dict[str, str], body: bytes, policy: PolicyState) -> Keypair | None:
         """The key :meth:`outgoing` will sign a request with as its caller (a token's, or
