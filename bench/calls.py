@@ -13,8 +13,10 @@
 
 Each responder runs in its own process(es) against an embedded nats-server; the generator
 runs here. For (b) and (c) it signs every request and verifies every reply, as a client
-does; for (d) and (e) it MACs and checks MACs. Every cell is bounded in time and count;
-figures are medians over --repeat runs. The CPU columns are what each side spent per call
+does; for (d) and (e) it MACs and checks MACs. Every cell is bounded in time and count.
+All responders run at once, each on its own subject, and each repeat measures them in
+turn: a cell is the median of its repeats, a ratio the median of the ratios within each
+repeat (the machine's noise drifts; responders measured seconds apart share it). The CPU columns are what each side spent per call
 (user + system, from /proc): the responder's replicas, this generator, the nats-server.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import statistics
@@ -30,8 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
 import nacl.public
 import nacl.signing
@@ -45,6 +49,15 @@ from actorbus.bus.wire import request_signing_bytes
 
 HERE = Path(__file__).resolve()
 MAX_CALLS_PER_CELL = 200_000
+SUBJECTS = {
+    "a": "actor.bencha.echo",
+    "b": "actor.benchb.echo",
+    "c": "actor.bench.echo",
+    "d": "actor.bench.echo",
+    "e": "actor.bench2.echo",
+}
+"""All responders run at once, each on its own subject ((d) calls (c)'s actor in a session),
+so the cells of one repeat are measured minutes apart at most, not the whole run apart."""
 
 
 class BenchEcho(Actor):
@@ -60,6 +73,7 @@ class BenchEcho(Actor):
 
 
 async def serve(kind: str, url: str) -> None:
+    """Responder (a) or (b) on ``actor.bench<kind letter>.echo``."""
     nc = await nats.connect(url)
     key = Keypair(hashlib.sha256(b"bench signed ceiling").digest())
     verify_keys: dict[str, nacl.signing.VerifyKey] = {}
@@ -81,7 +95,8 @@ async def serve(kind: str, url: str) -> None:
         headers = {"Actor-Status": "200", "Actor-Key": key.address, "Actor-Signature": signature}
         await nc.publish(msg.reply, body, headers=headers)
 
-    await nc.subscribe("actor.bench.echo", queue="actor.bench", cb=raw if kind == "raw" else signed)
+    subject = SUBJECTS["a" if kind == "raw" else "b"]
+    await nc.subscribe(subject, queue=subject, cb=raw if kind == "raw" else signed)
     await nc.flush()
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -90,10 +105,10 @@ async def serve(kind: str, url: str) -> None:
 # -- the load generator ---------------------------------------------------------------------
 
 
-async def open_session(nc: nats.NATS, key: Keypair) -> tuple[str, bytes]:
-    """A session with the bench actor: its ticket and key."""
+async def open_session(nc: nats.NATS, key: Keypair, actor: str) -> tuple[str, bytes]:
+    """A session with the bench actor ``actor``: its ticket and key."""
     exchange = nacl.public.PrivateKey.generate()
-    subject = f"actor.bench.{SESSION_FN}"
+    subject = f"actor.{actor}.{SESSION_FN}"
     body = b'{"args":["%s",3600]}' % bytes(exchange.public_key).hex().encode()
     headers = sign_request(key, subject, body)
     msg = await nc.request(subject, body, timeout=10, headers=headers)
@@ -103,15 +118,20 @@ async def open_session(nc: nats.NATS, key: Keypair) -> tuple[str, bytes]:
 
 
 async def load(
-    url: str, concurrency: int, seconds: float, mode: str, key: Keypair | None = None
+    url: str,
+    concurrency: int,
+    seconds: float,
+    mode: str,
+    key: Keypair | None = None,
+    subject: str = SUBJECTS["c"],
 ) -> tuple[float, list[float]]:
-    """Calls/s and latencies of ``concurrency`` callers for ``seconds`` (bounded in count);
-    ``mode`` is raw, signed or session."""
+    """Calls/s and latencies of ``concurrency`` callers of ``subject`` for ``seconds``
+    (bounded in count); ``mode`` is raw, signed or session."""
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     key = key or Keypair.generate()
-    subject = "actor.bench.echo"
     body = b'{"args":["x"],"kwargs":{}}'
-    ticket, session_key = await open_session(nc, key) if mode == "session" else ("", b"")
+    actor = subject.split(".")[1]
+    ticket, session_key = await open_session(nc, key, actor) if mode == "session" else ("", b"")
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     budget = MAX_CALLS_PER_CELL
@@ -171,22 +191,20 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
-class Cell(NamedTuple):
-    rate: float
-    p50: float
-    p99: float
-    cpu: tuple[float, float, float]
-    """Microseconds per call: responder, generator, nats-server."""
-
-
 def measure(
-    url: str, concurrency: int, seconds: float, mode: str, sides: list[list[psutil.Process]]
+    url: str, concurrency: int, seconds: float, letter: str, sides: list[list[psutil.Process]]
 ) -> tuple[float, list[float], tuple[float, float, float]]:
     before = [cpu_seconds(side) for side in sides]
-    rate, latencies = asyncio.run(load(url, concurrency, seconds, mode))
+    mode = MODES[letter]
+    rate, latencies = asyncio.run(load(url, concurrency, seconds, mode, subject=SUBJECTS[letter]))
     spent = [cpu_seconds(side) - b for side, b in zip(sides, before, strict=True)]
     calls = max(len(latencies), 1)
     return rate, latencies, (spent[0] / calls * 1e6, spent[1] / calls * 1e6, spent[2] / calls * 1e6)
+
+
+MODES = {"a": "raw", "b": "signed", "c": "signed", "d": "session", "e": "session"}
+LABELS = {"a": "raw", "b": "signed", "c": "actor", "d": "session", "e": "2 replicas"}
+RATIOS = [("c", "b"), ("c", "a"), ("b", "a"), ("d", "a"), ("d", "c"), ("e", "d")]
 
 
 def main() -> None:
@@ -199,68 +217,93 @@ def main() -> None:
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(*args.serve))
+        run_loop(serve(*args.serve))
         return
     levels = [int(c) for c in args.concurrency.split(",")]
+    chosen = [letter for letter in MODES if letter in args.only.split(",")]
     home = tempfile.mkdtemp(prefix="actorbus-bench-")
     with EmbeddedServer(Path(home) / "nats") as server:
         env = dict(os.environ, ACTOR_NATS_URL=server.url, ACTOR_HOME=home)
         actor = [sys.executable, "-m", "actorbus.cli", "--log-level", args.log_level, "serve"]
-        actor.append(f"{HERE}:BenchEcho")
         responder = [sys.executable, str(HERE), "--serve"]
-        responders = {
-            "a": ("raw", [[*responder, "raw", server.url]], "raw"),
-            "b": ("signed", [[*responder, "signed", server.url]], "signed"),
-            "c": ("actor", [actor], "signed"),
-            "d": ("session", [actor], "session"),
-            "e": ("2 replicas", [actor, actor], "session"),
+        commands = {
+            "a": [[*responder, "raw", server.url]],
+            "b": [[*responder, "signed", server.url]],
+            "c": [[*actor, f"{HERE}:BenchEcho"]],
+            "e": [[*actor, f"{HERE}:BenchEcho", "--name", "bench2"]] * 2,
         }
-        chosen = [letter for letter in responders if letter in args.only.split(",")]
-        results: dict[tuple[str, int], Cell] = {}
-        print(
-            f"{'responder':14} {'conc':>5} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-            f"   cpu us/call: {'responder':>9} {'generator':>9} {'nats':>6}"
-        )
-        me = psutil.Process()
-        nats_server = [psutil.Process(server.pid)] if server.pid else []
-        for letter in chosen:
-            label, commands, mode = responders[letter]
-            processes = [start(command, env) for command in commands]
-            try:
-                sides = [[psutil.Process(p.pid) for p in processes], [me], nats_server]
-                asyncio.run(load(server.url, 4, 0.3, mode))  # warm up
-                for concurrency in levels:
-                    runs = [
-                        measure(server.url, concurrency, args.seconds, mode, sides)
-                        for _ in range(args.repeat)
-                    ]
-                    cell = Cell(
-                        statistics.median(r for r, _, _ in runs),
-                        statistics.median(percentile(lat, 0.50) for _, lat, _ in runs) * 1e3,
-                        statistics.median(percentile(lat, 0.99) for _, lat, _ in runs) * 1e3,
-                        tuple(statistics.median(cpu[i] for _, _, cpu in runs) for i in range(3)),  # type: ignore[arg-type]
-                    )
-                    results[letter, concurrency] = cell
-                    print(
-                        f"{letter} {label:12} {concurrency:5} {cell.rate:9.0f} {cell.p50:8.2f} "
-                        f"{cell.p99:8.2f}   {'':13}{cell.cpu[0]:9.0f} {cell.cpu[1]:9.0f} "
-                        f"{cell.cpu[2]:6.0f}",
-                        flush=True,
-                    )
-            finally:
-                for process in processes:
+        processes: dict[str, list[subprocess.Popen[bytes]]] = {}
+        try:
+            for letter in chosen:
+                started = "c" if letter == "d" else letter  # (d) calls (c)'s actor
+                if started not in processes:
+                    processes[started] = [start(command, env) for command in commands[started]]
+                asyncio.run(load(server.url, 4, 0.3, MODES[letter], subject=SUBJECTS[letter]))
+            report(server, chosen, levels, args, processes)
+        finally:
+            for group in processes.values():
+                for process in group:
                     process.terminate()
-                for process in processes:
+            for group in processes.values():
+                for process in group:
                     process.wait(30)
-        print()
-        ratios = [("c", "b"), ("c", "a"), ("b", "a"), ("d", "a"), ("d", "c"), ("e", "d")]
-        for concurrency in levels:
-            shown = [
-                f"{x}/{y} = {results[x, concurrency].rate / results[y, concurrency].rate:.2f}"
-                for x, y in ratios
-                if (x, concurrency) in results and (y, concurrency) in results
-            ]
-            print(f"concurrency {concurrency:3}: " + "   ".join(shown))
+
+
+def report(
+    server: EmbeddedServer,
+    chosen: list[str],
+    levels: list[int],
+    args: argparse.Namespace,
+    processes: dict[str, list[subprocess.Popen[bytes]]],
+) -> None:
+    """Each repeat measures every responder in turn; a cell is the median of its repeats,
+    a ratio the median of the ratios within each repeat."""
+    me = psutil.Process()
+    nats_server = [psutil.Process(server.pid)] if server.pid else []
+    print(
+        f"{'responder':14} {'conc':>5} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f"   cpu us/call: {'responder':>9} {'generator':>9} {'nats':>6}"
+    )
+    for concurrency in levels:
+        runs: dict[str, list[tuple[float, list[float], tuple[float, float, float]]]] = {}
+        for _ in range(args.repeat):
+            for letter in chosen:
+                group = processes["c" if letter == "d" else letter]
+                sides = [[psutil.Process(p.pid) for p in group], [me], nats_server]
+                runs.setdefault(letter, []).append(
+                    measure(server.url, concurrency, args.seconds, letter, sides)
+                )
+        for letter in chosen:
+            cells = runs[letter]
+            rate = statistics.median(r for r, _, _ in cells)
+            p50 = statistics.median(percentile(lat, 0.50) for _, lat, _ in cells) * 1e3
+            p99 = statistics.median(percentile(lat, 0.99) for _, lat, _ in cells) * 1e3
+            cpu = [statistics.median(c[i] for _, _, c in cells) for i in range(3)]
+            print(
+                f"{letter} {LABELS[letter]:12} {concurrency:5} {rate:9.0f} {p50:8.2f} {p99:8.2f}"
+                f"   {'':13}{cpu[0]:9.0f} {cpu[1]:9.0f} {cpu[2]:6.0f}",
+                flush=True,
+            )
+        shown = [
+            f"{x}/{y} = {ratio(runs[x], runs[y]):.2f}" for x, y in RATIOS if x in runs and y in runs
+        ]
+        print(f"  concurrency {concurrency}: " + "   ".join(shown), flush=True)
+
+
+def ratio(xs: list[tuple[float, Any, Any]], ys: list[tuple[float, Any, Any]]) -> float:
+    """The median over repeats of x's calls/s over y's in the same repeat."""
+    return statistics.median(x[0] / y[0] for x, y in zip(xs, ys, strict=True))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """The responders' event loop: uvloop's when installed (as the actor's), unless
+    ACTOR_UVLOOP=0."""
+    if importlib.util.find_spec("uvloop") and os.environ.get("ACTOR_UVLOOP") != "0":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 if __name__ == "__main__":

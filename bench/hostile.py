@@ -130,7 +130,7 @@ def flooded(
     time.sleep(0.3)  # let the flood build up
     started = time.monotonic()
     try:
-        rate, latencies = asyncio.run(load(url, args.concurrency, args.seconds, True))
+        rate, latencies = asyncio.run(load(url, args.concurrency, args.seconds, "signed"))
         p99 = percentile(latencies, 0.99) * 1e3
     except (nats.errors.Error, AssertionError):  # a valid call got no answer in 10 s
         rate, p99 = 0.0, float("inf")
@@ -163,7 +163,7 @@ def main() -> None:
         env = dict(os.environ, ACTOR_NATS_URL=server.url, ACTOR_HOME=home)
         actor = start([sys.executable, "-m", "actorbus.cli", "serve", f"{CALLS}:BenchEcho"], env)
         try:
-            asyncio.run(load(server.url, 4, 0.3, True))  # warm up
+            asyncio.run(load(server.url, 4, 0.3, "signed"))  # warm up
             rows: dict[str, list[tuple[float, ...]]] = {"closed": [], "open": []}
             print(
                 f"{'flood':7} {'run':>3} {'alone/s':>8} {'p99 ms':>7} {'flood/s':>8} "
@@ -171,7 +171,9 @@ def main() -> None:
             )
             for run in range(args.repeat):
                 for mode in rows:
-                    alone, lat = asyncio.run(load(server.url, args.concurrency, args.seconds, True))
+                    alone, lat = asyncio.run(
+                        load(server.url, args.concurrency, args.seconds, "signed")
+                    )
                     p99_alone = percentile(lat, 0.99) * 1e3
                     under, p99_under, junk = flooded(server.url, env, args, mode)
                     row = (alone, p99_alone, under, p99_under, junk, under / alone)

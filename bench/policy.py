@@ -100,9 +100,9 @@ def main() -> None:
                 print_lease_cost(settings, caller.address, "one server, R1")
             started.append(start([*serve, f"{CALLS}:BenchEcho"], env))
             try:
-                asyncio.run(load(server.url, 4, 0.5, True, caller))  # warm up, first lease
+                asyncio.run(load(server.url, 4, 0.5, "signed", caller))  # warm up, first lease
                 runs = [
-                    asyncio.run(load(server.url, args.concurrency, args.seconds, True, caller))
+                    asyncio.run(load(server.url, args.concurrency, args.seconds, "signed", caller))
                     for _ in range(args.repeat)
                 ]
             finally:
