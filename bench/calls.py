@@ -16,8 +16,9 @@ runs here. For (b) and (c) it signs every request and verifies every reply, as a
 does; for (d) and (e) it MACs and checks MACs. Every cell is bounded in time and count.
 All responders run at once, each on its own subject, and each repeat measures them in
 turn: a cell is the median of its repeats, a ratio the median of the ratios within each
-repeat (the machine's noise drifts; responders measured seconds apart share it). The CPU columns are what each side spent per call
-(user + system, from /proc): the responder's replicas, this generator, the nats-server.
+repeat (the machine's noise drifts; responders measured seconds apart share it). The CPU
+columns are what each side spent per call (user + system, from /proc): the responder's
+replicas, this generator, the nats-server.
 """
 
 from __future__ import annotations

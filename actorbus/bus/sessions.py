@@ -27,30 +27,18 @@ import msgspec
 import nacl.exceptions
 import nacl.public
 
-from .delegation import HEADER as _DELEGATION
 from .errors import BadReply, BadRequest, Unauthorized
 from .keys import Keypair
 from .wire import (
-    _ADDRESS,
     _MAC,
-    _NONCE,
-    _TIME,
-    H_CONTENT_TYPE,
-    H_DELEGATION,
-    H_KEY,
     H_MAC,
-    H_NONCE,
-    H_ON_BEHALF,
-    H_TIME,
-    H_TIMEOUT,
     JSON,
     PROTOCOL_VERSION,
     RequestMeta,
     _header,
-    codec_for,
     mac,
-    request_signing_bytes,
-    request_timeout,
+    request_headers,
+    verify_request,
 )
 
 __all__ = [
@@ -126,26 +114,20 @@ class SessionSecret:
         """Check a session call's ticket, expiry and MAC over its signing bytes; returns its
         meta and session key. Raises :class:`Unauthorized` (401) for a malformed, expired or
         forged one, :class:`BadRequest` for a bad timeout or content type after the MAC."""
-        key = _header(headers, H_KEY, _ADDRESS)
-        ticket = _header(headers, H_SESSION, _TICKET)
-        time_text = _header(headers, H_TIME, _TIME)
-        nonce = _header(headers, H_NONCE, _NONCE)
-        given = _header(headers, H_MAC, _MAC)
-        on_behalf = _header(headers, H_ON_BEHALF, _ADDRESS) if H_ON_BEHALF in headers else ""
-        delegation = _header(headers, H_DELEGATION, _DELEGATION) if H_DELEGATION in headers else ""
-        if delegation and not on_behalf:
-            raise Unauthorized(f"{H_DELEGATION} without {H_ON_BEHALF}")
-        session_key = self.session_key(key, ticket)
-        signed = request_signing_bytes(subject, time_text, nonce, body, on_behalf, delegation)
-        if not hmac.compare_digest(mac(session_key, signed), given):
-            raise Unauthorized("bad session MAC")
-        # After the MAC: only the holder of the session learns that it has expired.
-        if int(ticket.partition(".")[2]) <= time.time() * 1000:
-            raise Unauthorized("session expired: open a new one")
-        timeout = request_timeout(headers)
-        content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
-        meta = RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf, delegation)
-        return meta, session_key
+        found: list[bytes] = []
+
+        def proof(caller: str, signed: bytes, headers: dict[str, str]) -> None:
+            ticket = _header(headers, H_SESSION, _TICKET)
+            session_key = self.session_key(caller, ticket)
+            if not hmac.compare_digest(mac(session_key, signed), _header(headers, H_MAC, _MAC)):
+                raise Unauthorized("bad session MAC")
+            # After the MAC: only the holder of the session learns that it has expired.
+            if int(ticket.partition(".")[2]) <= time.time() * 1000:
+                raise Unauthorized("session expired: open a new one")
+            found.append(session_key)
+
+        meta = verify_request(subject, headers, body, proof)
+        return meta, found[0]
 
 
 def open_grant(grant: SessionGrant, exchange: nacl.public.PrivateKey) -> bytes:
@@ -174,20 +156,14 @@ def mac_request(
     on_behalf: str = "",
 ) -> dict[str, str]:
     """The headers of a session call by ``caller`` (a fresh time and nonce unless given)."""
-    time_ms = int(time.time() * 1000) if time_ms is None else time_ms
-    nonce = secrets.token_hex(16) if nonce is None else nonce
-    signed = request_signing_bytes(subject, time_ms, nonce, body, on_behalf)
-    headers = {
-        H_KEY: caller,
-        H_TIME: str(time_ms),
-        H_NONCE: nonce,
-        H_SESSION: ticket,
-        H_MAC: mac(session_key, signed),
-    }
-    if on_behalf:
-        headers[H_ON_BEHALF] = on_behalf
-    if timeout is not None:
-        headers[H_TIMEOUT] = f"{timeout:g}"
-    if content_type != JSON:
-        headers[H_CONTENT_TYPE] = content_type
-    return headers
+    return request_headers(
+        caller,
+        subject,
+        body,
+        lambda signed: {H_SESSION: ticket, H_MAC: mac(session_key, signed)},
+        content_type=content_type,
+        timeout=timeout,
+        time_ms=time_ms,
+        nonce=nonce,
+        on_behalf=on_behalf,
+    )

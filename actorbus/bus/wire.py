@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -40,6 +41,7 @@ __all__ = [
     "end_signing_bytes",
     "mac",
     "reply_signing_bytes",
+    "request_headers",
     "request_nonce",
     "request_signing_bytes",
     "request_timeout",
@@ -285,17 +287,42 @@ def sign_request(
     """The headers of a signed request; a fresh time and nonce unless given (test vectors).
     With ``on_behalf``, ``key`` signs as a forwarder vouching for that address, or, with
     that address's ``delegation`` header too, as its delegate."""
+    return request_headers(
+        key.address,
+        subject,
+        body,
+        lambda signed: {H_SIGNATURE: key.sign(signed).hex()},
+        content_type=content_type,
+        timeout=timeout,
+        time_ms=time_ms,
+        nonce=nonce,
+        on_behalf=on_behalf,
+        delegation=delegation,
+    )
+
+
+def request_headers(
+    caller: str,
+    subject: str,
+    body: bytes,
+    seal: Callable[[bytes], dict[str, str]],
+    *,
+    content_type: str = JSON,
+    timeout: float | None = None,
+    time_ms: int | None = None,
+    nonce: str | None = None,
+    on_behalf: str = "",
+    delegation: str = "",
+) -> dict[str, str]:
+    """The headers of a request by ``caller``, authenticated by the headers ``seal`` makes
+    of its signing bytes (a signature, or a session's MAC); a fresh time and nonce unless
+    given."""
     if delegation and not on_behalf:
         raise ValueError("a delegated request is made on behalf of the delegation's owner")
     time_ms = int(time.time() * 1000) if time_ms is None else time_ms
     nonce = secrets.token_hex(16) if nonce is None else nonce
     signed = request_signing_bytes(subject, time_ms, nonce, body, on_behalf, delegation)
-    headers = {
-        H_KEY: key.address,
-        H_TIME: str(time_ms),
-        H_NONCE: nonce,
-        H_SIGNATURE: key.sign(signed).hex(),
-    }
+    headers = {H_KEY: caller, H_TIME: str(time_ms), H_NONCE: nonce, **seal(signed)}
     if on_behalf:
         headers[H_ON_BEHALF] = on_behalf
     if delegation:
@@ -332,8 +359,15 @@ def request_nonce(headers: dict[str, str] | None) -> str:
     return nonce if _NONCE.fullmatch(nonce) else ""
 
 
-def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) -> RequestMeta:
-    """Check a request's signature over its subject, time, nonce and body bytes.
+def verify_request(
+    subject: str,
+    headers: dict[str, str] | None,
+    body: bytes,
+    proof: Callable[[str, bytes, dict[str, str]], None] | None = None,
+) -> RequestMeta:
+    """Check a request's signature over its subject, time, nonce and body bytes; or, with
+    ``proof``, whatever that checks instead (it gets the caller's address, the signing bytes
+    and the headers: a session's MAC).
 
     Raises :class:`Unauthorized` for a missing, malformed or wrong signature, key, time or
     nonce header, and :class:`BadRequest` for a bad ``Actor-Timeout`` or ``Content-Type``
@@ -344,13 +378,16 @@ def verify_request(subject: str, headers: dict[str, str] | None, body: bytes) ->
     key = _header(headers, H_KEY, _ADDRESS)
     time_text = _header(headers, H_TIME, _TIME)
     nonce = _header(headers, H_NONCE, _NONCE)
-    signature = _header(headers, H_SIGNATURE, _SIGNATURE)
+    signature = _header(headers, H_SIGNATURE, _SIGNATURE) if proof is None else ""
     on_behalf = _header(headers, H_ON_BEHALF, _ADDRESS) if H_ON_BEHALF in headers else ""
     delegation = _header(headers, H_DELEGATION, _DELEGATION) if H_DELEGATION in headers else ""
     if delegation and not on_behalf:
         raise Unauthorized(f"{H_DELEGATION} without {H_ON_BEHALF}")
     signed = request_signing_bytes(subject, time_text, nonce, body, on_behalf, delegation)
-    verify(key, signed, bytes.fromhex(signature))
+    if proof is None:
+        verify(key, signed, bytes.fromhex(signature))
+    else:
+        proof(key, signed, headers)
     timeout = request_timeout(headers)
     content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
     return RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf, delegation)
