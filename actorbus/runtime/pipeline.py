@@ -325,7 +325,7 @@ class Pipeline:
         # so in that order): a caller that replays a call it has an answer to finds every
         # replica knowing it.
         await self.guard.flush()
-        status, body = 200, b""
+        body = b""
         error: ActorError | None = None
         try:
             if call.deadline <= time.monotonic():
@@ -355,7 +355,7 @@ class Pipeline:
         if error is not None:
             await self.replies.error(call, error)
         else:
-            await self.replies.send(call, status, body)
+            await self.replies.send(call, 200, body)
 
     async def _invoke(self, function: Function, call: Call) -> Any:
         _CURRENT.set(call)  # each worker task has its own context
