@@ -194,7 +194,14 @@ class ReplayGuard:
                 self.book.add(note.key, note.nonce, note.time_ms)
 
     async def _follow(self, task_status: anyio.abc.TaskStatus[None]) -> None:
-        sub = await self._nc.subscribe(self._subject, pending_msgs_limit=1_000_000)
+        # A callback, not ``sub.messages``: nats-py's iterator takes a message off the
+        # queue in a task of its own and hands it over a loop turn later, a turn in which
+        # neither _catch_up nor learn could see it (the cross-replica replay flake). A
+        # callback learns a message in the same step that takes it off the queue.
+        async def on_message(msg: Msg) -> None:
+            self.learn(msg)
+
+        sub = await self._nc.subscribe(self._subject, cb=on_message, pending_msgs_limit=1_000_000)
         try:
             await self._nc.flush()
             try:
@@ -211,8 +218,7 @@ class ReplayGuard:
                 )
             self._incoming = sub
             task_status.started()
-            async for msg in sub.messages:
-                self.learn(msg)
+            await anyio.sleep_forever()
         finally:
             self._incoming = None
             with anyio.CancelScope(shield=True):
