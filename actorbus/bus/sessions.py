@@ -35,6 +35,7 @@ from .wire import (
     JSON,
     PROTOCOL_VERSION,
     RequestMeta,
+    Seal,
     _header,
     mac,
     request_headers,
@@ -50,6 +51,7 @@ __all__ = [
     "SessionSecret",
     "mac_request",
     "open_grant",
+    "session_seal",
 ]
 
 H_SESSION: Final = "Actor-Session"
@@ -142,6 +144,11 @@ def open_grant(grant: SessionGrant, exchange: nacl.public.PrivateKey) -> bytes:
     return session_key
 
 
+def session_seal(session_key: bytes, ticket: str) -> Seal:
+    """A session call's ``Actor-Session`` and ``Actor-Mac``."""
+    return lambda signed: {H_SESSION: ticket, H_MAC: mac(session_key, signed)}
+
+
 def mac_request(
     session_key: bytes,
     caller: str,
@@ -160,7 +167,7 @@ def mac_request(
         caller,
         subject,
         body,
-        lambda signed: {H_SESSION: ticket, H_MAC: mac(session_key, signed)},
+        session_seal(session_key, ticket),
         content_type=content_type,
         timeout=timeout,
         time_ms=time_ms,

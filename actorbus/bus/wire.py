@@ -35,6 +35,7 @@ __all__ = [
     "RawCallBody",
     "ReplyMeta",
     "RequestMeta",
+    "Seal",
     "announcement_signing_bytes",
     "codec_for",
     "decode_error",
@@ -48,6 +49,7 @@ __all__ = [
     "sign_announcement",
     "sign_reply",
     "sign_request",
+    "signature_seal",
     "verify_announcement",
     "verify_reply",
     "verify_request",
@@ -291,7 +293,7 @@ def sign_request(
         key.address,
         subject,
         body,
-        lambda signed: {H_SIGNATURE: key.sign(signed).hex()},
+        signature_seal(key),
         content_type=content_type,
         timeout=timeout,
         time_ms=time_ms,
@@ -301,11 +303,20 @@ def sign_request(
     )
 
 
+Seal = Callable[[bytes], dict[str, str]]
+"""What authenticates a request: the headers it makes of the request's signing bytes."""
+
+
+def signature_seal(key: Keypair) -> Seal:
+    """A request's ``Actor-Signature`` by ``key``."""
+    return lambda signed: {H_SIGNATURE: key.sign(signed).hex()}
+
+
 def request_headers(
     caller: str,
     subject: str,
     body: bytes,
-    seal: Callable[[bytes], dict[str, str]],
+    seal: Seal,
     *,
     content_type: str = JSON,
     timeout: float | None = None,

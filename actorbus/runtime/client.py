@@ -38,9 +38,9 @@ from ..bus import (
     sign_request,
     verify_reply,
 )
-from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, mac_request, open_grant
+from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
 from ..bus.subjects import call_subject
-from ..bus.wire import request_nonce
+from ..bus.wire import Seal, request_headers, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info
 from .jobs import DEFAULT_JOB_TTL, Job, delegate_job
@@ -71,6 +71,10 @@ class _Session(msgspec.Struct, frozen=True):
     key: bytes
     renew: float
     """Monotonic seconds after which the next call opens a new session (3/4 of its life)."""
+
+    @property
+    def seal(self) -> Seal:
+        return session_seal(self.key, self.ticket)
 
 
 log = logging.getLogger("actorbus.client")
@@ -343,20 +347,12 @@ class Client:
         timeout: float,
     ) -> dict[str, str]:
         """A request's headers: signed, or made in ``session``."""
-        if session is None:
-            return sign_request(
-                self.key,
-                subject,
-                body,
-                content_type=content_type,
-                timeout=advertised_timeout(timeout),
-            )
-        return mac_request(
-            session.key,
+        seal = signature_seal(self.key) if session is None else session.seal
+        return request_headers(
             self.key.address,
-            session.ticket,
             subject,
             body,
+            seal,
             content_type=content_type,
             timeout=advertised_timeout(timeout),
         )

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
-from ...bus.sessions import mac_request
+from ...bus.sessions import session_seal
 from ...bus.subjects import call_subject
 from ...bus.wire import (
     H_CONTENT_TYPE,
@@ -37,6 +37,8 @@ from ...bus.wire import (
     H_TIMEOUT,
     JSON,
     MSGPACK,
+    request_headers,
+    signature_seal,
 )
 from ...runtime.policy import PolicyState
 
@@ -106,24 +108,21 @@ class Identities:
         if _commune_like(headers, body):
             body, on_behalf = self._commune(body)
             wire_type = JSON
-        mode = "commune" if on_behalf else "anonymous"
+        seal, session_key = signature_seal(self.key), None
         if session is not None:
             ticket, session_key = session
-            made = mac_request(
-                session_key,
-                self.key.address,
-                ticket,
-                subject,
-                body,
-                content_type=wire_type,
-                timeout=timeout,
-                on_behalf=on_behalf,
-            )
-            return Outgoing(mode, body, made, session_key)
-        signed = sign_request(
-            self.key, subject, body, content_type=wire_type, timeout=timeout, on_behalf=on_behalf
+            seal = session_seal(session_key, ticket)
+        made = request_headers(
+            self.key.address,
+            subject,
+            body,
+            seal,
+            content_type=wire_type,
+            timeout=timeout,
+            on_behalf=on_behalf,
         )
-        return Outgoing(mode, body, signed)
+        mode = "commune" if on_behalf else "anonymous"
+        return Outgoing(mode, body, made, session_key)
 
     def signer(self, headers: dict[str, str], body: bytes, policy: PolicyState) -> Keypair | None:
         """The key :meth:`outgoing` will sign a request with as its caller (a token's, or
