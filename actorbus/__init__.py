@@ -17,7 +17,9 @@ from .bus import (
     Unauthorized,
     Unavailable,
 )
-from .runtime import Actor, Call, Client, Settings, endpoint, serve
+from .bus.settings import Settings
+from .client import Client
+from .host import Actor, Call, endpoint, serve
 
 __all__ = [
     "Actor",

@@ -27,7 +27,7 @@ from calls import load, load_options, percentile, start
 
 from actorbus import Client, Keypair, Settings
 from actorbus.bus import EmbeddedServer
-from actorbus.runtime.policy import PolicyState
+from actorbus.host.policy import PolicyState
 
 
 def decision_cost() -> tuple[float, float]:

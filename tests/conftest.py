@@ -21,8 +21,8 @@ import pytest_asyncio
 from cluster import Cluster
 from nodes import Node
 
+from actorbus import Settings
 from actorbus.bus import EmbeddedServer, Unavailable
-from actorbus.runtime import Settings
 
 
 def _container_url() -> Iterator[str]:  # pragma: no cover - no Docker engine on CI

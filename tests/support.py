@@ -11,10 +11,10 @@ from typing import Any
 import anyio
 import msgspec
 
-from actorbus import Actor, Call, Forbidden, endpoint
+from actorbus import Actor, Call, Forbidden, Settings, endpoint
 from actorbus.bus import NATS, Keypair, Msg, sign_reply, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
-from actorbus.runtime import Settings, current_call
+from actorbus.host import current_call
 
 
 class Probe(Actor):

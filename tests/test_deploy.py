@@ -14,10 +14,10 @@ import click
 import pytest
 import yaml
 
+from actorbus import Settings
 from actorbus.bus import find_nats_server
 from actorbus.cli import main
-from actorbus.runtime import Settings
-from actorbus.runtime.loading import load_actor_class
+from actorbus.host.loading import load_actor_class
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from support import Probe
 
 from actorbus import Client, Settings, serve
 from actorbus.bus import connect
-from actorbus.runtime import Registry
+from actorbus.client import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 :func:`run_node` is what ``actor up`` runs (in the foreground, or detached). Its lifetimes
 nest: this home's lock -> the NATS server (an embedded one if none answers) -> a
-connection -> the log stream and shipper -> the replica slots (:mod:`..runtime.supervisor`)
+connection -> the log stream and shipper -> the replica slots (:mod:`actorbus.node.supervisor`)
 -> the control actor ``node.<node>``. Unwinding runs in reverse: the control actor
 stops, the gateway stops taking requests, the user's actors drain, then the policy actor,
 the last log lines
@@ -35,15 +35,16 @@ from ..bus import (
     connect,
 )
 from ..bus.jetstream import when_ready
+from ..bus.settings import Settings, node_name
 from ..bus.subjects import check_name
-from ..runtime import Actor, Client, Settings, current_call, endpoint, serve
-from ..runtime.audit import ensure_audit, record
-from ..runtime.control import CONTROL_TIMEOUT, NODE_PREFIX, node_actor
-from ..runtime.logs import LogShipper, ensure_logs
-from ..runtime.replicas import EventFn, OutputFn, SupervisorError
-from ..runtime.settings import node_name
-from ..runtime.specs import ActorSpec, ReplicaStatus
-from ..runtime.supervisor import Node, NodeInfo, claim_node, nats_server_for, supervised
+from ..client import Client
+from ..client.control import CONTROL_TIMEOUT, NODE_PREFIX, node_actor
+from ..client.specs import ActorSpec, ReplicaStatus
+from ..host import Actor, current_call, endpoint, serve
+from ..node.audit import ensure_audit, record
+from ..node.logs import LogShipper, ensure_logs
+from ..node.slots import EventFn, OutputFn, SupervisorError
+from ..node.supervisor import Node, NodeInfo, claim_node, nats_server_for, supervised
 
 __all__ = ["JOBS_TARGET", "POLICY_TARGET", "NodeActor", "run_node"]
 

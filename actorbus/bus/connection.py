@@ -7,8 +7,9 @@ re-raise them as :mod:`.errors` classes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import urlsplit
 
 import anyio
@@ -28,6 +29,7 @@ __all__ = [
     "gather",
     "message_size",
     "nats_answers",
+    "on_reconnect",
     "publish",
     "request",
 ]
@@ -76,6 +78,8 @@ async def connect(
 
     async def on_reconnected() -> None:
         log.warning("nats: reconnected to %s", url)
+        for callback in list(_reconnect_listeners.get(holder[0], ())):
+            callback()
 
     try:
         nc = await nats.connect(
@@ -108,6 +112,23 @@ async def connect(
         if not nc.is_closed:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await nc.close()
+
+
+_reconnect_listeners: weakref.WeakKeyDictionary[NATS, set[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextmanager
+def on_reconnect(nc: NATS, callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, ``callback()`` runs each time ``nc`` (made by :func:`connect`)
+    is connected again after losing its server."""
+    listeners = _reconnect_listeners.setdefault(nc, set())
+    listeners.add(callback)
+    try:
+        yield
+    finally:
+        listeners.discard(callback)
 
 
 async def nats_answers(url: str, *, timeout: float = 0.5) -> bool:

@@ -65,6 +65,18 @@ def queue_group(name: str) -> str:
     return f"{CALL_PREFIX}.{check_name(name)}"
 
 
+def service_name(name: str) -> str:
+    """``name``'s NATS service name (``$SRV``): one token, its dots made underscores (the
+    real name is in the service's metadata, ``actor``)."""
+    return check_name(name).replace(".", "_")
+
+
+def service_subject(verb: str, name: str, instance: str = "") -> str:
+    """``$SRV.<verb>.<service name>[.<instance>]``: where ``name``'s replicas (or one of
+    them) answer ``PING``, ``INFO`` or ``STATS``."""
+    return f"$SRV.{verb}.{service_name(name)}" + (f".{instance}" if instance else "")
+
+
 def nonce_subject(name: str) -> str:
     """Where replicas of ``name`` announce the nonces they accepted."""
     return f"{NONCE_PREFIX}.{check_name(name)}"

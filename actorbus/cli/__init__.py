@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from ..bus import BadRequest
-from ..runtime import Settings
+from ..bus.settings import Settings
 from ._common import EXIT_CODES, setup_logging
 
 __all__ = ["EXIT_CODES", "main"]

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..bus import ActorError
-from ..runtime import Settings
+from ..bus.settings import Settings
 
 __all__ = [
     "EXIT_CODES",

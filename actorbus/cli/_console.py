@@ -13,8 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..runtime.specs import ReplicaStatus
-from ..runtime.supervisor import Node, NodeInfo
+from ..client.specs import ReplicaStatus
+from ..node.supervisor import Node, NodeInfo
 
 __all__ = ["NodeConsole", "ps_table", "status_table"]
 

@@ -13,8 +13,8 @@ from rich.text import Text
 
 from ..bus import BadRequest, NotFound
 from ..bus.subjects import check_fn, check_name
-from ..runtime import Client
-from ..runtime.client import loose_value
+from ..client import Client
+from ..client.client import loose_value
 from ._common import err, out, run_coroutine, settings_of
 
 

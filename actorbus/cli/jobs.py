@@ -15,8 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column, Table
 
 from ..bus import ReplyTimeout, Unavailable
-from ..runtime import Client, Job, Settings
-from ..runtime.jobs import ENDED
+from ..bus.settings import Settings
+from ..client import Client, Job
+from ..client.jobs import ENDED
 from ._common import err, out, run_coroutine, settings_of
 
 __all__ = ["job"]

@@ -18,16 +18,16 @@ import psutil
 
 from ..actors.node import run_node
 from ..bus import ActorError, BadRequest, Unavailable
+from ..bus.settings import Settings, node_name
 from ..bus.subjects import check_name
-from ..runtime import Client, Settings
-from ..runtime.actor import actor_name
-from ..runtime.control import NODE_PREFIX, Control
-from ..runtime.loading import load_actor_class
-from ..runtime.logs import read_logs
-from ..runtime.manifest import Manifest, load_manifest
-from ..runtime.settings import node_name
-from ..runtime.specs import ActorSpec, replica_count
-from ..runtime.supervisor import Node, NodeInfo, leaf_config_of, running_node
+from ..client import Client
+from ..client.control import NODE_PREFIX, Control
+from ..client.logs import read_logs
+from ..client.specs import ActorSpec, replica_count
+from ..host.actor import actor_name
+from ..host.loading import load_actor_class
+from ..node.manifest import Manifest, load_manifest
+from ..node.supervisor import Node, NodeInfo, leaf_config_of, running_node
 from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, status_table
 

@@ -15,10 +15,10 @@ import click
 import msgspec
 from rich.text import Text
 
-from ..runtime import Client
-from ..runtime.control import Control
-from ..runtime.logs import LogLine, read_logs
-from ..runtime.specs import ReplicaStatus
+from ..client import Client
+from ..client.control import Control
+from ..client.logs import LogLine, read_logs
+from ..client.specs import ReplicaStatus
 from ._common import err, out, run_coroutine, settings_of
 from ._console import ps_table
 

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from ..bus import Keystore
-from ..runtime import Client, Settings
+from ..bus.settings import Settings
+from ..client import Client
 from ._common import run_coroutine, settings_of
 
 

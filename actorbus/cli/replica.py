@@ -11,9 +11,9 @@ import anyio
 import click
 
 from ..bus import Unavailable
-from ..runtime import Host, serve
-from ..runtime.loading import load_actor_class
-from ..runtime.replicas import ReplicaReady, ready_line
+from ..host import Host, serve
+from ..host.loading import load_actor_class
+from ..node.slots import ReplicaReady, ready_line
 from ._common import err, run_coroutine, settings_of, stop_on_signal
 
 __all__ = ["serve_command"]
@@ -74,7 +74,7 @@ async def _watch_supervisor(pid: int, stop: anyio.Event) -> None:
         await anyio.sleep(0.5)
         if os.getppid() != pid:
             break
-    logging.getLogger("actorbus.runtime").warning("supervisor %d is gone: stopping", pid)
+    logging.getLogger("actorbus.host").warning("supervisor %d is gone: stopping", pid)
     stop.set()
 
 

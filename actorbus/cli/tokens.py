@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..runtime import Client
+from ..client import Client
 from ._common import err, out, run_coroutine, settings_of
 
 __all__ = ["token"]

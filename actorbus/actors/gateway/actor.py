@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,11 +19,12 @@ import anyio
 import anyio.abc
 import uvicorn
 
-from ...runtime import Actor
-from ...runtime.host import VERSION
-from ...runtime.policy import PolicyState
+from ...host import Actor
+from ...host.policy import PolicyState
+from ...host.replica import VERSION
 from .app import build_app
 from .catalog import Catalog
+from .context import Context
 from .identity import Identities
 
 __all__ = ["Gateway"]
@@ -53,8 +53,7 @@ class Gateway(Actor):
 
     async def on_start(self) -> None:
         self.client.session = True  # what the gateway's own key sends goes in sessions
-        self.key = self.client.key
-        self.identities = Identities(self.key, self.settings.max_skew)
+        self.identities = Identities(self.client.key, self.settings.max_skew)
         self.catalog = Catalog(self.client)
         self.max_body = min(self.settings.max_body, self.nc.max_payload - _HEADROOM)
 
@@ -69,29 +68,7 @@ class Gateway(Actor):
 
     async def overview(self) -> dict[str, Any]:
         """What the dashboard shows: each actor's replicas, calls, errors and latency."""
-        entries = await self.catalog.entries()
-        stats = await self.catalog.stats(self.nc)
-        now = time.time()
-        actors: dict[str, Any] = {}
-        for e in entries:
-            endpoints = stats.get(e.instance, {}).get("endpoints", [])
-            calls = sum(p.get("num_requests", 0) for p in endpoints)
-            spent = sum(p.get("processing_time", 0) for p in endpoints)
-            actor = actors.setdefault(
-                e.name, {"name": e.name, "address": e.address, "fns": e.fns, "replicas": []}
-            )
-            actor["replicas"].append(
-                {
-                    "node": e.node,
-                    "replica": e.replica,
-                    "pid": e.pid,
-                    "up": round(now - e.started),
-                    "calls": calls,
-                    "errors": sum(p.get("num_errors", 0) for p in endpoints),
-                    "latency_ms": round(spent / calls / 1e6, 3) if calls else None,
-                }
-            )
-        return {"actors": [actors[n] for n in sorted(actors)]}
+        return await self.catalog.overview()
 
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         settings = self.settings
@@ -100,7 +77,17 @@ class Gateway(Actor):
         self.url = f"http://{host}:{port}"
         server = _Server(
             uvicorn.Config(
-                build_app(self),
+                build_app(
+                    Context(
+                        settings=settings,
+                        client=self.client,
+                        identities=self.identities,
+                        catalog=self.catalog,
+                        policy=lambda: self.policy_state,
+                        max_body=self.max_body,
+                        version=self.version,
+                    )
+                ),
                 log_level="warning",
                 access_log=False,
                 server_header=False,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
@@ -37,14 +37,13 @@ from ...bus import (
     printable,
 )
 from ...bus.subjects import check_fn, check_name
-from ...runtime.client import advertised_timeout, loose_value
-from ...runtime.streams import read_stream
+from ...client.answers import advertised_timeout
+from ...client.client import loose_value
+from ...client.streams import read_stream
 from .catalog import openapi
+from .context import Context
 from .jobs import BodyFn, job_paths, job_routes
 from .sse import sse_response
-
-if TYPE_CHECKING:
-    from .actor import Gateway
 
 __all__ = ["build_app"]
 
@@ -104,7 +103,7 @@ class _Limits:
         await response(scope, receive, send)
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: Context) -> Starlette:
     """The app of one gateway replica."""
     settings = gateway.settings
     throttle = LogThrottle(log)
@@ -143,7 +142,7 @@ def build_app(gateway: Gateway) -> Starlette:
                     raise BadRequest("a call you sign is a POST of the body you signed")
             else:
                 raw = await read_body(request)
-            signer = gateway.identities.signer(headers, raw, gateway.policy_state)
+            signer = gateway.identities.signer(headers, raw, gateway.policy())
             body = await make_body(raw, signer)
             timeout = settings.gateway_timeout
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
@@ -155,13 +154,14 @@ def build_app(gateway: Gateway) -> Starlette:
                 fn,
                 headers,
                 body,
-                gateway.policy_state,
+                gateway.policy(),
                 advertised_timeout(timeout),
                 (session.ticket, session.key) if session else None,
             )
             if schema.get("stream"):
                 chunks = read_stream(
-                    gateway.client,
+                    gateway.client.nc,
+                    gateway.client.signs_for,
                     name,
                     fn,
                     outgoing.body,
@@ -222,7 +222,7 @@ def build_app(gateway: Gateway) -> Starlette:
         return _error(status, exc.message, error_id, **headers)
 
     async def health(request: Request) -> JSONResponse:
-        up = gateway.nc.is_connected
+        up = gateway.client.nc.is_connected
         return JSONResponse({"status": "ok" if up else "no NATS"}, status_code=200 if up else 503)
 
     async def openapi_json(request: Request) -> JSONResponse:
@@ -231,7 +231,7 @@ def build_app(gateway: Gateway) -> Starlette:
         return JSONResponse(openapi(schemas, gateway.version, extra))
 
     async def actors(request: Request) -> JSONResponse:
-        return JSONResponse(await gateway.overview())
+        return JSONResponse(await gateway.catalog.overview())
 
     routes = [
         Route("/", _static("dashboard.html")),

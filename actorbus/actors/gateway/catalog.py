@@ -11,8 +11,10 @@ from typing import Any
 import anyio
 import msgspec
 
-from ...bus import NATS, ActorError, request
-from ...runtime import Client, RegistryEntry
+from ...bus import ActorError, request
+from ...bus.subjects import service_subject
+from ...client import Client, RegistryEntry
+from ...client.discovery import read_service_info
 
 __all__ = ["Catalog", "openapi"]
 
@@ -74,18 +76,44 @@ class Catalog:
         return {name: schema for name, (_, schema) in sorted(self._schemas.items())}
 
     async def _fetch(self, name: str, instances: frozenset[str]) -> None:
-        service = name.replace(".", "_")
         try:
-            reply = await request(self.client.nc, f"$SRV.INFO.{service}", b"", {}, 1.0)
-            endpoints = _json.decode(reply.data)["endpoints"]
-            schema = {e["name"]: _json.decode(e["metadata"]["schema"]) for e in endpoints}
-        except (ActorError, msgspec.DecodeError, KeyError, TypeError):
-            return  # gone, or not ours: left out until it answers
-        self._schemas[name] = (instances, schema)
+            reply = await request(self.client.nc, service_subject("INFO", name), b"", {}, 1.0)
+        except ActorError:
+            return  # gone: left out until it answers
+        info = read_service_info(reply.data, name)
+        if info is not None:  # else not ours: left out
+            self._schemas[name] = (instances, info.functions)
 
-    async def stats(self, nc: NATS) -> dict[str, Any]:
+    async def overview(self) -> dict[str, Any]:
+        """What the dashboard shows: each actor's replicas, calls, errors and latency."""
+        entries = await self.entries()
+        stats = await self.stats()
+        now = time.time()
+        actors: dict[str, Any] = {}
+        for e in entries:
+            endpoints = stats.get(e.instance, {}).get("endpoints", [])
+            calls = sum(p.get("num_requests", 0) for p in endpoints)
+            spent = sum(p.get("processing_time", 0) for p in endpoints)
+            actor = actors.setdefault(
+                e.name, {"name": e.name, "address": e.address, "fns": e.fns, "replicas": []}
+            )
+            actor["replicas"].append(
+                {
+                    "node": e.node,
+                    "replica": e.replica,
+                    "pid": e.pid,
+                    "up": round(now - e.started),
+                    "calls": calls,
+                    "errors": sum(p.get("num_errors", 0) for p in endpoints),
+                    "latency_ms": round(spent / calls / 1e6, 3) if calls else None,
+                }
+            )
+        return {"actors": [actors[n] for n in sorted(actors)]}
+
+    async def stats(self) -> dict[str, Any]:
         """``$SRV.STATS`` of every replica that answers within a quarter second, by
         instance id."""
+        nc = self.client.nc
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         found: dict[str, Any] = {}

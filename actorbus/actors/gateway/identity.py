@@ -40,7 +40,7 @@ from ...bus.wire import (
     request_headers,
     signature_seal,
 )
-from ...runtime.policy import PolicyState
+from ...host.policy import PolicyState
 
 __all__ = ["Identities", "Outgoing"]
 

@@ -21,7 +21,7 @@ caller POSTs to ``/<jobs>/<fn>`` instead.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -30,10 +30,8 @@ from starlette.routing import Route
 
 from ...bus import BadRequest, Keypair
 from ...bus.wire import decode_error
-from ...runtime.jobs import DEFAULT_JOB_TTL, delegate_job
-
-if TYPE_CHECKING:
-    from .actor import Gateway
+from ...client.jobs import DEFAULT_JOB_TTL
+from .context import Context
 
 __all__ = ["BodyFn", "job_paths", "job_routes"]
 
@@ -68,7 +66,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
         raise BadRequest(f"malformed body: {decode_error(exc)}") from None
 
 
-def job_routes(gateway: Gateway, relay: Relay) -> list[Route]:
+def job_routes(gateway: Context, relay: Relay) -> list[Route]:
     """The routes, relaying through ``relay`` to the jobs actor."""
     jobs = gateway.settings.jobs
 
@@ -83,7 +81,7 @@ def job_routes(gateway: Gateway, relay: Relay) -> list[Route]:
             if signer is None:
                 return raw  # the caller's own submit body, delegation included
             spec: JobRequest = _decode(_job_request, raw)
-            delegation = await delegate_job(gateway.client, signer, spec.work, spec.ttl)
+            delegation = await gateway.client.delegate(spec.work, spec.ttl, key=signer)
             kwargs = {"slices": spec.slices, "options": spec.options}
             args = [spec.work, msgspec.to_builtins(delegation)]
             return _encode({"args": args, "kwargs": kwargs})

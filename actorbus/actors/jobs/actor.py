@@ -26,7 +26,7 @@ from ...bus.delegation import (
 )
 from ...bus.jetstream import when_ready
 from ...bus.ranges import page_of, parse_ranges
-from ...runtime import Actor, current_call, endpoint
+from ...host import Actor, current_call, endpoint
 from .model import (
     ACTIVE,
     Batch,

@@ -34,11 +34,13 @@ import anyio.abc
 import msgspec
 
 from ...bus import NATS, ActorError, Keypair, LogThrottle, Msg, Unavailable, sign_request
+from ...bus.connection import on_reconnect
 from ...bus.delegation import split_work
+from ...bus.settings import Settings
 from ...bus.subjects import call_subject
 from ...bus.workqueue import Puller
-from ...runtime import Client, Settings
-from ...runtime.client import advertised_timeout
+from ...client import Client
+from ...client.answers import advertised_timeout
 from .model import ACTIVE, JobRecord, SliceResult
 from .store import SLICE_HEADER, JobStore
 
@@ -204,21 +206,8 @@ class Runner:
         was running then is started again at once (its consumer may be gone with the
         server; NATS would notice only after missing heartbeats, seconds later). What
         it replays is counted once (results) or applied again (records)."""
-        assert self._tg is not None
-        with anyio.CancelScope() as scope:
-            self._tg.start_soon(self._cancel_on_reconnect, scope)
-            try:
-                yield
-            finally:
-                scope.cancel()
-
-    async def _cancel_on_reconnect(self, scope: anyio.CancelScope) -> None:
-        reconnects = self.nc.stats["reconnects"]
-        while not scope.cancel_called:
-            if self.nc.stats["reconnects"] != reconnects and self.nc.is_connected:
-                scope.cancel()
-                return
-            await anyio.sleep(0.25)
+        with anyio.CancelScope() as scope, on_reconnect(self.nc, scope.cancel):
+            yield
 
     async def _janitor(self) -> None:
         """Queue again the batches whose adder stopped before queueing them all."""

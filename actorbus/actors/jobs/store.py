@@ -28,6 +28,7 @@ import msgspec
 
 from ...bus import NATS, CallBody, Msg, Unavailable
 from ...bus.jetstream import Bucket, ensure_stream, stream_messages
+from ...bus.settings import Settings
 from ...bus.subjects import JobsNames
 from ...bus.workqueue import (
     Puller,
@@ -39,7 +40,6 @@ from ...bus.workqueue import (
     publish_once,
     purge_subject,
 )
-from ...runtime import Settings
 from .model import Batch, JobRecord, SliceResult
 
 __all__ = ["SLICE_HEADER", "STATUS_HEADER", "JobStore", "call_body"]

@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 
 from ...bus import BadRequest, NotFound
-from ...runtime.audit import read_audit
-from ...runtime.policy import PUBLIC, Decision, PolicyConfig, Role
+from ...client.audit import read_audit
+from ...host.policy import PUBLIC, Decision, PolicyConfig, Role
 from .credentials import Credentials
 from .quotas import MAX_WINDOW, Quotas
 from .store import check_address, check_role, encode

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from ...bus import BadRequest, NotFound, new_token, token_id, token_keypair
-from ...runtime.policy import TokenInfo
+from ...host.policy import TokenInfo
 from .store import PolicyStore, check_address, check_role, check_token_name, encode
 
 __all__ = ["Credentials"]

@@ -24,8 +24,8 @@ import msgspec
 
 from ...bus import Forbidden, Unavailable
 from ...bus.jetstream import Bucket, when_ready
-from ...runtime import endpoint
-from ...runtime.policy import Grant
+from ...host import endpoint
+from ...host.policy import Grant
 from .store import PolicyStore
 
 __all__ = ["MAX_WINDOW", "Quotas"]

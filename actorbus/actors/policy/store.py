@@ -12,9 +12,9 @@ import msgspec
 
 from ...bus import BadRequest, Forbidden, Keystore, Unauthorized, address_to_public_key
 from ...bus.jetstream import Bucket, when_ready
-from ...runtime import Actor, current_call
-from ...runtime.audit import ensure_audit, record
-from ...runtime.policy import PolicyConfig, PolicyState, Role, load_state
+from ...host import Actor, current_call
+from ...host.policy import PolicyConfig, PolicyState, Role, load_state
+from ...node.audit import ensure_audit, record
 
 __all__ = ["PolicyStore", "check_address", "check_role", "check_token_name", "encode"]
 

@@ -43,6 +43,7 @@ from ..bus import (
 from ..bus.chunks import H_STREAM, stream_window
 from ..bus.delegation import parse_delegation_header, verify_delegation
 from ..bus.sessions import H_SESSION, SESSION_FN
+from ..bus.settings import Settings
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .admission import Admission
@@ -51,7 +52,6 @@ from .policy import PolicyView, Quotas
 from .replay import ReplayGuard
 from .replies import Replies
 from .sessions import Sessions
-from .settings import Settings
 from .streams import stream_reply
 from .threads import SyncRunner
 

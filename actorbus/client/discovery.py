@@ -10,14 +10,22 @@ written by whoever NATS permissions let write them, so keep untrusted clients of
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
 from ..bus import NATS
 from ..bus.connection import gather
+from ..bus.subjects import service_subject
 from .registry import RegistryEntry
 
-__all__ = ["Known", "from_entries", "from_service_info"]
+__all__ = [
+    "Known",
+    "ServiceInfo",
+    "from_entries",
+    "from_service_info",
+    "read_service_info",
+]
 
 _INFO_WAIT = 0.25
 """Seconds to collect ``$SRV.INFO`` answers (replicas answer at once; this bounds it)."""
@@ -47,13 +55,37 @@ class _Info(msgspec.Struct):
     endpoints: list[_Endpoint] = msgspec.field(default_factory=list)
 
 
-class _Schema(msgspec.Struct):
-    idempotent: bool = False
-    stream: bool = False
+class ServiceInfo(msgspec.Struct, frozen=True):
+    """A replica of an actor as its ``$SRV.INFO`` answer describes it."""
+
+    address: str
+    functions: dict[str, dict[str, Any]]
+    """Each function's schema (``params``, ``returns``, ``idempotent``, ``stream``, ...)."""
 
 
 _info = msgspec.json.Decoder(_Info)
-_schema = msgspec.json.Decoder(_Schema)
+_schema = msgspec.json.Decoder(dict[str, Any])
+
+
+def read_service_info(data: bytes, name: str) -> ServiceInfo | None:
+    """The ``$SRV.INFO`` answer ``data`` of a replica of ``name``; ``None`` if it is not
+    one (it does not decode, names another actor or no address). A function whose schema
+    does not decode is left out."""
+    try:
+        info = _info.decode(data)
+    except msgspec.DecodeError:
+        return None
+    metadata = info.metadata or {}
+    if metadata.get("actor") != name or "address" not in metadata:
+        return None
+    functions = {}
+    for endpoint in info.endpoints:
+        try:
+            schema = _schema.decode((endpoint.metadata or {}).get("schema", "{}"))
+        except msgspec.DecodeError:
+            continue
+        functions[endpoint.name] = schema
+    return ServiceInfo(metadata["address"], functions)
 
 
 def from_entries(entries: list[RegistryEntry], ttl: float) -> Known:
@@ -71,25 +103,18 @@ async def from_service_info(nc: NATS, name: str, ttl: float) -> Known:
     addresses: set[str] = set()
     idempotent: set[str] = set()
     streams: set[str] = set()
-    subject = f"$SRV.INFO.{name.replace('.', '_')}"
-    for msg in await gather(nc, subject, b"", wait=_INFO_WAIT, limit=_INFO_LIMIT):
-        try:
-            info = _info.decode(msg.data)
-        except msgspec.DecodeError:
+    for msg in await gather(
+        nc, service_subject("INFO", name), b"", wait=_INFO_WAIT, limit=_INFO_LIMIT
+    ):
+        info = read_service_info(msg.data, name)
+        if info is None:
             continue
-        metadata = info.metadata or {}
-        if metadata.get("actor") != name or "address" not in metadata:
-            continue
-        addresses.add(metadata["address"])
-        for endpoint in info.endpoints:
-            try:
-                schema = _schema.decode((endpoint.metadata or {}).get("schema", "{}"))
-            except msgspec.DecodeError:
-                continue
-            if schema.idempotent:
-                idempotent.add(endpoint.name)
-            if schema.stream:
-                streams.add(endpoint.name)
+        addresses.add(info.address)
+        for fn, schema in info.functions.items():
+            if schema.get("idempotent") is True:
+                idempotent.add(fn)
+            if schema.get("stream") is True:
+                streams.add(fn)
     expires = time.monotonic() + ttl
     return Known(
         frozenset(addresses), frozenset(idempotent), frozenset(streams), expires, "$SRV.INFO"

@@ -49,7 +49,7 @@ from ..bus.wire import H_INSTANCE, NonceNote, sign_announcement, verify_announce
 
 __all__ = ["NonceBook", "ReplayGuard", "replay_guard"]
 
-log = logging.getLogger("actorbus.runtime")
+log = logging.getLogger("actorbus.host")
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[NonceNote]).decode

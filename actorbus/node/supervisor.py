@@ -1,7 +1,7 @@
 """The node supervisor: what ``actor up`` runs on a machine. Process management lives here
-and in :mod:`.replicas`; only a node imports them (the control client does not).
+and in :mod:`.slots`; only a node imports them (the control client does not).
 
-A :class:`Node` keeps groups of replica slots (:class:`~.replicas.Replica`), one task per
+A :class:`Node` keeps groups of replica slots (:class:`~.slots.Replica`), one task per
 slot in its task group: it adds, kills, scales and restarts them (rolling: one slot at a
 time, each new process ready before the old one stops) and stops everything in order
 (gateways first, then the user's actors, then the system's such as the policy actor).
@@ -27,9 +27,10 @@ import psutil
 
 from ..bus import NATS, ActorError, BadRequest, EmbeddedServer, NotFound, nats_answers, request
 from ..bus.leaf import leaf_config, wait_joined
-from .replicas import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
-from .settings import DEFAULT_NATS_URL, Settings
-from .specs import TIERS, ActorSpec, ReplicaStatus
+from ..bus.settings import DEFAULT_NATS_URL, Settings
+from ..bus.subjects import service_subject
+from ..client.specs import TIERS, ActorSpec, ReplicaStatus
+from .slots import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 
 __all__ = [
     "Node",
@@ -323,8 +324,7 @@ class Node:
             status.rss = psutil.Process(status.pid).memory_info().rss
         except psutil.Error:
             status.rss = None
-        service = status.actor.replace(".", "_")
-        subject = f"$SRV.STATS.{service}.{status.instance}"
+        subject = service_subject("STATS", status.actor, status.instance)
         try:
             reply = await request(self.nc, subject, b"", {}, _STATS_TIMEOUT)
             endpoints = _json.decode(reply.data)["endpoints"]

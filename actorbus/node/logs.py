@@ -1,56 +1,33 @@
-"""Replica logs on JetStream: every line a replica writes, readable from any machine.
+"""Shipping replica logs to JetStream: every line a node's replicas write.
 
 The supervisor reads each replica's output (its log records, and whatever the actor's
-code prints) and publishes each line on ``actorbus.logs.<node>.<replica>.<actor>``: node
-and replica index are one token each and the actor name (which may hold dots) comes last,
-so a filter can never mistake one for another. The ``ACTOR_LOGS`` stream keeps them,
-bounded by bytes and age, the oldest dropped first. Shipping never waits: lines go out
-as core publishes from a bounded queue, and a replica that writes more than
-``max_rate`` lines a second has the excess counted and reported in one line.
+code prints) and publishes each line on its subject (:func:`actorbus.client.logs.
+log_subject`); the ``ACTOR_LOGS`` stream keeps them, bounded by bytes and age, the oldest
+dropped first. Shipping never waits: lines go out as core publishes from a bounded queue,
+and a replica that writes more than ``max_rate`` lines a second has the excess counted
+and reported in one line.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import anyio.abc
 import msgspec
 
 from ..bus import NATS, ActorError, LogThrottle, publish
-from ..bus.jetstream import ensure_stream, stream_messages
-from ..bus.subjects import check_name
-from .settings import Settings
+from ..bus.jetstream import ensure_stream
+from ..bus.settings import Settings
+from ..client.logs import LOG_PREFIX, LOG_STREAM, LogLine, log_subject
 
-__all__ = ["LOG_STREAM", "LogLine", "LogShipper", "ensure_logs", "read_logs"]
+__all__ = ["LogShipper", "ensure_logs"]
 
 log = logging.getLogger("actorbus.logs")
 
-LOG_STREAM = "ACTOR_LOGS"
-_PREFIX = "actorbus.logs"
 _QUEUE = 10_000
 _encode = msgspec.json.Encoder().encode
-
-
-class LogLine(msgspec.Struct, frozen=True):
-    """One line a replica wrote."""
-
-    time: float
-    node: str
-    actor: str
-    replica: int
-    pid: int
-    line: str
-
-
-_decode = msgspec.json.Decoder(LogLine).decode
-
-
-def _subject(node: str, replica: int | str, actor: str) -> str:
-    return f"{_PREFIX}.{node}.{replica}.{actor}"
 
 
 async def ensure_logs(nc: NATS, settings: Settings) -> None:
@@ -58,7 +35,7 @@ async def ensure_logs(nc: NATS, settings: Settings) -> None:
     await ensure_stream(
         nc,
         LOG_STREAM,
-        [f"{_PREFIX}.>"],
+        [f"{LOG_PREFIX}.>"],
         max_age=settings.logs_max_age,
         max_bytes=settings.logs_max_bytes,
         max_msg_size=16 * 1024,
@@ -121,34 +98,9 @@ class LogShipper:
             async for entry in self._receive:
                 try:
                     await publish(
-                        self._nc, _subject(entry.node, entry.replica, entry.actor), _encode(entry)
+                        self._nc,
+                        log_subject(entry.node, entry.replica, entry.actor),
+                        _encode(entry),
                     )
                 except ActorError as exc:
                     self._throttle.log(logging.WARNING, "publish", "log line lost: %s", exc)
-
-
-async def read_logs(
-    nc: NATS,
-    actor: str,
-    *,
-    node: str | None = None,
-    replica: int | None = None,
-    since: float | None = None,
-    follow: bool = False,
-) -> AsyncIterator[LogLine | None]:
-    """The stored lines of ``actor`` (on ``node``, of ``replica``), oldest first, from the
-    Unix time ``since``; with ``follow``, then ``None`` once caught up (at the first line
-    if none was stored), then each new line until cancelled."""
-    subject = _subject(node or "*", "*" if replica is None else replica, check_name(actor))
-    start = dt.datetime.fromtimestamp(since, dt.UTC) if since is not None else None
-    caught_up = False
-    async for msg in stream_messages(nc, LOG_STREAM, subject, since=start, follow=follow):
-        try:
-            line = _decode(msg.data)
-        except msgspec.DecodeError:
-            line = None  # not ours
-        if line is not None:
-            yield line
-        if follow and not caught_up and msg.metadata.num_pending == 0:
-            caught_up = True
-            yield None

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +26,7 @@ from ..bus import (
     JSON,
     NATS,
     BadReply,
+    BadRequest,
     CallBody,
     Keypair,
     Keystore,
@@ -38,17 +41,18 @@ from ..bus import (
     sign_request,
     verify_reply,
 )
+from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
+from ..bus.settings import Settings
 from ..bus.subjects import call_subject
 from ..bus.wire import Seal, request_headers, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info
-from .jobs import DEFAULT_JOB_TTL, Job, delegate_job
+from .jobs import DEFAULT_JOB_TTL, Job
 from .registry import Registry, RegistryEntry
-from .settings import Settings
 from .streams import read_stream
 
-__all__ = ["ActorProxy", "Client", "Reply", "advertised_timeout", "loose_value"]
+__all__ = ["ActorProxy", "Client", "loose_value"]
 
 _KNOWN_SECONDS = 10.0
 _DEGRADED_SECONDS = 5.0
@@ -283,7 +287,15 @@ class Client:
             self.key, call_subject(name, fn), body, timeout=advertised_timeout(timeout)
         )
         return read_stream(
-            self, name, fn, body, headers, steer=self.key, window=_window, timeout=timeout
+            self.nc,
+            self.signs_for,
+            name,
+            fn,
+            body,
+            headers,
+            steer=self.key,
+            window=_window,
+            timeout=timeout,
         )
 
     async def send(
@@ -387,17 +399,35 @@ class Client:
         leaves this client). ``slices`` now and/or later (:meth:`Job.add`); ``retries``
         (after 408/5xx), ``concurrency`` (per jobs replica) and ``timeout`` (per slice)
         default to the jobs actor's. Raises :class:`Unavailable` if no jobs actor runs."""
-        delegation = await delegate_job(self, self.key, work, ttl, job)
+        delegation = await self.delegate(work, ttl, job=job)
         given = (("retries", retries), ("concurrency", concurrency), ("timeout", timeout))
         options = {k: v for k, v in given if v is not None}
         kwargs: dict[str, Any] = {"slices": slices, "options": options or None}
         args = [work, msgspec.to_builtins(delegation)]
         await self.request(self.settings.jobs, "submit", args, kwargs)
-        return Job(self, delegation.job)
+        return self.job(delegation.job)
 
     def job(self, id: str) -> Job:
         """A handle on the job ``id`` (yours, or anyone's if you are an admin)."""
-        return Job(self, id)
+        return Job(partial(self.request, self.settings.jobs), id)
+
+    async def delegate(
+        self, work: str, ttl: float, *, job: str | None = None, key: Keypair | None = None
+    ) -> Delegation:
+        """A new job's delegation: ``key`` (this client's by default) lets the jobs actor
+        call ``work`` as ``key`` for job ``job`` (a fresh id by default) for ``ttl``
+        seconds. Raises :class:`BadRequest` for a bad ``work`` or ``ttl``,
+        :class:`Unavailable` if no jobs actor runs."""
+        split_work(work)
+        if not 0 < ttl <= MAX_DELEGATION_SECONDS:
+            raise BadRequest(f"ttl must be in (0, {MAX_DELEGATION_SECONDS}] seconds")
+        name = self.settings.jobs
+        addresses = (await self.known(name)).addresses
+        if not addresses:
+            raise Unavailable(f"no jobs actor {name!r} is running (`actor up` starts one)")
+        expires = int((time.time() + ttl) * 1000)
+        job = job or secrets.token_hex(12)
+        return sign_delegation(key or self.key, min(addresses), work, job, expires)
 
     def actor(self, name: str, *, timeout: float | None = None) -> ActorProxy:
         """A proxy whose attributes are ``name``'s functions: ``await proxy.forward("hi")``."""

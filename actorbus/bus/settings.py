@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..bus import BadRequest
+from .errors import BadRequest
 
 __all__ = ["DEFAULT_NATS_URL", "Settings", "node_name"]
 

@@ -25,19 +25,19 @@ import anyio
 import msgspec
 
 from ..bus import NATS, ActorError, Keypair, Keystore, Unavailable, connect
+from ..bus.settings import Settings, node_name
 from ..bus.subjects import check_name, queue_group, serve_subject
+from ..client.client import Client
+from ..client.registry import Registry, RegistryEntry
 from .actor import Actor, actor_name, collect_functions
-from .client import Client
 from .micro import ServiceIdentity, serve_micro
 from .pipeline import Pipeline
 from .policy import Grant, PolicyView, Quotas
-from .registry import Registry, RegistryEntry
 from .replay import replay_guard
-from .settings import Settings, node_name
 
 __all__ = ["Host", "serve"]
 
-log = logging.getLogger("actorbus.runtime")
+log = logging.getLogger("actorbus.host")
 
 try:
     VERSION = version("actorbus")

@@ -26,9 +26,9 @@ from typing import Any
 import msgspec
 
 from ..bus import BadRequest
+from ..bus.settings import Settings
 from ..bus.subjects import check_name
-from .settings import Settings
-from .specs import ActorSpec, replica_count
+from ..client.specs import ActorSpec, replica_count
 
 __all__ = ["OPTIONS", "Entry", "Manifest", "load_manifest"]
 

@@ -22,7 +22,13 @@ import anyio
 import msgspec
 
 from ..bus import NATS, ActorError, publish
-from ..bus.subjects import call_subject, is_reply_subject, queue_group, serve_subject
+from ..bus.subjects import (
+    call_subject,
+    is_reply_subject,
+    queue_group,
+    serve_subject,
+    service_name,
+)
 from .actor import Function
 
 __all__ = ["OTHER", "FunctionStats", "ServiceIdentity", "serve_micro"]
@@ -30,7 +36,7 @@ __all__ = ["OTHER", "FunctionStats", "ServiceIdentity", "serve_micro"]
 OTHER = "_other"
 """The stats entry for requests to no served function, and for dropped requests."""
 
-log = logging.getLogger("actorbus.runtime")
+log = logging.getLogger("actorbus.host")
 
 _VERBS = ("PING", "INFO", "STATS")
 
@@ -139,9 +145,7 @@ class ServiceIdentity(msgspec.Struct):
 
     @property
     def service_name(self) -> str:
-        # Service names are one token; actor names may be dotted. The real name is in
-        # the metadata ("actor").
-        return self.actor.replace(".", "_")
+        return service_name(self.actor)
 
 
 _json = msgspec.json.Encoder()

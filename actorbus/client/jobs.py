@@ -1,58 +1,41 @@
-"""A job of the jobs actor, from Python: what ``await client.submit(...)`` returns."""
+"""A job of the jobs actor, from Python: what ``await client.submit(...)`` returns.
+
+A :class:`Job` is handed the one thing it needs of its client, a way to call the jobs
+actor (:data:`JobsCall`), so this module knows nothing of the client that makes it.
+"""
 
 from __future__ import annotations
 
-import secrets
-import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 
-from ..bus import BadRequest, Keypair, ReplyTimeout, Unavailable
-from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
+from ..bus import ReplyTimeout, Unavailable
 from ..bus.ranges import PAGE_SIZE, page_of, parse_ranges
 
-if TYPE_CHECKING:
-    from .client import Client
-
-__all__ = ["DEFAULT_JOB_TTL", "ENDED", "Job", "delegate_job"]
+__all__ = ["DEFAULT_JOB_TTL", "ENDED", "Job", "JobsCall"]
 
 DEFAULT_JOB_TTL = 24 * 3600.0
 """Seconds a job's delegation lasts unless told otherwise."""
 ENDED = frozenset({"finished", "cancelled"})
 
-
-async def delegate_job(
-    client: Client, key: Keypair, work: str, ttl: float, job: str | None = None
-) -> Delegation:
-    """A new job's delegation: ``key`` lets the jobs actor (found through ``client``) call
-    ``work`` as ``key`` for job ``job`` (a fresh id by default) for ``ttl`` seconds.
-    Raises :class:`Unavailable` if no jobs actor runs."""
-    split_work(work)
-    if not 0 < ttl <= MAX_DELEGATION_SECONDS:
-        raise BadRequest(f"ttl must be in (0, {MAX_DELEGATION_SECONDS}] seconds")
-    name = client.settings.jobs
-    addresses = (await client.known(name)).addresses
-    if not addresses:
-        raise Unavailable(f"no jobs actor {name!r} is running (`actor up` starts one)")
-    expires = int((time.time() + ttl) * 1000)
-    job = job or secrets.token_hex(12)
-    return sign_delegation(key, min(addresses), work, job, expires)
+JobsCall = Callable[[str, list[Any]], Awaitable[Any]]
+"""Calls the jobs actor's function (first) with positional arguments (second)."""
 
 
 class Job:
     """A handle on one job of the jobs actor: add to it, follow it, read it, cancel it."""
 
-    def __init__(self, client: Client, id: str) -> None:
-        self.client = client
+    def __init__(self, call: JobsCall, id: str) -> None:
+        self._call_jobs = call
         self.id = id
 
     def __repr__(self) -> str:
         return f"<job {self.id}>"
 
     async def _call(self, fn: str, *args: Any) -> Any:
-        return await self.client.request(self.client.settings.jobs, fn, list(args))
+        return await self._call_jobs(fn, list(args))
 
     async def add(self, slices: list[list[Any]]) -> tuple[int, int]:
         """Add slices; returns the first and last index they got."""

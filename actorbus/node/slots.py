@@ -29,8 +29,8 @@ import anyio.abc
 import msgspec
 
 from ..bus import ActorError, printable
-from .settings import Settings
-from .specs import ActorSpec, ReplicaStatus
+from ..bus.settings import Settings
+from ..client.specs import ActorSpec, ReplicaStatus
 
 __all__ = ["READY_PREFIX", "Replica", "ReplicaReady", "SupervisorError", "ready_line"]
 

@@ -20,14 +20,14 @@ import anyio.abc
 import msgspec
 
 from ..bus import NATS, BadRequest, NotFound, RequestMeta, excerpt
+from ..bus.settings import Settings
 from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for, decode_error
-from .client import Client
+from ..client.client import Client
 from .policy import DEFAULT_WHITELIST, PolicyView
-from .settings import Settings
 
 __all__ = ["Actor", "Call", "Function", "current_call", "endpoint"]
 
-log = logging.getLogger("actorbus.runtime")
+log = logging.getLogger("actorbus.host")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[["Call"], Any]

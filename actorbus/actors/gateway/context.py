@@ -1,0 +1,39 @@
+"""What the gateway's routes are handed: the parts of a gateway replica they use.
+
+The routes (:mod:`.app`, :mod:`.jobs`) sit below the actor that serves them
+(:mod:`.actor`), so they take this small object, built once when the replica starts its
+HTTP server, instead of the actor itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...bus import Keypair
+from ...bus.settings import Settings
+from ...client import Client
+from ...host.policy import PolicyState
+from .catalog import Catalog
+from .identity import Identities
+
+__all__ = ["Context"]
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    client: Client
+    """The gateway's own client: its key signs anonymous calls, in sessions."""
+    identities: Identities
+    catalog: Catalog
+    policy: Callable[[], PolicyState]
+    """The policy as the replica holds it now."""
+    max_body: int
+    """Largest request body (the smaller of the setting and what NATS carries)."""
+    version: str
+
+    @property
+    def key(self) -> Keypair:
+        """The gateway's own key."""
+        return self.identities.key
