@@ -45,8 +45,9 @@ import psutil
 
 from actorbus import Actor
 from actorbus.bus import EmbeddedServer, Keypair, address_to_public_key, sign_request, verify_reply
+from actorbus.bus.connection import request
 from actorbus.bus.sessions import SESSION_FN, SessionGrant, mac_request, open_grant
-from actorbus.bus.wire import request_signing_bytes
+from actorbus.bus.wire import reply_signing_bytes, request_signing_bytes
 
 HERE = Path(__file__).resolve()
 MAX_CALLS_PER_CELL = 200_000
@@ -88,11 +89,12 @@ async def serve(kind: str, url: str) -> None:
         vk = verify_keys.get(address)
         if vk is None:
             vk = verify_keys[address] = nacl.signing.VerifyKey(address_to_public_key(address))
-        signing = request_signing_bytes(msg.subject, h["Actor-Time"], h["Actor-Nonce"], msg.data)
+        signing = request_signing_bytes(
+            msg.subject, msg.reply, h["Actor-Time"], h["Actor-Nonce"], msg.data
+        )
         vk.verify(signing, bytes.fromhex(h["Actor-Signature"]))
         body = msg.data[10:-14]  # {"args":["x"],"kwargs":{}} -> "x"
-        digest = hashlib.sha256(body).hexdigest()
-        signature = key.sign(f"actorbus/1\n{h['Actor-Nonce']}\n200\n{digest}".encode()).hex()
+        signature = key.sign(reply_signing_bytes(h["Actor-Nonce"], 200, body)).hex()
         headers = {"Actor-Status": "200", "Actor-Key": key.address, "Actor-Signature": signature}
         await nc.publish(msg.reply, body, headers=headers)
 
@@ -111,9 +113,14 @@ async def open_session(nc: nats.NATS, key: Keypair, actor: str) -> tuple[str, by
     exchange = nacl.public.PrivateKey.generate()
     subject = f"actor.{actor}.{SESSION_FN}"
     body = b'{"args":["%s",3600]}' % bytes(exchange.public_key).hex().encode()
-    headers = sign_request(key, subject, body)
-    msg = await nc.request(subject, body, timeout=10, headers=headers)
-    assert verify_reply(msg.headers, msg.data, headers["Actor-Nonce"]).status == 200, msg.data
+    sent: dict[str, str] = {}
+
+    def headers(reply: str) -> dict[str, str]:
+        sent.update(sign_request(key, subject, reply, body))
+        return sent
+
+    msg = await request(nc, subject, body, headers, 10)
+    assert verify_reply(msg.headers, msg.data, sent["Actor-Nonce"]).status == 200, msg.data
     grant = SessionGrant(**json.loads(msg.data))
     return grant.ticket, open_grant(grant, exchange)
 
@@ -145,13 +152,20 @@ async def load(
             if mode == "raw":
                 await nc.request(subject, body, timeout=10)
             else:
-                if mode == "signed":
-                    headers = sign_request(key, subject, body)
-                else:
-                    headers = mac_request(session_key, key.address, ticket, subject, body)
-                msg = await nc.request(subject, body, timeout=10, headers=headers)
+                sent: dict[str, str] = {}
+
+                def headers(reply: str, sent: dict[str, str] = sent) -> dict[str, str]:
+                    if mode == "signed":
+                        sent.update(sign_request(key, subject, reply, body))
+                    else:
+                        sent.update(
+                            mac_request(session_key, key.address, ticket, subject, reply, body)
+                        )
+                    return sent
+
+                msg = await request(nc, subject, body, headers, 10)
                 meta = verify_reply(
-                    msg.headers, msg.data, headers["Actor-Nonce"], session_key=session_key or None
+                    msg.headers, msg.data, sent["Actor-Nonce"], session_key=session_key or None
                 )
                 assert meta.status == 200 and meta.by_session == (mode == "session"), msg.data
             latencies.append(time.perf_counter() - started)

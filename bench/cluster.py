@@ -36,7 +36,8 @@ from calls import load_options, start
 from policy import configure, print_lease_cost
 
 from actorbus import Settings
-from actorbus.bus import Keypair, sign_request, verify_reply
+from actorbus.bus import ActorError, Keypair, sign_request, verify_reply
+from actorbus.bus.connection import request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster import Cluster  # the tests' cluster harness
@@ -71,12 +72,17 @@ async def run_load(
         nonlocal budget
         while time.perf_counter() < deadline and budget > 0:
             budget -= 1
-            headers = sign_request(key, SUBJECT, BODY)
+            sent: dict[str, str] = {}
+
+            def headers(reply: str, sent: dict[str, str] = sent) -> dict[str, str]:
+                sent.update(sign_request(key, SUBJECT, reply, BODY))
+                return sent
+
             try:
-                msg = await nc.request(SUBJECT, BODY, timeout=2, headers=headers)
-                assert verify_reply(msg.headers, msg.data, headers["Actor-Nonce"]).status == 200
+                msg = await request(nc, SUBJECT, BODY, headers, 2)
+                assert verify_reply(msg.headers, msg.data, sent["Actor-Nonce"]).status == 200
                 done.append(time.perf_counter() - started)
-            except (nats.errors.Error, TimeoutError, AssertionError):
+            except (ActorError, nats.errors.Error, TimeoutError, AssertionError):
                 failed.append(time.perf_counter() - started)
                 await asyncio.sleep(0.01)
 

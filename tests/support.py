@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -132,17 +133,43 @@ async def raw(
     payload: bytes,
     *,
     headers: dict[str, str] | None = None,
+    reply: str = "",
     drop: tuple[str, ...] = (),
     timeout: float = 5.0,
 ) -> tuple[int, Any, Msg]:
-    """Send a hand-built request; returns (status, decoded body, reply), reply verified."""
+    """Send a hand-built request with the reply subject ``reply`` (a fresh inbox if not
+    given; signed by ``key`` for it unless ``headers`` are given); returns (status,
+    decoded body, reply), the reply verified."""
     subject = call_subject(name, fn)
+    reply = reply or nc.new_inbox()
     if headers is None:
-        headers = sign_request(key, subject, payload)
+        headers = sign_request(key, subject, reply, payload)
     headers = {k: v for k, v in headers.items() if k not in drop}
-    msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+    msg = await request_on(nc, subject, payload, headers, reply, timeout)
     meta = verify_reply(msg.headers, msg.data, headers.get("Actor-Nonce", ""))
     return meta.status, msgspec.json.decode(msg.data), msg
+
+
+async def request_on(
+    nc: NATS, subject: str, payload: bytes, headers: dict[str, str], reply: str, timeout: float
+) -> Msg:
+    """One request with the reply subject ``reply``, as a plain NATS client sends it."""
+    sub = await nc.subscribe(reply, max_msgs=1)
+    try:
+        await nc.publish(subject, payload, reply=reply, headers=headers)
+        return await sub.next_msg(timeout=timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def envelope(
+    nc: NATS, key: Keypair, name: str, fn: str, payload: bytes, **options: Any
+) -> tuple[dict[str, str], str]:
+    """Headers signed for a fresh reply subject, and that subject: a request to send (and
+    send again) with :func:`raw`."""
+    reply = nc.new_inbox()
+    return sign_request(key, call_subject(name, fn), reply, payload, **options), reply
 
 
 class Inbox:
@@ -171,12 +198,18 @@ class Inbox:
         await self._sub.unsubscribe()
 
     async def send(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | Callable[[str], dict[str, str]] | None = None,
     ) -> int:
-        """Publish one request; returns its number."""
+        """Publish one request (``headers``, or those it builds for the reply subject);
+        returns its number."""
         number = self.sent
         self.sent += 1
-        await self.nc.publish(subject, payload, reply=f"{self.prefix}.{number}", headers=headers)
+        reply = f"{self.prefix}.{number}"
+        built = headers(reply) if callable(headers) else headers
+        await self.nc.publish(subject, payload, reply=reply, headers=built)
         return number
 
     async def wait(self, timeout: float = 10.0, grace: float = 0.3) -> None:

@@ -7,7 +7,7 @@ import time
 import anyio
 import msgspec
 import pytest
-from support import Probe, body, impostor, raw
+from support import Probe, body, envelope, impostor, raw
 
 from actorbus import (
     BadReply,
@@ -80,42 +80,52 @@ async def test_unsigned_request_to_unknown_function_is_still_401(
 
 async def test_tampering_is_401(settings: Settings, name: str) -> None:
     key = Keypair.generate()
-    subject = call_subject(name, "forward")
     payload = body("pay 1")
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
-        good = __import__("actorbus").bus.sign_request(key, subject, payload)
+        good, reply = envelope(nc, key, name, "forward", payload, timeout=5)
         sig = bytearray.fromhex(good["Actor-Signature"])
         sig[10] ^= 0x01
         flipped_sig = dict(good, **{"Actor-Signature": sig.hex()})
-        status, reply, _ = await raw(nc, key, name, "forward", payload, headers=flipped_sig)
-        assert (status, reply["error"]) == (401, "bad signature")
+        status, answer, _ = await raw(
+            nc, key, name, "forward", payload, headers=flipped_sig, reply=reply
+        )
+        assert (status, answer["error"]) == (401, "bad signature")
         flipped_body = payload.replace(b"1", b"9")
-        status, _, _ = await raw(nc, key, name, "forward", flipped_body, headers=good)
+        status, _, _ = await raw(nc, key, name, "forward", flipped_body, headers=good, reply=reply)
         assert status == 401
         # The signature binds the subject: the same envelope on another function fails.
-        status, _, _ = await raw(nc, key, name, "add", payload, headers=good)
+        status, _, _ = await raw(nc, key, name, "add", payload, headers=good, reply=reply)
         assert status == 401
         # Someone else's address with this signature fails too.
         other = dict(good, **{"Actor-Key": Keypair.generate().address})
-        status, _, _ = await raw(nc, key, name, "forward", payload, headers=other)
+        status, _, _ = await raw(nc, key, name, "forward", payload, headers=other, reply=reply)
         assert status == 401
+        # The content type and the deadline are signed: a relay can neither re-decode the
+        # body nor shorten the caller's deadline.
+        for changed in ({"Content-Type": "application/msgpack"}, {"Actor-Timeout": "0.001"}):
+            status, _, _ = await raw(
+                nc, key, name, "forward", payload, headers=good | changed, reply=reply
+            )
+            assert status == 401
+        # And the reply subject: the envelope sent with another inbox is refused.
+        status, answer, _ = await raw(nc, key, name, "forward", payload, headers=good)
+        assert (status, answer["error"]) == (401, "bad signature")
 
 
 @pytest.mark.parametrize(("offset_s", "word"), [(-31, "stale"), (31, "future")])
 async def test_time_outside_the_window_is_401(
     settings: Settings, name: str, offset_s: int, word: str
 ) -> None:
-    from actorbus.bus import sign_request
-
     key = Keypair.generate()
-    subject = call_subject(name, "forward")
     payload = body("x")
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
         when = int((time.time() + offset_s) * 1000)
-        headers = sign_request(key, subject, payload, time_ms=when)
-        status, reply, _ = await raw(nc, key, name, "forward", payload, headers=headers)
+        headers, reply = envelope(nc, key, name, "forward", payload, time_ms=when)
+        status, answer, _ = await raw(
+            nc, key, name, "forward", payload, headers=headers, reply=reply
+        )
         assert status == 401
-        assert word in reply["error"]
+        assert word in answer["error"]
 
 
 async def test_small_order_key_is_401(settings: Settings, name: str) -> None:
@@ -131,7 +141,7 @@ async def test_small_order_key_is_401(settings: Settings, name: str) -> None:
         # With a small-order key, an all-zero-ish signature can "verify" in lax libraries.
         "Actor-Signature": ("01" + "00" * 31) + ("00" * 32),
     }
-    assert request_signing_bytes(subject, now, nonce, payload)  # what a forger would sign
+    assert request_signing_bytes(subject, "_INBOX.x", now, nonce, payload)  # a forger's
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
         status, reply, _ = await raw(
             nc, Keypair.generate(), name, "forward", payload, headers=headers
@@ -141,21 +151,18 @@ async def test_small_order_key_is_401(settings: Settings, name: str) -> None:
 
 
 async def test_replay_to_the_same_replica_is_401(settings: Settings, name: str) -> None:
-    from actorbus.bus import sign_request
-
     key = Keypair.generate()
     payload = body("once")
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
-        headers = sign_request(key, call_subject(name, "forward"), payload)
-        assert (await raw(nc, key, name, "forward", payload, headers=headers))[0] == 200
-        status, reply, _ = await raw(nc, key, name, "forward", payload, headers=headers)
-        assert (status, reply["error"]) == (401, "replayed nonce")
+        headers, reply = envelope(nc, key, name, "forward", payload)
+        sent = {"headers": headers, "reply": reply}
+        assert (await raw(nc, key, name, "forward", payload, **sent))[0] == 200
+        status, answer, _ = await raw(nc, key, name, "forward", payload, **sent)
+        assert (status, answer["error"]) == (401, "replayed nonce")
 
 
 async def test_replay_to_other_running_replicas_is_401(settings: Settings, name: str) -> None:
     """Both replicas are up before the first call, so the live announcement must work."""
-    from actorbus.bus import sign_request
-
     key = Keypair.generate()
     async with (
         serve(Probe(), name=name, settings=settings) as a,
@@ -164,27 +171,27 @@ async def test_replay_to_other_running_replicas_is_401(settings: Settings, name:
     ):
         for i in range(60):  # the race this guards against was rare: give it room
             payload = body(f"call {i}")
-            headers = sign_request(key, call_subject(name, "forward"), payload)
-            assert (await raw(nc, key, name, "forward", payload, headers=headers))[0] == 200
+            headers, reply = envelope(nc, key, name, "forward", payload)
+            sent = {"headers": headers, "reply": reply}
+            assert (await raw(nc, key, name, "forward", payload, **sent))[0] == 200
             for _ in range(6):  # the queue group spreads these over both replicas
-                status, _, _ = await raw(nc, key, name, "forward", payload, headers=headers)
+                status, _, _ = await raw(nc, key, name, "forward", payload, **sent)
                 assert status == 401
         served = [h.pipeline.stats["forward"].num_requests for h in (a, b)]
         assert all(n > 0 for n in served), served
 
 
 async def test_replay_to_a_restarted_replica_is_401(settings: Settings, name: str) -> None:
-    from actorbus.bus import sign_request
-
     key = Keypair.generate()
     payload = body("before restart")
-    headers = sign_request(key, call_subject(name, "forward"), payload)
     async with connect(settings.url) as nc:
+        headers, reply = envelope(nc, key, name, "forward", payload)
+        sent = {"headers": headers, "reply": reply}
         async with serve(Probe(), name=name, settings=settings):
-            assert (await raw(nc, key, name, "forward", payload, headers=headers))[0] == 200
+            assert (await raw(nc, key, name, "forward", payload, **sent))[0] == 200
         async with serve(Probe(), name=name, settings=settings):
-            status, reply, _ = await raw(nc, key, name, "forward", payload, headers=headers)
-            assert (status, reply["error"]) == (401, "replayed nonce")
+            status, answer, _ = await raw(nc, key, name, "forward", payload, **sent)
+            assert (status, answer["error"]) == (401, "replayed nonce")
 
 
 async def test_unknown_function_is_404(settings: Settings, name: str) -> None:

@@ -149,15 +149,25 @@ async def test_every_request_gets_one_bounded_signed_reply(
     template, payload, drafted = request
     subject = template.format(name=replica)
     headers = {k: v for k, v in drafted.items() if not k.startswith("_")}
-    if "_sign" in drafted:
-        timeout = float(drafted["_timeout"]) if drafted["_timeout"] else None
-        signed = sign_request(KEY, subject, payload, timeout=timeout)
-        headers = {**signed, **headers}  # a mangled header overrides the signed one
-    headers = {k: v for k, v in headers.items() if v != "\x00drop"}
-    number = await inbox.send(subject, payload, headers)
+    timeout = float(drafted["_timeout"]) if drafted.get("_timeout") else None
+
+    def built(reply: str) -> dict[str, str]:
+        made = headers
+        if "_sign" in drafted:
+            signed = sign_request(KEY, subject, reply, payload, timeout=timeout)
+            made = {**signed, **headers}  # a mangled header overrides the signed one
+        return {k: v for k, v in made.items() if v != "\x00drop"}
+
+    sent: dict[str, str] = {}
+
+    def keep(reply: str) -> dict[str, str]:
+        sent.update(built(reply))
+        return sent
+
+    number = await inbox.send(subject, payload, keep)
     await inbox.wait(timeout=10, grace=0)
     reply = inbox.replies[number][0]
-    meta = verify_reply(reply.headers, reply.data, request_nonce(as_received(headers)))
+    meta = verify_reply(reply.headers, reply.data, request_nonce(as_received(sent)))
     assert meta.status in STATUSES
     if meta.status != 200:
         assert len(reply.data) <= 1024
@@ -174,7 +184,7 @@ async def test_the_replica_answered_each_once_and_still_serves(replica: str, inb
     assert sum(e["num_requests"] for e in stats.values()) == sent
     payload = msgspec.json.encode({"args": ["alive"]})
     subject = call_subject(replica, "forward")
-    await inbox.send(subject, payload, sign_request(KEY, subject, payload))
+    await inbox.send(subject, payload, lambda reply: sign_request(KEY, subject, reply, payload))
     await inbox.wait(timeout=5)
     last = inbox.replies[sent][0]
     assert msgspec.json.decode(last.data) == "alive"

@@ -4,6 +4,7 @@ mode, every status from its real cause, the limits, OpenAPI, and the CLI for tok
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from actorbus import Actor, Client, Keypair, Settings, serve
 from actorbus.actors.gateway import Gateway
 from actorbus.actors.jobs import Jobs
 from actorbus.actors.policy import Policy
-from actorbus.bus import connect, sign_request, verify_reply
+from actorbus.bus import connect, relay_reply, sign_relayed, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
 from actorbus.cli import main
 
@@ -125,20 +126,20 @@ async def test_a_signed_call_passes_through_untouched(settings: Settings, name: 
         await s.policy("add_forwarder", s.gateway.address)  # trusted, and still no forger
         caller = Keypair.generate()
         body = b'{"args":["signed"]}'
-        headers = sign_request(caller, call_subject(name, "forward"), body)
+        headers = sign_relayed(caller, call_subject(name, "forward"), body)
         response = await s.http.post(f"/{name}/forward", content=body, headers=headers)
         assert (response.status_code, response.json()) == (200, "signed")
         canonical = {k.title(): v for k, v in response.headers.items()}  # HTTP names any case
         meta = verify_reply(canonical, response.content, headers["Actor-Nonce"])
         actor = (await s.admin.entries(name))[0].address
         assert (meta.status, meta.key) == (200, actor)
-        me_headers = sign_request(caller, call_subject(name, "whoami"), b"{}")
+        me_headers = sign_relayed(caller, call_subject(name, "whoami"), b"{}")
         me = await s.http.post(f"/{name}/whoami", content=b"{}", headers=me_headers)
         assert me.json() == {"caller": caller.address, "forwarder": ""}
         # Replayed, altered, forged, or signed for another function: 401, gateway or not.
         again = await s.http.post(f"/{name}/forward", content=body, headers=headers)
         assert (again.status_code, error_of(again)["error"]) == (401, "replayed nonce")
-        fresh = sign_request(caller, call_subject(name, "forward"), body)
+        fresh = sign_relayed(caller, call_subject(name, "forward"), body)
         altered = await s.http.post(f"/{name}/forward", content=b'{"args":["evil"]}', headers=fresh)
         assert altered.status_code == 401
         forged = dict(fresh, **{"Actor-Key": Keypair.generate().address})
@@ -151,7 +152,15 @@ async def test_a_signed_call_passes_through_untouched(settings: Settings, name: 
         assert get.status_code == 400  # a signed call is a POST of what was signed
         # A web caller cannot borrow the gateway's trust to speak for someone else.
         admin = s.admin.key.address
-        posing = sign_request(caller, call_subject(name, "whoami"), b"{}", on_behalf=admin)
+        nonce = secrets.token_hex(16)
+        posing = sign_request(
+            caller,
+            call_subject(name, "whoami"),
+            relay_reply(nonce),
+            b"{}",
+            nonce=nonce,
+            on_behalf=admin,
+        )
         refused = await s.http.post(f"/{name}/whoami", content=b"{}", headers=posing)
         assert refused.status_code == 403 and "not a trusted forwarder" in refused.text
 

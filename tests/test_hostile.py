@@ -14,7 +14,7 @@ import anyio
 import msgspec
 import pytest
 from processes import actor_serve
-from support import Inbox, Probe, body, srv_stats
+from support import Inbox, Probe, body, request_on, srv_stats
 
 from actorbus import (
     Client,
@@ -91,10 +91,15 @@ async def test_a_huge_argument_name_is_quoted_as_a_short_excerpt(
     payload = codec.encode({"kwargs": {argument: 1}})
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
         subject = call_subject(name, "forward")
+        reply = nc.new_inbox()
         headers = sign_request(
-            Keypair.generate(), subject, payload, content_type=content_type or "application/json"
+            Keypair.generate(),
+            subject,
+            reply,
+            payload,
+            content_type=content_type or "application/json",
         )
-        msg = await nc.request(subject, payload, headers=headers, timeout=5)
+        msg = await request_on(nc, subject, payload, headers, reply, 5)
         meta = verify_reply(msg.headers, msg.data, headers["Actor-Nonce"])
         assert meta.status == 400
         assert meta.error.isprintable() and len(meta.error) <= 201
@@ -170,7 +175,11 @@ async def burst(
         subject = call_subject(name, "slow")
         payload = body(sleep)
         for timeout in timeouts:
-            await inbox.send(subject, payload, sign_request(key, subject, payload, timeout=timeout))
+            await inbox.send(
+                subject,
+                payload,
+                lambda reply, t=timeout: sign_request(key, subject, reply, payload, timeout=t),
+            )
         await inbox.wait(timeout=wait)
         statuses = inbox.statuses()
         started = time.monotonic()
@@ -209,7 +218,7 @@ async def test_replies_go_only_to_inboxes(settings: Settings, name: str) -> None
         subject = call_subject(name, "forward")
         payload = body("hi")
         await nc.publish(
-            subject, payload, reply=victim, headers=sign_request(key, subject, payload)
+            subject, payload, reply=victim, headers=sign_request(key, subject, victim, payload)
         )
         await nc.publish(f"$SRV.INFO.{name}", b"", reply=victim)  # the service API too
         await nc.flush()
@@ -238,7 +247,9 @@ async def test_calls_a_stopping_replica_cannot_finish_get_a_503(
         async with serve(Probe(), name=name, settings=quick):
             subject = call_subject(name, "slow")
             for _ in range(3):
-                await inbox.send(subject, body(30), sign_request(key, subject, body(30)))
+                await inbox.send(
+                    subject, body(30), lambda reply: sign_request(key, subject, reply, body(30))
+                )
             await nc.flush()
             await anyio.sleep(0.2)  # accepted and running
         await inbox.wait(timeout=5)

@@ -13,14 +13,12 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 from processes import actor_serve
-from support import Probe, env_of, eventually, raw
+from support import Probe, env_of, envelope, eventually, raw
 
 from actorbus import BadRequest, Client, Forbidden, Keypair, Settings, Unauthorized, serve
 from actorbus.actors.jobs import Jobs
 from actorbus.actors.policy import Policy
-from actorbus.bus import sign_request
 from actorbus.bus.delegation import sign_delegation
-from actorbus.bus.subjects import call_subject
 from actorbus.cli import EXIT_CODES, main
 
 
@@ -121,9 +119,8 @@ async def test_a_delegation_is_good_for_its_delegate_target_job_and_time_only(
     async def call(
         signer: Keypair, fn: str, header: str, on_behalf: str = owner.address
     ) -> tuple[int, Any]:
-        subject = call_subject(name, fn)
-        headers = sign_request(signer, subject, b"", on_behalf=on_behalf, delegation=header)
-        status, value, _ = await raw(nc, signer, name, fn, b"", headers=headers)
+        headers, reply = envelope(nc, signer, name, fn, b"", on_behalf=on_behalf, delegation=header)
+        status, value, _ = await raw(nc, signer, name, fn, b"", headers=headers, reply=reply)
         return status, value
 
     async with serve(Probe(), name=name, settings=settings) as host:
@@ -142,12 +139,12 @@ async def test_a_delegation_is_good_for_its_delegate_target_job_and_time_only(
         status, value = await call(delegate, "whoami", past.header)
         assert status == 401 and "expired" in value["error"]
         # The header is signed with the request: dropping it leaves an unsigned change.
-        subject = call_subject(name, "whoami")
-        headers = sign_request(
-            delegate, subject, b"", on_behalf=owner.address, delegation=good.header
+        headers, reply = envelope(
+            nc, delegate, name, "whoami", b"", on_behalf=owner.address, delegation=good.header
         )
         del headers["Actor-Delegation"]
-        assert (await raw(nc, delegate, name, "whoami", b"", headers=headers))[0] == 401
+        sent = {"headers": headers, "reply": reply}
+        assert (await raw(nc, delegate, name, "whoami", b"", **sent))[0] == 401
 
 
 async def test_slices_run_under_the_owners_policy_and_quota(settings: Settings, name: str) -> None:

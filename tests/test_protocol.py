@@ -54,10 +54,26 @@ ROOT = Path(__file__).resolve().parent.parent
 # non-canonical encoding, which strict verifiers must refuse.
 L = 2**252 + 27742317777372353535851937790883648493
 WEAK_KEYS = [
-    bytes(32),
-    b"\x01" + bytes(31),
-    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex(hex64)
+    for hex64 in [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "0100000000000000000000000000000000000000000000000000000000000080",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    ]
 ]
+"""The 14 encodings PROTOCOL.md lists: the eight small-order points, and non-canonical
+encodings of them."""
 
 
 def vectors() -> dict[str, Any]:
@@ -82,16 +98,60 @@ def test_ss58_matches_substrate() -> None:
     assert public_key_to_address(alice) == "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 
 
+def request_of(v: dict[str, Any], **more: Any) -> dict[str, str]:
+    """The vector request's headers, signed by ``key`` (the caller's by default)."""
+    r = v["request"]
+    key = more.pop("key", None) or Keypair(bytes.fromhex(v["caller_seed_hex"]))
+    return sign_request(
+        key,
+        r["subject"],
+        r["reply_subject"],
+        r["body"].encode(),
+        timeout=float(r["actor_timeout"]),
+        time_ms=int(r["actor_time"]),
+        nonce=r["actor_nonce"],
+        **more,
+    )
+
+
 def test_request_signing_matches_the_vector() -> None:
     v = vectors()
     r = v["request"]
     caller = Keypair(bytes.fromhex(v["caller_seed_hex"]))
     body = r["body"].encode()
     assert hashlib.sha256(body).hexdigest() == r["body_sha256_hex"]
-    signing = request_signing_bytes(r["subject"], r["actor_time"], r["actor_nonce"], body)
+    signing = request_signing_bytes(
+        r["subject"],
+        r["reply_subject"],
+        r["actor_time"],
+        r["actor_nonce"],
+        body,
+        content_type=r["content_type"],
+        timeout=r["actor_timeout"],
+    )
     assert signing == r["signing_bytes"].encode()
     assert caller.sign(signing).hex() == r["signature_hex"]
     verify(caller.address, signing, bytes.fromhex(r["signature_hex"]))
+    headers = request_of(v)
+    assert headers == {
+        "Actor-Key": v["caller_address"],
+        "Actor-Time": r["actor_time"],
+        "Actor-Nonce": r["actor_nonce"],
+        "Actor-Signature": r["signature_hex"],
+        "Actor-Timeout": r["actor_timeout"],
+    }
+    meta = verify_request(r["subject"], r["reply_subject"], headers, body)
+    assert (meta.key, meta.timeout) == (v["caller_address"], 2.5)
+    # Every signed line matters: another reply subject, content type or deadline fails.
+    with pytest.raises(Unauthorized):
+        verify_request(r["subject"], r["reply_subject"] + "2", headers, body)
+    for changed in ({"Content-Type": "application/msgpack"}, {"Actor-Timeout": "2.4"}):
+        with pytest.raises(Unauthorized):
+            verify_request(r["subject"], r["reply_subject"], headers | changed, body)
+    # A request is a signed call or a session call, never both.
+    both = headers | {"Actor-Session": f"{'0' * 32}.1", "Actor-Mac": "0" * 64}
+    with pytest.raises(Unauthorized, match="carries no Actor-Signature"):
+        verify_request(r["subject"], r["reply_subject"], both, body, lambda *_: None)
 
 
 def test_forwarded_request_signing_matches_the_vector() -> None:
@@ -101,25 +161,25 @@ def test_forwarded_request_signing_matches_the_vector() -> None:
     assert forwarder.address == f["forwarder_address"]
     body = r["body"].encode()
     signing = request_signing_bytes(
-        r["subject"], r["actor_time"], r["actor_nonce"], body, f["on_behalf_of"]
-    )
-    assert signing == f["signing_bytes"].encode()
-    headers = sign_request(
-        forwarder,
         r["subject"],
+        r["reply_subject"],
+        r["actor_time"],
+        r["actor_nonce"],
         body,
-        time_ms=int(r["actor_time"]),
-        nonce=r["actor_nonce"],
+        timeout=r["actor_timeout"],
         on_behalf=f["on_behalf_of"],
     )
+    assert signing == f["signing_bytes"].encode()
+    headers = request_of(v, key=forwarder, on_behalf=f["on_behalf_of"])
     assert headers["Actor-Signature"] == f["signature_hex"]
     assert headers["Actor-On-Behalf-Of"] == v["caller_address"]
     # The on-behalf address is signed: dropping or changing the header breaks the call.
-    assert verify_request(r["subject"], headers, body).on_behalf == v["caller_address"]
+    reply = r["reply_subject"]
+    assert verify_request(r["subject"], reply, headers, body).on_behalf == v["caller_address"]
     for changed in ({}, {"Actor-On-Behalf-Of": v["actor_address"]}):
         tampered = {k: x for k, x in headers.items() if k != "Actor-On-Behalf-Of"} | changed
         with pytest.raises(Unauthorized):
-            verify_request(r["subject"], tampered, body)
+            verify_request(r["subject"], reply, tampered, body)
 
 
 def test_delegation_matches_the_vector() -> None:
@@ -130,34 +190,26 @@ def test_delegation_matches_the_vector() -> None:
     assert (owner.address, delegate.address) == (d["owner_address"], d["delegate_address"])
     signed = sign_delegation(owner, delegate.address, d["work"], d["job"], d["expires"])
     assert signed.signature == d["signature_hex"] and signed.header == d["header"]
-    lines = ["actorbus/1", "delegation", owner.address, delegate.address, d["work"], d["job"]]
+    lines = ["actorbus/2", "delegation", owner.address, delegate.address, d["work"], d["job"]]
     expected = "\n".join([*lines, str(d["expires"])])
     assert d["signing_bytes"] == expected
     verify(owner.address, expected.encode(), bytes.fromhex(d["signature_hex"]))
-    body = r["body"].encode()
-    headers = sign_request(
-        delegate,
-        r["subject"],
-        body,
-        time_ms=int(r["actor_time"]),
-        nonce=r["actor_nonce"],
-        on_behalf=owner.address,
-        delegation=d["header"],
-    )
+    body, reply = r["body"].encode(), r["reply_subject"]
+    headers = request_of(v, key=delegate, on_behalf=owner.address, delegation=d["header"])
     assert d["request_signing_bytes"] == f["signing_bytes"] + "\n" + d["header"]
     assert headers["Actor-Signature"] == d["request_signature_hex"]
-    meta = verify_request(r["subject"], headers, body)
+    meta = verify_request(r["subject"], reply, headers, body)
     assert (meta.on_behalf, meta.delegation) == (owner.address, d["header"])
     # The delegation is signed with the request: it cannot be dropped or swapped...
     other = sign_delegation(owner, delegate.address, d["work"], "another-job", d["expires"])
     for changed in ({}, {"Actor-Delegation": other.header}):
         tampered = {k: x for k, x in headers.items() if k != "Actor-Delegation"} | changed
         with pytest.raises(Unauthorized):
-            verify_request(r["subject"], tampered, body)
+            verify_request(r["subject"], reply, tampered, body)
     # ...and means nothing without the owner it speaks for.
     alone = {k: x for k, x in headers.items() if k != "Actor-On-Behalf-Of"}
     with pytest.raises(Unauthorized, match="without"):
-        verify_request(r["subject"], alone, body)
+        verify_request(r["subject"], reply, alone, body)
     with pytest.raises(Unauthorized, match="expired"):
         verify_delegation(
             owner.address,
@@ -181,24 +233,27 @@ def test_token_key_matches_the_vector() -> None:
         token_id(t["token"][:-1])
 
 
-@pytest.mark.parametrize("which", ["reply", "error_reply"])
+@pytest.mark.parametrize("which", ["reply", "error_reply", "msgpack_reply"])
 def test_reply_signing_matches_the_vector(which: str) -> None:
     v = vectors()
     r = v[which]
     actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
-    body = r["body"].encode()
+    body = bytes.fromhex(r["body_hex"]) if "body_hex" in r else r["body"].encode()
     nonce = v["request"]["actor_nonce"]
-    assert reply_signing_bytes(nonce, r["status"], body) == r["signing_bytes"].encode()
+    signing = reply_signing_bytes(nonce, r["status"], body, r["content_type"])
+    assert signing == r["signing_bytes"].encode()
     assert actor.sign(r["signing_bytes"].encode()).hex() == r["signature_hex"]
-    headers = {
-        "Actor-Status": str(r["status"]),
-        "Actor-Key": v["actor_address"],
-        "Actor-Signature": r["signature_hex"],
-    }
-    assert verify_reply(headers, body, nonce).status == r["status"]
+    headers = sign_reply(actor, nonce, r["status"], body, content_type=r["content_type"])
+    assert headers["Actor-Signature"] == r["signature_hex"]
+    meta = verify_reply(headers, body, nonce)
+    assert (meta.status, meta.content_type) == (r["status"], r["content_type"])
+    # The content type is signed: a relay cannot re-label the body.
+    other = "application/json" if r["content_type"] != "application/json" else "text/html"
+    with pytest.raises(BadReply):
+        verify_reply(headers | {"Content-Type": other}, body, nonce)
 
 
-@pytest.mark.parametrize("weak", WEAK_KEYS, ids=["zero", "identity", "order2"])
+@pytest.mark.parametrize("weak", WEAK_KEYS, ids=lambda k: k.hex()[:4] + ".." + k.hex()[-4:])
 def test_small_order_public_keys_are_refused(weak: bytes) -> None:
     address = public_key_to_address(weak)
     with pytest.raises(Unauthorized, match="weak public key"):
@@ -207,7 +262,7 @@ def test_small_order_public_keys_are_refused(weak: bytes) -> None:
 
 def test_non_canonical_signature_is_refused() -> None:
     key = Keypair(bytes(range(32)))
-    message = b"actorbus/1\nactor.echo.forward\n1\n00\n00"
+    message = b"actorbus/2\nactor.echo.forward\n1\n00\n00"
     signature = key.sign(message)
     verify(key.address, message, signature)
     s = int.from_bytes(signature[32:], "little") + L
@@ -258,7 +313,7 @@ def test_nonce_announcement_matches_the_vector() -> None:
     body = bytes.fromhex(a["body_hex"])
     assert hashlib.sha256(body).hexdigest() == a["body_sha256_hex"]
     assert announcement_signing_bytes(a["subject"], body) == a["signing_bytes"].encode()
-    secret = hmac.digest(actor.seed, b"actorbus/1\nnonces", "sha256")
+    secret = hmac.digest(actor.seed, b"actorbus/2\nnonces", "sha256")
     assert secret.hex() == a["secret_hex"]
     headers = sign_announcement(actor, a["subject"], body, a["instance"])
     assert headers == {
@@ -281,9 +336,9 @@ def test_session_matches_the_vectors() -> None:
     v = vectors()
     s, r = v["session"], v["request"]
     actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
-    secret = hmac.digest(actor.seed, b"actorbus/1\nsessions", "sha256")
+    secret = hmac.digest(actor.seed, b"actorbus/2\nsessions", "sha256")
     assert secret.hex() == s["session_secret_hex"]
-    label = f"actorbus/1\nsession\n{s['actor']}\n{v['caller_address']}\n{s['ticket']}"
+    label = f"actorbus/2\nsession\n{s['actor']}\n{v['caller_address']}\n{s['ticket']}"
     assert label == s["session_key_bytes"]
     session_key = SessionSecret(actor, s["actor"]).session_key(v["caller_address"], s["ticket"])
     assert session_key.hex() == s["session_key_hex"]
@@ -293,7 +348,9 @@ def test_session_matches_the_vectors() -> None:
         v["caller_address"],
         s["ticket"],
         r["subject"],
+        r["reply_subject"],
         r["body"].encode(),
+        timeout=float(r["actor_timeout"]),
         time_ms=int(r["actor_time"]),
         nonce=r["actor_nonce"],
     )
@@ -303,6 +360,7 @@ def test_session_matches_the_vectors() -> None:
         "Actor-Nonce": r["actor_nonce"],
         "Actor-Session": s["ticket"],
         "Actor-Mac": s["request_mac_hex"],
+        "Actor-Timeout": r["actor_timeout"],
     }
     signed = r["signing_bytes"].encode()
     assert hmac.new(session_key, signed, hashlib.sha256).hexdigest() == s["request_mac_hex"]
@@ -339,9 +397,8 @@ def test_streamed_reply_matches_the_vectors() -> None:
             verify_chunk(headers, body, nonce, chunk["seq"] + 1, v["actor_address"])
     end = s["end"]
     body = end["body"].encode()
-    assert end_signing_bytes(nonce, end["chunks"], end["status"], body) == (
-        end["signing_bytes"].encode()
-    )
+    signing = end_signing_bytes(nonce, end["chunks"], end["status"], body, "application/json")
+    assert signing == end["signing_bytes"].encode()
     headers = sign_reply(actor, nonce, end["status"], body, chunks=end["chunks"])
     assert headers["Actor-Signature"] == end["signature_hex"]
     assert headers["Actor-Chunks"] == str(end["chunks"])

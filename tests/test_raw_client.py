@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nacl.public
 import nacl.signing
@@ -50,6 +51,24 @@ def echo_actor(nats_url: str, tmp_path: Path) -> Iterator[str]:
         yield name
 
 
+def signing_bytes(subject: str, reply: str, now: str, nonce: str, body: bytes) -> bytes:
+    """§3: JSON (no Content-Type header) and no Actor-Timeout, so both lines are as below."""
+    digest = hashlib.sha256(body).hexdigest()
+    return f"actorbus/2\n{subject}\n{reply}\n{now}\n{nonce}\napplication/json\n\n{digest}".encode()
+
+
+def reply_bytes(nonce: str, status: str, body: bytes) -> bytes:
+    digest = hashlib.sha256(body).hexdigest()
+    return f"actorbus/2\n{nonce}\n{status}\napplication/json\n{digest}".encode()
+
+
+async def ask(nc: Any, subject: str, body: bytes, headers: dict[str, str], reply: str) -> Any:
+    """One request on ``reply``, the subject the headers were signed for."""
+    sub = await nc.subscribe(reply, max_msgs=1)
+    await nc.publish(subject, body, reply=reply, headers=headers)
+    return await sub.next_msg(timeout=5)
+
+
 async def test_a_client_from_the_protocol_alone(nats_url: str, echo_actor: str) -> None:
     signing_key = nacl.signing.SigningKey(secrets.token_bytes(32))
     address = ss58(bytes(signing_key.verify_key))
@@ -59,35 +78,38 @@ async def test_a_client_from_the_protocol_alone(nats_url: str, echo_actor: str) 
         body = json.dumps({"args": ["hello from raw"], "kwargs": {}}).encode()
         now = str(int(time.time() * 1000))
         nonce = secrets.token_hex(16)
-        signed = f"actorbus/1\n{subject}\n{now}\n{nonce}\n{hashlib.sha256(body).hexdigest()}"
+        inbox = nc.new_inbox()
         headers = {
             "Actor-Key": address,
             "Actor-Time": now,
             "Actor-Nonce": nonce,
-            "Actor-Signature": signing_key.sign(signed.encode()).signature.hex(),
+            "Actor-Signature": signing_key.sign(
+                signing_bytes(subject, inbox, now, nonce, body)
+            ).signature.hex(),
         }
-        reply = await nc.request(subject, body, timeout=5, headers=headers)
+        reply = await ask(nc, subject, body, headers, inbox)
         assert reply.headers is not None
         status = reply.headers["Actor-Status"]
         assert status == "200", reply.data
         assert json.loads(reply.data) == "hello from raw"
 
-        # Verify the reply: signature over nonce, status and body, by the registered key.
+        # Verify the reply: signature over nonce, status, type and body, by the actor's key.
         actor_address = reply.headers["Actor-Key"]
-        reply_signed = f"actorbus/1\n{nonce}\n{status}\n{hashlib.sha256(reply.data).hexdigest()}"
         nacl.signing.VerifyKey(ss58_public_key(actor_address)).verify(
-            reply_signed.encode(), bytes.fromhex(reply.headers["Actor-Signature"])
+            reply_bytes(nonce, status, reply.data), bytes.fromhex(reply.headers["Actor-Signature"])
         )
         kv = await nc.jetstream().key_value("actor_registry")
         keys = [k for k in await kv.keys() if k.startswith(f"{echo_actor}.")]
         registered = {json.loads((await kv.get(k)).value)["address"] for k in keys}
         assert registered == {actor_address}
 
-        # The same envelope again is a replay.
-        again = await nc.request(subject, body, timeout=5, headers=headers)
+        # The same envelope again is a replay; sent for another inbox, it is no signature.
+        again = await ask(nc, subject, body, headers, inbox)
         assert again.headers is not None
         assert again.headers["Actor-Status"] == "401"
         assert json.loads(again.data)["error"] == "replayed nonce"
+        stolen = await ask(nc, subject, body, headers, nc.new_inbox())
+        assert json.loads(stolen.data)["error"] == "bad signature"
     finally:
         await nc.close()
 
@@ -98,27 +120,26 @@ async def test_a_session_from_the_protocol_alone(nats_url: str, echo_actor: str)
     address = ss58(bytes(signing_key.verify_key))
     exchange = nacl.public.PrivateKey.generate()
 
-    def envelope(subject: str, body: bytes) -> tuple[str, str, bytes]:
+    def envelope(subject: str, reply: str, body: bytes) -> tuple[str, str, bytes]:
         now, nonce = str(int(time.time() * 1000)), secrets.token_hex(16)
-        digest = hashlib.sha256(body).hexdigest()
-        return now, nonce, f"actorbus/1\n{subject}\n{now}\n{nonce}\n{digest}".encode()
+        return now, nonce, signing_bytes(subject, reply, now, nonce, body)
 
     nc = await nats.connect(nats_url)
     try:
         subject = f"actor.{echo_actor}._session"
         body = json.dumps({"args": [bytes(exchange.public_key).hex(), 60]}).encode()
-        now, nonce, signed = envelope(subject, body)
+        inbox = nc.new_inbox()
+        now, nonce, signed = envelope(subject, inbox, body)
         headers = {
             "Actor-Key": address,
             "Actor-Time": now,
             "Actor-Nonce": nonce,
             "Actor-Signature": signing_key.sign(signed).signature.hex(),
         }
-        reply = await nc.request(subject, body, timeout=5, headers=headers)
+        reply = await ask(nc, subject, body, headers, inbox)
         assert reply.headers is not None and reply.headers["Actor-Status"] == "200", reply.data
-        reply_signed = f"actorbus/1\n{nonce}\n200\n{hashlib.sha256(reply.data).hexdigest()}"
         nacl.signing.VerifyKey(ss58_public_key(reply.headers["Actor-Key"])).verify(
-            reply_signed.encode(), bytes.fromhex(reply.headers["Actor-Signature"])
+            reply_bytes(nonce, "200", reply.data), bytes.fromhex(reply.headers["Actor-Signature"])
         )
         grant = json.loads(reply.data)
         session_key = nacl.public.SealedBox(exchange).decrypt(bytes.fromhex(grant["sealed_key"]))
@@ -126,7 +147,8 @@ async def test_a_session_from_the_protocol_alone(nats_url: str, echo_actor: str)
 
         subject = f"actor.{echo_actor}.forward"
         body = json.dumps({"args": ["by session"]}).encode()
-        now, nonce, signed = envelope(subject, body)
+        inbox = nc.new_inbox()
+        now, nonce, signed = envelope(subject, inbox, body)
         headers = {
             "Actor-Key": address,
             "Actor-Time": now,
@@ -134,15 +156,16 @@ async def test_a_session_from_the_protocol_alone(nats_url: str, echo_actor: str)
             "Actor-Session": grant["ticket"],
             "Actor-Mac": hmac.new(session_key, signed, hashlib.sha256).hexdigest(),
         }
-        reply = await nc.request(subject, body, timeout=5, headers=headers)
+        reply = await ask(nc, subject, body, headers, inbox)
         assert reply.headers is not None and reply.headers["Actor-Status"] == "200", reply.data
         assert json.loads(reply.data) == "by session"
-        reply_signed = f"actorbus/1\n{nonce}\n200\n{hashlib.sha256(reply.data).hexdigest()}"
-        expected = hmac.new(session_key, reply_signed.encode(), hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(reply.headers["Actor-Mac"], expected)
+        expected = hmac.new(session_key, reply_bytes(nonce, "200", reply.data), hashlib.sha256)
+        assert hmac.compare_digest(reply.headers["Actor-Mac"], expected.hexdigest())
 
-        again = await nc.request(subject, body, timeout=5, headers=headers)
+        again = await ask(nc, subject, body, headers, inbox)
         assert again.headers is not None and again.headers["Actor-Status"] == "401"
         assert json.loads(again.data)["error"] == "replayed nonce"
+        # A replayed nonce is refused after the MAC held: the refusal carries the MAC.
+        assert "Actor-Mac" in again.headers and "Actor-Signature" not in again.headers
     finally:
         await nc.close()

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import nacl.public
 import pytest
-from support import Probe, body, eventually
+from support import Probe, body, eventually, request_on
 
 from actorbus import Client, Forbidden, Settings, serve
 from actorbus.actors.policy import Policy
@@ -25,8 +25,9 @@ async def handshake(
 ) -> tuple[SessionGrant, bytes]:
     exchange = nacl.public.PrivateKey.generate()
     payload = body(bytes(exchange.public_key).hex(), ttl)
-    headers = sign_request(key, call_subject(name, SESSION_FN), payload)
-    msg = await nc.request(call_subject(name, SESSION_FN), payload, timeout=5, headers=headers)
+    subject, reply = call_subject(name, SESSION_FN), nc.new_inbox()
+    headers = sign_request(key, subject, reply, payload)
+    msg = await request_on(nc, subject, payload, headers, reply, 5)
     meta = verify_reply(msg.headers, msg.data, headers["Actor-Nonce"])
     assert meta.status == 200, msg.data
     grant = msgspec.json.decode(msg.data, type=SessionGrant)
@@ -41,15 +42,18 @@ async def session_call(
     payload: bytes,
     *,
     headers: dict[str, str] | None = None,
+    reply: str = "",
     fn: str = "forward",
 ) -> tuple[int, Any, dict[str, str]]:
-    """A session call; returns (status, body, headers) with the reply checked: by its MAC
-    when it has one, else by its signature."""
+    """A session call (sent with ``headers`` made for ``reply``, if given); returns (status,
+    body, headers) with the reply checked: by its MAC when it has one, else by its
+    signature."""
     grant, session_key = session
     subject = call_subject(name, fn)
+    reply = reply or nc.new_inbox()
     if headers is None:
-        headers = mac_request(session_key, key.address, grant.ticket, subject, payload)
-    msg = await nc.request(subject, payload, timeout=5, headers=headers)
+        headers = mac_request(session_key, key.address, grant.ticket, subject, reply, payload)
+    msg = await request_on(nc, subject, payload, headers, reply, 5)
     meta = verify_reply(msg.headers, msg.data, headers["Actor-Nonce"], session_key=session_key)
     return meta.status, msgspec.json.decode(msg.data), dict(msg.headers or {})
 
@@ -85,23 +89,31 @@ async def test_altered_bytes_are_401(settings: Settings, name: str) -> None:
     async with serve(Probe(), name=name, settings=settings), connect(settings.url) as nc:
         session = await handshake(nc, key, name)
         grant, session_key = session
-        subject = call_subject(name, "forward")
-        headers = mac_request(session_key, key.address, grant.ticket, subject, body("paid 1"))
-        status, reply, _ = await session_call(
-            nc, key, name, session, body("paid 9"), headers=headers
+        subject, inbox = call_subject(name, "forward"), nc.new_inbox()
+        headers = mac_request(
+            session_key, key.address, grant.ticket, subject, inbox, body("paid 1")
         )
+        sent = {"headers": headers, "reply": inbox}
+        status, reply, _ = await session_call(nc, key, name, session, body("paid 9"), **sent)
         assert (status, reply["error"]) == (401, "bad session MAC")
         # a ticket with a later expiry: the key derived from it is another one
         sid, _, expires = grant.ticket.partition(".")
         longer = dict(headers, **{H_SESSION: f"{sid}.{int(expires) + 3_600_000}"})
         status, reply, _ = await session_call(
-            nc, key, name, session, body("paid 1"), headers=longer
+            nc, key, name, session, body("paid 1"), headers=longer, reply=inbox
         )
         assert (status, reply["error"]) == (401, "bad session MAC")
         # someone else's key with this session
         other = dict(headers, **{"Actor-Key": Keypair.generate().address})
-        status, reply, _ = await session_call(nc, key, name, session, body("paid 1"), headers=other)
+        status, reply, _ = await session_call(
+            nc, key, name, session, body("paid 1"), headers=other, reply=inbox
+        )
         assert status == 401
+        # the envelope sent for another inbox: the reply subject is in the MAC
+        status, reply, _ = await session_call(
+            nc, key, name, session, body("paid 1"), headers=headers
+        )
+        assert (status, reply["error"]) == (401, "bad session MAC")
 
 
 async def test_a_replayed_session_call_is_401_on_any_replica(settings: Settings, name: str) -> None:
@@ -115,13 +127,12 @@ async def test_a_replayed_session_call_is_401_on_any_replica(settings: Settings,
         grant, session_key = session
         subject = call_subject(name, "forward")
         for i in range(8):
-            payload = body(f"call {i}")
-            headers = mac_request(session_key, key.address, grant.ticket, subject, payload)
-            assert (await session_call(nc, key, name, session, payload, headers=headers))[0] == 200
+            payload, inbox = body(f"call {i}"), nc.new_inbox()
+            headers = mac_request(session_key, key.address, grant.ticket, subject, inbox, payload)
+            sent = {"headers": headers, "reply": inbox}
+            assert (await session_call(nc, key, name, session, payload, **sent))[0] == 200
             for _ in range(4):  # the queue group spreads these over both replicas
-                status, reply, _ = await session_call(
-                    nc, key, name, session, payload, headers=headers
-                )
+                status, reply, _ = await session_call(nc, key, name, session, payload, **sent)
                 assert (status, reply["error"]) == (401, "replayed nonce")
         refused = [h.pipeline.stats["forward"].num_errors for h in (a, b)]
         assert all(n > 0 for n in refused), refused
@@ -157,9 +168,9 @@ async def test_a_bad_handshake_is_refused(settings: Settings, name: str) -> None
             (["not hex", 60], "exchange_key must be an X25519 public key"),
             (["ab" * 32, 7200], "ttl must be seconds in (0, 3600]"),
         ]:
-            payload = body(*args)
-            headers = sign_request(key, subject, payload)
-            msg = await nc.request(subject, payload, timeout=5, headers=headers)
+            payload, inbox = body(*args), nc.new_inbox()
+            headers = sign_request(key, subject, inbox, payload)
+            msg = await request_on(nc, subject, payload, headers, inbox, 5)
             assert msg.headers is not None and msg.headers["Actor-Status"] == "400"
             assert error in msgspec.json.decode(msg.data)["error"]
         # a session does not open another one: that takes the key's own signature
@@ -206,7 +217,8 @@ async def test_the_policy_actor_takes_signed_calls_only(settings: Settings) -> N
         assert await admin.call(settings.policy, "admins")  # signed: it grants no session
         assert isinstance(admin._sessions[settings.policy], float)  # no session until then
         subject = call_subject(settings.policy, "admins")
-        forged = mac_request(b"k" * 32, admin.key.address, f"{'0' * 32}.{2**40}", subject, b"")
-        msg = await nc.request(subject, b"", timeout=5, headers=forged)
+        inbox, ticket = nc.new_inbox(), f"{'0' * 32}.{2**40}"
+        forged = mac_request(b"k" * 32, admin.key.address, ticket, subject, inbox, b"")
+        msg = await request_on(nc, subject, b"", forged, inbox, 5)
         assert msg.headers is not None and msg.headers["Actor-Status"] == "401"
         assert "takes no sessions" in msgspec.json.decode(msg.data)["error"]

@@ -166,9 +166,9 @@ async def test_a_protocol_only_caller_reads_a_stream(settings: Settings, name: s
     async with serve(Talker(), name=name, settings=settings), connect(settings.url) as nc:
         key = Keystore(settings.home).load("caller", create=True)
         body = json.dumps({"args": [3]}).encode()
-        headers = sign_request(key, call_subject(name, "count"), body)
-        headers[H_STREAM] = "16"
         inbox = nc.new_inbox()
+        headers = sign_request(key, call_subject(name, "count"), inbox, body)
+        headers[H_STREAM] = "16"
         sub = await nc.subscribe(inbox)
         await nc.publish(call_subject(name, "count"), body, reply=inbox, headers=headers)
         got = [await sub.next_msg(timeout=5) for _ in range(4)]

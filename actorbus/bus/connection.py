@@ -6,6 +6,8 @@ re-raise them as :mod:`.errors` classes.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +26,7 @@ from .throttle import LogThrottle
 
 __all__ = [
     "NATS",
+    "HeadersFor",
     "Msg",
     "connect",
     "gather",
@@ -187,24 +190,105 @@ async def publish(
         raise Unavailable(f"cannot publish: {type(exc).__name__}") from exc
 
 
+HeadersFor = Callable[[str], dict[str, str]]
+"""Builds a request's headers for the reply subject it is sent with (a signed request
+names its reply subject, so it is signed once that subject is known)."""
+
+
+class _Waiter:
+    __slots__ = ("arrived", "msg")
+
+    def __init__(self) -> None:
+        self.arrived = anyio.Event()
+        self.msg: Msg | None = None
+
+
+class _Responses:
+    """The replies to the requests made on one connection: one subscription on
+    ``<inbox>.*``, each request's reply subject ``<inbox>.<token>`` (nats-py's own request
+    works so, but builds the reply subject only once the request is built)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.prefix = nc.new_inbox()
+        self.waiting: dict[str, _Waiter] = {}
+        self.subscribed = False
+        self.lock = anyio.Lock()
+        self._tokens = itertools.count()
+
+    async def subscribe(self, nc: NATS) -> None:
+        async with self.lock:
+            if not self.subscribed:
+                await nc.subscribe(f"{self.prefix}.*", cb=self._on_reply)
+                self.subscribed = True
+
+    async def _on_reply(self, msg: Msg) -> None:
+        waiter = self.waiting.get(msg.subject[len(self.prefix) + 1 :])
+        if waiter is not None and waiter.msg is None:
+            waiter.msg = msg
+            waiter.arrived.set()
+
+    def waiter(self) -> tuple[str, _Waiter]:
+        token = format(next(self._tokens), "x")
+        waiter = self.waiting[token] = _Waiter()
+        return f"{self.prefix}.{token}", waiter
+
+
+_responses: weakref.WeakKeyDictionary[NATS, _Responses] = weakref.WeakKeyDictionary()
+
+
 async def request(
-    nc: NATS, subject: str, body: bytes, headers: dict[str, str], timeout: float
+    nc: NATS,
+    subject: str,
+    body: bytes,
+    headers: dict[str, str] | HeadersFor,
+    timeout: float,
+    *,
+    reply: str = "",
 ) -> Msg:
-    """One request/reply; raises :class:`NoResponders`, :class:`Unavailable` (a closed
-    connection),
+    """One request/reply. ``headers`` are the request's, or what builds them for its reply
+    subject (:data:`HeadersFor`); that subject is ``reply`` if given (the request was
+    signed for it elsewhere: a relay), else a fresh one of this connection's.
+
+    Raises :class:`NoResponders`, :class:`Unavailable` (a closed connection),
     :class:`ReplyTimeout` (no reply within ``timeout`` seconds) or :class:`PayloadTooLarge`
     (the request, headers included, is over the server's max payload)."""
-    _check_size(nc, body, headers)
-    try:
-        return await nc.request(subject, body, timeout=timeout, headers=headers)
-    except nats.errors.NoRespondersError as exc:
-        raise NoResponders(f"no actor is serving {subject}") from exc
-    except nats.errors.TimeoutError as exc:
-        raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s") from exc
-    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
-        raise Unavailable(f"NATS connection closed: {exc}") from exc
-    except nats.errors.MaxPayloadError as exc:
-        raise PayloadTooLarge(f"request over the server's max payload: {exc}") from exc
+    if reply:
+        try:
+            subscription = await nc.subscribe(reply, max_msgs=1)
+        except nats.errors.Error as exc:
+            raise Unavailable(f"cannot subscribe for the reply: {exc}") from exc
+        try:
+            built = headers(reply) if callable(headers) else headers
+            await publish(nc, subject, body, built, reply=reply)
+            try:
+                msg = await subscription.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError as exc:
+                raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s") from exc
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+    else:
+        responses = _responses.get(nc)
+        if responses is None:
+            responses = _responses[nc] = _Responses(nc)
+        try:
+            await responses.subscribe(nc)
+        except nats.errors.Error as exc:
+            raise Unavailable(f"cannot subscribe for replies: {exc}") from exc
+        reply, waiter = responses.waiter()
+        try:
+            built = headers(reply) if callable(headers) else headers
+            await publish(nc, subject, body, built, reply=reply)
+            with anyio.move_on_after(timeout):
+                await waiter.arrived.wait()
+        finally:
+            del responses.waiting[reply[len(responses.prefix) + 1 :]]
+        if waiter.msg is None:
+            raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s")
+        msg = waiter.msg
+    if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
+        raise NoResponders(f"no actor is serving {subject}")
+    return msg
 
 
 async def gather(nc: NATS, subject: str, body: bytes, *, wait: float, limit: int) -> list[Msg]:

@@ -23,6 +23,7 @@ import msgspec
 from .errors import BadRequest, Unauthorized
 from .keys import Keypair, verify
 from .subjects import check_fn, check_name
+from .wire import DELEGATION_HEADER, PROTOCOL_VERSION
 
 __all__ = [
     "JOB_ID",
@@ -38,7 +39,6 @@ __all__ = [
 
 JOB_ID: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
 """A job id: 8 to 64 of ``[A-Za-z0-9_-]`` (chosen by the owner, who signs it)."""
-HEADER: Final = re.compile(r"([A-Za-z0-9_-]{8,64});([0-9]{1,13});([0-9a-f]{128})")
 MAX_DELEGATION_SECONDS: Final = 30 * 24 * 3600
 """The longest a delegation may be valid for, from its signing."""
 
@@ -77,8 +77,8 @@ def split_work(work: str) -> tuple[str, str]:
 
 
 def delegation_signing_bytes(owner: str, delegate: str, work: str, job: str, expires: int) -> bytes:
-    """``actorbus/1\\ndelegation\\n<owner>\\n<delegate>\\n<actor/fn>\\n<job>\\n<expires ms>``."""
-    return f"actorbus/1\ndelegation\n{owner}\n{delegate}\n{work}\n{job}\n{expires}".encode()
+    """``actorbus/2\\ndelegation\\n<owner>\\n<delegate>\\n<actor/fn>\\n<job>\\n<expires ms>``."""
+    return f"{PROTOCOL_VERSION}\ndelegation\n{owner}\n{delegate}\n{work}\n{job}\n{expires}".encode()
 
 
 def sign_delegation(owner: Keypair, delegate: str, work: str, job: str, expires: int) -> Delegation:
@@ -99,7 +99,7 @@ def _verify_signature(
 
 def parse_delegation_header(value: str) -> tuple[str, int, str]:
     """``(job, expires, signature)`` of an ``Actor-Delegation`` header; 401 if misshapen."""
-    match = HEADER.fullmatch(value)
+    match = DELEGATION_HEADER.fullmatch(value)
     if match is None:
         raise Unauthorized("malformed header Actor-Delegation")
     return match[1], int(match[2]), match[3]

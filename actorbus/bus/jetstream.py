@@ -227,8 +227,8 @@ async def ensure_stream(
     allow_direct: bool = False,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
-    ``max_bytes`` in all, the oldest dropped first) or widen its age. A ``work_queue``
-    stream drops each message once a consumer acknowledges it; a message id is stored
+    ``max_bytes`` in all, the oldest dropped first), or widen its age and set its bytes. A
+    ``work_queue`` stream drops each message once a consumer acknowledges it; a message id is stored
     once per ``duplicate_window`` seconds (0: the server's default, 2 minutes);
     ``allow_direct`` serves direct gets."""
     js = nc.jetstream()
@@ -254,8 +254,15 @@ async def ensure_stream(
                 return
             except nats.js.errors.BadRequestError:  # created concurrently
                 info = await js.stream_info(name)
-        if (info.config.max_age or 0) < max_age:
-            await js.update_stream(info.config.evolve(max_age=max_age))
+        widen = (info.config.max_age or 0) < max_age
+        bound = max_bytes is not None and info.config.max_bytes != max_bytes
+        if widen or bound:
+            await js.update_stream(
+                info.config.evolve(
+                    max_age=max(max_age, info.config.max_age or 0),
+                    max_bytes=max_bytes if bound else info.config.max_bytes,
+                )
+            )
     except JS_ERRORS as exc:
         raise Unavailable(f"JetStream stream {name}: {exc}") from exc
 

@@ -5,8 +5,8 @@ X25519 public key. The replica answers (signed) with a *ticket*, ``<id>.<expires
 the session key sealed to that X25519 key. The session key is not stored anywhere: it is
 derived from a secret only the actor's replicas hold (their shared seed) and the ticket,
 
-    session key = HMAC-SHA256(HMAC-SHA256(seed, "actorbus/1\\nsessions"),
-                              "actorbus/1\\nsession\\n<actor>\\n<caller address>\\n<ticket>")
+    session key = HMAC-SHA256(HMAC-SHA256(seed, "actorbus/2\\nsessions"),
+                              "actorbus/2\\nsession\\n<actor>\\n<caller address>\\n<ticket>")
 
 so any replica can check a session call, as a TLS server checks a session ticket, with no
 state shared between replicas. A session call carries ``Actor-Session: <ticket>`` and
@@ -111,9 +111,10 @@ class SessionSecret:
         return SessionGrant(ticket, expires, sealed.hex())
 
     def verify(
-        self, subject: str, headers: dict[str, str], body: bytes
+        self, subject: str, reply: str, headers: dict[str, str], body: bytes
     ) -> tuple[RequestMeta, bytes]:
-        """Check a session call's ticket, expiry and MAC over its signing bytes; returns its
+        """Check a session call's ticket, expiry and MAC over its signing bytes (sent with
+        the reply subject ``reply``); returns its
         meta and session key. Raises :class:`Unauthorized` (401) for a malformed, expired or
         forged one, :class:`BadRequest` for a bad timeout or content type after the MAC."""
         found: list[bytes] = []
@@ -128,7 +129,7 @@ class SessionSecret:
                 raise Unauthorized("session expired: open a new one")
             found.append(session_key)
 
-        meta = verify_request(subject, headers, body, proof)
+        meta = verify_request(subject, reply, headers, body, proof)
         return meta, found[0]
 
 
@@ -154,6 +155,7 @@ def mac_request(
     caller: str,
     ticket: str,
     subject: str,
+    reply: str,
     body: bytes,
     *,
     content_type: str = JSON,
@@ -162,10 +164,12 @@ def mac_request(
     nonce: str | None = None,
     on_behalf: str = "",
 ) -> dict[str, str]:
-    """The headers of a session call by ``caller`` (a fresh time and nonce unless given)."""
+    """The headers of a session call by ``caller`` sent with the reply subject ``reply`` (a
+    fresh time and nonce unless given)."""
     return request_headers(
         caller,
         subject,
+        reply,
         body,
         session_seal(session_key, ticket),
         content_type=content_type,

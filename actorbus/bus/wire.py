@@ -1,4 +1,4 @@
-"""The v1 wire format of PROTOCOL.md: headers, bodies, codecs and the canonical signing bytes.
+"""The v2 wire format of PROTOCOL.md: headers, bodies, codecs and the canonical signing bytes.
 
 Signatures are checked over the received bytes before anything is decoded: a request
 whose ``Actor-*`` headers are missing or malformed is a 401, never a skipped check. Every
@@ -20,14 +20,15 @@ from typing import Any, Final
 
 import msgspec
 
-from .delegation import HEADER as _DELEGATION
 from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
 from .keys import Keypair, verify
 
 __all__ = [
+    "DELEGATION_HEADER",
     "JSON",
     "MSGPACK",
     "PROTOCOL_VERSION",
+    "RELAY_PREFIX",
     "CallBody",
     "Codec",
     "ErrorBody",
@@ -41,12 +42,14 @@ __all__ = [
     "decode_error",
     "end_signing_bytes",
     "mac",
+    "relay_reply",
     "reply_signing_bytes",
     "request_headers",
     "request_nonce",
     "request_signing_bytes",
     "request_timeout",
     "sign_announcement",
+    "sign_relayed",
     "sign_reply",
     "sign_request",
     "signature_seal",
@@ -55,7 +58,7 @@ __all__ = [
     "verify_request",
 ]
 
-PROTOCOL_VERSION: Final = "actorbus/1"
+PROTOCOL_VERSION: Final = "actorbus/2"
 
 H_KEY: Final = "Actor-Key"
 H_TIME: Final = "Actor-Time"
@@ -82,7 +85,12 @@ _TIME = re.compile(r"[0-9]{1,13}")
 _SECONDS = re.compile(r"[0-9.eE+-]{1,16}")
 _STATUS = re.compile(r"[1-5][0-9][0-9]")
 _MAC = re.compile(r"[0-9a-f]{64}")
+DELEGATION_HEADER: Final = re.compile(r"([A-Za-z0-9_-]{8,64});([0-9]{1,13});([0-9a-f]{128})")
+"""``Actor-Delegation``: ``<job>;<expires ms>;<the owner's signature>`` (PROTOCOL.md §12)."""
 _MAX_TIMEOUT = 24 * 3600.0
+RELAY_PREFIX: Final = "_INBOX.relay."
+"""The reply subject of a request signed by a caller off the bus and relayed to it (the
+HTTP gateway's end-to-end mode) is this prefix and the request's nonce."""
 ERROR_HEADER_LIMIT: Final = 200
 """Characters of ``Actor-Error`` at most (the full message is in the body)."""
 
@@ -189,16 +197,24 @@ def _digest(body: bytes) -> str:
 
 def request_signing_bytes(
     subject: str,
+    reply: str,
     time_ms: int | str,
     nonce: str,
     body: bytes,
+    *,
+    content_type: str = JSON,
+    timeout: str = "",
     on_behalf: str = "",
     delegation: str = "",
 ) -> bytes:
-    """``actorbus/1\\n<subject>\\n<time>\\n<nonce>\\n<hex sha256 of body>`` as UTF-8, then
-    ``\\n<address>`` when a forwarder calls on behalf of that address, then
-    ``\\n<Actor-Delegation>`` when it does so with the address's delegation."""
-    signed = f"{PROTOCOL_VERSION}\n{subject}\n{time_ms}\n{nonce}\n{_digest(body)}"
+    """``actorbus/2\\n<subject>\\n<reply subject>\\n<time>\\n<nonce>\\n<Content-Type>\\n
+    <Actor-Timeout>\\n<hex sha256 of body>`` as UTF-8 (``timeout``: the header's text, empty
+    without one), then ``\\n<address>`` when a forwarder calls on behalf of that address,
+    then ``\\n<Actor-Delegation>`` when it does so with the address's delegation."""
+    signed = (
+        f"{PROTOCOL_VERSION}\n{subject}\n{reply}\n{time_ms}\n{nonce}\n{content_type}\n"
+        f"{timeout}\n{_digest(body)}"
+    )
     if on_behalf:
         signed += f"\n{on_behalf}"
         if delegation:
@@ -211,19 +227,24 @@ def mac(session_key: bytes, signed: bytes) -> str:
     return hmac.digest(session_key, signed, "sha256").hex()
 
 
-def reply_signing_bytes(nonce: str, status: int, body: bytes) -> bytes:
-    """``actorbus/1\\n<request nonce>\\n<status>\\n<hex sha256 of body>`` as UTF-8."""
-    return f"{PROTOCOL_VERSION}\n{nonce}\n{status}\n{_digest(body)}".encode()
+def reply_signing_bytes(nonce: str, status: int, body: bytes, content_type: str = JSON) -> bytes:
+    """``actorbus/2\\n<request nonce>\\n<status>\\n<Content-Type>\\n<hex sha256 of body>``
+    as UTF-8."""
+    return f"{PROTOCOL_VERSION}\n{nonce}\n{status}\n{content_type}\n{_digest(body)}".encode()
 
 
-def end_signing_bytes(nonce: str, chunks: int, status: int, body: bytes) -> bytes:
-    """The last message of a streamed reply, after ``chunks`` chunks:
-    ``actorbus/1\\nend\\n<request nonce>\\n<chunks>\\n<status>\\n<hex sha256 of body>``."""
-    return f"{PROTOCOL_VERSION}\nend\n{nonce}\n{chunks}\n{status}\n{_digest(body)}".encode()
+def end_signing_bytes(
+    nonce: str, chunks: int, status: int, body: bytes, content_type: str = JSON
+) -> bytes:
+    """The last message of a streamed reply, after ``chunks`` chunks: ``actorbus/2\\nend\\n
+    <request nonce>\\n<chunks>\\n<status>\\n<Content-Type>\\n<hex sha256 of body>``."""
+    return (
+        f"{PROTOCOL_VERSION}\nend\n{nonce}\n{chunks}\n{status}\n{content_type}\n{_digest(body)}"
+    ).encode()
 
 
 def announcement_signing_bytes(subject: str, body: bytes) -> bytes:
-    """``actorbus/1\nnonces\n<subject>\n<hex sha256 of body>`` as UTF-8."""
+    """``actorbus/2\nnonces\n<subject>\n<hex sha256 of body>`` as UTF-8."""
     return f"{PROTOCOL_VERSION}\nnonces\n{subject}\n{_digest(body)}".encode()
 
 
@@ -277,6 +298,7 @@ class RequestMeta(msgspec.Struct, frozen=True):
 def sign_request(
     key: Keypair,
     subject: str,
+    reply: str,
     body: bytes,
     *,
     content_type: str = JSON,
@@ -286,12 +308,14 @@ def sign_request(
     on_behalf: str = "",
     delegation: str = "",
 ) -> dict[str, str]:
-    """The headers of a signed request; a fresh time and nonce unless given (test vectors).
-    With ``on_behalf``, ``key`` signs as a forwarder vouching for that address, or, with
-    that address's ``delegation`` header too, as its delegate."""
+    """The headers of a request signed for the reply subject ``reply``; a fresh time and
+    nonce unless given (test vectors). With ``on_behalf``, ``key`` signs as a forwarder
+    vouching for that address, or, with that address's ``delegation`` header too, as its
+    delegate."""
     return request_headers(
         key.address,
         subject,
+        reply,
         body,
         signature_seal(key),
         content_type=content_type,
@@ -301,6 +325,28 @@ def sign_request(
         on_behalf=on_behalf,
         delegation=delegation,
     )
+
+
+def sign_relayed(
+    key: Keypair,
+    subject: str,
+    body: bytes,
+    *,
+    content_type: str = JSON,
+    timeout: float | None = None,
+) -> dict[str, str]:
+    """The headers of a request signed by ``key`` for a relay to send on (the gateway's
+    end-to-end mode): its reply subject is :func:`relay_reply` of its nonce."""
+    nonce = secrets.token_hex(16)
+    reply = relay_reply(nonce)
+    return sign_request(
+        key, subject, reply, body, content_type=content_type, timeout=timeout, nonce=nonce
+    )
+
+
+def relay_reply(nonce: str) -> str:
+    """The reply subject of a relayed request whose ``Actor-Nonce`` is ``nonce``."""
+    return RELAY_PREFIX + nonce
 
 
 Seal = Callable[[bytes], dict[str, str]]
@@ -315,6 +361,7 @@ def signature_seal(key: Keypair) -> Seal:
 def request_headers(
     caller: str,
     subject: str,
+    reply: str,
     body: bytes,
     seal: Seal,
     *,
@@ -325,21 +372,32 @@ def request_headers(
     on_behalf: str = "",
     delegation: str = "",
 ) -> dict[str, str]:
-    """The headers of a request by ``caller``, authenticated by the headers ``seal`` makes
-    of its signing bytes (a signature, or a session's MAC); a fresh time and nonce unless
-    given."""
+    """The headers of a request by ``caller`` sent with the reply subject ``reply``,
+    authenticated by the headers ``seal`` makes of its signing bytes (a signature, or a
+    session's MAC); a fresh time and nonce unless given."""
     if delegation and not on_behalf:
         raise ValueError("a delegated request is made on behalf of the delegation's owner")
     time_ms = int(time.time() * 1000) if time_ms is None else time_ms
     nonce = secrets.token_hex(16) if nonce is None else nonce
-    signed = request_signing_bytes(subject, time_ms, nonce, body, on_behalf, delegation)
+    timeout_text = "" if timeout is None else f"{timeout:g}"
+    signed = request_signing_bytes(
+        subject,
+        reply,
+        time_ms,
+        nonce,
+        body,
+        content_type=content_type,
+        timeout=timeout_text,
+        on_behalf=on_behalf,
+        delegation=delegation,
+    )
     headers = {H_KEY: caller, H_TIME: str(time_ms), H_NONCE: nonce, **seal(signed)}
     if on_behalf:
         headers[H_ON_BEHALF] = on_behalf
     if delegation:
         headers[H_DELEGATION] = delegation
-    if timeout is not None:
-        headers[H_TIMEOUT] = f"{timeout:g}"
+    if timeout_text:
+        headers[H_TIMEOUT] = timeout_text
     if content_type != JSON:
         headers[H_CONTENT_TYPE] = content_type
     return headers
@@ -372,35 +430,54 @@ def request_nonce(headers: dict[str, str] | None) -> str:
 
 def verify_request(
     subject: str,
+    reply: str,
     headers: dict[str, str] | None,
     body: bytes,
     proof: Callable[[str, bytes, dict[str, str]], None] | None = None,
 ) -> RequestMeta:
-    """Check a request's signature over its subject, time, nonce and body bytes; or, with
-    ``proof``, whatever that checks instead (it gets the caller's address, the signing bytes
-    and the headers: a session's MAC).
+    """Check a request's signature over its subject, reply subject, time, nonce, content
+    type, timeout and body bytes; or, with ``proof``, whatever that checks instead (it gets
+    the caller's address, the signing bytes and the headers: a session's MAC).
 
     Raises :class:`Unauthorized` for a missing, malformed or wrong signature, key, time or
-    nonce header, and :class:`BadRequest` for a bad ``Actor-Timeout`` or ``Content-Type``
-    (only after the signature holds, so an unsigned caller learns nothing more than 401).
-    Freshness and replay are the caller's (stateful) checks.
+    nonce header, for an ``Actor-Signature`` beside a ``proof`` (a session call), and
+    :class:`BadRequest` for a bad ``Actor-Timeout`` or ``Content-Type`` (only after the
+    signature holds, so an unsigned caller learns nothing more than 401). Freshness and
+    replay are the caller's (stateful) checks.
     """
     headers = headers or {}
     key = _header(headers, H_KEY, _ADDRESS)
     time_text = _header(headers, H_TIME, _TIME)
     nonce = _header(headers, H_NONCE, _NONCE)
-    signature = _header(headers, H_SIGNATURE, _SIGNATURE) if proof is None else ""
+    if proof is None:
+        signature = _header(headers, H_SIGNATURE, _SIGNATURE)
+    elif H_SIGNATURE in headers:
+        raise Unauthorized(f"a session call carries no {H_SIGNATURE}")
     on_behalf = _header(headers, H_ON_BEHALF, _ADDRESS) if H_ON_BEHALF in headers else ""
-    delegation = _header(headers, H_DELEGATION, _DELEGATION) if H_DELEGATION in headers else ""
+    delegation = (
+        _header(headers, H_DELEGATION, DELEGATION_HEADER) if H_DELEGATION in headers else ""
+    )
     if delegation and not on_behalf:
         raise Unauthorized(f"{H_DELEGATION} without {H_ON_BEHALF}")
-    signed = request_signing_bytes(subject, time_text, nonce, body, on_behalf, delegation)
+    content_type_text = headers.get(H_CONTENT_TYPE, JSON)
+    timeout_text = headers.get(H_TIMEOUT, "")
+    signed = request_signing_bytes(
+        subject,
+        reply,
+        time_text,
+        nonce,
+        body,
+        content_type=content_type_text,
+        timeout=timeout_text,
+        on_behalf=on_behalf,
+        delegation=delegation,
+    )
     if proof is None:
         verify(key, signed, bytes.fromhex(signature))
     else:
         proof(key, signed, headers)
     timeout = request_timeout(headers)
-    content_type = codec_for(headers.get(H_CONTENT_TYPE)).content_type
+    content_type = codec_for(content_type_text).content_type
     return RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf, delegation)
 
 
@@ -445,12 +522,13 @@ def sign_reply(
     ``session_key`` of a session call (and no chunks), authenticated by its MAC instead."""
     headers = {H_STATUS: str(status), H_KEY: key.address}
     if chunks is None and session_key is not None:
-        headers[H_MAC] = mac(session_key, reply_signing_bytes(nonce, status, body))
+        signed = reply_signing_bytes(nonce, status, body, content_type)
+        headers[H_MAC] = mac(session_key, signed)
     else:
         signed = (
-            reply_signing_bytes(nonce, status, body)
+            reply_signing_bytes(nonce, status, body, content_type)
             if chunks is None
-            else end_signing_bytes(nonce, chunks, status, body)
+            else end_signing_bytes(nonce, chunks, status, body, content_type)
         )
         headers[H_SIGNATURE] = key.sign(signed).hex()
     if chunks is not None:
@@ -485,19 +563,20 @@ def verify_reply(
         key = _header(headers, H_KEY, _ADDRESS)
         status_text = _header(headers, H_STATUS, _STATUS)
         status = int(status_text)
+        content_type = headers.get(H_CONTENT_TYPE, JSON)
         by_session = session_key is not None and chunks is None and H_MAC in headers
         if session_key is not None and by_session:
-            expected = mac(session_key, reply_signing_bytes(nonce, status, body))
+            expected = mac(session_key, reply_signing_bytes(nonce, status, body, content_type))
             if not hmac.compare_digest(expected, _header(headers, H_MAC, _MAC)):
                 raise Unauthorized("bad session MAC")
         else:
             signature = _header(headers, H_SIGNATURE, _SIGNATURE)
             if chunks is None:
-                signed = reply_signing_bytes(nonce, status, body)
+                signed = reply_signing_bytes(nonce, status, body, content_type)
             else:
                 if headers.get(H_CHUNKS) != str(chunks):
                     raise Unauthorized(f"the stream ended after {chunks} chunks, not as it says")
-                signed = end_signing_bytes(nonce, chunks, status, body)
+                signed = end_signing_bytes(nonce, chunks, status, body, content_type)
             verify(key, signed, bytes.fromhex(signature))
     except Unauthorized as exc:
         raise BadReply(f"unverifiable reply: {exc.message}") from None
@@ -507,6 +586,6 @@ def verify_reply(
         key=key,
         error=headers.get(H_ERROR, ""),
         retry_after=retry_after,
-        content_type=headers.get(H_CONTENT_TYPE, JSON),
+        content_type=content_type,
         by_session=by_session,
     )

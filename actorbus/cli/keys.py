@@ -7,8 +7,9 @@ import json
 import click
 from rich.table import Table
 
-from ..bus import BadRequest, Keystore, sign_request
+from ..bus import BadRequest, Keystore
 from ..bus.subjects import call_subject
+from ..bus.wire import sign_relayed
 from ._common import EXIT_CODES, err, out, settings_of
 
 
@@ -88,7 +89,7 @@ def key_sign(ctx: click.Context, target: str, body: str, key_name: str | None, c
         err.print(f"[red]error[/red] {exc}")
         ctx.exit(EXIT_CODES[400])
         return
-    headers = sign_request(signer, subject, body.encode())
+    headers = sign_relayed(signer, subject, body.encode())
     if curl:  # one word per option, no spaces: fit for the shell's $(...)
         click.echo(" ".join(f"-H{k}:{v}" for k, v in headers.items()))
     else:

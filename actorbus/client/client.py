@@ -41,6 +41,7 @@ from ..bus import (
     sign_request,
     verify_reply,
 )
+from ..bus.connection import HeadersFor
 from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
 from ..bus.settings import Settings
@@ -283,9 +284,11 @@ class Client:
         ``call_timeout``). Raises what :meth:`request` raises, at the point it happens."""
         body = codec_for(JSON).encode(CallBody(list(args), kwargs))
         timeout = _timeout or self.settings.call_timeout
-        headers = sign_request(
-            self.key, call_subject(name, fn), body, timeout=advertised_timeout(timeout)
-        )
+        subject = call_subject(name, fn)
+
+        def headers(reply: str) -> dict[str, str]:
+            return sign_request(self.key, subject, reply, body, timeout=advertised_timeout(timeout))
+
         return read_stream(
             self.nc,
             self.signs_for,
@@ -303,21 +306,29 @@ class Client:
         name: str,
         fn: str,
         body: bytes,
-        headers: dict[str, str],
+        headers: HeadersFor,
         timeout: float,
         *,
         session_key: bytes | None = None,
+        reply: str = "",
     ) -> Reply:
-        """Send a request as built and signed (by this client's key or any other) and
-        verify the reply: its signature over the request's nonce, and its signer against
-        the addresses the registry holds for ``name``; or, for a request made in a session
-        (``session_key``), a reply's MAC by that key.
+        """Send a request as ``headers`` build and sign it for its reply subject (by this
+        client's key or any other; ``reply`` if it was signed for that one elsewhere: a
+        relay) and verify the reply: its signature over the request's nonce, and its signer
+        against the addresses the registry holds for ``name``; or, for a request made in a
+        session (``session_key``), a reply's MAC by that key.
 
         Raises :class:`Unavailable` (no replica), :class:`ReplyTimeout`,
         :class:`PayloadTooLarge` (over the server's max payload) and :class:`BadReply`.
         """
-        msg = await request(self.nc, call_subject(name, fn), body, headers, timeout)
-        meta = verify_reply(msg.headers, msg.data, request_nonce(headers), session_key=session_key)
+        sent: dict[str, str] = {}
+
+        def build(subject: str) -> dict[str, str]:
+            sent.update(headers(subject))
+            return sent
+
+        msg = await request(self.nc, call_subject(name, fn), body, build, timeout, reply=reply)
+        meta = verify_reply(msg.headers, msg.data, request_nonce(sent), session_key=session_key)
         if not meta.by_session and not await self.signs_for(name, meta.key):
             raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         return Reply(meta, msg.data, dict(msg.headers or {}))
@@ -357,17 +368,22 @@ class Client:
         body: bytes,
         content_type: str,
         timeout: float,
-    ) -> dict[str, str]:
-        """A request's headers: signed, or made in ``session``."""
+    ) -> HeadersFor:
+        """What makes a request's headers: signed, or made in ``session``."""
         seal = signature_seal(self.key) if session is None else session.seal
-        return request_headers(
-            self.key.address,
-            subject,
-            body,
-            seal,
-            content_type=content_type,
-            timeout=advertised_timeout(timeout),
-        )
+
+        def headers(reply: str) -> dict[str, str]:
+            return request_headers(
+                self.key.address,
+                subject,
+                reply,
+                body,
+                seal,
+                content_type=content_type,
+                timeout=advertised_timeout(timeout),
+            )
+
+        return headers
 
     def forget_session(self, name: str) -> None:
         """Drop the session with ``name`` (refused: expired, or the actor's key changed);
@@ -378,8 +394,7 @@ class Client:
         """The result of one signed call of ``name``'s ``fn``, not retried."""
         timeout = timeout or self.settings.call_timeout
         body = codec_for(JSON).encode(CallBody(args))
-        subject = call_subject(name, fn)
-        headers = sign_request(self.key, subject, body, timeout=advertised_timeout(timeout))
+        headers = self._authenticate(None, call_subject(name, fn), body, JSON, timeout)
         return (await self.send(name, fn, body, headers, timeout)).result()
 
     async def submit(

@@ -27,6 +27,7 @@ from ..bus import (
     verify_reply,
 )
 from ..bus.chunks import H_CHUNK, H_STREAM, sign_control, verify_chunk
+from ..bus.connection import HeadersFor
 from ..bus.subjects import call_subject
 from ..bus.wire import H_CHUNKS, H_KEY, JSON, codec_for
 from .answers import Reply
@@ -43,30 +44,31 @@ async def read_stream(
     name: str,
     fn: str,
     body: bytes,
-    headers: dict[str, str],
+    headers: HeadersFor,
     *,
     steer: Keypair,
+    reply: str = "",
     window: int,
     timeout: float,
 ) -> AsyncGenerator[Any]:
-    """The verified chunks of ``name/fn`` for the request ``body`` with ``headers`` as
-    signed (by anyone; ``Actor-Stream`` is set here to ``window``), read on ``nc``; each
-    signer is checked with ``signs_for``; ``steer`` signs the credit and the cancel (the
-    request's signer, or a trusted forwarder). Raises the stream's error (its end's
+    """The verified chunks of ``name/fn`` for the request ``body`` with the headers that
+    ``headers`` build for its reply subject (a fresh inbox, or ``reply`` if the request was
+    signed for it elsewhere: a relay; ``Actor-Stream`` is set here to ``window``), read on
+    ``nc``; each signer is checked with ``signs_for``; ``steer`` signs the credit and the
+    cancel (the request's signer, or a trusted forwarder). Raises the stream's error (its end's
     status), :class:`ReplyTimeout` past ``timeout`` (for the whole stream),
     :class:`NoResponders`, or :class:`BadReply` for a chunk or end that does not check
     out."""
     subject = call_subject(name, fn)
-    headers = {**headers, H_STREAM: str(window)}
-    nonce = headers["Actor-Nonce"]
-    content_type = headers.get("Content-Type", JSON)
-    codec = codec_for(content_type)
-    inbox = nc.new_inbox()
+    inbox = reply or nc.new_inbox()
+    sent = {**headers(inbox), H_STREAM: str(window)}
+    nonce = sent["Actor-Nonce"]
+    codec = codec_for(sent.get("Content-Type", JSON))
     subscription = await nc.subscribe(inbox)
     deadline = time.monotonic() + timeout
     seq, signer, control, ended = 0, "", "", False
     try:
-        await publish(nc, subject, body, headers, reply=inbox)
+        await publish(nc, subject, body, sent, reply=inbox)
         while True:
             try:
                 msg = await subscription.next_msg(timeout=max(deadline - time.monotonic(), 0.001))

@@ -199,9 +199,9 @@ class Pipeline:
     async def verify_signature(self, call: Call, msg: Msg) -> None:
         headers = msg.headers
         if headers and H_SESSION in headers:
-            meta = self.sessions.authenticate(call, msg.subject, headers, msg.data)
+            meta = self.sessions.authenticate(call, msg.subject, msg.reply, headers, msg.data)
         else:
-            meta = verify_request(msg.subject, headers, msg.data)
+            meta = verify_request(msg.subject, msg.reply, headers, msg.data)
         call.meta = meta
         call.caller = meta.key
         call.content_type = meta.content_type

@@ -52,6 +52,16 @@ __all__ = ["NonceBook", "ReplayGuard", "replay_guard"]
 log = logging.getLogger("actorbus.host")
 
 _encode = msgspec.msgpack.Encoder().encode
+
+NONCES_MAX_BYTES = 256 * 1024 * 1024
+"""Bytes the ``ACTOR_NONCES`` stream keeps at most, the oldest dropped first: about three
+million nonces, a minute of 50,000 calls a second. Past that, a replica that restarts
+learns fewer of the window's nonces than were accepted (running replicas still hear
+every announcement)."""
+_BATCH = 1000
+"""Nonces in one announcement at most: about 100 KB."""
+_MAX_ANNOUNCEMENT = 256 * 1024
+"""Bytes of one announcement the stream stores at most."""
 _decode = msgspec.msgpack.Decoder(list[NonceNote]).decode
 
 
@@ -143,11 +153,11 @@ class ReplayGuard:
         (on the way out: a nonce accepted in the last turn before a stop must be in the
         stream before a replica started right after reads it, or it would accept the
         replay)."""
-        if self._outbox:
-            batch, self._outbox = self._outbox, []
-            body = _encode(batch)
+        outbox, self._outbox = self._outbox, []
+        send = publish_acked if stored else publish
+        for start in range(0, len(outbox), _BATCH):
+            body = _encode(outbox[start : start + _BATCH])
             headers = sign_announcement(self._key, self._subject, body, self._instance)
-            send = publish_acked if stored else publish
             try:
                 await send(self._nc, self._subject, body, headers)
             except ActorError as exc:
@@ -227,7 +237,14 @@ class ReplayGuard:
 
 @asynccontextmanager
 async def replay_guard(
-    nc: NATS, name: str, max_skew: float, key: Keypair, instance: str, *, replicas: int = 1
+    nc: NATS,
+    name: str,
+    max_skew: float,
+    key: Keypair,
+    instance: str,
+    *,
+    replicas: int = 1,
+    max_bytes: int = NONCES_MAX_BYTES,
 ) -> AsyncIterator[ReplayGuard]:
     """A :class:`ReplayGuard` for replica ``instance`` of actor ``name`` (whose key is
     ``key``) that has loaded the window's nonces and follows new ones.
@@ -237,7 +254,13 @@ async def replay_guard(
     """
     try:
         await ensure_stream(
-            nc, NONCE_STREAM, [f"{NONCE_PREFIX}.>"], max_age=2 * max_skew + 5, replicas=replicas
+            nc,
+            NONCE_STREAM,
+            [f"{NONCE_PREFIX}.>"],
+            max_age=2 * max_skew + 5,
+            replicas=replicas,
+            max_bytes=max_bytes,
+            max_msg_size=_MAX_ANNOUNCEMENT,
         )
     except Unavailable as exc:  # no JetStream: start anyway (reading the window says so)
         log.debug("nonce stream: %s", exc)

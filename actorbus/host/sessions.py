@@ -34,11 +34,11 @@ class Sessions:
         return self._secret.grant(call.caller, exchange_key, ttl)
 
     def authenticate(
-        self, call: Call, subject: str, headers: dict[str, str], body: bytes
+        self, call: Call, subject: str, reply: str, headers: dict[str, str], body: bytes
     ) -> RequestMeta:
         """Check a session call (its ticket, expiry and MAC) and note its session key on
         ``call``, so its reply is authenticated with it; raises :class:`Unauthorized`."""
         if not self.enabled:
             raise Unauthorized("this actor takes no sessions: sign each call")
-        meta, call.session_key = self._secret.verify(subject, headers, body)
+        meta, call.session_key = self._secret.verify(subject, reply, headers, body)
         return meta

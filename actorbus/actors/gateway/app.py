@@ -169,10 +169,17 @@ def build_app(gateway: Context) -> Starlette:
                     steer=signer or gateway.identities.key,  # the gateway, relaying
                     window=_STREAM_WINDOW,
                     timeout=timeout,
+                    reply=outgoing.reply,
                 )
                 return await sse_response(chunks)
             reply = await gateway.client.send(
-                name, fn, outgoing.body, outgoing.headers, timeout, session_key=outgoing.session_key
+                name,
+                fn,
+                outgoing.body,
+                outgoing.headers,
+                timeout,
+                session_key=outgoing.session_key,
+                reply=outgoing.reply,
             )
             if reply.meta.status == 401 and outgoing.session_key is not None:
                 gateway.client.forget_session(name)  # expired or no longer derivable

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
+from ...bus.connection import HeadersFor
 from ...bus.sessions import session_seal
 from ...bus.subjects import call_subject
 from ...bus.wire import (
@@ -37,7 +38,9 @@ from ...bus.wire import (
     H_TIMEOUT,
     JSON,
     MSGPACK,
+    relay_reply,
     request_headers,
+    request_nonce,
     signature_seal,
 )
 from ...host.policy import PolicyState
@@ -54,7 +57,9 @@ class Outgoing(msgspec.Struct):
 
     mode: str
     body: bytes
-    headers: dict[str, str]
+    headers: HeadersFor
+    reply: str = ""
+    """Its reply subject, when the caller signed for one (end to end: a relay's)."""
     session_key: bytes | None = None
     """Set when the gateway's own key made the request in its session with the actor."""
 
@@ -92,18 +97,23 @@ class Identities:
             forwarded = {h: headers[h.lower()] for h in _SIGNED if h.lower() in headers}
             if msgpack:
                 forwarded[H_CONTENT_TYPE] = MSGPACK
-            return Outgoing("end-to-end", body, forwarded)
+            nonce = request_nonce(forwarded)
+            if not nonce:
+                raise Unauthorized(f"missing or malformed header {H_NONCE}")
+            return Outgoing("end-to-end", body, lambda _: forwarded, relay_reply(nonce))
         authorization = headers.get("authorization", "")
         if authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer":
                 raise Unauthorized("Authorization must be 'Bearer <token>'")
             signer = self._token_key(token.strip(), policy)
-            return Outgoing(
-                "token",
-                body,
-                sign_request(signer, subject, body, content_type=wire_type, timeout=timeout),
-            )
+
+            def signed(reply: str) -> dict[str, str]:
+                return sign_request(
+                    signer, subject, reply, body, content_type=wire_type, timeout=timeout
+                )
+
+            return Outgoing("token", body, signed)
         on_behalf = ""
         if _commune_like(headers, body):
             body, on_behalf = self._commune(body)
@@ -112,17 +122,22 @@ class Identities:
         if session is not None:
             ticket, session_key = session
             seal = session_seal(session_key, ticket)
-        made = request_headers(
-            self.key.address,
-            subject,
-            body,
-            seal,
-            content_type=wire_type,
-            timeout=timeout,
-            on_behalf=on_behalf,
-        )
+        caller = self.key.address
+
+        def made(reply: str) -> dict[str, str]:
+            return request_headers(
+                caller,
+                subject,
+                reply,
+                body,
+                seal,
+                content_type=wire_type,
+                timeout=timeout,
+                on_behalf=on_behalf,
+            )
+
         mode = "commune" if on_behalf else "anonymous"
-        return Outgoing(mode, body, made, session_key)
+        return Outgoing(mode, body, made, session_key=session_key)
 
     def signer(self, headers: dict[str, str], body: bytes, policy: PolicyState) -> Keypair | None:
         """The key :meth:`outgoing` will sign a request with as its caller (a token's, or

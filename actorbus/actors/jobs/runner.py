@@ -398,14 +398,19 @@ class Runner:
     async def _call(self, record: JobRecord, actor: str, fn: str, body: bytes) -> bytes:
         """One slice call as the owner: the reply's body if 2xx, else its error raised."""
         timeout = record.options.timeout
-        headers = sign_request(
-            self.key,
-            call_subject(actor, fn),
-            body,
-            timeout=advertised_timeout(timeout),
-            on_behalf=record.owner,
-            delegation=record.delegation.header,
-        )
+        subject = call_subject(actor, fn)
+
+        def headers(reply: str) -> dict[str, str]:
+            return sign_request(
+                self.key,
+                subject,
+                reply,
+                body,
+                timeout=advertised_timeout(timeout),
+                on_behalf=record.owner,
+                delegation=record.delegation.header,
+            )
+
         reply = await self.client.send(actor, fn, body, headers, timeout)
         reply.result()  # raises the error of a non-2xx reply
         return reply.body
