@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 from click.testing import CliRunner
+from cluster import free_port
 from processes import actor_serve
 from support import env_of
 
@@ -182,13 +183,17 @@ def test_up_refuses_a_bad_target(env: dict[str, str]) -> None:
     assert "no such file" in err
 
 
-def readme_python(section: str, env: dict[str, str]) -> str:
-    """Run the first Python block of README's ``## <section>`` as written; its output."""
+def readme_python(section: str, env: dict[str, str], gateway: str = "") -> str:
+    """Run the first Python block of README's ``## <section>`` as written (its gateway
+    URL made ``gateway``, if given: the test's own port); its output."""
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(rf"## {section}\n.*?```python\n(.*?)```", readme, re.S)
     assert snippet, section
+    code = snippet.group(1)
+    if gateway:
+        code = code.replace("http://127.0.0.1:8080", gateway)
     ran = subprocess.run(
-        [sys.executable, "-c", snippet.group(1)],
+        [sys.executable, "-c", code],
         env=env,
         capture_output=True,
         text=True,
@@ -199,14 +204,20 @@ def readme_python(section: str, env: dict[str, str]) -> str:
 
 
 def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
-    """README's first command with no NATS configured: `actor up` brings its own server."""
-    env = {"ACTOR_HOME": str(tmp_path / "home")}
-    clean = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "ACTOR_NATS_URL")}
+    """README's first command with no NATS configured: `actor up` brings its own server
+    (on a port of this test's: 4222 and 8080 may be the user's)."""
+    port, web = free_port(), free_port()
+    env = {
+        "ACTOR_HOME": str(tmp_path / "home"),
+        "ACTOR_NATS_PORT": str(port),
+        "ACTOR_GATEWAY_PORT": str(web),
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "ACTOR_"))}
     up = Up(dict(clean, **env), "examples/echo.py:Echo")
     try:
         up.wait_for("echo[0] ready: pid")
         where = next(line for line in up.lines if "embedded nats-server" in line)
-        assert "nats://127.0.0.1:4222" in where
+        assert f"nats://127.0.0.1:{port}" in where
         server = int(where.split("(pid ")[1].split(")")[0])
         echo = int(next(line for line in up.lines if "echo[0] ready" in line).split("pid ")[1])
         result = CliRunner().invoke(
@@ -217,7 +228,7 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
         assert readme_python("Quickstart", dict(clean, **env)) == "hi 3.0"
         # The gateway on 8080: discovery only for the public until the README's role change.
         up.wait_for("gateway[0] ready: pid")
-        gateway = "http://127.0.0.1:8080"
+        gateway = f"http://127.0.0.1:{web}"
         assert httpx.get(f"{gateway}/echo/add?a=1&b=2.5", timeout=10).status_code == 403
         result = CliRunner().invoke(
             main,
@@ -231,7 +242,7 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert answer.json() == 3.5
-        assert readme_python("The HTTP gateway", dict(clean, **env)) == "signed by me"
+        assert readme_python("The HTTP gateway", dict(clean, **env), gateway) == "signed by me"
         up.wait_for("jobs[0] ready: pid")
         assert readme_python("Jobs", dict(clean, **env)) == "1001 2001.0 finished"
     finally:

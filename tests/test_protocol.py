@@ -35,7 +35,9 @@ from actorbus.bus.chunks import (
     verify_control,
 )
 from actorbus.bus.delegation import sign_delegation, verify_delegation
+from actorbus.bus.nkeys import decode_nkey, encode_nkey, encode_nkey_seed
 from actorbus.bus.sessions import SessionSecret, mac_request
+from actorbus.bus.subjects import inbox_of
 from actorbus.bus.wire import (
     announcement_signing_bytes,
     end_signing_bytes,
@@ -413,3 +415,20 @@ def test_streamed_reply_matches_the_vectors() -> None:
         assert verify_control(control, nonce, {v["caller_address"]}.__contains__) == credit
         with pytest.raises(Unauthorized):
             verify_control(control, nonce, {v["actor_address"]}.__contains__)
+
+
+def test_nkeys_match_the_vectors() -> None:
+    """PROTOCOL.md §5: a key as a NATS user nkey and seed, and its private inbox prefix."""
+    v = vectors()
+    n = v["nkey"]
+    caller = Keypair(bytes.fromhex(v["caller_seed_hex"]))
+    actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
+    assert encode_nkey(caller.public_key) == n["caller_nkey"]
+    assert encode_nkey(actor.public_key) == n["actor_nkey"]
+    assert encode_nkey_seed(caller.seed) == n["caller_nkey_seed"]
+    assert decode_nkey(n["caller_nkey"]) == caller.public_key
+    assert inbox_of(caller.public_key) == n["inbox_prefix"]
+    assert v["request"]["reply_subject"].startswith(n["inbox_prefix"] + ".")
+    for bad in (n["caller_nkey"][:-1] + "A", "S" + n["caller_nkey"][1:], n["caller_nkey"][:40]):
+        with pytest.raises(Unauthorized, match="malformed nkey"):
+            decode_nkey(bad)

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -34,11 +35,13 @@ from ..bus import (
     Unavailable,
     connect,
 )
-from ..bus.jetstream import when_ready
+from ..bus.jetstream import strangers_use_jetstream, when_ready
+from ..bus.rights import NODE
 from ..bus.settings import Settings, node_name
-from ..bus.subjects import check_name
+from ..bus.subjects import NODE_PREFIX, check_name
+from ..bus.tickets import host_ticket
 from ..client import Client
-from ..client.control import CONTROL_TIMEOUT, NODE_PREFIX, node_actor
+from ..client.control import CONTROL_TIMEOUT, node_actor
 from ..client.specs import ActorSpec, ReplicaStatus
 from ..host import Actor, current_call, endpoint, serve
 from ..node.audit import ensure_audit, record
@@ -77,15 +80,15 @@ class NodeActor(Actor):
         )
 
     def _authorize(self) -> str:
-        """The caller, if a policy admin (or this home's own key while no policy runs)."""
+        """The caller, if this home's own key (whoever runs the policy on this NATS) or a
+        policy admin."""
         caller = current_call().caller
         policy = self.__actorbus_policy__
-        if policy is not None and policy.enforced:
-            if caller in policy.state.admins:
-                return caller
-        elif caller == self._owner.address:
+        if caller == self._owner.address:
             return caller
-        raise Forbidden("only a policy admin may control a node")
+        if policy is not None and policy.enforced and caller in policy.state.admins:
+            return caller
+        raise Forbidden("only a policy admin or the node's own home may control a node")
 
     async def _audit(self, who: str, what: str, **args: Any) -> None:
         """Record a control action in the audit trail; without JetStream (its quorum lost,
@@ -173,7 +176,16 @@ async def run_node(
             here = msgspec.structs.replace(settings, nats_url=url, node=name)
             info = NodeInfo(os.getpid(), name, url, time.time(), server.pid if server else None)
             describe(info)
-            async with connect(url, name=f"actorbus node {name}") as nc:
+            control = node_actor(name)
+            ticket = partial(host_ticket, owner, control, NODE, owner.address)
+            if server is None and not settings.join and await strangers_use_jetstream(url):
+                on_event(
+                    f"anyone who reaches NATS at {url} can change the policy (a connection "
+                    "without credentials may use JetStream there): give strangers calls "
+                    'only, as README\'s "A NATS of your own" shows (`actor nats config`)',
+                    True,
+                )
+            async with connect(url, name=f"actorbus node {name}", key=owner, token=ticket) as nc:
                 await when_ready(
                     lambda: ensure_logs(nc, here), "the logs stream", wait=here.start_wait
                 )
@@ -195,7 +207,7 @@ async def run_node(
                             on_event=on_event,
                         ) as node:
                             actor = NodeActor(node, owner, stop)
-                            async with serve(actor, name=node_actor(name), settings=here, nc=nc):
+                            async with serve(actor, name=control, settings=here, nc=nc):
                                 await _start(node, here, specs, nc, owner, on_event)
                                 on_ready(info, node)
                                 await stop.wait()

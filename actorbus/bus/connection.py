@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -21,7 +23,19 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .errors import BadRequest, NoResponders, PayloadTooLarge, ReplyTimeout, Unavailable
+from .errors import (
+    BadRequest,
+    Forbidden,
+    NoResponders,
+    PayloadTooLarge,
+    ReplyTimeout,
+    Unauthorized,
+    Unavailable,
+    excerpt,
+)
+from .keys import Keypair
+from .nkeys import encode_nkey_seed
+from .subjects import inbox_of
 from .throttle import LogThrottle
 
 __all__ = [
@@ -48,10 +62,20 @@ CONNECT_ATTEMPTS = 3
 
 @asynccontextmanager
 async def connect(
-    url: str, *, name: str | None = None, connect_timeout: float = 2.0
+    url: str,
+    *,
+    name: str | None = None,
+    key: Keypair | None = None,
+    token: Callable[[], str] | None = None,
+    connect_timeout: float = 2.0,
 ) -> AsyncIterator[NATS]:
     """Connect to ``url`` (one URL, or several separated by commas: a cluster's seeds); on
     exit drain (finish in-flight work) and close.
+
+    With ``key`` the connection authenticates as that key (a user nkey: it signs the
+    server's nonce, PROTOCOL.md §5) and receives on its own inboxes
+    (:func:`~actorbus.bus.rights.inbox_of`); ``token`` makes what it presents with it
+    each time it connects (a hosting ticket). A server without authorization ignores both.
 
     The first connection is tried a few times and fails with :class:`Unavailable`; once
     connected, the client pings every 5 s, reconnects forever with backoff and buffers
@@ -63,6 +87,9 @@ async def connect(
     throttle = LogThrottle(log)
 
     async def on_error(exc: Exception) -> None:
+        refused = _PERMISSION.search(str(exc))
+        if refused and holder:
+            _refused(holder[0], *refused.groups())
         # Before the first connection, failures end in one Unavailable: keep them quiet.
         level = logging.WARNING if holder else logging.DEBUG
         if isinstance(exc, nats.errors.SlowConsumerError):
@@ -84,10 +111,17 @@ async def connect(
         for callback in list(_reconnect_listeners.get(holder[0], ())):
             callback()
 
+    credentials: dict[str, Any] = {}
+    if key is not None:
+        credentials["nkeys_seed_str"] = encode_nkey_seed(key.seed)
+        credentials["inbox_prefix"] = inbox_of(key.public_key)
+    if token is not None:
+        credentials["token"] = token
     try:
         nc = await nats.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
             name=name,
+            **credentials,
             connect_timeout=connect_timeout,
             ping_interval=PING_INTERVAL,
             max_outstanding_pings=MAX_OUTSTANDING_PINGS,
@@ -99,6 +133,13 @@ async def connect(
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
         )
+    except nats.errors.AuthorizationError as exc:
+        raise Unauthorized(
+            f"NATS at {url} refused this connection"
+            + (f" (key {key.address})" if key is not None else "")
+            + ": its key may not connect, or may not do what it asked (the policy actor's"
+            " log says why)"
+        ) from exc
     except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
         raise Unavailable(f"cannot reach NATS at {url}: {exc}") from exc
     holder.append(nc)
@@ -196,11 +237,13 @@ names its reply subject, so it is signed once that subject is known)."""
 
 
 class _Waiter:
-    __slots__ = ("arrived", "msg")
+    __slots__ = ("arrived", "msg", "refused", "subject")
 
-    def __init__(self) -> None:
+    def __init__(self, subject: str) -> None:
         self.arrived = anyio.Event()
         self.msg: Msg | None = None
+        self.subject = subject.lower()  # nats-py reports refused subjects in lower case
+        self.refused = False
 
 
 class _Responses:
@@ -227,10 +270,28 @@ class _Responses:
             waiter.msg = msg
             waiter.arrived.set()
 
-    def waiter(self) -> tuple[str, _Waiter]:
+    def waiter(self, subject: str) -> tuple[str, _Waiter]:
         token = format(next(self._tokens), "x")
-        waiter = self.waiting[token] = _Waiter()
+        waiter = self.waiting[token] = _Waiter(subject)
         return f"{self.prefix}.{token}", waiter
+
+    def refuse(self, subject: str) -> None:
+        """The server refused to take a publish on ``subject``: its requests end now."""
+        for waiter in self.waiting.values():
+            if waiter.subject == subject:
+                waiter.refused = True
+                waiter.arrived.set()
+
+
+_PERMISSION = re.compile(r"permissions violation for (publish|subscription) to \"([^\"]*)\"", re.I)
+
+
+def _refused(nc: NATS, kind: str, subject: str) -> None:
+    """The server refused a publish or a subscription on ``nc``: requests waiting for an
+    answer to a refused publish fail at once (:class:`Forbidden`), not at their timeout."""
+    responses = _responses.get(nc)
+    if kind.lower() == "publish" and responses is not None:
+        responses.refuse(subject.lower())
 
 
 _responses: weakref.WeakKeyDictionary[NATS, _Responses] = weakref.WeakKeyDictionary()
@@ -249,7 +310,8 @@ async def request(
     subject (:data:`HeadersFor`); that subject is ``reply`` if given (the request was
     signed for it elsewhere: a relay), else a fresh one of this connection's.
 
-    Raises :class:`NoResponders`, :class:`Unavailable` (a closed connection),
+    Raises :class:`NoResponders`, :class:`Forbidden` (the server refused the publish: this
+    connection may not send on ``subject``), :class:`Unavailable` (a closed connection),
     :class:`ReplyTimeout` (no reply within ``timeout`` seconds) or :class:`PayloadTooLarge`
     (the request, headers included, is over the server's max payload)."""
     if reply:
@@ -275,7 +337,7 @@ async def request(
             await responses.subscribe(nc)
         except nats.errors.Error as exc:
             raise Unavailable(f"cannot subscribe for replies: {exc}") from exc
-        reply, waiter = responses.waiter()
+        reply, waiter = responses.waiter(subject)
         try:
             built = headers(reply) if callable(headers) else headers
             await publish(nc, subject, body, built, reply=reply)
@@ -283,6 +345,11 @@ async def request(
                 await waiter.arrived.wait()
         finally:
             del responses.waiting[reply[len(responses.prefix) + 1 :]]
+        if waiter.refused:
+            raise Forbidden(
+                f"the NATS server refuses this connection's requests on {excerpt(subject)} "
+                "(its rights from the policy when it connected)"
+            )
         if waiter.msg is None:
             raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s")
         msg = waiter.msg

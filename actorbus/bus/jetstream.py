@@ -20,13 +20,15 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from .errors import Unavailable
+from .connection import connect, request
+from .errors import NoResponders, ReplyTimeout, Unavailable
 
 __all__ = [
     "JS_ERRORS",
     "Bucket",
     "ensure_stream",
     "publish_acked",
+    "strangers_use_jetstream",
     "stream_messages",
     "when_ready",
 ]
@@ -36,6 +38,8 @@ T = TypeVar("T")
 log = logging.getLogger("actorbus.bus")
 
 JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
+_PROBE_WAIT = 1.0
+"""Seconds to wait for JetStream's answer to a connection without credentials."""
 """What nats.js raises when JetStream cannot answer (all mapped to :class:`Unavailable`)."""
 
 
@@ -182,6 +186,17 @@ async def _bind(nc: NATS, name: str) -> KeyValue:
         return await nc.jetstream().key_value(name)
     except JS_ERRORS as exc:
         raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
+
+
+async def strangers_use_jetstream(url: str) -> bool:
+    """Whether a connection without credentials may use JetStream at ``url`` (it could then
+    write any bucket and delete any stream): asks for the account's JetStream info."""
+    async with connect(url, name="actorbus check") as nc:
+        try:
+            await request(nc, "$JS.API.INFO", b"", {}, _PROBE_WAIT)
+        except (ReplyTimeout, NoResponders):  # refused (no answer comes), or no JetStream
+            return False
+    return True
 
 
 async def when_ready(op: Callable[[], Awaitable[T]], what: str, *, wait: float) -> T:

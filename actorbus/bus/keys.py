@@ -32,6 +32,7 @@ __all__ = [
     "token_id",
     "token_keypair",
     "verify",
+    "verify_raw",
 ]
 
 SS58_PREFIX = 42
@@ -112,7 +113,17 @@ def verify(address: str, message: bytes, signature: bytes) -> None:
     Raises :class:`Unauthorized` on any failure: malformed or weak key, a signature that is
     not exactly 64 bytes or not canonical, or one that does not match.
     """
-    public_key = address_to_public_key(address)
+    _verify(address_to_public_key(address), message, signature)
+
+
+def verify_raw(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """:func:`verify` by a 32-byte public key (an nkey's); raises :class:`Unauthorized`."""
+    if len(public_key) != 32 or not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+        raise Unauthorized("weak public key: not a canonical point of large order")
+    _verify(public_key, message, signature)
+
+
+def _verify(public_key: bytes, message: bytes, signature: bytes) -> None:
     if len(signature) != 64:
         raise Unauthorized("signature must be exactly 64 bytes")
     try:

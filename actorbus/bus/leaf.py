@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 import anyio
 
 from .errors import BadRequest, Unavailable
-from .server import EmbeddedServer
+from .server import EmbeddedServer, write_config
 
 __all__ = ["leaf_config", "redact", "wait_joined"]
 
@@ -67,14 +67,10 @@ def leaf_config(path: Path, join: str, credentials: Path | None, domain: str) ->
                 f"{quote(user, safe='')}:{quote(password, safe='')}" if colon else quote(line)
             )
             remote["urls"] = [f"{url.scheme}://{userinfo}@{url.hostname}:{port}{url.path}"]
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
     if not _DOMAIN.fullmatch(domain):
         raise BadRequest(f"invalid JetStream domain {domain!r}: 1-64 of [A-Za-z0-9_-]")
     config = {"default_js_domain": {"$G": domain}, "leafnodes": {"remotes": [remote]}}
-    path.write_text(json.dumps(config, indent=2))
-    return path
+    return write_config(path, config)
 
 
 def _read_secret(path: Path) -> str:

@@ -19,15 +19,26 @@ import sysconfig
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import anyio
 
 from .errors import Unavailable
 
-__all__ = ["EmbeddedServer", "find_nats_server"]
+__all__ = ["EmbeddedServer", "find_nats_server", "write_config"]
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write the nats-server config ``config`` (JSON, which nats-server reads) at ``path``,
+    mode 0600 in a 0700 folder; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
 
 
 def find_nats_server() -> str:

@@ -17,9 +17,7 @@ import msgspec
 
 from .errors import BadRequest
 
-__all__ = ["DEFAULT_NATS_URL", "Settings", "node_name"]
-
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+__all__ = ["Settings", "node_name"]
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -28,9 +26,29 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     home: Path = Path("~/.actor").expanduser()
     """Keys, the embedded server's store and logs (``ACTOR_HOME``)."""
     nats_url: str | None = None
-    """Where NATS is (``ACTOR_NATS_URL``, else ``NATS_URL``); unset: embedded default."""
+    """Where NATS is (``ACTOR_NATS_URL``, else ``NATS_URL``); unset: the embedded default,
+    ``nats://127.0.0.1:<nats_port>``."""
+    nats_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4222
+    """The port of the embedded default (``ACTOR_NATS_PORT``): where ``actor up`` starts
+    a nats-server when none answers there, and where every ``actor`` command looks for
+    it."""
+    nats_auth: bool = True
+    """Whether the embedded default runs with users and the auth callout
+    (``ACTOR_NATS_AUTH``; PROTOCOL.md §5). Off, any connection may do anything on it."""
     key: str = "default"
     """The caller's key name in the keystore (``ACTOR_KEY``)."""
+    host_key: str = ""
+    """The keystore key that signs this home's hosting tickets (``ACTOR_HOST_KEY``; empty:
+    :attr:`key`): replicas started here serve their names under it, if the policy lets it
+    host (an admin's key, or one ``actor policy host add`` lists)."""
+    host_token: str = ""
+    """A bearer token (``abt_…``, ``ACTOR_HOST_TOKEN``) whose key signs this home's hosting
+    tickets instead of :attr:`host_key`: for processes that share no home (containers).
+    A policy actor that starts a new policy lists it as a host."""
+    auth_ttl: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    """Seconds the NATS permissions the policy actor gives a caller's connection last (a
+    role's change reaches the server's check within this; replicas apply it at once). The
+    client reconnects and is given fresh ones."""
     max_skew: float = 30.0
     """Seconds a request's ``Actor-Time`` may differ from the actor's clock."""
     max_body: int = 1024 * 1024
@@ -155,7 +173,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def url(self) -> str:
         """The NATS URL to use: the configured one, else the local default."""
-        return self.nats_url or DEFAULT_NATS_URL
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
 
 
 def _to_path(type_: type, value: Any) -> Any:

@@ -5,15 +5,25 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from .errors import BadRequest
+from .errors import BadRequest, excerpt
+from .nkeys import encode_nkey
 
 __all__ = [
+    "AUDIT_PREFIX",
+    "AUDIT_STREAM",
+    "LOG_PREFIX",
+    "LOG_STREAM",
+    "MAX_NAME_TOKENS",
+    "NODE_PREFIX",
     "NONCE_STREAM",
+    "PRIVATE_INBOXES",
     "REGISTRY_BUCKET",
+    "RELAY_PREFIX",
     "JobsNames",
     "call_subject",
     "check_fn",
     "check_name",
+    "inbox_of",
     "is_reply_subject",
     "nonce_subject",
     "queue_group",
@@ -24,6 +34,20 @@ CALL_PREFIX: Final = "actor"
 NONCE_STREAM: Final = "ACTOR_NONCES"
 NONCE_PREFIX: Final = "actorbus.nonce"
 REGISTRY_BUCKET: Final = "actor_registry"
+LOG_STREAM: Final = "ACTOR_LOGS"
+LOG_PREFIX: Final = "actorbus.logs"
+AUDIT_STREAM: Final = "ACTOR_POLICY_AUDIT"
+AUDIT_PREFIX: Final = "actorbus.audit"
+PRIVATE_INBOXES: Final = "_INBOX.u"
+"""A connection that authenticated with its key receives below ``_INBOX.u.<user nkey>``."""
+RELAY_PREFIX: Final = "_INBOX.relay."
+"""The reply subject of a request signed by a caller off the bus and relayed to it (the
+HTTP gateway's end-to-end mode) is this prefix and the request's nonce."""
+NODE_PREFIX: Final = "node."
+"""``node.<node>`` is the actor of node ``<node>``'s supervisor."""
+MAX_NAME_TOKENS: Final = 8
+"""Dot-separated tokens an actor name has at most (so a NATS permission can say
+``actor.*.info`` … ``actor.*.*.*.*.*.*.*.*.info``: every actor's ``info``)."""
 
 _TOKEN = r"[A-Za-z0-9_-]+"
 _NAME = re.compile(rf"{_TOKEN}(\.{_TOKEN})*")
@@ -34,11 +58,11 @@ _REPLY = re.compile(r"[!-)+-=?-~]{1,256}")
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is one or more dot-separated ``[A-Za-z0-9_-]`` tokens, else 400."""
-    if len(name) > _MAX_NAME or not _NAME.fullmatch(name):
+    """``name`` if it is one to eight dot-separated ``[A-Za-z0-9_-]`` tokens, else 400."""
+    if len(name) > _MAX_NAME or not _NAME.fullmatch(name) or name.count(".") >= MAX_NAME_TOKENS:
         raise BadRequest(
-            f"invalid actor name {name!r}: dot-separated tokens of [A-Za-z0-9_-], "
-            f"at most {_MAX_NAME} characters"
+            f"invalid actor name {excerpt(name)}: 1 to {MAX_NAME_TOKENS} dot-separated "
+            f"tokens of [A-Za-z0-9_-], at most {_MAX_NAME} characters"
         )
     return name
 
@@ -48,6 +72,12 @@ def check_fn(fn: str) -> str:
     if len(fn) > _MAX_NAME or not _FN.fullmatch(fn):
         raise BadRequest(f"invalid function name {fn!r}: one token of [A-Za-z0-9_-]")
     return fn
+
+
+def inbox_of(public_key: bytes) -> str:
+    """The inbox prefix of a connection authenticated with ``public_key``: only it may
+    subscribe below it."""
+    return f"{PRIVATE_INBOXES}.{encode_nkey(public_key)}"
 
 
 def call_subject(name: str, fn: str) -> str:

@@ -22,13 +22,13 @@ import msgspec
 
 from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
 from .keys import Keypair, verify
+from .subjects import RELAY_PREFIX
 
 __all__ = [
     "DELEGATION_HEADER",
     "JSON",
     "MSGPACK",
     "PROTOCOL_VERSION",
-    "RELAY_PREFIX",
     "CallBody",
     "Codec",
     "ErrorBody",
@@ -88,9 +88,6 @@ _MAC = re.compile(r"[0-9a-f]{64}")
 DELEGATION_HEADER: Final = re.compile(r"([A-Za-z0-9_-]{8,64});([0-9]{1,13});([0-9a-f]{128})")
 """``Actor-Delegation``: ``<job>;<expires ms>;<the owner's signature>`` (PROTOCOL.md §12)."""
 _MAX_TIMEOUT = 24 * 3600.0
-RELAY_PREFIX: Final = "_INBOX.relay."
-"""The reply subject of a request signed by a caller off the bus and relayed to it (the
-HTTP gateway's end-to-end mode) is this prefix and the request's nonce."""
 ERROR_HEADER_LIMIT: Final = 200
 """Characters of ``Actor-Error`` at most (the full message is in the body)."""
 

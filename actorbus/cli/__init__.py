@@ -5,9 +5,9 @@ own module, loaded only when one of its commands runs (a replica process, `actor
 never imports the supervisor or the tables): :mod:`.node` (up, down, gateway: this
 node's supervisor), :mod:`.replica` (serve: one replica), :mod:`.ops` (ps, kill,
 restart, scale, logs: control from anywhere), :mod:`.calls` (call, ls, info),
-:mod:`.policy`, :mod:`.keys`, :mod:`.tokens`, :mod:`.jobs`. Errors print one line (status, message,
-error id) and exit with the code in :data:`EXIT_CODES`, so scripts can tell a 403 from a
-503.
+:mod:`.policy`, :mod:`.keys`, :mod:`.tokens`, :mod:`.jobs`, :mod:`.nats`. Errors print
+one line (status, message, error id) and exit with the code in :data:`EXIT_CODES`, so
+scripts can tell a 403 from a 503.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ COMMANDS = {
     "info": "calls:info",
     "policy": "policy:policy",
     "key": "keys:key",
+    "nats": "nats:nats",
 }
 """Each command's ``module:object`` in this package."""
 

@@ -19,9 +19,9 @@ import psutil
 from ..actors.node import run_node
 from ..bus import ActorError, BadRequest, Unavailable
 from ..bus.settings import Settings, node_name
-from ..bus.subjects import check_name
+from ..bus.subjects import NODE_PREFIX, check_name
 from ..client import Client
-from ..client.control import NODE_PREFIX, Control
+from ..client.control import Control
 from ..client.logs import read_logs
 from ..client.specs import ActorSpec, replica_count
 from ..host.actor import actor_name

@@ -173,6 +173,65 @@ def policy_forwarders(ctx: click.Context) -> None:
     _policy_call(ctx, "forwarders")
 
 
+@policy.group("host")
+def policy_host() -> None:
+    """Keys that may let replicas serve on this bus (admins may too)."""
+
+
+@policy_host.command("add")
+@click.argument("key")
+@click.pass_context
+def policy_host_add(ctx: click.Context, key: str) -> None:
+    """Let KEY (another home's key: `actor key show` there) host actors on this bus."""
+    _policy_call(ctx, "add_host", _key_address(settings_of(ctx), key))
+
+
+@policy_host.command("rm")
+@click.argument("key")
+@click.pass_context
+def policy_host_rm(ctx: click.Context, key: str) -> None:
+    """Stop KEY from hosting actors (its running replicas serve on until they reconnect)."""
+    _policy_call(ctx, "rm_host", _key_address(settings_of(ctx), key))
+
+
+@policy_host.command("ls")
+@click.pass_context
+def policy_host_ls(ctx: click.Context) -> None:
+    """The listed hosts."""
+    _policy_call(ctx, "hosts")
+
+
+@policy.group("name")
+def policy_name() -> None:
+    """Which keys may serve each actor name (the first to serve a name claims it)."""
+
+
+@policy_name.command("grant")
+@click.argument("name")
+@click.argument("key")
+@click.pass_context
+def policy_name_grant(ctx: click.Context, name: str, key: str) -> None:
+    """Let KEY serve actor NAME too (a new key for it, or a second one while moving)."""
+    _policy_call(ctx, "grant_name", name, _key_address(settings_of(ctx), key))
+
+
+@policy_name.command("revoke")
+@click.argument("name")
+@click.argument("key", required=False)
+@click.pass_context
+def policy_name_revoke(ctx: click.Context, name: str, key: str | None) -> None:
+    """Stop KEY (without one: every key) from serving actor NAME."""
+    address = _key_address(settings_of(ctx), key) if key else None
+    _policy_call(ctx, "revoke_name", name, address)
+
+
+@policy_name.command("ls")
+@click.pass_context
+def policy_name_ls(ctx: click.Context) -> None:
+    """Every bound name and its keys."""
+    _policy_call(ctx, "names")
+
+
 @policy.command("decide")
 @click.argument("key")
 @click.argument("target", metavar="ACTOR/FN")

@@ -14,11 +14,10 @@ import msgspec
 
 from ..bus import NATS
 from ..bus.jetstream import stream_messages
+from ..bus.subjects import AUDIT_PREFIX, AUDIT_STREAM
 
-__all__ = ["AUDIT_PREFIX", "AUDIT_STREAM", "AuditRecord", "read_audit"]
+__all__ = ["AuditRecord", "read_audit"]
 
-AUDIT_STREAM = "ACTOR_POLICY_AUDIT"
-AUDIT_PREFIX = "actorbus.audit"
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 

@@ -138,7 +138,7 @@ class Client:
         _ = self.key  # fail early on a bad keystore
         if self._nc is None:
             self._nc = await self._stack.enter_async_context(
-                connect(self.settings.url, name="actorbus client")
+                connect(self.settings.url, name="actorbus client", key=self.key)
             )
         return self
 

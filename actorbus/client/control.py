@@ -14,12 +14,12 @@ import anyio
 import msgspec
 
 from ..bus import ActorError, BadRequest, NotFound, Unavailable
+from ..bus.subjects import NODE_PREFIX
 from .client import Client
 from .specs import ActorSpec, ReplicaStatus
 
-__all__ = ["CONTROL_TIMEOUT", "NODE_PREFIX", "Control", "node_actor"]
+__all__ = ["CONTROL_TIMEOUT", "Control", "node_actor"]
 
-NODE_PREFIX = "node."
 CONTROL_TIMEOUT = 600.0
 """Seconds a control call may take (a rolling restart of many replicas is slow)."""
 

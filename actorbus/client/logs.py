@@ -15,12 +15,9 @@ import msgspec
 
 from ..bus import NATS
 from ..bus.jetstream import stream_messages
-from ..bus.subjects import check_name
+from ..bus.subjects import LOG_PREFIX, LOG_STREAM, check_name
 
-__all__ = ["LOG_PREFIX", "LOG_STREAM", "LogLine", "log_subject", "read_logs"]
-
-LOG_STREAM = "ACTOR_LOGS"
-LOG_PREFIX = "actorbus.logs"
+__all__ = ["LogLine", "log_subject", "read_logs"]
 
 
 class LogLine(msgspec.Struct, frozen=True):

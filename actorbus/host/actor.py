@@ -111,6 +111,9 @@ class Actor:
     """Functions only admins may call on this actor, whatever a role allows."""
     quotas: bool = True
     """Whether calls to this actor count against the callers' quotas."""
+    rights: str = "actor"
+    """What its replicas may do on the bus, which their hosting ticket asks for
+    (:data:`actorbus.bus.rights.ROLES`: ``actor``, ``jobs``, ``gateway``)."""
     sessions: bool = True
     """Whether callers may open sessions (PROTOCOL.md §4b) and authenticate calls with
     them; ``False`` has every call signed (the policy actor's changes, node control)."""

@@ -8,7 +8,9 @@ static); if NATS itself goes away, they decide from the last state they saw and 
 
 Keys in the bucket: ``admin.<address>``, ``user.<address>`` (role name), ``role.<name>``
 (:class:`Role`), ``stake.<address>`` (a number), ``config`` (:class:`PolicyConfig`),
-``token.<sha256 of a bearer token>`` (:class:`TokenInfo`), ``forwarder.<address>``.
+``token.<sha256 of a bearer token>`` (:class:`TokenInfo`), ``forwarder.<address>``,
+``host.<address>`` (keys that may let replicas serve, :mod:`actorbus.bus.tickets`) and
+``name.<actor name>`` (the addresses that may serve that name).
 
 Quotas: a key may make ``max(stake / role.stake2rate, config.floor)`` calls per minute,
 admins are unlimited. A host borrows part of a key's budget for the current window from
@@ -107,6 +109,7 @@ _config_decoder = msgspec.json.Decoder(PolicyConfig)
 _token_decoder = msgspec.json.Decoder(TokenInfo)
 _number_decoder = msgspec.json.Decoder(float)
 _text_decoder = msgspec.json.Decoder(str)
+_addresses_decoder = msgspec.json.Decoder(list[str])
 
 
 def _pattern(pattern: str) -> re.Pattern[str]:
@@ -125,6 +128,10 @@ class PolicyState:
         """Bearer tokens by the hex SHA-256 of their text."""
         self.forwarders: set[str] = set()
         """Keys trusted to call on behalf of others (a gateway's)."""
+        self.hosts: set[str] = set()
+        """Keys that may let replicas serve a name (besides admins)."""
+        self.names: dict[str, list[str]] = {}
+        """Per actor name, the addresses that may serve it."""
         self.config = PolicyConfig()
         self.configured = False
         self.revision = 0
@@ -165,6 +172,16 @@ class PolicyState:
                     self.forwarders.discard(subject)
                 else:
                     self.forwarders.add(subject)
+            elif kind == "host":
+                if value is None:
+                    self.hosts.discard(subject)
+                else:
+                    self.hosts.add(subject)
+            elif kind == "name":
+                if value is None:
+                    self.names.pop(subject, None)
+                else:
+                    self.names[subject] = _addresses_decoder.decode(value)
             elif key == "config":
                 self.config = PolicyConfig() if value is None else _config_decoder.decode(value)
                 self.configured = value is not None

@@ -24,9 +24,10 @@ from importlib.metadata import PackageNotFoundError, version
 import anyio
 import msgspec
 
-from ..bus import NATS, ActorError, Keypair, Keystore, Unavailable, connect
+from ..bus import NATS, ActorError, Keypair, Keystore, Unavailable, connect, token_keypair
 from ..bus.settings import Settings, node_name
 from ..bus.subjects import check_name, queue_group, serve_subject
+from ..bus.tickets import host_ticket
 from ..client.client import Client
 from ..client.registry import Registry, RegistryEntry
 from .actor import Actor, actor_name, collect_functions
@@ -102,8 +103,9 @@ async def serve(
 
     async with AsyncExitStack() as stack:
         if nc is None:
+            ticket = partial(host_ticket, _host_key(settings), name, actor.rights, key.address)
             nc = await stack.enter_async_context(
-                connect(settings.url, name=f"actor {name} {instance}")
+                connect(settings.url, name=f"actor {name} {instance}", key=key, token=ticket)
             )
         registration = _Registration(nc, settings, name)
         await registration.open()
@@ -289,6 +291,16 @@ async def _drain(
         with anyio.move_on_after(2):
             await pipeline.abandon("shutting down: the call could not finish in time")
     pipeline.replies.throttle.flush(force=True)
+
+
+def _host_key(settings: Settings) -> Keypair:
+    """The key that signs this home's hosting tickets (the home's own, unless told)."""
+    if settings.host_token:
+        return token_keypair(settings.host_token)
+    keys = Keystore(settings.home)
+    if settings.host_key:
+        return keys.load(settings.host_key)
+    return keys.load(settings.key, create=True)
 
 
 async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:

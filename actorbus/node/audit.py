@@ -10,7 +10,8 @@ import msgspec
 
 from ..bus import NATS
 from ..bus.jetstream import ensure_stream, publish_acked
-from ..client.audit import AUDIT_PREFIX, AUDIT_STREAM, AuditRecord
+from ..bus.subjects import AUDIT_PREFIX, AUDIT_STREAM
+from ..client.audit import AuditRecord
 
 __all__ = ["ensure_audit", "record"]
 

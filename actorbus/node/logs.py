@@ -20,7 +20,8 @@ import msgspec
 from ..bus import NATS, ActorError, LogThrottle, publish
 from ..bus.jetstream import ensure_stream
 from ..bus.settings import Settings
-from ..client.logs import LOG_PREFIX, LOG_STREAM, LogLine, log_subject
+from ..bus.subjects import LOG_PREFIX, LOG_STREAM
+from ..client.logs import LogLine, log_subject
 
 __all__ = ["LogShipper", "ensure_logs"]
 

@@ -25,11 +25,22 @@ import anyio.abc
 import msgspec
 import psutil
 
-from ..bus import NATS, ActorError, BadRequest, EmbeddedServer, NotFound, nats_answers, request
+from ..bus import (
+    NATS,
+    ActorError,
+    BadRequest,
+    EmbeddedServer,
+    Keystore,
+    NotFound,
+    nats_answers,
+    request,
+)
 from ..bus.leaf import leaf_config, wait_joined
-from ..bus.settings import DEFAULT_NATS_URL, Settings
+from ..bus.server import write_config
+from ..bus.settings import Settings
 from ..bus.subjects import service_subject
 from ..client.specs import TIERS, ActorSpec, ReplicaStatus
+from .natsconf import auth_config
 from .slots import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 
 __all__ = [
@@ -109,17 +120,26 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
     """The NATS to use: with ``settings.join``, an embedded nats-server that is a leaf
     node of that remote NATS (on ``settings.url``, without JetStream of its own), once its
     leaf connection is up; else ``settings.nats_url`` if set; else one already answering
-    on 127.0.0.1:4222; else an embedded ``nats-server -js`` on that port. An embedded
-    server keeps its files under ``$ACTOR_HOME/nats`` and is stopped on exit. Yields it,
-    or ``None``."""
+    on 127.0.0.1:``nats_port``; else an embedded ``nats-server -js`` on that port, with
+    this home's users and the policy actor's auth callout (:mod:`.natsconf`; unless
+    ``nats_auth`` is off). An embedded server keeps its files under ``$ACTOR_HOME/nats``
+    and is stopped on exit. Yields it, or ``None``."""
     if settings.join:
         async with _leaf_server(settings) as server:
             yield server
         return
-    if settings.nats_url or await nats_answers(DEFAULT_NATS_URL):
+    if settings.nats_url or await nats_answers(settings.url):
         yield None
         return
-    async with EmbeddedServer(settings.home / "nats", port=4222) as server:
+    extra: tuple[str, ...] = ()
+    if settings.nats_auth:
+        keys = Keystore(settings.home)
+        owner = keys.load(settings.key, create=True)
+        policy = keys.load(settings.policy, create=True)
+        config = auth_config(settings, owner, policy)
+        extra = ("-c", str(write_config(settings.home / "nats" / "server.conf", config)))
+    server = EmbeddedServer(settings.home / "nats", port=settings.nats_port, extra_args=extra)
+    async with server:
         yield server
 
 

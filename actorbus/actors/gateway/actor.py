@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 import uvicorn
 
+from ...bus.rights import GATEWAY
 from ...host import Actor
 from ...host.policy import PolicyState
 from ...host.replica import VERSION
@@ -46,6 +47,7 @@ class Gateway(Actor):
 
     name = "gateway"
     quotas = False
+    rights = GATEWAY
     version = VERSION
 
     def __init__(self) -> None:

@@ -26,6 +26,7 @@ from ...bus.delegation import (
 )
 from ...bus.jetstream import when_ready
 from ...bus.ranges import page_of, parse_ranges
+from ...bus.rights import JOBS
 from ...host import Actor, current_call, endpoint
 from .model import (
     ACTIVE,
@@ -53,6 +54,7 @@ class Jobs(Actor):
     # Every job call is checked against the job's owner here, and every slice against the
     # owner's policy at its target, quota included: this actor's own calls are free.
     quotas = False
+    rights = JOBS
 
     _store: JobStore
     _runner: Runner

@@ -12,6 +12,7 @@ import msgspec
 from ...bus import BadRequest, NotFound
 from ...client.audit import read_audit
 from ...host.policy import PUBLIC, Decision, PolicyConfig, Role
+from .callout import AuthCallout
 from .credentials import Credentials
 from .quotas import MAX_WINDOW, Quotas
 from .store import check_address, check_role, encode
@@ -19,7 +20,7 @@ from .store import check_address, check_role, encode
 __all__ = ["Policy"]
 
 
-class Policy(Credentials, Quotas):
+class Policy(Credentials, Quotas, AuthCallout):
     """Admins, roles with allow/deny patterns, stakes and rate quotas."""
 
     name = "policy"

@@ -10,7 +10,14 @@ from typing import Any
 
 import msgspec
 
-from ...bus import BadRequest, Forbidden, Keystore, Unauthorized, address_to_public_key
+from ...bus import (
+    BadRequest,
+    Forbidden,
+    Keystore,
+    Unauthorized,
+    address_to_public_key,
+    token_keypair,
+)
 from ...bus.jetstream import Bucket, when_ready
 from ...host import Actor, current_call
 from ...host.policy import PolicyConfig, PolicyState, Role, load_state
@@ -66,6 +73,9 @@ class PolicyStore(Actor):
             if not state.admins:
                 first = Keystore(settings.home).load(settings.key, create=True).address
                 await self._seed("admin." + first, b"1", "first_admin", {"key": first})
+            if settings.host_token:
+                host = token_keypair(settings.host_token).address
+                await self._seed("host." + host, b"1", "add_host", {"key": host})
             if "user" not in state.roles:
                 user = Role(allow=["*/*"])
                 args = {"role": "user", **msgspec.to_builtins(user)}

@@ -1,0 +1,115 @@
+"""Who may serve what: hosts (keys that may let a replica serve a name: the admins and the
+keys listed here) and names (the keys that may serve each actor name).
+
+A name is claimed by the first key that serves it under a valid hosting ticket; after
+that only the keys bound to it may serve it, until an admin grants the name to another
+key (a new actor key, a second key for a blue/green move) or revokes one. The policy
+actor's own name and the supervisors' (``node.*``) are never claimed: those are served by
+connections the server's config names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+
+from ...bus import BadRequest, Forbidden, NotFound, Unavailable
+from ...bus.rights import NODE
+from ...bus.subjects import NODE_PREFIX, check_name
+from ...node.audit import record
+from .store import PolicyStore, check_address, encode
+
+__all__ = ["Bindings"]
+
+_CLAIM_WAIT = 2.0
+"""Seconds a claim may take (the server waits for the callout's answer a little longer)."""
+_addresses = msgspec.json.Decoder(list[str])
+
+
+class Bindings(PolicyStore):
+    """Hosts and name bindings (changes: admins only)."""
+
+    async def add_host(self, key: str) -> list[str]:
+        """Let ``key`` sign hosting tickets: replicas it starts may serve names (their own,
+        or new ones); returns the hosts."""
+        await self._change("add_host", "host." + check_address(key), b"1", key=key)
+        return sorted(self.state.hosts)
+
+    async def rm_host(self, key: str) -> list[str]:
+        self._require_admin()
+        if key not in self.state.hosts:
+            raise NotFound(f"{key} is not a host")
+        await self._change("rm_host", "host." + key, None, key=key)
+        return sorted(self.state.hosts)
+
+    async def hosts(self) -> list[str]:
+        """The listed hosts (admins are hosts too)."""
+        self._require_admin()
+        return sorted(self.state.hosts)
+
+    async def grant_name(self, name: str, key: str) -> dict[str, list[str]]:
+        """Let ``key`` serve actor ``name`` too (beside the keys bound to it)."""
+        check_address(key)
+        bound = self.state.names.get(self._check_claimable(name), [])
+        addresses = sorted({*bound, key})
+        await self._change("grant_name", "name." + name, encode(addresses), name=name, key=key)
+        return {name: addresses}
+
+    async def revoke_name(self, name: str, key: str | None = None) -> dict[str, list[str]]:
+        """Stop ``key`` (or, without one, every key: the next to serve claims it) from
+        serving ``name``; replicas already connected serve on until they reconnect."""
+        self._require_admin()
+        bound = self.state.names.get(name)
+        if bound is None or (key is not None and key not in bound):
+            raise NotFound(f"{key or 'no key'} is bound to {name!r}")
+        left = [a for a in bound if a != key] if key is not None else []
+        await self._change(
+            "revoke_name", "name." + name, encode(left) if left else None, name=name, key=key
+        )
+        return {name: left}
+
+    async def names(self) -> dict[str, list[str]]:
+        """Every bound name and the keys that may serve it."""
+        self._require_admin()
+        return dict(sorted(self.state.names.items()))
+
+    def _check_claimable(self, name: str, role: str = "") -> str:
+        check_name(name)
+        if name == self.name:
+            raise BadRequest(f"{name!r} is served by the policy actor's own user alone")
+        if name.startswith(NODE_PREFIX) != (role == NODE) and role:
+            raise BadRequest(f"only supervisors serve names starting with {NODE_PREFIX!r}")
+        return name
+
+    async def _claim(self, name: str, role: str, address: str, host: str) -> None:
+        """Make sure ``address`` may serve ``name`` as ``role``: it is bound to it, or
+        nobody is and it claims it now (recorded as made by ``host``; a claim whose record
+        cannot be stored is undone). Raises :class:`Forbidden` if the name is another key's,
+        :class:`BadRequest` for a name no ticket may serve (the policy actor's; ``node.*``
+        but for a supervisor), :class:`Unavailable` if the claim cannot be stored in time."""
+        self._check_claimable(name, role)
+        bound = self.state.names.get(name)
+        if bound is None:
+            key, value = "name." + name, encode([address])
+            try:
+                with anyio.fail_after(_CLAIM_WAIT):
+                    if await self._bucket.update(key, value, 0) is not None:
+                        try:
+                            args: dict[str, Any] = {"name": name, "key": address}
+                            await record(self.nc, self.name or "policy", host, "claim_name", args)
+                        except Unavailable:
+                            await self._bucket.delete(key)
+                            raise
+                        self._applied(key, value)
+                        return
+                    stored = await self._bucket.get(key)  # claimed meanwhile
+            except TimeoutError:
+                raise Unavailable(f"the claim of {name!r} took too long") from None
+            bound = _addresses.decode(stored[0]) if stored else []
+        if address not in bound:
+            raise Forbidden(
+                f"actor name {name!r} is served by another key: an admin lets this one with "
+                f"`actor policy name grant {name} {address}`"
+            )

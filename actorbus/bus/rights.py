@@ -1,0 +1,280 @@
+"""What each identity may do on the bus, as NATS permissions (PROTOCOL.md §5).
+
+The NATS server enforces these before any actorbus process reads a message: the policy
+actor's auth callout gives each connection one of them, and the embedded server's config
+gives the policy actor its own. The rule for all of them: what a process publishes and
+subscribes to is what its job needs, by name, and nothing that lets it read or write
+another's state. JetStream is reached through the ``$JS.API`` subjects of the streams a
+process uses (:func:`stream_reader`, :func:`stream_owner`); deleting or purging a stream
+is no one's but the operator's (who has no permissions block at all).
+
+Inboxes: a connection that authenticated with its key receives on ``_INBOX.u.<its user
+nkey>.>`` only (:func:`inbox_of`); one without credentials shares ``_INBOX.>`` with the
+others like it, but never sees ``_INBOX.u.>`` (the keyed connections') or
+``_INBOX.relay.>`` (what relays receive for callers off the bus).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from typing import Final
+
+from .keys import Keypair
+from .natsjwt import Permission, Permissions
+from .settings import Settings
+from .subjects import (
+    AUDIT_PREFIX,
+    AUDIT_STREAM,
+    CALL_PREFIX,
+    LOG_PREFIX,
+    LOG_STREAM,
+    MAX_NAME_TOKENS,
+    NODE_PREFIX,
+    NONCE_STREAM,
+    PRIVATE_INBOXES,
+    REGISTRY_BUCKET,
+    RELAY_PREFIX,
+    JobsNames,
+    inbox_of,
+    nonce_subject,
+    queue_group,
+    serve_subject,
+    service_name,
+)
+from .wire import PROTOCOL_VERSION
+
+__all__ = [
+    "ACTOR",
+    "AUTH_SUBJECT",
+    "GATEWAY",
+    "JOBS",
+    "NODE",
+    "ROLES",
+    "admin",
+    "call_subjects",
+    "caller",
+    "callout_issuer",
+    "policy_service",
+    "replica",
+    "stranger",
+]
+
+ACTOR: Final = "actor"
+JOBS: Final = "jobs"
+GATEWAY: Final = "gateway"
+NODE: Final = "node"
+ROLES: Final = (ACTOR, JOBS, GATEWAY, NODE)
+"""What a host may let a replica be: any actor, the jobs actor (its streams), a gateway
+(it receives relayed replies), a node's supervisor (``node.<node>``: it ships its node's
+logs and records its control actions)."""
+
+AUTH_SUBJECT: Final = "$SYS.REQ.USER.AUTH"
+"""Where the server asks the auth callout about each new connection."""
+
+_INBOXES: Final = "_INBOX.>"
+_SERVER_INBOXES: Final = "$SYS._INBOX.>"
+"""Where the server waits for the auth callout's answers."""
+_GLOB = frozenset("*?[")
+
+
+def callout_issuer(policy_key: Keypair) -> Keypair:
+    """The account key the policy actor signs its callout answers with, derived from its
+    seed (which all its replicas share); the server's config names its public half."""
+    return Keypair(
+        hmac.digest(policy_key.seed, f"{PROTOCOL_VERSION}\nnats issuer".encode(), "sha256")
+    )
+
+
+def _kv(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def stream_reader(stream: str) -> list[str]:
+    """What reading ``stream`` takes: its info, direct and stored gets, and consumers of
+    it (made, read, acknowledged, deleted)."""
+    api = "$JS.API"
+    return [
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*",
+        f"{api}.CONSUMER.INFO.{stream}.*",
+        f"{api}.CONSUMER.DELETE.{stream}.*",
+        f"{api}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def stream_owner(stream: str) -> list[str]:
+    """:func:`stream_reader`, and making the stream or changing its limits."""
+    return [
+        *stream_reader(stream),
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
+    ]
+
+
+def _service(name: str) -> list[str]:
+    """The ``$SRV`` subjects a replica of ``name`` answers on."""
+    service = service_name(name)
+    return ["$SRV.*", f"$SRV.*.{service}", f"$SRV.*.{service}.*"]
+
+
+def _any_actor(fn: str) -> list[str]:
+    """``fn`` of every actor, whatever the depth of its name."""
+    return [".".join([CALL_PREFIX, *["*"] * depth, fn]) for depth in range(1, MAX_NAME_TOKENS + 1)]
+
+
+def call_subjects(patterns: Iterable[str], fns: Iterable[str] = ()) -> list[str]:
+    """The call subjects that cover the policy's ``actor/fn`` patterns, and the functions
+    ``fns`` of every actor (the discovery whitelist). A pattern the server cannot state
+    exactly is widened (``llm-*/gen`` is every function of every actor): the server may
+    let through more than the policy allows, never less; the replica decides exactly."""
+    subjects: set[str] = set()
+    for fn in fns:
+        subjects.update(_any_actor(fn))
+    for pattern in patterns:
+        actor, slash, fn = pattern.rpartition("/")
+        if not slash:
+            continue
+        fn_token = "*" if _GLOB & set(fn) else fn
+        tokens = actor.split(".")
+        if not _GLOB & set(actor):
+            subjects.add(".".join([CALL_PREFIX, *tokens, fn_token]))
+            continue
+        literal = []
+        for token in tokens:
+            if _GLOB & set(token):
+                break
+            literal.append(token)
+        if not literal and fn_token != "*":
+            subjects.update(_any_actor(fn_token))
+        else:
+            subjects.add(".".join([CALL_PREFIX, *literal, ">"]))
+    return sorted(subjects)
+
+
+def stranger(calls: list[str]) -> Permissions:
+    """A connection without credentials: it calls (``calls``: its role's call subjects),
+    asks ``$SRV``, and hears its own replies among the other anonymous connections'.
+
+    It may subscribe to ``_INBOX.>`` (NATS cannot tell that wildcard from its own inboxes:
+    an allowed ``_INBOX.*`` lets ``_INBOX.>`` through), so what it must not see is denied
+    at delivery: keyed connections' and relays' inboxes, and every stored subject a
+    JetStream push delivery keeps (``$KV.>``, ``actorbus.>``: a delivery to a keyed
+    connection's inbox carries its stored subject, which a deny on its inbox misses)."""
+    return Permissions(
+        pub=Permission(allow=[*calls, "$SRV.>", _INBOXES]),
+        sub=Permission(
+            allow=[_INBOXES],
+            deny=[
+                f"{PRIVATE_INBOXES}.>",
+                f"{RELAY_PREFIX}>",
+                "$KV.>",
+                "$JS.>",
+                "$SYS.>",
+                "actorbus.>",
+                f"{CALL_PREFIX}.>",
+            ],
+        ),
+    )
+
+
+def caller(public_key: bytes, calls: list[str]) -> Permissions:
+    """A connection authenticated by its key, calling actors as that key: its role's call
+    subjects (an admin's: all), ``$SRV``, the registry (to know whom replies come from),
+    and its own inbox."""
+    return Permissions(
+        pub=Permission(
+            allow=[*calls, "$SRV.>", _INBOXES, *stream_reader(_kv(REGISTRY_BUCKET))],
+        ),
+        sub=Permission(allow=[f"{inbox_of(public_key)}.>"]),
+    )
+
+
+def admin(public_key: bytes) -> Permissions:
+    """A policy admin's connection: every call, and reading the logs and the audit trail
+    (``actor logs``, ``actor policy log``); no stream's deletion."""
+    readers = [stream_reader(s) for s in (_kv(REGISTRY_BUCKET), LOG_STREAM, AUDIT_STREAM)]
+    return Permissions(
+        pub=Permission(
+            allow=[f"{CALL_PREFIX}.>", "$SRV.>", _INBOXES, *(s for r in readers for s in r)]
+        ),
+        sub=Permission(allow=[f"{inbox_of(public_key)}.>"]),
+    )
+
+
+def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Permissions:
+    """A replica of the actor ``name`` (as a host let it be: ``role``): it serves ``name``
+    alone, writes only its own registry entries and nonce announcements, reads the
+    registry, the policy and the nonce window, and calls whom it likes (as its own key,
+    which the callee's policy judges). The jobs actor also owns its streams; a gateway also
+    receives relayed replies; a supervisor also ships its node's logs and audit records."""
+    registry = _kv(REGISTRY_BUCKET)
+    pub = [
+        f"{CALL_PREFIX}.>",
+        "$SRV.>",
+        _INBOXES,
+        nonce_subject(name),
+        f"$KV.{REGISTRY_BUCKET}.{name}.*",
+        *stream_reader(registry),
+        *stream_reader(_kv(settings.policy_bucket)),
+        *stream_reader(NONCE_STREAM),
+    ]
+    sub = [
+        f"{serve_subject(name)} {queue_group(name)}",
+        nonce_subject(name),
+        *_service(name),
+        f"{inbox_of(public_key)}.>",
+    ]
+    if role == JOBS:
+        jobs = JobsNames(name)
+        pub += [f"{jobs.prefix}.>", f"$KV.{jobs.bucket}.>"]
+        for stream in (_kv(jobs.bucket), jobs.work_stream, jobs.record_stream):
+            pub += stream_owner(stream)
+    elif role == GATEWAY:
+        sub.append(f"{RELAY_PREFIX}>")
+    elif role == NODE:
+        pub += [f"{LOG_PREFIX}.{name.removeprefix(NODE_PREFIX)}.>", f"{AUDIT_PREFIX}.{name}"]
+    return Permissions(pub=Permission(allow=pub), sub=Permission(allow=sub))
+
+
+def policy_service(public_key: bytes, settings: Settings) -> Permissions:
+    """The policy actor's replicas (a static user of the server's config): the auth
+    callout, its buckets, and the streams every node shares (it makes them: registry,
+    nonces, audit, logs)."""
+    name = settings.policy
+    bucket = settings.policy_bucket
+    shared = [_kv(REGISTRY_BUCKET), NONCE_STREAM, AUDIT_STREAM, LOG_STREAM]
+    owned = [*shared, _kv(bucket), _kv(f"{bucket}_lent")]
+    return Permissions(
+        pub=Permission(
+            allow=[
+                f"{CALL_PREFIX}.>",
+                "$SRV.>",
+                _INBOXES,
+                _SERVER_INBOXES,
+                nonce_subject(name),
+                f"{AUDIT_PREFIX}.{name}",
+                f"$KV.{REGISTRY_BUCKET}.{name}.*",
+                f"$KV.{bucket}.>",
+                f"$KV.{bucket}_lent.>",
+                "$JS.API.INFO",
+                *(subject for stream in owned for subject in stream_owner(stream)),
+            ]
+        ),
+        sub=Permission(
+            allow=[
+                f"{serve_subject(name)} {queue_group(name)}",
+                f"{AUTH_SUBJECT} {queue_group(name)}",
+                nonce_subject(name),
+                *_service(name),
+                f"{inbox_of(public_key)}.>",
+            ]
+        ),
+    )

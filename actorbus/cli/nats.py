@@ -1,0 +1,31 @@
+"""`actor nats config`: the authorization a NATS of your own needs to run actorbus as the
+embedded default does (PROTOCOL.md §5)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..bus import Keystore
+from ..node.natsconf import auth_config
+from ._common import settings_of
+
+
+@click.group()
+def nats() -> None:
+    """The NATS server's side of actorbus."""
+
+
+@nats.command("config")
+@click.pass_context
+def nats_config(ctx: click.Context) -> None:
+    """Print the `authorization` block for a nats-server config (JSON, which nats-server
+    reads; save it and `include` it): this home's key as the operator, this home's policy
+    actor key as the auth callout's user, everyone else asked about by the policy actor.
+    It names public keys only."""
+    settings = settings_of(ctx)
+    keys = Keystore(settings.home)
+    operator = keys.load(settings.key, create=True)
+    policy = keys.load(settings.policy, create=True)
+    click.echo(json.dumps(auth_config(settings, operator, policy), indent=2))

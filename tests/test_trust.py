@@ -1,0 +1,271 @@
+"""The bus as a trust boundary (PROTOCOL.md §5), tried as an attacker would: a plain nats-py
+connection without credentials, against `actor up` on the embedded default (its own
+server, users and the policy actor's auth callout). Each attack below worked before the
+server had permissions: now the server refuses it, and the node is unharmed."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import secrets
+import subprocess
+import sys
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import nats.errors
+import psutil
+import pytest
+from cluster import free_port
+
+from actorbus import Client, Forbidden, Keypair, Settings
+from actorbus.bus import Keystore, sign_request, verify_reply
+from actorbus.bus.nkeys import encode_nkey_seed
+from actorbus.bus.subjects import call_subject, inbox_of
+from actorbus.bus.tickets import host_ticket
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(120)
+
+
+class Node:
+    """`actor up -d` on the embedded default, on ports of this module's."""
+
+    def __init__(self, home: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "ACTOR_"))},
+            "ACTOR_HOME": str(home),
+            "ACTOR_NATS_PORT": str(self.port),
+            "ACTOR_GATEWAY_PORT": str(free_port()),
+            "ACTOR_DRAIN_TIMEOUT": "5",
+        }
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.settings = Settings.from_env(self.env)
+
+    def actor(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "actorbus.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def pids(self) -> list[int]:
+        info = json.loads((self.settings.home / "node.json").read_text())
+        return [info["pid"], info.get("embedded") or 0]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    node = Node(tmp_path_factory.mktemp("trust") / "home")
+    node.actor("up", "-d", "examples/echo.py:Echo")
+    pids = node.pids()
+    try:
+        node.actor("policy", "role", "set", "public", "--allow", "echo/*")
+        yield node
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "actorbus.cli", "down"], env=node.env, timeout=60, check=False
+        )
+        for pid in pids:
+            if pid and psutil.pid_exists(pid):
+                psutil.Process(pid).kill()
+
+
+class Refusals:
+    """The permissions violations the server sent one connection."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.changed = anyio.Event()
+
+    async def collect(self, exc: Exception) -> None:
+        self.errors.append(str(exc).lower())
+        self.changed.set()
+
+    def of(self, subject: str) -> bool:
+        return any("permissions violation" in e and f'"{subject.lower()}' in e for e in self.errors)
+
+
+@asynccontextmanager
+async def stranger(url: str, **options: Any) -> AsyncIterator[tuple[nats.NATS, Refusals]]:
+    """A plain NATS connection without credentials (or with ``options``), and what the
+    server refused it."""
+    refusals = Refusals()
+    nc = await nats.connect(url, error_cb=refusals.collect, allow_reconnect=False, **options)
+    try:
+        yield nc, refusals
+    finally:
+        await nc.close()
+
+
+async def refused(nc: nats.NATS, refusals: Refusals, *subjects: str) -> None:
+    """Each of ``subjects`` was refused (the server's errors come shortly after)."""
+    await nc.flush()
+    with anyio.move_on_after(5):
+        while not all(refusals.of(s) for s in subjects):
+            refusals.changed = anyio.Event()
+            await refusals.changed.wait()
+    missing = [s for s in subjects if not refusals.of(s)]
+    assert not missing, (missing, refusals.errors)
+
+
+async def test_a_stranger_cannot_make_itself_an_admin(node: Node) -> None:
+    attacker = Keypair.generate()
+    async with stranger(node.url) as (nc, refusals):
+        key = f"$KV.actor_policy.admin.{attacker.address}"
+        await nc.publish(key, b"1")
+        await nc.publish("$JS.API.STREAM.INFO.KV_actor_policy", b"", reply=nc.new_inbox())
+        await refused(nc, refusals, key, "$JS.API.STREAM.INFO.KV_actor_policy")
+    async with Client(settings=node.settings) as operator:
+        assert attacker.address not in await operator.call("policy", "admins")
+    async with Client(attacker, settings=node.settings) as client:
+        with pytest.raises(Forbidden):
+            await client.call("policy", "add_user", attacker.address)
+
+
+async def test_a_stranger_cannot_answer_in_an_actors_name(node: Node) -> None:
+    async with stranger(node.url) as (nc, refusals):
+        await nc.subscribe("actor.echo.*", queue="actor.echo")
+        await nc.subscribe("actor.echo.forward")
+        fake = msgspec.json.encode({"name": "echo", "address": Keypair.generate().address})
+        await nc.publish("$KV.actor_registry.echo.0123456789abcdef", fake)
+        await nc.publish("$KV.actor_registry.node.fake.0123456789abcdef", fake)
+        await nc.subscribe("actor.node.*.kill", queue="actor.node")
+        await refused(nc, refusals, "actor.echo.*", "actor.echo.forward", "$KV.actor_registry")
+        async with Client(settings=node.settings, session=True) as client:
+            replies = [await client.call("echo", "forward", f"n{i}") for i in range(20)]
+        assert replies == [f"n{i}" for i in range(20)]
+    assert "fake" not in node.actor("ps")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "$JS.API.STREAM.PURGE.ACTOR_POLICY_AUDIT",
+        "$JS.API.STREAM.DELETE.ACTOR_POLICY_AUDIT",
+        "$JS.API.STREAM.DELETE.KV_actor_policy",
+        "$JS.API.STREAM.DELETE.KV_actor_registry",
+        "$JS.API.STREAM.PURGE.ACTOR_LOGS",
+        "$JS.API.STREAM.DELETE.ACTOR_JOBS_JOBS",
+        "$JS.API.STREAM.CREATE.KV_actor_policy",
+    ],
+)
+async def test_a_stranger_cannot_delete_or_make_state(node: Node, subject: str) -> None:
+    async with stranger(node.url) as (nc, refusals):
+        await nc.publish(subject, b"{}", reply=nc.new_inbox())
+        await refused(nc, refusals, subject)
+    async with Client(settings=node.settings) as operator:
+        js = operator.nc.jetstream()
+        assert (await js.stream_info("ACTOR_POLICY_AUDIT")).state.messages > 0
+        assert (await js.stream_info("KV_actor_policy")).state.messages > 0
+
+
+async def test_a_stranger_reads_no_one_elses_traffic(node: Node) -> None:
+    async with stranger(node.url) as (nc, refusals):
+        wide = ("actor.>", "_INBOX.u.>", "_INBOX.relay.*", "actorbus.>", "$JS.>", "$KV.>")
+        for subject in wide:
+            await nc.subscribe(subject)
+        await refused(nc, refusals, *wide)
+        seen: list[str] = []
+
+        async def spy(msg: Any) -> None:
+            seen.append(msg.subject)
+
+        await nc.subscribe("_INBOX.>", cb=spy)  # allowed: its own replies come there
+        await nc.flush()
+        async with Client(settings=node.settings) as client:
+            assert await client.call("echo", "forward", "private") == "private"
+            assert await client.call("policy", "admins")
+        await anyio.sleep(0.3)
+        assert seen == []
+
+
+async def test_a_stranger_cannot_inject_work_logs_or_audit(node: Node) -> None:
+    line = f"forged {secrets.token_hex(4)}"
+    async with stranger(node.url) as (nc, refusals):
+        subjects = [
+            "actorbus.jobs.jobs.work.job0123456789",
+            "actorbus.logs.somenode.0.echo",
+            "actorbus.audit.node.somenode",
+            "actorbus.nonce.echo",
+        ]
+        for subject in subjects:
+            await nc.publish(subject, json.dumps({"line": line}).encode())
+        await refused(nc, refusals, *subjects)
+    assert line not in node.actor("logs", "echo")
+    assert line not in node.actor("policy", "log")
+
+
+async def test_a_stranger_still_calls_by_the_protocol_alone(node: Node) -> None:
+    """No credentials: $SRV to find the actor's address, a signed request, a verified
+    reply. A function the public role may not call is refused by the server itself."""
+    key = Keypair.generate()
+    async with stranger(node.url) as (nc, refusals):
+        info = json.loads((await nc.request("$SRV.INFO.echo", b"", timeout=5)).data)
+        address = info["metadata"]["address"]
+        subject, body = call_subject("echo", "forward"), b'{"args":["by the book"]}'
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        headers = sign_request(key, subject, inbox, body)
+        await nc.publish(subject, body, reply=inbox, headers=headers)
+        reply = await sub.next_msg(timeout=5)
+        meta = verify_reply(reply.headers, reply.data, headers["Actor-Nonce"])
+        assert (meta.status, meta.key, json.loads(reply.data)) == (200, address, "by the book")
+        forbidden = call_subject("policy", "users")
+        await nc.publish(forbidden, b"", reply=nc.new_inbox())
+        await refused(nc, refusals, forbidden)
+
+
+async def test_serving_a_name_takes_a_host_and_the_names_key(node: Node) -> None:
+    """A key the policy does not list as a host cannot serve at all; a host's replica can
+    claim a new name, never one bound to another key."""
+    intruder = Keypair.generate()
+
+    async def connect_as(name: str) -> nats.NATS:
+        return await nats.connect(
+            node.url,
+            nkeys_seed_str=encode_nkey_seed(intruder.seed),
+            inbox_prefix=inbox_of(intruder.public_key),
+            token=host_ticket(intruder, name, "actor", intruder.address),
+            allow_reconnect=False,
+            connect_timeout=5,
+            error_cb=_quiet,
+        )
+
+    for name in ("squat", "echo"):
+        if name == "echo":
+            node.actor("policy", "host", "add", intruder.address)
+        with pytest.raises(nats.errors.Error):  # refused; then bound to the echo actor's key
+            await connect_as(name)
+        # nats-py leaves a refused connection's socket open: close it while the loop runs.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+    nc = await connect_as(f"squat{secrets.token_hex(3)}")
+    await nc.close()
+    owner = Keystore(node.settings.home).load("default")
+    assert owner.address in node.actor("policy", "log")
+
+
+async def _quiet(exc: Exception) -> None:
+    pass
+
+
+async def test_the_operator_keeps_every_right(node: Node) -> None:
+    """The home that started the server: its key reads the audit stream directly."""
+    async with Client(settings=node.settings) as operator:
+        info = await operator.nc.jetstream().stream_info("ACTOR_POLICY_AUDIT")
+        assert info.config.name == "ACTOR_POLICY_AUDIT"
