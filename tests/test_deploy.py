@@ -13,6 +13,7 @@ from typing import Any
 import click
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from actorbus import Settings
 from actorbus.bus import find_nats_server
@@ -35,17 +36,23 @@ def check_actor_container(args: list[str], env: dict[str, Any]) -> None:
     assert settings.nats_url
 
 
-def test_the_nats_config_parses() -> None:
-    env = dict(os.environ, NODE="nats-1", LEAF_PASSWORD="x")
+def test_the_nats_config_parses(tmp_path: Path) -> None:
+    """deploy/nats.conf with the auth.conf `actor nats config` prints beside it, as
+    compose.yaml mounts them."""
+    result = CliRunner().invoke(main, ["nats", "config"], env={"ACTOR_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    (tmp_path / "auth.conf").write_text(result.stdout)
+    config = tmp_path / "nats.conf"
+    config.write_text((ROOT / "deploy/nats.conf").read_text())
     done = subprocess.run(
-        [find_nats_server(), "-t", "-c", str(ROOT / "deploy/nats.conf")],
-        env=env,
+        [find_nats_server(), "-t", "-c", str(config)],
+        env=dict(os.environ, NODE="nats-1"),
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "leafnodes" in (ROOT / "deploy/nats.conf").read_text()
+    assert "leafnodes" in config.read_text() and "auth_callout" in result.stdout
 
 
 def test_compose_runs_actor_commands_that_exist() -> None:

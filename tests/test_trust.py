@@ -8,12 +8,13 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,64 +25,132 @@ import nats.errors
 import psutil
 import pytest
 from cluster import free_port
+from processes import actor_serve
 
 from actorbus import Client, Forbidden, Keypair, Settings
-from actorbus.bus import Keystore, sign_request, verify_reply
+from actorbus.bus import EmbeddedServer, Keystore, new_token, sign_request, verify_reply
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.subjects import call_subject, inbox_of
 from actorbus.bus.tickets import host_ticket
 
 ROOT = Path(__file__).resolve().parent.parent
+POLICY = "actorbus.actors.policy:Policy"
+JOBS = "actorbus.actors.jobs:Jobs"
 pytestmark = pytest.mark.timeout(120)
 
 
-class Node:
-    """`actor up -d` on the embedded default, on ports of this module's."""
+class Bus:
+    """A bus under test: its URL, and the operator's `actor` command and settings."""
 
-    def __init__(self, home: Path) -> None:
-        self.port = free_port()
+    def __init__(self, home: Path, **env: str) -> None:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "ACTOR_"))},
             "ACTOR_HOME": str(home),
-            "ACTOR_NATS_PORT": str(self.port),
-            "ACTOR_GATEWAY_PORT": str(free_port()),
             "ACTOR_DRAIN_TIMEOUT": "5",
+            **env,
         }
-        self.url = f"nats://127.0.0.1:{self.port}"
         self.settings = Settings.from_env(self.env)
+        self.url = self.settings.url
+        self.leaf_port = 0
+        """Where nodes join as leaf nodes (the deployed cluster only)."""
 
-    def actor(self, *args: str) -> str:
-        done = subprocess.run(
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """`actor ARGS` in a process of its own."""
+        return subprocess.run(
             [sys.executable, "-m", "actorbus.cli", *args],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **env},
             capture_output=True,
             text=True,
             timeout=90,
         )
+
+    def actor(self, *args: str, **env: str) -> str:
+        """`actor ARGS`'s output; it must succeed."""
+        done = self.run(*args, **env)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def pids(self) -> list[int]:
-        info = json.loads((self.settings.home / "node.json").read_text())
-        return [info["pid"], info.get("embedded") or 0]
 
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    node = Node(tmp_path_factory.mktemp("trust") / "home")
-    node.actor("up", "-d", "examples/echo.py:Echo")
-    pids = node.pids()
+@contextmanager
+def embedded(root: Path) -> Iterator[Bus]:
+    """`actor up -d` on the embedded default, on ports of this module's."""
+    bus = Bus(root / "home", ACTOR_NATS_PORT=str(free_port()), ACTOR_GATEWAY_PORT="0")
+    bus.actor("up", "-d", "examples/echo.py:Echo")
+    info = json.loads((bus.settings.home / "node.json").read_text())
     try:
-        node.actor("policy", "role", "set", "public", "--allow", "echo/*")
-        yield node
+        yield bus
     finally:
         subprocess.run(
-            [sys.executable, "-m", "actorbus.cli", "down"], env=node.env, timeout=60, check=False
+            [sys.executable, "-m", "actorbus.cli", "down"], env=bus.env, timeout=60, check=False
         )
-        for pid in pids:
+        for pid in (info["pid"], info.get("embedded") or 0):
             if pid and psutil.pid_exists(pid):
                 psutil.Process(pid).kill()
+
+
+def deploy_config(root: Path, auth: str, ports: list[int], routes: list[int], i: int) -> Path:
+    """deploy/nats.conf for node ``i`` of a cluster on loopback (its ports and store ours,
+    the rest as written) beside the ``auth.conf`` it includes."""
+    text = (ROOT / "deploy/nats.conf").read_text()
+    routes_text = "\n".join(f"    nats-route://127.0.0.1:{p}" for p in routes)
+    for old, new in [
+        ("server_name: $NODE", f"server_name: n{i}"),
+        ("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{ports[i]}"),
+        ("http: 0.0.0.0:8222", ""),
+        ("store_dir: /data", ""),  # the store is the server's own (-sd)
+        ("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{routes[i]}"),
+        ("listen: 0.0.0.0:7422", f"listen: 127.0.0.1:{ports[3 + i]}"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new)
+    text = re.sub(r"routes: \[[^\]]*\]", f"routes: [\n{routes_text}\n  ]", text)
+    (root / "auth.conf").write_text(auth)
+    path = root / f"n{i}.conf"
+    path.write_text(text)
+    return path
+
+
+@contextmanager
+def deployed(root: Path) -> Iterator[Bus]:
+    """compose.yaml on loopback: three nats-servers from deploy/nats.conf with the auth
+    block `actor nats config` prints, the policy actor (2 replicas), jobs and echo as
+    `actor serve` processes of their own homes under a host token."""
+    ports = [free_port() for _ in range(6)]  # clients, then leaf connections
+    routes = [free_port() for _ in range(3)]
+    url = ",".join(f"nats://127.0.0.1:{p}" for p in ports[:3])
+    token = new_token()
+    common = {"ACTOR_NATS_URL": url, "ACTOR_JS_REPLICAS": "3", "ACTOR_HOST_TOKEN": token}
+    bus = Bus(root / "policy", **common)
+    auth = bus.actor("nats", "config")
+    servers = [
+        EmbeddedServer(
+            root / f"n{i}",
+            port=ports[i],
+            extra_args=("-c", str(deploy_config(root, auth, ports, routes, i))),
+        )
+        for i in range(3)
+    ]
+    with ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        bus.leaf_port = ports[3]
+        for _ in range(2):
+            stack.enter_context(actor_serve("policy", bus.env, POLICY))
+        for name, target in (("jobs", JOBS), ("echo", "examples/echo.py:Echo")):
+            env = {**bus.env, "ACTOR_HOME": str(root / name)}
+            stack.enter_context(actor_serve(name, env, target))
+        yield bus
+
+
+@pytest.fixture(scope="module", params=["embedded", "deployed"])
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+    """Each attack runs against `actor up`'s embedded default and against the deploy
+    configs (a cluster from deploy/nats.conf)."""
+    make = embedded if request.param == "embedded" else deployed
+    with make(tmp_path_factory.mktemp(request.param)) as bus:
+        bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
+        yield bus
 
 
 class Refusals:
@@ -104,7 +173,9 @@ async def stranger(url: str, **options: Any) -> AsyncIterator[tuple[nats.NATS, R
     """A plain NATS connection without credentials (or with ``options``), and what the
     server refused it."""
     refusals = Refusals()
-    nc = await nats.connect(url, error_cb=refusals.collect, allow_reconnect=False, **options)
+    nc = await nats.connect(
+        servers=url.split(","), error_cb=refusals.collect, allow_reconnect=False, **options
+    )
     try:
         yield nc, refusals
     finally:
@@ -122,7 +193,7 @@ async def refused(nc: nats.NATS, refusals: Refusals, *subjects: str) -> None:
     assert not missing, (missing, refusals.errors)
 
 
-async def test_a_stranger_cannot_make_itself_an_admin(node: Node) -> None:
+async def test_a_stranger_cannot_make_itself_an_admin(node: Bus) -> None:
     attacker = Keypair.generate()
     async with stranger(node.url) as (nc, refusals):
         key = f"$KV.actor_policy.admin.{attacker.address}"
@@ -136,7 +207,7 @@ async def test_a_stranger_cannot_make_itself_an_admin(node: Node) -> None:
             await client.call("policy", "add_user", attacker.address)
 
 
-async def test_a_stranger_cannot_answer_in_an_actors_name(node: Node) -> None:
+async def test_a_stranger_cannot_answer_in_an_actors_name(node: Bus) -> None:
     async with stranger(node.url) as (nc, refusals):
         await nc.subscribe("actor.echo.*", queue="actor.echo")
         await nc.subscribe("actor.echo.forward")
@@ -163,7 +234,7 @@ async def test_a_stranger_cannot_answer_in_an_actors_name(node: Node) -> None:
         "$JS.API.STREAM.CREATE.KV_actor_policy",
     ],
 )
-async def test_a_stranger_cannot_delete_or_make_state(node: Node, subject: str) -> None:
+async def test_a_stranger_cannot_delete_or_make_state(node: Bus, subject: str) -> None:
     async with stranger(node.url) as (nc, refusals):
         await nc.publish(subject, b"{}", reply=nc.new_inbox())
         await refused(nc, refusals, subject)
@@ -173,7 +244,7 @@ async def test_a_stranger_cannot_delete_or_make_state(node: Node, subject: str) 
         assert (await js.stream_info("KV_actor_policy")).state.messages > 0
 
 
-async def test_a_stranger_reads_no_one_elses_traffic(node: Node) -> None:
+async def test_a_stranger_reads_no_one_elses_traffic(node: Bus) -> None:
     async with stranger(node.url) as (nc, refusals):
         wide = ("actor.>", "_INBOX.u.>", "_INBOX.relay.*", "actorbus.>", "$JS.>", "$KV.>")
         for subject in wide:
@@ -193,7 +264,7 @@ async def test_a_stranger_reads_no_one_elses_traffic(node: Node) -> None:
         assert seen == []
 
 
-async def test_a_stranger_cannot_inject_work_logs_or_audit(node: Node) -> None:
+async def test_a_stranger_cannot_inject_work_logs_or_audit(node: Bus) -> None:
     line = f"forged {secrets.token_hex(4)}"
     async with stranger(node.url) as (nc, refusals):
         subjects = [
@@ -209,7 +280,7 @@ async def test_a_stranger_cannot_inject_work_logs_or_audit(node: Node) -> None:
     assert line not in node.actor("policy", "log")
 
 
-async def test_a_stranger_still_calls_by_the_protocol_alone(node: Node) -> None:
+async def test_a_stranger_still_calls_by_the_protocol_alone(node: Bus) -> None:
     """No credentials: $SRV to find the actor's address, a signed request, a verified
     reply. A function the public role may not call is refused by the server itself."""
     key = Keypair.generate()
@@ -229,14 +300,14 @@ async def test_a_stranger_still_calls_by_the_protocol_alone(node: Node) -> None:
         await refused(nc, refusals, forbidden)
 
 
-async def test_serving_a_name_takes_a_host_and_the_names_key(node: Node) -> None:
+async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
     """A key the policy does not list as a host cannot serve at all; a host's replica can
     claim a new name, never one bound to another key."""
     intruder = Keypair.generate()
 
     async def connect_as(name: str) -> nats.NATS:
         return await nats.connect(
-            node.url,
+            servers=node.url.split(","),
             nkeys_seed_str=encode_nkey_seed(intruder.seed),
             inbox_prefix=inbox_of(intruder.public_key),
             token=host_ticket(intruder, name, "actor", intruder.address),
@@ -264,8 +335,38 @@ async def _quiet(exc: Exception) -> None:
     pass
 
 
-async def test_the_operator_keeps_every_right(node: Node) -> None:
+async def test_the_operator_keeps_every_right(node: Bus) -> None:
     """The home that started the server: its key reads the audit stream directly."""
     async with Client(settings=node.settings) as operator:
         info = await operator.nc.jetstream().stream_info("ACTOR_POLICY_AUDIT")
         assert info.config.name == "ACTOR_POLICY_AUDIT"
+
+
+@pytest.mark.parametrize("node", ["deployed"], indirect=True)
+async def test_a_node_joins_the_cluster_under_its_own_key(
+    node: Bus, tmp_path: Path, name: str
+) -> None:
+    """A leaf node's connection is a client of the hub's callout: refused until an admin
+    lists its key as a host, then its actors serve into the cluster."""
+    joining = Bus(
+        tmp_path / "home",
+        ACTOR_NATS_URL=f"nats://127.0.0.1:{free_port()}",
+        ACTOR_START_WAIT="3",
+        ACTOR_GATEWAY_PORT="0",
+    )
+    join = ("--join", f"nats-leaf://127.0.0.1:{node.leaf_port}", "--no-gateway", "-d")
+    args = ("up", "examples/echo.py:Echo", "--name", name, *join)
+    refused = joining.run(*args)
+    assert refused.returncode != 0 and "did not connect" in refused.stderr, refused.stderr
+    key = Keystore(joining.settings.home).load("default")
+    node.actor("policy", "host", "add", key.address)
+    joining.actor(*args)
+    info = json.loads((joining.settings.home / "node.json").read_text())
+    try:
+        async with Client(settings=node.settings) as client:
+            assert await client.call(name, "forward", "from the hub") == "from the hub"
+        joining.actor("down")  # its own key controls its node, though not an admin here
+    finally:
+        for pid in (info["pid"], info.get("embedded")):
+            if pid and psutil.pid_exists(pid):
+                psutil.Process(pid).kill()

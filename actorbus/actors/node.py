@@ -62,7 +62,9 @@ _CONTROL = frozenset({"ps", "up", "kill", "restart", "scale", "down"})
 class NodeActor(Actor):
     """Controls the actors of one node (admins only; every change is audited)."""
 
-    deny_fns = _CONTROL
+    # Decided here, not by the policy's roles: this home's own key may control its node
+    # whoever runs the policy on this NATS (:meth:`_authorize`).
+    allow_fns = _CONTROL
     quotas = False
     sessions = False  # every control request is signed by the admin who sent it
 

@@ -23,6 +23,8 @@ from urllib.parse import quote, urlsplit
 import anyio
 
 from .errors import BadRequest, Unavailable
+from .keys import Keypair
+from .nkeys import encode_nkey_seed
 from .server import EmbeddedServer, write_config
 
 __all__ = ["leaf_config", "redact", "wait_joined"]
@@ -38,11 +40,20 @@ def redact(text: str) -> str:
     return _USERINFO.sub("//***@", text)
 
 
-def leaf_config(path: Path, join: str, credentials: Path | None, domain: str) -> Path:
-    """Write, at ``path`` (0600), the nats-server config that makes a server a leaf node
-    of ``join``, whose JetStream domain is ``domain``. ``credentials`` is a NATS ``.creds``
-    file (JWT and seed), or a file whose one line is ``USER:PASSWORD`` or a token; it
-    must be readable by its owner only.
+def leaf_config(
+    path: Path,
+    join: str,
+    credentials: Path | None,
+    domain: str,
+    *,
+    node: str,
+    key: Keypair,
+) -> Path:
+    """Write, at ``path`` (0600), the nats-server config that makes a server named ``node``
+    a leaf node of ``join``, whose JetStream domain is ``domain``. It authenticates with
+    ``key`` (the node's own, as an nkey: an actorbus hub asks its policy whether that key
+    may join), or with ``credentials``: a NATS ``.creds`` file (JWT and seed), or a file
+    whose one line is ``USER:PASSWORD`` or a token, readable by its owner only.
     Raises :class:`BadRequest` for a bad URL or credentials file."""
     url = urlsplit(join)
     if url.scheme not in _SCHEMES or not url.hostname:
@@ -52,7 +63,9 @@ def leaf_config(path: Path, join: str, credentials: Path | None, domain: str) ->
     except ValueError:
         raise BadRequest(f"--join {redact(join)!r}: the port is not a number") from None
     remote: dict[str, object] = {"urls": [join]}
-    if credentials is not None:
+    if credentials is None:
+        remote["nkey"] = encode_nkey_seed(key.seed)
+    else:
         secret = _read_secret(credentials)
         if _JWT in secret:
             remote["credentials"] = str(credentials.resolve())
@@ -69,7 +82,11 @@ def leaf_config(path: Path, join: str, credentials: Path | None, domain: str) ->
             remote["urls"] = [f"{url.scheme}://{userinfo}@{url.hostname}:{port}{url.path}"]
     if not _DOMAIN.fullmatch(domain):
         raise BadRequest(f"invalid JetStream domain {domain!r}: 1-64 of [A-Za-z0-9_-]")
-    config = {"default_js_domain": {"$G": domain}, "leafnodes": {"remotes": [remote]}}
+    config = {
+        "server_name": node,
+        "default_js_domain": {"$G": domain},
+        "leafnodes": {"remotes": [remote]},
+    }
     return write_config(path, config)
 
 

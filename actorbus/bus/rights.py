@@ -31,6 +31,7 @@ from .subjects import (
     LOG_STREAM,
     MAX_NAME_TOKENS,
     NODE_PREFIX,
+    NONCE_PREFIX,
     NONCE_STREAM,
     PRIVATE_INBOXES,
     REGISTRY_BUCKET,
@@ -55,6 +56,7 @@ __all__ = [
     "call_subjects",
     "caller",
     "callout_issuer",
+    "leaf",
     "policy_service",
     "replica",
     "stranger",
@@ -242,6 +244,39 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
     elif role == NODE:
         pub += [f"{LOG_PREFIX}.{name.removeprefix(NODE_PREFIX)}.>", f"{AUDIT_PREFIX}.{name}"]
     return Permissions(pub=Permission(allow=pub), sub=Permission(allow=sub))
+
+
+def leaf(node: str, settings: Settings) -> Permissions:
+    """The leaf connection of a node that joined (``actor up --join``): what its machine's
+    processes do, crossing into the hub. It carries every name its replicas serve, so it
+    may receive any actor's calls (a reply from a key the name is not bound to is refused
+    by its caller, :mod:`actorbus.client.discovery`); it writes registry entries and nonce
+    announcements (signed by their actors), and its own node's logs and audit records; it
+    reads the shared state its replicas read, through the hub's JetStream domain.
+
+    A leaf connection's permissions work both ways round (nats-server checks the interest
+    it sends the leaf against ``subscribe`` and the interest the leaf sends against
+    ``publish``), so both are the same list, and the leaf's own interest in its hub's
+    JetStream domain (``$JS.<domain>.API.>``, which a leaf without JetStream of its own
+    keeps to reach it) is allowed besides."""
+    registry = _kv(REGISTRY_BUCKET)
+    readers = [registry, _kv(settings.policy_bucket), NONCE_STREAM, LOG_STREAM, AUDIT_STREAM]
+    api = [subject for stream in readers for subject in stream_reader(stream)]
+    domain = f"$JS.{settings.join_domain}.API."
+    subjects = [
+        f"{CALL_PREFIX}.>",
+        "$SRV.>",
+        _INBOXES,
+        f"{NONCE_PREFIX}.>",
+        f"$KV.{REGISTRY_BUCKET}.>",
+        f"{LOG_PREFIX}.{node}.>",
+        f"{AUDIT_PREFIX}.{NODE_PREFIX}{node}",
+        *api,
+        *(s.replace("$JS.API.", domain) for s in api if s.startswith("$JS.API.")),
+    ]
+    return Permissions(
+        pub=Permission(allow=[*subjects, f"{domain}>"]), sub=Permission(allow=subjects)
+    )
 
 
 def policy_service(public_key: bytes, settings: Settings) -> Permissions:

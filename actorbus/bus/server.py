@@ -131,8 +131,9 @@ class EmbeddedServer:
         ports_file = ports_dir / f"{Path(command[0]).name}_{self._process.pid}.ports"
         while not ports_file.exists():
             if self._process.poll() is not None or time.monotonic() > deadline:
+                tail = self._log_tail()
                 self.stop()
-                raise Unavailable(f"nats-server did not start: {self._log_tail()}")
+                raise Unavailable(f"nats-server did not start: {tail}")
             time.sleep(0.01)
         for _ in range(100):  # the file may be observed before its content is flushed
             try:

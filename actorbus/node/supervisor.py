@@ -37,7 +37,7 @@ from ..bus import (
 )
 from ..bus.leaf import leaf_config, wait_joined
 from ..bus.server import write_config
-from ..bus.settings import Settings
+from ..bus.settings import Settings, node_name
 from ..bus.subjects import service_subject
 from ..client.specs import TIERS, ActorSpec, ReplicaStatus
 from .natsconf import auth_config
@@ -148,7 +148,9 @@ def leaf_config_of(settings: Settings) -> Path:
     :class:`BadRequest` for a bad URL or credentials file."""
     credentials = Path(settings.join_credentials) if settings.join_credentials else None
     path = settings.home / "nats" / "leaf.conf"
-    return leaf_config(path, settings.join, credentials, settings.join_domain)
+    key = Keystore(settings.home).load(settings.key, create=True)
+    node = node_name(settings)
+    return leaf_config(path, settings.join, credentials, settings.join_domain, node=node, key=key)
 
 
 @asynccontextmanager

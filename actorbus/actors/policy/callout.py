@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import time
 
 import anyio
@@ -35,6 +36,7 @@ from ...bus.rights import (
     call_subjects,
     caller,
     callout_issuer,
+    leaf,
     replica,
     stranger,
 )
@@ -51,6 +53,8 @@ log = logging.getLogger("actorbus.policy")
 _CONCURRENCY = 64
 """Connections asked about at once; more wait (the server times them out)."""
 _ACTORS_SECONDS = 5.0
+_LEAF = "Leafnode"
+_NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """How long the registry's view of each actor's own whitelist is reused."""
 
 
@@ -116,6 +120,16 @@ class AuthCallout(Bindings):
         public_key = decode_nkey(options.nkey)
         verify_raw(public_key, request.client_info.nonce.encode(), _signature(options.sig))
         address = public_key_to_address(public_key)
+        if request.client_info.kind == _LEAF:
+            if address not in state.admins and address not in state.hosts:
+                raise Forbidden(
+                    f"{address} may not join this bus: an admin runs "
+                    f"`actor policy host add {address}`"
+                )
+            node = _NODE_NAME.fullmatch(request.client_info.name)
+            if node is None:
+                raise BadRequest("a leaf node names itself after its node (server_name)")
+            return leaf(node.group(0), settings), f"leaf {node.group(0)}", 0
         if options.auth_token:
             ticket = read_ticket(options.auth_token, address)
             if ticket.host not in state.admins and ticket.host not in state.hosts:

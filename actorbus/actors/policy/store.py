@@ -22,6 +22,7 @@ from ...bus.jetstream import Bucket, when_ready
 from ...host import Actor, current_call
 from ...host.policy import PolicyConfig, PolicyState, Role, load_state
 from ...node.audit import ensure_audit, record
+from ...node.logs import ensure_logs
 
 __all__ = ["PolicyStore", "check_address", "check_role", "check_token_name", "encode"]
 
@@ -63,6 +64,7 @@ class PolicyStore(Actor):
             self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
         )
         await ensure_audit(self.nc, replicas=settings.js_replicas)
+        await ensure_logs(self.nc, settings)  # every node ships into it; the policy makes it
         state = await load_state(self._bucket)
         # A new policy: its config, and from the replica that wrote it (replicas may start
         # together) the first admin and a role for token holders.
