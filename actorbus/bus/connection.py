@@ -22,6 +22,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from .errors import (
     BadRequest,
@@ -49,6 +50,7 @@ __all__ = [
     "on_reconnect",
     "publish",
     "request",
+    "subscribe",
 ]
 
 log = logging.getLogger("actorbus.bus")
@@ -229,6 +231,15 @@ async def publish(
         OSError,
     ) as exc:
         raise Unavailable(f"cannot publish: {type(exc).__name__}") from exc
+
+
+async def subscribe(nc: NATS, subject: str) -> Subscription:
+    """A subscription to ``subject`` whose messages the caller iterates; raises
+    :class:`Unavailable` if the connection cannot take it (closed, or draining)."""
+    try:
+        return await nc.subscribe(subject)
+    except nats.errors.Error as exc:
+        raise Unavailable(f"cannot subscribe to {subject}: {exc}") from exc
 
 
 HeadersFor = Callable[[str], dict[str, str]]

@@ -14,6 +14,7 @@ __all__ = [
     "BadRequest",
     "DeadlineExceeded",
     "Forbidden",
+    "Gone",
     "HandlerError",
     "NotFound",
     "PayloadTooLarge",
@@ -110,6 +111,11 @@ class Unavailable(ActorError):
     """Overloaded, shutting down, no responders, or the NATS server is unreachable."""
 
     status = 503
+
+
+class Gone(Unavailable):
+    """State that existed is missing (a bucket deleted): waiting cannot bring it back, and
+    making it anew would lose what it held."""
 
 
 class NoResponders(Unavailable):

@@ -21,11 +21,12 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from .connection import connect, request
-from .errors import NoResponders, ReplyTimeout, Unavailable
+from .errors import Gone, NoResponders, ReplyTimeout, Unavailable
 
 __all__ = [
     "JS_ERRORS",
     "Bucket",
+    "deleted_advisory",
     "ensure_stream",
     "publish_acked",
     "strangers_use_jetstream",
@@ -76,6 +77,11 @@ class Bucket:
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
         return cls(kv, name, js, made_ttl)
+
+    @property
+    def stream(self) -> str:
+        """The stream that holds the bucket."""
+        return f"KV_{self.name}"
 
     @classmethod
     async def find(cls, nc: NATS, name: str) -> Bucket | None:
@@ -177,7 +183,7 @@ class Bucket:
     async def _holds_none(self, keys: str) -> bool:
         """Whether no key matching ``keys`` has an entry (a value or a deletion)."""
         subjects = f"$KV.{self.name}.{keys}"
-        info = await self._js.stream_info(f"KV_{self.name}", subjects_filter=subjects)
+        info = await self._js.stream_info(self.stream, subjects_filter=subjects)
         return not info.state.subjects
 
 
@@ -186,6 +192,11 @@ async def _bind(nc: NATS, name: str) -> KeyValue:
         return await nc.jetstream().key_value(name)
     except JS_ERRORS as exc:
         raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
+
+
+def deleted_advisory(stream: str) -> str:
+    """Where JetStream says that ``stream`` was deleted."""
+    return f"$JS.EVENT.ADVISORY.STREAM.DELETED.{stream}"
 
 
 async def strangers_use_jetstream(url: str) -> bool:
@@ -211,7 +222,7 @@ async def when_ready(op: Callable[[], Awaitable[T]], what: str, *, wait: float) 
         try:
             result = await op()
         except Unavailable as exc:
-            if "not enabled" in exc.message:  # a server without -js: waiting cannot help
+            if isinstance(exc, Gone) or "not enabled" in exc.message:  # waiting cannot help
                 raise
             if time.monotonic() + delay > deadline:
                 raise Unavailable(

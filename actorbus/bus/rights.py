@@ -20,6 +20,7 @@ import hmac
 from collections.abc import Iterable
 from typing import Final
 
+from .jetstream import deleted_advisory
 from .keys import Keypair
 from .natsjwt import Permission, Permissions
 from .settings import Settings
@@ -233,6 +234,7 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         nonce_subject(name),
         *_service(name),
         f"{inbox_of(public_key)}.>",
+        deleted_advisory(_kv(settings.policy_bucket)),
     ]
     if role == JOBS:
         jobs = JobsNames(name)
@@ -310,6 +312,7 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 nonce_subject(name),
                 *_service(name),
                 f"{inbox_of(public_key)}.>",
+                deleted_advisory(_kv(bucket)),
             ]
         ),
     )

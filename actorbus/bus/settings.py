@@ -93,6 +93,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gives up, for what cannot start without it: the policy and jobs actors, a node."""
     policy: str = "policy"
     """The policy actor's name; its KV bucket is ``actor_<policy>`` (``ACTOR_POLICY``)."""
+    policy_key: str = ""
+    """The policy actor's address, whose signed records this home trusts
+    (``ACTOR_POLICY_KEY``); empty: this home's own policy key, else the first one seen
+    (kept in ``$ACTOR_HOME/pins``)."""
     policy_replicas: int = 0
     """Replicas of the policy actor that ``actor up`` starts when none runs (0: two when
     :attr:`js_replicas` > 1, i.e. on a cluster, else one)."""

@@ -23,7 +23,8 @@ from ..bus import NATS, BadRequest, NotFound, RequestMeta, excerpt
 from ..bus.settings import Settings
 from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for, decode_error
 from ..client.client import Client
-from .policy import DEFAULT_WHITELIST, PolicyView
+from .policy import DEFAULT_WHITELIST
+from .policy_view import PolicyView
 
 __all__ = ["Actor", "Call", "Function", "current_call", "endpoint"]
 

@@ -48,7 +48,8 @@ from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .admission import Admission
 from .micro import OTHER, FunctionStats
-from .policy import PolicyView, Quotas
+from .policy_view import PolicyView
+from .quotas import Quotas
 from .replay import ReplayGuard
 from .replies import Replies
 from .sessions import Sessions

@@ -1,54 +1,33 @@
-"""Policy enforcement on every host: the model, the decision, the cache and quota leases.
-
-The policy actor (:mod:`actorbus.actors.policy`) writes the policy to a JetStream KV bucket;
-every host keeps a :class:`PolicyView` of it fed by a KV watch, so a decision is a few dict
-lookups, and a change reaches running actors in one NATS hop. The watch does not depend on
-the policy actor's process: if it is down, hosts keep deciding from the same data (fail
-static); if NATS itself goes away, they decide from the last state they saw and say so.
+"""The policy's model and its decision, as every host makes it (from its copy of the
+policy, :mod:`.policy_view`).
 
 Keys in the bucket: ``admin.<address>``, ``user.<address>`` (role name), ``role.<name>``
 (:class:`Role`), ``stake.<address>`` (a number), ``config`` (:class:`PolicyConfig`),
 ``token.<sha256 of a bearer token>`` (:class:`TokenInfo`), ``forwarder.<address>``,
 ``host.<address>`` (keys that may let replicas serve, :mod:`actorbus.bus.tickets`) and
-``name.<actor name>`` (the addresses that may serve that name).
+``name.<actor name>`` (the addresses that may serve that name); each a record signed by
+the policy actor (:mod:`actorbus.bus.records`).
 
 Quotas: a key may make ``max(stake / role.stake2rate, config.floor)`` calls per minute,
-admins are unlimited. A host borrows part of a key's budget for the current window from
-the policy actor (:class:`Quotas`), spends it locally, and borrows again when it runs out,
-so a key's rate holds across every replica and host without a round trip per call. A lease
-holds only for the policy revision it was granted under: after any change (a stake, a
-role, the config) the next call hands back what is left and borrows at the new rate, so a
-change applies to the very next call, not after the old lease is spent.
+admins are unlimited (spent through leases, :mod:`.quotas`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 import re
-import time
-from collections.abc import Awaitable, Callable
 
-import anyio
-import anyio.abc
 import msgspec
-
-from ..bus import NATS, ActorError, RateLimited, Unavailable
-from ..bus.jetstream import Bucket
 
 __all__ = [
     "DEFAULT_WHITELIST",
     "PUBLIC",
     "Decision",
-    "Grant",
     "PolicyConfig",
     "PolicyState",
-    "PolicyView",
-    "Quotas",
     "Role",
     "TokenInfo",
-    "load_state",
 ]
 
 log = logging.getLogger("actorbus.policy")
@@ -94,14 +73,6 @@ class TokenInfo(msgspec.Struct, frozen=True):
     name: str
     address: str
     created: float
-
-
-class Grant(msgspec.Struct, frozen=True):
-    """A lease of ``granted`` calls for ``window``; ``retry_after`` when none are left."""
-
-    granted: int
-    window: int
-    retry_after: float = 0.0
 
 
 _role_decoder = msgspec.json.Decoder(Role)
@@ -263,209 +234,3 @@ class PolicyState:
         if rule := self._matches(role.allow, target):
             return Decision(True, role_name, f"role {role_name!r} allows {rule!r}", rate)
         return Decision(False, role_name, f"role {role_name!r} may not call {target}", rate)
-
-
-async def load_state(bucket: Bucket) -> PolicyState:
-    """The policy in ``bucket`` as it is now."""
-    state = PolicyState()
-    async for item in bucket.watch():
-        if item is None:
-            break
-        state.apply(*item)
-    return state
-
-
-class PolicyView:
-    """A host's live copy of the policy in bucket ``bucket``.
-
-    Until the bucket exists (no policy actor ever ran on this NATS) calls are not
-    policy-checked and the host says so; once it has seen the bucket it enforces for good,
-    from the last state it saw if the watch breaks.
-    """
-
-    def __init__(self, nc: NATS, bucket: str) -> None:
-        self._nc = nc
-        self.bucket = bucket
-        self.state = PolicyState()
-        self.enforced = False
-        self.unreadable = ""
-        """Why the bucket could not be read, while no policy was ever loaded nor known to
-        be absent: calls are refused then (503), never let through unchecked."""
-        self._absent = False  # the bucket was missing when last looked at
-
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Follow the bucket until cancelled; started once the first state is loaded (or
-        the bucket is known to be missing, or cannot be read)."""
-        ready = False
-
-        def mark_ready() -> None:
-            nonlocal ready
-            if not ready:
-                ready = True
-                task_status.started()
-
-        warned = False
-        delay = 0.5
-        while True:
-            try:
-                bucket = await Bucket.find(self._nc, self.bucket)
-                self._absent = bucket is None
-                if bucket is None:
-                    self.unreadable = ""  # no policy here: nothing to enforce
-                    if not warned:
-                        log.warning(
-                            "no policy in bucket %s yet: calls are not policy-checked "
-                            "until a policy actor starts",
-                            self.bucket,
-                        )
-                        warned = True
-                else:
-                    await self._follow(bucket, mark_ready)
-            except Unavailable as exc:
-                if self.enforced:
-                    log.warning("policy watch lost (%s): deciding from the cached policy", exc)
-                elif self._absent:
-                    log.debug("policy bucket unreadable (%s); it was missing before", exc)
-                else:
-                    if not self.unreadable:
-                        log.warning("policy unreadable (%s): refusing calls until it is", exc)
-                    self.unreadable = exc.message
-            mark_ready()
-            # Until a policy exists, look for it often: calls are open meanwhile.
-            await anyio.sleep(delay if self.enforced else 0.25)
-            delay = min(delay * 2, 5.0)
-
-    async def _follow(self, bucket: Bucket, mark_ready: Callable[[], None]) -> None:
-        fresh = PolicyState()
-        caught_up = False
-        async for item in bucket.watch():
-            if item is None:
-                if not caught_up:
-                    caught_up = True
-                    fresh.revision = self.state.revision + 1
-                    self.state = fresh
-                    self.enforced = True
-                    self.unreadable = ""
-                    log.info("policy loaded from %s", self.bucket)
-                    mark_ready()
-                continue
-            key, value = item
-            if caught_up:
-                self.state.apply(key, value)
-            else:
-                fresh.apply(key, value)
-
-
-class _Lease:
-    __slots__ = ("left", "local", "refused_until", "revision", "window")
-
-    def __init__(
-        self,
-        window: int,
-        left: int,
-        revision: int,
-        refused_until: float = 0.0,
-        local: bool = False,
-    ) -> None:
-        self.window = window
-        self.left = left
-        self.revision = revision
-        self.refused_until = refused_until
-        self.local = local
-        """Whether this is the host's own share, taken when the policy actor was out of
-        reach (once per window)."""
-
-
-LeaseFn = Callable[[str, int], Awaitable[Grant]]
-"""Borrow up to ``want`` calls of a key's budget: ``lease(key, want)``."""
-ReleaseFn = Callable[[str, int, int], Awaitable[None]]
-"""Hand back unused calls: ``release(key, window, count)``."""
-
-
-class Quotas:
-    """Spends leases of each caller's budget; borrows more from the policy actor.
-
-    One borrow at a time per caller; a refused borrow is remembered until the window ends
-    (or the policy changes), so an exhausted key costs no round trip per call. A lease is
-    good for the policy ``revision`` it was granted under only. If the policy actor cannot
-    be reached, the host allows itself a tenth of the key's budget once per window and logs
-    it.
-    """
-
-    def __init__(self, lease: LeaseFn, release: ReleaseFn, revision: Callable[[], int]) -> None:
-        self._lease = lease
-        self._release = release
-        self._revision = revision
-        self._leases: dict[str, _Lease] = {}
-        self._locks: dict[str, anyio.Lock] = {}
-
-    async def take(self, key: str, rate: float, window: float) -> None:
-        """Spend one call of ``key``'s budget (``rate`` per minute); raises
-        :class:`RateLimited` with ``retry_after`` when none is left."""
-        now = time.time()
-        index = int(now // window)
-        revision = self._revision()
-        lease = self._leases.get(key)
-        if (
-            lease is not None
-            and lease.left > 0
-            and (lease.window, lease.revision)
-            == (
-                index,
-                revision,
-            )
-        ):
-            lease.left -= 1
-            return
-        lock = self._locks.setdefault(key, anyio.Lock())
-        async with lock:
-            lease = self._leases.get(key)
-            if lease is not None and lease.window == index and lease.revision == revision:
-                if lease.left > 0:
-                    lease.left -= 1
-                    return
-                if lease.refused_until > now:
-                    raise RateLimited(
-                        f"quota of {rate:g} calls/min used up",
-                        retry_after=lease.refused_until - now,
-                    )
-            elif lease is not None and lease.window == index and lease.left > 0 and not lease.local:
-                # Granted under an older policy: what is left goes back, so the new rate
-                # counts only the calls really made in this window.
-                left, lease.left = lease.left, 0
-                try:
-                    await self._release(key, index, left)
-                except ActorError as exc:
-                    log.warning("could not hand back a stale lease for %s: %s", key, exc)
-            budget = rate * window / 60
-            want = max(1, math.ceil(budget / 10))
-            local = False
-            try:
-                grant = await self._lease(key, want)
-            except ActorError as exc:
-                if lease is not None and lease.window == index and lease.local:
-                    log.warning("policy actor unreachable for a lease (%s), local share spent", exc)
-                    grant = Grant(0, index, (index + 1) * window - now)
-                else:
-                    log.warning("policy actor unreachable for a lease (%s): local share", exc)
-                    grant = Grant(max(1, int(budget // 10)), index)
-                    local = True
-            if len(self._leases) > _MEMO_LIMIT:
-                self._leases = {k: v for k, v in self._leases.items() if v.window >= index}
-                self._locks = {k: v for k, v in self._locks.items() if k in self._leases}
-            if grant.granted <= 0:
-                until = now + max(grant.retry_after, 0.001)
-                self._leases[key] = _Lease(grant.window, 0, revision, until, local)
-                raise RateLimited(
-                    f"quota of {rate:g} calls/min used up", retry_after=grant.retry_after
-                )
-            self._leases[key] = _Lease(grant.window, grant.granted - 1, revision, local=local)
-
-    def unused(self) -> list[tuple[str, int, int]]:
-        """``(key, window, calls)`` still held of leases, to hand back when the host stops
-        (not of local shares: the policy actor never lent them)."""
-        return [
-            (k, v.window, v.left) for k, v in self._leases.items() if v.left > 0 and not v.local
-        ]

@@ -33,7 +33,8 @@ from ..client.registry import Registry, RegistryEntry
 from .actor import Actor, actor_name, collect_functions
 from .micro import ServiceIdentity, serve_micro
 from .pipeline import Pipeline
-from .policy import Grant, PolicyView, Quotas
+from .policy_view import PolicyView
+from .quotas import Grant, Quotas
 from .replay import replay_guard
 
 __all__ = ["Host", "serve"]
@@ -112,7 +113,7 @@ async def serve(
         guard = await stack.enter_async_context(
             replay_guard(nc, name, settings.max_skew, key, instance, replicas=settings.js_replicas)
         )
-        policy = PolicyView(nc, settings.policy_bucket)
+        policy = PolicyView(nc, settings)
         actor.__actorbus_policy__ = policy
         client = await stack.enter_async_context(Client(key, settings=settings, nc=nc))
         actor.client, actor.settings, actor.nc = client, settings, nc

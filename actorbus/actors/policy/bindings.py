@@ -10,15 +10,12 @@ connections the server's config names.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import msgspec
 
 from ...bus import BadRequest, Forbidden, NotFound, Unavailable
 from ...bus.rights import NODE
 from ...bus.subjects import NODE_PREFIX, check_name
-from ...node.audit import record
 from .store import PolicyStore, check_address, encode
 
 __all__ = ["Bindings"]
@@ -92,22 +89,16 @@ class Bindings(PolicyStore):
         self._check_claimable(name, role)
         bound = self.state.names.get(name)
         if bound is None:
-            key, value = "name." + name, encode([address])
+            key, args = "name." + name, {"name": name, "key": address}
             try:
                 with anyio.fail_after(_CLAIM_WAIT):
-                    if await self._bucket.update(key, value, 0) is not None:
-                        try:
-                            args: dict[str, Any] = {"name": name, "key": address}
-                            await record(self.nc, self.name or "policy", host, "claim_name", args)
-                        except Unavailable:
-                            await self._bucket.delete(key)
-                            raise
-                        self._applied(key, value)
+                    value = encode([address])
+                    if await self._create(key, value, who=host, what="claim_name", args=args):
                         return
-                    stored = await self._bucket.get(key)  # claimed meanwhile
+                    claimed = await self._value(key)  # claimed meanwhile
             except TimeoutError:
                 raise Unavailable(f"the claim of {name!r} took too long") from None
-            bound = _addresses.decode(stored[0]) if stored else []
+            bound = _addresses.decode(claimed) if claimed else []
         if address not in bound:
             raise Forbidden(
                 f"actor name {name!r} is served by another key: an admin lets this one with "

@@ -25,7 +25,7 @@ import msgspec
 from ...bus import Forbidden, Unavailable
 from ...bus.jetstream import Bucket, when_ready
 from ...host import endpoint
-from ...host.policy import Grant
+from ...host.quotas import Grant
 from .store import PolicyStore
 
 __all__ = ["MAX_WINDOW", "Quotas"]

@@ -11,16 +11,20 @@ from typing import Any
 import msgspec
 
 from ...bus import (
+    ActorError,
     BadRequest,
     Forbidden,
+    Gone,
     Keystore,
     Unauthorized,
     address_to_public_key,
     token_keypair,
 )
 from ...bus.jetstream import Bucket, when_ready
+from ...bus.records import open_record, sign_record
 from ...host import Actor, current_call
-from ...host.policy import PolicyConfig, PolicyState, Role, load_state
+from ...host.policy import PolicyConfig, PolicyState, Role
+from ...host.policy_view import PolicyRecords, load_state
 from ...node.audit import ensure_audit, record
 from ...node.logs import ensure_logs
 
@@ -60,36 +64,78 @@ class PolicyStore(Actor):
 
     async def _open(self) -> None:
         settings = self.settings
-        self._bucket = await Bucket.open(
+        seeded = settings.home / "pins" / f"{settings.policy_bucket}.seeded"
+        bucket = await Bucket.find(self.nc, settings.policy_bucket)
+        if bucket is None and seeded.exists():
+            raise Gone(
+                f"the policy bucket {settings.policy_bucket} is gone, and this policy actor "
+                f"made it: restore it (or, to start a new policy, remove {seeded})"
+            )
+        self._bucket = bucket or await Bucket.open(
             self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
         )
         await ensure_audit(self.nc, replicas=settings.js_replicas)
         await ensure_logs(self.nc, settings)  # every node ships into it; the policy makes it
-        state = await load_state(self._bucket)
+        self._records = PolicyRecords(settings.policy_bucket, self.address, lambda _: None)
+        state = await load_state(self._bucket, self._records)
         # A new policy: its config, and from the replica that wrote it (replicas may start
         # together) the first admin and a role for token holders.
-        if state.configured:
-            return
-        config = PolicyConfig(window=settings.quota_window)
-        if await self._seed("config", encode(config), "set_config", msgspec.to_builtins(config)):
-            if not state.admins:
-                first = Keystore(settings.home).load(settings.key, create=True).address
-                await self._seed("admin." + first, b"1", "first_admin", {"key": first})
-            if settings.host_token:
-                host = token_keypair(settings.host_token).address
-                await self._seed("host." + host, b"1", "add_host", {"key": host})
-            if "user" not in state.roles:
-                user = Role(allow=["*/*"])
-                args = {"role": "user", **msgspec.to_builtins(user)}
-                await self._seed("role.user", encode(user), "set_role", args)
+        if not state.configured:
+            config = PolicyConfig(window=settings.quota_window)
+            args = msgspec.to_builtins(config)
+            if await self._seed("config", encode(config), "set_config", args):
+                if not state.admins:
+                    first = Keystore(settings.home).load(settings.key, create=True).address
+                    await self._seed("admin." + first, b"1", "first_admin", {"key": first})
+                if settings.host_token:
+                    host = token_keypair(settings.host_token).address
+                    await self._seed("host." + host, b"1", "add_host", {"key": host})
+                if "user" not in state.roles:
+                    user = Role(allow=["*/*"])
+                    args = {"role": "user", **msgspec.to_builtins(user)}
+                    await self._seed("role.user", encode(user), "set_role", args)
+        seeded.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        seeded.touch()
 
     async def _seed(self, key: str, value: bytes, what: str, args: dict[str, Any]) -> bool:
-        """Write ``key`` unless it has a value; whether this call wrote it."""
-        if await self._bucket.update(key, value, 0) is None:
+        """Write ``key`` of a new policy, by this actor; whether this call wrote it."""
+        return await self._create(key, value, who=self.address, what=what, args=args)
+
+    async def _create(
+        self, key: str, value: bytes, *, who: str, what: str, args: dict[str, Any]
+    ) -> bool:
+        """Write ``key`` unless it holds a record of this policy (an entry nobody trusts,
+        such as one a stranger wrote first, is written over), recorded first as made by
+        ``who``; whether this call wrote it (another replica may come first)."""
+        current = await self._bucket.get(key)
+        if current is not None and self._signed(key, current[0]):
+            return False
+        await record(self.nc, self.name or "policy", who, what, args)
+        signed = sign_record(self.client.key, self._bucket.name, key, value)
+        if await self._bucket.update(key, signed, current[1] if current else 0) is None:
             return False
         self._applied(key, value)
-        await record(self.nc, self.name or "policy", self.address, what, args)
         return True
+
+    async def _value(self, key: str) -> bytes | None:
+        """The value this policy's record at ``key`` holds now, read from the bucket
+        (``None``: none, removed, or not this policy's)."""
+        stored = await self._bucket.get(key)
+        if stored is None or not self._signed(key, stored[0]):
+            return None
+        return open_record(self._bucket.name, key, stored[0]).value
+
+    def _signed(self, key: str, data: bytes) -> bool:
+        """Whether ``data`` is a record of this policy at ``key``."""
+        try:
+            return open_record(self._bucket.name, key, data).by == self.address
+        except ActorError:
+            return False
+
+    async def _store(self, key: str, value: bytes | None) -> None:
+        """Put ``value`` at ``key`` as a record signed by this policy (``None``: a signed
+        removal, never a bare delete)."""
+        await self._bucket.put(key, sign_record(self.client.key, self._bucket.name, key, value))
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -111,24 +157,23 @@ class PolicyStore(Actor):
     async def _write(
         self, key: str, value: bytes | None, *, who: str, what: str, args: dict[str, Any]
     ) -> None:
-        """Change one entry, apply it here at once (read your writes), record it. The
-        write is tried again while JetStream elects a leader (a node just lost), until
-        shortly before the call's deadline."""
-
-        async def write() -> None:
-            if value is None:
-                await self._bucket.delete(key)
-            else:
-                await self._bucket.put(key, value)
+        """Record the change in the audit trail, then make it (a signed record) and apply
+        it here at once (read your writes): a change is never made unrecorded. Each step
+        is tried again while JetStream elects a leader (a node just lost), until shortly
+        before the call's deadline; one that cannot be recorded is not made (503)."""
 
         deadline = current_call().deadline - 0.5
-        await when_ready(write, f"policy change {what}", wait=max(0.0, deadline - time.monotonic()))
-        self._applied(key, value)
         await when_ready(
             lambda: record(self.nc, self.name or "policy", who, what, args),
             f"the audit record of {what}",
             wait=max(0.0, deadline - time.monotonic()),
         )
+        await when_ready(
+            lambda: self._store(key, value),
+            f"policy change {what}",
+            wait=max(0.0, deadline - time.monotonic()),
+        )
+        self._applied(key, value)
 
     def _applied(self, key: str, value: bytes | None) -> None:
         """Apply a change just written to this replica's view at once (read your writes)."""

@@ -1,0 +1,201 @@
+"""A host's live copy of the policy: the policy actor's signed records, followed by a KV
+watch, so a decision is a few dict lookups and a change reaches running actors in one NATS
+hop. The watch does not depend on the policy actor's process: if it is down, hosts keep
+deciding from the same data (fail static); if NATS itself goes away, they decide from the
+last state they saw and say so.
+
+Only records signed by the policy key this home trusts count (:mod:`actorbus.bus.pins`;
+the first one a home ever reads pins its signer): an unsigned entry, a forged one or a bare
+delete is ignored, and reported once. A policy that was seen (or whose key this home
+knows) and whose bucket then vanishes is not "no policy": calls are refused (503) until it
+is back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+
+from ..bus import NATS, ActorError, Unavailable
+from ..bus.connection import subscribe
+from ..bus.jetstream import Bucket, deleted_advisory
+from ..bus.pins import pin_policy, pinned_policy
+from ..bus.records import open_record
+from ..bus.settings import Settings
+from .policy import PolicyState
+
+__all__ = ["PolicyRecords", "PolicyView", "load_state"]
+
+log = logging.getLogger("actorbus.policy")
+
+
+class PolicyRecords:
+    """Which of a policy bucket's entries count: those signed by the trusted key."""
+
+    def __init__(self, bucket: str, trusted: str | None, pin: Callable[[str], None]) -> None:
+        self.bucket = bucket
+        self.trusted = trusted
+        self._pin = pin
+        self._reported: set[str] = set()
+
+    def apply(self, state: PolicyState, key: str, data: bytes | None) -> None:
+        """Apply the entry ``key`` (``None``: deleted) to ``state`` if it is a record the
+        trusted key signed; else ignore it, and say so once per key."""
+        if data is None:
+            self._report(key, "deleted without a signed record")
+            return
+        try:
+            record = open_record(self.bucket, key, data)
+        except ActorError as exc:
+            self._report(key, exc.message)
+            return
+        if self.trusted is None:  # first contact: this signer is the policy from now on
+            self.trusted = record.by
+            self._pin(record.by)
+            log.warning("policy %s: trusting its signer %s from now on", self.bucket, record.by)
+        if record.by != self.trusted:
+            self._report(key, f"signed by {record.by}, not the policy's key")
+            return
+        state.apply(key, record.value)
+
+    def _report(self, key: str, why: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning("policy %s: ignoring %s: %s", self.bucket, key[:80], why)
+
+
+async def load_state(bucket: Bucket, records: PolicyRecords) -> PolicyState:
+    """The policy in ``bucket`` as it is now (what ``records`` lets count)."""
+    state = PolicyState()
+    async for item in bucket.watch():
+        if item is None:
+            break
+        records.apply(state, *item)
+    return state
+
+
+class PolicyView:
+    """A host's live copy of the policy in the bucket of ``settings``.
+
+    Until the bucket exists (no policy actor ever ran on this NATS, and this home knows no
+    policy key) calls are not policy-checked and the host says so; once it has seen the
+    policy it enforces for good, from the last state it saw if the watch breaks.
+    """
+
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self._nc = nc
+        self.bucket = settings.policy_bucket
+        self.state = PolicyState()
+        self.enforced = False
+        self.records = PolicyRecords(
+            self.bucket, pinned_policy(settings), lambda address: pin_policy(settings, address)
+        )
+        self.unreadable = ""
+        """Why the policy cannot be read (or is gone), while no policy was ever loaded, or
+        one is known and its bucket is missing: calls are refused then (503), never let
+        through unchecked."""
+        self._absent = False  # the bucket was missing when last looked at
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Follow the bucket until cancelled; started once the first state is loaded (or
+        the bucket is known to be missing, or cannot be read)."""
+        ready = False
+
+        def mark_ready() -> None:
+            nonlocal ready
+            if not ready:
+                ready = True
+                task_status.started()
+
+        warned = False
+        delay = 0.5
+        while True:
+            try:
+                bucket = await Bucket.find(self._nc, self.bucket)
+                self._absent = bucket is None
+                if bucket is None and self.records.trusted is not None:
+                    # A policy this home knows (or saw) is gone: not "no policy".
+                    self.enforced = False
+                    self.unreadable = (
+                        f"the policy bucket {self.bucket} is gone: calls are refused until "
+                        "it is back"
+                    )
+                    if not warned:
+                        log.warning("%s", self.unreadable)
+                        warned = True
+                elif bucket is None:
+                    self.unreadable = ""  # no policy here: nothing to enforce
+                    if not warned:
+                        log.warning(
+                            "no policy in bucket %s yet: calls are not policy-checked "
+                            "until a policy actor starts",
+                            self.bucket,
+                        )
+                        warned = True
+                else:
+                    warned = False
+                    await self._follow(bucket, mark_ready)
+            except Unavailable as exc:
+                if self.enforced:
+                    log.warning("policy watch lost (%s): deciding from the cached policy", exc)
+                elif self._absent and self.records.trusted is None:
+                    log.debug("policy bucket unreadable (%s); it was missing before", exc)
+                else:
+                    if not self.unreadable:
+                        log.warning("policy unreadable (%s): refusing calls until it is", exc)
+                    self.unreadable = exc.message
+            mark_ready()
+            # Until a policy exists, look for it often: calls are open meanwhile.
+            await anyio.sleep(delay if self.enforced else 0.25)
+            delay = min(delay * 2, 5.0)
+
+    async def _follow(self, bucket: Bucket, mark_ready: Callable[[], None]) -> None:
+        """Apply the bucket's records as they come, until it is deleted (then the caller
+        looks for it again, and finds it gone)."""
+        lost: Unavailable | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._until_deleted, bucket, tg.cancel_scope)
+            try:
+                await self._apply_records(bucket, mark_ready)
+            except Unavailable as exc:  # raised out of the group, not inside one
+                lost = exc
+            tg.cancel_scope.cancel()
+        if lost is not None:
+            raise lost
+
+    async def _until_deleted(self, bucket: Bucket, scope: anyio.CancelScope) -> None:
+        """Cancel ``scope`` when JetStream says the bucket's stream was deleted (a forged
+        advisory costs a look at the bucket, no more)."""
+        try:
+            sub = await subscribe(self._nc, deleted_advisory(bucket.stream))
+        except Unavailable as exc:  # the connection is closing: the watch ends too
+            log.debug("policy %s: no deletion advisories: %s", self.bucket, exc)
+            return
+        try:
+            async for _ in sub.messages:
+                scope.cancel()
+                return
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+
+    async def _apply_records(self, bucket: Bucket, mark_ready: Callable[[], None]) -> None:
+        fresh = PolicyState()
+        caught_up = False
+        async for item in bucket.watch():
+            if item is None:
+                if not caught_up:
+                    caught_up = True
+                    fresh.revision = self.state.revision + 1
+                    self.state = fresh
+                    self.enforced = True
+                    self.unreadable = ""
+                    log.info("policy loaded from %s", self.bucket)
+                    mark_ready()
+                continue
+            self.records.apply(self.state if caught_up else fresh, *item)
