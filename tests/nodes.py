@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import psutil
 
-from actorbus import Settings
+from actorbus import Keystore, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +37,16 @@ class Node:
     @property
     def settings(self) -> Settings:
         return Settings.from_env(self.env)
+
+    @property
+    def address(self) -> str:
+        """This home's own key (its supervisor's, the signer of its hosting tickets)."""
+        return Keystore(self.home).load("default", create=True).address
+
+    async def lets_host(self, other: Node) -> None:
+        """As this node's key (an admin), let ``other``'s key host actors on this NATS:
+        the policy binds its replicas' names to their keys, so callers count them."""
+        await self.actor("policy", "host", "add", other.address)
 
     async def actor(self, *args: str, check: bool = True, **env: str) -> tuple[int, str, str]:
         """`actor ARGS` in its own process; with ``check``, a non-zero exit fails the test."""

@@ -17,7 +17,16 @@ from nodes import up
 from processes import actor_serve
 from support import Probe, env_of, eventually
 
-from actorbus import Client, Keypair, RateLimited, ReplyTimeout, Settings, Unavailable, serve
+from actorbus import (
+    BadReply,
+    Client,
+    Keypair,
+    RateLimited,
+    ReplyTimeout,
+    Settings,
+    Unavailable,
+    serve,
+)
 from actorbus.actors.policy import Policy
 from actorbus.bus import Bucket, connect
 
@@ -73,7 +82,7 @@ async def test_calls_go_on_through_a_node_kill(
 
 
 async def test_calls_go_on_without_a_jetstream_quorum(
-    cluster: Cluster, settings: Settings, name: str
+    cluster: Cluster, settings: Settings, name: str, tmp_path: Path
 ) -> None:
     """Kill two of three nodes: JetStream (registry, policy bucket) is gone, core NATS on
     the last node still routes, and calls keep working, from a client that knew the actor
@@ -100,13 +109,18 @@ async def test_calls_go_on_without_a_jetstream_quorum(
             assert await new.call(name, "same", "degraded") == "degraded"
         # A replica can even start now (no registry, no replay window: it says so), and
         # a caller finds it through $SRV.INFO; but it never saw the policy, so it refuses
-        # calls (a signed 503) rather than let them through unchecked.
+        # calls (a signed 503) rather than let them through unchecked. (A caller that
+        # trusts the policy does not even count it: the policy never bound its name.)
+        elsewhere = msgspec.structs.replace(last, home=tmp_path / "elsewhere")
         async with (
             serve(Probe(), name=f"{name}late", settings=last),
-            Client(member, settings=last) as fresh,
+            Client(member, settings=elsewhere) as fresh,
+            Client(member, settings=last) as trusting,
         ):
             with pytest.raises(Unavailable, match="policy cannot be read"):
                 await fresh.call(f"{name}late", "add", 5, 5)
+            with pytest.raises(BadReply, match="not a registered key"):
+                await trusting.call(f"{name}late", "add", 5, 5)
         stranger = Keypair.generate()
         async with Client(stranger, settings=last) as other:
             with pytest.raises(Exception, match="may not call"):
@@ -205,8 +219,9 @@ async def test_two_supervisors_on_two_nodes_of_the_cluster(
     a = await nodes("a", url=cluster.url_of(0), ACTOR_JS_REPLICAS="3")
     b = await nodes("b", url=cluster.url_of(1), ACTOR_JS_REPLICAS="3")
     await up(a, PROBE, "--name", f"{name}a", "--no-gateway")
-    await up(b, PROBE, "--name", f"{name}b", "--no-gateway")
     admin = {"ACTOR_HOME": str(a.home)}  # a's key: it started the policy, its first admin
+    await a.lets_host(b)  # as the auth callout would ask of a joining home
+    await up(b, PROBE, "--name", f"{name}b", "--no-gateway")
     for node in (a, b):
         actors = {(r["node"], r["actor"]) for r in await node.ps(**admin)}
         assert {f"{name}a", f"{name}b"} <= {actor for _, actor in actors}

@@ -165,8 +165,13 @@ async def test_cached_decisions_apply_while_the_policy_actor_is_down(
     settings: Settings, name: str
 ) -> None:
     member, stranger = Keypair.generate(), Keypair.generate()
-    async with serve(Policy(), name=settings.policy, settings=settings):
-        pass  # the policy exists before the actor starts: it enforces from its first call
+    # The policy exists before the actor starts (it enforces from its first call), and
+    # has bound the actor's name to its key (callers count its replicas).
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings),
+    ):
+        pass
     async with (
         serve(Probe(), name=name, settings=settings),
         Client(settings=settings) as admin,

@@ -44,6 +44,19 @@ def ss58_public_key(address: str) -> bytes:
     return data[1:33]
 
 
+def open_record(kind: str, name: str, text: str) -> tuple[bytes, str]:
+    """§8: a record is ``{"v":`` V ``,"by":"`` address ``","sig":"`` hex ``"}``; the
+    signature, by ``by``, is over the version, ``record``, kind, name and V's sha256."""
+    data = text.encode()
+    assert data.startswith(b'{"v":')
+    value, _, rest = data[5:].rpartition(b',"by":"')
+    by, _, sig = rest.removesuffix(b'"}').decode().partition('","sig":"')
+    digest = hashlib.sha256(value).hexdigest()
+    signed = f"actorbus/2\nrecord\n{kind}\n{name}\n{digest}".encode()
+    nacl.signing.VerifyKey(ss58_public_key(by)).verify(signed, bytes.fromhex(sig))
+    return value, by
+
+
 @pytest.fixture
 def echo_actor(nats_url: str, tmp_path: Path) -> Iterator[str]:
     name = f"raw{secrets.token_hex(4)}"
@@ -98,10 +111,13 @@ async def test_a_client_from_the_protocol_alone(nats_url: str, echo_actor: str) 
         nacl.signing.VerifyKey(ss58_public_key(actor_address)).verify(
             reply_bytes(nonce, status, reply.data), bytes.fromhex(reply.headers["Actor-Signature"])
         )
-        kv = await nc.jetstream().key_value("actor_registry")
-        keys = [k for k in await kv.keys() if k.startswith(f"{echo_actor}.")]
-        registered = {json.loads((await kv.get(k)).value)["address"] for k in keys}
-        assert registered == {actor_address}
+        # §7: $SRV.INFO names the replica's key and carries its signed registry record.
+        info = json.loads((await nc.request(f"$SRV.INFO.{echo_actor}", b"", timeout=5)).data)
+        assert info["metadata"]["address"] == actor_address
+        value, by = open_record(
+            "actor_registry", f"{echo_actor}.{info['id']}", info["metadata"]["record"]
+        )
+        assert by == actor_address and json.loads(value)["address"] == actor_address
 
         # The same envelope again is a replay; sent for another inbox, it is no signature.
         again = await ask(nc, subject, body, headers, inbox)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 from processes import actor_serve
@@ -16,6 +17,7 @@ from support import Probe
 
 from actorbus import Client, Settings, serve
 from actorbus.bus import connect
+from actorbus.bus.records import open_record
 from actorbus.client import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,10 @@ async def test_srv_ping_info_stats(settings: Settings, name: str) -> None:
 
         raw_info = json.loads((await nc.request(f"$SRV.INFO.{subject}.{host.instance}")).data)
         info = ServiceInfo.from_dict(raw_info)  # nats.micro's own parser accepts it
+        record = open_record(
+            "actor_registry", f"{name}.{host.instance}", info.metadata.pop("record").encode()
+        )
+        assert record.by == host.address  # the replica's registry entry, signed (PROTOCOL §7)
         assert info.metadata == {"actor": name, "address": host.address, "node": host.entry.node}
         endpoints = {e.name: e for e in info.endpoints}
         assert endpoints["add"].subject == f"actor.{name}.add"
@@ -124,7 +130,7 @@ async def test_heartbeats_follow_the_registry_buckets_own_ttl(settings: Settings
     """A replica configured with a longer TTL than the bucket was made with would see its
     entry expire between heartbeats: it follows the bucket's TTL instead."""
     async with connect(settings.url) as nc:
-        await Registry.open(nc, ttl=settings.registry_ttl)  # made by now, by someone
-        longer = await Registry.open(nc, ttl=10_000.0)
+        await Registry.open(nc, settings)  # made by now, by someone
+        longer = await Registry.open(nc, msgspec.structs.replace(settings, registry_ttl=10_000.0))
         made = (await nc.jetstream().stream_info("KV_actor_registry")).config.max_age
         assert longer.ttl == made < 10_000

@@ -106,6 +106,7 @@ async def test_two_nodes_controlled_from_a_third_process(nodes: Any, name: str) 
     signed by the first node's key (the policy's first admin)."""
     a, b = await nodes("a"), await nodes("b")
     await up(a, PROBE, "--name", f"{name}a")
+    await a.lets_host(b)
     await up(b, PROBE, "--name", f"{name}b", "--replicas", "2")
     admin = {"ACTOR_KEY": "default", "ACTOR_HOME": str(a.home)}
     rows = await a.ps(**admin)

@@ -67,6 +67,7 @@ class NodeActor(Actor):
     allow_fns = _CONTROL
     quotas = False
     sessions = False  # every control request is signed by the admin who sent it
+    rights = NODE  # its name is node.<node>, which only a supervisor's ticket may claim
 
     def __init__(self, node: Node, owner: Keypair, stop: anyio.Event) -> None:
         self._node = node
@@ -211,6 +212,7 @@ async def run_node(
                             actor = NodeActor(node, owner, stop)
                             async with serve(actor, name=control, settings=here, nc=nc):
                                 await _start(node, here, specs, nc, owner, on_event)
+                                describe(msgspec.structs.replace(info, ready=True))
                                 on_ready(info, node)
                                 await stop.wait()
                     finally:

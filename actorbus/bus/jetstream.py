@@ -150,15 +150,15 @@ class Bucket:
         except JS_ERRORS as exc:
             raise Unavailable(f"delete {self.name}/{key}: {exc}") from exc
 
-    async def values(self, keys: str = ">", *, timeout: float = 5.0) -> list[bytes]:
-        """The current values of the keys matching ``keys`` (a subject filter).
+    async def items(self, keys: str = ">", *, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+        """The keys matching ``keys`` (a subject filter) and their current values.
 
         nats-py's watcher may say "caught up" before a value already on its way (the
         server counts it delivered, the client has not read it yet), so its marker alone
         is not trusted: reading ends at the last key's entry (nothing pending after it,
         deletions included), or at the marker when the bucket holds no such key at all.
         """
-        values: list[bytes] = []
+        values: list[tuple[str, bytes]] = []
         try:
             watcher = await self._kv.watch(keys)
             try:
@@ -169,7 +169,7 @@ class Bucket:
                                 break
                             continue
                         if entry.operation not in ("DEL", "PURGE") and entry.value:
-                            values.append(entry.value)
+                            values.append((entry.key, entry.value))
                         if entry.delta == 0:
                             break
             finally:

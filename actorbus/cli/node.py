@@ -20,7 +20,7 @@ from ..actors.node import run_node
 from ..bus import ActorError, BadRequest, Unavailable
 from ..bus.settings import Settings, node_name
 from ..bus.subjects import NODE_PREFIX, check_name
-from ..client import Client
+from ..client import Client, RegistryEntry
 from ..client.control import Control
 from ..client.logs import read_logs
 from ..client.specs import ActorSpec, replica_count
@@ -267,7 +267,7 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
             start_new_session=True,
         )
 
-    async def main() -> list[object]:
+    async def main() -> list[RegistryEntry]:
         with anyio.fail_after(_READY_TIMEOUT):
             while True:
                 if daemon.poll() is not None:
@@ -277,7 +277,7 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
                         + "\n".join(tail.strip().splitlines()[-15:])
                     )
                 info = running_node(settings.home)
-                if info is not None:
+                if info is not None and info.ready:
                     here = msgspec.structs.replace(settings, nats_url=info.url)
                     entries = await _entries_when_up(here, node, specs)
                     if entries is not None:
@@ -289,20 +289,26 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
         f"node {node} is up (pid {daemon.pid}; log {log_path}); "
         "`actor ps` to see it, `actor down` to stop it"
     )
+    started = {e.name for e in entries}
+    for spec in specs:
+        if spec.name not in started:
+            err.print(f"{spec.name} did not start; {log_path} says why")
     err.print(status_table(entries))
 
 
 async def _entries_when_up(
     settings: Settings, node: str, specs: list[ActorSpec]
-) -> list[object] | None:
-    """The registry entries of ``specs`` on ``node`` once every replica is there."""
+) -> list[RegistryEntry] | None:
+    """The registry entries of ``specs`` on ``node`` (a node that says it is ready) once
+    every replica is there, but a gateway's: one that could not start was reported in
+    the log, and the node runs without it."""
     try:
         async with Client(settings=settings) as client:
             entries = [e for e in await client.entries() if e.node == node]
     except Unavailable:
         return None  # its NATS is not up yet
     for spec in specs:
-        if sum(e.name == spec.name for e in entries) < spec.replicas:
+        if spec.tier != "front" and sum(e.name == spec.name for e in entries) < spec.replicas:
             return None
     return [e for e in entries if any(e.name == s.name for s in specs)]
 

@@ -50,7 +50,7 @@ from ..bus.wire import Seal, request_headers, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info
 from .jobs import DEFAULT_JOB_TTL, Job
-from .registry import Registry, RegistryEntry
+from .registry import Registry, RegistryEntry, Vouching
 from .streams import read_stream
 
 __all__ = ["ActorProxy", "Client", "loose_value"]
@@ -117,6 +117,8 @@ class Client:
         self._opening: dict[str, anyio.Lock] = {}
         self._stack = AsyncExitStack()
         self._registry: Registry | None = None
+        self.vouching = Vouching(self.settings)
+        """Which registry entries (and ``$SRV.INFO`` answers) this client counts."""
         self._known: dict[str, Known] = {}
         self._degraded_until = 0.0
         """While the registry is unreadable: when to try it again."""
@@ -152,9 +154,7 @@ class Client:
 
     async def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = await Registry.open(
-                self.nc, ttl=self.settings.registry_ttl, replicas=self.settings.js_replicas
-            )
+            self._registry = await Registry.open(self.nc, self.settings, self.vouching)
         return self._registry
 
     async def entries(self, name: str | None = None) -> list[RegistryEntry]:
@@ -178,7 +178,7 @@ class Client:
                     raise Unavailable("unreadable moments ago")
                 known = from_entries(await self.entries(name), _KNOWN_SECONDS)
             except Unavailable as exc:
-                known = await from_service_info(self.nc, name, _KNOWN_SECONDS)
+                known = await from_service_info(self.nc, name, _KNOWN_SECONDS, self.vouching)
                 if not self._degraded_until:
                     log.warning("registry unreadable (%s): asking replicas ($SRV.INFO)", exc)
                 self._degraded_until = time.monotonic() + _DEGRADED_SECONDS

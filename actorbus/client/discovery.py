@@ -2,9 +2,10 @@
 of its functions are idempotent; from the registry (JetStream), or, when JetStream cannot
 answer, from the replicas themselves over ``$SRV.INFO`` (core NATS).
 
-Both sources are as trustworthy as the bus: registry entries and ``$SRV`` answers are
-written by whoever NATS permissions let write them, so keep untrusted clients off
-``actor.>``, ``$SRV.>`` and ``$KV.actor_registry.>``.
+Neither source is taken on the bus's word: a registry entry counts only if it is signed
+by the address it names and bound to its name by the policy this home trusts
+(:class:`~actorbus.client.registry.Vouching`), and a ``$SRV.INFO`` answer only if it
+carries such an entry (metadata ``record``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgspec
 from ..bus import NATS
 from ..bus.connection import gather
 from ..bus.subjects import service_subject
-from .registry import RegistryEntry
+from .registry import RegistryEntry, Vouching
 
 __all__ = [
     "Known",
@@ -51,6 +52,7 @@ class _Endpoint(msgspec.Struct):
 class _Info(msgspec.Struct):
     """The part of a replica's ``$SRV.INFO`` answer a caller reads."""
 
+    id: str = ""
     metadata: dict[str, str] | None = None
     endpoints: list[_Endpoint] = msgspec.field(default_factory=list)
 
@@ -67,16 +69,19 @@ _info = msgspec.json.Decoder(_Info)
 _schema = msgspec.json.Decoder(dict[str, Any])
 
 
-def read_service_info(data: bytes, name: str) -> ServiceInfo | None:
+def read_service_info(data: bytes, name: str, vouching: Vouching) -> ServiceInfo | None:
     """The ``$SRV.INFO`` answer ``data`` of a replica of ``name``; ``None`` if it is not
-    one (it does not decode, names another actor or no address). A function whose schema
-    does not decode is left out."""
+    one (it does not decode, names another actor, or its registry record does not count
+    for ``vouching``). A function whose schema does not decode is left out."""
     try:
         info = _info.decode(data)
     except msgspec.DecodeError:
         return None
     metadata = info.metadata or {}
-    if metadata.get("actor") != name or "address" not in metadata:
+    if metadata.get("actor") != name:
+        return None
+    entry = vouching.entry(f"{name}.{info.id}", metadata.get("record", "").encode())
+    if entry is None or entry.address != metadata.get("address"):
         return None
     functions = {}
     for endpoint in info.endpoints:
@@ -85,7 +90,7 @@ def read_service_info(data: bytes, name: str) -> ServiceInfo | None:
         except msgspec.DecodeError:
             continue
         functions[endpoint.name] = schema
-    return ServiceInfo(metadata["address"], functions)
+    return ServiceInfo(entry.address, functions)
 
 
 def from_entries(entries: list[RegistryEntry], ttl: float) -> Known:
@@ -98,15 +103,16 @@ def from_entries(entries: list[RegistryEntry], ttl: float) -> Known:
     )
 
 
-async def from_service_info(nc: NATS, name: str, ttl: float) -> Known:
-    """Ask every replica of ``name`` for its ``$SRV.INFO`` (answers within 0.25 s)."""
+async def from_service_info(nc: NATS, name: str, ttl: float, vouching: Vouching) -> Known:
+    """Ask every replica of ``name`` for its ``$SRV.INFO`` (answers within 0.25 s); those
+    that ``vouching`` counts."""
     addresses: set[str] = set()
     idempotent: set[str] = set()
     streams: set[str] = set()
     for msg in await gather(
         nc, service_subject("INFO", name), b"", wait=_INFO_WAIT, limit=_INFO_LIMIT
     ):
-        info = read_service_info(msg.data, name)
+        info = read_service_info(msg.data, name, vouching)
         if info is None:
             continue
         addresses.add(info.address)

@@ -5,18 +5,35 @@ Each replica puts a :class:`RegistryEntry` under ``<name>.<instance>`` in the
 entries whose heartbeats stopped, and readers also skip entries past their own expiry.
 Instance ids are 16 hex characters, so the filter ``<name>.*`` matches exactly the
 replicas of ``name`` (a dotted name ``a.b`` has keys ``a.b.<id>``, never ``a.<id>``).
+
+An entry is a signed record (:mod:`actorbus.bus.records`) by the replica's own key, and
+carries the policy's signed binding of its name (``name.<name>`` in the policy bucket, the
+keys that may serve it). A reader whose home trusts a policy key (:mod:`actorbus.bus.pins`)
+counts an entry only if its binding is signed by that key and lists the entry's address
+(the policy actor's own entries: signed by that key itself); any reader drops an entry
+that is not signed by the address it names, sits under another key, or does not decode.
+So whoever may write the bucket (a NATS without permissions, a leaked leaf credential)
+cannot put an address of theirs in the registry.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgspec
 
-from ..bus import NATS, Bucket
+from ..bus import NATS, ActorError, Bucket, Keypair, LogThrottle, printable
+from ..bus.pins import pinned_policy
+from ..bus.records import open_record, sign_record
+from ..bus.settings import Settings
 from ..bus.subjects import REGISTRY_BUCKET, check_name
 
-__all__ = ["Registry", "RegistryEntry"]
+__all__ = ["Registry", "RegistryEntry", "Vouching", "signed_entry"]
+
+log = logging.getLogger("actorbus.registry")
+_throttle = LogThrottle(log, burst=3, interval=60.0)
+"""Entries that do not count, said in this process at most 3 times a minute per reason."""
 
 
 class RegistryEntry(msgspec.Struct, frozen=True):
@@ -40,6 +57,9 @@ class RegistryEntry(msgspec.Struct, frozen=True):
     """Its functions marked idempotent: callers may retry them (PROTOCOL.md §7)."""
     streams: list[str] = msgspec.field(default_factory=list)
     """Its functions that stream their reply (PROTOCOL.md §4a)."""
+    binding: str = ""
+    """The policy's signed record of the keys that may serve this name, as the replica
+    last read it (JSON text; empty while there is none)."""
 
     @property
     def key(self) -> str:
@@ -52,39 +72,109 @@ class RegistryEntry(msgspec.Struct, frozen=True):
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(RegistryEntry).decode
+_addresses = msgspec.json.Decoder(list[str]).decode
+
+
+def signed_entry(entry: RegistryEntry, key: Keypair) -> bytes:
+    """``entry`` as its registry record, signed by ``key`` (the replica's)."""
+    return sign_record(key, REGISTRY_BUCKET, entry.key, _encode(entry))
+
+
+class Vouching:
+    """Which registry entries (or ``$SRV.INFO`` records) a reader counts, by the policy key
+    the home of ``settings`` trusts (looked up until there is one: a host pins it at first
+    contact)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._trusted: str | None = None
+
+    @property
+    def trusted(self) -> str | None:
+        if self._trusted is None:
+            try:
+                self._trusted = pinned_policy(self._settings)
+            except ActorError as exc:
+                _throttle.log(logging.WARNING, "pin", "%s", exc.message)
+        return self._trusted
+
+    def entry(self, key: str, data: bytes) -> RegistryEntry | None:
+        """The entry stored at ``key`` if it counts; ``None`` (reported, throttled) if not."""
+        try:
+            record = open_record(REGISTRY_BUCKET, key, data)
+            if record.value is None:
+                return None
+            entry = _decode(record.value)
+            check_name(entry.name)
+        except (ActorError, msgspec.DecodeError) as exc:
+            why = str(exc)
+        else:
+            if entry.key != key or entry.address != record.by:
+                why = f"signed by {record.by}, not the address it names"
+            else:
+                why = self._unbound(entry)
+            if not why:
+                return entry
+        _throttle.log(
+            logging.WARNING, "entry", "registry: ignoring %s: %s", printable(key, 80), why[:200]
+        )
+        return None
+
+    def _unbound(self, entry: RegistryEntry) -> str:
+        """Why the policy does not let ``entry``'s address serve its name ('' if it does)."""
+        trusted = self.trusted
+        settings = self._settings
+        if trusted is None:
+            return ""  # no policy known to this home: the entry's own signature is all
+        if entry.name == settings.policy:
+            return "" if entry.address == trusted else "not the policy's key"
+        try:
+            binding = open_record(
+                settings.policy_bucket, "name." + entry.name, entry.binding.encode()
+            )
+            bound = _addresses(binding.value or b"[]")
+        except (ActorError, msgspec.DecodeError):
+            return f"{entry.name} has no binding the policy signed"
+        if binding.by != trusted:
+            return f"its binding is signed by {binding.by}, not the policy's key"
+        if entry.address not in bound:
+            return f"{entry.address} is not bound to {entry.name}"
+        return ""
 
 
 class Registry:
     """Reads and writes registry entries; :meth:`open` binds (or creates) the bucket."""
 
-    def __init__(self, bucket: Bucket, ttl: float) -> None:
+    def __init__(self, bucket: Bucket, ttl: float, vouching: Vouching) -> None:
         self._bucket = bucket
         self.ttl = ttl
+        self.vouching = vouching
 
     @classmethod
-    async def open(cls, nc: NATS, *, ttl: float, replicas: int = 1) -> Registry:
-        """Bind to the registry; entries live ``ttl`` seconds without a heartbeat, or less if
-        the bucket was made with a shorter TTL (then heartbeats follow the bucket's)."""
-        bucket = await Bucket.open(nc, REGISTRY_BUCKET, ttl=ttl, replicas=replicas)
-        return cls(bucket, min(ttl, bucket.ttl) if bucket.ttl else ttl)
+    async def open(cls, nc: NATS, settings: Settings, vouching: Vouching | None = None) -> Registry:
+        """Bind to the registry; entries live ``registry_ttl`` seconds without a heartbeat,
+        or less if the bucket was made with a shorter TTL (then heartbeats follow the
+        bucket's)."""
+        ttl = settings.registry_ttl
+        bucket = await Bucket.open(nc, REGISTRY_BUCKET, ttl=ttl, replicas=settings.js_replicas)
+        ttl = min(ttl, bucket.ttl) if bucket.ttl else ttl
+        return cls(bucket, ttl, vouching or Vouching(settings))
 
-    async def put(self, entry: RegistryEntry) -> None:
-        """Write ``entry`` with a fresh heartbeat."""
+    async def put(self, entry: RegistryEntry, key: Keypair) -> None:
+        """Write ``entry`` with a fresh heartbeat, signed by ``key`` (the replica's)."""
         entry = msgspec.structs.replace(entry, heartbeat=time.time(), ttl=self.ttl)
-        await self._bucket.put(entry.key, _encode(entry))
+        await self._bucket.put(entry.key, signed_entry(entry, key))
 
     async def remove(self, entry: RegistryEntry) -> None:
         await self._bucket.delete(entry.key)
 
     async def entries(self, name: str | None = None) -> list[RegistryEntry]:
-        """The live replicas of ``name`` (of every actor if ``None``), by name then start."""
+        """The live replicas of ``name`` (of every actor if ``None``) that count, by name
+        then start."""
         keys = f"{check_name(name)}.*" if name else ">"
         entries = []
-        for value in await self._bucket.values(keys):
-            try:
-                entry = _decode(value)
-            except msgspec.DecodeError:
-                continue  # not ours: someone else wrote into the bucket
-            if entry.alive:
+        for key, value in await self._bucket.items(keys):
+            entry = self.vouching.entry(key, value)
+            if entry is not None and entry.alive:
                 entries.append(entry)
         return sorted(entries, key=lambda e: (e.name, e.started))

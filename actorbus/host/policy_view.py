@@ -35,11 +35,20 @@ log = logging.getLogger("actorbus.policy")
 class PolicyRecords:
     """Which of a policy bucket's entries count: those signed by the trusted key."""
 
-    def __init__(self, bucket: str, trusted: str | None, pin: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        trusted: str | None,
+        pin: Callable[[str], None],
+        keep: frozenset[str] = frozenset(),
+    ) -> None:
         self.bucket = bucket
         self.trusted = trusted
         self._pin = pin
         self._reported: set[str] = set()
+        self._keep = keep
+        self.kept: dict[str, bytes] = {}
+        """The signed records (as stored) of the keys in ``keep`` that count."""
 
     def apply(self, state: PolicyState, key: str, data: bytes | None) -> None:
         """Apply the entry ``key`` (``None``: deleted) to ``state`` if it is a record the
@@ -60,6 +69,10 @@ class PolicyRecords:
             self._report(key, f"signed by {record.by}, not the policy's key")
             return
         state.apply(key, record.value)
+        if key in self._keep and record.value is None:
+            self.kept.pop(key, None)
+        elif key in self._keep:
+            self.kept[key] = data
 
     def _report(self, key: str, why: str) -> None:
         if key not in self._reported:
@@ -80,24 +93,31 @@ async def load_state(bucket: Bucket, records: PolicyRecords) -> PolicyState:
 class PolicyView:
     """A host's live copy of the policy in the bucket of ``settings``.
 
-    Until the bucket exists (no policy actor ever ran on this NATS, and this home knows no
-    policy key) calls are not policy-checked and the host says so; once it has seen the
-    policy it enforces for good, from the last state it saw if the watch breaks.
+    The signed records of the keys in ``keep`` are kept as stored (a replica shows its
+    name's binding in its registry entry). Until the bucket exists (no policy actor ever
+    ran on this NATS, and this home knows no policy key) calls are not policy-checked and
+    the host says so; once it has seen the policy it enforces for good, from the last
+    state it saw if the watch breaks.
     """
 
-    def __init__(self, nc: NATS, settings: Settings) -> None:
+    def __init__(self, nc: NATS, settings: Settings, *, keep: frozenset[str] = frozenset()) -> None:
         self._nc = nc
         self.bucket = settings.policy_bucket
         self.state = PolicyState()
         self.enforced = False
         self.records = PolicyRecords(
-            self.bucket, pinned_policy(settings), lambda address: pin_policy(settings, address)
+            self.bucket,
+            pinned_policy(settings),
+            lambda address: pin_policy(settings, address),
+            keep,
         )
         self.unreadable = ""
         """Why the policy cannot be read (or is gone), while no policy was ever loaded, or
         one is known and its bucket is missing: calls are refused then (503), never let
         through unchecked."""
         self._absent = False  # the bucket was missing when last looked at
+        self.loaded = anyio.Event()
+        """Set once a policy was loaded (:attr:`enforced` became true)."""
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -195,6 +215,7 @@ class PolicyView:
                     self.state = fresh
                     self.enforced = True
                     self.unreadable = ""
+                    self.loaded.set()
                     log.info("policy loaded from %s", self.bucket)
                     mark_ready()
                 continue

@@ -29,8 +29,9 @@ from ..bus.settings import Settings, node_name
 from ..bus.subjects import check_name, queue_group, serve_subject
 from ..bus.tickets import host_ticket
 from ..client.client import Client
-from ..client.registry import Registry, RegistryEntry
+from ..client.registry import Registry, RegistryEntry, signed_entry
 from .actor import Actor, actor_name, collect_functions
+from .binding import NameBinding, binding_key
 from .micro import ServiceIdentity, serve_micro
 from .pipeline import Pipeline
 from .policy_view import PolicyView
@@ -102,18 +103,18 @@ async def serve(
     actor.__actorbus_functions__ = functions
     instance = secrets.token_hex(8)
 
+    ticket = partial(host_ticket, _host_key(settings), name, actor.rights, key.address)
     async with AsyncExitStack() as stack:
         if nc is None:
-            ticket = partial(host_ticket, _host_key(settings), name, actor.rights, key.address)
             nc = await stack.enter_async_context(
                 connect(settings.url, name=f"actor {name} {instance}", key=key, token=ticket)
             )
-        registration = _Registration(nc, settings, name)
+        policy = PolicyView(nc, settings, keep=frozenset({binding_key(name)}))
+        registration = _Registration(nc, settings, name, key)
         await registration.open()
         guard = await stack.enter_async_context(
             replay_guard(nc, name, settings.max_skew, key, instance, replicas=settings.js_replicas)
         )
-        policy = PolicyView(nc, settings)
         actor.__actorbus_policy__ = policy
         client = await stack.enter_async_context(Client(key, settings=settings, nc=nc))
         actor.client, actor.settings, actor.nc = client, settings, nc
@@ -152,18 +153,27 @@ async def serve(
             idempotent=sorted(fn for fn, f in functions.items() if f.options.idempotent),
             streams=sorted(fn for fn, f in functions.items() if f.is_stream),
         )
-        identity = ServiceIdentity(
-            actor=name,
-            id=instance,
-            version=VERSION,
-            description=actor.description or type(actor).__doc__ or "",
-            metadata={"actor": name, "address": key.address, "node": entry.node},
-            started=dt.datetime.now(dt.UTC),
-        )
         await actor.on_start()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(policy.run)
+                binding = NameBinding(client, policy, name, ticket)
+                registration.binding = binding
+                if policy.enforced:
+                    await binding.claim()
+                identity = ServiceIdentity(
+                    actor=name,
+                    id=instance,
+                    version=VERSION,
+                    description=actor.description or type(actor).__doc__ or "",
+                    metadata={
+                        "actor": name,
+                        "address": key.address,
+                        "node": entry.node,
+                        "record": registration.record(entry).decode(),
+                    },
+                    started=dt.datetime.now(dt.UTC),
+                )
                 for _ in range(settings.max_in_flight):
                     tg.start_soon(pipeline.work)
                 tg.start_soon(pipeline.sweep)
@@ -188,6 +198,9 @@ async def serve(
                 await nc.flush()
                 await registration.put(entry)
                 tg.start_soon(_heartbeat, registration, entry, pipeline)
+                tg.start_soon(
+                    binding.keep, lambda: registration.period, partial(registration.put, entry)
+                )
                 await tg.start(actor.on_run)
                 log.info("%s ready: %d functions, address %s", name, len(functions), key.address)
                 try:
@@ -208,12 +221,24 @@ class _Registration:
     starts and serves: callers find it through ``$SRV.INFO`` until a heartbeat manages to
     open the registry and write the entry (warned about once, then when it is back)."""
 
-    def __init__(self, nc: NATS, settings: Settings, name: str) -> None:
+    def __init__(self, nc: NATS, settings: Settings, name: str, key: Keypair) -> None:
         self._nc = nc
         self._settings = settings
         self._name = name
+        self._key = key
+        self.binding: NameBinding | None = None
         self.registry: Registry | None = None
         self._failing = False
+
+    def _current(self, entry: RegistryEntry) -> RegistryEntry:
+        """``entry`` with the name's binding as the policy holds it now."""
+        binding = self.binding.record if self.binding else ""
+        return msgspec.structs.replace(entry, binding=binding)
+
+    def record(self, entry: RegistryEntry) -> bytes:
+        """``entry`` as a signed registry record (for ``$SRV.INFO``, whose answers are
+        checked as registry entries are)."""
+        return signed_entry(self._current(entry), self._key)
 
     @property
     def period(self) -> float:
@@ -223,9 +248,7 @@ class _Registration:
     async def open(self) -> None:
         settings = self._settings
         try:
-            self.registry = await Registry.open(
-                self._nc, ttl=settings.registry_ttl, replicas=settings.js_replicas
-            )
+            self.registry = await Registry.open(self._nc, settings)
         except Unavailable as exc:
             self._failed(exc)
 
@@ -235,7 +258,7 @@ class _Registration:
         if self.registry is None:
             return
         try:
-            await self.registry.put(entry)
+            await self.registry.put(self._current(entry), self._key)
         except Unavailable as exc:
             self._failed(exc)
             return

@@ -65,6 +65,8 @@ class NodeInfo(msgspec.Struct):
     started: float
     embedded: int | None = None
     """The pid of the embedded nats-server it runs (it stops it last), if it runs one."""
+    ready: bool = False
+    """Whether it has started what it was asked to (those that could start)."""
 
 
 @contextmanager

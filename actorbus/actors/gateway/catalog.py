@@ -80,7 +80,7 @@ class Catalog:
             reply = await request(self.client.nc, service_subject("INFO", name), b"", {}, 1.0)
         except ActorError:
             return  # gone: left out until it answers
-        info = read_service_info(reply.data, name)
+        info = read_service_info(reply.data, name, self.client.vouching)
         if info is not None:  # else not ours: left out
             self._schemas[name] = (instances, info.functions)
 

@@ -24,9 +24,9 @@ class Policy(Credentials, Quotas, AuthCallout):
     """Admins, roles with allow/deny patterns, stakes and rate quotas."""
 
     name = "policy"
-    # Anyone may ask about themselves and hosts must reach the lease calls; the handlers
-    # check further (admin, own key, registered actor).
-    allow_fns = frozenset({"decide", "lease", "release", "user2role"})
+    # Anyone may ask about themselves, hosts must reach the lease calls and replicas their
+    # name's claim; the handlers check further (admin, own key, registered actor, ticket).
+    allow_fns = frozenset({"claim", "decide", "lease", "release", "user2role"})
     quotas = False
 
     # -- admins and users --------------------------------------------------------------

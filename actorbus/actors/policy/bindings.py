@@ -14,8 +14,9 @@ import anyio
 import msgspec
 
 from ...bus import BadRequest, Forbidden, NotFound, Unavailable
-from ...bus.rights import NODE
+from ...bus.rights import NODE, ROLES
 from ...bus.subjects import NODE_PREFIX, check_name
+from ...bus.tickets import HostTicket, read_ticket
 from .store import PolicyStore, check_address, encode
 
 __all__ = ["Bindings"]
@@ -66,6 +67,31 @@ class Bindings(PolicyStore):
             "revoke_name", "name." + name, encode(left) if left else None, name=name, key=key
         )
         return {name: left}
+
+    async def claim(self, ticket: str) -> str:
+        """Bind the caller's key to the name of its hosting ``ticket`` if the name is free
+        (a replica on a NATS without this actor's auth callout asks so; with it, connecting
+        claimed the name); returns the name's binding as its signed record (the replica
+        shows it in its registry entry). The caller's key must be the one the ticket was
+        signed for, by a host."""
+        hosted = self._check_ticket(ticket, self._caller())
+        await self._claim(hosted.name, hosted.role, self._caller(), hosted.host)
+        stored = await self._bucket.get("name." + hosted.name)
+        if stored is None:
+            raise Unavailable(f"the binding of {hosted.name!r} is not readable yet")
+        return stored[0].decode()
+
+    def _check_ticket(self, text: str, address: str) -> HostTicket:
+        """The hosting ticket ``text`` of the key ``address``, if a host signed it."""
+        ticket = read_ticket(text, address)
+        if ticket.host not in self.state.admins and ticket.host not in self.state.hosts:
+            raise Forbidden(
+                f"{ticket.host} may not host actors on this bus: an admin runs "
+                f"`actor policy host add {ticket.host}`"
+            )
+        if ticket.role not in ROLES:
+            raise BadRequest(f"no such hosting role {ticket.role!r}")
+        return ticket
 
     async def names(self) -> dict[str, list[str]]:
         """Every bound name and the keys that may serve it."""

@@ -31,7 +31,6 @@ from ...bus.natsjwt import AuthRequest, Permissions, authorization_response, dec
 from ...bus.nkeys import decode_nkey
 from ...bus.rights import (
     AUTH_SUBJECT,
-    ROLES,
     admin,
     call_subjects,
     caller,
@@ -41,7 +40,6 @@ from ...bus.rights import (
     stranger,
 )
 from ...bus.subjects import queue_group
-from ...bus.tickets import read_ticket
 from ...client import RegistryEntry
 from ...host.policy import DEFAULT_WHITELIST, PUBLIC, Role
 from .bindings import Bindings
@@ -131,14 +129,7 @@ class AuthCallout(Bindings):
                 raise BadRequest("a leaf node names itself after its node (server_name)")
             return leaf(node.group(0), settings), f"leaf {node.group(0)}", 0
         if options.auth_token:
-            ticket = read_ticket(options.auth_token, address)
-            if ticket.host not in state.admins and ticket.host not in state.hosts:
-                raise Forbidden(
-                    f"{ticket.host} may not host actors on this bus: an admin runs "
-                    f"`actor policy host add {ticket.host}`"
-                )
-            if ticket.role not in ROLES:
-                raise BadRequest(f"no such hosting role {ticket.role!r}")
+            ticket = self._check_ticket(options.auth_token, address)
             await self._claim(ticket.name, ticket.role, address, ticket.host)
             return replica(ticket.name, public_key, ticket.role, settings), ticket.name, 0
         if address in state.admins:
