@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import nats
 import pytest
 from click.testing import CliRunner
 from processes import actor_serve
@@ -19,6 +20,8 @@ from actorbus import BadRequest, Client, Forbidden, Keypair, Settings, Unauthori
 from actorbus.actors.jobs import Jobs
 from actorbus.actors.policy import Policy
 from actorbus.bus.delegation import sign_delegation
+from actorbus.bus.records import sign_record
+from actorbus.bus.subjects import JobsNames
 from actorbus.cli import EXIT_CODES, main
 
 
@@ -300,3 +303,43 @@ async def test_owners_share_a_replica_fairly(settings: Settings, name: str) -> N
         assert done_a < 20, done_a
         for job in many:
             await job.cancel()
+
+
+async def test_work_written_into_the_jobs_streams_never_runs(settings: Settings, name: str) -> None:
+    """On a NATS that lets anyone write JetStream (the test server): a slice published on
+    a job's work subject, and its record rewritten with a larger total (unsigned, then
+    signed by the attacker's key), run nothing as the job's owner."""
+    attacker = Keypair.generate()
+    names = JobsNames(settings.jobs)
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        job = await client.submit(f"{name}/forward", [["mine"]])
+
+        async def first_done() -> None:
+            assert (await job.status())["done"] == 1
+
+        await eventually(first_done)
+        nc = await nats.connect(settings.url)
+        try:
+            js = nc.jetstream()
+            evil = json.dumps({"args": ["evil"], "kwargs": {}}).encode()
+            for index in ("2", "1"):
+                headers = {"Actor-Slice": index, "Nats-Msg-Id": f"evil{index}"}
+                await js.publish(names.work(job.id), evil, headers=headers)
+            kv = await js.key_value(names.bucket)
+            stored = json.loads((await kv.get(job.id)).value)["v"]
+            bumped = json.dumps({**stored, "total": 2}).encode()
+            await kv.put(job.id, bumped)
+            await anyio.sleep(1)
+            await kv.put(job.id, sign_record(attacker, names.bucket, job.id, bumped))
+            await anyio.sleep(1)
+        finally:
+            await nc.close()
+        await job.close()
+        final = await job.wait()
+        results = [r async for r in job.results()]
+        assert [(r["index"], r["value"]) for r in results] == [(1, "mine")]
+        assert (final["total"], final["done"]) == (1, 1)

@@ -36,7 +36,9 @@ from actorbus.bus.chunks import (
 )
 from actorbus.bus.delegation import sign_delegation, verify_delegation
 from actorbus.bus.nkeys import decode_nkey, encode_nkey, encode_nkey_seed
+from actorbus.bus.records import open_record, record_signing_bytes, sign_record
 from actorbus.bus.sessions import SessionSecret, mac_request
+from actorbus.bus.settings import Settings
 from actorbus.bus.subjects import inbox_of
 from actorbus.bus.wire import (
     announcement_signing_bytes,
@@ -50,6 +52,7 @@ from actorbus.bus.wire import (
     verify_reply,
     verify_request,
 )
+from actorbus.client.registry import Vouching
 
 ROOT = Path(__file__).resolve().parent.parent
 # The group order of ed25519: adding it to S gives the same point math but a
@@ -432,3 +435,26 @@ def test_nkeys_match_the_vectors() -> None:
     for bad in (n["caller_nkey"][:-1] + "A", "S" + n["caller_nkey"][1:], n["caller_nkey"][:40]):
         with pytest.raises(Unauthorized, match="malformed nkey"):
             decode_nkey(bad)
+
+
+def test_records_match_the_vectors(tmp_path: Path) -> None:
+    """PROTOCOL.md §8: a record's exact bytes, what is signed, who may be trusted."""
+    v = vectors()
+    r = v["record"]
+    policy = Keypair(bytes.fromhex(r["policy_seed_hex"]))
+    actor = Keypair(bytes.fromhex(v["actor_seed_hex"]))
+    assert policy.address == r["policy_address"]
+    for vector, key in ((r["binding"], policy), (r["registry_entry"], actor)):
+        kind, name, value = vector["kind"], vector["name"], vector["v"].encode()
+        assert record_signing_bytes(kind, name, value).decode() == vector["signing_bytes"]
+        assert sign_record(key, kind, name, value).decode() == vector["record"]
+        opened = open_record(kind, name, vector["record"].encode())
+        assert (opened.by, opened.value) == (key.address, value)
+        with pytest.raises(Unauthorized):
+            open_record(kind, name + "0", vector["record"].encode())  # moved: no record
+    entry = r["registry_entry"]
+    trusting = Settings(home=tmp_path, policy_key=policy.address)
+    counted = Vouching(trusting).entry(entry["name"], entry["record"].encode())
+    assert counted is not None and counted.address == actor.address
+    other = Settings(home=tmp_path, policy_key=Keypair.generate().address)
+    assert Vouching(other).entry(entry["name"], entry["record"].encode()) is None

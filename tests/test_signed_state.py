@@ -4,16 +4,21 @@ Each attack is a plain nats-py connection writing JetStream directly."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from typing import Any
 
 import msgspec
 import nats
+import nats.js.errors
 import pytest
+from nodes import up
 from support import Probe, eventually
 
 from actorbus import Client, Forbidden, Keypair, Settings, Unavailable, serve
 from actorbus.actors.policy import Policy
-from actorbus.bus import BadReply, Gone
+from actorbus.bus import BadReply, Gone, sign_reply
 from actorbus.bus.records import sign_record
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,3 +130,109 @@ async def test_policy_records_are_signed_by_the_policy(settings: Settings) -> No
         stored = msgspec.json.decode((await kv.get(f"stake.{admin.key.address}")).value)
         await nc.close()
         assert stored["v"] == 5.0 and stored["by"] == policy.entry.address
+
+
+async def test_an_impostors_registry_entries_are_not_counted(settings: Settings, name: str) -> None:
+    """Entries for the actor's name with the attacker's address (unsigned, as registry
+    entries were; signed by the attacker but not bound to the name; under a name with a
+    space) and replies in the actor's queue group signed by the attacker's key: no call
+    returns the impostor's answer, and the registry lists the actor alone."""
+    attacker = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings) as host,
+        Client(settings=settings) as client,
+    ):
+        nc = await nats.connect(settings.url)
+        kv = await nc.jetstream().key_value("actor_registry")
+        now = time.time()
+
+        def fake(instance: str, **changes: Any) -> bytes:
+            entry = {
+                "name": name,
+                "address": attacker.address,
+                "fns": ["forward"],
+                "node": "fake",
+                "pid": 1,
+                "instance": instance,
+                "started": now,
+                "version": "0",
+                "heartbeat": now,
+                "ttl": 60.0,
+                **changes,
+            }
+            return json.dumps(entry).encode()
+
+        await kv.put(f"{name}.{'f' * 16}", fake("f" * 16))
+        for instance, changes in (("e" * 16, {}), ("d" * 16, {"name": "a b"})):
+            key = f"{name}.{instance}"
+            await kv.put(
+                key, sign_record(attacker, "actor_registry", key, fake(instance, **changes))
+            )
+
+        async def impostor(msg: Any) -> None:
+            body = b'"from the impostor"'
+            nonce = msg.headers["Actor-Nonce"]
+            await nc.publish(msg.reply, body, headers=sign_reply(attacker, nonce, 200, body))
+
+        await nc.subscribe(f"actor.{name}.*", queue=f"actor.{name}", cb=impostor)
+        await nc.flush()
+        try:
+            assert [e.address for e in await client.entries(name)] == [host.address]
+            outcomes = []
+            for i in range(20):
+                try:
+                    outcomes.append(await client.call(name, "forward", f"n{i}"))
+                except BadReply:
+                    outcomes.append("refused")  # the impostor's answer, not taken
+            assert "from the impostor" not in outcomes
+            assert "refused" in outcomes  # the impostor did get calls: it is in the group
+            assert all(o in ("refused", f"n{i}") for i, o in enumerate(outcomes))
+        finally:
+            await nc.close()
+
+
+async def test_forged_audit_records_and_log_lines_are_marked(nodes: Any, name: str) -> None:
+    """On a NATS that lets anyone publish anywhere, records and lines in a node's name,
+    unsigned or signed by another key, show as forged; the audit stream refuses purges
+    and deletions."""
+    node = await nodes()
+    await up(node, "tests/support.py:Probe", "--name", name)
+    await node.actor("call", f"{name}/say", "a genuine line")
+    node_name = (node.home / "node").read_text().strip()
+    attacker = Keypair.generate()
+    nc = await nats.connect(node.settings.url)
+    try:
+        js = nc.jetstream()
+        log_subject = f"actorbus.logs.{node_name}.0.{name}"
+        line = {"time": time.time(), "node": node_name, "actor": name, "replica": 0, "pid": 1}
+        await js.publish(log_subject, json.dumps({**line, "line": "unsigned line"}).encode())
+        signed = json.dumps({**line, "line": "attacker-signed line"}).encode()
+        await js.publish(log_subject, sign_record(attacker, "ACTOR_LOGS", log_subject, signed))
+        audit_subject = f"actorbus.audit.node.{node_name}"
+        record = {"time": time.time(), "who": attacker.address, "what": "down", "args": {}}
+        forged = json.dumps(record).encode()
+        await js.publish(audit_subject, forged)
+        await js.publish(
+            audit_subject, sign_record(attacker, "ACTOR_POLICY_AUDIT", audit_subject, forged)
+        )
+        with pytest.raises(nats.js.errors.Error, match="not permitted"):
+            await js.purge_stream("ACTOR_POLICY_AUDIT")
+        with pytest.raises(nats.js.errors.Error, match="not permitted"):
+            await js.delete_msg("ACTOR_POLICY_AUDIT", 1)
+    finally:
+        await nc.close()
+    _, out, _ = await node.actor("logs", name)
+    lines = out.splitlines()
+    assert any(line.endswith("| a genuine line") for line in lines), out
+    assert [line for line in lines if "unsigned line" in line or "attacker-signed" in line] == [
+        line for line in lines if "[FORGED: " in line
+    ]
+    assert sum("[FORGED: " in line for line in lines) == 2
+    assert f"signed by {attacker.address}, not a key of node.{node_name}" in out
+    _, out, _ = await node.actor("policy", "log")
+    records = [r for r in json.loads(out) if r["source"] == f"node.{node_name}"]
+    genuine = [r for r in records if "forged" not in r]
+    assert genuine and all(r["what"] == "up" and r["by"] != attacker.address for r in genuine)
+    forged_records = [r for r in records if "forged" in r]
+    assert len(forged_records) == 2 and all("who" not in r for r in forged_records)

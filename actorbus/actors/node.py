@@ -98,7 +98,7 @@ class NodeActor(Actor):
         a leaf cut from its hub) the action still happens and the log says it went
         unrecorded."""
         try:
-            await record(self.nc, self.name or "node", who, what, args)
+            await record(self.nc, self.name or "node", self.client.key, who, what, args)
         except Unavailable as exc:
             log.warning("%s by %s is not in the audit trail: %s", what, who, exc.message)
 
@@ -180,6 +180,7 @@ async def run_node(
             info = NodeInfo(os.getpid(), name, url, time.time(), server.pid if server else None)
             describe(info)
             control = node_actor(name)
+            control_key = Keystore(settings.home).load(control, create=True)
             ticket = partial(host_ticket, owner, control, NODE, owner.address)
             if server is None and not settings.join and await strangers_use_jetstream(url):
                 on_event(
@@ -192,7 +193,7 @@ async def run_node(
                 await when_ready(
                     lambda: ensure_logs(nc, here), "the logs stream", wait=here.start_wait
                 )
-                shipper = LogShipper(nc, name)
+                shipper = LogShipper(nc, name, control_key)
 
                 def output(actor: str, replica: int, pid: int, line: str) -> None:
                     shipper.ship(actor, replica, pid, line)
@@ -210,8 +211,10 @@ async def run_node(
                             on_event=on_event,
                         ) as node:
                             actor = NodeActor(node, owner, stop)
-                            async with serve(actor, name=control, settings=here, nc=nc):
-                                await _start(node, here, specs, nc, owner, on_event)
+                            async with serve(
+                                actor, name=control, key=control_key, settings=here, nc=nc
+                            ):
+                                await _start(node, here, specs, nc, owner, control_key, on_event)
                                 describe(msgspec.structs.replace(info, ready=True))
                                 on_ready(info, node)
                                 await stop.wait()
@@ -225,12 +228,14 @@ async def _start(
     specs: list[ActorSpec],
     nc: NATS,
     owner: Keypair,
+    control_key: Keypair,
     on_event: EventFn,
 ) -> None:
     """The policy actor and the jobs actor if none runs on this NATS, then ``specs`` in
     order, gateways (tier ``front``) last, once the actors behind them answer. Each start
     is recorded in the audit trail as made by this home's key, as an ``up`` request would
-    be. A gateway that cannot start (its port taken) is reported, not fatal."""
+    be (signed by the node's control actor, ``control_key``). A gateway that cannot start
+    (its port taken) is reported, not fatal."""
     async with Client(owner, settings=settings, nc=nc) as client:
         policy_running = bool(await client.entries(settings.policy))
         if not policy_running and all(spec.name != settings.policy for spec in specs):
@@ -256,7 +261,7 @@ async def _start(
                 )
                 continue
             spec_args = {"spec": msgspec.to_builtins(spec)}
-            await record(nc, node_actor(node.name), owner.address, "up", spec_args)
+            await record(nc, node_actor(node.name), control_key, owner.address, "up", spec_args)
             if spec.tier == "front":
                 await trust_gateway(client, settings, spec.name, on_event)
 

@@ -251,12 +251,14 @@ async def ensure_stream(
     work_queue: bool = False,
     duplicate_window: float = 0.0,
     allow_direct: bool = False,
+    append_only: bool = False,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
     ``max_bytes`` in all, the oldest dropped first), or widen its age and set its bytes. A
     ``work_queue`` stream drops each message once a consumer acknowledges it; a message id is stored
     once per ``duplicate_window`` seconds (0: the server's default, 2 minutes);
-    ``allow_direct`` serves direct gets."""
+    ``allow_direct`` serves direct gets; an ``append_only`` stream refuses to delete a
+    message or purge (an existing stream is made so)."""
     js = nc.jetstream()
     config = api.StreamConfig(
         name=name,
@@ -270,6 +272,8 @@ async def ensure_stream(
         num_replicas=replicas,
         duplicate_window=duplicate_window,
         allow_direct=allow_direct or None,
+        deny_delete=append_only,
+        deny_purge=append_only,
     )
     try:
         try:
@@ -282,11 +286,14 @@ async def ensure_stream(
                 info = await js.stream_info(name)
         widen = (info.config.max_age or 0) < max_age
         bound = max_bytes is not None and info.config.max_bytes != max_bytes
-        if widen or bound:
+        seal = append_only and not (info.config.deny_delete and info.config.deny_purge)
+        if widen or bound or seal:
             await js.update_stream(
                 info.config.evolve(
                     max_age=max(max_age, info.config.max_age or 0),
                     max_bytes=max_bytes if bound else info.config.max_bytes,
+                    deny_delete=info.config.deny_delete or append_only,
+                    deny_purge=info.config.deny_purge or append_only,
                 )
             )
     except JS_ERRORS as exc:

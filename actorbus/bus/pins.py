@@ -18,7 +18,7 @@ from .errors import BadRequest
 from .keys import Keystore, address_to_public_key
 from .settings import Settings
 
-__all__ = ["pin_policy", "pinned_policy"]
+__all__ = ["pin_policy", "pinned_policy", "policy_seen", "seeded_marker"]
 
 _ADDRESS = re.compile(r"[1-9A-HJ-NP-Za-km-z]{47,48}")
 
@@ -41,6 +41,21 @@ def pinned_policy(settings: Settings) -> str | None:
     if not _ADDRESS.fullmatch(text):
         raise BadRequest(f"{_pin_path(settings)} does not hold an address: remove it to pin again")
     return text
+
+
+def seeded_marker(settings: Settings) -> Path:
+    """The file a policy actor of this home leaves once it has made its bucket."""
+    return settings.home / "pins" / f"{settings.policy_bucket}.seeded"
+
+
+def policy_seen(settings: Settings) -> bool:
+    """Whether this home knows that a policy exists (its key is configured, its signer
+    pinned, or this home made it): then a missing bucket is a policy gone, not none."""
+    return (
+        bool(settings.policy_key)
+        or _pin_path(settings).exists()
+        or seeded_marker(settings).exists()
+    )
 
 
 def pin_policy(settings: Settings, address: str) -> None:

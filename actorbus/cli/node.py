@@ -22,7 +22,7 @@ from ..bus.settings import Settings, node_name
 from ..bus.subjects import NODE_PREFIX, check_name
 from ..client import Client, RegistryEntry
 from ..client.control import Control
-from ..client.logs import read_logs
+from ..client.logs import NodeKeys, read_logs
 from ..client.specs import ActorSpec, replica_count
 from ..host.actor import actor_name
 from ..host.loading import load_actor_class
@@ -351,8 +351,9 @@ def _add_to_node(
 
 
 async def _follow(client: Client, actor: str, node: str, console: NodeConsole) -> None:
-    async for line in read_logs(client.nc, actor, node=node, since=time.time(), follow=True):
-        if line is not None:
+    keys = NodeKeys(client)
+    async for line in read_logs(client.nc, actor, keys, node=node, since=time.time(), follow=True):
+        if line is not None and not line.forged:
             console.output(line.actor, line.replica, line.pid, line.line)
 
 

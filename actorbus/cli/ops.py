@@ -17,7 +17,7 @@ from rich.text import Text
 
 from ..client import Client
 from ..client.control import Control
-from ..client.logs import LogLine, read_logs
+from ..client.logs import LogLine, NodeKeys, read_logs
 from ..client.specs import ReplicaStatus
 from ._common import err, out, run_coroutine, settings_of
 from ._console import ps_table
@@ -107,7 +107,10 @@ def _show(line: LogLine, timestamps: bool) -> None:
     prefix = f"{line.actor}[{line.replica}]@{line.node} | "
     if timestamps:
         prefix = time.strftime("%H:%M:%S ", time.localtime(line.time)) + prefix
-    out.print(Text(prefix, style="dim") + Text(line.line), soft_wrap=True)
+    text = Text(line.line)
+    if line.forged:  # not the node's line: said so
+        text = Text(f"[FORGED: {line.forged}] ", style="bold red") + Text(line.line, style="red")
+    out.print(Text(prefix, style="dim") + text, soft_wrap=True)
 
 
 @click.command()
@@ -139,8 +142,9 @@ def logs(
         history: deque[LogLine] = deque(maxlen=tail or None)
         live = False
         async with Client(settings=settings) as client:
+            keys = NodeKeys(client)
             async for line in read_logs(
-                client.nc, name, node=node, replica=replica, since=start, follow=follow
+                client.nc, name, keys, node=node, replica=replica, since=start, follow=follow
             ):
                 if line is None:  # caught up: the history, then what comes
                     for old in history:

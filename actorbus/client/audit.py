@@ -7,13 +7,14 @@ The policy actor records each policy change and each node supervisor each contro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
 
-from ..bus import NATS
+from ..bus import NATS, ActorError, printable
 from ..bus.jetstream import stream_messages
+from ..bus.records import open_record
 from ..bus.subjects import AUDIT_PREFIX, AUDIT_STREAM
 
 __all__ = ["AuditRecord", "read_audit"]
@@ -31,8 +32,16 @@ class AuditRecord(msgspec.Struct, frozen=True):
     source: str = ""
 
 
-async def read_audit(nc: NATS, limit: int, sources: Callable[[str], bool]) -> list[dict[str, Any]]:
-    """The last ``limit`` records of the sources ``sources`` accepts, oldest first."""
+async def read_audit(
+    nc: NATS,
+    limit: int,
+    sources: Callable[[str], bool],
+    writers: Callable[[str], Collection[str]],
+) -> list[dict[str, Any]]:
+    """The last ``limit`` records of the sources ``sources`` accepts, oldest first, each
+    with ``by``, the key that signed it. A record that is not signed by one of its
+    source's ``writers`` (the keys that may serve that actor) is marked: it holds only
+    its time, its source and why it is ``forged``."""
     if limit <= 0:
         return []
     records: list[dict[str, Any]] = []
@@ -40,8 +49,17 @@ async def read_audit(nc: NATS, limit: int, sources: Callable[[str], bool]) -> li
         source = msg.subject[len(AUDIT_PREFIX) + 1 :]
         if not sources(source):
             continue
-        entry = _decode(msg.data)
-        entry.setdefault("source", source)
+        try:
+            record = open_record(AUDIT_STREAM, msg.subject, msg.data)
+            entry = _decode(record.value or b"null")
+            if record.by not in writers(source):
+                raise ValueError(f"signed by {record.by}, not a key of {source}")
+        except (ActorError, msgspec.DecodeError, ValueError, TypeError) as exc:
+            why = exc.message if isinstance(exc, ActorError) else str(exc)
+            entry = {"time": msg.metadata.timestamp.timestamp(), "forged": printable(why, 200)}
+        else:
+            entry["by"] = record.by
+        entry["source"] = source
         records.append(entry)
         del records[:-limit]
     return records

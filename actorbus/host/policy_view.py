@@ -22,7 +22,7 @@ import anyio.abc
 from ..bus import NATS, ActorError, Unavailable
 from ..bus.connection import subscribe
 from ..bus.jetstream import Bucket, deleted_advisory
-from ..bus.pins import pin_policy, pinned_policy
+from ..bus.pins import pin_policy, pinned_policy, policy_seen
 from ..bus.records import open_record
 from ..bus.settings import Settings
 from .policy import PolicyState
@@ -116,6 +116,7 @@ class PolicyView:
         one is known and its bucket is missing: calls are refused then (503), never let
         through unchecked."""
         self._absent = False  # the bucket was missing when last looked at
+        self._seen = policy_seen(settings)  # so a missing bucket is a policy gone
         self.loaded = anyio.Event()
         """Set once a policy was loaded (:attr:`enforced` became true)."""
 
@@ -138,7 +139,7 @@ class PolicyView:
             try:
                 bucket = await Bucket.find(self._nc, self.bucket)
                 self._absent = bucket is None
-                if bucket is None and self.records.trusted is not None:
+                if bucket is None and self._seen:
                     # A policy this home knows (or saw) is gone: not "no policy".
                     self.enforced = False
                     self.unreadable = (
@@ -163,7 +164,7 @@ class PolicyView:
             except Unavailable as exc:
                 if self.enforced:
                     log.warning("policy watch lost (%s): deciding from the cached policy", exc)
-                elif self._absent and self.records.trusted is None:
+                elif self._absent and not self._seen:
                     log.debug("policy bucket unreadable (%s); it was missing before", exc)
                 else:
                     if not self.unreadable:
@@ -214,6 +215,7 @@ class PolicyView:
                     fresh.revision = self.state.revision + 1
                     self.state = fresh
                     self.enforced = True
+                    self._seen = True
                     self.unreadable = ""
                     self.loaded.set()
                     log.info("policy loaded from %s", self.bucket)

@@ -1,5 +1,6 @@
 """Writing the audit trail (:mod:`actorbus.client.audit` reads it). Records are written
-acknowledged: an action whose record cannot be stored says so."""
+acknowledged (an action whose record cannot be stored says so) and signed by the key of
+the actor that writes them (:mod:`actorbus.bus.records`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 import msgspec
 
-from ..bus import NATS
+from ..bus import NATS, Keypair
 from ..bus.jetstream import ensure_stream, publish_acked
+from ..bus.records import sign_record
 from ..bus.subjects import AUDIT_PREFIX, AUDIT_STREAM
 from ..client.audit import AuditRecord
 
@@ -20,13 +22,24 @@ _encode = msgspec.json.Encoder().encode
 
 
 async def ensure_audit(nc: NATS, *, replicas: int = 1) -> None:
-    """Create the audit stream if it is missing."""
+    """Create the audit stream if it is missing: records cannot be deleted from it, nor
+    the stream purged (the stream itself can be deleted only by an identity with JetStream
+    rights over it: the policy actor's, the operator's)."""
     await ensure_stream(
-        nc, AUDIT_STREAM, [f"{AUDIT_PREFIX}.>"], max_age=_MAX_AGE, replicas=replicas
+        nc,
+        AUDIT_STREAM,
+        [f"{AUDIT_PREFIX}.>"],
+        max_age=_MAX_AGE,
+        replicas=replicas,
+        append_only=True,
     )
 
 
-async def record(nc: NATS, source: str, who: str, what: str, args: dict[str, Any]) -> None:
-    """Store one record for ``source``; raises :class:`Unavailable` if it cannot be stored."""
+async def record(
+    nc: NATS, source: str, key: Keypair, who: str, what: str, args: dict[str, Any]
+) -> None:
+    """Store one record for ``source`` (an actor's name), signed by ``key`` (that actor's);
+    raises :class:`Unavailable` if it cannot be stored."""
     entry = AuditRecord(time=time.time(), who=who, what=what, args=args, source=source)
-    await publish_acked(nc, f"{AUDIT_PREFIX}.{source}", _encode(entry))
+    subject = f"{AUDIT_PREFIX}.{source}"
+    await publish_acked(nc, subject, sign_record(key, AUDIT_STREAM, subject, _encode(entry)))

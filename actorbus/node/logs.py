@@ -5,7 +5,8 @@ code prints) and publishes each line on its subject (:func:`actorbus.client.logs
 log_subject`); the ``ACTOR_LOGS`` stream keeps them, bounded by bytes and age, the oldest
 dropped first. Shipping never waits: lines go out as core publishes from a bounded queue,
 and a replica that writes more than ``max_rate`` lines a second has the excess counted
-and reported in one line.
+and reported in one line. Each line is a record (:mod:`actorbus.bus.records`) signed by
+the node's control actor's key, the key the policy binds to ``node.<node>``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ..bus import NATS, ActorError, LogThrottle, publish
+from ..bus import NATS, ActorError, Keypair, LogThrottle, publish
 from ..bus.jetstream import ensure_stream
+from ..bus.records import sign_record
 from ..bus.settings import Settings
 from ..bus.subjects import LOG_PREFIX, LOG_STREAM
 from ..client.logs import LogLine, log_subject
@@ -47,9 +49,10 @@ async def ensure_logs(nc: NATS, settings: Settings) -> None:
 class LogShipper:
     """Publishes the lines of this node's replicas; :meth:`run` is its task."""
 
-    def __init__(self, nc: NATS, node: str, *, max_rate: int = 1000) -> None:
+    def __init__(self, nc: NATS, node: str, key: Keypair, *, max_rate: int = 1000) -> None:
         self._nc = nc
         self.node = node
+        self._key = key
         self.max_rate = max_rate
         self._send, self._receive = anyio.create_memory_object_stream[LogLine](_QUEUE)
         # per (actor, replica): [second, lines this second, lines held back]
@@ -97,11 +100,12 @@ class LogShipper:
         """Publish queued lines until :meth:`close` (or cancelled)."""
         async with self._receive:
             async for entry in self._receive:
+                subject = log_subject(entry.node, entry.replica, entry.actor)
                 try:
                     await publish(
                         self._nc,
-                        log_subject(entry.node, entry.replica, entry.actor),
-                        _encode(entry),
+                        subject,
+                        sign_record(self._key, LOG_STREAM, subject, _encode(entry)),
                     )
                 except ActorError as exc:
                     self._throttle.log(logging.WARNING, "publish", "log line lost: %s", exc)

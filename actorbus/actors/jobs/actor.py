@@ -61,7 +61,7 @@ class Jobs(Actor):
 
     async def on_start(self) -> None:
         self._store = await when_ready(
-            lambda: JobStore.open(self.nc, self.name or "jobs", self.settings),
+            lambda: JobStore.open(self.nc, self.name or "jobs", self.settings, self.client.key),
             "the jobs streams",
             wait=self.settings.start_wait,
         )

@@ -324,6 +324,11 @@ class Runner:
             self._idle_until[job] = time.monotonic() + _EMPTY_WAIT
         assert self._tg is not None
         for msg in msgs:
+            index = (msg.headers or {}).get(SLICE_HEADER, "")
+            if not self.store.seals.check(msg.subject, index, msg.headers, msg.data):
+                self._slots.release()
+                self._tg.start_soon(_quietly, msg.term())  # not this actor's: never run
+                continue
             self._local[job] = self._local.get(job, 0) + 1
             self._tg.start_soon(self._run_slice, job, msg)
 

@@ -14,7 +14,8 @@
   slice (``…result.<job>.<index>``, expected last subject sequence 0): a slice run twice
   (a worker killed after the call, before its acknowledgement) keeps its first result.
 
-Everything here expires after the jobs' retention (``ACTOR_JOBS_RETENTION``).
+Everything here expires after the jobs' retention (``ACTOR_JOBS_RETENTION``), and is
+sealed by the jobs actor's key (:mod:`.seals`): what is not is ignored, never run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ...bus import NATS, CallBody, Msg, Unavailable
+from ...bus import NATS, CallBody, Keypair, Msg, Unavailable
 from ...bus.jetstream import Bucket, ensure_stream, stream_messages
 from ...bus.settings import Settings
 from ...bus.subjects import JobsNames
@@ -41,6 +42,7 @@ from ...bus.workqueue import (
     purge_subject,
 )
 from .model import Batch, JobRecord, SliceResult
+from .seals import Seals
 
 __all__ = ["SLICE_HEADER", "STATUS_HEADER", "JobStore", "call_body"]
 
@@ -49,7 +51,6 @@ STATUS_HEADER = "Actor-Status"
 _DUPLICATE_WINDOW = 600.0
 _QUEUE_CONCURRENCY = 128
 
-_record = msgspec.json.Decoder(JobRecord)
 _result = msgspec.json.Decoder(SliceResult)
 _slices = msgspec.json.Decoder(list[list[Any]])
 _encode = msgspec.json.Encoder().encode
@@ -63,14 +64,19 @@ def call_body(args: list[Any]) -> bytes:
 class JobStore:
     """The jobs of the jobs actor ``name`` on JetStream."""
 
-    def __init__(self, nc: NATS, names: JobsNames, records: Bucket) -> None:
+    def __init__(self, nc: NATS, names: JobsNames, records: Bucket, seals: Seals) -> None:
         self.nc = nc
         self.names = names
         self.records = records
+        self.seals = seals
+        self._genuine: dict[str, JobRecord] = {}
+        """The last record of each job this actor sealed, as read: what a record written
+        over by someone else is restored to."""
 
     @classmethod
-    async def open(cls, nc: NATS, name: str, settings: Settings) -> JobStore:
-        """Create (or bind to) the bucket and streams of the jobs actor ``name``."""
+    async def open(cls, nc: NATS, name: str, settings: Settings, key: Keypair) -> JobStore:
+        """Create (or bind to) the bucket and streams of the jobs actor ``name``, whose
+        key is ``key``."""
         names = JobsNames(name)
         retention = settings.jobs_retention
         records = await Bucket.open(nc, names.bucket, ttl=retention, replicas=settings.js_replicas)
@@ -92,30 +98,32 @@ class JobStore:
             replicas=settings.js_replicas,
             allow_direct=True,
         )
-        return cls(nc, names, records)
+        return cls(nc, names, records, Seals(key, names.bucket))
 
     # -- job records -------------------------------------------------------------------
 
     async def get(self, job: str) -> JobRecord | None:
         found = await self.records.get(job)
-        return None if found is None else _record.decode(found[0])
+        return None if found is None else self._opened(job, found[0])
 
     async def create(self, record: JobRecord) -> bool:
         """Store a new job; ``False`` if its id is taken."""
-        return await self.records.update(record.id, _encode(record), 0) is not None
+        sealed = self.seals.record(record.id, record)
+        return await self.records.update(record.id, sealed, 0) is not None
 
     async def change(self, job: str, edit: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
         """Apply ``edit`` to the current record of ``job`` until it sticks (compare-and-set);
         ``edit`` returns ``None`` to leave it as it is, or raises to refuse."""
         while True:
             found = await self.records.get(job)
-            if found is None:
+            record = None if found is None else self._opened(job, found[0])
+            if found is None or record is None:
                 raise Unavailable(f"job {job} vanished")  # expired under us
-            record = _record.decode(found[0])
             edited = edit(record)
             if edited is None:
                 return record
-            if await self.records.update(job, _encode(edited), found[1]) is not None:
+            sealed = self.seals.record(job, edited)
+            if await self.records.update(job, sealed, found[1]) is not None:
                 return edited
 
     async def watch(self) -> AsyncIterator[tuple[str, JobRecord | None] | None]:
@@ -126,12 +134,32 @@ class JobStore:
                 continue
             key, value = item
             if value is None:
+                self._genuine.pop(key, None)
                 yield key, None
                 continue
-            try:
-                yield key, _record.decode(value)
-            except msgspec.DecodeError:
-                continue  # not ours
+            if self.seals.open_record(key, value) is None and key in self._genuine:
+                await self._restore(key)
+                continue
+            record = self._opened(key, value)
+            if record is not None:
+                yield key, record
+
+    def _opened(self, job: str, data: bytes) -> JobRecord | None:
+        """The record of ``job`` stored as ``data``: itself if this actor sealed it (and
+        then remembered), else the last one it did (``None`` if none)."""
+        record = self.seals.open_record(job, data)
+        if record is None:
+            return self._genuine.get(job)
+        self._genuine[job] = record
+        return record
+
+    async def _restore(self, job: str) -> None:
+        """Write ``job``'s last sealed record back over one someone else wrote (if it is
+        still there: compare-and-set)."""
+        found = await self.records.get(job)
+        if found is not None and self.seals.open_record(job, found[0]) is None:
+            sealed = self.seals.record(job, self._genuine[job])
+            await self.records.update(job, sealed, found[1])
 
     # -- slices --------------------------------------------------------------------------
 
@@ -160,13 +188,21 @@ class JobStore:
     async def requeue(self, job: str, batch: Batch) -> None:
         """Queue a batch found pending again (message ids keep it from running twice)."""
         stored = await message_at(self.nc, self.names.record_stream, batch.seq)
-        if stored is not None and stored.data is not None:
+        subject = self.names.batch(job)
+        if (
+            stored is not None
+            and stored.data is not None
+            and stored.subject == subject
+            and self.seals.check(subject, "", stored.headers, stored.data)
+        ):
             await self._queue(job, batch.start, _slices.decode(stored.data))
         await self.change(job, lambda r: _without(r, batch.start))
 
     async def _store_batch(self, job: str, slices: list[list[Any]]) -> int:
         msg_id = f"{job}.{time.time_ns()}"
-        return await publish_deduplicated(self.nc, self.names.batch(job), _encode(slices), msg_id)
+        subject, body = self.names.batch(job), _encode(slices)
+        headers = self.seals.headers(subject, "", body)
+        return await publish_deduplicated(self.nc, subject, body, msg_id, headers)
 
     async def _queue(self, job: str, start: int, slices: list[list[Any]]) -> None:
         subject = self.names.work(job)
@@ -174,10 +210,12 @@ class JobStore:
 
         async def one(index: int, args: list[Any]) -> None:
             async with limit:
-                headers = {SLICE_HEADER: str(index)}
-                await publish_deduplicated(
-                    self.nc, subject, call_body(args), f"{job}.{index}", headers
-                )
+                body = call_body(args)
+                headers = {
+                    SLICE_HEADER: str(index),
+                    **self.seals.headers(subject, str(index), body),
+                }
+                await publish_deduplicated(self.nc, subject, body, f"{job}.{index}", headers)
 
         async with anyio.create_task_group() as tg:
             for offset, args in enumerate(slices):
@@ -201,14 +239,18 @@ class JobStore:
 
     async def save(self, job: str, result: SliceResult) -> bool:
         """Store ``result`` unless its slice has one; returns whether this one was stored."""
-        headers = {STATUS_HEADER: str(result.status)}
-        subject = self.names.result(job, result.index)
-        return await publish_once(self.nc, subject, _encode(result), headers)
+        subject, body = self.names.result(job, result.index), _encode(result)
+        status = str(result.status)
+        headers = {STATUS_HEADER: status, **self.seals.headers(subject, status, body)}
+        return await publish_once(self.nc, subject, body, headers)
 
     async def result(self, job: str, index: int) -> SliceResult | None:
         subject = self.names.result(job, index)
         stored = await last_message(self.nc, self.names.record_stream, subject)
         if stored is None or not stored.data:
+            return None
+        status = (stored.headers or {}).get(STATUS_HEADER, "")
+        if not self.seals.check(subject, status, stored.headers, stored.data):
             return None
         return _result.decode(stored.data)
 
@@ -224,8 +266,9 @@ class JobStore:
             headers_only=True,
         ):
             job, _, index = msg.subject[prefix:].partition(".")
-            status = int((msg.headers or {}).get(STATUS_HEADER, "500"))
-            yield job, int(index), status, _caught_up(msg)
+            status = (msg.headers or {}).get(STATUS_HEADER, "")
+            if self.seals.check(msg.subject, status, msg.headers, None):
+                yield job, int(index), int(status), _caught_up(msg)
 
 
 def _caught_up(msg: Msg) -> bool:

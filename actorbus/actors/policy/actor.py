@@ -171,7 +171,14 @@ class Policy(Credentials, Quotas, AuthCallout):
 
     async def log(self, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` admin actions, oldest first: this policy's changes and node
-        control (each record's ``source`` says which actor recorded it)."""
+        control (each record's ``source`` says which actor recorded it, ``by`` which key
+        signed it; one not signed by a key of its source is marked ``forged``)."""
         self._require_admin()
         own = self.name or "policy"
-        return await read_audit(self.nc, limit, lambda s: s == own or s.startswith("node."))
+
+        def writers(source: str) -> list[str]:
+            return [self.address] if source == own else self.state.names.get(source, [])
+
+        return await read_audit(
+            self.nc, limit, lambda s: s == own or s.startswith("node."), writers
+        )

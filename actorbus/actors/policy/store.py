@@ -21,6 +21,7 @@ from ...bus import (
     token_keypair,
 )
 from ...bus.jetstream import Bucket, when_ready
+from ...bus.pins import seeded_marker
 from ...bus.records import open_record, sign_record
 from ...host import Actor, current_call
 from ...host.policy import PolicyConfig, PolicyState, Role
@@ -64,7 +65,7 @@ class PolicyStore(Actor):
 
     async def _open(self) -> None:
         settings = self.settings
-        seeded = settings.home / "pins" / f"{settings.policy_bucket}.seeded"
+        seeded = seeded_marker(settings)
         bucket = await Bucket.find(self.nc, settings.policy_bucket)
         if bucket is None and seeded.exists():
             raise Gone(
@@ -110,7 +111,7 @@ class PolicyStore(Actor):
         current = await self._bucket.get(key)
         if current is not None and self._signed(key, current[0]):
             return False
-        await record(self.nc, self.name or "policy", who, what, args)
+        await record(self.nc, self.name or "policy", self.client.key, who, what, args)
         signed = sign_record(self.client.key, self._bucket.name, key, value)
         if await self._bucket.update(key, signed, current[1] if current else 0) is None:
             return False
@@ -164,7 +165,7 @@ class PolicyStore(Actor):
 
         deadline = current_call().deadline - 0.5
         await when_ready(
-            lambda: record(self.nc, self.name or "policy", who, what, args),
+            lambda: record(self.nc, self.name or "policy", self.client.key, who, what, args),
             f"the audit record of {what}",
             wait=max(0.0, deadline - time.monotonic()),
         )
