@@ -141,7 +141,9 @@ async def test_non_admins_get_403_and_admins_are_audited(nodes: Any, name: str) 
     assert any(r["actor"] == name for r in await node.ps())  # still running
     await node.actor("scale", name, "2")
     _, out, _ = await node.actor("policy", "log")
-    records = [r for r in json.loads(out) if r["source"].startswith("node.")]
+    node_name = (node.home / "node").read_text().strip()
+    records = [r for r in json.loads(out) if r["source"] == f"node.{node_name}"]
+    assert records and not any("forged" in r for r in records)  # signed by the node's key
 
     def target(record: dict[str, Any]) -> str:
         args = record["args"]
