@@ -308,7 +308,8 @@ async def test_owners_share_a_replica_fairly(settings: Settings, name: str) -> N
 async def test_work_written_into_the_jobs_streams_never_runs(settings: Settings, name: str) -> None:
     """On a NATS that lets anyone write JetStream (the test server): a slice published on
     a job's work subject, and its record rewritten with a larger total (unsigned, then
-    signed by the attacker's key), run nothing as the job's owner."""
+    signed by the attacker's key), run nothing as the job's owner; a result stored ahead
+    of its slice is written over by the real one."""
     attacker = Keypair.generate()
     names = JobsNames(settings.jobs)
     async with (
@@ -336,10 +337,16 @@ async def test_work_written_into_the_jobs_streams_never_runs(settings: Settings,
             await anyio.sleep(1)
             await kv.put(job.id, sign_record(attacker, names.bucket, job.id, bumped))
             await anyio.sleep(1)
+            # A result stored first for a slice to come does not stand in for it.
+            forged = json.dumps({"index": 2, "status": 200, "attempts": 1, "value": "evil"})
+            await js.publish(
+                names.result(job.id, 2), forged.encode(), headers={"Actor-Status": "200"}
+            )
         finally:
             await nc.close()
+        assert await job.add([["second"]]) == (2, 2)
         await job.close()
         final = await job.wait()
         results = [r async for r in job.results()]
-        assert [(r["index"], r["value"]) for r in results] == [(1, "mine")]
-        assert (final["total"], final["done"]) == (1, 1)
+        assert [(r["index"], r["value"]) for r in results] == [(1, "mine"), (2, "second")]
+        assert (final["total"], final["done"]) == (2, 2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -108,6 +109,28 @@ async def test_a_vanished_policy_fails_closed_and_is_not_made_again(
                 raise AssertionError("a call was let through without its policy")
 
         await eventually(closed, timeout=10)
+        # A bucket made again by someone else, empty or with entries of its own, is not
+        # the policy either.
+        nc = await nats.connect(settings.url)
+        kv = await nc.jetstream().create_key_value(bucket=settings.policy_bucket)
+        await kv.put(f"admin.{Keypair.generate().address}", b"1")
+        await nc.close()
+
+        async def still_closed() -> None:
+            with pytest.raises(Unavailable, match="holds no record of the policy's key"):
+                await client.call(name, "forward", "unchecked?")
+
+        await eventually(still_closed, timeout=10)
+        # The policy actor, started again, puts back its records (kept in its home).
+        async with serve(Policy(), name=settings.policy, settings=settings):
+
+            async def reopened() -> None:
+                assert await client.call(name, "forward", "checked") == "checked"
+
+            await eventually(reopened, timeout=10)
+        nc = await nats.connect(settings.url)
+        await nc.jetstream().delete_key_value(settings.policy_bucket)
+        await nc.close()
     # A replica started now (same home, so it knows the policy's key) stays closed too;
     # its name's binding gone with the bucket, callers do not count it either.
     async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
@@ -132,64 +155,89 @@ async def test_policy_records_are_signed_by_the_policy(settings: Settings) -> No
         assert stored["v"] == 5.0 and stored["by"] == policy.entry.address
 
 
-async def test_an_impostors_registry_entries_are_not_counted(settings: Settings, name: str) -> None:
-    """Entries for the actor's name with the attacker's address (unsigned, as registry
-    entries were; signed by the attacker but not bound to the name; under a name with a
-    space) and replies in the actor's queue group signed by the attacker's key: no call
-    returns the impostor's answer, and the registry lists the actor alone."""
+def fake_entry(actor: str, address: str, instance: str, /, **changes: Any) -> bytes:
+    """A registry entry's value for ``actor`` at ``address`` (an attacker's)."""
+    now = time.time()
+    entry = {
+        "name": actor,
+        "address": address,
+        "fns": ["forward"],
+        "node": "fake",
+        "pid": 1,
+        "instance": instance,
+        "started": now,
+        "version": "0",
+        "heartbeat": now,
+        "ttl": 60.0,
+        **changes,
+    }
+    return json.dumps(entry).encode()
+
+
+NESTED = b'{"v":' + b"[" * 100_000 + b"]" * 100_000 + b',"by":"x","sig":"y"}'
+"""A value nested past Python's recursion limit."""
+
+
+async def impersonate(nc: nats.NATS, name: str, attacker: Keypair) -> None:
+    """Write entries for ``name`` with the attacker's address (unsigned, as registry
+    entries were; signed by the attacker but bound by no policy; under a name with a
+    space; nested past reason) and answer in the actor's queue group, signed."""
+    kv = await nc.jetstream().key_value("actor_registry")
+    await kv.put(f"{name}.{'f' * 16}", fake_entry(name, attacker.address, "f" * 16))
+    for instance, changes in (("e" * 16, {}), ("d" * 16, {"name": "a b"})):
+        key = f"{name}.{instance}"
+        value = fake_entry(name, attacker.address, instance, **changes)
+        await kv.put(key, sign_record(attacker, "actor_registry", key, value))
+    await kv.put(f"{name}.{'c' * 16}", NESTED)
+
+    async def impostor(msg: Any) -> None:
+        body = b'"from the impostor"'
+        nonce = msg.headers["Actor-Nonce"]
+        await nc.publish(msg.reply, body, headers=sign_reply(attacker, nonce, 200, body))
+
+    await nc.subscribe(f"actor.{name}.*", queue=f"actor.{name}", cb=impostor)
+    await nc.flush()
+
+
+async def calls_reach_only(client: Client, name: str, address: str) -> None:
+    """The registry lists ``address`` alone for ``name``, and no call returns the
+    impostor's answer (some reach it: it is in the queue group; they are refused)."""
+    assert [e.address for e in await client.entries(name)] == [address]
+    outcomes = []
+    for i in range(20):
+        try:
+            outcomes.append(await client.call(name, "forward", f"n{i}"))
+        except BadReply:
+            outcomes.append("refused")  # the impostor's answer, not taken
+    assert "from the impostor" not in outcomes
+    assert "refused" in outcomes
+    assert all(o in ("refused", f"n{i}") for i, o in enumerate(outcomes))
+
+
+async def test_an_impostors_registry_entries_are_not_counted(
+    settings: Settings, name: str, tmp_path: Path
+) -> None:
+    """A caller of the policy's own home, and one of a home that never met this policy
+    (it pins the policy actor's key from its entries, first contact), count the actor's
+    replica alone; the impostor's answers are refused."""
     attacker = Keypair.generate()
+    fresh = msgspec.structs.replace(settings, home=tmp_path / "fresh")
     async with (
-        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Policy(), name=settings.policy, settings=settings) as policy,
         serve(Probe(), name=name, settings=settings) as host,
-        Client(settings=settings) as client,
     ):
         nc = await nats.connect(settings.url)
-        kv = await nc.jetstream().key_value("actor_registry")
-        now = time.time()
-
-        def fake(instance: str, **changes: Any) -> bytes:
-            entry = {
-                "name": name,
-                "address": attacker.address,
-                "fns": ["forward"],
-                "node": "fake",
-                "pid": 1,
-                "instance": instance,
-                "started": now,
-                "version": "0",
-                "heartbeat": now,
-                "ttl": 60.0,
-                **changes,
-            }
-            return json.dumps(entry).encode()
-
-        await kv.put(f"{name}.{'f' * 16}", fake("f" * 16))
-        for instance, changes in (("e" * 16, {}), ("d" * 16, {"name": "a b"})):
-            key = f"{name}.{instance}"
-            await kv.put(
-                key, sign_record(attacker, "actor_registry", key, fake(instance, **changes))
-            )
-
-        async def impostor(msg: Any) -> None:
-            body = b'"from the impostor"'
-            nonce = msg.headers["Actor-Nonce"]
-            await nc.publish(msg.reply, body, headers=sign_reply(attacker, nonce, 200, body))
-
-        await nc.subscribe(f"actor.{name}.*", queue=f"actor.{name}", cb=impostor)
-        await nc.flush()
         try:
-            assert [e.address for e in await client.entries(name)] == [host.address]
-            outcomes = []
-            for i in range(20):
-                try:
-                    outcomes.append(await client.call(name, "forward", f"n{i}"))
-                except BadReply:
-                    outcomes.append("refused")  # the impostor's answer, not taken
-            assert "from the impostor" not in outcomes
-            assert "refused" in outcomes  # the impostor did get calls: it is in the group
-            assert all(o in ("refused", f"n{i}") for i, o in enumerate(outcomes))
+            await impersonate(nc, name, attacker)
+            async with Client(settings=settings) as client:
+                await client.call(settings.policy, "set_role", "public", [f"{name}/*"])
+                await calls_reach_only(client, name, host.address)
+            async with Client(settings=fresh) as client:
+                await calls_reach_only(client, name, host.address)
         finally:
             await nc.close()
+    pinned = (tmp_path / "fresh" / "pins" / settings.policy_bucket).read_text()
+    assert pinned.strip() == policy.address
 
 
 async def test_forged_audit_records_and_log_lines_are_marked(nodes: Any, name: str) -> None:
@@ -236,3 +284,23 @@ async def test_forged_audit_records_and_log_lines_are_marked(nodes: Any, name: s
     assert genuine and all(r["what"] == "up" and r["by"] != attacker.address for r in genuine)
     forged_records = [r for r in records if "forged" in r]
     assert len(forged_records) == 2 and all("who" not in r for r in forged_records)
+
+
+async def test_a_nodes_home_controls_it_with_its_policy_gone(nodes: Any, name: str) -> None:
+    """With the policy bucket deleted, calls are refused (503), but the node's own home
+    still runs `ps` and `down` on it: its control actor decides for that key itself."""
+    node = await nodes()
+    await up(node, "tests/support.py:Probe", "--name", name)
+    nc = await nats.connect(node.settings.url)
+    try:
+        await nc.jetstream().delete_key_value(node.settings.policy_bucket)
+    finally:
+        await nc.close()
+
+    async def closed() -> None:
+        code, _, err = await node.actor("call", f"{name}/forward", "x", check=False)
+        assert code != 0 and "503" in err
+
+    await eventually(closed, timeout=10)
+    assert any(r["actor"] == name for r in await node.ps())
+    await node.actor("down")

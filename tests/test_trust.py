@@ -26,10 +26,12 @@ import psutil
 import pytest
 from cluster import free_port
 from processes import actor_serve
+from support import eventually
 
 from actorbus import Client, Forbidden, Keypair, Settings
 from actorbus.bus import EmbeddedServer, Keystore, new_token, sign_request, verify_reply
 from actorbus.bus.nkeys import encode_nkey_seed
+from actorbus.bus.records import open_record
 from actorbus.bus.subjects import call_subject, inbox_of
 from actorbus.bus.tickets import host_ticket
 
@@ -333,6 +335,39 @@ async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
 
 async def _quiet(exc: Exception) -> None:
     pass
+
+
+async def test_jetstream_answers_nothing_onto_the_policy(node: Bus) -> None:
+    """JetStream answers on whatever reply subject a request names, so a connection that
+    may ask it anything may have it write anywhere: a caller's key has no JetStream; a
+    hosted replica (it reads the registry) can have it answer onto a policy key, and the
+    policy actor puts its record back."""
+    operator = Keystore(node.settings.home).load("default")
+    policy = Keystore(node.settings.home).load("policy")
+    target = f"$KV.actor_policy.admin.{operator.address}"
+    info = "$JS.API.STREAM.INFO.KV_actor_registry"
+    key = Keypair.generate()
+    login = {"nkeys_seed_str": encode_nkey_seed(key.seed), "inbox_prefix": inbox_of(key.public_key)}
+    async with stranger(node.url, **login) as (nc, refusals):
+        await nc.publish(info, b"", reply=target)
+        await refused(nc, refusals, info)
+    node.actor("policy", "host", "add", key.address)
+    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
+    async with stranger(node.url, token=ticket, **login) as (nc, _):
+        await nc.publish(info, b"", reply=target)
+        await nc.flush()
+
+    async def restored() -> None:
+        async with Client(settings=node.settings) as operator_client:
+            kv = await operator_client.nc.jetstream().key_value("actor_policy")
+            stored = (await kv.get(f"admin.{operator.address}")).value or b""
+            assert open_record("actor_policy", f"admin.{operator.address}", stored).by == (
+                policy.address
+            )
+
+    await eventually(restored, timeout=10)
+    async with Client(settings=node.settings) as operator_client:
+        assert operator.address in await operator_client.call("policy", "admins")
 
 
 async def test_the_operator_keeps_every_right(node: Bus) -> None:

@@ -72,6 +72,7 @@ class NodeActor(Actor):
     def __init__(self, node: Node, owner: Keypair, stop: anyio.Event) -> None:
         self._node = node
         self._owner = owner
+        self.owner = owner.address  # its home controls it whatever the policy (or none)
         self._stop = stop
 
     async def on_start(self) -> None:

@@ -369,21 +369,26 @@ async def request(
     return msg
 
 
-async def gather(nc: NATS, subject: str, body: bytes, *, wait: float, limit: int) -> list[Msg]:
+async def gather(
+    nc: NATS, subject: str, body: bytes, *, wait: float, limit: int, quiet: float = 0.0
+) -> list[Msg]:
     """Publish ``body`` on ``subject`` with a fresh inbox as its reply subject and collect
-    the answers that arrive within ``wait`` seconds (at most ``limit``): a question for
-    every responder, such as ``$SRV.INFO``. Raises :class:`Unavailable`."""
+    the answers that arrive within ``wait`` seconds (at most ``limit``; with ``quiet``,
+    until that long passes without a new one after the first): a question for every
+    responder, such as ``$SRV.INFO``. Raises :class:`Unavailable`."""
     inbox = nc.new_inbox()
     answers: list[Msg] = []
     try:
         sub = await nc.subscribe(inbox, max_msgs=limit)
         try:
             await nc.publish(subject, body, reply=inbox)
-            with anyio.move_on_after(wait):
+            with anyio.move_on_after(wait) as scope:
                 async for msg in sub.messages:
                     answers.append(msg)
                     if len(answers) >= limit:
                         break
+                    if quiet:
+                        scope.deadline = min(scope.deadline, anyio.current_time() + quiet)
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()

@@ -21,7 +21,7 @@ import msgspec
 
 from .errors import Unauthorized
 from .keys import Keypair, verify
-from .wire import PROTOCOL_VERSION
+from .wire import PROTOCOL_VERSION, UNDECODABLE
 
 __all__ = ["Record", "open_record", "record_signing_bytes", "sign_record"]
 
@@ -63,7 +63,7 @@ def open_record(kind: str, name: str, data: bytes) -> Record:
     anything else: not a record, or not signed so."""
     try:
         stored = _stored.decode(data)
-    except msgspec.DecodeError:
+    except UNDECODABLE:
         raise Unauthorized(f"not a signed record: {kind} {name}") from None
     raw = bytes(stored.v)
     try:

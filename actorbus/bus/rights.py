@@ -190,12 +190,11 @@ def stranger(calls: list[str]) -> Permissions:
 
 def caller(public_key: bytes, calls: list[str]) -> Permissions:
     """A connection authenticated by its key, calling actors as that key: its role's call
-    subjects (an admin's: all), ``$SRV``, the registry (to know whom replies come from),
-    and its own inbox."""
+    subjects, ``$SRV`` (to know whom replies come from: each replica's signed registry
+    record) and its own inbox. No JetStream: its API answers on whatever reply subject a
+    request names, so a connection that may ask it anything may have it write anywhere."""
     return Permissions(
-        pub=Permission(
-            allow=[*calls, "$SRV.>", _INBOXES, *stream_reader(_kv(REGISTRY_BUCKET))],
-        ),
+        pub=Permission(allow=[*calls, "$SRV.>", _INBOXES]),
         sub=Permission(allow=[f"{inbox_of(public_key)}.>"]),
     )
 

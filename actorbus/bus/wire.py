@@ -29,6 +29,7 @@ __all__ = [
     "JSON",
     "MSGPACK",
     "PROTOCOL_VERSION",
+    "UNDECODABLE",
     "CallBody",
     "Codec",
     "ErrorBody",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = "actorbus/2"
+UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
+"""What decoding bytes from the bus may raise: msgspec recurses, so a value nested past
+Python's recursion limit raises :class:`RecursionError`, not a decode error."""
 
 H_KEY: Final = "Actor-Key"
 H_TIME: Final = "Actor-Time"

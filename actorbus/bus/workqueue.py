@@ -118,12 +118,12 @@ async def purge_subject(nc: NATS, stream: str, subject: str) -> None:
 
 
 async def publish_once(
-    nc: NATS, subject: str, data: bytes, headers: dict[str, str] | None = None
+    nc: NATS, subject: str, data: bytes, headers: dict[str, str] | None = None, *, after: int = 0
 ) -> bool:
-    """Store ``data`` on ``subject`` unless the stream already holds a message there;
-    returns whether this call stored it. The server decides (expected last subject
-    sequence 0), so of several writers exactly one succeeds."""
-    headers = {**(headers or {}), api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
+    """Store ``data`` on ``subject`` unless the stream already holds a message there (one
+    but message ``after``); returns whether this call stored it. The server decides
+    (expected last subject sequence), so of several writers exactly one succeeds."""
+    headers = {**(headers or {}), api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(after)}
     try:
         await nc.jetstream().publish(subject, data, headers=headers)
     except nats.js.errors.APIError as exc:

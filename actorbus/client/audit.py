@@ -16,6 +16,7 @@ from ..bus import NATS, ActorError, printable
 from ..bus.jetstream import stream_messages
 from ..bus.records import open_record
 from ..bus.subjects import AUDIT_PREFIX, AUDIT_STREAM
+from ..bus.wire import UNDECODABLE
 
 __all__ = ["AuditRecord", "read_audit"]
 
@@ -54,7 +55,7 @@ async def read_audit(
             entry = _decode(record.value or b"null")
             if record.by not in writers(source):
                 raise ValueError(f"signed by {record.by}, not a key of {source}")
-        except (ActorError, msgspec.DecodeError, ValueError, TypeError) as exc:
+        except (ActorError, *UNDECODABLE, ValueError, TypeError) as exc:
             why = exc.message if isinstance(exc, ActorError) else str(exc)
             entry = {"time": msg.metadata.timestamp.timestamp(), "forged": printable(why, 200)}
         else:

@@ -28,6 +28,7 @@ from ..bus import (
     BadReply,
     BadRequest,
     CallBody,
+    Forbidden,
     Keypair,
     Keystore,
     NoResponders,
@@ -48,7 +49,7 @@ from ..bus.settings import Settings
 from ..bus.subjects import call_subject
 from ..bus.wire import Seal, request_headers, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
-from .discovery import Known, from_entries, from_service_info
+from .discovery import Known, from_entries, from_service_info, service_infos
 from .jobs import DEFAULT_JOB_TTL, Job
 from .registry import Registry, RegistryEntry, Vouching
 from .streams import read_stream
@@ -122,6 +123,9 @@ class Client:
         self._known: dict[str, Known] = {}
         self._degraded_until = 0.0
         """While the registry is unreadable: when to try it again."""
+        self._registry_denied = False
+        """Whether the server lets this connection read the registry (a caller's key may
+        not: it asks the replicas, ``$SRV.INFO``)."""
         self._lookup = anyio.Lock()
 
     @property
@@ -164,8 +168,9 @@ class Client:
     async def known(self, name: str, *, refresh: bool = False) -> Known:
         """What this client knows of ``name`` (its replicas' addresses, its idempotent
         functions), cached for 10 s: from the registry, or, when JetStream cannot answer
-        (degraded mode), from the replicas' ``$SRV.INFO`` over core NATS; past its time, a
-        cached answer is kept while neither source can give a better one."""
+        (degraded mode), the connection may not read it (a caller's key) or it holds no
+        replica that counts, from the replicas' ``$SRV.INFO`` over core NATS; past its
+        time, a cached answer is kept while neither source can give a better one."""
         cached = self._known.get(name)
         if cached and not refresh and cached.expires > time.monotonic():
             return cached
@@ -174,9 +179,18 @@ class Client:
             if again and again is not cached and again.expires > time.monotonic():
                 return again
             try:
+                if self._registry_denied:
+                    raise Forbidden("not this connection's to read")
                 if self._degraded_until > time.monotonic():
                     raise Unavailable("unreadable moments ago")
                 known = from_entries(await self.entries(name), _KNOWN_SECONDS)
+            except Forbidden:  # a caller's key: its replicas say who they are, signed
+                self._registry_denied = True
+                if not self.vouching.contacted and self.vouching.trusted is None:
+                    policy = self.vouching.policy
+                    infos = await service_infos(self.nc, policy, self.vouching)
+                    self.vouching.first_contact([info.entry for info in infos])
+                known = await from_service_info(self.nc, name, _KNOWN_SECONDS, self.vouching)
             except Unavailable as exc:
                 known = await from_service_info(self.nc, name, _KNOWN_SECONDS, self.vouching)
                 if not self._degraded_until:
@@ -186,6 +200,8 @@ class Client:
                 if self._degraded_until:
                     log.warning("registry readable again")
                 self._degraded_until = 0.0
+                if not known.addresses:  # none that counts (gone, or written over)
+                    known = await from_service_info(self.nc, name, _KNOWN_SECONDS, self.vouching)
             if not known.addresses and again is not None:
                 return again  # nothing better: keep what we had
             self._known[name] = known

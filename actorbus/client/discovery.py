@@ -1,6 +1,7 @@
 """What a caller knows of an actor: the addresses its replies may be signed by, and which
 of its functions are idempotent; from the registry (JetStream), or, when JetStream cannot
-answer, from the replicas themselves over ``$SRV.INFO`` (core NATS).
+answer (or this connection may not read it: a caller's key), from the replicas themselves
+over ``$SRV.INFO`` (core NATS).
 
 Neither source is taken on the bus's word: a registry entry counts only if it is signed
 by the address it names and bound to its name by the policy this home trusts
@@ -18,6 +19,7 @@ import msgspec
 from ..bus import NATS
 from ..bus.connection import gather
 from ..bus.subjects import service_subject
+from ..bus.wire import UNDECODABLE
 from .registry import RegistryEntry, Vouching
 
 __all__ = [
@@ -26,10 +28,13 @@ __all__ = [
     "from_entries",
     "from_service_info",
     "read_service_info",
+    "service_infos",
 ]
 
 _INFO_WAIT = 0.25
 """Seconds to collect ``$SRV.INFO`` answers (replicas answer at once; this bounds it)."""
+_INFO_QUIET = 0.03
+"""Once answers come, collecting ends this long after the last one."""
 _INFO_LIMIT = 256
 
 
@@ -60,7 +65,8 @@ class _Info(msgspec.Struct):
 class ServiceInfo(msgspec.Struct, frozen=True):
     """A replica of an actor as its ``$SRV.INFO`` answer describes it."""
 
-    address: str
+    entry: RegistryEntry
+    """Its registry entry as it started (signed, and counted by the reader's vouching)."""
     functions: dict[str, dict[str, Any]]
     """Each function's schema (``params``, ``returns``, ``idempotent``, ``stream``, ...)."""
 
@@ -75,7 +81,7 @@ def read_service_info(data: bytes, name: str, vouching: Vouching) -> ServiceInfo
     for ``vouching``). A function whose schema does not decode is left out."""
     try:
         info = _info.decode(data)
-    except msgspec.DecodeError:
+    except UNDECODABLE:
         return None
     metadata = info.metadata or {}
     if metadata.get("actor") != name:
@@ -87,10 +93,10 @@ def read_service_info(data: bytes, name: str, vouching: Vouching) -> ServiceInfo
     for endpoint in info.endpoints:
         try:
             schema = _schema.decode((endpoint.metadata or {}).get("schema", "{}"))
-        except msgspec.DecodeError:
+        except UNDECODABLE:
             continue
         functions[endpoint.name] = schema
-    return ServiceInfo(entry.address, functions)
+    return ServiceInfo(entry, functions)
 
 
 def from_entries(entries: list[RegistryEntry], ttl: float) -> Known:
@@ -103,19 +109,27 @@ def from_entries(entries: list[RegistryEntry], ttl: float) -> Known:
     )
 
 
+async def service_infos(nc: NATS, name: str, vouching: Vouching) -> list[ServiceInfo]:
+    """Ask every replica of ``name`` for its ``$SRV.INFO`` (answers within 0.25 s, and
+    30 ms of each other); those that ``vouching`` counts."""
+    answers = await gather(
+        nc,
+        service_subject("INFO", name),
+        b"",
+        wait=_INFO_WAIT,
+        limit=_INFO_LIMIT,
+        quiet=_INFO_QUIET,
+    )
+    return [info for msg in answers if (info := read_service_info(msg.data, name, vouching))]
+
+
 async def from_service_info(nc: NATS, name: str, ttl: float, vouching: Vouching) -> Known:
-    """Ask every replica of ``name`` for its ``$SRV.INFO`` (answers within 0.25 s); those
-    that ``vouching`` counts."""
+    """What the replicas of ``name`` that ``vouching`` counts say (:func:`service_infos`)."""
     addresses: set[str] = set()
     idempotent: set[str] = set()
     streams: set[str] = set()
-    for msg in await gather(
-        nc, service_subject("INFO", name), b"", wait=_INFO_WAIT, limit=_INFO_LIMIT
-    ):
-        info = read_service_info(msg.data, name, vouching)
-        if info is None:
-            continue
-        addresses.add(info.address)
+    for info in await service_infos(nc, name, vouching):
+        addresses.add(info.entry.address)
         for fn, schema in info.functions.items():
             if schema.get("idempotent") is True:
                 idempotent.add(fn)

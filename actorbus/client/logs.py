@@ -23,6 +23,7 @@ from ..bus import NATS, ActorError, printable
 from ..bus.jetstream import stream_messages
 from ..bus.records import open_record
 from ..bus.subjects import LOG_PREFIX, LOG_STREAM, NODE_PREFIX, check_name
+from ..bus.wire import UNDECODABLE
 from .client import Client
 
 __all__ = ["LogLine", "NodeKeys", "log_subject", "read_logs"]
@@ -123,7 +124,7 @@ async def _verified(subject: str, data: bytes, stored: float, keys: NodeKeys) ->
     try:
         record = open_record(LOG_STREAM, subject, data)
         line = _decode(record.value or b"null")
-    except (ActorError, msgspec.DecodeError) as exc:
+    except (ActorError, *UNDECODABLE) as exc:
         why = exc.message if isinstance(exc, ActorError) else "not a log line"
         text = printable(data.decode(errors="replace"), 200)
         return LogLine(stored, node, actor, index, 0, text, why)

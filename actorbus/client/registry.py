@@ -23,15 +23,28 @@ import time
 
 import msgspec
 
-from ..bus import NATS, ActorError, Bucket, Keypair, LogThrottle, printable
-from ..bus.pins import pinned_policy
+from ..bus import (
+    NATS,
+    ActorError,
+    Bucket,
+    Forbidden,
+    Keypair,
+    LogThrottle,
+    ReplyTimeout,
+    Unavailable,
+    printable,
+    request,
+)
+from ..bus.pins import pin_policy, pinned_policy
 from ..bus.records import open_record, sign_record
 from ..bus.settings import Settings
 from ..bus.subjects import REGISTRY_BUCKET, check_name
+from ..bus.wire import UNDECODABLE
 
 __all__ = ["Registry", "RegistryEntry", "Vouching", "signed_entry"]
 
 log = logging.getLogger("actorbus.registry")
+_PROBE_WAIT = 5.0
 _throttle = LogThrottle(log, burst=3, interval=60.0)
 """Entries that do not count, said in this process at most 3 times a minute per reason."""
 
@@ -82,12 +95,21 @@ def signed_entry(entry: RegistryEntry, key: Keypair) -> bytes:
 
 class Vouching:
     """Which registry entries (or ``$SRV.INFO`` records) a reader counts, by the policy key
-    the home of ``settings`` trusts (looked up until there is one: a host pins it at first
-    contact)."""
+    the home of ``settings`` trusts: configured, its own, or pinned at first contact (by a
+    host, from the first policy record it reads; by a client, from the policy actor's own
+    entries, :meth:`first_contact`)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._trusted: str | None = None
+        self.contacted = False
+        """Whether :meth:`first_contact` has looked (it looks once)."""
+        self._ambiguous = ""
+
+    @property
+    def policy(self) -> str:
+        """The policy actor's name."""
+        return self._settings.policy
 
     @property
     def trusted(self) -> str | None:
@@ -98,6 +120,30 @@ class Vouching:
                 _throttle.log(logging.WARNING, "pin", "%s", exc.message)
         return self._trusted
 
+    def first_contact(self, policies: list[RegistryEntry]) -> None:
+        """Pin the policy key from the policy actor's own entries (each signed by its
+        address, so the address is the key its records are signed by) if this home
+        trusts none yet. Entries of two different keys under the policy's name: nothing
+        is pinned and nothing counts (someone else serves that name too), and the reader
+        is told to configure the key."""
+        self.contacted = True
+        if self.trusted is not None:
+            return
+        addresses = {e.address for e in policies if e.name == self._settings.policy}
+        if len(addresses) == 1:
+            (address,) = addresses
+            pin_policy(self._settings, address)
+            self._trusted = address
+            log.warning(
+                "policy %s: trusting its key %s from now on", self._settings.policy, address
+            )
+        elif addresses:
+            self._ambiguous = (
+                f"{len(addresses)} keys serve {self._settings.policy!r}: set ACTOR_POLICY_KEY "
+                "to the one to trust"
+            )
+            _throttle.log(logging.WARNING, "ambiguous", "registry: %s", self._ambiguous)
+
     def entry(self, key: str, data: bytes) -> RegistryEntry | None:
         """The entry stored at ``key`` if it counts; ``None`` (reported, throttled) if not."""
         try:
@@ -106,7 +152,7 @@ class Vouching:
                 return None
             entry = _decode(record.value)
             check_name(entry.name)
-        except (ActorError, msgspec.DecodeError) as exc:
+        except (ActorError, *UNDECODABLE) as exc:
             why = str(exc)
         else:
             if entry.key != key or entry.address != record.by:
@@ -124,6 +170,8 @@ class Vouching:
         """Why the policy does not let ``entry``'s address serve its name ('' if it does)."""
         trusted = self.trusted
         settings = self._settings
+        if self._ambiguous and trusted is None:
+            return self._ambiguous
         if trusted is None:
             return ""  # no policy known to this home: the entry's own signature is all
         if entry.name == settings.policy:
@@ -133,7 +181,7 @@ class Vouching:
                 settings.policy_bucket, "name." + entry.name, entry.binding.encode()
             )
             bound = _addresses(binding.value or b"[]")
-        except (ActorError, msgspec.DecodeError):
+        except (ActorError, *UNDECODABLE):
             return f"{entry.name} has no binding the policy signed"
         if binding.by != trusted:
             return f"its binding is signed by {binding.by}, not the policy's key"
@@ -154,8 +202,19 @@ class Registry:
     async def open(cls, nc: NATS, settings: Settings, vouching: Vouching | None = None) -> Registry:
         """Bind to the registry; entries live ``registry_ttl`` seconds without a heartbeat,
         or less if the bucket was made with a shorter TTL (then heartbeats follow the
-        bucket's)."""
+        bucket's). Raises :class:`Forbidden` if this connection may not read it."""
         ttl = settings.registry_ttl
+        # Asked first with a request of ours, so that a connection the server does not
+        # let read it (a caller's key) learns so at once (Forbidden), not at a timeout.
+        try:
+            await request(nc, f"$JS.API.STREAM.INFO.KV_{REGISTRY_BUCKET}", b"", {}, _PROBE_WAIT)
+        except ReplyTimeout:
+            raise Unavailable("the registry: JetStream did not answer") from None
+        except Forbidden:
+            raise Forbidden(
+                "this key may not read the registry: admins and actors do (a caller finds "
+                "the actors it calls through $SRV.INFO)"
+            ) from None
         bucket = await Bucket.open(nc, REGISTRY_BUCKET, ttl=ttl, replicas=settings.js_replicas)
         ttl = min(ttl, bucket.ttl) if bucket.ttl else ttl
         return cls(bucket, ttl, vouching or Vouching(settings))
@@ -172,6 +231,10 @@ class Registry:
         """The live replicas of ``name`` (of every actor if ``None``) that count, by name
         then start."""
         keys = f"{check_name(name)}.*" if name else ">"
+        vouching = self.vouching
+        if not vouching.contacted and vouching.trusted is None:
+            found = await self._bucket.items(f"{vouching.policy}.*")
+            vouching.first_contact([e for k, v in found if (e := vouching.entry(k, v))])
         entries = []
         for key, value in await self._bucket.items(keys):
             entry = self.vouching.entry(key, value)

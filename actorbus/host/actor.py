@@ -118,6 +118,9 @@ class Actor:
     sessions: bool = True
     """Whether callers may open sessions (PROTOCOL.md §4b) and authenticate calls with
     them; ``False`` has every call signed (the policy actor's changes, node control)."""
+    owner: str = ""
+    """A key whose calls this actor takes whatever the policy says, or whether it can be
+    read (a node's control actor: its home's key); the actor checks them itself."""
 
     # Set by the host before on_start: what an actor needs to call others and read NATS.
     client: Client

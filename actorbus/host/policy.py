@@ -20,6 +20,8 @@ import re
 
 import msgspec
 
+from ..bus.wire import UNDECODABLE
+
 __all__ = [
     "DEFAULT_WHITELIST",
     "PUBLIC",
@@ -158,7 +160,7 @@ class PolicyState:
                 self.configured = value is not None
             else:
                 return
-        except msgspec.DecodeError as exc:
+        except UNDECODABLE as exc:
             log.warning("policy: ignoring malformed entry %s: %s", key, exc)
             return
         self.revision += 1

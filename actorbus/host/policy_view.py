@@ -31,6 +31,10 @@ __all__ = ["PolicyRecords", "PolicyView", "load_state"]
 
 log = logging.getLogger("actorbus.policy")
 
+_FOREIGN = "holds no record of the policy's key"
+_REPORTED = 1024
+"""Keys whose entries were reported as not counting, remembered (not to say them twice)."""
+
 
 class PolicyRecords:
     """Which of a policy bucket's entries count: those signed by the trusted key."""
@@ -50,31 +54,35 @@ class PolicyRecords:
         self.kept: dict[str, bytes] = {}
         """The signed records (as stored) of the keys in ``keep`` that count."""
 
-    def apply(self, state: PolicyState, key: str, data: bytes | None) -> None:
+    def apply(self, state: PolicyState, key: str, data: bytes | None) -> bool:
         """Apply the entry ``key`` (``None``: deleted) to ``state`` if it is a record the
-        trusted key signed; else ignore it, and say so once per key."""
+        trusted key signed (and say whether it was); else ignore it, and say so once per
+        key."""
         if data is None:
             self._report(key, "deleted without a signed record")
-            return
+            return False
         try:
             record = open_record(self.bucket, key, data)
         except ActorError as exc:
             self._report(key, exc.message)
-            return
+            return False
         if self.trusted is None:  # first contact: this signer is the policy from now on
             self.trusted = record.by
             self._pin(record.by)
             log.warning("policy %s: trusting its signer %s from now on", self.bucket, record.by)
         if record.by != self.trusted:
             self._report(key, f"signed by {record.by}, not the policy's key")
-            return
+            return False
         state.apply(key, record.value)
         if key in self._keep and record.value is None:
             self.kept.pop(key, None)
         elif key in self._keep:
             self.kept[key] = data
+        return True
 
     def _report(self, key: str, why: str) -> None:
+        if len(self._reported) >= _REPORTED:
+            self._reported.clear()  # a flood of keys: say some again rather than grow
         if key not in self._reported:
             self._reported.add(key)
             log.warning("policy %s: ignoring %s: %s", self.bucket, key[:80], why)
@@ -206,19 +214,33 @@ class PolicyView:
                 await sub.unsubscribe()
 
     async def _apply_records(self, bucket: Bucket, mark_ready: Callable[[], None]) -> None:
+        """Read the bucket into a fresh state, which replaces the current one once caught
+        up, then apply each change as it comes. A bucket that holds no record of the
+        policy's key, where this home knows a policy, is not the policy (replaced by
+        someone else): calls are refused (503) until one comes."""
         fresh = PolicyState()
-        caught_up = False
+        live = caught_up = False
+        counted = 0
         async for item in bucket.watch():
             if item is None:
-                if not caught_up:
-                    caught_up = True
-                    fresh.revision = self.state.revision + 1
-                    self.state = fresh
-                    self.enforced = True
-                    self._seen = True
-                    self.unreadable = ""
-                    self.loaded.set()
-                    log.info("policy loaded from %s", self.bucket)
-                    mark_ready()
+                caught_up = True
+            elif self.records.apply(self.state if live else fresh, *item):
+                counted += 1
+            if not caught_up or live:
                 continue
-            self.records.apply(self.state if caught_up else fresh, *item)
+            if counted or not self._seen:
+                live = True
+                fresh.revision = self.state.revision + 1
+                self.state = fresh
+                self.enforced = True
+                self._seen = True
+                self.unreadable = ""
+                self.loaded.set()
+                log.info("policy loaded from %s", self.bucket)
+            elif _FOREIGN not in self.unreadable:
+                self.enforced = False
+                self.unreadable = (
+                    f"the policy bucket {self.bucket} {_FOREIGN}: calls are refused until it does"
+                )
+                log.warning("%s", self.unreadable)
+            mark_ready()

@@ -45,7 +45,7 @@ from ..bus import (
 )
 from ..bus.jetstream import ensure_stream, publish_acked, stream_messages
 from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
-from ..bus.wire import H_INSTANCE, NonceNote, sign_announcement, verify_announcement
+from ..bus.wire import H_INSTANCE, UNDECODABLE, NonceNote, sign_announcement, verify_announcement
 
 __all__ = ["NonceBook", "ReplayGuard", "replay_guard"]
 
@@ -188,7 +188,7 @@ class ReplayGuard:
         try:
             verify_announcement(self._key, self._subject, msg.headers, msg.data)
             notes = _decode(msg.data)
-        except (Unauthorized, msgspec.DecodeError) as exc:
+        except (Unauthorized, *UNDECODABLE) as exc:
             self._throttle.log(
                 logging.WARNING,
                 "forged",

@@ -13,6 +13,7 @@ import msgspec
 
 from ...bus import ActorError, request
 from ...bus.subjects import service_subject
+from ...bus.wire import UNDECODABLE
 from ...client import Client, RegistryEntry
 from ...client.discovery import read_service_info
 
@@ -124,7 +125,7 @@ class Catalog:
                     try:
                         stats = _json.decode(msg.data)
                         found[stats["id"]] = stats
-                    except (msgspec.DecodeError, KeyError, TypeError):
+                    except (*UNDECODABLE, KeyError, TypeError):
                         continue
         finally:
             with anyio.CancelScope(shield=True):

@@ -24,7 +24,7 @@ import msgspec
 
 from ...bus import ActorError, Keypair, LogThrottle, printable
 from ...bus.records import open_record, sign_record
-from ...bus.wire import PROTOCOL_VERSION
+from ...bus.wire import PROTOCOL_VERSION, UNDECODABLE
 from .model import JobRecord
 
 __all__ = ["DIGEST_HEADER", "MAC_HEADER", "Seals"]
@@ -58,7 +58,7 @@ class Seals:
             if opened.by != self._key.address or opened.value is None:
                 raise ValueError(f"signed by {opened.by}, not this jobs actor")
             return _record.decode(opened.value)
-        except (ActorError, ValueError, msgspec.DecodeError) as exc:
+        except (ActorError, ValueError, *UNDECODABLE) as exc:
             self.reject(f"record {job}", str(exc))
             return None
 

@@ -238,11 +238,20 @@ class JobStore:
     # -- results -------------------------------------------------------------------------
 
     async def save(self, job: str, result: SliceResult) -> bool:
-        """Store ``result`` unless its slice has one; returns whether this one was stored."""
+        """Store ``result`` unless its slice has one (sealed: one this actor stored; a
+        message someone else put there first is written over); returns whether this one
+        was stored."""
         subject, body = self.names.result(job, result.index), _encode(result)
         status = str(result.status)
         headers = {STATUS_HEADER: status, **self.seals.headers(subject, status, body)}
-        return await publish_once(self.nc, subject, body, headers)
+        if await publish_once(self.nc, subject, body, headers):
+            return True
+        there = await last_message(self.nc, self.names.record_stream, subject)
+        if there is None or self.seals.check(
+            subject, (there.headers or {}).get(STATUS_HEADER, ""), there.headers, there.data
+        ):
+            return False
+        return await publish_once(self.nc, subject, body, headers, after=there.seq or 0)
 
     async def result(self, job: str, index: int) -> SliceResult | None:
         subject = self.names.result(job, index)

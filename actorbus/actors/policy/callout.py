@@ -70,6 +70,7 @@ class AuthCallout(Bindings):
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keeper.run)  # beside the callout: both live as long
                 async for msg in sub.messages:
                     await slots.acquire()
                     tg.start_soon(self._answer, issuer, msg, slots, throttle)

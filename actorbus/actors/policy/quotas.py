@@ -24,6 +24,7 @@ import msgspec
 
 from ...bus import Forbidden, Unavailable
 from ...bus.jetstream import Bucket, when_ready
+from ...bus.wire import UNDECODABLE
 from ...host import endpoint
 from ...host.quotas import Grant
 from .store import PolicyStore
@@ -117,7 +118,7 @@ class Quotas(PolicyStore):
             known = self._counters.get(key)
             if known is None:
                 found = await self._lent.get(key)
-                known = (_decode(found[0]), found[1]) if found else (Lent(window, 0), 0)
+                known = (_lent_of(found[0]), found[1]) if found else (Lent(window, 0), 0)
             counter, revision = known
             lent = counter.lent if counter.window == window else 0
             if counter.window > window:
@@ -157,3 +158,12 @@ class Quotas(PolicyStore):
         await self._require_actor()
         if count > 0:
             await self._count(key, window, -count, 2**62)
+
+
+def _lent_of(data: bytes) -> Lent:
+    """A stored counter; anything else (no policy replica wrote it) counts as nothing
+    lent, and is written over by the next compare-and-set."""
+    try:
+        return _decode(data)
+    except UNDECODABLE:
+        return Lent(0, 0)

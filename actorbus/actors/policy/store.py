@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 
 from ...bus import (
-    ActorError,
     BadRequest,
     Forbidden,
     Gone,
@@ -28,6 +27,7 @@ from ...host.policy import PolicyConfig, PolicyState, Role
 from ...host.policy_view import PolicyRecords, load_state
 from ...node.audit import ensure_audit, record
 from ...node.logs import ensure_logs
+from .keeper import RecordKeeper
 
 __all__ = ["PolicyStore", "check_address", "check_role", "check_token_name", "encode"]
 
@@ -77,8 +77,20 @@ class PolicyStore(Actor):
         )
         await ensure_audit(self.nc, replicas=settings.js_replicas)
         await ensure_logs(self.nc, settings)  # every node ships into it; the policy makes it
+        path = seeded.with_name(f"{settings.policy_bucket}.records")
+        self._keeper = RecordKeeper(self._bucket, self.address, path)
+        kept = 0
+        if bucket is not None:  # (a new bucket is a new policy: an old snapshot is not it)
+            self._keeper.load()
+            kept = await self._keeper.restore_all()  # written over while none of us ran
         self._records = PolicyRecords(settings.policy_bucket, self.address, lambda _: None)
         state = await load_state(self._bucket, self._records)
+        if bucket is not None and seeded.exists() and not state.configured and not kept:
+            raise Gone(
+                f"the policy bucket {settings.policy_bucket} holds no record of this policy "
+                f"actor's, which made it: restore it (or, to start a new policy, delete the "
+                f"bucket and remove {seeded})"
+            )
         # A new policy: its config, and from the replica that wrote it (replicas may start
         # together) the first admin and a role for token holders.
         if not state.configured:
@@ -109,12 +121,13 @@ class PolicyStore(Actor):
         such as one a stranger wrote first, is written over), recorded first as made by
         ``who``; whether this call wrote it (another replica may come first)."""
         current = await self._bucket.get(key)
-        if current is not None and self._signed(key, current[0]):
+        if current is not None and self._keeper.ours(key, current[0]):
             return False
         await record(self.nc, self.name or "policy", self.client.key, who, what, args)
         signed = sign_record(self.client.key, self._bucket.name, key, value)
         if await self._bucket.update(key, signed, current[1] if current else 0) is None:
             return False
+        self._keeper.note(key, signed)
         self._applied(key, value)
         return True
 
@@ -122,21 +135,16 @@ class PolicyStore(Actor):
         """The value this policy's record at ``key`` holds now, read from the bucket
         (``None``: none, removed, or not this policy's)."""
         stored = await self._bucket.get(key)
-        if stored is None or not self._signed(key, stored[0]):
+        if stored is None or not self._keeper.ours(key, stored[0]):
             return None
         return open_record(self._bucket.name, key, stored[0]).value
-
-    def _signed(self, key: str, data: bytes) -> bool:
-        """Whether ``data`` is a record of this policy at ``key``."""
-        try:
-            return open_record(self._bucket.name, key, data).by == self.address
-        except ActorError:
-            return False
 
     async def _store(self, key: str, value: bytes | None) -> None:
         """Put ``value`` at ``key`` as a record signed by this policy (``None``: a signed
         removal, never a bare delete)."""
-        await self._bucket.put(key, sign_record(self.client.key, self._bucket.name, key, value))
+        signed = sign_record(self.client.key, self._bucket.name, key, value)
+        await self._bucket.put(key, signed)
+        self._keeper.note(key, signed)
 
     # -- helpers -----------------------------------------------------------------------
 
