@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import anyio
 import nats.errors
@@ -26,6 +26,7 @@ from .errors import Gone, NoResponders, ReplyTimeout, Unavailable
 __all__ = [
     "JS_ERRORS",
     "Bucket",
+    "Change",
     "deleted_advisory",
     "ensure_stream",
     "publish_acked",
@@ -42,6 +43,17 @@ JS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
 _PROBE_WAIT = 1.0
 """Seconds to wait for JetStream's answer to a connection without credentials."""
 """What nats.js raises when JetStream cannot answer (all mapped to :class:`Unavailable`)."""
+
+
+class Change(NamedTuple):
+    """A key's value as a bucket's watch delivers it."""
+
+    key: str
+    value: bytes | None
+    """``None``: deleted or purged."""
+    revision: int
+    """What :meth:`Bucket.update` compares with: unlike a get (a direct get may be served
+    by a replica that lags), the watch has seen this revision land."""
 
 
 class Bucket:
@@ -94,9 +106,9 @@ class Bucket:
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
 
-    async def watch(self) -> AsyncIterator[tuple[str, bytes | None] | None]:
-        """Each key's current value as ``(key, value)``, then ``None`` once caught up, then
-        every change as it happens; a deleted or purged key comes as ``(key, None)``.
+    async def watch(self) -> AsyncIterator[Change | None]:
+        """Each key's current value, then ``None`` once caught up, then every change as it
+        happens.
 
         Runs until cancelled; raises :class:`Unavailable` if the watch cannot start.
         """
@@ -108,10 +120,10 @@ class Bucket:
             async for entry in watcher:
                 if entry is None:
                     yield None
-                elif entry.operation in ("DEL", "PURGE"):
-                    yield entry.key, None
-                else:
-                    yield entry.key, entry.value or b""
+                    continue
+                deleted = entry.operation in ("DEL", "PURGE")
+                value = None if deleted else entry.value or b""
+                yield Change(entry.key, value, entry.revision or 0)
         finally:
             with anyio.CancelScope(shield=True):
                 await watcher.stop()  # type: ignore[no-untyped-call]

@@ -94,7 +94,7 @@ async def load_state(bucket: Bucket, records: PolicyRecords) -> PolicyState:
     async for item in bucket.watch():
         if item is None:
             break
-        records.apply(state, *item)
+        records.apply(state, item.key, item.value)
     return state
 
 
@@ -224,7 +224,7 @@ class PolicyView:
         async for item in bucket.watch():
             if item is None:
                 caught_up = True
-            elif self.records.apply(self.state if live else fresh, *item):
+            elif self.records.apply(self.state if live else fresh, item.key, item.value):
                 counted += 1
             if not caught_up or live:
                 continue

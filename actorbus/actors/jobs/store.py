@@ -132,13 +132,13 @@ class JobStore:
             if item is None:
                 yield None
                 continue
-            key, value = item
+            key, value = item.key, item.value
             if value is None:
                 self._genuine.pop(key, None)
                 yield key, None
                 continue
             if self.seals.open_record(key, value) is None and key in self._genuine:
-                await self._restore(key)
+                await self._restore(key, item.revision)
                 continue
             record = self._opened(key, value)
             if record is not None:
@@ -153,13 +153,10 @@ class JobStore:
         self._genuine[job] = record
         return record
 
-    async def _restore(self, job: str) -> None:
-        """Write ``job``'s last sealed record back over one someone else wrote (if it is
-        still there: compare-and-set)."""
-        found = await self.records.get(job)
-        if found is not None and self.seals.open_record(job, found[0]) is None:
-            sealed = self.seals.record(job, self._genuine[job])
-            await self.records.update(job, sealed, found[1])
+    async def _restore(self, job: str, revision: int) -> None:
+        """Write ``job``'s last sealed record back over the one someone else wrote at
+        ``revision`` (if it is still there: compare-and-set)."""
+        await self.records.update(job, self.seals.record(job, self._genuine[job]), revision)
 
     # -- slices --------------------------------------------------------------------------
 

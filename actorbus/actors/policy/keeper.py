@@ -69,16 +69,21 @@ class RecordKeeper:
             self._records[key] = data
             self._dirty.set()
 
-    async def restore(self, key: str) -> None:
+    async def restore(self, key: str, found: tuple[bytes | None, int] | None = None) -> None:
         """Put this policy's last record back at ``key`` unless the bucket holds one of
-        its own there (compare-and-set: another replica may do it first)."""
+        its own there. ``found`` is what the bucket's watch showed there (value,
+        revision); without it, the bucket is asked. Compare-and-set: another replica, or
+        another writer, may come first (and the watch shows that one next)."""
         kept = self._records.get(key)
         if kept is None:
             return
-        current = await self._bucket.get(key)
-        if current is not None and self.ours(key, current[0]):
+        if found is None:
+            got = await self._bucket.get(key)
+            found = got if got is not None else (None, 0)
+        value, revision = found
+        if value is not None and self.ours(key, value):
             return
-        if await self._bucket.update(key, kept, current[1] if current else 0) is not None:
+        if await self._bucket.update(key, kept, revision) is not None:
             self._throttle.log(
                 logging.WARNING,
                 "restored",
@@ -102,11 +107,10 @@ class RecordKeeper:
                     async for item in self._bucket.watch():
                         if item is None:
                             continue
-                        key, data = item
-                        if data is not None and self.ours(key, data):
-                            self.note(key, data)
-                        elif key in self._records:
-                            await self.restore(key)
+                        if item.value is not None and self.ours(item.key, item.value):
+                            self.note(item.key, item.value)
+                        elif item.key in self._records:
+                            await self.restore(item.key, (item.value, item.revision))
                 except Unavailable as exc:
                     log.debug("policy: following the bucket: %s", exc)
                 await anyio.sleep(1.0)
