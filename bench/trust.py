@@ -17,7 +17,9 @@ requests, published as fast as it can) from a connection without credentials, wh
 replica never sees the flood. The ratio flooded/alone is what valid callers keep (target
 >= 0.8). The same flood against the open node (off) reaches the replica, which must check
 each signature: its ratio is printed for comparison. Every phase is bounded in time and
-count; figures are medians over --repeat runs, ratios medians of per-run ratios.
+count; a call gets 5 s and one that fails is counted as failed, not as done (the
+failures are printed). Figures are medians over --repeat runs, ratios medians of per-run
+ratios.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ from pathlib import Path
 from calls import HERE as CALLS
 from calls import load_options
 
-from actorbus import Client, Settings
+from actorbus import ActorError, Client, Settings
 
 HERE = Path(__file__).resolve()
 HOSTILE = HERE.parent / "hostile.py"
 MAX_CALLS = 200_000
+CALL_TIMEOUT = 5.0
 _FLOODER = [sys.executable, str(HOSTILE), "--junk", "badsig", "--flood"]
 
 
@@ -82,21 +85,29 @@ def node(auth: bool) -> Iterator[tuple[dict[str, str], Settings]]:
 
 
 async def calls(settings: Settings, concurrency: int, seconds: float) -> float:
-    """Calls/s of ``concurrency`` callers of bench/echo, as the home's key."""
+    """Calls/s of ``concurrency`` callers of bench/echo, as the home's key (failed calls
+    are printed, not counted)."""
     async with Client(settings=settings) as client:
         await client.call("bench", "echo", "warm")
         done = 0
+        failed: dict[str, int] = {}
         deadline = time.monotonic() + seconds
 
         async def caller() -> None:
             nonlocal done
             while time.monotonic() < deadline and done < MAX_CALLS:
-                await client.call("bench", "echo", "x")
-                done += 1
+                try:
+                    await client.request("bench", "echo", ["x"], timeout=CALL_TIMEOUT)
+                    done += 1
+                except ActorError as exc:
+                    failed[exc.message] = failed.get(exc.message, 0) + 1
 
         started = time.monotonic()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return done / (time.monotonic() - started)
+        rate = done / (time.monotonic() - started)
+        for message, count in failed.items():
+            print(f"  c{concurrency}: {count} calls failed: {message}", flush=True)
+        return rate
 
 
 def flooded(env: dict[str, str], settings: Settings, seconds: float) -> float:
