@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import re
 import secrets
-import subprocess
-import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
@@ -27,8 +24,9 @@ import pytest
 from cluster import free_port
 from processes import actor_serve
 from support import eventually
+from up import Bus, embedded
 
-from actorbus import Client, Forbidden, Keypair, Settings
+from actorbus import Client, Forbidden, Keypair
 from actorbus.bus import EmbeddedServer, Keystore, new_token, sign_request, verify_reply
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.records import open_record
@@ -39,56 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 POLICY = "actorbus.actors.policy:Policy"
 JOBS = "actorbus.actors.jobs:Jobs"
 pytestmark = pytest.mark.timeout(120)
-
-
-class Bus:
-    """A bus under test: its URL, and the operator's `actor` command and settings."""
-
-    def __init__(self, home: Path, **env: str) -> None:
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "ACTOR_"))},
-            "ACTOR_HOME": str(home),
-            "ACTOR_DRAIN_TIMEOUT": "5",
-            **env,
-        }
-        self.settings = Settings.from_env(self.env)
-        self.url = self.settings.url
-        self.leaf_port = 0
-        """Where nodes join as leaf nodes (the deployed cluster only)."""
-
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        """`actor ARGS` in a process of its own."""
-        return subprocess.run(
-            [sys.executable, "-m", "actorbus.cli", *args],
-            cwd=ROOT,
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-
-    def actor(self, *args: str, **env: str) -> str:
-        """`actor ARGS`'s output; it must succeed."""
-        done = self.run(*args, **env)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-
-@contextmanager
-def embedded(root: Path) -> Iterator[Bus]:
-    """`actor up -d` on the embedded default, on ports of this module's."""
-    bus = Bus(root / "home", ACTOR_NATS_PORT=str(free_port()), ACTOR_GATEWAY_PORT="0")
-    bus.actor("up", "-d", "examples/echo.py:Echo")
-    info = json.loads((bus.settings.home / "node.json").read_text())
-    try:
-        yield bus
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "actorbus.cli", "down"], env=bus.env, timeout=60, check=False
-        )
-        for pid in (info["pid"], info.get("embedded") or 0):
-            if pid and psutil.pid_exists(pid):
-                psutil.Process(pid).kill()
 
 
 def deploy_config(root: Path, auth: str, ports: list[int], routes: list[int], i: int) -> Path:

@@ -124,10 +124,23 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Seconds a gateway waits for an actor's reply (504 beyond)."""
     gateway_read_timeout: float = 10.0
     """Seconds a gateway waits for a request's body (408 beyond)."""
-    gateway_max_concurrency: int = 256
+    gateway_max_concurrency: int = 1024
     """Requests a gateway replica handles at once (503 beyond)."""
     gateway_max_headers: int = 16384
-    """Bytes of request headers a gateway accepts (431 beyond)."""
+    """Bytes of a request's head (request line and headers) a gateway reads (431 beyond,
+    refused while reading)."""
+    gateway_max_header_count: int = 100
+    """Headers a request may have (431 beyond)."""
+    gateway_header_timeout: float = 10.0
+    """Seconds a connection has to send a request's whole head, from when it opens or its
+    next request begins (408, or a close if it sent nothing)."""
+    gateway_idle_timeout: float = 5.0
+    """Seconds a keep-alive connection may sit idle between requests."""
+    gateway_max_connections: int = 4096
+    """Open connections a gateway replica holds (503 and a close beyond)."""
+    gateway_max_connections_per_ip: int = 256
+    """Open connections one client address (an IPv6 /64) may hold (503 and a close beyond).
+    Behind a reverse proxy every client has the proxy's address: raise it there."""
     gateway_cors: str = ""
     """Origins allowed to call a gateway from a browser (comma-separated; empty: none)."""
     jobs: str = "jobs"

@@ -26,6 +26,7 @@ from ...host.replica import VERSION
 from .app import build_app
 from .catalog import Catalog
 from .context import Context
+from .guard import Admission, HeadLimits, guarded_protocol
 from .identity import Identities
 
 __all__ = ["Gateway"]
@@ -77,6 +78,9 @@ class Gateway(Actor):
         sock = _listen(settings.gateway_host, settings.gateway_port)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
+        admission = Admission(
+            settings.gateway_max_connections, settings.gateway_max_connections_per_ip
+        )
         server = _Server(
             uvicorn.Config(
                 build_app(
@@ -90,11 +94,19 @@ class Gateway(Actor):
                         version=self.version,
                     )
                 ),
+                http=guarded_protocol(
+                    admission,
+                    HeadLimits(
+                        max_bytes=settings.gateway_max_headers,
+                        max_count=settings.gateway_max_header_count,
+                        timeout=settings.gateway_header_timeout,
+                    ),
+                ),
                 log_level="warning",
                 access_log=False,
                 server_header=False,
                 lifespan="off",
-                timeout_keep_alive=5,
+                timeout_keep_alive=settings.gateway_idle_timeout,  # type: ignore[arg-type]
                 timeout_graceful_shutdown=int(settings.drain_timeout),
             )
         )

@@ -13,7 +13,6 @@ limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in t
 from __future__ import annotations
 
 import logging
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from ...client.client import loose_value
 from ...client.streams import read_stream
 from .catalog import openapi
 from .context import Context
+from .errors import Refused, error_json, new_error_id
 from .jobs import BodyFn, job_paths, job_routes
 from .sse import sse_response
 
@@ -55,52 +55,39 @@ _STREAM_WINDOW = 64
 _REPLY_HEADERS = ("actor-status", "actor-key", "actor-signature", "actor-error", "retry-after")
 
 
-class _Refused(ActorError):
-    """A status the gateway answers itself that has no class of its own (408, 431)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.code = status
-
-
-def _error(status: int, message: str, error_id: str = "", **headers: str) -> JSONResponse:
-    body = {
-        "error": printable(message, 512),
-        "code": status,
-        "id": error_id or secrets.token_hex(6),
-    }
-    return JSONResponse(body, status_code=status, headers=headers)
+def _error(status: int, message: str, error_id: str = "", **headers: str) -> Response:
+    return Response(
+        error_json(status, message, error_id),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 class _Limits:
-    """Refuses what must not reach the app: too many requests at once (503), too large a
-    header block (431). Pure ASGI, so a refusal costs no request object."""
+    """Refuses what must not reach the app: too many requests at once (503). Pure ASGI,
+    so a refusal costs no request object (what a connection may send is :mod:`.guard`'s)."""
 
-    def __init__(self, app: ASGIApp, *, max_concurrency: int, max_headers: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_concurrency: int) -> None:
         self.app = app
         self.max_concurrency = max_concurrency
-        self.max_headers = max_headers
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        size = sum(len(k) + len(v) for k, v in scope["headers"])
-        if size > self.max_headers:
-            response = _error(431, f"headers are {size} bytes; the limit is {self.max_headers}")
-        elif self.active >= self.max_concurrency:
+        if self.active >= self.max_concurrency:
             response = _error(
                 503, "the gateway is at its limit of requests at once", **{"Retry-After": "1"}
             )
-        else:
-            self.active += 1
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self.active -= 1
+            await response(scope, receive, send)
             return
-        await response(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 def build_app(gateway: Context) -> Starlette:
@@ -123,7 +110,7 @@ def build_app(gateway: Context) -> Starlette:
                         raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
                     chunks.append(chunk)
         except TimeoutError:
-            raise _Refused(
+            raise Refused(
                 408, f"body not received within {settings.gateway_read_timeout:g}s"
             ) from None
         return b"".join(chunks)
@@ -183,7 +170,7 @@ def build_app(gateway: Context) -> Starlette:
             )
             if reply.meta.status == 401 and outgoing.session_key is not None:
                 gateway.client.forget_session(name)  # expired or no longer derivable
-        except _Refused as exc:
+        except Refused as exc:
             return _refusal(exc.code, exc)
         except ActorError as exc:
             return _refusal(exc.status, exc)
@@ -215,8 +202,8 @@ def build_app(gateway: Context) -> Starlette:
 
         return await relay(request, name, fn, body)
 
-    def _refusal(status: int, exc: ActorError) -> JSONResponse:
-        error_id = exc.error_id or secrets.token_hex(6)
+    def _refusal(status: int, exc: ActorError) -> Response:
+        error_id = exc.error_id or new_error_id()
         throttle.log(
             logging.INFO,
             str(status),
@@ -253,7 +240,6 @@ def build_app(gateway: Context) -> Starlette:
         Middleware(
             _Limits,
             max_concurrency=settings.gateway_max_concurrency,
-            max_headers=settings.gateway_max_headers,
         )
     ]
     if settings.gateway_cors:

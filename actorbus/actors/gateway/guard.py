@@ -1,0 +1,232 @@
+"""What a connection to the gateway may do before it is a request: limits enforced where
+the bytes arrive, in the HTTP protocol itself, so nothing unbounded is buffered or held.
+
+- **Connections**: at most ``gateway_max_connections`` open, and
+  ``gateway_max_connections_per_ip`` from one client address (an IPv6 /64 counts as one);
+  beyond either, a 503 and a close, before a byte is read.
+- **The request head** (request line and headers): counted as it arrives; past
+  ``gateway_max_headers`` bytes or ``gateway_max_header_count`` headers, a 431 and a close
+  (the parser never holds more than the limit plus one read). The whole head must arrive
+  within ``gateway_header_timeout`` of the connection opening or its next request
+  beginning (a 408 and a close; a connection that sent nothing is closed), so a
+  connection that sends nothing or drips its headers is not held.
+- **Idle**: a keep-alive connection is closed after ``gateway_idle_timeout`` between
+  requests.
+- **Framing**: ``Transfer-Encoding`` other than exactly ``chunked`` is refused (400), as
+  are protocol upgrades (the gateway serves no WebSocket).
+
+It is uvicorn's httptools protocol with these checks in its parser callbacks (uvicorn
+takes a protocol class as its ``http`` option); tests/test_gateway_guard.py holds it to
+each limit with raw sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .errors import error_json
+
+__all__ = ["Admission", "HeadLimits", "client_group", "guarded_protocol"]
+
+
+def client_group(host: str) -> str:
+    """The address a client is counted as: an IPv4 address itself, an IPv6 address its
+    /64 (one subscriber's usual allocation), anything else as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class Admission:
+    """Open connections of one server, in all and by client address."""
+
+    def __init__(self, max_connections: int, max_per_client: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.total = 0
+        self._by_client: dict[str, int] = {}
+
+    def enter(self, client: str) -> str:
+        """Count a new connection from ``client``; or say why it is refused."""
+        if self.total >= self.max_connections:
+            return f"the gateway holds its limit of {self.max_connections} connections"
+        held = self._by_client.get(client, 0)
+        if held >= self.max_per_client:
+            return f"your address holds its limit of {self.max_per_client} connections"
+        self.total += 1
+        self._by_client[client] = held + 1
+        return ""
+
+    def leave(self, client: str) -> None:
+        self.total -= 1
+        held = self._by_client.pop(client) - 1
+        if held:
+            self._by_client[client] = held
+
+
+class HeadLimits:
+    """What a request head may be, and how long it may take."""
+
+    def __init__(self, *, max_bytes: int, max_count: int, timeout: float) -> None:
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+        self.timeout = timeout
+
+
+class _Refuse(Exception):
+    """Raised in a parser callback to stop parsing; the protocol answers ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS[503] = b"Service Unavailable"
+
+
+_NO_UPGRADES = "protocol upgrades are not served here"
+
+
+def _over(limit: int) -> str:
+    return f"the request head is over the limit of {limit} bytes"
+
+
+def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.Protocol]:
+    """The protocol class for one server: its connections share ``admission``."""
+
+    class Guarded(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._group = ""
+            self._admitted = False
+            self._head_bytes = 0
+            self._head_count = 0
+            self._reading_head = True
+            self._head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._group = client_group(self.client[0] if self.client else "")
+            refusal = admission.enter(self._group)
+            if refusal:
+                self._answer(503, refusal, retry_after=True)
+                return
+            self._admitted = True
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            if self._admitted:
+                self._admitted = False
+                admission.leave(self._group)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._admitted or self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            if self._reading_head:
+                self._head_bytes += len(data)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._answer(400, _NO_UPGRADES)
+                return
+            except httptools.HttpParserError as exc:
+                cause = exc.__context__
+                if isinstance(cause, _Refuse):
+                    self._answer(cause.status, cause.message)
+                else:
+                    self._answer(400, "malformed HTTP request")
+                return
+            if self._reading_head and self._head_bytes > limits.max_bytes:
+                self._answer(431, _over(limits.max_bytes))
+
+        # -- parser callbacks ---------------------------------------------------------
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._reading_head = True
+            self._head_count = 0
+            if self._head_timer is None:  # a keep-alive connection's next request
+                self._arm_head_timer()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._head_count += 1
+            if self._head_count > limits.max_count:
+                raise _Refuse(431, f"the request has over {limits.max_count} headers")
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._disarm_head_timer()
+            self._reading_head = False
+            size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            if size > limits.max_bytes:
+                raise _Refuse(
+                    431, f"the request head is over the limit of {limits.max_bytes} bytes"
+                )
+            for name, value in self.headers:
+                if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                    raise _Refuse(400, "Transfer-Encoding must be chunked, or absent")
+            if self.parser.should_upgrade():
+                raise _Refuse(400, _NO_UPGRADES)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._head_bytes = 0
+
+        # -- helpers ------------------------------------------------------------------
+
+        def _arm_head_timer(self) -> None:
+            self._head_timer = self.loop.call_later(limits.timeout, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self._head_bytes:
+                self._answer(408, f"request head not received within {limits.timeout:g}s")
+            else:
+                self.transport.close()
+
+        def _answer(self, status: int, message: str, *, retry_after: bool = False) -> None:
+            """Answer ``status`` with the gateway's error body and close (a refusal
+            before the app, or instead of it); while a response is under way (a pipelined
+            request refused), only close."""
+            self._disarm_head_timer()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()
+                return
+            body = error_json(status, message)
+            head = [
+                b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
+                b"content-type: application/json",
+                b"content-length: %d" % len(body),
+                b"x-content-type-options: nosniff",
+                b"connection: close",
+            ]
+            if retry_after:
+                head.append(b"retry-after: 1")
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+            self.transport.close()
+
+    return Guarded
