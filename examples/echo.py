@@ -5,7 +5,7 @@ from typing import Annotated
 import anyio
 from msgspec import Meta
 
-from actorbus import Actor
+from actorbus import Actor, endpoint
 
 
 class Echo(Actor):
@@ -13,10 +13,12 @@ class Echo(Actor):
 
     name = "echo"
 
+    @endpoint(idempotent=True)  # safe to repeat: retried on a lost reply, callable by GET
     def forward(self, message: str = "hello") -> str:
         """Return ``message`` unchanged."""
         return message
 
+    @endpoint(idempotent=True)
     async def add(self, a: float, b: float) -> float:
         """The sum of two numbers."""
         return a + b

@@ -11,7 +11,7 @@ from typing import Annotated
 import anyio
 from msgspec import Meta
 
-from actorbus import Actor
+from actorbus import Actor, endpoint
 
 
 class Llm(Actor):
@@ -19,6 +19,7 @@ class Llm(Actor):
 
     name = "llm"
 
+    @endpoint(idempotent=True)  # callable by GET (curl -N '.../llm/generate?prompt=hi')
     async def generate(
         self, prompt: str, delay: Annotated[float, Meta(ge=0, le=1)] = 0.05
     ) -> AsyncIterator[str]:

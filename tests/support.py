@@ -25,9 +25,11 @@ class Probe(Actor):
         self.runs = 0
         self.ranks: list[int] = []
 
+    @endpoint(idempotent=True)  # callable by GET through the gateway
     def forward(self, message: str = "hello") -> str:
         return message
 
+    @endpoint(idempotent=True)
     async def tokens(self, text: str, fail: bool = False) -> AsyncIterator[str]:
         """The words of ``text``, one chunk each (then a 500, if ``fail``)."""
         for word in text.split():
@@ -35,6 +37,7 @@ class Probe(Actor):
         if fail:
             raise RuntimeError("the secret detail")
 
+    @endpoint(idempotent=True)
     async def add(self, a: int, b: int, *, scale: int = 1) -> int:
         return (a + b) * scale
 

@@ -1,8 +1,10 @@
-"""The gateway's connections, attacked with raw sockets as a web attacker would, against
-`actor up -d`'s gateway (a process of its own): an unfinished header block, too many
-headers, connections that send nothing or drip, idle keep-alives, a connection flood
-from one address, and framing tricks. Each worked before the gateway read its requests
-through its guard (actorbus/actors/gateway/guard.py)."""
+"""The gateway attacked as a web attacker would, against `actor up -d`'s gateway (a process
+of its own). With raw sockets: an unfinished header block, too many headers, connections
+that send nothing or drip, idle keep-alives, a connection flood from one address,
+framing tricks (each worked before the gateway read its requests through its guard,
+actorbus/actors/gateway/guard.py). With httpx, as a web page would: a rebound Host name,
+forms and text bodies, GET of a function with effects, and responses a browser would
+sniff or frame (actorbus/actors/gateway/web.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import httpx
 import pytest
@@ -49,6 +50,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "ACTOR_GATEWAY_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
     }
     with embedded(tmp_path_factory.mktemp("guard"), **limits) as bus:
+        bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
         yield Gateway(bus, port)
 
 
@@ -180,5 +182,81 @@ def test_framing_tricks_are_refused(gateway: Gateway, framing: bytes) -> None:
     assert error_of(response)["code"] == 400
 
 
-def test_the_gateway_serves_on_after_every_attack(gateway: Gateway, tmp_path: Path) -> None:
+def web(gateway: Gateway) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, timeout=10)
+
+
+def test_a_rebound_host_name_is_refused(gateway: Gateway) -> None:
+    """DNS rebinding: a page at evil.example points its name at 127.0.0.1 and calls the
+    gateway as its own origin; the Host header still says evil.example."""
+    with web(gateway) as http:
+        for host in ("evil.example", f"evil.example:{gateway.port}"):
+            refused = http.get("/health", headers={"Host": host})
+            assert refused.status_code == 421 and error_of_response(refused)["code"] == 421
+        refused = http.post("/echo/forward", json={"args": ["x"]}, headers={"Host": "evil.example"})
+        assert refused.status_code == 421
+        for host in (f"localhost:{gateway.port}", f"127.0.0.1:{gateway.port}", "[::1]"):
+            assert http.get("/health", headers={"Host": host}).status_code == 200
+        # No redirect is built from the Host header (it was: /health/ -> evil.example).
+        slash = http.get("/health/", headers={"Host": f"localhost:{gateway.port}"})
+        assert slash.status_code == 404 and "location" not in slash.headers
+
+
+def test_a_web_page_cannot_post_a_call(gateway: Gateway) -> None:
+    """A form or text/plain body (or none) is what a page may send anywhere without a
+    preflight: it is refused before any call, whatever the body says."""
+    body = '{"args": ["csrf"]}'
+    with web(gateway) as http:
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+            refused = http.post("/echo/forward", content=body, headers={"Content-Type": kind})
+            assert refused.status_code == 415, kind
+        assert http.post("/echo/forward").status_code == 415  # no body, no type
+        called = http.post(
+            "/echo/forward", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert (called.status_code, called.json()) == (200, "csrf")
+
+
+def test_get_calls_only_functions_safe_to_repeat(gateway: Gateway) -> None:
+    with web(gateway) as http:
+        refused = http.get("/echo/sleep", params={"seconds": 0})
+        assert refused.status_code == 405 and "idempotent" in error_of_response(refused)["error"]
+        assert http.get("/echo/forward", params={"message": "hi"}).json() == "hi"
+        paths = http.get("/openapi.json").json()["paths"]
+        assert "get" in paths["/echo/forward"] and "get" not in paths["/echo/sleep"]
+
+
+def test_every_response_is_the_gateways(gateway: Gateway) -> None:
+    """nosniff, no framing and a CSP on every response; the pages' CSP names exactly
+    their inline code; Swagger UI is pinned with Subresource Integrity; no banner."""
+    with web(gateway) as http:
+        answers = [
+            http.get("/"),
+            http.get("/docs"),
+            http.get("/openapi.json"),
+            http.get("/echo/forward", params={"message": "<script>"}),
+            http.get("/nope/nope"),
+        ]
+        for response in answers:
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            assert "server" not in response.headers
+        dashboard, docs = answers[0], answers[1]
+        policy = dashboard.headers["content-security-policy"]
+        assert (
+            "'sha256-" in policy
+            and "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+        )
+        assert 'integrity="sha384-' in docs.text and "@5.35.0/" in docs.text
+        assert answers[2].headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def error_of_response(response: httpx.Response) -> dict[str, object]:
+    error: dict[str, object] = response.json()
+    assert set(error) == {"error", "code", "id"} and error["code"] == response.status_code
+    return error
+
+
+def test_the_gateway_serves_on_after_every_attack(gateway: Gateway) -> None:
     assert health(gateway) == 200

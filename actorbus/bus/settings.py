@@ -141,6 +141,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_max_connections_per_ip: int = 256
     """Open connections one client address (an IPv6 /64) may hold (503 and a close beyond).
     Behind a reverse proxy every client has the proxy's address: raise it there."""
+    gateway_hosts: str = ""
+    """Host names a gateway answers to besides ``localhost``, IP addresses and the address
+    it listens on (comma-separated; ``*``: any). Others get 421: a web page that points its
+    own name at this machine (DNS rebinding) cannot call it."""
     gateway_cors: str = ""
     """Origins allowed to call a gateway from a browser (comma-separated; empty: none)."""
     jobs: str = "jobs"

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..bus import BadRequest, Keystore
 from ..bus.subjects import call_subject
-from ..bus.wire import sign_relayed
+from ..bus.wire import JSON, sign_relayed
 from ._common import EXIT_CODES, err, out, settings_of
 
 
@@ -79,7 +79,8 @@ def key_show(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def key_sign(ctx: click.Context, target: str, body: str, key_name: str | None, curl: bool) -> None:
     """The Actor-* headers that sign BODY (sent as is) as a call of NAME/FN, for any HTTP
-    client through the gateway: good for max_skew (30 s) and for one call."""
+    client through the gateway (with the Content-Type it takes): good for max_skew (30 s)
+    and for one call."""
     settings = settings_of(ctx)
     name, _, fn = target.rpartition("/")
     try:
@@ -89,7 +90,7 @@ def key_sign(ctx: click.Context, target: str, body: str, key_name: str | None, c
         err.print(f"[red]error[/red] {exc}")
         ctx.exit(EXIT_CODES[400])
         return
-    headers = sign_relayed(signer, subject, body.encode())
+    headers = {"Content-Type": JSON, **sign_relayed(signer, subject, body.encode())}
     if curl:  # one word per option, no spaces: fit for the shell's $(...)
         click.echo(" ".join(f"-H{k}:{v}" for k, v in headers.items()))
     else:

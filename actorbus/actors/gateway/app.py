@@ -22,12 +22,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...bus import (
     ActorError,
+    BadReply,
     BadRequest,
     Keypair,
     LogThrottle,
@@ -44,6 +45,7 @@ from .context import Context
 from .errors import Refused, error_json, new_error_id
 from .jobs import BodyFn, job_paths, job_routes
 from .sse import sse_response
+from .web import PASSED_STATUSES, WebSafety, page, reply_response
 
 __all__ = ["build_app"]
 
@@ -62,6 +64,11 @@ def _error(status: int, message: str, error_id: str = "", **headers: str) -> Res
         media_type="application/json",
         headers=headers,
     )
+
+
+_GET_ONLY_IDEMPOTENT = (
+    "GET calls only functions marked idempotent (safe to repeat); POST a JSON body to call it"
+)
 
 
 class _Limits:
@@ -174,18 +181,16 @@ def build_app(gateway: Context) -> Starlette:
             return _refusal(exc.code, exc)
         except ActorError as exc:
             return _refusal(exc.status, exc)
+        if reply.meta.status not in PASSED_STATUSES:
+            refused = BadReply(f"{name} answered with status {reply.meta.status}")
+            return _refusal(refused.status, refused)
         # HTTP header values are Latin-1: anything else from an actor is escaped.
         passed = {
             k: printable(v, 512, ascii_only=True)
             for k, v in reply.headers.items()
             if k.lower() in _REPLY_HEADERS
         }
-        return Response(
-            reply.body,
-            status_code=reply.meta.status,
-            media_type=reply.meta.content_type,
-            headers=passed,
-        )
+        return reply_response(reply.meta.status, reply.meta.content_type, reply.body, passed)
 
     async def call(request: Request) -> Response:
         name, fn = request.path_params["name"], request.path_params["fn"]
@@ -194,6 +199,8 @@ def build_app(gateway: Context) -> Starlette:
             if request.method == "POST":
                 return raw
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
+            if schema.get("idempotent") is not True:
+                raise Refused(405, _GET_ONLY_IDEMPOTENT)
             properties = schema.get("params", {}).get("properties", {})
             kwargs = {
                 k: _query_value(v, properties.get(k)) for k, v in request.query_params.items()
@@ -228,8 +235,8 @@ def build_app(gateway: Context) -> Starlette:
         return JSONResponse(await gateway.catalog.overview())
 
     routes = [
-        Route("/", _static("dashboard.html")),
-        Route("/docs", _static("docs.html")),
+        Route("/", page("dashboard.html")),
+        Route("/docs", page("docs.html", external="https://cdn.jsdelivr.net")),
         Route("/health", health),
         Route("/openapi.json", openapi_json),
         Route("/api/v0/actors", actors),
@@ -254,7 +261,12 @@ def build_app(gateway: Context) -> Starlette:
                 expose_headers=list(_REPLY_HEADERS),
             ),
         )
-    return Starlette(routes=routes, middleware=middleware)
+    middleware.insert(
+        0, Middleware(WebSafety, hosts=settings.gateway_hosts, bound=settings.gateway_host)
+    )
+    app = Starlette(routes=routes, middleware=middleware)
+    app.router.redirect_slashes = False  # a redirect would be built from the Host header
+    return app
 
 
 _NOT_TEXT = frozenset({"integer", "number", "boolean", "array", "object"})
@@ -269,12 +281,3 @@ def _query_value(text: str, schema: Any) -> Any:
         if "string" in types and not types & _NOT_TEXT:
             return text
     return loose_value(text)
-
-
-def _static(filename: str) -> Any:
-    text = (_HERE / filename).read_text()
-
-    async def serve(request: Request) -> HTMLResponse:
-        return HTMLResponse(text)
-
-    return serve

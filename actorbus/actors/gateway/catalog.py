@@ -27,8 +27,11 @@ _STATUSES = {
     "401": "missing or bad signature, token or commune signature",
     "403": "denied by policy",
     "404": "no such function",
-    "408": "the handler passed its deadline",
+    "405": "a GET of a function not marked idempotent (POST it)",
+    "408": "the handler passed its deadline, or the request was not received in time",
     "413": "body over the limit",
+    "415": "a POST body that is not application/json or application/msgpack",
+    "421": "a Host name this gateway is not served under",
     "429": "quota exhausted: wait Retry-After seconds",
     "431": "request headers over the limit",
     "500": "the handler raised (see the error id in the actor's log)",
@@ -219,12 +222,12 @@ def openapi(
                 },
             }
             # The keyword form, which a schema can state exactly; positional "args" are
-            # accepted too (the info description says so).
-            needs_body = bool(params.get("required"))
+            # accepted too (the info description says so). A POST always has a JSON body
+            # (`{}` for no arguments): what a web page cannot send without asking.
             body_schema = {
                 "type": "object",
                 "properties": {"kwargs": params},
-                "required": ["kwargs"] if needs_body else [],
+                "required": ["kwargs"] if params.get("required") else [],
                 "additionalProperties": False,
             }
             path: dict[str, Any] = {
@@ -232,13 +235,13 @@ def openapi(
                     **operation,
                     "operationId": f"{actor}.{fn}",
                     "requestBody": {
-                        "required": needs_body,
+                        "required": True,
                         "content": {"application/json": {"schema": body_schema}},
                     },
                 }
             }
             properties = params.get("properties", {}) if isinstance(params, dict) else {}
-            if all(_scalar(p) for p in properties.values()):
+            if schema.get("idempotent") is True and all(_scalar(p) for p in properties.values()):
                 required = set(params.get("required", []))
                 path["get"] = {
                     **operation,

@@ -4,7 +4,7 @@
 |---|---|
 | ``POST /api/v0/job`` ``{"work", "slices", "options", "ttl"}`` | ``submit`` (answer: the job id) |
 | ``POST /api/v0/job/{id}/slices`` ``{"slices": [...]}`` | ``add_slices`` (``[first, last]``) |
-| ``POST /api/v0/job/{id}/close`` | ``close`` |
+| ``POST /api/v0/job/{id}/close`` ``{}`` | ``close`` |
 | ``GET /api/v0/job/{id}/status`` | ``status`` |
 | ``GET /api/v0/job/{id}/result?range=1-10&range=33-35&page=0`` | ``results`` |
 | ``DELETE /api/v0/job/{id}`` | ``cancel`` |
@@ -197,7 +197,12 @@ def job_paths() -> dict[str, Any]:
             )
         },
         "/api/v0/job/{id}/close": {
-            "post": op("No more slices", "jobs.api.close", parameters=[job_id])
+            "post": op(
+                "No more slices",
+                "jobs.api.close",
+                parameters=[job_id],
+                **json_body({"type": "object", "maxProperties": 0}),
+            )
         },
         "/api/v0/job/{id}/status": {
             "get": op("A job's status", "jobs.api.status", parameters=[job_id])
