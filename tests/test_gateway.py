@@ -23,7 +23,14 @@ from actorbus import Actor, Client, Keypair, Settings, serve
 from actorbus.actors.gateway import Gateway
 from actorbus.actors.jobs import Jobs
 from actorbus.actors.policy import Policy
-from actorbus.bus import connect, relay_reply, sign_relayed, sign_request, verify_reply
+from actorbus.bus import (
+    connect,
+    relay_reply,
+    sign_relayed,
+    sign_reply,
+    sign_request,
+    verify_reply,
+)
 from actorbus.bus.subjects import call_subject
 from actorbus.cli import main
 
@@ -291,6 +298,44 @@ async def test_each_status_arrives_one_to_one(settings: Settings, name: str) -> 
             timed_out = await post(f"/{silent}/forward", json={})
             assert timed_out.status_code == 504, timed_out.text
             assert error_of(timed_out)["code"] == 504
+
+
+async def test_an_actor_cannot_shape_the_http_response(settings: Settings, name: str) -> None:
+    """A rogue actor (its own key, its replies signed) answers with a page of script, or
+    with an interim 1xx status: the gateway serves neither as such. (The rogue answers
+    `slow` at once, while the probe's replica is still sleeping.)"""
+    async with stack(settings, name) as s, connect(settings.url) as nc:
+        await s.open_to("public")
+        key = s.actors[1].client.key  # the probe's own: its replies verify
+        page = b"<script>alert(document.cookie)</script>"
+
+        async def rogue(status: int, kind: str) -> httpx.Response:
+            sub = await nc.subscribe(f"actor.{name}.slow")
+            await nc.flush()
+            try:
+                call = anyio.create_task_group()
+                async with call:
+                    answers: list[httpx.Response] = []
+
+                    async def post() -> None:
+                        answers.append(await s.http.post(f"/{name}/slow", json={"args": [2]}))
+
+                    call.start_soon(post)
+                    msg = await sub.next_msg(timeout=5)
+                    nonce = (msg.headers or {}).get("Actor-Nonce", "")
+                    headers = sign_reply(key, nonce, status, page, content_type=kind)
+                    await nc.publish(msg.reply, page, headers=headers)
+                return answers[0]
+            finally:
+                await sub.unsubscribe()
+
+        served = await rogue(200, "text/html")
+        assert served.status_code == 200 and served.content == page
+        assert served.headers["content-type"] == "application/octet-stream"
+        assert served.headers["content-disposition"] == "attachment"
+        assert served.headers["x-content-type-options"] == "nosniff"
+        interim = await rogue(101, "application/json")
+        assert interim.status_code == 502 and "status 101" in error_of(interim)["error"]
 
 
 async def test_a_reply_that_does_not_verify_is_502(settings: Settings, name: str) -> None:
