@@ -258,5 +258,34 @@ def error_of_response(response: httpx.Response) -> dict[str, object]:
     return error
 
 
+def test_deep_nesting_is_a_400_and_no_traceback(gateway: Gateway) -> None:
+    """Before: a RecursionError, a 500 text/plain and ~5 KB of traceback into the logs
+    per 1.2 KB request."""
+    log = gateway.bus.settings.home / "node.log"
+    before = log.read_text()
+    deep = "[" * 5000 + "]" * 5000
+    with web(gateway) as http:
+        answers = [
+            http.get("/echo/add", params={"a": "[" * 2000 + "]" * 2000, "b": 1}),
+            http.post("/echo/forward", json={"data": deep, "signature": "00", "address": "x"}),
+            http.post(
+                "/echo/forward",
+                content='{"data": ' + deep + ', "signature": "00", "address": "x"}',
+                headers={"Content-Type": "application/json"},
+            ),
+            http.post(
+                "/api/v0/job",
+                content='{"work": "echo/add", "slices": ' + deep + "}",
+                headers={"Content-Type": "application/json"},
+            ),
+        ]
+        for response in answers:
+            assert response.status_code == 400, response.text[:200]
+            assert "nests deeper" in str(error_of_response(response)["error"])
+        assert http.get("/echo/add", params={"a": 1, "b": 2}).json() == 3
+    time.sleep(0.5)  # what the gateway logged has reached the node's log
+    assert "Traceback" not in log.read_text()[len(before) :]
+
+
 def test_the_gateway_serves_on_after_every_attack(gateway: Gateway) -> None:
     assert health(gateway) == 200

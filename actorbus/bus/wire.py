@@ -27,6 +27,7 @@ from .subjects import RELAY_PREFIX
 __all__ = [
     "DELEGATION_HEADER",
     "JSON",
+    "MAX_NESTING",
     "MSGPACK",
     "PROTOCOL_VERSION",
     "UNDECODABLE",
@@ -39,6 +40,7 @@ __all__ = [
     "RequestMeta",
     "Seal",
     "announcement_signing_bytes",
+    "check_nesting",
     "codec_for",
     "decode_error",
     "end_signing_bytes",
@@ -63,6 +65,12 @@ PROTOCOL_VERSION: Final = "actorbus/2"
 UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
 """What decoding bytes from the bus may raise: msgspec recurses, so a value nested past
 Python's recursion limit raises :class:`RecursionError`, not a decode error."""
+MAX_NESTING: Final = 64
+"""Levels of arrays and objects JSON text may nest where it is checked before parsing."""
+_JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+_RUNS = re.compile(rb"[\[{]+|[\]}]+")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 H_KEY: Final = "Actor-Key"
 H_TIME: Final = "Actor-Time"
@@ -184,6 +192,22 @@ def codec_for(content_type: str | None) -> Codec:
     if content_type == MSGPACK:
         return _CODECS[MSGPACK]
     raise BadRequest(f"unsupported Content-Type {excerpt(content_type)}: use {JSON} or {MSGPACK}")
+
+
+def check_nesting(text: bytes | str, limit: int = MAX_NESTING) -> None:
+    """Refuse JSON ``text`` nested deeper than ``limit`` (:class:`BadRequest`), before a
+    parser recurses into it. Strings are dropped, then the innermost pairs of brackets
+    (the deepest pair is always one: one level less), then the depth is counted over
+    runs of brackets, never one Python step per byte. Malformed text is left to the
+    parser to refuse."""
+    raw = text.encode() if isinstance(text, str) else text
+    brackets = _JSON_STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    inner = _INNERMOST.sub(b"", brackets)
+    depth = 1 if len(inner) < len(brackets) else 0
+    for run in _RUNS.findall(inner):
+        depth += len(run) if run[0] in b"[{" else -len(run)
+        if depth > limit:
+            raise BadRequest(f"a value nests deeper than {limit} levels")
 
 
 def decode_error(exc: msgspec.DecodeError) -> str:

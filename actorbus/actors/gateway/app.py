@@ -37,12 +37,13 @@ from ...bus import (
     printable,
 )
 from ...bus.subjects import check_fn, check_name
+from ...bus.wire import check_nesting
 from ...client.answers import advertised_timeout
 from ...client.client import loose_value
 from ...client.streams import read_stream
 from .catalog import openapi
 from .context import Context
-from .errors import Refused, error_json, new_error_id
+from .errors import ErrorShape, Refused, error_json, new_error_id
 from .jobs import BodyFn, job_paths, job_routes
 from .sse import sse_response
 from .web import PASSED_STATUSES, WebSafety, page, reply_response
@@ -261,6 +262,7 @@ def build_app(gateway: Context) -> Starlette:
                 expose_headers=list(_REPLY_HEADERS),
             ),
         )
+    middleware.insert(0, Middleware(ErrorShape))
     middleware.insert(
         0, Middleware(WebSafety, hosts=settings.gateway_hosts, bound=settings.gateway_host)
     )
@@ -280,4 +282,5 @@ def _query_value(text: str, schema: Any) -> Any:
         types = {o.get("type") for o in options}
         if "string" in types and not types & _NOT_TEXT:
             return text
+    check_nesting(text)
     return loose_value(text)

@@ -38,6 +38,7 @@ from ...bus.wire import (
     H_TIMEOUT,
     JSON,
     MSGPACK,
+    check_nesting,
     relay_reply,
     request_headers,
     request_nonce,
@@ -167,10 +168,12 @@ class Identities:
 
     def _commune(self, raw: bytes) -> tuple[bytes, str]:
         """Check a commune body; returns our body and the address it was signed by."""
+        check_nesting(raw)
         try:
             envelope = json.loads(raw)
             data, signature, address = envelope["data"], envelope["signature"], envelope["address"]
             message = data if isinstance(data, str) else json.dumps(data)  # as commune signs
+            check_nesting(message)
             decoded = json.loads(message)
             sig = bytes.fromhex(signature.removeprefix("0x"))
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ...bus import BadRequest, Keypair
-from ...bus.wire import decode_error
+from ...bus.wire import check_nesting, decode_error
 from ...client.jobs import DEFAULT_JOB_TTL
 from .context import Context
 
@@ -60,6 +60,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
+    check_nesting(raw)
     try:
         return decoder.decode(raw)
     except msgspec.DecodeError as exc:
