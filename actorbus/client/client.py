@@ -44,6 +44,7 @@ from ..bus import (
 )
 from ..bus.connection import HeadersFor
 from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
+from ..bus.lru import LRU
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject
@@ -57,6 +58,9 @@ from .streams import read_stream
 __all__ = ["ActorProxy", "Client", "loose_value"]
 
 _KNOWN_SECONDS = 10.0
+_NAMES_KEPT = 1024
+"""Actors a client keeps what it learned of (lookups, sessions): past that, the least
+recently called is asked again."""
 _DEGRADED_SECONDS = 5.0
 _ATTEMPTS = 3
 """Attempts of an idempotent call within its deadline (after 503, 504 or a lost request)."""
@@ -113,14 +117,14 @@ class Client:
         self._nc = nc
         self.session = session
         self.session_ttl = session_ttl
-        self._sessions: dict[str, _Session | float] = {}
+        self._sessions: LRU[str, _Session | float] = LRU(_NAMES_KEPT)
         """Per actor: the session, or until when it takes no sessions (monotonic)."""
-        self._opening: dict[str, anyio.Lock] = {}
+        self._opening: LRU[str, anyio.Lock] = LRU(_NAMES_KEPT)
         self._stack = AsyncExitStack()
         self._registry: Registry | None = None
         self.vouching = Vouching(self.settings)
         """Which registry entries (and ``$SRV.INFO`` answers) this client counts."""
-        self._known: dict[str, Known] = {}
+        self._known: LRU[str, Known] = LRU(_NAMES_KEPT)
         self._degraded_until = 0.0
         """While the registry is unreadable: when to try it again."""
         self._registry_denied = False
@@ -404,7 +408,7 @@ class Client:
     def forget_session(self, name: str) -> None:
         """Drop the session with ``name`` (refused: expired, or the actor's key changed);
         the next call opens another."""
-        self._sessions.pop(name, None)
+        self._sessions.pop(name)
 
     async def _signed(self, name: str, fn: str, args: list[Any], timeout: float | None) -> Any:
         """The result of one signed call of ``name``'s ``fn``, not retried."""

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from typing import Any
 
 import msgspec
 
 from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
 from ...bus.connection import HeadersFor
+from ...bus.lru import LRU
 from ...bus.sessions import session_seal
 from ...bus.subjects import call_subject
 from ...bus.wire import (
@@ -71,7 +71,7 @@ class Identities:
     def __init__(self, key: Keypair, max_skew: float) -> None:
         self.key = key
         self.max_skew = max_skew
-        self._token_keys: OrderedDict[str, Keypair] = OrderedDict()
+        self._token_keys: LRU[str, Keypair] = LRU(_KEY_CACHE)
         self._seen: dict[str, float] = {}
 
     def outgoing(
@@ -155,15 +155,11 @@ class Identities:
     def _token_key(self, token: str, policy: PolicyState) -> Keypair:
         digest = token_id(token)
         if digest not in policy.tokens:
-            self._token_keys.pop(digest, None)
+            self._token_keys.pop(digest)
             raise Unauthorized("unknown or revoked token")
         key = self._token_keys.get(digest)
         if key is None:
             key = self._token_keys[digest] = token_keypair(token)
-            if len(self._token_keys) > _KEY_CACHE:
-                self._token_keys.popitem(last=False)
-        else:
-            self._token_keys.move_to_end(digest)
         return key
 
     def _commune(self, raw: bytes) -> tuple[bytes, str]:
