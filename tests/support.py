@@ -38,6 +38,12 @@ class Probe(Actor):
             raise RuntimeError("the secret detail")
 
     @endpoint(idempotent=True)
+    async def endless(self, size: int) -> AsyncIterator[str]:
+        """Chunks of ``size`` characters, until the caller stops the stream."""
+        while True:
+            yield "x" * size
+
+    @endpoint(idempotent=True)
     async def add(self, a: int, b: int, *, scale: int = 1) -> int:
         return (a + b) * scale
 

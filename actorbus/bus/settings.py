@@ -141,6 +141,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_max_connections_per_ip: int = 256
     """Open connections one client address (an IPv6 /64) may hold (503 and a close beyond).
     Behind a reverse proxy every client has the proxy's address: raise it there."""
+    gateway_client_concurrency: int = 32
+    """Requests one web client may have open at a gateway replica, server-sent event
+    streams included (429 beyond). A client: a token, a commune address, an end-to-end key
+    at its address, or an anonymous address."""
+    gateway_client_rate: float = 200.0
+    """Requests a second one web client may make of a gateway replica, in bursts of up to
+    two seconds' worth (429 beyond)."""
+    gateway_stall_timeout: float = 30.0
+    """Seconds a response may wait on a web caller that stopped reading (a server-sent
+    events stream is then ended and its connection closed)."""
     gateway_hosts: str = ""
     """Host names a gateway answers to besides ``localhost``, IP addresses and the address
     it listens on (comma-separated; ``*``: any). Others get 421: a web page that points its

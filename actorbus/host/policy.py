@@ -103,6 +103,8 @@ class PolicyState:
         """Keys trusted to call on behalf of others (a gateway's)."""
         self.hosts: set[str] = set()
         """Keys that may let replicas serve a name (besides admins)."""
+        self.revoked: set[str] = set()
+        """Keys of revoked tokens: they may call nothing, and their jobs stop."""
         self.names: dict[str, list[str]] = {}
         """Per actor name, the addresses that may serve it."""
         self.config = PolicyConfig()
@@ -150,6 +152,11 @@ class PolicyState:
                     self.hosts.discard(subject)
                 else:
                     self.hosts.add(subject)
+            elif kind == "revoked":
+                if value is None:
+                    self.revoked.discard(subject)
+                else:
+                    self.revoked.add(subject)
             elif kind == "name":
                 if value is None:
                     self.names.pop(subject, None)
@@ -221,6 +228,8 @@ class PolicyState:
         deny: frozenset[str],
         forwarded: bool,
     ) -> Decision:
+        if key in self.revoked:
+            return Decision(False, PUBLIC, "this key's token was revoked: it may call nothing")
         if key in self.admins and not forwarded:
             return Decision(True, "admin", "admins may call everything")
         role_name = self.role_of(key)

@@ -26,6 +26,7 @@ from ...host.replica import VERSION
 from .app import build_app
 from .catalog import Catalog
 from .context import Context
+from .fairness import Fairness
 from .guard import Admission, HeadLimits, guarded_protocol
 from .identity import Identities
 
@@ -89,6 +90,9 @@ class Gateway(Actor):
                         client=self.client,
                         identities=self.identities,
                         catalog=self.catalog,
+                        fairness=Fairness(
+                            settings.gateway_client_concurrency, settings.gateway_client_rate
+                        ),
                         policy=lambda: self.policy_state,
                         max_body=self.max_body,
                         version=self.version,
@@ -102,7 +106,7 @@ class Gateway(Actor):
                         timeout=settings.gateway_header_timeout,
                     ),
                 ),
-                log_level="warning",
+                log_level="critical",  # the gateway logs its own errors (throttled)
                 access_log=False,
                 server_header=False,
                 lifespan="off",

@@ -33,6 +33,7 @@ from ...bus import (
     Keypair,
     LogThrottle,
     PayloadTooLarge,
+    RateLimited,
     Unavailable,
     printable,
 )
@@ -44,6 +45,7 @@ from ...client.streams import read_stream
 from .catalog import openapi
 from .context import Context
 from .errors import ErrorShape, Refused, error_json, new_error_id
+from .guard import client_group
 from .jobs import BodyFn, job_paths, job_routes
 from .sse import sse_response
 from .web import PASSED_STATUSES, WebSafety, page, reply_response
@@ -137,47 +139,39 @@ def build_app(gateway: Context) -> Starlette:
                     raise BadRequest("a call you sign is a POST of the body you signed")
             else:
                 raw = await read_body(request)
-            signer = gateway.identities.signer(headers, raw, gateway.policy())
+            address = client_group(request.client.host if request.client else "")
+            signer = gateway.identities.signer(headers, raw, gateway.policy(), address)
             body = await make_body(raw, signer)
             timeout = settings.gateway_timeout
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
-            # The gateway's own calls go in its session with the actor (streams stay signed).
-            own = signer is gateway.key and not schema.get("stream")
-            session = await gateway.client.session_with(name, timeout) if own else None
             outgoing = gateway.identities.outgoing(
-                name,
-                fn,
-                headers,
-                body,
-                gateway.policy(),
-                advertised_timeout(timeout),
-                (session.ticket, session.key) if session else None,
+                name, fn, headers, body, gateway.policy(), advertised_timeout(timeout), address
             )
-            if schema.get("stream"):
-                chunks = read_stream(
-                    gateway.client.nc,
-                    gateway.client.signs_for,
-                    name,
-                    fn,
-                    outgoing.body,
-                    outgoing.headers,
-                    steer=signer or gateway.identities.key,  # the gateway, relaying
-                    window=_STREAM_WINDOW,
-                    timeout=timeout,
-                    reply=outgoing.reply,
+            leave = gateway.fairness.enter(outgoing.who)
+            streaming = False
+            try:
+                if schema.get("stream"):
+                    chunks = read_stream(
+                        gateway.client.nc,
+                        gateway.client.signs_for,
+                        name,
+                        fn,
+                        outgoing.body,
+                        outgoing.headers,
+                        steer=signer or gateway.identities.key,  # the gateway, relaying
+                        window=_STREAM_WINDOW,
+                        timeout=timeout,
+                        reply=outgoing.reply,
+                    )
+                    streamed = await sse_response(chunks, settings.gateway_stall_timeout, leave)
+                    streaming = True  # the stream ends its share when it ends
+                    return streamed
+                reply = await gateway.client.send(
+                    name, fn, outgoing.body, outgoing.headers, timeout, reply=outgoing.reply
                 )
-                return await sse_response(chunks)
-            reply = await gateway.client.send(
-                name,
-                fn,
-                outgoing.body,
-                outgoing.headers,
-                timeout,
-                session_key=outgoing.session_key,
-                reply=outgoing.reply,
-            )
-            if reply.meta.status == 401 and outgoing.session_key is not None:
-                gateway.client.forget_session(name)  # expired or no longer derivable
+            finally:
+                if not streaming:
+                    leave()
         except Refused as exc:
             return _refusal(exc.code, exc)
         except ActorError as exc:
@@ -221,6 +215,8 @@ def build_app(gateway: Context) -> Starlette:
             error_id,
         )
         headers = {"Retry-After": "1"} if status == Unavailable.status else {}
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": f"{exc.retry_after:g}"}
         return _error(status, exc.message, error_id, **headers)
 
     async def health(request: Request) -> JSONResponse:

@@ -15,6 +15,7 @@ from ...bus.settings import Settings
 from ...client import Client
 from ...host.policy import PolicyState
 from .catalog import Catalog
+from .fairness import Fairness
 from .identity import Identities
 
 __all__ = ["Context"]
@@ -27,6 +28,7 @@ class Context:
     """The gateway's own client: its key signs anonymous calls, in sessions."""
     identities: Identities
     catalog: Catalog
+    fairness: Fairness
     policy: Callable[[], PolicyState]
     """The policy as the replica holds it now."""
     max_body: int

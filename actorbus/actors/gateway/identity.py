@@ -11,12 +11,20 @@
    over ``data`` (``{"args", "kwargs", "timestamp"}``) is checked here, with its freshness
    and replay; the gateway then calls *on behalf of* that address, which actors accept
    because the policy lists the gateway's key as a forwarder.
-4. **Anonymous**: signed with the gateway's own key (role ``public`` unless an admin says
-   otherwise).
+4. **Anonymous**: signed with a key of the caller's address (an IPv6 /64 counts as one),
+   derived from the gateway's seed (``HMAC-SHA256(seed, "actorbus/2\nanonymous\n<address>")``,
+   the same on every replica): role ``public``, with a quota, jobs and sessions of its own,
+   so one web client neither spends another's quota nor sees its jobs.
+
+Each request is also counted as one client for the gateway's fair share
+(:mod:`.fairness`): a token's key, a commune address, an end-to-end key at its address,
+or an anonymous address.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
@@ -26,7 +34,6 @@ import msgspec
 from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
 from ...bus.connection import HeadersFor
 from ...bus.lru import LRU
-from ...bus.sessions import session_seal
 from ...bus.subjects import call_subject
 from ...bus.wire import (
     H_CONTENT_TYPE,
@@ -59,10 +66,10 @@ class Outgoing(msgspec.Struct):
     mode: str
     body: bytes
     headers: HeadersFor
+    who: str
+    """The client it counts as for the gateway's fair share."""
     reply: str = ""
     """Its reply subject, when the caller signed for one (end to end: a relay's)."""
-    session_key: bytes | None = None
-    """Set when the gateway's own key made the request in its session with the actor."""
 
 
 class Identities:
@@ -72,7 +79,17 @@ class Identities:
         self.key = key
         self.max_skew = max_skew
         self._token_keys: LRU[str, Keypair] = LRU(_KEY_CACHE)
+        self._anonymous: LRU[str, Keypair] = LRU(_KEY_CACHE)
         self._seen: dict[str, float] = {}
+
+    def anonymous(self, address: str) -> Keypair:
+        """The key anonymous calls from client ``address`` are signed with."""
+        key = self._anonymous.get(address)
+        if key is None:
+            label = f"actorbus/2\nanonymous\n{address}".encode()
+            seed = hmac.new(self.key.seed, label, hashlib.sha256).digest()
+            key = self._anonymous[address] = Keypair(seed)
+        return key
 
     def outgoing(
         self,
@@ -82,16 +99,13 @@ class Identities:
         body: bytes,
         policy: PolicyState,
         timeout: float,
-        session: tuple[str, bytes] | None = None,
+        address: str,
     ) -> Outgoing:
         """The NATS request for a call of ``name/fn`` with HTTP ``headers`` (lower-case
-        names) and ``body``; what the gateway's own key sends (anonymous and commune calls)
-        goes in its ``session`` (ticket, key) with the actor, if it has one. Raises
-        :class:`Unauthorized` for a bad token or commune signature, :class:`BadRequest`
-        for a malformed commune body."""
+        names) and ``body`` from client ``address``. Raises :class:`Unauthorized` for a
+        bad token or commune signature, :class:`BadRequest` for a malformed commune body."""
         subject = call_subject(name, fn)
-        # MessagePack when the request says so; anything else (curl's form type, a
-        # charset parameter) is taken as JSON, in every mode.
+        # MessagePack when the request says so, else JSON (the gateway takes no other).
         msgpack = headers.get("content-type", "").startswith(MSGPACK)
         wire_type = MSGPACK if msgpack else JSON
         if "actor-signature" in headers or "actor-key" in headers:
@@ -101,56 +115,53 @@ class Identities:
             nonce = request_nonce(forwarded)
             if not nonce:
                 raise Unauthorized(f"missing or malformed header {H_NONCE}")
-            return Outgoing("end-to-end", body, lambda _: forwarded, relay_reply(nonce))
-        authorization = headers.get("authorization", "")
-        if authorization:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer":
-                raise Unauthorized("Authorization must be 'Bearer <token>'")
-            signer = self._token_key(token.strip(), policy)
-
-            def signed(reply: str) -> dict[str, str]:
-                return sign_request(
-                    signer, subject, reply, body, content_type=wire_type, timeout=timeout
-                )
-
-            return Outgoing("token", body, signed)
-        on_behalf = ""
+            who = f"{forwarded.get(H_KEY, '')[:64]}@{address}"  # claimed: counted per address
+            return Outgoing("end-to-end", body, lambda _: forwarded, who, relay_reply(nonce))
         if _commune_like(headers, body):
             body, on_behalf = self._commune(body)
-            wire_type = JSON
-        seal, session_key = signature_seal(self.key), None
-        if session is not None:
-            ticket, session_key = session
-            seal = session_seal(session_key, ticket)
-        caller = self.key.address
+            caller = self.key.address
+            seal = signature_seal(self.key)
 
-        def made(reply: str) -> dict[str, str]:
-            return request_headers(
-                caller,
-                subject,
-                reply,
-                body,
-                seal,
-                content_type=wire_type,
-                timeout=timeout,
-                on_behalf=on_behalf,
+            def forwarded_for(reply: str) -> dict[str, str]:
+                return request_headers(
+                    caller,
+                    subject,
+                    reply,
+                    body,
+                    seal,
+                    content_type=JSON,
+                    timeout=timeout,
+                    on_behalf=on_behalf,
+                )
+
+            return Outgoing("commune", body, forwarded_for, on_behalf)
+        signer = self.signer(headers, body, policy, address)
+        assert signer is not None  # neither end to end nor commune
+
+        def signed(reply: str) -> dict[str, str]:
+            return sign_request(
+                signer, subject, reply, body, content_type=wire_type, timeout=timeout
             )
 
-        mode = "commune" if on_behalf else "anonymous"
-        return Outgoing(mode, body, made, session_key=session_key)
+        mode = "token" if headers.get("authorization") else "anonymous"
+        return Outgoing(mode, body, signed, signer.address)
 
-    def signer(self, headers: dict[str, str], body: bytes, policy: PolicyState) -> Keypair | None:
-        """The key :meth:`outgoing` will sign a request with as its caller (a token's, or
-        the gateway's own for an anonymous call); ``None`` when the caller signs (end to
-        end) or the gateway signs only as a forwarder (a commune body)."""
+    def signer(
+        self, headers: dict[str, str], body: bytes, policy: PolicyState, address: str
+    ) -> Keypair | None:
+        """The key :meth:`outgoing` will sign a request from client ``address`` with as its
+        caller (a token's, or the address's anonymous key); ``None`` when the caller signs
+        (end to end) or the gateway signs only as a forwarder (a commune body). Raises
+        :class:`Unauthorized` for a bad or revoked token."""
         if "actor-signature" in headers or "actor-key" in headers:
             return None
         authorization = headers.get("authorization", "")
         if authorization:
             scheme, _, token = authorization.partition(" ")
-            return self._token_key(token.strip(), policy) if scheme.lower() == "bearer" else None
-        return None if _commune_like(headers, body) else self.key
+            if scheme.lower() != "bearer":
+                raise Unauthorized("Authorization must be 'Bearer <token>'")
+            return self._token_key(token.strip(), policy)
+        return None if _commune_like(headers, body) else self.anonymous(address)
 
     def _token_key(self, token: str, policy: PolicyState) -> Keypair:
         digest = token_id(token)

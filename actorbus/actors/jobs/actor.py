@@ -68,7 +68,21 @@ class Jobs(Actor):
         self._runner = Runner(self._store, self.client, self.client.key, self.nc, self.settings)
 
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        await self._runner.run(task_status=task_status)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._stop_revoked_jobs)
+            await self._runner.run(task_status=task_status)
+            tg.cancel_scope.cancel()
+
+    async def _stop_revoked_jobs(self) -> None:
+        """Cancel, each second, the active jobs whose owner's token was revoked (its
+        slices would be refused anyway: none is left queued)."""
+        while True:
+            await anyio.sleep(1.0)
+            policy = self.__actorbus_policy__
+            revoked = policy.state.revoked if policy is not None else set()
+            for record in list(self._runner.records.values()):
+                if record.state in ACTIVE and record.owner in revoked:
+                    await self._stop(record)
 
     # -- the API -------------------------------------------------------------------------
 
@@ -162,7 +176,10 @@ class Jobs(Actor):
 
     async def cancel(self, job: str) -> JobStatus:
         """Stop the job: no slice starts any more, running ones are abandoned."""
-        record = await self._owned(job)
+        return await self._status(await self._stop(await self._owned(job)))
+
+    async def _stop(self, record: JobRecord) -> JobRecord:
+        """Cancel ``record``'s job (if still active) and drop its queued slices."""
 
         def cancel(r: JobRecord) -> JobRecord | None:
             if r.state not in ACTIVE:
@@ -172,7 +189,7 @@ class Jobs(Actor):
         record = await self._store.change(record.id, cancel)
         if record.state == "cancelled":
             await self._store.drop_work(record.id)
-        return await self._status(record)
+        return record
 
     @endpoint(idempotent=True)
     async def jobs(self) -> list[JobStatus]:

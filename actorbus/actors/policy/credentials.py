@@ -55,8 +55,9 @@ class Credentials(PolicyStore):
         ]
 
     async def revoke_token(self, name: str) -> dict[str, str]:
-        """Stop token ``name``: the gateway refuses it at once, and its key loses its role
-        and stake (so the holder cannot go on signing with it directly either)."""
+        """Stop token ``name``: the gateway refuses it at once, its key loses its role and
+        stake and may call nothing (the holder cannot go on signing with it directly
+        either), and its jobs stop."""
         who = self._require_admin()
         found = [(h, t) for h, t in self.state.tokens.items() if t.name == name]
         if not found:
@@ -64,6 +65,13 @@ class Credentials(PolicyStore):
         for digest, info in found:
             await self._write(
                 "token." + digest, None, who=who, what="revoke_token", args={"name": name}
+            )
+            await self._write(
+                "revoked." + info.address,
+                b"1",
+                who=who,
+                what="revoke_token",
+                args={"name": name, "key": info.address},
             )
             for entry in ("user.", "stake."):
                 await self._write(

@@ -1,0 +1,67 @@
+"""Each web client's share of a gateway replica: at most ``gateway_client_concurrency``
+requests at once (a server-sent events stream holds its place until it ends) and
+``gateway_client_rate`` requests a second, in bursts of up to two seconds' worth; beyond
+either, 429 with ``Retry-After``. So no client takes the whole gateway, whatever it
+holds open; the gateway's own cap (``gateway_max_concurrency``) is what all share.
+
+A client is what :class:`~.identity.Outgoing` counts it as: a token's key, a commune
+address, an end-to-end key at its address, or an anonymous address.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from ...bus import RateLimited
+from ...bus.lru import LRU
+
+__all__ = ["Fairness"]
+
+_CLIENTS_KEPT = 65536
+"""Clients whose rate is remembered (the least recent forgotten: a fresh full bucket)."""
+
+
+class Fairness:
+    """The shares of one gateway replica."""
+
+    def __init__(self, concurrency: int, rate: float) -> None:
+        self.concurrency = concurrency
+        self.rate = rate
+        self.burst = max(1.0, 2.0 * rate)
+        self._active: dict[str, int] = {}
+        self._buckets: LRU[str, tuple[float, float]] = LRU(_CLIENTS_KEPT)
+        """Per client: (tokens, when counted)."""
+
+    def enter(self, who: str) -> Callable[[], None]:
+        """Count a request of ``who``; returns what ends it (call it once). Raises
+        :class:`RateLimited` if ``who`` is over its share."""
+        held = self._active.get(who, 0)
+        if held >= self.concurrency:
+            raise RateLimited(
+                f"you have {held} requests open at this gateway: at most {self.concurrency}"
+            )
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(who) or (self.burst, now)
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens < 1.0:
+            wait = (1.0 - tokens) / self.rate
+            raise RateLimited(
+                f"over {self.rate:g} requests a second at this gateway",
+                retry_after=math.ceil(wait * 10) / 10,
+            )
+        self._buckets[who] = (tokens - 1.0, now)
+        self._active[who] = held + 1
+        done = False
+
+        def leave() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            left = self._active.pop(who) - 1
+            if left:
+                self._active[who] = left
+
+        return leave
