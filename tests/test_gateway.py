@@ -360,9 +360,11 @@ async def test_a_token_has_its_own_quota(settings: Settings, name: str) -> None:
 
 
 def commune_body(
-    key: Keypair, args: list[Any], *, age: float = 0.0, wrap: bool = False
+    key: Keypair, target: str, args: list[Any], *, age: float = 0.0, wrap: bool = False
 ) -> dict[str, Any]:
-    data = json.dumps({"args": args, "kwargs": {}, "timestamp": time.time() - age})
+    data = json.dumps(
+        {"target": target, "args": args, "kwargs": {}, "timestamp": time.time() - age}
+    )
     signed = f"<Bytes>{data}</Bytes>" if wrap else data
     return {"data": data, "signature": key.sign(signed.encode()).hex(), "address": key.address}
 
@@ -371,26 +373,64 @@ async def test_commune_bodies_call_as_their_signer(settings: Settings, name: str
     async with stack(settings, name) as s:
         caller = Keypair.generate()
         await s.policy("add_user", caller.address, "user")
-        body = commune_body(caller, [])
-        refused = await s.http.post(f"/{name}/whoami", json=body)
+        whoami, forward = f"{name}/whoami", f"{name}/forward"
+        refused = await s.http.post(f"/{whoami}", json=commune_body(caller, whoami, []))
         assert (
             refused.status_code == 403 and "not a trusted forwarder" in error_of(refused)["error"]
         )
         await s.policy("add_forwarder", s.gateway.address)
-        response = await s.http.post(f"/{name}/whoami", json=commune_body(caller, []))
+        response = await s.http.post(f"/{whoami}", json=commune_body(caller, whoami, []))
         assert response.json() == {"caller": caller.address, "forwarder": s.gateway.address}
-        wrapped = await s.http.post(f"/{name}/forward", json=commune_body(caller, ["w"], wrap=True))
+        wrapped = await s.http.post(
+            f"/{forward}", json=commune_body(caller, forward, ["w"], wrap=True)
+        )
         assert (wrapped.status_code, wrapped.json()) == (200, "w")
-        again = await s.http.post(f"/{name}/forward", json=body)  # its signature was used
-        stale = await s.http.post(f"/{name}/forward", json=commune_body(caller, [], age=120))
-        tampered = commune_body(caller, ["a"])
+        body = commune_body(caller, forward, ["once"])
+        assert (await s.http.post(f"/{forward}", json=body)).json() == "once"
+        again = await s.http.post(f"/{forward}", json=body)  # its signature was used
+        stale = await s.http.post(f"/{forward}", json=commune_body(caller, forward, [], age=120))
+        ahead = await s.http.post(f"/{forward}", json=commune_body(caller, forward, [], age=-45))
+        tampered = commune_body(caller, forward, ["a"])
         tampered["data"] = tampered["data"].replace('"a"', '"b"')
-        changed = await s.http.post(f"/{name}/forward", json=tampered)
-        assert [r.status_code for r in (again, stale, changed)] == [401, 401, 401]
+        changed = await s.http.post(f"/{forward}", json=tampered)
+        assert [r.status_code for r in (again, stale, ahead, changed)] == [401] * 4
+        assert "replayed" in error_of(again)["error"]
+        # Signed for one function (or actor), it calls no other.
+        elsewhere = commune_body(caller, forward, ["x"])
+        moved = await s.http.post(f"/{whoami}", json=elsewhere)
+        assert moved.status_code == 401 and "target" in error_of(moved)["error"]
+        unbound = commune_body(caller, forward, ["x"])
+        unbound["data"] = unbound["data"].replace(f'"target": "{forward}", ', "")
+        unbound["signature"] = caller.sign(unbound["data"].encode()).hex()
+        assert (await s.http.post(f"/{forward}", json=unbound)).status_code == 401
         # A forwarded admin is not an admin: the probe's role rules apply to it.
-        admin_key = s.admin.key
-        as_admin = await s.http.post(f"/{name}/forward", json=commune_body(admin_key, ["x"]))
+        as_admin = await s.http.post(f"/{forward}", json=commune_body(s.admin.key, forward, ["x"]))
         assert as_admin.status_code == 403
+
+
+async def test_a_commune_body_is_taken_once_by_all_replicas(settings: Settings, name: str) -> None:
+    """Before, each replica remembered what it had seen: a body replayed on a second
+    replica, or after a restart, was taken again."""
+    async with stack(settings, name) as s:
+        caller = Keypair.generate()
+        await s.policy("add_user", caller.address, "user")
+        await s.policy("add_forwarder", s.gateway.address)
+        forward = f"{name}/forward"
+        body = commune_body(caller, forward, ["once"])
+        assert (await s.http.post(f"/{forward}", json=body)).json() == "once"
+        other = Gateway()
+        async with (
+            serve(other, settings=s.settings),
+            httpx.AsyncClient(base_url=other.url, timeout=15) as http,
+        ):
+            again = await http.post(f"/{forward}", json=body)
+            assert again.status_code == 401 and "replayed" in error_of(again)["error"]
+        restarted = Gateway()
+        async with (
+            serve(restarted, settings=s.settings),
+            httpx.AsyncClient(base_url=restarted.url, timeout=15) as http,
+        ):
+            assert (await http.post(f"/{forward}", json=body)).status_code == 401
 
 
 async def test_each_status_arrives_one_to_one(settings: Settings, name: str) -> None:

@@ -38,6 +38,7 @@ from .subjects import (
     REGISTRY_BUCKET,
     RELAY_PREFIX,
     JobsNames,
+    commune_bucket,
     inbox_of,
     nonce_subject,
     queue_group,
@@ -242,6 +243,8 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
             pub += stream_owner(stream)
     elif role == GATEWAY:
         sub.append(f"{RELAY_PREFIX}>")
+        seen = commune_bucket(name)
+        pub += [f"$KV.{seen}.>", *stream_owner(_kv(seen))]
     elif role == NODE:
         pub += [f"{LOG_PREFIX}.{name.removeprefix(NODE_PREFIX)}.>", f"{AUDIT_PREFIX}.{name}"]
     return Permissions(pub=Permission(allow=pub), sub=Permission(allow=sub))

@@ -23,6 +23,7 @@ __all__ = [
     "call_subject",
     "check_fn",
     "check_name",
+    "commune_bucket",
     "inbox_of",
     "is_reply_subject",
     "nonce_subject",
@@ -38,6 +39,15 @@ LOG_STREAM: Final = "ACTOR_LOGS"
 LOG_PREFIX: Final = "actorbus.logs"
 AUDIT_STREAM: Final = "ACTOR_POLICY_AUDIT"
 AUDIT_PREFIX: Final = "actorbus.audit"
+
+
+def commune_bucket(gateway: str) -> str:
+    """The KV bucket where the replicas of gateway ``gateway`` note the commune signatures
+    they have taken (each is taken once, on any replica, until it could no longer be
+    fresh)."""
+    return "actor_commune_" + gateway.replace(".", "_")
+
+
 PRIVATE_INBOXES: Final = "_INBOX.u"
 """A connection that authenticated with its key receives below ``_INBOX.u.<user nkey>``."""
 RELAY_PREFIX: Final = "_INBOX.relay."

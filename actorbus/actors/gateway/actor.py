@@ -11,6 +11,7 @@ up.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,10 @@ import anyio
 import anyio.abc
 import uvicorn
 
+from ...bus import Unavailable
+from ...bus.jetstream import Bucket
 from ...bus.rights import GATEWAY
+from ...bus.subjects import commune_bucket
 from ...host import Actor
 from ...host.policy import PolicyState
 from ...host.replica import VERSION
@@ -31,6 +35,8 @@ from .guard import Admission, HeadLimits, guarded_protocol
 from .identity import Identities
 
 __all__ = ["Gateway"]
+
+log = logging.getLogger("actorbus.gateway")
 
 _HEADROOM = 4096  # bytes of a NATS message left for headers
 
@@ -57,7 +63,17 @@ class Gateway(Actor):
 
     async def on_start(self) -> None:
         self.client.session = True  # what the gateway's own key sends goes in sessions
-        self.identities = Identities(self.client.key, self.settings.max_skew)
+        try:
+            seen: Bucket | None = await Bucket.open(
+                self.nc,
+                commune_bucket(self.name or "gateway"),
+                ttl=2 * self.settings.max_skew,
+                replicas=self.settings.js_replicas,
+            )
+        except Unavailable as exc:
+            log.warning("gateway: no JetStream (%s): commune bodies are refused (503)", exc)
+            seen = None
+        self.identities = Identities(self.client.key, self.settings.max_skew, seen)
         self.catalog = Catalog(self.client)
         self.max_body = min(self.settings.max_body, self.nc.max_payload - _HEADROOM)
 

@@ -144,7 +144,7 @@ def build_app(gateway: Context) -> Starlette:
             body = await make_body(raw, signer)
             timeout = settings.gateway_timeout
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
-            outgoing = gateway.identities.outgoing(
+            outgoing = await gateway.identities.outgoing(
                 name, fn, headers, body, gateway.policy(), advertised_timeout(timeout), address
             )
             leave = gateway.fairness.enter(outgoing.who)

@@ -8,9 +8,13 @@
    derives (:func:`~actorbus.bus.token_keypair`), so it holds no secret of its own for
    it, and a revoked token fails as soon as the policy change reaches the gateway.
 3. **Commune body** (``{"data", "signature", "address"}``): the caller's ed25519 signature
-   over ``data`` (``{"args", "kwargs", "timestamp"}``) is checked here, with its freshness
-   and replay; the gateway then calls *on behalf of* that address, which actors accept
-   because the policy lists the gateway's key as a forwarder.
+   over ``data`` (``{"target": "<actor>/<fn>", "args", "kwargs", "timestamp"}``) is checked
+   here: its target must be the route's (a body signed for one function calls no other),
+   its timestamp within ``max_skew`` of now, and its signature never seen before by any
+   replica of this gateway (noted in a JetStream bucket for ``2 * max_skew``, so neither
+   another replica nor a restart takes it again); the gateway then calls *on behalf of*
+   that address, which actors accept because the policy lists the gateway's key as a
+   forwarder.
 4. **Anonymous**: signed with a key of the caller's address (an IPv6 /64 counts as one),
    derived from the gateway's seed (``HMAC-SHA256(seed, "actorbus/2\nanonymous\n<address>")``,
    the same on every replica): role ``public``, with a quota, jobs and sessions of its own,
@@ -31,8 +35,18 @@ from typing import Any
 
 import msgspec
 
-from ...bus import BadRequest, Keypair, Unauthorized, sign_request, token_id, token_keypair, verify
+from ...bus import (
+    BadRequest,
+    Keypair,
+    Unauthorized,
+    Unavailable,
+    sign_request,
+    token_id,
+    token_keypair,
+    verify,
+)
 from ...bus.connection import HeadersFor
+from ...bus.jetstream import Bucket
 from ...bus.lru import LRU
 from ...bus.subjects import call_subject
 from ...bus.wire import (
@@ -57,7 +71,6 @@ __all__ = ["Identities", "Outgoing"]
 
 _SIGNED = (H_KEY, H_TIME, H_NONCE, H_SIGNATURE, H_TIMEOUT, H_ON_BEHALF)
 _KEY_CACHE = 4096
-_SEEN_LIMIT = 100_000
 
 
 class Outgoing(msgspec.Struct):
@@ -75,12 +88,13 @@ class Outgoing(msgspec.Struct):
 class Identities:
     """Turns HTTP requests into signed NATS requests (one per gateway replica)."""
 
-    def __init__(self, key: Keypair, max_skew: float) -> None:
+    def __init__(self, key: Keypair, max_skew: float, seen: Bucket | None) -> None:
         self.key = key
         self.max_skew = max_skew
+        self._seen = seen
+        """Where commune signatures are noted (``None``: no JetStream, none is taken)."""
         self._token_keys: LRU[str, Keypair] = LRU(_KEY_CACHE)
         self._anonymous: LRU[str, Keypair] = LRU(_KEY_CACHE)
-        self._seen: dict[str, float] = {}
 
     def anonymous(self, address: str) -> Keypair:
         """The key anonymous calls from client ``address`` are signed with."""
@@ -91,7 +105,7 @@ class Identities:
             key = self._anonymous[address] = Keypair(seed)
         return key
 
-    def outgoing(
+    async def outgoing(
         self,
         name: str,
         fn: str,
@@ -118,7 +132,7 @@ class Identities:
             who = f"{forwarded.get(H_KEY, '')[:64]}@{address}"  # claimed: counted per address
             return Outgoing("end-to-end", body, lambda _: forwarded, who, relay_reply(nonce))
         if _commune_like(headers, body):
-            body, on_behalf = self._commune(body)
+            body, on_behalf = await self._commune(body, f"{name}/{fn}")
             caller = self.key.address
             seal = signature_seal(self.key)
 
@@ -173,8 +187,9 @@ class Identities:
             key = self._token_keys[digest] = token_keypair(token)
         return key
 
-    def _commune(self, raw: bytes) -> tuple[bytes, str]:
-        """Check a commune body; returns our body and the address it was signed by."""
+    async def _commune(self, raw: bytes, target: str) -> tuple[bytes, str]:
+        """Check a commune body for ``target`` (``actor/fn``); returns our body and the
+        address it was signed by."""
         check_nesting(raw)
         try:
             envelope = json.loads(raw)
@@ -188,17 +203,20 @@ class Identities:
                 'a commune body is {"data": ..., "signature": <hex>, "address": <ss58>}'
             ) from None
         if not isinstance(address, str) or not isinstance(decoded, dict):
-            raise BadRequest("commune data must be an object with args, kwargs and timestamp")
+            raise BadRequest(
+                "commune data must be an object with target, args, kwargs and timestamp"
+            )
         signed = message.encode()
         try:
             verify(address, signed, sig)
         except Unauthorized:  # polkadot-js wraps what it signs
             verify(address, b"<Bytes>" + signed + b"</Bytes>", sig)
+        if decoded.get("target") != target:
+            raise Unauthorized(f'commune data must name its target: "target": "{target}"')
         stamp = decoded.get("timestamp")
-        now = time.time()
-        if not isinstance(stamp, int | float) or abs(now - stamp) > self.max_skew:
+        if not isinstance(stamp, int | float) or abs(time.time() - stamp) > self.max_skew:
             raise Unauthorized(f"commune timestamp must be within {self.max_skew:g}s of now")
-        self._once(signature, now)
+        await self._once(sig)
         params = decoded.get("params")
         args: Any = decoded.get("args", params if isinstance(params, list) else [])
         kwargs: Any = decoded.get("kwargs", params if isinstance(params, dict) else {})
@@ -206,13 +224,14 @@ class Identities:
             raise BadRequest("commune args must be a list and kwargs an object")
         return msgspec.json.encode({"args": args, "kwargs": kwargs}), address
 
-    def _once(self, signature: str, now: float) -> None:
-        """Refuse a commune signature seen within the freshness window (this replica)."""
-        if len(self._seen) > _SEEN_LIMIT:
-            self._seen = {s: t for s, t in self._seen.items() if t > now}
-        if self._seen.get(signature, 0.0) > now:
+    async def _once(self, signature: bytes) -> None:
+        """Take a commune signature once on all replicas (compare-and-set in the shared
+        bucket, whose entries outlive any freshness window they were taken in)."""
+        if self._seen is None:
+            raise Unavailable("commune calls need JetStream (to take each signature once)")
+        key = hashlib.sha256(signature).hexdigest()
+        if await self._seen.update(key, b"", 0) is None:
             raise Unauthorized("replayed commune signature")
-        self._seen[signature] = now + 2 * self.max_skew
 
 
 def _commune_like(headers: dict[str, str], body: bytes) -> bool:
