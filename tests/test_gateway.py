@@ -569,6 +569,8 @@ async def test_cors_is_off_unless_configured(settings: Settings, name: str) -> N
 
 async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: str) -> None:
     async with stack(settings, name) as s:
+        other = f"{name}b"
+        await s.policy("set_role", "public", [f"{name}/*", f"{other}/*"])
         document = (await s.http.get("/openapi.json")).json()
         assert document["openapi"] == "3.1.0"
         add = document["paths"][f"/{name}/add"]
@@ -578,18 +580,48 @@ async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: 
         assert {p["name"] for p in add["get"]["parameters"]} == {"a", "b", "scale"}
         assert "429" in add["post"]["responses"]
         # A new actor shows up as it comes.
-        other = f"{name}b"
         async with serve(Probe(), name=other, settings=s.settings):
             await anyio.sleep(2.1)  # the registry cache
             assert f"/{other}/forward" in (await s.http.get("/openapi.json")).json()["paths"]
         docs = await s.http.get("/docs")
         assert docs.status_code == 200 and "swagger-ui" in docs.text
         assert (await s.http.get("/health")).json() == {"status": "ok"}
-        await s.open_to("public")
         await s.http.post(f"/{name}/forward", json={"args": ["x"]})
         overview = (await s.http.get("/api/v0/actors")).json()["actors"]
         probe = next(a for a in overview if a["name"] == name)
         assert probe["replicas"][0]["calls"] >= 1 and "forward" in probe["fns"]
+
+
+async def test_strangers_are_shown_what_they_may_call(settings: Settings, name: str) -> None:
+    """Before, anonymous callers saw every function (the policy's and node control's,
+    admins' only) and where each replica runs (host names, process ids)."""
+    async with stack(settings, name) as s:
+        await s.policy("set_role", "public", [f"{name}/forward"])
+        paths = (await s.http.get("/openapi.json")).json()["paths"]
+        assert f"/{name}/forward" in paths and f"/{name}/add" not in paths
+        policy = s.settings.policy
+        assert not {f"/{policy}/{fn}" for fn in ("add_user", "add_admin", "issue_token")} & set(
+            paths
+        )
+        assert not [p for p in paths if p.startswith("/node.")]
+        overview = (await s.http.get("/api/v0/actors")).json()["actors"]
+        probe = next(a for a in overview if a["name"] == name)
+        assert "forward" in probe["fns"] and "add" not in probe["fns"]
+        assert all(set(r) & {"node", "pid"} == set() for a in overview for r in a["replicas"])
+        assert {a["name"] for a in overview} <= {name, s.settings.policy, "gateway"}
+        listed = next((a for a in overview if a["name"] == policy), None)
+        assert listed is None or "add_user" not in listed["fns"]
+        # An admin's token sees everything, and where it runs.
+        issued = await s.policy("issue_token", "ops", "user")
+        await s.policy("add_admin", issued["address"])
+        auth = {"Authorization": f"Bearer {issued['token']}"}
+        paths = (await s.http.get("/openapi.json", headers=auth)).json()["paths"]
+        assert f"/{name}/add" in paths and f"/{s.settings.policy}/add_user" in paths
+        overview = (await s.http.get("/api/v0/actors", headers=auth)).json()["actors"]
+        probe = next(a for a in overview if a["name"] == name)
+        assert {"node", "pid"} <= set(probe["replicas"][0])
+        bad = await s.http.get("/openapi.json", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
 
 
 def test_token_cli(settings: Settings) -> None:
@@ -709,8 +741,10 @@ async def test_dcp_rest_job_routes(settings: Settings, name: str) -> None:
         ).json()
         cancelled = await s.http.delete(f"/api/v0/job/{slow}", headers=auth)
         assert cancelled.json()["state"] == "cancelled"
-        spec = (await s.http.get("/openapi.json")).json()
+        spec = (await s.http.get("/openapi.json", headers=auth)).json()
         assert {"/api/v0/job", "/api/v0/job/{id}/result"} <= set(spec["paths"])
+        anonymous = (await s.http.get("/openapi.json")).json()  # may not submit: not shown
+        assert "/api/v0/job" not in anonymous["paths"]
 
 
 def sse_events(text: str) -> list[tuple[str, Any]]:

@@ -24,11 +24,11 @@ from ...bus import Unavailable
 from ...bus.jetstream import Bucket
 from ...bus.rights import GATEWAY
 from ...bus.subjects import commune_bucket
-from ...host import Actor
+from ...host import Actor, current_call
 from ...host.policy import PolicyState
 from ...host.replica import VERSION
 from .app import build_app
-from .catalog import Catalog
+from .catalog import Catalog, Viewer
 from .context import Context
 from .fairness import Fairness
 from .guard import Admission, HeadLimits, guarded_protocol
@@ -86,9 +86,16 @@ class Gateway(Actor):
         """This replica's HTTP address."""
         return self.url
 
+    @property
+    def policy_enforced(self) -> bool:
+        view = self.__actorbus_policy__
+        return view is not None and view.enforced
+
     async def overview(self) -> dict[str, Any]:
-        """What the dashboard shows: each actor's replicas, calls, errors and latency."""
-        return await self.catalog.overview()
+        """What the dashboard shows you: each actor you may call, its replicas, calls,
+        errors and latency (and where each runs, if you are an admin)."""
+        viewer = Viewer.of(current_call().caller, self.policy_state, self.policy_enforced)
+        return await self.catalog.overview(viewer)
 
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         settings = self.settings
@@ -110,6 +117,7 @@ class Gateway(Actor):
                             settings.gateway_client_concurrency, settings.gateway_client_rate
                         ),
                         policy=lambda: self.policy_state,
+                        enforced=lambda: self.policy_enforced,
                         max_body=self.max_body,
                         version=self.version,
                     )

@@ -42,7 +42,7 @@ from ...bus.wire import check_nesting
 from ...client.answers import advertised_timeout
 from ...client.client import loose_value
 from ...client.streams import read_stream
-from .catalog import openapi
+from .catalog import Viewer, openapi
 from .context import Context
 from .errors import ErrorShape, Refused, error_json, new_error_id
 from .guard import client_group
@@ -223,13 +223,30 @@ def build_app(gateway: Context) -> Starlette:
         up = gateway.client.nc.is_connected
         return JSONResponse({"status": "ok" if up else "no NATS"}, status_code=200 if up else 503)
 
-    async def openapi_json(request: Request) -> JSONResponse:
-        schemas = await gateway.catalog.schemas()
-        extra = job_paths() if settings.jobs in schemas else {}
-        return JSONResponse(openapi(schemas, gateway.version, extra))
+    def viewer(request: Request) -> Viewer:
+        """Who asks, as a call would be made (a token's key, else the address's anonymous
+        key); raises :class:`Unauthorized` for a bad token."""
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() == "authorization"}
+        address = client_group(request.client.host if request.client else "")
+        key = gateway.identities.signer(headers, b"", gateway.policy(), address)
+        assert key is not None  # neither signed nor a commune body
+        return gateway.viewer(key.address)
 
-    async def actors(request: Request) -> JSONResponse:
-        return JSONResponse(await gateway.catalog.overview())
+    async def openapi_json(request: Request) -> Response:
+        try:
+            mine = viewer(request)
+        except ActorError as exc:
+            return _refusal(exc.status, exc)
+        schemas = await gateway.catalog.visible(mine)
+        submit = settings.jobs in schemas and "submit" in schemas[settings.jobs]
+        return JSONResponse(openapi(schemas, gateway.version, job_paths() if submit else None))
+
+    async def actors(request: Request) -> Response:
+        try:
+            mine = viewer(request)
+        except ActorError as exc:
+            return _refusal(exc.status, exc)
+        return JSONResponse(await gateway.catalog.overview(mine))
 
     routes = [
         Route("/", page("dashboard.html")),

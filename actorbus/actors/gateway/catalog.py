@@ -1,11 +1,16 @@
 """What the gateway knows of the actors on its NATS: who runs (the registry), what each
 function takes and returns (``$SRV.INFO``, no signature needed), and how each replica is
 doing (``$SRV.STATS``), refreshed as replicas come and go; and the OpenAPI 3.1 document
-built from it."""
+built from it.
+
+Each web caller is shown what it may call (:class:`Viewer`): the functions its key's role
+allows (all of them while no policy is enforced), and no process ids or host names
+unless it is a policy admin."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -16,8 +21,9 @@ from ...bus.subjects import service_subject
 from ...bus.wire import UNDECODABLE
 from ...client import Client, RegistryEntry
 from ...client.discovery import read_service_info
+from ...host.policy import PolicyState
 
-__all__ = ["Catalog", "openapi"]
+__all__ = ["Catalog", "Viewer", "openapi"]
 
 _ENTRIES_TTL = 2.0
 _STATS_WINDOW = 0.25
@@ -39,6 +45,30 @@ _STATUSES = {
     "503": "no replica serves it, or the gateway or the actor is overloaded",
     "504": "no reply within the gateway's timeout",
 }
+
+
+class Viewer:
+    """Who is looking: ``may(actor, fn, allow, deny)`` says whether it may call a function
+    (``allow``/``deny``: the actor's own widening and narrowing); ``admin``, whether it
+    sees where replicas run."""
+
+    def __init__(
+        self, may: Callable[[str, str, frozenset[str], frozenset[str]], bool], admin: bool
+    ) -> None:
+        self.may = may
+        self.admin = admin
+
+    @classmethod
+    def of(cls, key: str, policy: PolicyState, enforced: bool) -> Viewer:
+        """The caller ``key`` as ``policy`` sees it (while none is ``enforced``, anyone
+        may call anything, and nobody is an admin)."""
+        if not enforced:
+            return cls(lambda *_: True, admin=False)
+
+        def may(actor: str, fn: str, allow: frozenset[str], deny: frozenset[str]) -> bool:
+            return policy.decide(key, actor, fn, allow, deny).allowed
+
+        return cls(may, admin=key in policy.admins and key not in policy.revoked)
 
 
 class Catalog:
@@ -88,9 +118,25 @@ class Catalog:
         if info is not None:  # else not ours: left out
             self._schemas[name] = (instances, info.functions)
 
-    async def overview(self) -> dict[str, Any]:
-        """What the dashboard shows: each actor's replicas, calls, errors and latency."""
-        entries = await self.entries()
+    async def visible(self, viewer: Viewer) -> dict[str, dict[str, Any]]:
+        """:meth:`schemas`, with only the functions ``viewer`` may call (and no actor of
+        which it may call none)."""
+        rules = {
+            e.name: (frozenset(e.allow_fns), frozenset(e.deny_fns)) for e in await self.entries()
+        }
+        shown: dict[str, dict[str, Any]] = {}
+        for name, functions in (await self.schemas()).items():
+            allow, deny = rules.get(name, (frozenset(), frozenset()))
+            mine = {fn: s for fn, s in functions.items() if viewer.may(name, fn, allow, deny)}
+            if mine:
+                shown[name] = mine
+        return shown
+
+    async def overview(self, viewer: Viewer) -> dict[str, Any]:
+        """What the dashboard shows ``viewer``: each actor it may call, its replicas, calls,
+        errors and latency (and where each runs, for an admin)."""
+        visible = await self.visible(viewer)
+        entries = [e for e in await self.entries() if e.name in visible]
         stats = await self.stats()
         now = time.time()
         actors: dict[str, Any] = {}
@@ -98,20 +144,20 @@ class Catalog:
             endpoints = stats.get(e.instance, {}).get("endpoints", [])
             calls = sum(p.get("num_requests", 0) for p in endpoints)
             spent = sum(p.get("processing_time", 0) for p in endpoints)
+            fns = [fn for fn in e.fns if fn in visible[e.name]]
             actor = actors.setdefault(
-                e.name, {"name": e.name, "address": e.address, "fns": e.fns, "replicas": []}
+                e.name, {"name": e.name, "address": e.address, "fns": fns, "replicas": []}
             )
-            actor["replicas"].append(
-                {
-                    "node": e.node,
-                    "replica": e.replica,
-                    "pid": e.pid,
-                    "up": round(now - e.started),
-                    "calls": calls,
-                    "errors": sum(p.get("num_errors", 0) for p in endpoints),
-                    "latency_ms": round(spent / calls / 1e6, 3) if calls else None,
-                }
-            )
+            replica: dict[str, Any] = {
+                "replica": e.replica,
+                "up": round(now - e.started),
+                "calls": calls,
+                "errors": sum(p.get("num_errors", 0) for p in endpoints),
+                "latency_ms": round(spent / calls / 1e6, 3) if calls else None,
+            }
+            if viewer.admin:
+                replica |= {"node": e.node, "pid": e.pid}
+            actor["replicas"].append(replica)
         return {"actors": [actors[n] for n in sorted(actors)]}
 
     async def stats(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from ...bus import Keypair
 from ...bus.settings import Settings
 from ...client import Client
 from ...host.policy import PolicyState
-from .catalog import Catalog
+from .catalog import Catalog, Viewer
 from .fairness import Fairness
 from .identity import Identities
 
@@ -31,9 +31,15 @@ class Context:
     fairness: Fairness
     policy: Callable[[], PolicyState]
     """The policy as the replica holds it now."""
+    enforced: Callable[[], bool]
+    """Whether a policy is enforced (one was loaded)."""
     max_body: int
     """Largest request body (the smaller of the setting and what NATS carries)."""
     version: str
+
+    def viewer(self, key: str) -> Viewer:
+        """What the caller ``key`` is shown of the actors."""
+        return Viewer.of(key, self.policy(), self.enforced())
 
     @property
     def key(self) -> Keypair:
