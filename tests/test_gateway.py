@@ -693,6 +693,22 @@ async def test_the_dashboard_in_a_browser(settings: Settings, name: str) -> None
             status = page.locator("#status")
             await status.filter(has_text="200 after 3 chunks").wait_for(timeout=10_000)
             assert await result.inner_text() == "onetwothree"
+            # Its CSP lets its own code run and nothing injected: an inline handler an
+            # actor's answer could smuggle in is refused, and reported.
+            violations = await page.evaluate(
+                """() => new Promise(done => {
+                    const seen = [];
+                    document.addEventListener("securitypolicyviolation",
+                        e => seen.push(e.violatedDirective));
+                    const img = document.createElement("img");
+                    img.setAttribute("onerror", "window.injected = true");
+                    img.src = "data:,nope";
+                    document.body.append(img);
+                    setTimeout(() => done({seen, injected: window.injected === true}), 500);
+                })"""
+            )
+            assert violations["injected"] is False
+            assert any(v.startswith("script-src") for v in violations["seen"])
         finally:
             await browser.close()
 
