@@ -325,7 +325,11 @@ async def test_a_client_gets_its_share_and_no_more(settings: Settings, name: str
 async def test_a_reader_that_stops_reading_loses_its_stream(settings: Settings, name: str) -> None:
     """A server-sent events stream counts against its client's share, and one whose
     reader stopped reading is ended after the stall timeout, its share given back."""
-    changes = {"gateway_stall_timeout": 1.0, "gateway_client_concurrency": 1}
+    changes = {
+        "gateway_stall_timeout": 1.0,
+        "gateway_client_concurrency": 1,
+        "gateway_header_timeout": 1.0,  # also the grace before a closed connection is aborted
+    }
     async with stack(settings, name, **changes) as s, web_client(s, "127.0.0.41") as http:
         await s.open_to("public")
         host, port = s.gateway.url.removeprefix("http://").rsplit(":", 1)
@@ -343,6 +347,13 @@ async def test_a_reader_that_stops_reading_loses_its_stream(settings: Settings, 
                 assert response.status_code == 200
 
             await eventually(released, timeout=20)
+            # ... and its connection is reset, not closed (asyncio would hold a closed
+            # one until its data was read, then end it cleanly).
+            await anyio.sleep(2.5)
+            with pytest.raises((anyio.BrokenResourceError, ConnectionResetError)):
+                with anyio.fail_after(10):
+                    while True:  # what had reached this side's buffer, then the reset
+                        await stalled.receive(1 << 20)
 
 
 async def test_a_token_has_its_own_quota(settings: Settings, name: str) -> None:

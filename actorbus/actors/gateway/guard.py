@@ -14,6 +14,8 @@ the bytes arrive, in the HTTP protocol itself, so nothing unbounded is buffered 
   requests.
 - **Framing**: ``Transfer-Encoding`` other than exactly ``chunked`` is refused (400), as
   are protocol upgrades (the gateway serves no WebSocket).
+- **Closing**: a connection closed with a response still unsent (a reader that stopped
+  reading) is aborted after ``gateway_header_timeout``, not held until it reads.
 
 It is uvicorn's httptools protocol with these checks in its parser callbacks (uvicorn
 takes a protocol class as its ``http`` option); tests/test_gateway_guard.py holds it to
@@ -23,8 +25,11 @@ each limit with raw sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
-from typing import Any
+import socket
+import struct
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -100,6 +105,41 @@ _REASONS[503] = b"Service Unavailable"
 _NO_UPGRADES = "protocol upgrades are not served here"
 
 
+class _ClosingAborts:
+    """A connection's transport whose ``close`` becomes a reset when what it has left to
+    send is not taken within ``grace`` seconds: asyncio would otherwise hold the
+    connection (and its buffer) until the reader reads again, which a stalled one never
+    does."""
+
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, grace: float
+    ) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._grace = grace
+        self._abort_timer: asyncio.TimerHandle | None = None
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._abort_timer is None:
+            self._abort_timer = self._loop.call_later(self._grace, self._abort)
+
+    def _abort(self) -> None:
+        """Reset the connection: what the kernel still holds for it is dropped too."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._transport.abort()
+
+    def lost(self) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def _over(limit: int) -> str:
     return f"the request head is over the limit of {limit} bytes"
 
@@ -118,7 +158,10 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             self._head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]
+            self._closing = _ClosingAborts(
+                cast(asyncio.Transport, transport), self.loop, limits.timeout
+            )
+            super().connection_made(cast(asyncio.Transport, self._closing))
             self._group = client_group(self.client[0] if self.client else "")
             refusal = admission.enter(self._group)
             if refusal:
@@ -129,6 +172,7 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_timer()
+            self._closing.lost()
             if self._admitted:
                 self._admitted = False
                 admission.leave(self._group)
