@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,12 @@ class BenchEcho(Actor):
 
     async def echo(self, message: str) -> str:
         return message
+
+    async def endless(self, size: int) -> AsyncIterator[str]:
+        """Chunks of ``size`` characters until the caller stops (bench/gateway.py's
+        stalled readers)."""
+        while True:
+            yield "x" * size
 
 
 # -- responders (a) and (b), run as `python bench/calls.py --serve raw|signed URL` ------------

@@ -1,7 +1,10 @@
 """Calls/s and p99 of HTTP calls through the gateway against signed NATS calls to the same
-actor, in one run (target: the gateway at >= 0.5 of direct calls/s at concurrency 64).
+actor, and what web attackers leave of it, in one run.
 
     python bench/gateway.py [--seconds 3] [--repeat 3] [--concurrency 1,16,64]
+                            [--attack-seconds 8]
+
+Capacity (target: the gateway at >= 0.5 of direct calls/s at concurrency 64):
 
 Processes: an embedded nats-server, the policy actor, one replica of the echo actor of
 bench/calls.py and one gateway replica (each `actor serve`), and the load generator,
@@ -14,8 +17,17 @@ it measures:
 (c) token: the same with ``Authorization: Bearer`` (the gateway signs as the token's key).
 
 The public role may call the actor and the quota floor is raised, so no call is refused;
-every reply must be a 200 or the run stops. Every cell is bounded in time and count;
-figures are medians over --repeat runs. The machine is shared: read the ratios.
+every reply must be a 200 or the run stops. This gateway replica lets one client have
+every request (``ACTOR_GATEWAY_CLIENT_*`` raised): the load generator is one client.
+
+Under attack, against a second gateway replica with the default limits (targets: >= 99%
+of normal calls succeed, their p99 <= 3x unloaded; RSS under a header flood < +50 MiB):
+16 normal callers from 8 addresses of their own POST /bench/echo for --attack-seconds,
+first alone, then while bench/web_attacks.py holds 1,000 slowloris connections and 200
+stalled readers of a server-sent events stream (each from addresses of their own); then
+the gateway's RSS (sampled every 0.1 s) while 50 connections stream endless header
+blocks. Every cell is bounded in time and count; figures are medians over --repeat runs.
+The machine is shared: read the ratios.
 """
 
 from __future__ import annotations
@@ -33,12 +45,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from calls import BenchEcho, percentile  # the same echo actor as bench/calls.py
 
 from actorbus import Client, Settings
 from actorbus.bus import EmbeddedServer
 
 HERE = Path(__file__).resolve()
+ATTACKS = [sys.executable, str(HERE.parent / "web_attacks.py")]
 ACTOR = [sys.executable, "-m", "actorbus.cli", "--log-level", "WARNING"]
 MAX_CALLS_PER_CELL = 200_000
 BODY = b'{"args":["x"],"kwargs":{}}'
@@ -86,8 +100,57 @@ async def nats_caller(
         latencies.append(time.perf_counter() - started)
 
 
+async def normal_caller(
+    port: int, source: str, deadline: float, outcomes: dict[str, int], latencies: list[float]
+) -> None:
+    """A well-behaved web client: one keep-alive connection from ``source``, a call at a
+    time; whatever is not a 200 (or a broken connection) is counted as failed."""
+    request = (
+        f"POST /bench/echo HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+    writer: asyncio.StreamWriter | None = None
+    while time.perf_counter() < deadline and sum(outcomes.values()) < MAX_CALLS_PER_CELL:
+        started = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, local_addr=(source, 0)
+                )
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = next(
+                int(line[15:])
+                for line in head.split(b"\r\n")
+                if line[:15].lower() == b"content-length:"
+            )
+            await reader.readexactly(length)
+            status = head[9:12].decode()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, StopIteration) as exc:
+            status = type(exc).__name__
+            if writer is not None:
+                writer.close()
+            writer = None
+        outcomes[status] = outcomes.get(status, 0) + 1
+        if status == "200":
+            latencies.append(time.perf_counter() - started)
+    if writer is not None:
+        writer.close()
+
+
 async def load(mode: str, target: str, concurrency: int, seconds: float, token: str) -> None:
     latencies: list[float] = []
+    if mode == "normal":  # under attack: callers from 8 addresses, every outcome counted
+        outcomes: dict[str, int] = {}
+        deadline = time.perf_counter() + seconds
+        await asyncio.gather(
+            *(
+                normal_caller(int(target), f"127.0.5.{1 + i % 8}", deadline, outcomes, latencies)
+                for i in range(concurrency)
+            )
+        )
+        print(json.dumps({"outcomes": outcomes, "latencies": latencies}))
+        return
     budget = [MAX_CALLS_PER_CELL]
     client: Client | None = None
     if mode == "direct":
@@ -111,7 +174,8 @@ async def load(mode: str, target: str, concurrency: int, seconds: float, token: 
 
 def run_load(
     mode: str, target: str, concurrency: int, seconds: float, env: dict[str, str], token: str
-) -> tuple[float, list[float]]:
+) -> dict[str, Any]:
+    """One load generator's run, in a process of its own; what it printed."""
     command = [sys.executable, str(HERE), "--load", mode, target, str(concurrency), str(seconds)]
     done = subprocess.run(
         command,
@@ -123,7 +187,68 @@ def run_load(
     if done.returncode != 0:
         raise SystemExit(f"load {mode} failed: {done.stderr.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
-    return result["rate"], result["latencies"]
+    return result
+
+
+def under_attack(port: int, pid: int, seconds: float, repeat: int, env: dict[str, str]) -> None:
+    """Normal calls alone and while slowloris and stalled readers are held; then the
+    gateway's RSS under a header flood (see the module's docstring)."""
+    rows: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        alone = run_load("normal", str(port), 16, seconds, env, "")
+        attackers = subprocess.Popen(
+            [*ATTACKS, str(port), str(seconds + 5), "--slowloris", "1000", "--stalled", "200"],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert attackers.stdout is not None
+        attackers.stdout.readline()
+        time.sleep(3.0)  # all connected
+        loaded = run_load("normal", str(port), 16, seconds, env, "")
+        held = json.loads(attackers.stdout.readline() or b'{"held": 0}')["held"]
+        attackers.wait(60)
+        for label, run in (("alone", alone), ("attacked", loaded)):
+            outcomes: dict[str, int] = run["outcomes"]
+            total = sum(outcomes.values())
+            rows.setdefault(f"{label} ok", []).append(outcomes.get("200", 0) / max(total, 1))
+            rows.setdefault(f"{label} p99", []).append(percentile(run["latencies"], 0.99) * 1e3)
+            rows.setdefault(f"{label} calls", []).append(total)
+            failed = {k: v for k, v in outcomes.items() if k != "200"}
+            print(
+                f"  {label:8}: {total} calls, {outcomes.get('200', 0) / max(total, 1):.2%} ok, "
+                f"p99 {rows[f'{label} p99'][-1]:.1f} ms"
+                + (f", failed {failed}" if failed else "")
+                + (f" (attackers held {held:.0f} connections)" if label == "attacked" else ""),
+                flush=True,
+            )
+    median = {k: statistics.median(v) for k, v in rows.items()}
+    p99_ratio = statistics.median(
+        a / b for a, b in zip(rows["attacked p99"], rows["alone p99"], strict=True)
+    )
+    print(
+        f"under 1,000 slowloris and 200 stalled readers: {median['attacked ok']:.2%} of normal "
+        f"calls succeed (target >= 99%), p99 {median['attacked p99']:.1f} ms vs "
+        f"{median['alone p99']:.1f} ms alone: {p99_ratio:.2f}x (target <= 3x)"
+    )
+    gateway = psutil.Process(pid)
+    before = statistics.median(gateway.memory_info().rss for _ in range(5))
+    flooders = subprocess.Popen(
+        [*ATTACKS, str(port), str(seconds), "--flood", "50"],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert flooders.stdout is not None
+    flooders.stdout.readline()
+    peak = before
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        peak = max(peak, gateway.memory_info().rss)
+        time.sleep(0.1)
+    flooders.wait(60)
+    print(
+        f"gateway RSS {before / 2**20:.0f} MiB before a 50-connection header flood, peak "
+        f"{peak / 2**20:.0f} MiB during it: +{(peak - before) / 2**20:.1f} MiB (target < +50)"
+    )
 
 
 # -- the set-up -----------------------------------------------------------------------------
@@ -146,8 +271,8 @@ def serve(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-async def prepare(settings: Settings, port: int) -> str:
-    """Wait for the policy, actor and gateway; open the actor to the public, raise the
+async def prepare(settings: Settings, ports: list[int]) -> str:
+    """Wait for the policy, actor and gateways; open the actor to the public, raise the
     quota floor; returns a bearer token."""
     async with Client(settings=settings) as admin:
         for _ in range(300):
@@ -160,18 +285,29 @@ async def prepare(settings: Settings, port: int) -> str:
         await admin.call(settings.policy, "set_role", "public", ["bench/*"])
         await admin.call(settings.policy, "set_config", floor=10_000_000)
         token: str = (await admin.call(settings.policy, "issue_token", "bench", "user"))["token"]
-    for _ in range(100):  # the gateway sees policy changes through its watch
+    for port in ports:
+        await _serving(port)
+    return token
+
+
+async def _serving(port: int) -> None:
+    """Wait until the gateway on ``port`` answers a call (it sees policy changes through
+    its watch)."""
+    for _ in range(100):
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /bench/echo?message=x HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(
+                b"POST /bench/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             writer.close()
             if head[9:12] == b"200":
-                return token
+                return
         except OSError:
             pass
         await asyncio.sleep(0.1)
-    raise SystemExit("the gateway did not answer 200")
+    raise SystemExit(f"the gateway on port {port} did not answer 200")
 
 
 def main() -> None:
@@ -179,6 +315,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per cell (default 3)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--attack-seconds", type=float, default=8.0, help="per cell (default 8)")
     parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -197,13 +334,20 @@ def main() -> None:
             ACTOR_GATEWAY_PORT=str(port),
         )
         settings = Settings(nats_url=server.url, home=home)
+        attack_port = free_port()
+        defended = {**env, "ACTOR_GATEWAY_PORT": str(attack_port)}
+        one_client = {
+            "ACTOR_GATEWAY_CLIENT_CONCURRENCY": "4096",
+            "ACTOR_GATEWAY_CLIENT_RATE": "1e9",
+        }
         processes = [
             serve(env, "actorbus.actors.policy:Policy", "--name", settings.policy),
             serve(env, f"{HERE.parent / 'calls.py'}:{BenchEcho.__name__}"),
-            serve(env, "actorbus.actors.gateway:Gateway"),
+            serve({**env, **one_client}, "actorbus.actors.gateway:Gateway"),
+            serve(defended, "actorbus.actors.gateway:Gateway"),
         ]
         try:
-            token = asyncio.run(prepare(settings, port))
+            token = asyncio.run(prepare(settings, [port, attack_port]))
             targets = {"direct": server.url, "http": str(port), "token": str(port)}
             results: dict[tuple[str, int], float] = {}
             print(f"{'mode':7} {'conc':>5} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
@@ -211,8 +355,11 @@ def main() -> None:
                 for mode, target in targets.items():
                     run_load(mode, target, 4, 0.3, env, token)  # warm up
                     runs = [
-                        run_load(mode, target, concurrency, args.seconds, env, token)
-                        for _ in range(args.repeat)
+                        (r["rate"], r["latencies"])
+                        for r in (
+                            run_load(mode, target, concurrency, args.seconds, env, token)
+                            for _ in range(args.repeat)
+                        )
                     ]
                     rate = statistics.median(r for r, _ in runs)
                     p50 = statistics.median(percentile(lat, 0.50) for _, lat in runs) * 1e3
@@ -227,6 +374,8 @@ def main() -> None:
                     f"{results['http', concurrency] / direct:.2f}   token/direct = "
                     f"{results['token', concurrency] / direct:.2f}"
                 )
+            print("\nunder attack (the second gateway replica, default limits):")
+            under_attack(attack_port, processes[3].pid, args.attack_seconds, args.repeat, env)
         finally:
             for process in processes:
                 process.terminate()
