@@ -43,7 +43,6 @@ class Probe(Actor):
         while True:
             yield "x" * size
 
-    @endpoint(idempotent=True)
     async def add(self, a: int, b: int, *, scale: int = 1) -> int:
         return (a + b) * scale
 

@@ -115,8 +115,10 @@ async def test_anonymous_callers_are_public(settings: Settings, name: str) -> No
         await s.open_to("public")
         response = await s.http.post(f"/{name}/forward", json={"args": ["hi"]})
         assert (response.status_code, response.json()) == (200, "hi")
+        response = await s.http.get(f"/{name}/same", params={"value": 50})
+        assert (response.status_code, response.json()) == (200, 50)  # idempotent: GET-able
         response = await s.http.get(f"/{name}/add", params={"a": 2, "b": 3, "scale": 10})
-        assert (response.status_code, response.json()) == (200, 50)
+        assert response.status_code == 405  # not marked idempotent: POST it
         # A string parameter takes the text as it is, digits or not (the fuzz test's find).
         response = await s.http.get(f"/{name}/forward", params={"message": "3"})
         assert (response.status_code, response.json()) == (200, "3")
@@ -592,7 +594,9 @@ async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: 
         kwargs = add["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert kwargs["properties"]["kwargs"]["properties"]["a"] == {"type": "integer"}
         assert add["post"]["summary"] == "add(a: int, b: int, *, scale: int = 1) -> int"
-        assert {p["name"] for p in add["get"]["parameters"]} == {"a", "b", "scale"}
+        assert "get" not in add  # not idempotent
+        forward = document["paths"][f"/{name}/forward"]
+        assert {p["name"] for p in forward["get"]["parameters"]} == {"message"}
         assert "429" in add["post"]["responses"]
         # A new actor shows up as it comes.
         async with serve(Probe(), name=other, settings=s.settings):

@@ -27,6 +27,11 @@ class LRU(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    def __getitem__(self, key: K) -> V:
+        value = self._entries[key]
+        self._entries.move_to_end(key)
+        return value
+
     def get(self, key: K) -> V | None:
         value = self._entries.get(key)
         if value is not None:
