@@ -416,6 +416,15 @@ async def test_commune_bodies_call_as_their_signer(settings: Settings, name: str
         elsewhere = commune_body(caller, forward, ["x"])
         moved = await s.http.post(f"/{whoami}", json=elsewhere)
         assert moved.status_code == 401 and "target" in error_of(moved)["error"]
+        for stamp in ("NaN", "Infinity", "true"):  # never "too old", or not a time
+            data = f'{{"target": "{forward}", "args": ["x"], "kwargs": {{}}, "timestamp": {stamp}}}'
+            odd = {
+                "data": data,
+                "signature": caller.sign(data.encode()).hex(),
+                "address": caller.address,
+            }
+            refused = await s.http.post(f"/{forward}", json=odd)
+            assert refused.status_code == 401 and "timestamp" in error_of(refused)["error"], stamp
         unbound = commune_body(caller, forward, ["x"])
         unbound["data"] = unbound["data"].replace(f'"target": "{forward}", ', "")
         unbound["signature"] = caller.sign(unbound["data"].encode()).hex()

@@ -325,6 +325,19 @@ async def test_the_operator_keeps_every_right(node: Bus) -> None:
         assert info.config.name == "ACTOR_POLICY_AUDIT"
 
 
+async def test_the_jobs_actor_has_the_rights_its_work_takes(node: Bus) -> None:
+    """A job runs and a cancelled one's queue is dropped under the jobs actor's own
+    rights (before: no right to purge its queue, so a cancel waited 5 s and was a 503)."""
+    async with Client(settings=node.settings) as operator:
+        job = await operator.submit("echo/add", [[1, 2]])
+        await job.close()
+        with anyio.fail_after(20):
+            assert (await job.wait())["done"] == 1
+        slow = await operator.submit("echo/sleep", [[2.0]] * 20, concurrency=1)
+        with anyio.fail_after(4):
+            assert (await slow.cancel())["state"] == "cancelled"
+
+
 @pytest.mark.parametrize("node", ["deployed"], indirect=True)
 async def test_a_node_joins_the_cluster_under_its_own_key(
     node: Bus, tmp_path: Path, name: str

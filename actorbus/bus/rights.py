@@ -241,6 +241,7 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         pub += [f"{jobs.prefix}.>", f"$KV.{jobs.bucket}.>"]
         for stream in (_kv(jobs.bucket), jobs.work_stream, jobs.record_stream):
             pub += stream_owner(stream)
+        pub.append(f"$JS.API.STREAM.PURGE.{jobs.work_stream}")  # a cancelled job's queue
     elif role == GATEWAY:
         sub.append(f"{RELAY_PREFIX}>")
         seen = commune_bucket(name)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from typing import Any
 
@@ -214,7 +215,12 @@ class Identities:
         if decoded.get("target") != target:
             raise Unauthorized(f'commune data must name its target: "target": "{target}"')
         stamp = decoded.get("timestamp")
-        if not isinstance(stamp, int | float) or abs(time.time() - stamp) > self.max_skew:
+        if (
+            not isinstance(stamp, int | float)
+            or isinstance(stamp, bool)
+            or not math.isfinite(stamp)  # NaN is never "too old"
+            or abs(time.time() - stamp) > self.max_skew
+        ):
             raise Unauthorized(f"commune timestamp must be within {self.max_skew:g}s of now")
         await self._once(sig)
         params = decoded.get("params")

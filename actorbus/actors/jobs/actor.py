@@ -9,6 +9,7 @@ owner*, with the delegation the owner signed for this job (:mod:`actorbus.bus.de
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ...bus import BadRequest, Forbidden, NotFound
+from ...bus import ActorError, BadRequest, Forbidden, NotFound
 from ...bus.delegation import (
     MAX_DELEGATION_SECONDS,
     Delegation,
@@ -40,6 +41,8 @@ from .runner import Runner
 from .store import JobStore
 
 __all__ = ["Jobs"]
+
+log = logging.getLogger("actorbus.jobs")
 
 _READ_CONCURRENCY = 64
 _MIN_LIFE = 10.0
@@ -82,7 +85,10 @@ class Jobs(Actor):
             revoked = policy.state.revoked if policy is not None else set()
             for record in list(self._runner.records.values()):
                 if record.state in ACTIVE and record.owner in revoked:
-                    await self._stop(record)
+                    try:
+                        await self._stop(record)
+                    except ActorError as exc:  # tried again in a second
+                        log.warning("jobs: stopping %s (owner revoked): %s", record.id, exc)
 
     # -- the API -------------------------------------------------------------------------
 
