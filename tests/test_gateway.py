@@ -307,6 +307,11 @@ async def test_a_client_gets_its_share_and_no_more(settings: Settings, name: str
             await anyio.sleep(0.5)
             over = await greedy.post(f"/{name}/forward", json={"args": ["x"]})
             assert over.status_code == 429 and "requests open" in error_of(over)["error"]
+            # A fresh key per request signed end to end is no way out: counted by address.
+            body = b'{"args": ["e2e"]}'
+            fresh = sign_relayed(Keypair.generate(), call_subject(name, "forward"), body)
+            escaped = await greedy.post(f"/{name}/forward", content=body, headers=fresh)
+            assert escaped.status_code == 429
             assert (await fair.post(f"/{name}/forward", json={"args": ["y"]})).json() == "y"
         assert (await greedy.post(f"/{name}/forward", json={"args": ["x"]})).json() == "x"
     async with (

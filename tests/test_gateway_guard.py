@@ -12,7 +12,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 
 import httpx
 import pytest
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 PER_ADDRESS = 16
 HEAD_TIMEOUT = 1.0
 IDLE_TIMEOUT = 1.0
+SHARE = 8
 
 
 class Gateway:
@@ -48,6 +49,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "ACTOR_GATEWAY_MAX_CONNECTIONS_PER_IP": str(PER_ADDRESS),
         "ACTOR_GATEWAY_HEADER_TIMEOUT": str(HEAD_TIMEOUT),
         "ACTOR_GATEWAY_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
+        "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
     }
     with embedded(tmp_path_factory.mktemp("guard"), **limits) as bus:
         bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
@@ -73,6 +75,9 @@ def answer(sock: socket.socket, limit: float = 10.0) -> bytes:
 def error_of(response: bytes) -> dict[str, object]:
     head, _, body = response.partition(b"\r\n\r\n")
     assert b"content-type: application/json" in head.lower()
+    for header in (b"x-content-type-options: nosniff", b"x-frame-options: deny"):
+        assert header in head.lower()
+    assert b"content-security-policy: default-src 'none'" in head.lower()
     error: dict[str, object] = json.loads(body)
     assert set(error) == {"error", "code", "id"}
     return error
@@ -100,6 +105,77 @@ def test_an_endless_header_block_is_refused_while_it_arrives(gateway: Gateway) -
     assert response.startswith(b"HTTP/1.1 431 "), response[:200]
     assert error_of(response)["code"] == 431
     assert sent < 4 * 1024 * 1024  # refused long before the attacker was done
+
+
+def test_an_endless_trailer_is_refused_while_it_arrives(gateway: Gateway) -> None:
+    """The second attacker's find: trailers come after the head, where nothing counted
+    them, and the parser held each until it ended (+400 MiB from 100 connections)."""
+    with gateway.connect() as sock:
+        sock.sendall(
+            b"POST /echo/forward HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: "
+        )
+        sent = 0
+        try:
+            while sent < 8 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = answer(sock)
+    # A 431, or (the app already reading the request's body) the connection closed:
+    # either way, long before the attacker was done.
+    assert response == b"" or response.startswith(b"HTTP/1.1 431 "), response[:200]
+    assert sent < 4 * 1024 * 1024
+
+
+def test_pipelining_is_bounded(gateway: Gateway) -> None:
+    """The second attacker's find: every pipelined request in what was read was parsed
+    and held (20 connections took the gateway to 2.6 GiB). Past 16 ahead of their
+    answers, the connection is closed."""
+    one = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with gateway.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(one * 5000)
+        started = time.monotonic()
+        response = answer(sock)  # until the gateway closes it
+    assert response.count(b"HTTP/1.1 200 ") <= 17
+    assert time.monotonic() - started < 5
+    assert health(gateway) == 200
+
+
+@pytest.mark.parametrize(
+    ("request_head", "drip"),
+    [
+        # more of a body the gateway already answered (a 405: a GET with a body)
+        (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\n", b" "),
+        # blank lines between requests (the parser skips them)
+        (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"\r\n"),
+    ],
+)
+def test_dripping_after_an_answer_does_not_hold_a_connection(
+    gateway: Gateway, request_head: bytes, drip: bytes
+) -> None:
+    """The second attacker's find: a byte every few seconds after a response kept the
+    connection open for good (each byte put off the idle timer)."""
+    with gateway.connect() as sock:
+        sock.sendall(request_head)
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < HEAD_TIMEOUT + IDLE_TIMEOUT + 4:
+            try:
+                sock.sendall(drip)
+                sock.settimeout(0.3)
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+    assert closed
 
 
 def test_too_many_headers_are_refused(gateway: Gateway) -> None:
@@ -287,5 +363,40 @@ def test_deep_nesting_is_a_400_and_no_traceback(gateway: Gateway) -> None:
     assert "Traceback" not in log.read_text()[len(before) :]
 
 
+def test_unrouted_requests_get_the_one_error_shape(gateway: Gateway) -> None:
+    with web(gateway) as http:
+        for method, path, status in (("GET", "/nope", 404), ("PUT", "/echo/forward", 405)):
+            response = http.request(method, path)
+            assert response.status_code == status
+            assert error_of_response(response)["code"] == status
+
+
+def test_a_forwarded_for_header_is_nobodys_address(gateway: Gateway) -> None:
+    """The second attacker's find: uvicorn took X-Forwarded-For from loopback, so a
+    local caller could pass for any address (its share, its anonymous jobs). Here one
+    address holds its whole share of calls; another, naming it, still has its own."""
+    body = b'{"args": [3]}'
+    sleep = (
+        b"POST /echo/sleep HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with ExitStack() as held:
+        for _ in range(SHARE):
+            sock = held.enter_context(gateway.connect("127.0.0.62"))
+            sock.sendall(sleep)
+        time.sleep(0.5)
+        spoofed = {"X-Forwarded-For": "127.0.0.62", "X-Real-IP": "127.0.0.62"}
+        transport = httpx.HTTPTransport(local_address="127.0.0.61")
+        with httpx.Client(transport=transport, base_url=gateway.url, timeout=10) as http:
+            assert http.get("/echo/forward", params={"message": "x"}, headers=spoofed).json() == "x"
+        transport = httpx.HTTPTransport(local_address="127.0.0.62")
+        with httpx.Client(transport=transport, base_url=gateway.url, timeout=10) as http:
+            assert http.get("/echo/forward", params={"message": "x"}).status_code == 429
+
+
 def test_the_gateway_serves_on_after_every_attack(gateway: Gateway) -> None:
+    """... and wrote no traceback for any of them (the second attacker found one per
+    closed keep-alive connection)."""
     assert health(gateway) == 200
+    time.sleep(HEAD_TIMEOUT + 1)  # a closed connection's reset grace has passed
+    assert "Traceback" not in (gateway.bus.settings.home / "node.log").read_text()

@@ -143,8 +143,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     Behind a reverse proxy every client has the proxy's address: raise it there."""
     gateway_client_concurrency: int = 32
     """Requests one web client may have open at a gateway replica, server-sent event
-    streams included (429 beyond). A client: a token, a commune address, an end-to-end key
-    at its address, or an anonymous address."""
+    streams included (429 beyond). A client: a token, a commune address, or else the
+    address a request comes from."""
     gateway_client_rate: float = 200.0
     """Requests a second one web client may make of a gateway replica, in bursts of up to
     two seconds' worth (429 beyond)."""

@@ -133,6 +133,7 @@ class Gateway(Actor):
                 log_level="critical",  # the gateway logs its own errors (throttled)
                 access_log=False,
                 server_header=False,
+                proxy_headers=False,  # X-Forwarded-For from anyone would pick its address
                 lifespan="off",
                 timeout_keep_alive=settings.gateway_idle_timeout,  # type: ignore[arg-type]
                 timeout_graceful_shutdown=int(settings.drain_timeout),

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -55,8 +56,9 @@ __all__ = ["build_app"]
 log = logging.getLogger("actorbus.gateway")
 
 _HERE = Path(__file__).parent
-_STREAM_WINDOW = 64
-"""Chunks an actor may stream ahead of what the web caller has taken."""
+_STREAM_WINDOW = 8
+"""Chunks an actor may stream ahead of what the web caller has taken (what a reader that
+stopped reading leaves held here, until its stall timeout)."""
 _REPLY_HEADERS = ("actor-status", "actor-key", "actor-signature", "actor-error", "retry-after")
 
 
@@ -279,7 +281,14 @@ def build_app(gateway: Context) -> Starlette:
     middleware.insert(
         0, Middleware(WebSafety, hosts=settings.gateway_hosts, bound=settings.gateway_host)
     )
-    app = Starlette(routes=routes, middleware=middleware)
+
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return _error(status, exc.detail if isinstance(exc, HTTPException) else "failed")
+
+    app = Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: not_routed}
+    )
     app.router.redirect_slashes = False  # a redirect would be built from the Host header
     return app
 

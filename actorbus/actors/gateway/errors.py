@@ -15,11 +15,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...bus import ActorError, LogThrottle, printable
 
-__all__ = ["ErrorShape", "Refused", "error_json", "new_error_id"]
+__all__ = ["SECURITY_HEADERS", "ErrorShape", "Refused", "error_json", "new_error_id"]
 
 log = logging.getLogger("actorbus.gateway")
 
 _encode = msgspec.json.Encoder().encode
+
+DATA_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+"""What every response carries (a data response also the CSP :data:`DATA_POLICY`)."""
 
 
 class Refused(ActorError):

@@ -5,7 +5,7 @@ either, 429 with ``Retry-After``. So no client takes the whole gateway, whatever
 holds open; the gateway's own cap (``gateway_max_concurrency``) is what all share.
 
 A client is what :class:`~.identity.Outgoing` counts it as: a token's key, a commune
-address, an end-to-end key at its address, or an anonymous address.
+address, or else the address the request comes from (anonymous or end to end).
 """
 
 from __future__ import annotations

@@ -13,7 +13,12 @@ the bytes arrive, in the HTTP protocol itself, so nothing unbounded is buffered 
 - **Idle**: a keep-alive connection is closed after ``gateway_idle_timeout`` between
   requests.
 - **Framing**: ``Transfer-Encoding`` other than exactly ``chunked`` is refused (400), as
-  are protocol upgrades (the gateway serves no WebSocket).
+  are protocol upgrades (the gateway serves no WebSocket); chunk lines and trailers
+  beyond a head's worth and an eighth of the body are 431 (the parser holds a trailer
+  until it ends), and at most 16 requests may be pipelined ahead of their answers (each
+  is parsed and held).
+- **Between requests**: whatever arrives (blank lines, more of a body already answered)
+  does not hold a connection open: the next head must be complete in time, as above.
 - **Closing**: a connection closed with a response still unsent (a reader that stopped
   reading) is aborted after ``gateway_header_timeout``, not held until it reads.
 
@@ -34,7 +39,7 @@ from typing import Any, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import error_json
+from .errors import DATA_POLICY, SECURITY_HEADERS, error_json
 
 __all__ = ["Admission", "HeadLimits", "client_group", "guarded_protocol"]
 
@@ -118,26 +123,40 @@ class _ClosingAborts:
         self._loop = loop
         self._grace = grace
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._lost = False
 
     def close(self) -> None:
         self._transport.close()
-        if self._abort_timer is None:
+        if self._abort_timer is None and not self._lost:
             self._abort_timer = self._loop.call_later(self._grace, self._abort)
 
     def _abort(self) -> None:
         """Reset the connection: what the kernel still holds for it is dropped too."""
+        if self._lost:
+            return
         sock = self._transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._transport.abort()
 
     def lost(self) -> None:
+        self._lost = True
         if self._abort_timer is not None:
             self._abort_timer.cancel()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+_MAX_PIPELINED = 16
+"""Requests a connection may send ahead of their answers (each parsed one is held)."""
+
+
+def _framing(limits: HeadLimits, body: int) -> int:
+    """Bytes of chunk lines and trailers a request may send beside ``body`` bytes of body:
+    a head's worth, and an eighth of the body (no client frames more than that)."""
+    return 2 * limits.max_bytes + body // 8
 
 
 def _over(limit: int) -> str:
@@ -153,8 +172,13 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             self._group = ""
             self._admitted = False
             self._head_bytes = 0
+            """Bytes received while the request head is not complete."""
             self._head_count = 0
-            self._reading_head = True
+            self._head_done = False
+            self._after_head = 0
+            """Bytes received since the head was complete (body, its framing, trailers)."""
+            self._body = 0
+            """Bytes of body the parser delivered."""
             self._head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,7 +206,9 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             if not self._admitted or self.transport.is_closing():
                 return
             self._unset_keepalive_if_required()
-            if self._reading_head:
+            if self._head_done:
+                self._after_head += len(data)
+            else:
                 self._head_bytes += len(data)
             try:
                 self.parser.feed_data(data)
@@ -196,14 +222,19 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
                 else:
                     self._answer(400, "malformed HTTP request")
                 return
-            if self._reading_head and self._head_bytes > limits.max_bytes:
+            if not self._head_done and self._head_bytes > limits.max_bytes:
                 self._answer(431, _over(limits.max_bytes))
+            elif self._head_done and self._after_head - self._body > _framing(limits, self._body):
+                self._answer(431, "the request's chunk lines and trailers are over the limit")
+            elif self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                # Between requests (or past a response, with the request still sending):
+                # whatever arrives, the next head must be complete in time.
+                self._arm_head_timer()
 
         # -- parser callbacks ---------------------------------------------------------
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._reading_head = True
             self._head_count = 0
             if self._head_timer is None:  # a keep-alive connection's next request
                 self._arm_head_timer()
@@ -216,7 +247,9 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
 
         def on_headers_complete(self) -> None:
             self._disarm_head_timer()
-            self._reading_head = False
+            self._head_done = True
+            if len(self.pipeline) >= _MAX_PIPELINED:
+                raise _Refuse(400, f"over {_MAX_PIPELINED} requests pipelined unanswered")
             size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
             if size > limits.max_bytes:
                 raise _Refuse(
@@ -229,9 +262,14 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
                 raise _Refuse(400, _NO_UPGRADES)
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            super().on_body(body)
+            self._body += len(body)
+
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            self._head_bytes = 0
+            self._head_bytes = self._after_head = self._body = 0
+            self._head_done = False
 
         # -- helpers ------------------------------------------------------------------
 
@@ -247,9 +285,9 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             self._head_timer = None
             if self.transport.is_closing():
                 return
-            if self._head_bytes:
+            if self._head_bytes and not self._head_done:
                 self._answer(408, f"request head not received within {limits.timeout:g}s")
-            else:
+            else:  # sent nothing, or only more of a request already answered
                 self.transport.close()
 
         def _answer(self, status: int, message: str, *, retry_after: bool = False) -> None:
@@ -265,7 +303,8 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
                 b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
                 b"content-type: application/json",
                 b"content-length: %d" % len(body),
-                b"x-content-type-options: nosniff",
+                *(b"%s: %s" % pair for pair in SECURITY_HEADERS),
+                b"content-security-policy: " + DATA_POLICY.encode(),
                 b"connection: close",
             ]
             if retry_after:

@@ -21,8 +21,9 @@
    so one web client neither spends another's quota nor sees its jobs.
 
 Each request is also counted as one client for the gateway's fair share
-(:mod:`.fairness`): a token's key, a commune address, an end-to-end key at its address,
-or an anonymous address.
+(:mod:`.fairness`): a token's key, a commune address, or else the address it comes
+from (anonymous and end-to-end calls alike: a key the gateway does not check is no
+identity to count by).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ class Identities:
             nonce = request_nonce(forwarded)
             if not nonce:
                 raise Unauthorized(f"missing or malformed header {H_NONCE}")
-            who = f"{forwarded.get(H_KEY, '')[:64]}@{address}"  # claimed: counted per address
+            # The key is only claimed here (the actor checks it): counted as its address.
+            who = f"address:{address}"
             return Outgoing("end-to-end", body, lambda _: forwarded, who, relay_reply(nonce))
         if _commune_like(headers, body):
             body, on_behalf = await self._commune(body, f"{name}/{fn}")
@@ -158,8 +160,9 @@ class Identities:
                 signer, subject, reply, body, content_type=wire_type, timeout=timeout
             )
 
-        mode = "token" if headers.get("authorization") else "anonymous"
-        return Outgoing(mode, body, signed, signer.address)
+        if headers.get("authorization"):
+            return Outgoing("token", body, signed, signer.address)
+        return Outgoing("anonymous", body, signed, f"address:{address}")
 
     def signer(
         self, headers: dict[str, str], body: bytes, policy: PolicyState, address: str

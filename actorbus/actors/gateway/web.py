@@ -32,18 +32,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...bus.wire import JSON, MSGPACK
-from .errors import error_json
+from .errors import DATA_POLICY, SECURITY_HEADERS, error_json
 
 __all__ = ["PASSED_STATUSES", "WebSafety", "page", "reply_response"]
 
 _HERE = Path(__file__).parent
-_DATA_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-_ALWAYS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-]
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
 _BODY_TYPES = (JSON, MSGPACK)
 
@@ -121,10 +114,10 @@ class WebSafety:
         async def secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 found = MutableHeaders(raw=message["headers"])
-                for name, value in _ALWAYS:
+                for name, value in SECURITY_HEADERS:
                     found.raw.append((name, value))
                 if "content-security-policy" not in found:
-                    found.raw.append((b"content-security-policy", _DATA_POLICY.encode()))
+                    found.raw.append((b"content-security-policy", DATA_POLICY.encode()))
             await send(message)
 
         if refusal is None:
