@@ -154,7 +154,7 @@ async def load(mode: str, target: str, concurrency: int, seconds: float, token: 
     budget = [MAX_CALLS_PER_CELL]
     client: Client | None = None
     if mode == "direct":
-        client = await Client(settings=Settings(nats_url=target)).__aenter__()
+        client = await Client(settings=Settings.from_env(nats_url=target)).__aenter__()
         await client.call("bench", "echo", "warm")
     started = time.perf_counter()
     deadline = started + seconds
