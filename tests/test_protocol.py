@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import multiprocessing
 import os
 import re
 import stat
@@ -309,6 +310,21 @@ def test_keystore_writes_0600_and_refuses_readable_keys(tmp_path: Path) -> None:
     with pytest.raises(BadRequest, match="invalid key name"):
         store.load("../etc/passwd")
     assert store.load("fresh", create=True).address == store.load("fresh").address
+
+
+def _load_created(home: str) -> str:
+    return Keystore(Path(home)).load("racer", create=True).address
+
+
+def test_replicas_creating_one_key_at_once_all_load_it(tmp_path: Path) -> None:
+    """Issue 21: replicas of a new actor starting together read a key file another was
+    still writing ("does not hold a 32-byte hex seed") in 21 of 200 three-process races."""
+    for round_ in range(50):
+        home = tmp_path / str(round_)
+        with multiprocessing.get_context("fork").Pool(3) as pool:
+            addresses = pool.map(_load_created, [str(home)] * 3)
+        assert len(set(addresses)) == 1
+        assert [p.name for p in (home / "keys").iterdir()] == ["racer.key"]  # no leftovers
 
 
 def test_nonce_announcement_matches_the_vector() -> None:

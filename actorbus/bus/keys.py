@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 
 import nacl.bindings
@@ -200,16 +201,26 @@ class Keystore:
         os.chmod(self.directory, 0o700)
 
     def create(self, name: str) -> Keypair:
-        """Make and save a new key; raises :class:`BadRequest` if ``name`` exists."""
+        """Make and save a new key; raises :class:`BadRequest` if ``name`` exists.
+
+        The file appears whole or not at all (written under a temporary name, then linked
+        into place): replicas of a new actor starting together on a fresh home all load
+        the one key that won, never a half-written file."""
         path = self._path(name)
         self._ensure_directory()
         key = Keypair.generate()
+        fd, partial = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".new")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise BadRequest(f"key {name!r} already exists") from None
-        with os.fdopen(fd, "w") as file:
-            file.write(key.seed.hex() + "\n")
+            with os.fdopen(fd, "w") as file:  # mkstemp makes it 0600
+                file.write(key.seed.hex() + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                raise BadRequest(f"key {name!r} already exists") from None
+        finally:
+            os.unlink(partial)
         return key
 
     def load(self, name: str, *, create: bool = False) -> Keypair:
