@@ -62,6 +62,15 @@ def test_keys(env: dict[str, str], home: Path) -> None:
     assert seed not in out
     code, out, _ = actor(env, "key", "ls", "--json")
     assert {"name": "alice", "address": address} in json.loads(out)
+    # Issue 21: a mistyped key name is an error, never a new identity.
+    for args, extra in (
+        (("key", "sign", "echo/forward", "{}", "--key", "zzz"), {}),
+        (("key", "sign", "echo/forward", "{}"), {"ACTOR_KEY": "bobb"}),
+    ):
+        code, _, err = actor({**env, **extra}, *args)
+        assert code == EXIT_CODES[400], err
+        assert "no key named" in err and "actor key new" in err and "alice" in err
+    assert sorted(p.name for p in (home / "keys").iterdir()) == ["alice.key"]
 
 
 def test_call_prints_json_and_maps_errors_to_exit_codes(env: dict[str, str], echo: str) -> None:

@@ -173,7 +173,7 @@ async def run_node(
     reached.
     """
     name = node_name(settings)
-    owner = Keystore(settings.home).load(settings.key, create=True)
+    owner = Keystore(settings.home).caller(settings.key)
     with claim_node(settings.home) as describe:
         async with nats_server_for(settings) as server:
             url = server.url if server else settings.url

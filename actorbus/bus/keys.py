@@ -185,6 +185,10 @@ def token_keypair(token: str) -> Keypair:
     return Keypair(hashlib.sha256(f"actorbus/1\ntoken\n{token}".encode()).digest())
 
 
+DEFAULT_KEY = "default"
+"""The caller key a home makes on first use; any other is made with ``actor key new``."""
+
+
 class Keystore:
     """Named keys under ``<home>/keys/<name>.key``: the hex seed, mode 0600, dir 0700."""
 
@@ -231,7 +235,10 @@ class Keystore:
         path = self._path(name)
         if not path.exists():
             if not create:
-                raise BadRequest(f"no key named {name!r} in {self.directory}")
+                known = ", ".join(self.names()) or "none yet"
+                raise BadRequest(
+                    f"no key named {name!r} (keys: {known}; create one with `actor key new {name}`)"
+                )
             try:
                 return self.create(name)
             except BadRequest:  # created concurrently by another process: load it
@@ -244,6 +251,11 @@ class Keystore:
             return Keypair(seed)
         except ValueError:
             raise BadRequest(f"key file {path} does not hold a 32-byte hex seed") from None
+
+    def caller(self, name: str) -> Keypair:
+        """The key a caller signs with: the home's ``default`` key is made on first use;
+        any other must exist, so a mistyped ``--key`` is an error, never a new identity."""
+        return self.load(name, create=name == DEFAULT_KEY)
 
     def names(self) -> list[str]:
         if not self.directory.is_dir():

@@ -36,7 +36,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Whether the embedded default runs with users and the auth callout
     (``ACTOR_NATS_AUTH``; PROTOCOL.md §5). Off, any connection may do anything on it."""
     key: str = "default"
-    """The caller's key name in the keystore (``ACTOR_KEY``)."""
+    """The caller's key name in the keystore (``ACTOR_KEY``); only ``default`` is made on
+    first use, any other with ``actor key new``."""
     host_key: str = ""
     """The keystore key that signs this home's hosting tickets (``ACTOR_HOST_KEY``; empty:
     :attr:`key`): replicas started here serve their names under it, if the policy lets it

@@ -85,7 +85,7 @@ def key_sign(ctx: click.Context, target: str, body: str, key_name: str | None, c
     name, _, fn = target.rpartition("/")
     try:
         subject = call_subject(name, fn)
-        signer = Keystore(settings.home).load(key_name or settings.key, create=True)
+        signer = Keystore(settings.home).caller(key_name or settings.key)
     except BadRequest as exc:
         err.print(f"[red]error[/red] {exc}")
         ctx.exit(EXIT_CODES[400])

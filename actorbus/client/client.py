@@ -135,7 +135,7 @@ class Client:
     @property
     def key(self) -> Keypair:
         if self._key is None:
-            self._key = Keystore(self.settings.home).load(self.settings.key, create=True)
+            self._key = Keystore(self.settings.home).caller(self.settings.key)
         return self._key
 
     @property

@@ -324,7 +324,7 @@ def _host_key(settings: Settings) -> Keypair:
     keys = Keystore(settings.home)
     if settings.host_key:
         return keys.load(settings.host_key)
-    return keys.load(settings.key, create=True)
+    return keys.caller(settings.key)
 
 
 async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:

@@ -136,7 +136,7 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
     extra: tuple[str, ...] = ()
     if settings.nats_auth:
         keys = Keystore(settings.home)
-        owner = keys.load(settings.key, create=True)
+        owner = keys.caller(settings.key)
         policy = keys.load(settings.policy, create=True)
         config = auth_config(settings, owner, policy)
         extra = ("-c", str(write_config(settings.home / "nats" / "server.conf", config)))
@@ -150,7 +150,7 @@ def leaf_config_of(settings: Settings) -> Path:
     :class:`BadRequest` for a bad URL or credentials file."""
     credentials = Path(settings.join_credentials) if settings.join_credentials else None
     path = settings.home / "nats" / "leaf.conf"
-    key = Keystore(settings.home).load(settings.key, create=True)
+    key = Keystore(settings.home).caller(settings.key)
     node = node_name(settings)
     return leaf_config(path, settings.join, credentials, settings.join_domain, node=node, key=key)
 

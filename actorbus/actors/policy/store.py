@@ -98,7 +98,7 @@ class PolicyStore(Actor):
             args = msgspec.to_builtins(config)
             if await self._seed("config", encode(config), "set_config", args):
                 if not state.admins:
-                    first = Keystore(settings.home).load(settings.key, create=True).address
+                    first = Keystore(settings.home).caller(settings.key).address
                     await self._seed("admin." + first, b"1", "first_admin", {"key": first})
                 if settings.host_token:
                     host = token_keypair(settings.host_token).address
