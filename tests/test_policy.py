@@ -94,6 +94,26 @@ async def test_only_admins_change_the_policy(settings: Settings, name: str) -> N
             await other.call(settings.policy, "decide", admin.key.address, name, "forward")
 
 
+async def test_a_role_must_exist_before_anyone_is_given_it(settings: Settings) -> None:
+    """Issue 21: `add-user alice --role testr` and `token new x --role nosuchrole` were
+    taken, and the key silently allowed nothing."""
+    key = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        Client(settings=settings) as admin,
+    ):
+        with pytest.raises(BadRequest, match=r"no role named 'testr' \(roles: .*user"):
+            await admin.call(settings.policy, "add_user", key.address, "testr")
+        with pytest.raises(BadRequest, match="no role named 'nosuchrole'"):
+            await admin.call(settings.policy, "issue_token", "x", "nosuchrole")
+        assert key.address not in await admin.call(settings.policy, "users")
+        await admin.call(settings.policy, "set_role", "ops", ["echo/*"])
+        await admin.call(settings.policy, "add_user", key.address, "ops")
+        await admin.call(settings.policy, "rm_role", "ops")
+        decision = await admin.call(settings.policy, "decide", key.address, "echo", "forward")
+        assert "role 'ops' does not exist" in decision["reason"]
+
+
 async def test_admins_and_the_audit_log(settings: Settings) -> None:
     deputy = Keypair.generate()
     async with (

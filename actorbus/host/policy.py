@@ -244,4 +244,7 @@ class PolicyState:
             return Decision(True, role_name, f"{fn} is whitelisted", rate)
         if rule := self._matches(role.allow, target):
             return Decision(True, role_name, f"role {role_name!r} allows {rule!r}", rate)
+        if role_name not in self.roles and role_name != PUBLIC:
+            reason = f"role {role_name!r} does not exist, so it may not call {target}"
+            return Decision(False, role_name, reason, rate)
         return Decision(False, role_name, f"role {role_name!r} may not call {target}", rate)

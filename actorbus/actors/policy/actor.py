@@ -53,7 +53,11 @@ class Policy(Credentials, Quotas, AuthCallout):
     async def add_user(self, key: str, role: str = "user") -> dict[str, str]:
         """Give ``key`` the role ``role``; returns ``{key: role}``."""
         await self._change(
-            "add_user", "user." + check_address(key), encode(check_role(role)), key=key, role=role
+            "add_user",
+            "user." + check_address(key),
+            encode(await self._existing_role(role)),
+            key=key,
+            role=role,
         )
         return {key: role}
 

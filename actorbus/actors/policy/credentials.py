@@ -11,7 +11,7 @@ import msgspec
 
 from ...bus import BadRequest, NotFound, new_token, token_id, token_keypair
 from ...host.policy import TokenInfo
-from .store import PolicyStore, check_address, check_role, check_token_name, encode
+from .store import PolicyStore, check_address, check_token_name, encode
 
 __all__ = ["Credentials"]
 
@@ -32,7 +32,7 @@ class Credentials(PolicyStore):
         info = TokenInfo(name=name, address=address, created=time.time())
         await self._write(
             "user." + address,
-            encode(check_role(role)),
+            encode(await self._existing_role(role)),
             who=who,
             what="add_user",
             args={"key": address, "role": role},

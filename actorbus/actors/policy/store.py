@@ -148,6 +148,19 @@ class PolicyStore(Actor):
 
     # -- helpers -----------------------------------------------------------------------
 
+    async def _existing_role(self, role: str) -> str:
+        """``role``, if the policy has it (a typo must not give a key a role nobody
+        defined: it would silently allow nothing); an admin asks. The bucket is read when
+        this replica has not seen it (another replica may have just made it)."""
+        self._require_admin()
+        if check_role(role) not in self.state.roles and await self._value("role." + role) is None:
+            known = ", ".join(sorted(self.state.roles)) or "none"
+            raise BadRequest(
+                f"no role named {role!r} (roles: {known}; define one with "
+                f"`actor policy role set {role} --allow PATTERN`)"
+            )
+        return role
+
     @property
     def state(self) -> PolicyState:
         view = self.__actorbus_policy__
