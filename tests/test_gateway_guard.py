@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
+from pathlib import Path
 
 import httpx
 import pytest
@@ -392,6 +393,27 @@ def test_a_forwarded_for_header_is_nobodys_address(gateway: Gateway) -> None:
         transport = httpx.HTTPTransport(local_address="127.0.0.62")
         with httpx.Client(transport=transport, base_url=gateway.url, timeout=10) as http:
             assert http.get("/echo/forward", params={"message": "x"}).status_code == 429
+
+
+def test_a_busy_gateway_port_is_said_in_one_line(tmp_path: Path) -> None:
+    """Issue 21: `actor up -d` exited 0 listing `gateway 0` while the gateway had died of
+    "Address already in use" (a ~100-line traceback in node.log only)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        bus = Bus(tmp_path / "home", ACTOR_NATS_PORT=str(free_port()), ACTOR_GATEWAY_PORT=str(port))
+        try:
+            done = bus.run("up", "-d", "examples/echo.py:Echo")
+            assert done.returncode == 0, done.stderr  # the node runs without its gateway
+            assert (
+                f"gateway did not start: error 503 the gateway cannot listen on 127.0.0.1:{port}"
+                in done.stderr
+            )
+            assert "│ gateway" not in done.stderr
+            assert "Traceback" not in (bus.settings.home / "node.log").read_text()
+        finally:
+            bus.run("down")
 
 
 def test_the_gateway_serves_on_after_every_attack(gateway: Gateway) -> None:

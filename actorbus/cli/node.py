@@ -15,6 +15,7 @@ import anyio
 import click
 import msgspec
 import psutil
+from rich.markup import escape
 
 from ..actors.node import run_node
 from ..bus import ActorError, BadRequest, Unavailable
@@ -290,10 +291,22 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
         "`actor ps` to see it, `actor down` to stop it"
     )
     started = {e.name for e in entries}
+    tail = log_path.read_bytes()[offset:].decode(errors="replace").splitlines()
     for spec in specs:
         if spec.name not in started:
-            err.print(f"{spec.name} did not start; {log_path} says why")
+            err.print(f"[red]{spec.name} did not start[/red]: {_why(tail, spec.name, log_path)}")
     err.print(status_table(entries))
+
+
+def _why(lines: list[str], name: str, log_path: Path) -> str:
+    """The last error line replica ``name`` logged, else where to look."""
+    prefix = f"{name}["
+    errors = [
+        line.split("| ", 1)[-1].strip()
+        for line in lines
+        if line.startswith(prefix) and "error" in line.lower()
+    ]
+    return escape(errors[-1]) if errors else f"{log_path} says why"
 
 
 async def _entries_when_up(

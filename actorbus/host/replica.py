@@ -201,7 +201,12 @@ async def serve(
                 tg.start_soon(
                     binding.keep, lambda: registration.period, partial(registration.put, entry)
                 )
-                await tg.start(actor.on_run)
+                try:
+                    await tg.start(actor.on_run)
+                except BaseException:  # never ready: leave no registry entry behind
+                    with anyio.CancelScope(shield=True):
+                        await _drain(pipeline, sub, registration, entry, settings.drain_timeout)
+                    raise
                 log.info("%s ready: %d functions, address %s", name, len(functions), key.address)
                 try:
                     yield Host(actor, entry, pipeline)

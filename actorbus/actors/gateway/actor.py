@@ -160,13 +160,21 @@ class Gateway(Actor):
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket other replicas may share (``SO_REUSEPORT`` where there is one).
     Its protocol is named: asyncio sets TCP_NODELAY on accepted connections only when it
-    is, and without it every keep-alive response waits ~40 ms for a delayed ACK."""
+    is, and without it every keep-alive response waits ~40 ms for a delayed ACK. Raises
+    :class:`Unavailable` (one line, no traceback) if the address is taken or invalid."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(
+            f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(another process has it? choose one with --gateway-port or ACTOR_GATEWAY_PORT)"
+        ) from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
