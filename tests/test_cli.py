@@ -80,6 +80,11 @@ def test_call_prints_json_and_maps_errors_to_exit_codes(env: dict[str, str], ech
     assert (code, json.loads(out)) == (0, 3.5)
     code, out, _ = actor(env, "call", f"{echo}/forward", "-k", "message=keyword")
     assert json.loads(out) == "keyword"
+    # Issue 21: text for a str parameter stays text (it was a 400: expected str, got int).
+    code, out, err = actor(env, "call", f"{echo}/forward", "123")
+    assert (code, json.loads(out)) == (0, "123"), err
+    code, out, _ = actor(env, "call", f"{echo}/forward", "-k", "message=true")
+    assert json.loads(out) == "true"
     code, _, err = actor(env, "call", f"{echo}/nope")
     assert code == EXIT_CODES[404]
     assert "404" in err

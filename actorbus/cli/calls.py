@@ -11,10 +11,10 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from ..bus import BadRequest, NotFound
+from ..bus import ActorError, BadRequest, NotFound
 from ..bus.subjects import check_fn, check_name
 from ..client import Client
-from ..client.client import loose_value
+from ..client.client import loose_value, typed_value
 from ._common import err, out, run_coroutine, settings_of
 
 
@@ -50,22 +50,21 @@ def call(
     name, sep, fn = target.rpartition("/")
     if not sep:
         raise click.BadParameter("expected NAME/FN, e.g. echo/forward", param_hint="NAME/FN")
-    keywords: dict[str, Any] = {}
+    texts: dict[str, str] = {}
     for item in kwargs:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="-k")
-        keywords[key] = loose_value(value)
+        texts[key] = value
     try:
         check_name(name)
         check_fn(fn)
     except BadRequest as exc:
         raise click.BadParameter(exc.message, param_hint="NAME/FN") from None
 
-    values = [loose_value(a) for a in args]
-
     async def run() -> tuple[bool, Any]:  # (a single result to print, it)
         async with Client(settings=settings) as client:
+            values, keywords = await _arguments(client, name, fn, args, texts)
             if fn not in (await client.known(name)).streams:
                 return True, await client.request(name, fn, values, keywords, timeout=timeout)
             async for chunk in client.stream(name, fn, *values, _timeout=timeout, **keywords):
@@ -80,6 +79,28 @@ def call(
     single, result = run_coroutine(ctx, run)
     if single:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+async def _arguments(
+    client: Client, name: str, fn: str, args: tuple[str, ...], kwargs: dict[str, str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The call's arguments from their text: each JSON if it parses, else the text, but
+    the text as it is for a parameter the function types as a string (``echo/forward
+    123`` sends ``"123"``): its schema is asked only when some text parses as JSON."""
+    loose = [loose_value(a) for a in args], {k: loose_value(v) for k, v in kwargs.items()}
+    if all(isinstance(v, str) for v in [*loose[0], *loose[1].values()]):
+        return loose
+    try:
+        params = (await client.call(name, "schema")).get(fn, {}).get("params", {})
+    except ActorError:
+        return loose  # the call itself will say what is wrong
+    properties = params.get("properties", {}) if isinstance(params, dict) else {}
+    names = list(properties)
+    values = [
+        typed_value(text, properties.get(names[i]) if i < len(names) else None)
+        for i, text in enumerate(args)
+    ]
+    return values, {k: typed_value(v, properties.get(k)) for k, v in kwargs.items()}
 
 
 # -- ls / info -----------------------------------------------------------------------------

@@ -48,14 +48,14 @@ from ..bus.lru import LRU
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject
-from ..bus.wire import Seal, request_headers, request_nonce, signature_seal
+from ..bus.wire import Seal, check_nesting, request_headers, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info, service_infos
 from .jobs import DEFAULT_JOB_TTL, Job
 from .registry import Registry, RegistryEntry, Vouching
 from .streams import read_stream
 
-__all__ = ["ActorProxy", "Client", "loose_value"]
+__all__ = ["ActorProxy", "Client", "loose_value", "typed_value"]
 
 _KNOWN_SECONDS = 10.0
 _NAMES_KEPT = 1024
@@ -476,6 +476,22 @@ def loose_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+_NOT_TEXT = frozenset({"integer", "number", "boolean", "array", "object"})
+
+
+def typed_value(text: str, schema: Any) -> Any:
+    """An argument typed as text for a parameter of JSON Schema ``schema`` (``None``: not
+    known): the text itself for a parameter typed as a string (``message=3`` is ``"3"``),
+    else :func:`loose_value`. Raises :class:`BadRequest` for JSON nested past reason."""
+    if isinstance(schema, dict):
+        options = [schema, *(o for o in schema.get("anyOf", []) if isinstance(o, dict))]
+        types = {o.get("type") for o in options}
+        if "string" in types and not types & _NOT_TEXT:
+            return text
+    check_nesting(text)
+    return loose_value(text)
 
 
 class ActorProxy:

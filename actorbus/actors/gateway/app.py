@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import anyio
 import msgspec
@@ -39,9 +38,8 @@ from ...bus import (
     printable,
 )
 from ...bus.subjects import check_fn, check_name
-from ...bus.wire import check_nesting
 from ...client.answers import advertised_timeout
-from ...client.client import loose_value
+from ...client.client import typed_value
 from ...client.streams import read_stream
 from .catalog import Viewer, openapi
 from .context import Context
@@ -199,9 +197,7 @@ def build_app(gateway: Context) -> Starlette:
             if schema.get("idempotent") is not True:
                 raise Refused(405, _GET_ONLY_IDEMPOTENT)
             properties = schema.get("params", {}).get("properties", {})
-            kwargs = {
-                k: _query_value(v, properties.get(k)) for k, v in request.query_params.items()
-            }
+            kwargs = {k: typed_value(v, properties.get(k)) for k, v in request.query_params.items()}
             return msgspec.json.encode({"kwargs": kwargs})
 
         return await relay(request, name, fn, body)
@@ -291,18 +287,3 @@ def build_app(gateway: Context) -> Starlette:
     )
     app.router.redirect_slashes = False  # a redirect would be built from the Host header
     return app
-
-
-_NOT_TEXT = frozenset({"integer", "number", "boolean", "array", "object"})
-
-
-def _query_value(text: str, schema: Any) -> Any:
-    """A query parameter's value: the text itself for a parameter typed as a string
-    (``?message=3`` is ``"3"``), else JSON if it parses (``1``, ``true``), else the text."""
-    if isinstance(schema, dict):
-        options = [schema, *(o for o in schema.get("anyOf", []) if isinstance(o, dict))]
-        types = {o.get("type") for o in options}
-        if "string" in types and not types & _NOT_TEXT:
-            return text
-    check_nesting(text)
-    return loose_value(text)
