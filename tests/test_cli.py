@@ -73,6 +73,22 @@ def test_keys(env: dict[str, str], home: Path) -> None:
     assert sorted(p.name for p in (home / "keys").iterdir()) == ["alice.key"]
 
 
+def test_typos_are_one_line_usage_errors(env: dict[str, str], tmp_path: Path) -> None:
+    """Issue 21: a mistyped NATS URL or a home that is a file were tracebacks; no NATS
+    said nothing of what to do."""
+    code, _, err = actor(env, "--nats", "nats://127.0.0.1:notaport", "ls")
+    assert code == 2 and "invalid NATS URL 'nats://127.0.0.1:notaport'" in err
+    file = tmp_path / "a-file"
+    file.write_text("")
+    code, _, err = actor(env, "--home", str(file), "ls")
+    assert code == 2 and "is not a directory" in err
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    code, _, err = actor(env, "--nats", nowhere, "ls")
+    assert code == EXIT_CODES[503]
+    assert f"cannot reach NATS at {nowhere}" in err and "actor up" in err
+    assert "Traceback" not in err
+
+
 def test_call_prints_json_and_maps_errors_to_exit_codes(env: dict[str, str], echo: str) -> None:
     code, out, _ = actor(env, "call", f"{echo}/forward", "hi")
     assert (code, json.loads(out)) == (0, "hi")

@@ -143,7 +143,10 @@ async def connect(
             " log says why)"
         ) from exc
     except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-        raise Unavailable(f"cannot reach NATS at {url}: {exc}") from exc
+        raise Unavailable(
+            f"cannot reach NATS at {url}: {exc} (start a node here with `actor up`, or point "
+            "--nats or ACTOR_NATS_URL at a running NATS)"
+        ) from exc
     holder.append(nc)
     # Connected: from now on, never give up on the server.
     nc.options["max_reconnect_attempts"] = -1

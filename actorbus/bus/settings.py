@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -190,7 +191,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             settings = msgspec.convert(values, cls, strict=False, dec_hook=_to_path)
         except msgspec.ValidationError as exc:
             raise BadRequest(f"invalid setting: {exc}") from None
-        return msgspec.structs.replace(settings, home=settings.home.expanduser())
+        home = settings.home.expanduser()
+        if home.exists() and not home.is_dir():
+            raise BadRequest(f"ACTOR_HOME {str(home)!r} is not a directory")
+        for url in filter(None, (u.strip() for u in (settings.nats_url or "").split(","))):
+            _check_nats_url(url)
+        return msgspec.structs.replace(settings, home=home)
 
     @property
     def policy_bucket(self) -> str:
@@ -206,6 +212,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def url(self) -> str:
         """The NATS URL to use: the configured one, else the local default."""
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+
+_NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss", "nats-leaf"})
+
+
+def _check_nats_url(url: str) -> None:
+    """Refuse a NATS URL nats-py would choke on, with the reason (a usage error)."""
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in _NATS_SCHEMES or not parsed.hostname or port == -1:
+        raise BadRequest(
+            f"invalid NATS URL {url!r}: use nats://HOST:PORT (tls://, ws://, wss:// too)"
+        )
 
 
 def _to_path(type_: type, value: Any) -> Any:
