@@ -14,6 +14,7 @@ import anyio
 import msgspec
 
 from ..bus import ActorError, BadRequest, NotFound, Unavailable
+from ..bus.jetstream import when_ready
 from ..bus.subjects import NODE_PREFIX
 from .client import Client
 from .specs import ActorSpec, ReplicaStatus
@@ -42,8 +43,9 @@ class Control:
         """What nodes that did not answer the last :meth:`ps` said (by node)."""
 
     async def nodes(self) -> list[str]:
-        """The names of the nodes whose supervisors are up."""
-        entries = await self.client.entries()
+        """The names of the nodes whose supervisors are up (waiting up to 10 s while the
+        registry's JetStream elects a leader: a NATS node of a cluster just lost)."""
+        entries = await when_ready(self.client.entries, "reading the registry", wait=10.0)
         return sorted(
             {e.name[len(NODE_PREFIX) :] for e in entries if e.name.startswith(NODE_PREFIX)}
         )
