@@ -25,8 +25,11 @@ class Probe(Actor):
         self.runs = 0
         self.ranks: list[int] = []
 
-    @endpoint(idempotent=True)  # callable by GET through the gateway
     def forward(self, message: str = "hello") -> str:
+        return message
+
+    @endpoint(idempotent=True)  # safe to repeat: callable by GET through the gateway
+    def text(self, message: str = "hello") -> str:
         return message
 
     @endpoint(idempotent=True)

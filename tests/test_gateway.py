@@ -120,7 +120,7 @@ async def test_anonymous_callers_are_public(settings: Settings, name: str) -> No
         response = await s.http.get(f"/{name}/add", params={"a": 2, "b": 3, "scale": 10})
         assert response.status_code == 405  # not marked idempotent: POST it
         # A string parameter takes the text as it is, digits or not (the fuzz test's find).
-        response = await s.http.get(f"/{name}/forward", params={"message": "3"})
+        response = await s.http.get(f"/{name}/text", params={"message": "3"})
         assert (response.status_code, response.json()) == (200, "3")
         me = (await s.http.post(f"/{name}/whoami", json={})).json()
         mine = s.gateway.identities.anonymous("127.0.0.1").address
@@ -321,12 +321,12 @@ async def test_a_client_gets_its_share_and_no_more(settings: Settings, name: str
     ):
         await s.open_to("public")
         started = time.monotonic()
-        statuses = [(await fast.get(f"/{name}/forward")).status_code for _ in range(3)]
-        limited = await fast.get(f"/{name}/forward")
+        statuses = [(await fast.get(f"/{name}/text")).status_code for _ in range(3)]
+        limited = await fast.get(f"/{name}/text")
         if time.monotonic() - started < 1.5:  # within a token's time: one call went through
             assert statuses == [200, 429, 429] and limited.status_code == 429
             assert 0 < float(limited.headers["Retry-After"]) <= 2
-        assert (await slow.get(f"/{name}/forward")).status_code == 200
+        assert (await slow.get(f"/{name}/text")).status_code == 200
 
 
 async def test_a_reader_that_stops_reading_loses_its_stream(settings: Settings, name: str) -> None:
@@ -609,8 +609,8 @@ async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: 
         assert kwargs["properties"]["kwargs"]["properties"]["a"] == {"type": "integer"}
         assert add["post"]["summary"] == "add(a: int, b: int, *, scale: int = 1) -> int"
         assert "get" not in add  # not idempotent
-        forward = document["paths"][f"/{name}/forward"]
-        assert {p["name"] for p in forward["get"]["parameters"]} == {"message"}
+        text = document["paths"][f"/{name}/text"]
+        assert {p["name"] for p in text["get"]["parameters"]} == {"message"}
         assert "429" in add["post"]["responses"]
         # A new actor shows up as it comes.
         async with serve(Probe(), name=other, settings=s.settings):
