@@ -73,6 +73,18 @@ def answer(sock: socket.socket, limit: float = 10.0) -> bytes:
     return data
 
 
+def endless(sock: socket.socket, start: bytes) -> tuple[int, bytes]:
+    """Send ``start``, then a header value that never ends (up to 8 MiB, until the gateway
+    stops taking it); how much of it went, and what the gateway answered."""
+    sock.sendall(start)
+    sent = 0
+    with suppress(BrokenPipeError, ConnectionResetError):
+        while sent < 8 * 1024 * 1024:
+            sock.sendall(b"a" * 65536)
+            sent += 65536
+    return sent, answer(sock)
+
+
 def error_of(response: bytes) -> dict[str, object]:
     head, _, body = response.partition(b"\r\n\r\n")
     assert b"content-type: application/json" in head.lower()
@@ -94,15 +106,7 @@ def test_an_endless_header_block_is_refused_while_it_arrives(gateway: Gateway) -
     """Before: the parser buffered the block (1.26 GiB in 4 s) and the 431 came only
     once the headers were complete."""
     with gateway.connect() as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: ")
-        sent = 0
-        try:
-            while sent < 8 * 1024 * 1024:
-                sock.sendall(b"a" * 65536)
-                sent += 65536
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        response = answer(sock)
+        sent, response = endless(sock, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: ")
     assert response.startswith(b"HTTP/1.1 431 "), response[:200]
     assert error_of(response)["code"] == 431
     assert sent < 4 * 1024 * 1024  # refused long before the attacker was done
@@ -112,18 +116,11 @@ def test_an_endless_trailer_is_refused_while_it_arrives(gateway: Gateway) -> Non
     """The second attacker's find: trailers come after the head, where nothing counted
     them, and the parser held each until it ended (+400 MiB from 100 connections)."""
     with gateway.connect() as sock:
-        sock.sendall(
+        sent, response = endless(
+            sock,
             b"POST /echo/forward HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-            b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: "
+            b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ",
         )
-        sent = 0
-        try:
-            while sent < 8 * 1024 * 1024:
-                sock.sendall(b"a" * 65536)
-                sent += 65536
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        response = answer(sock)
     # A 431, or (the app already reading the request's body) the connection closed:
     # either way, long before the attacker was done.
     assert response == b"" or response.startswith(b"HTTP/1.1 431 "), response[:200]
