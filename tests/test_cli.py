@@ -242,20 +242,17 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
         "ACTOR_NATS_PORT": str(port),
         "ACTOR_GATEWAY_PORT": str(web),
     }
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "ACTOR_"))}
-    up = Up(dict(clean, **env), "examples/echo.py:Echo")
+    up = Up(dict(os.environ, **env), "examples/echo.py:Echo")
     try:
         up.wait_for("echo[0] ready: pid")
         where = next(line for line in up.lines if "embedded nats-server" in line)
         assert f"nats://127.0.0.1:{port}" in where
         server = int(where.split("(pid ")[1].split(")")[0])
         echo = int(next(line for line in up.lines if "echo[0] ready" in line).split("pid ")[1])
-        result = CliRunner().invoke(
-            main, ["call", "echo/forward", "hi"], env=dict(env, NATS_URL="", ACTOR_NATS_URL="")
-        )
+        result = CliRunner().invoke(main, ["call", "echo/forward", "hi"], env=env)
         assert (result.exit_code, json.loads(result.stdout)) == (0, "hi")
         # The README's Python quickstart, as written.
-        assert readme_python("Quickstart", dict(clean, **env)) == "hi 3.0"
+        assert readme_python("Quickstart", dict(os.environ, **env)) == "hi 3.0"
         # The gateway on 8080: discovery only for the public until the README's role change.
         up.wait_for("gateway[0] ready: pid")
         gateway = f"http://127.0.0.1:{web}"
@@ -263,7 +260,7 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
         result = CliRunner().invoke(
             main,
             ["policy", "role", "set", "public", "--allow", "echo/*"],
-            env=dict(env, NATS_URL="", ACTOR_NATS_URL=""),
+            env=env,
         )
         assert result.exit_code == 0, result.output
         for _ in range(50):  # the policy change reaches the gateway's replica through a watch
@@ -272,9 +269,9 @@ def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert answer.json() == 3.5
-        assert readme_python("The HTTP gateway", dict(clean, **env), gateway) == "signed by me"
+        assert readme_python("The HTTP gateway", dict(os.environ, **env), gateway) == "signed by me"
         up.wait_for("jobs[0] ready: pid")
-        assert readme_python("Jobs", dict(clean, **env)) == "1001 2001.0 finished"
+        assert readme_python("Jobs", dict(os.environ, **env)) == "1001 2001.0 finished"
     finally:
         assert up.stop() == 0
     # Ctrl-C reached only the supervisor: the replicas drained against a live server

@@ -25,7 +25,7 @@ class Bus:
 
     def __init__(self, home: Path, **env: str) -> None:
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "ACTOR_"))},
+            **os.environ,
             "ACTOR_HOME": str(home),
             "ACTOR_DRAIN_TIMEOUT": "5",
             **env,
