@@ -10,6 +10,7 @@ import pytest
 from support import Probe, body, envelope, impostor, raw
 
 from actorbus import (
+    Actor,
     BadReply,
     BadRequest,
     Client,
@@ -20,6 +21,7 @@ from actorbus import (
     PayloadTooLarge,
     Settings,
     Unavailable,
+    endpoint,
     serve,
 )
 from actorbus.bus import MSGPACK, Keypair, Keystore, connect, public_key_to_address
@@ -281,8 +283,32 @@ async def test_raising_handler_is_500_without_details(
         assert "Traceback" not in str(error)
         with pytest.raises(HandlerError, match="not serializable"):
             await client.call(name, "unserializable")
-    logged = [r for r in caplog.records if getattr(r, "exc_info", None)]
-    assert any(error.error_id in r.getMessage() for r in logged)
+    logged = next(r.getMessage() for r in caplog.records if error.error_id in r.getMessage())
+    assert "in boom" in logged and "RuntimeError: secret internal detail" in logged, logged
+
+
+class Parser(Actor):
+    """Raises with what the caller sent in its message (as ``int(text)`` does)."""
+
+    @endpoint
+    async def parse(self, text: str) -> int:
+        return int(text)
+
+
+async def test_a_handler_error_logs_its_traceback_and_only_an_excerpt_of_the_message(
+    settings: Settings, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21: a handler's exception message went into the logs whole, with whatever the
+    caller put in it. Now the traceback is whole and the message one escaped line of at
+    most 200 characters."""
+    sent = "x" * 300 + "-the-rest-of-a-secret\nforged log line"
+    async with serve(Parser(), name=name, settings=settings), Client(settings=settings) as client:
+        with pytest.raises(HandlerError) as info:
+            await client.call(name, "parse", sent)
+    logged = next(r.getMessage() for r in caplog.records if info.value.error_id in r.getMessage())
+    assert "in parse\n    return int(text)" in logged, logged
+    assert "ValueError: invalid literal for int() with base 10: 'xxx" in logged, logged
+    assert "the-rest-of-a-secret" not in logged and "forged log line" not in logged
 
 
 async def test_blacklist_hook_is_403(settings: Settings, name: str) -> None:

@@ -6,14 +6,55 @@ are written as they come, the rest are only counted, and one summary line per in
 says how many were held back and why. Reasons are a small fixed set chosen by our code
 (a status code, an exception class), never text from the caller, so the throttle's own
 memory stays bounded too.
+
+A traceback logged here keeps what a developer needs and bounds what a caller may have
+put in it: every frame (file, line, function, source line) and exception type whole, and
+each exception's message (``int('…')`` quotes its argument) as one escaped line of at most
+:data:`MESSAGE_LIMIT` characters. No local variable is ever logged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import traceback
 
-__all__ = ["LogThrottle"]
+from .errors import printable
+
+__all__ = ["MESSAGE_LIMIT", "LogThrottle", "traceback_text"]
+
+MESSAGE_LIMIT = 200
+
+_CAUSE = "\n\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\n\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def traceback_text(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it, with each message cut (see above)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        cause = current.__cause__
+        current = cause if cause or current.__suppress_context__ else current.__context__
+    text = ""
+    for earlier, later in zip(reversed(chain), [*reversed(chain[:-1]), None], strict=True):
+        kind = type(earlier)
+        try:
+            message = printable(str(earlier), MESSAGE_LIMIT)
+        except Exception:  # a __str__ that fails: the type still says enough
+            message = "<message not printable>"
+        text += "Traceback (most recent call last):\n"
+        text += "".join(traceback.format_tb(earlier.__traceback__))
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        text += name + (f": {message}" if message else "")
+        if later is not None:
+            text += _CAUSE if later.__cause__ is earlier else _CONTEXT
+    return text
 
 
 class LogThrottle:
@@ -34,8 +75,9 @@ class LogThrottle:
         *args: object,
         exc_info: BaseException | None = None,
     ) -> bool:
-        """Log ``message % args`` unless ``reason`` already had ``burst`` lines this interval;
-        returns whether it was written."""
+        """Log ``message % args`` (and ``exc_info``'s :func:`traceback_text`) unless
+        ``reason`` already had ``burst`` lines this interval; returns whether it was
+        written."""
         if not self._log.isEnabledFor(level):
             return False
         if time.monotonic() >= self._window_end:
@@ -44,7 +86,9 @@ class LogThrottle:
         self._counts[reason] = count
         if count > self.burst:
             return False
-        self._log.log(level, message, *args, exc_info=exc_info)
+        if exc_info is not None:
+            message, args = f"{message}\n%s", (*args, traceback_text(exc_info))
+        self._log.log(level, message, *args)
         return True
 
     def flush(self, *, force: bool = False) -> None:

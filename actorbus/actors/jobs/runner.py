@@ -349,7 +349,7 @@ class Runner:
                     result = await self._execute(record, msg)
                 except Exception as exc:  # a bug of ours: the slice comes back, the replica stays
                     self._throttle.log(
-                        logging.ERROR, "bug", "jobs: slice of %s: %r", job, exc, exc_info=exc
+                        logging.ERROR, "bug", "jobs: a slice of %s failed", job, exc_info=exc
                     )
         finally:
             self._local[job] -= 1
