@@ -85,6 +85,27 @@ async def test_a_killed_replica_is_replaced_under_load(nodes: Any, name: str) ->
     assert replaced < 10
 
 
+async def test_a_killed_replica_leaves_the_registry_at_once(nodes: Any, name: str) -> None:
+    """Issue 21: a replica killed -9 stayed in `actor ls` until its entry's TTL ran out
+    (6 s here, 15 s by default), and callers kept counting it. Its supervisor sees it die
+    and deletes the entry."""
+    node = await nodes()
+    await up(node, PROBE, "--name", name)
+    victim = next(r["pid"] for r in await node.ps() if r["actor"] == name)
+
+    async def listed() -> set[int]:
+        _, out, _ = await node.actor("ls", "--json")
+        return {e["pid"] for e in json.loads(out) if e["name"] == name}
+
+    assert victim in await listed()
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    with anyio.fail_after(10):
+        while victim in await listed():
+            await anyio.sleep(0.1)
+    assert time.monotonic() - killed < 3
+
+
 async def test_a_rolling_restart_loses_no_call(nodes: Any, name: str) -> None:
     node = await nodes()
     await up(node, PROBE, "--name", name, "--replicas", "2")

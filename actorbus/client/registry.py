@@ -225,7 +225,12 @@ class Registry:
         await self._bucket.put(entry.key, signed_entry(entry, key))
 
     async def remove(self, entry: RegistryEntry) -> None:
-        await self._bucket.delete(entry.key)
+        await self.forget(entry.name, entry.instance)
+
+    async def forget(self, name: str, instance: str) -> None:
+        """Delete the entry of replica ``instance`` of ``name`` (a key may delete only its
+        own: the bus refuses the rest)."""
+        await self._bucket.delete(f"{check_name(name)}.{instance}")
 
     async def entries(self, name: str | None = None) -> list[RegistryEntry]:
         """The live replicas of ``name`` (of every actor if ``None``) that count, by name

@@ -38,7 +38,7 @@ from .policy_view import PolicyView
 from .quotas import Grant, Quotas
 from .replay import replay_guard
 
-__all__ = ["Host", "serve"]
+__all__ = ["Host", "host_key", "serve"]
 
 log = logging.getLogger("actorbus.host")
 
@@ -103,7 +103,7 @@ async def serve(
     actor.__actorbus_functions__ = functions
     instance = secrets.token_hex(8)
 
-    ticket = partial(host_ticket, _host_key(settings), name, actor.rights, key.address)
+    ticket = partial(host_ticket, host_key(settings), name, actor.rights, key.address)
     async with AsyncExitStack() as stack:
         if nc is None:
             nc = await stack.enter_async_context(
@@ -322,7 +322,7 @@ async def _drain(
     pipeline.replies.throttle.flush(force=True)
 
 
-def _host_key(settings: Settings) -> Keypair:
+def host_key(settings: Settings) -> Keypair:
     """The key that signs this home's hosting tickets (the home's own, unless told)."""
     if settings.host_token:
         return token_keypair(settings.host_token)

@@ -31,6 +31,7 @@ import msgspec
 from ..bus import ActorError, printable
 from ..bus.settings import Settings
 from ..client.specs import ActorSpec, ReplicaStatus
+from .ghosts import forget
 
 __all__ = ["READY_PREFIX", "Replica", "ReplicaReady", "SupervisorError", "ready_line"]
 
@@ -137,6 +138,8 @@ class Replica:
             "ACTOR_REPLICA": str(index),
             "ACTOR_SUPERVISOR_PID": str(os.getpid()),
         }
+        self._own_settings = Settings.from_env(self._env)
+        """What the replica's process reads from its environment."""
 
     # -- one process ---------------------------------------------------------------------
 
@@ -162,6 +165,11 @@ class Replica:
                 proc.ready, proc.ready_at = ready, time.time()
                 task_status.started(ready)
                 proc.code = await process.wait()
+                if proc.code != 0:  # it did not drain: its registry entry outlives it
+                    # Beside the restart, not before it: a policy actor's restart must not
+                    # wait for a connection that its own auth callout has to let in.
+                    entry = (ready.name, ready.address, ready.instance)
+                    self._tg.start_soon(forget, self._own_settings, *entry)
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop(process, self.settings.drain_timeout)
