@@ -133,6 +133,11 @@ class EmbeddedServer:
             if self._process.poll() is not None or time.monotonic() > deadline:
                 tail = self._log_tail()
                 self.stop()
+                if "address already in use" in tail:
+                    raise Unavailable(
+                        f"nats-server did not start: port {self.port} on {self.host} is taken "
+                        "by a process that is not a NATS server"
+                    )
                 raise Unavailable(f"nats-server did not start: {tail}")
             time.sleep(0.01)
         for _ in range(100):  # the file may be observed before its content is flushed

@@ -46,8 +46,41 @@ COMMANDS = {
 """Each command's ``module:object`` in this package."""
 
 
+GLOBAL_OPTIONS = frozenset({"--nats", "--nats-port", "--home", "--log-level"})
+"""The options of ``actor`` itself (each takes a value); they may follow the command too."""
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``args`` with every global option (and its value) that follows the command moved
+    before it, so `actor ls --home H` means `actor --home H ls`. A literal argument that
+    looks like one goes after ``--``."""
+    front: list[str] = []
+    rest: list[str] = []
+    command_seen = False
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        name, equals, _ = arg.partition("=")
+        if name in GLOBAL_OPTIONS:
+            taken = args[index : index + (1 if equals else 2)]
+            (front if command_seen else rest).extend(taken)
+            index += len(taken)
+            continue
+        command_seen = command_seen or not arg.startswith("-")
+        rest.append(arg)
+        index += 1
+    return front + rest
+
+
 class _Commands(click.Group):
-    """A group whose commands are imported when asked for (click's lazy-loading pattern)."""
+    """A group whose commands are imported when asked for (click's lazy-loading pattern),
+    and whose own options may also follow the command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -68,6 +101,12 @@ class _Commands(click.Group):
     help="NATS URL (default: $ACTOR_NATS_URL, $NATS_URL, else nats://127.0.0.1:4222).",
 )
 @click.option(
+    "--nats-port",
+    type=click.IntRange(1, 65535),
+    help="Port of this machine's NATS when --nats is not given: where `actor up` starts its "
+    "embedded nats-server (default: $ACTOR_NATS_PORT, else 4222).",
+)
+@click.option(
     "--home",
     type=click.Path(path_type=Path),
     help="State directory (default: $ACTOR_HOME or ~/.actor).",
@@ -80,10 +119,18 @@ class _Commands(click.Group):
 )
 @click.version_option(package_name="actorbus")
 @click.pass_context
-def main(ctx: click.Context, nats_url: str | None, home: Path | None, log_level: str) -> None:
-    """actorbus: serve Python classes as signed actors on NATS."""
+def main(
+    ctx: click.Context,
+    nats_url: str | None,
+    nats_port: int | None,
+    home: Path | None,
+    log_level: str,
+) -> None:
+    """actorbus: serve Python classes as signed actors on NATS.
+
+    The options here may also follow the command (`actor ls --home H`)."""
     setup_logging(log_level)
     try:
-        ctx.obj = Settings.from_env(nats_url=nats_url, home=home)
+        ctx.obj = Settings.from_env(nats_url=nats_url, nats_port=nats_port, home=home)
     except BadRequest as exc:
         raise click.UsageError(exc.message) from None

@@ -13,7 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..client.specs import ReplicaStatus
+from ..bus.settings import Settings
+from ..client.specs import ActorSpec, ReplicaStatus
 from ..node.supervisor import Node, NodeInfo
 
 __all__ = ["NodeConsole", "ps_table", "status_table"]
@@ -96,10 +97,11 @@ class NodeConsole:
 
     async def live(self, info: NodeInfo, node: Node, stop: anyio.Event) -> None:
         """Say what runs; on a terminal, keep the table current until ``stop``."""
-        where = f"an embedded nats-server (pid {info.embedded})" if info.embedded else "NATS"
-        self.say(f"node {info.node} (pid {info.pid}) on {where} at {info.url}")
+        self.say(f"node {info.node} (pid {info.pid}) on {where_nats(info, node.settings)}")
         for status in node.status():
             self.say(f"{status.actor}[{status.replica}] ready: pid {status.pid}")
+        for url in gateway_urls(node.specs()):
+            self.say(f"gateway: {url} (the dashboard; POST {url}/<actor>/<fn>)")
         if not self._live_table:
             return
         with Live(ps_table(node.status()), console=self.console, auto_refresh=False) as live:
@@ -111,3 +113,26 @@ class NodeConsole:
                         await stop.wait()
             finally:
                 self._live = None
+
+
+def where_nats(info: NodeInfo, settings: Settings) -> str:
+    """Which NATS the node ``info`` uses, and whose it is."""
+    if info.embedded:
+        return f"an embedded nats-server (pid {info.embedded}) at {info.url}"
+    if settings.nats_url or settings.join:
+        return f"the NATS at {info.url}"
+    return (
+        f"the NATS that already answered at {info.url} (not this node's: "
+        "`actor up --nats-port PORT` starts one of its own)"
+    )
+
+
+def gateway_urls(specs: Iterable[ActorSpec]) -> list[str]:
+    """The URLs of the gateways among ``specs`` (on a fixed port)."""
+    urls = []
+    for spec in specs:
+        port = spec.options.get("gateway_port", "0")
+        if spec.name == "gateway" and port != "0":
+            host = spec.options.get("gateway_host", "127.0.0.1")
+            urls.append(f"http://{f'[{host}]' if ':' in host else host}:{port}")
+    return urls

@@ -30,7 +30,7 @@ from ..host.loading import load_actor_class
 from ..node.manifest import Manifest, load_manifest
 from ..node.supervisor import Node, NodeInfo, leaf_config_of, running_node
 from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
-from ._console import NodeConsole, status_table
+from ._console import NodeConsole, gateway_urls, status_table, where_nats
 
 __all__ = ["GATEWAY_TARGET", "down", "gateway", "gateway_spec", "supervise", "up"]
 
@@ -249,7 +249,7 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
     offset = log_path.stat().st_size if log_path.exists() else 0
     level = logging.getLevelName(logging.getLogger().level)
     command = [sys.executable, "-m", "actorbus.cli", "--log-level", level, "supervise"]
-    env = dict(os.environ, ACTOR_HOME=str(settings.home))
+    env = dict(os.environ, ACTOR_HOME=str(settings.home), ACTOR_NATS_PORT=str(settings.nats_port))
     if settings.nats_url:
         env["ACTOR_NATS_URL"] = settings.nats_url
     if settings.join:
@@ -290,7 +290,11 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
         f"node {node} is up (pid {daemon.pid}; log {log_path}); "
         "`actor ps` to see it, `actor down` to stop it"
     )
+    if (info := running_node(settings.home)) is not None:
+        err.print(f"NATS: {escape(where_nats(info, settings))}")
     started = {e.name for e in entries}
+    for url in gateway_urls(s for s in specs if s.name in started):
+        err.print(f"gateway: {url}")
     tail = log_path.read_bytes()[offset:].decode(errors="replace").splitlines()
     for spec in specs:
         if spec.name not in started:

@@ -16,7 +16,7 @@ import fcntl
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ from ..bus import (
     EmbeddedServer,
     Keystore,
     NotFound,
+    Unavailable,
     nats_answers,
     request,
 )
@@ -141,7 +142,16 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
         config = auth_config(settings, owner, policy)
         extra = ("-c", str(write_config(settings.home / "nats" / "server.conf", config)))
     server = EmbeddedServer(settings.home / "nats", port=settings.nats_port, extra_args=extra)
-    async with server:
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(server)
+        except Unavailable as exc:
+            if "is taken" not in exc.message:
+                raise
+            raise Unavailable(
+                f"{exc.message}: give this node's NATS another port (`actor up --nats-port "
+                "PORT`, or ACTOR_NATS_PORT), or use a NATS you run (`--nats URL`)"
+            ) from None
         yield server
 
 
