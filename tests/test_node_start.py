@@ -4,9 +4,17 @@ embedded default, ports of their own."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
+import pytest
 from cluster import free_port
 from up import Bus
 
@@ -34,3 +42,58 @@ def test_a_taken_nats_port_is_said_and_another_port_serves(tmp_path: Path) -> No
             assert "echo" in bus.actor(f"--nats-port={port}", "ls")
         finally:
             bus.run("down", "--nats-port", str(port))
+
+
+def test_a_node_killed_9_leaves_nothing_and_comes_back(tmp_path: Path) -> None:
+    """Before: a supervisor killed -9 left its embedded nats-server running, and lost what
+    it ran: `actor up` needed every target again. Now its NATS and replicas end with it,
+    and `actor up` with no target brings back what it ran, as scaled (after `down` too)."""
+    bus = Bus(tmp_path / "home", ACTOR_NATS_PORT=str(free_port()), ACTOR_GATEWAY_PORT="0")
+    bus.actor("up", "-d", "examples/echo.py:Echo", "--replicas", "2")
+    try:
+        bus.actor("scale", "echo", "3")
+        node = json.loads((bus.settings.home / "node.json").read_text())
+        pids = [r["pid"] for r in json.loads(bus.actor("ps", "--json"))]
+        os.kill(node["pid"], signal.SIGKILL)
+        left = psutil.wait_procs([psutil.Process(p) for p in [node["embedded"], *pids]], 20)[1]
+        assert left == [], f"still running after the supervisor's death: {left}"
+
+        for _ in range(2):  # after a crash, then after `actor down`
+            done = bus.run("up", "-d")
+            assert done.returncode == 0, done.stderr
+            assert "bringing back what node" in done.stderr and "echo x3" in done.stderr
+            want = [*["echo"] * 3, "gateway", "jobs", "policy"]
+            deadline = time.monotonic() + 20  # `up -d` returned once echo answered
+            while time.monotonic() < deadline:
+                rows = [r for r in json.loads(bus.actor("ps", "--json")) if r["state"] == "running"]
+                if sorted(r["actor"] for r in rows) == want:
+                    break
+                time.sleep(0.2)
+            assert sorted(r["actor"] for r in rows) == want
+            # ... and its previous run's registry entries are gone, not left to time out.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                entries = json.loads(bus.actor("ls", "--json"))
+                listed = [e["pid"] for e in entries if not e["name"].startswith("node.")]
+                if sorted(listed) == sorted(r["pid"] for r in rows):
+                    break
+                time.sleep(0.2)
+            assert sorted(listed) == sorted(r["pid"] for r in rows)
+            assert bus.run("down").returncode == 0
+    finally:
+        bus.run("down")
+
+
+def test_startup_prints_a_unit_systemd_accepts(tmp_path: Path) -> None:
+    bus = Bus(tmp_path / "home", ACTOR_NATS_PORT="4300")
+    unit = bus.actor("startup")
+    assert "ExecStart=" in unit and " -m actorbus.cli up" in unit
+    assert f'Environment="ACTOR_HOME={bus.settings.home}"' in unit
+    assert 'Environment="ACTOR_NATS_PORT=4300"' in unit
+    path = tmp_path / "actorbus.service"
+    path.write_text(unit)
+    verify = shutil.which("systemd-analyze")
+    if verify is None:
+        pytest.skip("no systemd-analyze to check the unit with")
+    done = subprocess.run([verify, "verify", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

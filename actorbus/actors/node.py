@@ -215,7 +215,9 @@ async def run_node(
                             async with serve(
                                 actor, name=control, key=control_key, settings=here, nc=nc
                             ):
-                                await _start(node, here, specs, nc, owner, control_key, on_event)
+                                await _start(
+                                    node, here, specs, nc, owner, control_key, on_event, info
+                                )
                                 describe(msgspec.structs.replace(info, ready=True))
                                 on_ready(info, node)
                                 await stop.wait()
@@ -231,14 +233,22 @@ async def _start(
     owner: Keypair,
     control_key: Keypair,
     on_event: EventFn,
+    info: NodeInfo,
 ) -> None:
     """The policy actor and the jobs actor if none runs on this NATS, then ``specs`` in
     order, gateways (tier ``front``) last, once the actors behind them answer. Each start
     is recorded in the audit trail as made by this home's key, as an ``up`` request would
     be (signed by the node's control actor, ``control_key``). A gateway that cannot start
-    (its port taken) is reported, not fatal."""
+    (its port taken) is reported, not fatal.
+
+    Registry entries of this node made before it started are its previous run's (killed
+    -9, or its machine rebooted): they count for nothing here, and are deleted."""
     async with Client(owner, settings=settings, nc=nc) as client:
-        policy_running = bool(await client.entries(settings.policy))
+        entries = await client.entries()
+        earlier = [e for e in entries if e.node == node.name and e.started < info.started]
+        node.forget(earlier)
+        running = {e.name for e in entries if e not in earlier}
+        policy_running = settings.policy in running
         if not policy_running and all(spec.name != settings.policy for spec in specs):
             on_event(
                 f"starting the policy actor {settings.policy!r}; if it is new, its first admin "
@@ -248,7 +258,7 @@ async def _start(
             replicas = settings.policy_replicas or (2 if settings.js_replicas > 1 else 1)
             policy = ActorSpec(POLICY_TARGET, settings.policy, replicas, tier="system")
             specs = [policy, *specs]
-        jobs_running = bool(await client.entries(settings.jobs))
+        jobs_running = settings.jobs in running
         if not jobs_running and all(spec.name != settings.jobs for spec in specs):
             specs = [*specs, ActorSpec(target=JOBS_TARGET, name=settings.jobs, tier="jobs")]
         for spec in sorted(specs, key=lambda s: (s.tier == "front", s.tier == "jobs")):

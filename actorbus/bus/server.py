@@ -28,6 +28,15 @@ from .errors import Unavailable
 __all__ = ["EmbeddedServer", "find_nats_server", "write_config"]
 
 _START_TIMEOUT = 15.0
+
+# Exec'd by a wrapper Python on Linux (PR_SET_PDEATHSIG is 1): SIGTERM when the thread that
+# started it ends, kept across the exec; if that owner is gone already, do not start.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 _STOP_TIMEOUT = 10.0
 
 
@@ -84,6 +93,7 @@ class EmbeddedServer:
         self.monitor_url = ""
         """The HTTP monitoring endpoint (``/varz``, ``/leafz``...) if ``monitor``."""
         self._process: subprocess.Popen[bytes] | None = None
+        self._ports_file = Path()
 
     @property
     def pid(self) -> int | None:
@@ -99,13 +109,21 @@ class EmbeddedServer:
         Raises :class:`Unavailable` if it exits or is not ready within 15 s (the end of its
         log is in the message: a port in use, a bad option...).
         """
+        self._spawn()
+        return self._wait_started()
+
+    def _spawn(self) -> None:
+        """Start the process. On Linux it is told to stop when the thread that starts it
+        ends (the kernel's parent-death signal, set by a small exec wrapper), so a server
+        never outlives its owner, even one killed -9: call this on a thread that lives as
+        long as the owner does."""
         self.store.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ports_dir = self.store / "ports"
-        ports_dir.mkdir(exist_ok=True)
-        for stale in ports_dir.glob("*.ports"):
+        self._ports_dir.mkdir(exist_ok=True)
+        for stale in self._ports_dir.glob("*.ports"):
             stale.unlink()
+        binary = find_nats_server()
         command = [
-            find_nats_server(),
+            binary,
             *(("-js", "-sd", str(self.store / "jetstream")) if self.jetstream else ()),
             *(("-m", "-1") if self.monitor else ()),
             "-a",
@@ -113,11 +131,21 @@ class EmbeddedServer:
             "-p",
             str(self.port or -1),
             "--ports_file_dir",
-            str(ports_dir),
+            str(self._ports_dir),
             "-l",
             str(self.log_path),
             *self.extra_args,
         ]
+        if sys.platform == "linux":
+            command = [
+                sys.executable,
+                "-I",
+                "-S",
+                "-c",
+                _DIE_WITH_PARENT,
+                str(os.getpid()),
+                *command,
+            ]
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -127,8 +155,16 @@ class EmbeddedServer:
             # it last, after the actors that need it have drained.
             start_new_session=True,
         )
+        self._ports_file = self._ports_dir / f"{Path(binary).name}_{self._process.pid}.ports"
+
+    @property
+    def _ports_dir(self) -> Path:
+        return self.store / "ports"
+
+    def _wait_started(self) -> str:
+        assert self._process is not None
         deadline = time.monotonic() + _START_TIMEOUT
-        ports_file = ports_dir / f"{Path(command[0]).name}_{self._process.pid}.ports"
+        ports_file = self._ports_file
         while not ports_file.exists():
             if self._process.poll() is not None or time.monotonic() > deadline:
                 tail = self._log_tail()
@@ -190,7 +226,12 @@ class EmbeddedServer:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedServer:
-        await anyio.to_thread.run_sync(self.start)
+        self._spawn()  # on the event loop's thread, which lives as long as its owner
+        try:
+            await anyio.to_thread.run_sync(self._wait_started)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     async def __aexit__(

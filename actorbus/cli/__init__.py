@@ -5,7 +5,8 @@ own module, loaded only when one of its commands runs (a replica process, `actor
 never imports the supervisor or the tables): :mod:`.node` (up, down, gateway: this
 node's supervisor), :mod:`.replica` (serve: one replica), :mod:`.ops` (ps, kill,
 restart, scale, logs: control from anywhere), :mod:`.calls` (call, ls, info),
-:mod:`.policy`, :mod:`.keys`, :mod:`.tokens`, :mod:`.jobs`, :mod:`.nats`. Errors print
+:mod:`.policy`, :mod:`.keys`, :mod:`.tokens`, :mod:`.jobs`, :mod:`.nats`,
+:mod:`.startup`. Errors print
 one line (status, message, error id) and exit with the code in :data:`EXIT_CODES`, so
 scripts can tell a 403 from a 503.
 """
@@ -28,6 +29,7 @@ COMMANDS = {
     "down": "node:down",
     "supervise": "node:supervise",
     "gateway": "node:gateway",
+    "startup": "startup:startup",
     "token": "tokens:token",
     "job": "jobs:job",
     "serve": "replica:serve_command",

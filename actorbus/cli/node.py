@@ -28,6 +28,7 @@ from ..client.specs import ActorSpec, replica_count
 from ..host.actor import actor_name
 from ..host.loading import load_actor_class
 from ..node.manifest import Manifest, load_manifest
+from ..node.saved import SavedNode, load_saved
 from ..node.supervisor import Node, NodeInfo, leaf_config_of, running_node
 from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, gateway_urls, status_table, where_nats
@@ -48,10 +49,15 @@ def _absolute(target: str, base: Path) -> str:
 
 
 def _specs(
-    target: str | None, manifest: Path | None, name: str | None, replicas: str | None
-) -> tuple[list[ActorSpec], Manifest | None]:
+    target: str | None,
+    manifest: Path | None,
+    name: str | None,
+    replicas: str | None,
+    home: Path,
+) -> tuple[list[ActorSpec], Manifest | None, SavedNode | None]:
     """What to run, every target loaded once here so a bad one starts nothing; and the
-    manifest, if it came from one."""
+    manifest, or the saved state of this home's node (:mod:`~actorbus.node.saved`), if it
+    came from one."""
     if target and manifest:
         raise click.UsageError("give a TARGET or -f FILE, not both")
     loaded = None
@@ -65,6 +71,9 @@ def _specs(
         if name or replicas:
             raise click.UsageError("--name and --replicas go with a TARGET")
         path = manifest or Path("actors.toml")
+        saved = None if manifest or path.exists() else load_saved(home)
+        if saved is not None and saved.actors:
+            return _checked([(spec, "") for spec in saved.actors]), None, saved
         if not path.exists():
             raise click.UsageError(
                 f"no TARGET and no {path} here: try `actor up examples/echo.py:Echo`"
@@ -78,6 +87,12 @@ def _specs(
             )
             for e in loaded.entries
         ]
+    return _checked(drafts), loaded, None
+
+
+def _checked(drafts: list[tuple[ActorSpec, str]]) -> list[ActorSpec]:
+    """``drafts`` (each with where it was written) named and loaded: raises
+    :class:`BadRequest` for the first target that does not load or name that is wrong."""
     specs: list[ActorSpec] = []
     for draft, where in drafts:
         try:
@@ -90,7 +105,7 @@ def _specs(
         if any(s.name == actor for s in specs):
             raise BadRequest(f"actor {actor!r} is listed twice")
         specs.append(msgspec.structs.replace(draft, name=actor))
-    return specs, loaded
+    return specs
 
 
 @click.command()
@@ -139,14 +154,21 @@ def up(
     until Ctrl-C, which stops what it started; with -d it returns once every actor
     answers.
 
+    With no TARGET and no ./actors.toml, it brings back what this home's node ran last
+    (after `actor down`, a reboot or a crash: $ACTOR_HOME/actors.json).
+
     With --join (or `join` in the manifest's [node] table), the node's NATS is a leaf
     node of a remote NATS: a machine behind NAT serves its actors into the shared bus.
     """
     settings = settings_of(ctx)
     try:
-        specs, loaded = _specs(target, manifest, name, replicas)
+        specs, loaded, saved = _specs(target, manifest, name, replicas, settings.home)
     except ActorError as exc:  # a bad manifest or target: say so, start nothing
         exit_with(ctx, exc)
+    if saved is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.saved))
+        what = ", ".join(f"{s.name} x{s.replicas}" for s in saved.actors)
+        err.print(f"bringing back what node {saved.node} ran at {when}: {escape(what)}")
     if join or (loaded and loaded.join):
         credentials = join_credentials.resolve() if join_credentials else None
         settings = msgspec.structs.replace(
@@ -156,6 +178,9 @@ def up(
             join_domain=(loaded.domain if loaded else "") or settings.join_domain,
         )
     running = running_node(settings.home)
+    if running is not None and saved is not None:
+        err.print(f"node {running.node} runs already: `actor ps` shows what")
+        return
     if running is not None:
         if join:
             raise click.UsageError(f"node {running.node} runs already: --join is for a new node")
@@ -166,7 +191,7 @@ def up(
             leaf_config_of(settings)  # a bad URL or credentials file: say so, start nothing
         except ActorError as exc:
             exit_with(ctx, exc)
-    if gateway:
+    if gateway and saved is None:  # a saved node had its gateway, or chose to have none
         specs.append(gateway_spec(settings, settings.gateway_host, gateway_port, 1))
     _start_node(ctx, settings, specs, detach)
 
@@ -280,7 +305,7 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
                 info = running_node(settings.home)
                 if info is not None and info.ready:
                     here = msgspec.structs.replace(settings, nats_url=info.url)
-                    entries = await _entries_when_up(here, node, specs)
+                    entries = await _entries_when_up(here, node, specs, info.started)
                     if entries is not None:
                         return entries
                 await anyio.sleep(0.1)
@@ -314,14 +339,15 @@ def _why(lines: list[str], name: str, log_path: Path) -> str:
 
 
 async def _entries_when_up(
-    settings: Settings, node: str, specs: list[ActorSpec]
+    settings: Settings, node: str, specs: list[ActorSpec], since: float
 ) -> list[RegistryEntry] | None:
-    """The registry entries of ``specs`` on ``node`` (a node that says it is ready) once
-    every replica is there, but a gateway's: one that could not start was reported in
-    the log, and the node runs without it."""
+    """The registry entries of ``specs`` on ``node`` (a node that says it is ready, and
+    started at ``since``: not its previous run's) once every replica is there, but a
+    gateway's: one that could not start was reported in the log, and the node runs
+    without it."""
     try:
         async with Client(settings=settings) as client:
-            entries = [e for e in await client.entries() if e.node == node]
+            entries = [e for e in await client.entries() if e.node == node and e.started >= since]
     except Unavailable:
         return None  # its NATS is not up yet
     for spec in specs:

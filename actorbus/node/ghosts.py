@@ -13,8 +13,9 @@ from functools import partial
 import anyio
 
 from ..bus import ActorError, Keystore, connect
-from ..bus.rights import ACTOR
+from ..bus.rights import ACTOR, NODE
 from ..bus.settings import Settings
+from ..bus.subjects import NODE_PREFIX
 from ..bus.tickets import host_ticket
 from ..client.registry import Registry
 from ..host.replica import host_key
@@ -33,10 +34,16 @@ async def forget(settings: Settings, name: str, address: str, instance: str) -> 
     within a few seconds)."""
     try:
         with anyio.fail_after(_FORGET_WAIT):
-            key = Keystore(settings.home).load(name)
-            if key.address != address or not _INSTANCE.fullmatch(instance):
+            keys = Keystore(settings.home)
+            if keys.load(name).address != address or not _INSTANCE.fullmatch(instance):
                 return  # not a replica of ours that said who it was: not ours to speak for
-            ticket = partial(host_ticket, host_key(settings), name, ACTOR, address)
+            # A node's control actor is served on its supervisor's connection (its home key).
+            key, role = (
+                (keys.caller(settings.key), NODE)
+                if name.startswith(NODE_PREFIX)
+                else (keys.load(name), ACTOR)
+            )
+            ticket = partial(host_ticket, host_key(settings), name, role, key.address)
             async with connect(settings.url, name=f"forget {name}", key=key, token=ticket) as nc:
                 registry = await Registry.open(nc, settings)
                 await registry.forget(name, instance)

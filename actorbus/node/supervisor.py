@@ -40,8 +40,11 @@ from ..bus.leaf import leaf_config, wait_joined
 from ..bus.server import write_config
 from ..bus.settings import Settings, node_name
 from ..bus.subjects import service_subject
+from ..client.registry import RegistryEntry
 from ..client.specs import TIERS, ActorSpec, ReplicaStatus
+from .ghosts import forget
 from .natsconf import auth_config
+from .saved import save
 from .slots import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 
 __all__ = [
@@ -258,7 +261,18 @@ class Node:
                 await self._stop(self._groups.pop(spec.name, []))
                 self._specs.pop(spec.name, None)
             raise
+        self._save()
         return await self.ps(spec.name)
+
+    def forget(self, entries: list[RegistryEntry]) -> None:
+        """Delete the registry ``entries`` of replicas that died undrained, in the
+        background (:mod:`.ghosts`: each is tried for a few seconds)."""
+        for entry in entries:
+            self._tg.start_soon(forget, self.settings, entry.name, entry.address, entry.instance)
+
+    def _save(self) -> None:
+        """Record what runs now (:mod:`.saved`), for `actor up` to bring back."""
+        save(self.settings.home, self.name, list(self._specs.values()))
 
     async def _grow(self, spec: ActorSpec, indexes: range) -> None:
         failures: list[SupervisorError] = []
@@ -310,6 +324,7 @@ class Node:
         await self._stop(slots)
         del self._groups[name]
         self._specs.pop(name, None)
+        self._save()
         return len(slots)
 
     async def restart(self, name: str) -> list[ReplicaStatus]:
@@ -330,6 +345,7 @@ class Node:
         slots = self._live(name)
         spec = msgspec.structs.replace(self._specs[name], replicas=replicas)
         self._specs[name] = spec
+        self._save()
         if replicas > len(slots):
             top = max(s.replica.index for s in slots) + 1
             await self._grow(spec, range(top, top + replicas - len(slots)))
