@@ -110,9 +110,10 @@ def test_call_prints_json_and_maps_errors_to_exit_codes(env: dict[str, str], ech
     assert "Expected `float`" in err
     code, _, err = actor(env, "call", f"{echo}/sleep", "5", "--timeout", "0.5")
     assert code == EXIT_CODES[408]
-    code, _, err = actor(env, "call", "nobody-home/forward")
-    assert code == EXIT_CODES[503]
-    assert "no actor is serving" in err
+    # Issue 21: a name the registry has never heard of is a 404, not an outage's 503.
+    code, _, err = actor(env, "call", f"{echo[:-1]}/forward")
+    assert code == EXIT_CODES[404]
+    assert f"no actor named '{echo[:-1]}' (did you mean {echo}?)" in err
     code, _, err = actor(env, "call", "no-slash")
     assert code == 2
     assert "NAME/FN" in err

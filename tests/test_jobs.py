@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from processes import actor_serve
 from support import Probe, env_of, envelope, eventually, raw
 
-from actorbus import BadRequest, Client, Forbidden, Keypair, Settings, Unauthorized, serve
+from actorbus import BadRequest, Client, Forbidden, Keypair, NotFound, Settings, Unauthorized, serve
 from actorbus.actors.jobs import Jobs
 from actorbus.actors.policy import Policy
 from actorbus.bus.delegation import sign_delegation
@@ -192,6 +192,21 @@ async def test_slices_run_under_the_owners_policy_and_quota(settings: Settings, 
         failed = [r async for r in slow.results("6-10")]
         assert {r["status"] for r in failed} == {403}
         assert all(r["attempts"] == 1 for r in failed)
+
+
+async def test_a_job_for_an_actor_nobody_runs_is_refused_at_submit(
+    settings: Settings, name: str
+) -> None:
+    """Issue 21: it was accepted, and its slices retried for minutes."""
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        with pytest.raises(
+            NotFound, match=f"no actor named '{name}x' \\(did you mean {name}\\?\\)"
+        ):
+            await client.submit(f"{name}x/add", [[1, 1]])
 
 
 async def _refused(client: Client, name: str) -> None:

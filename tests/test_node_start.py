@@ -40,6 +40,11 @@ def test_a_taken_nats_port_is_said_and_another_port_serves(tmp_path: Path) -> No
             assert f"at nats://127.0.0.1:{port}" in done.stderr
             assert "echo" in bus.actor("ls", "--nats-port", str(port))
             assert "echo" in bus.actor(f"--nats-port={port}", "ls")
+            # Issue 21: `logs` of a name nobody runs printed nothing and exited 0.
+            done = bus.run("logs", "ecoh", "--nats-port", str(port))
+            assert (
+                done.returncode == 6 and "no actor named 'ecoh' (did you mean echo?)" in done.stderr
+            )
         finally:
             bus.run("down", "--nats-port", str(port))
 

@@ -71,6 +71,11 @@ class NotFound(ActorError):
     status = 404
 
 
+class NoSuchActor(NotFound):
+    """No actor of that name is in the registry (client side): a mistyped name, not an
+    outage."""
+
+
 class DeadlineExceeded(ActorError):
     """The handler passed its deadline, or the request waited past it."""
 

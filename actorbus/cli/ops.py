@@ -6,6 +6,7 @@ nothing here starts or signals a process itself.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import deque
@@ -15,6 +16,7 @@ import click
 import msgspec
 from rich.text import Text
 
+from ..bus import ActorError
 from ..client import Client
 from ..client.control import Control
 from ..client.logs import LogLine, NodeKeys, read_logs
@@ -116,7 +118,10 @@ def _show(line: LogLine, timestamps: bool) -> None:
 @click.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("--since", default="1h", show_default=True, help="How far back: 10m, 2h, all.")
+@click.option(
+    "--since",
+    help="How far back: 10m, 2h, all (default: 1h; with -f, since this run of NAME started).",
+)
 @click.option(
     "--tail", default=200, show_default=True, type=click.IntRange(0), help="Last N (0: all)."
 )
@@ -136,12 +141,16 @@ def logs(
 ) -> None:
     """Print what NAME's replicas wrote (their log and their output), from any machine."""
     settings = settings_of(ctx)
-    start = _since(since)
+    start = _since(since or "1h")
 
     async def main() -> None:
+        nonlocal start
         history: deque[LogLine] = deque(maxlen=tail or None)
-        live = False
+        live = shown = False
         async with Client(settings=settings) as client:
+            if follow and since is None:  # what runs now, not what ran before it
+                with contextlib.suppress(ActorError):
+                    start = min((e.started for e in await client.entries(name)), default=start)
             keys = NodeKeys(client)
             async for line in read_logs(
                 client.nc, name, keys, node=node, replica=replica, since=start, follow=follow
@@ -154,6 +163,9 @@ def logs(
                     _show(line, timestamps)
                 else:
                     history.append(line)
+                shown = shown or line is not None
+            if not shown and not follow:
+                await client.check_named(name)  # a mistyped name: 404, not silence
         if not live:
             for old in history:
                 _show(old, timestamps)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import random
@@ -25,6 +26,7 @@ import nacl.public
 from ..bus import (
     JSON,
     NATS,
+    ActorError,
     BadReply,
     BadRequest,
     CallBody,
@@ -32,6 +34,7 @@ from ..bus import (
     Keypair,
     Keystore,
     NoResponders,
+    NoSuchActor,
     NotFound,
     ReplyTimeout,
     Unauthorized,
@@ -169,6 +172,22 @@ class Client:
         """The live replicas in the registry (of ``name``, or all)."""
         return await (await self.registry()).entries(name)
 
+    async def check_named(self, name: str) -> None:
+        """Raise :class:`NoSuchActor` (naming the nearest actor there is) if the registry is
+        readable, holds actors, and none of them is ``name``: a mistyped name, not an
+        outage. Says nothing otherwise (a registry this connection may not read, or one
+        JetStream cannot serve now, cannot tell the two apart)."""
+        if self._registry_denied:
+            return
+        try:
+            names = {e.name for e in await self.entries()}
+        except ActorError:
+            return
+        if names and name not in names:
+            near = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise NoSuchActor(f"no actor named {name!r}{hint}")
+
     async def known(self, name: str, *, refresh: bool = False) -> Known:
         """What this client knows of ``name`` (its replicas' addresses, its idempotent
         functions), cached for 10 s: from the registry, or, when JetStream cannot answer
@@ -269,6 +288,7 @@ class Client:
                 # or restarts, for a bounded time.
                 pause = random.uniform(0.5, 1.5) * _BACKOFF * 2 ** min(retries, 1)
                 if time.monotonic() + pause > patience:
+                    await self.check_named(name)
                     raise
             except (Unavailable, ReplyTimeout) as exc:
                 attempt += 1

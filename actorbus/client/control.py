@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ..bus import ActorError, BadRequest, NotFound, Unavailable
+from ..bus import ActorError, BadRequest, NoSuchActor, NotFound, Unavailable
 from ..bus.jetstream import when_ready
 from ..bus.subjects import NODE_PREFIX
 from .client import Client
@@ -51,7 +51,14 @@ class Control:
         )
 
     async def _call(self, node: str, fn: str, *args: Any) -> Any:
-        return await self.client.request(node_actor(node), fn, list(args), timeout=CONTROL_TIMEOUT)
+        try:
+            return await self.client.request(
+                node_actor(node), fn, list(args), timeout=CONTROL_TIMEOUT
+            )
+        except NoSuchActor:
+            raise NoSuchActor(
+                f"no node named {node!r} (nodes: {', '.join(await self.nodes())})"
+            ) from None
 
     async def ps(self, node: str | None = None) -> list[ReplicaStatus]:
         """Every replica slot of every node (or of ``node``); nodes asked together. Nodes

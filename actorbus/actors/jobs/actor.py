@@ -103,7 +103,8 @@ class Jobs(Actor):
         ``delegation`` you signed for it (its ``job`` is the job's id); ``slices`` now or
         later. Returns the job id."""
         owner = current_call().caller
-        split_work(work)
+        actor, _ = split_work(work)
+        await self.client.check_named(actor)  # a mistyped name: refused now, not retried
         if delegation.work != work:
             raise BadRequest(f"the delegation is for {delegation.work}, not {work}")
         self._check_delegation(owner, delegation, fresh=True)
