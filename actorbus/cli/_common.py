@@ -47,8 +47,10 @@ EXIT_CODES = {
 }
 """Exit code per status; 1 for any other error, 2 for usage errors (click's)."""
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped or redirected, a table is as wide as its content: a script gets whole addresses.
+_PIPED_WIDTH = 1000
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
 
 
 def setup_logging(level: str) -> None:

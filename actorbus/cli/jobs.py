@@ -214,19 +214,23 @@ def job_ls(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return
-    whole_id = Column("id", no_wrap=True, min_width=24)  # it is copied from here
-    table = Table(whole_id, "work", "state", "done", "failed", "total", "created")
+    # Fits 80 columns: the id whole (it is copied from here), work folded if it must be.
+    table = Table(
+        Column("id", no_wrap=True, min_width=24),
+        Column("work", overflow="fold"),
+        "state",
+        Column("done/failed/total", justify="right"),
+        "created",
+        box=None,
+        pad_edge=False,
+    )
+    today = time.strftime("%Y-%m-%d")
     for j in jobs:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created"]))
-        table.add_row(
-            j["id"],
-            j["work"],
-            j["state"],
-            str(j["done"]),
-            str(j["failed"]),
-            str(j["total"]),
-            created,
-        )
+        when = time.localtime(j["created"])
+        day = time.strftime("%Y-%m-%d", when)
+        created = time.strftime("%H:%M:%S" if day == today else "%Y-%m-%d %H:%M", when)
+        progress = f"{j['done']}/{j['failed']}/{j['total']}"
+        table.add_row(j["id"], j["work"], j["state"], progress, created)
     out.print(table)
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
+from rich.table import Table
+from rich.text import Text
 
-from ..bus import Keystore
+from ..bus import Keystore, printable
 from ..bus.settings import Settings
 from ..client import Client
-from ._common import run_coroutine, settings_of
+from ._common import err, out, run_coroutine, settings_of
 
 
 @click.group()
@@ -24,72 +27,100 @@ def _key_address(settings: Settings, key: str) -> str:
     return store.load(key).address if key in store.names() else key
 
 
-def _policy_call(ctx: click.Context, fn: str, *args: Any) -> None:
+def _policy_call(ctx: click.Context, fn: str, *args: Any, said: str = "") -> None:
+    """Call the policy actor's ``fn``; print its answer as JSON, or ``said`` for a change
+    that answers nothing."""
     settings = settings_of(ctx)
 
     async def run() -> Any:
         async with Client(settings=settings) as client:
             return await client.request(settings.policy, fn, list(args))
 
-    click.echo(json.dumps(run_coroutine(ctx, run), indent=2))
+    answer = run_coroutine(ctx, run)
+    if answer is None and said:
+        err.print(said)
+    else:
+        click.echo(json.dumps(answer, indent=2))
 
 
-@policy.command("add-user")
+@policy.group("user")
+def policy_user() -> None:
+    """Keys with a role (keys without one are `public`)."""
+
+
+@policy_user.command("add")
 @click.argument("key")
 @click.option("--role", default="user", show_default=True)
 @click.pass_context
-def policy_add_user(ctx: click.Context, key: str, role: str) -> None:
+def policy_user_add(ctx: click.Context, key: str, role: str) -> None:
     """Give KEY (an address or a keystore name) a role."""
     _policy_call(ctx, "add_user", _key_address(settings_of(ctx), key), role)
 
 
-@policy.command("rm-user")
+@policy_user.command("rm")
 @click.argument("key")
 @click.pass_context
-def policy_rm_user(ctx: click.Context, key: str) -> None:
+def policy_user_rm(ctx: click.Context, key: str) -> None:
     """Take KEY's role away (it becomes public)."""
-    _policy_call(ctx, "rm_user", _key_address(settings_of(ctx), key))
+    address = _key_address(settings_of(ctx), key)
+    _policy_call(ctx, "rm_user", address, said=f"{key} has no role now: it is public")
 
 
-@policy.command("add-admin")
-@click.argument("key")
+@policy_user.command("ls")
 @click.pass_context
-def policy_add_admin(ctx: click.Context, key: str) -> None:
-    """Make KEY an admin."""
-    _policy_call(ctx, "add_admin", _key_address(settings_of(ctx), key))
-
-
-@policy.command("rm-admin")
-@click.argument("key")
-@click.pass_context
-def policy_rm_admin(ctx: click.Context, key: str) -> None:
-    """Remove admin KEY (never the last one)."""
-    _policy_call(ctx, "rm_admin", _key_address(settings_of(ctx), key))
-
-
-@policy.command("users")
-@click.pass_context
-def policy_users(ctx: click.Context) -> None:
+def policy_user_ls(ctx: click.Context) -> None:
     """Keys with a role."""
     _policy_call(ctx, "users")
 
 
-@policy.command("roles")
+@policy.group("admin")
+def policy_admin() -> None:
+    """Keys that may do anything, this policy's changes included."""
+
+
+@policy_admin.command("add")
+@click.argument("key")
 @click.pass_context
-def policy_roles(ctx: click.Context) -> None:
-    """Roles and their rules."""
-    _policy_call(ctx, "roles")
+def policy_admin_add(ctx: click.Context, key: str) -> None:
+    """Make KEY an admin."""
+    _policy_call(ctx, "add_admin", _key_address(settings_of(ctx), key))
+
+
+@policy_admin.command("rm")
+@click.argument("key")
+@click.pass_context
+def policy_admin_rm(ctx: click.Context, key: str) -> None:
+    """Remove admin KEY (never the last one)."""
+    _policy_call(ctx, "rm_admin", _key_address(settings_of(ctx), key))
+
+
+@policy_admin.command("ls")
+@click.pass_context
+def policy_admin_ls(ctx: click.Context) -> None:
+    """The admins."""
+    _policy_call(ctx, "admins")
 
 
 @policy.group("role")
 def policy_role() -> None:
-    """Define roles."""
+    """Roles: the ACTOR/FN patterns their keys may (allow) and may not (deny) call."""
+
+
+_PATTERNS = [
+    click.option("--allow", multiple=True, metavar="ACTOR/FN", help="Pattern it may call (*)."),
+    click.option("--deny", multiple=True, metavar="ACTOR/FN", help="Pattern it may not call."),
+]
+
+
+def _patterns(command: Any) -> Any:
+    for option in reversed(_PATTERNS):
+        command = option(command)
+    return command
 
 
 @policy_role.command("set")
 @click.argument("role")
-@click.option("--allow", multiple=True, metavar="ACTOR/FN", help="Pattern it may call (*).")
-@click.option("--deny", multiple=True, metavar="ACTOR/FN", help="Pattern it may not call.")
+@_patterns
 @click.option(
     "--stake2rate", type=float, default=1.0, show_default=True, help="Stake per call/minute."
 )
@@ -97,8 +128,47 @@ def policy_role() -> None:
 def policy_role_set(
     ctx: click.Context, role: str, allow: tuple[str, ...], deny: tuple[str, ...], stake2rate: float
 ) -> None:
-    """Define ROLE's allow and deny patterns and its stake per call/minute."""
+    """Replace ROLE's rules with these (the patterns not given are gone: `role add` adds one
+    pattern, `role rm --allow P` takes one out)."""
     _policy_call(ctx, "set_role", role, list(allow), list(deny), stake2rate)
+    err.print(f"{role}: its rules were replaced by these")
+
+
+@policy_role.command("add")
+@click.argument("role")
+@_patterns
+@click.option("--stake2rate", type=float, help="Stake per call/minute (default: unchanged).")
+@click.pass_context
+def policy_role_add(
+    ctx: click.Context,
+    role: str,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    stake2rate: float | None,
+) -> None:
+    """Add patterns to ROLE (made if new); its other rules stay."""
+    _policy_call(ctx, "edit_role", role, list(allow), list(deny), False, stake2rate)
+
+
+@policy_role.command("rm")
+@click.argument("role")
+@_patterns
+@click.pass_context
+def policy_role_rm(
+    ctx: click.Context, role: str, allow: tuple[str, ...], deny: tuple[str, ...]
+) -> None:
+    """Take these patterns out of ROLE; with none, remove ROLE (its keys become public)."""
+    if allow or deny:
+        _policy_call(ctx, "edit_role", role, list(allow), list(deny), True)
+    else:
+        _policy_call(ctx, "rm_role", role, said=f"role {role} is gone")
+
+
+@policy_role.command("ls")
+@click.pass_context
+def policy_role_ls(ctx: click.Context) -> None:
+    """Roles and their rules."""
+    _policy_call(ctx, "roles")
 
 
 @policy.group("stake")
@@ -115,7 +185,7 @@ def policy_stake_set(ctx: click.Context, key: str, amount: float) -> None:
     _policy_call(ctx, "set_stake", _key_address(settings_of(ctx), key), amount)
 
 
-@policy.command("stakes")
+@policy_stake.command("ls")
 @click.pass_context
 def policy_stakes(ctx: click.Context) -> None:
     """Every key's stake."""
@@ -166,7 +236,7 @@ def policy_forwarder_rm(ctx: click.Context, key: str) -> None:
     _policy_call(ctx, "rm_forwarder", _key_address(settings_of(ctx), key))
 
 
-@policy.command("forwarders")
+@policy_forwarder.command("ls")
 @click.pass_context
 def policy_forwarders(ctx: click.Context) -> None:
     """The keys trusted to call on behalf of others."""
@@ -206,7 +276,7 @@ def policy_name() -> None:
     """Which keys may serve each actor name (the first to serve a name claims it)."""
 
 
-@policy_name.command("grant")
+@policy_name.command("add")
 @click.argument("name")
 @click.argument("key")
 @click.pass_context
@@ -215,7 +285,7 @@ def policy_name_grant(ctx: click.Context, name: str, key: str) -> None:
     _policy_call(ctx, "grant_name", name, _key_address(settings_of(ctx), key))
 
 
-@policy_name.command("revoke")
+@policy_name.command("rm")
 @click.argument("name")
 @click.argument("key", required=False)
 @click.pass_context
@@ -246,7 +316,68 @@ def policy_decide(ctx: click.Context, key: str, target: str) -> None:
 
 @policy.command("log")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(0, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (times in Unix seconds).")
 @click.pass_context
-def policy_log(ctx: click.Context, limit: int) -> None:
-    """The last policy changes: who, what, when."""
-    _policy_call(ctx, "log", limit)
+def policy_log(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """The last policy changes and node controls: when, who, what."""
+    settings = settings_of(ctx)
+
+    async def run() -> Any:
+        async with Client(settings=settings) as client:
+            return await client.request(settings.policy, "log", [limit])
+
+    records: list[dict[str, Any]] = run_coroutine(ctx, run)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    store = Keystore(settings.home)
+    names = {store.load(n).address: n for n in store.names()}
+    table = Table(box=None, pad_edge=False)
+    for column in ("time", "who", "source", "what", "args"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        who = str(record.get("who", ""))
+        what = Text(str(record.get("what", "")))
+        if record.get("forged"):
+            what = Text(f"[FORGED: {record['forged']}] ", style="bold red") + what
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record.get("time", 0)))),
+            names.get(who, who),
+            str(record.get("source", "")),
+            what,
+            printable(json.dumps(record.get("args", {}), separators=(",", ":")), 120),
+        )
+    out.print(table)
+
+
+@policy_stake.command("rm")
+@click.argument("key")
+@click.pass_context
+def policy_stake_rm(ctx: click.Context, key: str) -> None:
+    """Set KEY's stake to 0 (the rate floor still applies)."""
+    _policy_call(ctx, "set_stake", _key_address(settings_of(ctx), key), 0.0)
+
+
+def _alias(group: click.Group, name: str, command: click.Command) -> None:
+    """``command`` also as ``group name`` (an older spelling), out of the help."""
+    group.add_command(
+        click.Command(
+            name, callback=command.callback, params=command.params, help=command.help, hidden=True
+        )
+    )
+
+
+for _group, _old, _new in [
+    (policy, "add-user", policy_user_add),
+    (policy, "rm-user", policy_user_rm),
+    (policy, "users", policy_user_ls),
+    (policy, "add-admin", policy_admin_add),
+    (policy, "rm-admin", policy_admin_rm),
+    (policy, "admins", policy_admin_ls),
+    (policy, "roles", policy_role_ls),
+    (policy, "stakes", policy_stakes),
+    (policy, "forwarders", policy_forwarders),
+    (policy_name, "grant", policy_name_grant),
+    (policy_name, "revoke", policy_name_revoke),
+]:
+    _alias(_group, _old, _new)

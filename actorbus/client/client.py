@@ -288,7 +288,9 @@ class Client:
                 # or restarts, for a bounded time.
                 pause = random.uniform(0.5, 1.5) * _BACKOFF * 2 ** min(retries, 1)
                 if time.monotonic() + pause > patience:
-                    await self.check_named(name)
+                    known = self._known.get(name)
+                    if known is None or not known.addresses:  # never heard of, or a typo?
+                        await self.check_named(name)
                     raise
             except (Unavailable, ReplyTimeout) as exc:
                 attempt += 1

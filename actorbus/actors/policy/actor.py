@@ -96,9 +96,42 @@ class Policy(Credentials, Quotas, AuthCallout):
     ) -> dict[str, Any]:
         """Define ``role``: ``actor/fn`` patterns it may (allow) and may not (deny) call, and
         the stake per call/minute (``stake2rate``)."""
-        if not stake2rate > 0:
-            raise BadRequest("stake2rate must be positive")
         rules = Role(allow=list(allow or []), deny=list(deny or []), stake2rate=stake2rate)
+        return await self._store_role(role, rules)
+
+    async def edit_role(
+        self,
+        role: str,
+        allow: list[str] | None = None,
+        deny: list[str] | None = None,
+        remove: bool = False,
+        stake2rate: float | None = None,
+    ) -> dict[str, Any]:
+        """Add the ``allow`` and ``deny`` patterns to ``role`` (made if new), or with
+        ``remove`` take them out of it, leaving its other rules as they are; ``stake2rate``
+        if given."""
+        current = self.state.roles.get(role)
+        if current is None and (remove or role != check_role(role)):
+            self._require_admin()
+            raise NotFound(f"no role {role!r} (roles: {', '.join(sorted(self.state.roles))})")
+        base = current or Role()
+        if remove:
+            missing = [p for p in allow or [] if p not in base.allow]
+            missing += [p for p in deny or [] if p not in base.deny]
+            if missing:
+                self._require_admin()
+                raise NotFound(f"role {role!r} has no rule {missing[0]!r}")
+            new_allow = [p for p in base.allow if p not in (allow or [])]
+            new_deny = [p for p in base.deny if p not in (deny or [])]
+        else:
+            new_allow = base.allow + [p for p in allow or [] if p not in base.allow]
+            new_deny = base.deny + [p for p in deny or [] if p not in base.deny]
+        rate = base.stake2rate if stake2rate is None else stake2rate
+        return await self._store_role(role, Role(new_allow, new_deny, rate))
+
+    async def _store_role(self, role: str, rules: Role) -> dict[str, Any]:
+        if not rules.stake2rate > 0:
+            raise BadRequest("stake2rate must be positive")
         for pattern in (*rules.allow, *rules.deny):
             if "/" not in pattern:
                 raise BadRequest(f"pattern {pattern!r} is not ACTOR/FN (wildcards: *)")

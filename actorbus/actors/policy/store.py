@@ -23,7 +23,7 @@ from ...bus.jetstream import Bucket, when_ready
 from ...bus.pins import seeded_marker
 from ...bus.records import open_record, sign_record
 from ...host import Actor, current_call
-from ...host.policy import PolicyConfig, PolicyState, Role
+from ...host.policy import PUBLIC, PolicyConfig, PolicyState, Role
 from ...host.policy_view import PolicyRecords, load_state
 from ...node.audit import ensure_audit, record
 from ...node.logs import ensure_logs
@@ -153,8 +153,12 @@ class PolicyStore(Actor):
         defined: it would silently allow nothing); an admin asks. The bucket is read when
         this replica has not seen it (another replica may have just made it)."""
         self._require_admin()
-        if check_role(role) not in self.state.roles and await self._value("role." + role) is None:
-            known = ", ".join(sorted(self.state.roles)) or "none"
+        if (
+            check_role(role) != PUBLIC
+            and role not in self.state.roles
+            and await self._value("role." + role) is None
+        ):
+            known = ", ".join(sorted({PUBLIC, *self.state.roles}))
             raise BadRequest(
                 f"no role named {role!r} (roles: {known}; define one with "
                 f"`actor policy role set {role} --allow PATTERN`)"
