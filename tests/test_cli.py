@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
 from click.testing import CliRunner
 from cluster import free_port
 from processes import actor_serve
 from support import env_of
+from up import Up
 
 from actorbus import Settings
 from actorbus.cli import EXIT_CODES, main
@@ -147,46 +141,6 @@ def test_bad_settings_are_usage_errors(env: dict[str, str]) -> None:
     assert "max_skew" in err
 
 
-class Up:
-    """`actor up` in a subprocess in its own process group (as a terminal runs it), its
-    stderr collected by a reader thread."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "actorbus.cli", "up", *args],
-            cwd=ROOT,
-            env=dict(os.environ, **env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, text: str, count: int = 1, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while sum(text in line for line in self.lines) < count:
-            assert self.process.poll() is None, "".join(self.lines)
-            assert time.monotonic() < deadline, "".join(self.lines)
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        """Ctrl-C as a terminal sends it: SIGINT to the whole process group."""
-        os.killpg(self.process.pid, signal.SIGINT)
-        code = self.process.wait(30)
-        self._reader.join(5)
-        assert self.process.stderr is not None
-        self.process.stderr.close()
-        return code
-
-
 def test_up_runs_replicas_and_restarts_a_crashed_one(env: dict[str, str], name: str) -> None:
     up = Up(env, "examples/echo.py:Echo", "--name", name, "--replicas", "2")
     try:
@@ -212,71 +166,3 @@ def test_up_refuses_a_bad_target(env: dict[str, str]) -> None:
     code, _, err = actor(env, "up", "missing.py:Echo")
     assert code == EXIT_CODES[400]
     assert "no such file" in err
-
-
-def readme_python(section: str, env: dict[str, str], gateway: str = "") -> str:
-    """Run the first Python block of README's ``## <section>`` as written (its gateway
-    URL made ``gateway``, if given: the test's own port); its output."""
-    readme = (ROOT / "README.md").read_text()
-    snippet = re.search(rf"## {section}\n.*?```python\n(.*?)```", readme, re.S)
-    assert snippet, section
-    code = snippet.group(1)
-    if gateway:
-        code = code.replace("http://127.0.0.1:8080", gateway)
-    ran = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert ran.returncode == 0, ran.stderr
-    return ran.stdout.strip()
-
-
-def test_readme_quickstart_on_the_embedded_default(tmp_path: Path) -> None:
-    """README's first command with no NATS configured: `actor up` brings its own server
-    (on a port of this test's: 4222 and 8080 may be the user's)."""
-    port, web = free_port(), free_port()
-    env = {
-        "ACTOR_HOME": str(tmp_path / "home"),
-        "ACTOR_NATS_PORT": str(port),
-        "ACTOR_GATEWAY_PORT": str(web),
-    }
-    up = Up(dict(os.environ, **env), "examples/echo.py:Echo")
-    try:
-        up.wait_for("echo[0] ready: pid")
-        where = next(line for line in up.lines if "embedded nats-server" in line)
-        assert f"nats://127.0.0.1:{port}" in where
-        server = int(where.split("(pid ")[1].split(")")[0])
-        echo = int(next(line for line in up.lines if "echo[0] ready" in line).split("pid ")[1])
-        result = CliRunner().invoke(main, ["call", "echo/forward", "hi"], env=env)
-        assert (result.exit_code, json.loads(result.stdout)) == (0, "hi")
-        # The README's Python quickstart, as written.
-        assert readme_python("Quickstart", dict(os.environ, **env)) == "hi 3.0"
-        # The gateway on 8080: discovery only for the public until the README's role change.
-        up.wait_for("gateway[0] ready: pid")
-        gateway = f"http://127.0.0.1:{web}"
-        assert httpx.get(f"{gateway}/echo/add?a=1&b=2.5", timeout=10).status_code == 403
-        result = CliRunner().invoke(
-            main,
-            ["policy", "role", "set", "public", "--allow", "echo/*"],
-            env=env,
-        )
-        assert result.exit_code == 0, result.output
-        for _ in range(50):  # the policy change reaches the gateway's replica through a watch
-            answer = httpx.get(f"{gateway}/echo/add?a=1&b=2.5", timeout=10)
-            if answer.status_code == 200:
-                break
-            time.sleep(0.1)
-        assert answer.json() == 3.5
-        assert readme_python("The HTTP gateway", dict(os.environ, **env), gateway) == "signed by me"
-        up.wait_for("jobs[0] ready: pid")
-        assert readme_python("Jobs", dict(os.environ, **env)) == "1001 2001.0 finished"
-    finally:
-        assert up.stop() == 0
-    # Ctrl-C reached only the supervisor: the replicas drained against a live server
-    # (which stopped last), and a normal stop prints no traceback and no reconnects.
-    output = "".join(up.lines)
-    assert "Traceback" not in output and "ConnectionRefused" not in output, output
-    assert not psutil.pid_exists(server) and not psutil.pid_exists(echo)

@@ -1,12 +1,16 @@
-"""`actor up -d` as a user runs it, in a process of its own, for tests that attack a whole
-node (test_trust, test_gateway_guard)."""
+"""`actor up` as a user runs it, in a process of its own: in the foreground as a terminal
+runs it (:class:`Up`), or with -d (:class:`Bus`, :func:`embedded`) for tests that attack
+a whole node (test_trust, test_gateway_guard) or follow README (test_readme)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +21,7 @@ from processes import ROOT
 
 from actorbus import Settings
 
-__all__ = ["Bus", "embedded"]
+__all__ = ["Bus", "Up", "embedded"]
 
 
 class Bus:
@@ -70,3 +74,43 @@ def embedded(root: Path, **env: str) -> Iterator[Bus]:
         for pid in (info["pid"], info.get("embedded") or 0):
             if pid and psutil.pid_exists(pid):
                 psutil.Process(pid).kill()
+
+
+class Up:
+    """`actor up` in a subprocess in its own process group (as a terminal runs it), its
+    stderr collected by a reader thread."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "actorbus.cli", "up", *args],
+            cwd=ROOT,
+            env=dict(os.environ, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.lines) < count:
+            assert self.process.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """Ctrl-C as a terminal sends it: SIGINT to the whole process group."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        code = self.process.wait(30)
+        self._reader.join(5)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return code

@@ -161,6 +161,9 @@ class Vouching:
                 why = self._unbound(entry)
             if not why:
                 return entry
+            if not entry.binding:  # a replica that has not claimed its name yet: no forgery
+                log.debug("registry: not counting %s yet: %s", printable(key, 80), why[:200])
+                return None
         _throttle.log(
             logging.WARNING, "entry", "registry: ignoring %s: %s", printable(key, 80), why[:200]
         )

@@ -14,6 +14,7 @@ is back.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import anyio
@@ -30,6 +31,9 @@ from .policy import PolicyState
 __all__ = ["PolicyRecords", "PolicyView", "load_state"]
 
 log = logging.getLogger("actorbus.policy")
+
+_QUIET_ABSENCE = 10.0
+"""Seconds a missing policy bucket is only an INFO line (a new bus's policy is starting)."""
 
 _FOREIGN = "holds no record of the policy's key"
 _REPORTED = 1024
@@ -141,7 +145,8 @@ class PolicyView:
                 ready = True
                 task_status.started()
 
-        warned = False
+        said = ""  # what was logged of the bucket's absence: "gone", "quiet", "loud"
+        absent_since = 0.0
         delay = 0.5
         while True:
             try:
@@ -154,20 +159,26 @@ class PolicyView:
                         f"the policy bucket {self.bucket} is gone: calls are refused until "
                         "it is back"
                     )
-                    if not warned:
+                    if said != "gone":
                         log.warning("%s", self.unreadable)
-                        warned = True
+                        said = "gone"
                 elif bucket is None:
                     self.unreadable = ""  # no policy here: nothing to enforce
-                    if not warned:
-                        log.warning(
-                            "no policy in bucket %s yet: calls are not policy-checked "
-                            "until a policy actor starts",
+                    # A new bus has none for a moment (`actor up` is starting the policy
+                    # actor): said quietly, and loudly if none comes.
+                    absent_since = absent_since or time.monotonic()
+                    loud = time.monotonic() - absent_since > _QUIET_ABSENCE
+                    if said not in ("loud", "loud" if loud else "quiet"):
+                        log.log(
+                            logging.WARNING if loud else logging.INFO,
+                            "no policy in bucket %s%s: calls are not policy-checked until "
+                            "a policy actor starts (`actor up` starts one)",
                             self.bucket,
+                            f" after {_QUIET_ABSENCE:g}s" if loud else " yet",
                         )
-                        warned = True
+                        said = "loud" if loud else "quiet"
                 else:
-                    warned = False
+                    said, absent_since = "", 0.0
                     await self._follow(bucket, mark_ready)
             except Unavailable as exc:
                 if self.enforced:
