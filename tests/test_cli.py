@@ -160,9 +160,12 @@ def test_up_runs_replicas_and_restarts_a_crashed_one(env: dict[str, str], name: 
 
 
 def test_up_refuses_a_bad_target(env: dict[str, str]) -> None:
+    """Usage errors exit 2, as click's own do (issue 21: they were 3, a 400)."""
     code, _, err = actor(env, "up", "examples/echo.py:Nope")
-    assert code == EXIT_CODES[400]
+    assert code == 2
     assert "not an actorbus Actor" in err
     code, _, err = actor(env, "up", "missing.py:Echo")
-    assert code == EXIT_CODES[400]
+    assert code == 2
     assert "no such file" in err
+    code, _, err = actor(env, "kill", "bad name!")
+    assert code == 2 and "invalid actor name 'bad name!'" in err

@@ -266,7 +266,7 @@ def test_policy_cli(settings: Settings) -> None:
             "reason": "role 'reader' allows 'x/*'",
             "rate": 120.0,
         }
-        records = json.loads(actor("policy", "log")[1])
+        records = json.loads(actor("policy", "log", "--json")[1])
         # (other tests' nodes share the test server's audit stream: not this policy's)
         whats = [r["what"] for r in records if "forged" not in r]
         assert whats[-3:] == ["set_role", "add_user", "set_stake"]
@@ -281,6 +281,27 @@ def test_policy_cli(settings: Settings) -> None:
         assert json.loads(actor("policy", "config", "--no-local-exempt")[1])["floor"] == 0.0
         assert actor("policy", "add-admin", "alice")[0] == 0
         assert actor("policy", "rm-admin", "alice")[0] == 0
+        # Issue 21: every noun takes add|rm|ls (the spellings above are aliases), a pattern
+        # is added or taken out alone, `set` says it replaces, `rm` says what it did, and
+        # the log is a table with key names and local times.
+        admins = json.loads(actor("policy", "admin", "ls")[1])
+        assert admins == [Keystore(settings.home).load("default").address]
+        actor("policy", "role", "add", "reader", "--allow", "y/*")
+        code, out, _ = actor("policy", "role", "rm", "reader", "--allow", "x/*")
+        assert json.loads(out)["reader"] == {
+            "allow": ["y/*"],
+            "deny": ["x/secret"],
+            "stake2rate": 1.0,
+        }
+        code, _, err = actor("policy", "role", "rm", "reader", "--allow", "z/*")
+        assert code == EXIT_CODES[404] and "role 'reader' has no rule 'z/*'" in err
+        assert "replaced" in actor("policy", "role", "set", "reader", "--allow", "x/*")[2]
+        code, out, err = actor("policy", "user", "rm", "alice")
+        assert (code, out) == (0, "") and "alice has no role now: it is public" in err
+        assert actor("policy", "role", "rm", "reader")[0] == 0
+        assert "reader" not in json.loads(actor("policy", "role", "ls")[1])
+        table = actor("policy", "log")[1]
+        assert "rm_role" in table and " default " in table and time.strftime("%Y-%m-%d ") in table
         env_alice = dict(env, ACTOR_KEY="alice")
         result = CliRunner().invoke(
             main, ["policy", "add-user", "alice", "--role", "root"], env=env_alice

@@ -278,7 +278,7 @@ async def test_forged_audit_records_and_log_lines_are_marked(nodes: Any, name: s
     ]
     assert sum("[FORGED: " in line for line in lines) == 2
     assert f"signed by {attacker.address}, not a key of node.{node_name}" in out
-    _, out, _ = await node.actor("policy", "log")
+    _, out, _ = await node.actor("policy", "log", "--json")
     records = [r for r in json.loads(out) if r["source"] == f"node.{node_name}"]
     genuine = [r for r in records if "forged" not in r]
     assert genuine and all(r["what"] == "up" and r["by"] != attacker.address for r in genuine)

@@ -227,7 +227,7 @@ async def test_a_stranger_cannot_inject_work_logs_or_audit(node: Bus) -> None:
             await nc.publish(subject, json.dumps({"line": line}).encode())
         await refused(nc, refusals, *subjects)
     assert line not in node.actor("logs", "echo")
-    assert line not in node.actor("policy", "log")
+    assert line not in node.actor("policy", "log", "--json")
 
 
 async def test_a_stranger_still_calls_by_the_protocol_alone(node: Bus) -> None:
@@ -278,7 +278,7 @@ async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
     nc = await connect_as(f"squat{secrets.token_hex(3)}")
     await nc.close()
     owner = Keystore(node.settings.home).load("default")
-    assert owner.address in node.actor("policy", "log")
+    assert owner.address in node.actor("policy", "log", "--json")
 
 
 async def _quiet(exc: Exception) -> None:

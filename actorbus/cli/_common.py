@@ -16,11 +16,13 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from ..bus import ActorError
+from ..bus import ActorError, BadRequest
 from ..bus.settings import Settings
+from ..bus.subjects import check_name
 
 __all__ = [
     "EXIT_CODES",
+    "checked_name",
     "err",
     "exit_with",
     "out",
@@ -59,6 +61,15 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def checked_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: an actor's name, checked before anything is asked of the bus (a
+    bad one is a usage error, exit 2)."""
+    try:
+        return None if value is None else check_name(value)
+    except BadRequest as exc:
+        raise click.BadParameter(exc.message, ctx, param) from None
 
 
 def exit_with(ctx: click.Context, exc: ActorError) -> NoReturn:

@@ -15,7 +15,7 @@ from ..bus import ActorError, BadRequest, NotFound
 from ..bus.subjects import check_fn, check_name
 from ..client import Client
 from ..client.client import loose_value, typed_value
-from ._common import err, out, run_coroutine, settings_of
+from ._common import checked_name, err, out, run_coroutine, settings_of
 
 
 @click.command()
@@ -151,7 +151,7 @@ def _duration(seconds: float) -> str:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=checked_name)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def info(ctx: click.Context, name: str, as_json: bool) -> None:

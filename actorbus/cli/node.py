@@ -30,7 +30,7 @@ from ..host.loading import load_actor_class
 from ..node.manifest import Manifest, load_manifest
 from ..node.saved import SavedNode, load_saved
 from ..node.supervisor import Node, NodeInfo, leaf_config_of, running_node
-from ._common import err, exit_with, run_coroutine, settings_of, stop_on_signal
+from ._common import checked_name, err, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, gateway_urls, status_table, where_nats
 
 __all__ = ["GATEWAY_TARGET", "down", "gateway", "gateway_spec", "supervise", "up"]
@@ -111,7 +111,11 @@ def _checked(drafts: list[tuple[ActorSpec, str]]) -> list[ActorSpec]:
 @click.command()
 @click.argument("target", required=False)
 @click.option("-f", "--file", "manifest", type=click.Path(path_type=Path), help="A manifest.")
-@click.option("--name", help="Actor name (default: the class's `name`, else its lowercased name).")
+@click.option(
+    "--name",
+    callback=checked_name,
+    help="Actor name (default: the class's `name`, else its lowercased name).",
+)
 @click.option("--replicas", metavar="N|auto", help='Replicas (default 1; "auto": one per core).')
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and return.")
 @click.option(
@@ -163,8 +167,8 @@ def up(
     settings = settings_of(ctx)
     try:
         specs, loaded, saved = _specs(target, manifest, name, replicas, settings.home)
-    except ActorError as exc:  # a bad manifest or target: say so, start nothing
-        exit_with(ctx, exc)
+    except ActorError as exc:  # a bad manifest or target: a usage error, nothing started
+        raise click.UsageError(exc.message) from None
     if saved is not None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.saved))
         what = ", ".join(f"{s.name} x{s.replicas}" for s in saved.actors)
@@ -188,9 +192,9 @@ def up(
         return
     if settings.join:
         try:
-            leaf_config_of(settings)  # a bad URL or credentials file: say so, start nothing
+            leaf_config_of(settings)  # a bad URL or credentials file: start nothing
         except ActorError as exc:
-            exit_with(ctx, exc)
+            raise click.UsageError(exc.message) from None
     if gateway and saved is None:  # a saved node had its gateway, or chose to have none
         specs.append(gateway_spec(settings, settings.gateway_host, gateway_port, 1))
     _start_node(ctx, settings, specs, detach)

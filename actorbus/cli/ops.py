@@ -21,7 +21,7 @@ from ..client import Client
 from ..client.control import Control
 from ..client.logs import LogLine, NodeKeys, read_logs
 from ..client.specs import ReplicaStatus
-from ._common import err, out, run_coroutine, settings_of
+from ._common import checked_name, err, out, run_coroutine, settings_of
 from ._console import ps_table
 
 __all__ = ["kill", "logs", "ps", "restart", "scale"]
@@ -69,7 +69,7 @@ def ps(ctx: click.Context, node: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=checked_name)
 @click.pass_context
 def kill(ctx: click.Context, name: str) -> None:
     """Stop actor NAME on every node (its replicas drain first)."""
@@ -79,7 +79,7 @@ def kill(ctx: click.Context, name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=checked_name)
 @click.pass_context
 def restart(ctx: click.Context, name: str) -> None:
     """Restart NAME one replica at a time (each new one answers before the old stops)."""
@@ -87,7 +87,7 @@ def restart(ctx: click.Context, name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=checked_name)
 @click.argument("replicas", type=click.IntRange(1, 256))
 @click.option("--node", help="The node (needed when NAME runs on several).")
 @click.pass_context
@@ -116,7 +116,7 @@ def _show(line: LogLine, timestamps: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=checked_name)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option(
     "--since",

@@ -13,7 +13,7 @@ from rich.text import Text
 from ..bus import Keystore, printable
 from ..bus.settings import Settings
 from ..client import Client
-from ._common import err, out, run_coroutine, settings_of
+from ._common import checked_name, err, out, run_coroutine, settings_of
 
 
 @click.group()
@@ -277,7 +277,7 @@ def policy_name() -> None:
 
 
 @policy_name.command("add")
-@click.argument("name")
+@click.argument("name", callback=checked_name)
 @click.argument("key")
 @click.pass_context
 def policy_name_grant(ctx: click.Context, name: str, key: str) -> None:
@@ -286,7 +286,7 @@ def policy_name_grant(ctx: click.Context, name: str, key: str) -> None:
 
 
 @policy_name.command("rm")
-@click.argument("name")
+@click.argument("name", callback=checked_name)
 @click.argument("key", required=False)
 @click.pass_context
 def policy_name_revoke(ctx: click.Context, name: str, key: str | None) -> None:

@@ -14,14 +14,14 @@ from ..bus import Unavailable
 from ..host import Host, serve
 from ..host.loading import load_actor_class
 from ..node.slots import ReplicaReady, ready_line
-from ._common import err, run_coroutine, settings_of, stop_on_signal
+from ._common import checked_name, err, run_coroutine, settings_of, stop_on_signal
 
 __all__ = ["serve_command"]
 
 
 @click.command("serve")
 @click.argument("target")
-@click.option("--name", help="Actor name (default: from the class).")
+@click.option("--name", callback=checked_name, help="Actor name (default: from the class).")
 @click.pass_context
 def serve_command(ctx: click.Context, target: str, name: str | None) -> None:
     """Serve one replica of TARGET in the foreground (what `actor up` runs per replica).
