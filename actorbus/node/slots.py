@@ -204,6 +204,9 @@ class Replica:
                 except msgspec.DecodeError:
                     self._line(proc, line)
                     continue
+                if ready.name != self.spec.name or ready.pid != process.pid:
+                    self._line(proc, line)  # not this process speaking for itself
+                    continue
                 return ready
         if waiting.cancelled_caught:
             why = "gave no ready line in time"
