@@ -30,6 +30,8 @@ from actorbus.bus import EmbeddedServer, Unavailable
 
 for _variable in [v for v in os.environ if v.startswith(("ACTOR_", "NATS_"))]:
     del os.environ[_variable]
+# Nodes the tests start serve their metrics on free ports (9464 may be the user's).
+os.environ["ACTOR_METRICS_PORT"] = "0"
 
 
 def _container_url() -> Iterator[str]:  # pragma: no cover - no Docker engine on CI

@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.abc
 import msgspec
 
 from ..bus import (
@@ -46,6 +47,7 @@ from ..client.specs import ActorSpec, ReplicaStatus
 from ..host import Actor, current_call, endpoint, serve
 from ..node.audit import ensure_audit, record
 from ..node.logs import LogShipper, ensure_logs
+from ..node.metrics import serve_metrics
 from ..node.slots import EventFn, OutputFn, SupervisorError
 from ..node.supervisor import Node, NodeInfo, claim_node, nats_server_for, supervised
 
@@ -203,15 +205,20 @@ async def run_node(
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(shipper.run)
                     try:
-                        async with supervised(
-                            name=name,
-                            settings=here,
-                            url=url,
-                            nc=nc,
-                            on_output=output,
-                            on_event=on_event,
-                        ) as node:
+                        async with (
+                            supervised(
+                                name=name,
+                                settings=here,
+                                url=url,
+                                nc=nc,
+                                on_output=output,
+                                on_event=on_event,
+                            ) as node,
+                            anyio.create_task_group() as served,
+                        ):
                             actor = NodeActor(node, owner, stop)
+                            metrics = await _metrics(served, node, here, on_event)
+                            info = msgspec.structs.replace(info, metrics=metrics)
                             async with serve(
                                 actor, name=control, key=control_key, settings=here, nc=nc
                             ):
@@ -221,8 +228,21 @@ async def run_node(
                                 describe(msgspec.structs.replace(info, ready=True))
                                 on_ready(info, node)
                                 await stop.wait()
+                            served.cancel_scope.cancel()  # the metrics endpoint
                     finally:
                         shipper.close()  # the last lines go out before the connection drains
+
+
+async def _metrics(
+    tg: anyio.abc.TaskGroup, node: Node, settings: Settings, on_event: EventFn
+) -> str:
+    """Serve the node's Prometheus metrics in ``tg``; their URL ('' if they cannot be)."""
+    try:
+        url: str = await tg.start(serve_metrics, node, settings.metrics_host, settings.metrics_port)
+    except Unavailable as exc:
+        on_event(f"no metrics: {exc.message}", True)
+        return ""
+    return url
 
 
 async def _start(

@@ -118,6 +118,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     supervisor_pid: int = 0
     """The supervisor this replica belongs to (``ACTOR_SUPERVISOR_PID``): the replica
     stops if it goes away."""
+    metrics_host: str = "127.0.0.1"
+    """Where a node's supervisor serves its replicas' Prometheus metrics (``/metrics``)."""
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    """Its port (taken: a free one instead, which ``actor up`` prints; 0: a free one)."""
     gateway_host: str = "127.0.0.1"
     """Where a gateway listens (``actor up`` starts one unless told not to)."""
     gateway_port: int = 8080

@@ -102,6 +102,8 @@ class NodeConsole:
             self.say(f"{status.actor}[{status.replica}] ready: pid {status.pid}")
         for url in gateway_urls(node.specs()):
             self.say(f"gateway: {url} (the dashboard; POST {url}/<actor>/<fn>)")
+        if info.metrics:
+            self.say(f"metrics: {info.metrics} (Prometheus)")
         if not self._live_table:
             return
         with Live(ps_table(node.status()), console=self.console, auto_refresh=False) as live:

@@ -321,6 +321,8 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
     )
     if (info := running_node(settings.home)) is not None:
         err.print(f"NATS: {escape(where_nats(info, settings))}")
+        if info.metrics:
+            err.print(f"metrics: {info.metrics}")
     started = {e.name for e in entries}
     for url in gateway_urls(s for s in specs if s.name in started):
         err.print(f"gateway: {url}")

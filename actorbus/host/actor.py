@@ -424,6 +424,7 @@ class Call:
         "replied",
         "reply_to",
         "session_key",
+        "started",
         "subject",
         "window",
     )
@@ -453,6 +454,8 @@ class Call:
         """Chunks sent so far once a streamed reply began (its end is signed over them)."""
         self.session_key: bytes | None = None
         """The key of the session the call came in (its reply is authenticated with it)."""
+        self.started = 0.0
+        """When a worker began to run it (monotonic; 0: it never ran)."""
 
 
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:

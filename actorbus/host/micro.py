@@ -30,11 +30,9 @@ from ..bus.subjects import (
     service_name,
 )
 from .actor import Function
+from .stats import OTHER, FunctionStats
 
-__all__ = ["OTHER", "FunctionStats", "ServiceIdentity", "serve_micro"]
-
-OTHER = "_other"
-"""The stats entry for requests to no served function, and for dropped requests."""
+__all__ = ["ServiceIdentity", "serve_micro"]
 
 log = logging.getLogger("actorbus.host")
 
@@ -86,51 +84,6 @@ class StatsResponse(msgspec.Struct):
     endpoints: list[EndpointStats]
     started: str
     type: str = "io.nats.micro.v1.stats_response"
-
-
-class FunctionStats:
-    """Counters one function's requests update (the pipeline's replies own them).
-
-    ``num_requests`` counts answered requests, ``num_errors`` those answered with a status
-    that is not 2xx, ``statuses`` each status, ``dropped`` requests dropped unread (no
-    reply subject, or one that is not an inbox); ``gauges`` are the replica's own figures
-    (on :data:`OTHER` only).
-    """
-
-    __slots__ = (
-        "dropped",
-        "gauges",
-        "last_error",
-        "num_errors",
-        "num_requests",
-        "processing_time",
-        "statuses",
-    )
-
-    def __init__(self) -> None:
-        self.num_requests = 0
-        self.num_errors = 0
-        self.processing_time = 0
-        self.last_error = ""
-        self.statuses: dict[int, int] = {}
-        self.dropped = 0
-        self.gauges: dict[str, int] = {}
-
-    def record(self, status: int, elapsed_ns: int, error: str) -> None:
-        """Count one answered request; ``error`` must already be short and printable."""
-        self.num_requests += 1
-        self.processing_time += elapsed_ns
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        if status >= 400:
-            self.num_errors += 1
-            self.last_error = f"{status} {error}"
-
-    def data(self) -> dict[str, Any]:
-        return {
-            "status": {str(code): n for code, n in sorted(self.statuses.items())},
-            "dropped": self.dropped,
-            **self.gauges,
-        }
 
 
 class ServiceIdentity(msgspec.Struct):

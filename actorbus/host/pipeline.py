@@ -47,12 +47,12 @@ from ..bus.settings import Settings
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .admission import Admission
-from .micro import OTHER, FunctionStats
 from .policy_view import PolicyView
 from .quotas import Quotas
 from .replay import ReplayGuard
 from .replies import Replies
 from .sessions import Sessions
+from .stats import OTHER, FunctionStats
 from .streams import stream_reply
 from .threads import SyncRunner
 
@@ -331,10 +331,13 @@ class Pipeline:
         await self.guard.flush()
         body = b""
         error: ActorError | None = None
+        stats = self.replies.stats_of(call.fn)
         try:
             if call.deadline <= time.monotonic():
                 raise DeadlineExceeded("deadline passed before the call could run")
             slot.running = call
+            call.started = time.monotonic()
+            stats.in_flight += 1
             try:
                 if call.rate is not None and self.quotas is not None and self.policy is not None:
                     await self.quotas.take(call.caller, call.rate, self.policy.state.config.window)
@@ -346,6 +349,7 @@ class Pipeline:
                     result = await self._invoke(function, call)
             finally:
                 slot.running = None
+                stats.in_flight -= 1
             try:
                 body = codec_for(call.content_type).encode(result)
             except TypeError as exc:
@@ -398,6 +402,7 @@ class Pipeline:
                     self._finish(call)
             self.replies.throttle.flush()
             other.gauges["stuck_threads"] = self.threads.stuck
+            other.gauges["queued"] = len(self.admission)
             if self.sub is not None:
                 # What nats-py dropped because the reader's buffer was full.
                 other.gauges["unread"] = self.sub.delivered - self.received - self.sub.pending_msgs

@@ -37,7 +37,7 @@ from ..bus.chunks import sign_chunk
 from ..bus.subjects import is_reply_subject
 from ..bus.wire import ErrorBody, codec_for, sign_reply
 from .actor import Call
-from .micro import OTHER, FunctionStats
+from .stats import OTHER, FunctionStats
 
 __all__ = ["ERROR_LIMIT", "Replies"]
 
@@ -157,8 +157,12 @@ class Replies:
                 error = "the error reply was too large to send"
             body = codec_for(call.content_type).encode(ErrorBody(error, status, error_id))
             headers = self._sign(call, status, body, error, retry_after)
-        elapsed_ns = int((time.monotonic() - call.received) * 1e9)
-        self.stats_of(call.fn).record(status, elapsed_ns, printable(error, 200))
+        now = time.monotonic()
+        elapsed_ns = int((now - call.received) * 1e9)
+        stats = self.stats_of(call.fn)
+        stats.record(status, elapsed_ns, printable(error, 200))
+        if call.started:
+            stats.ran(call.started - call.received, now - call.started)
         if status < 400:
             if self.log.isEnabledFor(logging.DEBUG):
                 self.log.debug(
@@ -205,6 +209,7 @@ class Replies:
             )
         await publish(self.nc, call.reply_to, body, headers, reply=control)
         call.chunks += 1
+        self.stats_of(call.fn).chunks += 1
 
     def _sign(
         self, call: Call, status: int, body: bytes, error: str, retry_after: float | None

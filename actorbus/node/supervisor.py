@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -71,6 +72,8 @@ class NodeInfo(msgspec.Struct):
     """The pid of the embedded nats-server it runs (it stops it last), if it runs one."""
     ready: bool = False
     """Whether it has started what it was asked to (those that could start)."""
+    metrics: str = ""
+    """Where it serves its replicas' Prometheus metrics (a URL), once it does."""
 
 
 @contextmanager
@@ -361,14 +364,24 @@ class Node:
 
     async def ps(self, name: str | None = None) -> list[ReplicaStatus]:
         """Every slot (of ``name``) with its calls (asked of the replica) and memory."""
-        statuses = self.status(name)
-        async with anyio.create_task_group() as tg:
-            for status in statuses:
-                if status.pid is not None:
-                    tg.start_soon(self._measure, status)
-        return statuses
+        return [status for status, _ in await self.measured(name)]
 
-    async def _measure(self, status: ReplicaStatus) -> None:
+    async def measured(
+        self, name: str | None = None
+    ) -> list[tuple[ReplicaStatus, list[dict[str, Any]] | None]]:
+        """Every slot (of ``name``), measured: its status with calls and memory, and what
+        its replica's ``$SRV.STATS`` says of each function (``None``: it did not say)."""
+        statuses = self.status(name)
+        endpoints: dict[int, list[dict[str, Any]] | None] = {}
+        async with anyio.create_task_group() as tg:
+            for index, status in enumerate(statuses):
+                if status.pid is not None:
+                    tg.start_soon(self._measure, status, endpoints, index)
+        return [(status, endpoints.get(index)) for index, status in enumerate(statuses)]
+
+    async def _measure(
+        self, status: ReplicaStatus, found: dict[int, list[dict[str, Any]] | None], index: int
+    ) -> None:
         assert status.pid is not None
         try:
             status.rss = psutil.Process(status.pid).memory_info().rss
@@ -379,6 +392,7 @@ class Node:
             reply = await request(self.nc, subject, b"", {}, _STATS_TIMEOUT)
             endpoints = _json.decode(reply.data)["endpoints"]
             status.calls = sum(int(e.get("num_requests", 0)) for e in endpoints)
+            found[index] = [e for e in endpoints if isinstance(e, dict)]
         except (ActorError, msgspec.DecodeError, KeyError, TypeError, ValueError):
             status.calls = None  # a replica that cannot say: no figure, not an error
 

@@ -1,0 +1,105 @@
+"""What a replica counts, per function: answers by status, time in the queue and in the
+handler as histograms, calls in flight, stream chunks, requests dropped unread.
+
+The counts are the replica's own and cheap to keep (a few integer updates and two bisects
+per call). They go out on ``$SRV.STATS`` (PROTOCOL.md §11), where ``nats micro stats``
+and the node's supervisor read them; the supervisor turns its replicas' counts into
+Prometheus metrics (:mod:`actorbus.node.metrics`). Nothing here names a caller.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+__all__ = ["LATENCY_BUCKETS", "OTHER", "FunctionStats", "Histogram"]
+
+OTHER = "_other"
+"""The stats entry for requests to no served function, and for dropped requests."""
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)  # fmt: skip
+"""Upper bounds (seconds, inclusive) of the latency histograms' buckets; one more bucket
+past the last counts the rest."""
+
+
+class Histogram:
+    """Observations counted by :data:`LATENCY_BUCKETS` (not cumulative), and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def data(self) -> dict[str, Any]:
+        return {"counts": self.counts, "sum": self.total}
+
+
+class FunctionStats:
+    """Counters one function's requests update (the pipeline's replies own them).
+
+    ``num_requests`` counts answered requests, ``num_errors`` those answered with a status
+    that is not 2xx, ``statuses`` each status, ``dropped`` requests dropped unread (no
+    reply subject, or one that is not an inbox); ``queued`` and ``handled`` time the calls
+    that ran (from arrival to their start, and from their start to their answer),
+    ``in_flight`` counts those running now and ``chunks`` the stream chunks sent; ``gauges``
+    are the replica's own figures (on :data:`OTHER` only).
+    """
+
+    __slots__ = (
+        "chunks",
+        "dropped",
+        "gauges",
+        "handled",
+        "in_flight",
+        "last_error",
+        "num_errors",
+        "num_requests",
+        "processing_time",
+        "queued",
+        "statuses",
+    )
+
+    def __init__(self) -> None:
+        self.num_requests = 0
+        self.num_errors = 0
+        self.processing_time = 0
+        self.last_error = ""
+        self.statuses: dict[int, int] = {}
+        self.dropped = 0
+        self.in_flight = 0
+        self.chunks = 0
+        self.queued = Histogram()
+        self.handled = Histogram()
+        self.gauges: dict[str, int] = {}
+
+    def record(self, status: int, elapsed_ns: int, error: str) -> None:
+        """Count one answered request; ``error`` must already be short and printable."""
+        self.num_requests += 1
+        self.processing_time += elapsed_ns
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status >= 400:
+            self.num_errors += 1
+            self.last_error = f"{status} {error}"
+
+    def ran(self, queued: float, handled: float) -> None:
+        """Time one call that ran: seconds waiting for a worker, then running to its answer."""
+        self.queued.observe(queued)
+        self.handled.observe(handled)
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "status": {str(code): n for code, n in sorted(self.statuses.items())},
+            "dropped": self.dropped,
+            "in_flight": self.in_flight,
+            "chunks": self.chunks,
+            "queue_seconds": self.queued.data(),
+            "handler_seconds": self.handled.data(),
+            **self.gauges,
+        }

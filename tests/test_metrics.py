@@ -1,0 +1,86 @@
+"""A node's Prometheus metrics (issue 22), scraped from a real node after a known mix of
+calls and read with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from up import embedded
+
+from actorbus import Client, DeadlineExceeded, NotFound, Settings
+from actorbus.bus import BadRequest
+
+
+async def known_mix(settings: Settings) -> tuple[str, int]:
+    """5 x 200, a 400, a 404 (no such function), a 408 and a stream; the caller's address
+    and the stream's chunks."""
+    async with Client(settings=settings) as client:
+        for _ in range(5):
+            await client.call("echo", "forward", "hi")
+        with pytest.raises(BadRequest):
+            await client.call("echo", "add", 1, "x")
+        with pytest.raises(NotFound):
+            await client.call("echo", "nope")
+        with pytest.raises(DeadlineExceeded):
+            await client.request("echo", "sleep", [5], timeout=0.5)
+        chunks = [c async for c in client.stream("llm", "generate", "hi there")]
+        assert "".join(chunks).startswith("You said: hi there. ")
+        return client.key.address, len(chunks)
+
+
+def samples(text: str, name: str) -> dict[tuple[str, ...], float]:
+    """The samples called ``name``, by their labels but node (sorted)."""
+    found: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                labels = tuple(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "node")
+                found[labels] = sample.value
+    return found
+
+
+def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
+    with embedded(tmp_path) as bus:
+        bus.actor("up", "-d", "examples/llm.py:Llm")
+        url = json.loads((bus.settings.home / "node.json").read_text())["metrics"]
+        assert url.startswith("http://127.0.0.1:")
+        caller, streamed = anyio.run(known_mix, bus.settings)
+        text = httpx.get(url, timeout=10).text
+        assert httpx.get(url.replace("/metrics", "/other"), timeout=10).status_code == 404
+
+    calls = samples(text, "actorbus_calls_total")
+    echo = ("actor=echo", "fn={}", "replica=0", "status={}")
+
+    def count(fn: str, status: int, labels: Any = echo) -> float:
+        key = tuple(
+            label.format(fn) if "fn=" in label else label.format(status) for label in labels
+        )
+        return calls.get(key, 0.0)
+
+    assert count("forward", 200) == 5
+    assert count("add", 400) == 1
+    assert count("_other", 404) == 1
+    assert count("sleep", 408) == 1
+    assert calls[("actor=llm", "fn=generate", "replica=0", "status=200")] == 1
+    chunks = samples(text, "actorbus_stream_chunks_total")
+    assert chunks[("actor=llm", "fn=generate", "replica=0")] == streamed
+    # The histograms time the calls that ran: forward 5, add's 400 was refused before it
+    # ran (its arguments did not bind), sleep ran until its deadline.
+    for kind in ("queue", "handler"):
+        counts = samples(text, f"actorbus_call_{kind}_seconds_count")
+        assert counts[("actor=echo", "fn=forward", "replica=0")] == 5
+        assert counts[("actor=echo", "fn=sleep", "replica=0")] == 1
+        buckets = samples(text, f"actorbus_call_{kind}_seconds_bucket")
+        forward = [v for k, v in buckets.items() if k[:2] == ("actor=echo", "fn=forward")]
+        assert forward == sorted(forward) and max(forward) == 5  # cumulative, +Inf = count
+    handled = samples(text, "actorbus_call_handler_seconds_sum")
+    assert 0.2 < handled[("actor=echo", "fn=sleep", "replica=0")] < 2.0  # its deadline
+    up = samples(text, "actorbus_replica_up")
+    assert up[("actor=echo", "replica=0")] == 1 and up[("actor=llm", "replica=0")] == 1
+    assert caller not in text  # no label names a caller
