@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from cluster import free_port
+from processes import ROOT
 from up import Bus
 
 
@@ -102,3 +103,25 @@ def test_startup_prints_a_unit_systemd_accepts(tmp_path: Path) -> None:
         pytest.skip("no systemd-analyze to check the unit with")
     done = subprocess.run([verify, "verify", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_specs_secrets_stay_out_of_command_lines_and_the_audit_trail(tmp_path: Path) -> None:
+    """The second attacker's finding: an `env` value of actors.toml was in the detached
+    supervisor's command line (any local user reads it) and in the audit trail (never
+    purged). And `actor kill policy` left a node that no new replica could join."""
+    secret = "sk-SUPERSECRET-12345"
+    manifest = tmp_path / "actors.toml"
+    manifest.write_text(
+        f'[[actor]]\ntarget = "{ROOT}/examples/echo.py:Echo"\nenv = {{ API_KEY = "{secret}" }}\n'
+    )
+    bus = Bus(tmp_path / "home", ACTOR_NATS_PORT=str(free_port()), ACTOR_GATEWAY_PORT="0")
+    bus.actor("up", "-d", "-f", str(manifest))
+    try:
+        node = json.loads((bus.settings.home / "node.json").read_text())
+        assert secret not in " ".join(psutil.Process(node["pid"]).cmdline())
+        log = bus.actor("policy", "log", "--json")
+        assert "API_KEY" in log and secret not in log
+        done = bus.run("kill", "policy")
+        assert done.returncode != 0 and "it stops with its node" in done.stderr
+    finally:
+        bus.run("down")

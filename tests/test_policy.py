@@ -109,9 +109,12 @@ async def test_a_role_must_exist_before_anyone_is_given_it(settings: Settings) -
         assert key.address not in await admin.call(settings.policy, "users")
         await admin.call(settings.policy, "set_role", "ops", ["echo/*"])
         await admin.call(settings.policy, "add_user", key.address, "ops")
+        # ... nor may a role be removed from under its keys (the second attacker's
+        # finding: they kept a role that allowed nothing, and a later one's rules).
+        with pytest.raises(BadRequest, match="role 'ops' is held by 1 keys"):
+            await admin.call(settings.policy, "rm_role", "ops")
+        await admin.call(settings.policy, "rm_user", key.address)
         await admin.call(settings.policy, "rm_role", "ops")
-        decision = await admin.call(settings.policy, "decide", key.address, "echo", "forward")
-        assert "role 'ops' does not exist" in decision["reason"]
 
 
 async def test_admins_and_the_audit_log(settings: Settings) -> None:
@@ -296,6 +299,8 @@ def test_policy_cli(settings: Settings) -> None:
         code, _, err = actor("policy", "role", "rm", "reader", "--allow", "z/*")
         assert code == EXIT_CODES[404] and "role 'reader' has no rule 'z/*'" in err
         assert "replaced" in actor("policy", "role", "set", "reader", "--allow", "x/*")[2]
+        code, _, err = actor("policy", "role", "rm", "reader")  # alice holds it
+        assert code == EXIT_CODES[400] and "role 'reader' is held by 1 keys" in err
         code, out, err = actor("policy", "user", "rm", "alice")
         assert (code, out) == (0, "") and "alice has no role now: it is public" in err
         assert actor("policy", "role", "rm", "reader")[0] == 0

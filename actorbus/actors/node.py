@@ -43,7 +43,7 @@ from ..bus.subjects import NODE_PREFIX, check_name
 from ..bus.tickets import host_ticket
 from ..client import Client
 from ..client.control import CONTROL_TIMEOUT, node_actor
-from ..client.specs import ActorSpec, ReplicaStatus
+from ..client.specs import ActorSpec, ReplicaStatus, spec_record
 from ..host import Actor, current_call, endpoint, serve
 from ..node.audit import ensure_audit, record
 from ..node.logs import LogShipper, ensure_logs
@@ -120,7 +120,7 @@ class NodeActor(Actor):
         if spec.tier in ("system", "jobs"):
             raise BadRequest(f"{spec.tier} actors are started by the node itself")
         statuses = await self._node.add(spec)
-        await self._audit(who, "up", spec=msgspec.to_builtins(spec))
+        await self._audit(who, "up", spec=spec_record(spec))
         if spec.tier == "front":
             owner = Client(self._owner, settings=self.settings, nc=self.nc)
             await trust_gateway(owner, self.settings, spec.name, self._node.on_event)
@@ -291,7 +291,7 @@ async def _start(
                     f"the gateway did not start, the node runs without it: {exc.message}", True
                 )
                 continue
-            spec_args = {"spec": msgspec.to_builtins(spec)}
+            spec_args = {"spec": spec_record(spec)}
             await record(nc, node_actor(node.name), control_key, owner.address, "up", spec_args)
             if spec.tier == "front":
                 await trust_gateway(client, settings, spec.name, on_event)

@@ -162,6 +162,7 @@ def info(ctx: click.Context, name: str, as_json: bool) -> None:
         async with Client(settings=settings) as client:
             entries = await client.entries(name)
             if not entries:
+                await client.check_named(name)  # a typo: "did you mean ...?"
                 raise NotFound(f"no actor named {name!r} is running")
             return entries, await client.call(name, "schema")
 

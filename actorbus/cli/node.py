@@ -3,7 +3,6 @@ and the hidden `actor supervise` (the detached supervisor)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -28,7 +27,7 @@ from ..client.specs import ActorSpec, replica_count
 from ..host.actor import actor_name
 from ..host.loading import load_actor_class
 from ..node.manifest import Manifest, load_manifest
-from ..node.saved import SavedNode, load_saved
+from ..node.saved import SAVED_FILE, SavedNode, load_saved
 from ..node.supervisor import Node, NodeInfo, leaf_config_of, running_node
 from ._common import checked_name, err, run_coroutine, settings_of, stop_on_signal
 from ._console import NodeConsole, gateway_urls, status_table, where_nats
@@ -73,7 +72,8 @@ def _specs(
         path = manifest or Path("actors.toml")
         saved = None if manifest or path.exists() else load_saved(home)
         if saved is not None and saved.actors:
-            return _checked([(spec, "") for spec in saved.actors]), None, saved
+            where = f"{home / SAVED_FILE}: "
+            return _checked([(spec, where) for spec in saved.actors]), None, saved
         if not path.exists():
             raise click.UsageError(
                 f"no TARGET and no {path} here: try `actor up examples/echo.py:Echo`"
@@ -96,6 +96,7 @@ def _checked(drafts: list[tuple[ActorSpec, str]]) -> list[ActorSpec]:
     specs: list[ActorSpec] = []
     for draft, where in drafts:
         try:
+            replica_count(draft.replicas)
             cls = load_actor_class(draft.target)
         except BadRequest as exc:
             raise BadRequest(where + exc.message) from None
@@ -289,13 +290,18 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
         )
     with open(log_path, "ab") as log:
         daemon = subprocess.Popen(
-            [*command, json.dumps(msgspec.to_builtins(specs))],
-            stdin=subprocess.DEVNULL,
+            command,
+            # On its stdin, not its command line: every local user can read a command
+            # line, and a spec's env may hold secrets.
+            stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,
             env=env,
             start_new_session=True,
         )
+    assert daemon.stdin is not None
+    daemon.stdin.write(msgspec.json.encode(specs))
+    daemon.stdin.close()
 
     async def main() -> list[RegistryEntry]:
         with anyio.fail_after(_READY_TIMEOUT):
@@ -307,7 +313,7 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
                         + "\n".join(tail.strip().splitlines()[-15:])
                     )
                 info = running_node(settings.home)
-                if info is not None and info.ready:
+                if info is not None and info.ready and info.pid == daemon.pid:
                     here = msgspec.structs.replace(settings, nats_url=info.url)
                     entries = await _entries_when_up(here, node, specs, info.started)
                     if entries is not None:
@@ -407,11 +413,10 @@ async def _follow(client: Client, actor: str, node: str, console: NodeConsole) -
 
 
 @click.command(hidden=True)
-@click.argument("specs_json")
 @click.pass_context
-def supervise(ctx: click.Context, specs_json: str) -> None:
+def supervise(ctx: click.Context) -> None:
     """The detached supervisor `actor up -d` starts (its output goes to node.log)."""
-    specs = msgspec.json.decode(specs_json, type=list[ActorSpec])
+    specs = msgspec.json.decode(sys.stdin.buffer.read(), type=list[ActorSpec])
     _run_supervisor(ctx, settings_of(ctx), specs, NodeConsole(err, live=False))
 
 

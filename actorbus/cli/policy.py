@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -171,6 +172,12 @@ def policy_role_ls(ctx: click.Context) -> None:
     _policy_call(ctx, "roles")
 
 
+def _stake(amount: float) -> float:
+    if not (math.isfinite(amount) and amount >= 0):
+        raise click.BadParameter("a stake is a finite number, 0 or more")
+    return amount
+
+
 @policy.group("stake")
 def policy_stake() -> None:
     """Set stakes."""
@@ -178,7 +185,7 @@ def policy_stake() -> None:
 
 @policy_stake.command("set")
 @click.argument("key")
-@click.argument("amount", type=float)
+@click.argument("amount", type=float, callback=lambda _c, _p, v: _stake(v))
 @click.pass_context
 def policy_stake_set(ctx: click.Context, key: str, amount: float) -> None:
     """Set KEY's stake (its rate is stake / stake2rate calls per minute)."""

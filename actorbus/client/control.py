@@ -92,6 +92,7 @@ class Control:
         for node, exc in sorted(self.errors.items()):
             if exc.status != Unavailable.status:
                 raise type(exc)(f"no node that answered runs {name!r}; {node}: {exc.message}")
+        await self.client.check_named(name)  # a typo: "did you mean ...?"
         raise NotFound(f"no node runs {name!r}")
 
     async def up(self, node: str, spec: ActorSpec) -> list[ReplicaStatus]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import msgspec
 
 from ..bus import BadRequest
 
-__all__ = ["MAX_REPLICAS", "TIERS", "ActorSpec", "ReplicaStatus", "replica_count"]
+__all__ = ["MAX_REPLICAS", "TIERS", "ActorSpec", "ReplicaStatus", "replica_count", "spec_record"]
 
 MAX_REPLICAS = 256
 
@@ -31,6 +32,14 @@ class ActorSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """When it stops: ``front`` (a gateway: stops taking requests first), ``jobs`` (the
     jobs actor: its slices call the user's actors), ``actor`` (the user's), ``system``
     (the policy actor: last, the others may need it to drain)."""
+
+
+def spec_record(spec: ActorSpec) -> dict[str, Any]:
+    """``spec`` as the audit trail keeps it: its ``env`` by names only (values may be
+    secrets, and the trail is never purged)."""
+    record: dict[str, Any] = msgspec.to_builtins(spec)
+    record["env"] = sorted(spec.env)
+    return record
 
 
 class ReplicaStatus(msgspec.Struct):

@@ -35,7 +35,9 @@ async def forget(settings: Settings, name: str, address: str, instance: str) -> 
     try:
         with anyio.fail_after(_FORGET_WAIT):
             keys = Keystore(settings.home)
-            if keys.load(name).address != address or not _INSTANCE.fullmatch(instance):
+            if name not in keys.names() or not _INSTANCE.fullmatch(instance):
+                return  # not a replica of this home's keys: not ours to speak for
+            if keys.load(name).address != address:
                 return  # not a replica of ours that said who it was: not ours to speak for
             # A node's control actor is served on its supervisor's connection (its home key).
             key, role = (

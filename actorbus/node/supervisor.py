@@ -322,8 +322,15 @@ class Node:
             await slot.done.wait()
 
     async def kill(self, name: str) -> int:
-        """Stop every replica of ``name`` here; returns how many there were."""
+        """Stop every replica of ``name`` here; returns how many there were. The policy
+        actor (tier ``system``) is refused: the bus's logins and decisions need it, so it
+        stops with its node (`actor down`)."""
         slots = self._live(name)
+        if (spec := self._specs.get(name)) is not None and spec.tier == "system":
+            raise BadRequest(
+                f"{name!r} is the policy actor: every login and decision on this NATS needs "
+                "it, so it stops with its node (`actor down`); `actor restart` renews it"
+            )
         await self._stop(slots)
         del self._groups[name]
         self._specs.pop(name, None)

@@ -145,9 +145,19 @@ class Policy(Credentials, Quotas, AuthCallout):
         return {role: msgspec.to_builtins(rules)}
 
     async def rm_role(self, role: str) -> None:
+        """Remove ``role``; refused while keys hold it (they would hold a role that allows
+        nothing, and the rules of any role made later under that name)."""
         if role not in self.state.roles:
             self._require_admin()
             raise NotFound(f"no role {role!r}")
+        holders = sorted(key for key, held in self.state.users.items() if held == role)
+        if holders:
+            self._require_admin()
+            shown = ", ".join(holders[:3]) + (", ..." if len(holders) > 3 else "")
+            raise BadRequest(
+                f"role {role!r} is held by {len(holders)} keys ({shown}): give them another "
+                "role first (`actor policy user add KEY --role R`, or `user rm KEY`)"
+            )
         await self._change("rm_role", "role." + role, None, role=role)
 
     async def roles(self) -> dict[str, Any]:
