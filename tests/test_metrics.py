@@ -1,5 +1,5 @@
-"""A node's Prometheus metrics (issue 22), scraped from a real node after a known mix of
-calls and read with prometheus-client's own parser."""
+"""What a node shows of its actors (issue 22): Prometheus metrics, scraped from a real node
+after a known mix of calls and read with prometheus-client's own parser; JSON logs."""
 
 from __future__ import annotations
 
@@ -48,8 +48,13 @@ def samples(text: str, name: str) -> dict[tuple[str, ...], float]:
 def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
     with embedded(tmp_path) as bus:
         bus.actor("up", "-d", "examples/llm.py:Llm")
-        url = json.loads((bus.settings.home / "node.json").read_text())["metrics"]
+        node = json.loads((bus.settings.home / "node.json").read_text())
+        url = node["metrics"]
         assert url.startswith("http://127.0.0.1:")
+        # The embedded nats-server's own monitoring, on loopback too.
+        assert node["nats_monitor"].startswith("http://127.0.0.1:")
+        varz = httpx.get(node["nats_monitor"] + "/varz", timeout=10).json()
+        assert varz["jetstream"]["config"]["store_dir"].startswith(str(bus.settings.home))
         caller, streamed = anyio.run(known_mix, bus.settings)
         text = httpx.get(url, timeout=10).text
         assert httpx.get(url.replace("/metrics", "/other"), timeout=10).status_code == 404
@@ -84,3 +89,17 @@ def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
     up = samples(text, "actorbus_replica_up")
     assert up[("actor=echo", "replica=0")] == 1 and up[("actor=llm", "replica=0")] == 1
     assert caller not in text  # no label names a caller
+
+
+def test_json_logs_take_a_user_from_an_error_id_to_its_line(tmp_path: Path) -> None:
+    with embedded(tmp_path, ACTOR_LOG_FORMAT="json") as bus:
+        done = bus.run("call", "echo/add", "1", "x")
+        error_id = done.stderr.rsplit("(error id ", 1)[1].split(")")[0]
+        lines = [json.loads(line) for line in bus.actor("logs", "echo", "--json").splitlines()]
+    assert {"time", "node", "actor", "replica", "pid", "line"} <= lines[0].keys()
+    written = [json.loads(line["line"]) for line in lines]  # each replica line is JSON too
+    refusal = next(w for w in written if w.get("error_id") == error_id)
+    assert refusal["level"] == "INFO" and refusal["actor"] == "echo" and refusal["replica"] == 0
+    assert refusal["time"].endswith("Z") and "400" in refusal["message"]
+    node_log = (bus.settings.home / "node.log").read_text().splitlines()
+    assert node_log and all(json.loads(line)["time"] for line in node_log)  # one object a line

@@ -180,7 +180,14 @@ async def run_node(
         async with nats_server_for(settings) as server:
             url = server.url if server else settings.url
             here = msgspec.structs.replace(settings, nats_url=url, node=name)
-            info = NodeInfo(os.getpid(), name, url, time.time(), server.pid if server else None)
+            info = NodeInfo(
+                os.getpid(),
+                name,
+                url,
+                time.time(),
+                server.pid if server else None,
+                nats_monitor=server.monitor_url if server else "",
+            )
             describe(info)
             control = node_actor(name)
             control_key = Keystore(settings.home).load(control, create=True)

@@ -12,7 +12,7 @@ import socket
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -118,6 +118,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     supervisor_pid: int = 0
     """The supervisor this replica belongs to (``ACTOR_SUPERVISOR_PID``): the replica
     stops if it goes away."""
+    log_format: Literal["text", "json"] = "text"
+    """How processes log (``ACTOR_LOG_FORMAT``): lines for people, or one JSON object a
+    line (time, level, logger, message, node, actor, replica, error id)."""
     metrics_host: str = "127.0.0.1"
     """Where a node's supervisor serves its replicas' Prometheus metrics (``/metrics``)."""
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464

@@ -74,10 +74,11 @@ class LogThrottle:
         message: str,
         *args: object,
         exc_info: BaseException | None = None,
+        error_id: str = "",
     ) -> bool:
-        """Log ``message % args`` (and ``exc_info``'s :func:`traceback_text`) unless
-        ``reason`` already had ``burst`` lines this interval; returns whether it was
-        written."""
+        """Log ``message % args`` (and ``exc_info``'s :func:`traceback_text`; ``error_id``
+        as the record's ``error_id``, for JSON logs) unless ``reason`` already had ``burst``
+        lines this interval; returns whether it was written."""
         if not self._log.isEnabledFor(level):
             return False
         if time.monotonic() >= self._window_end:
@@ -88,7 +89,7 @@ class LogThrottle:
             return False
         if exc_info is not None:
             message, args = f"{message}\n%s", (*args, traceback_text(exc_info))
-        self._log.log(level, message, *args)
+        self._log.log(level, message, *args, extra={"error_id": error_id} if error_id else None)
         return True
 
     def flush(self, *, force: bool = False) -> None:

@@ -14,13 +14,15 @@ scripts can tell a 403 from a 503.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import click
 
 from ..bus import BadRequest
 from ..bus.settings import Settings
-from ._common import EXIT_CODES, setup_logging
+from ._common import EXIT_CODES
+from .logformat import log_context, setup_logging
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -133,6 +135,10 @@ def main(
     The options here may also follow the command (`actor ls --home H`)."""
     setup_logging(log_level)
     try:
-        ctx.obj = Settings.from_env(nats_url=nats_url, nats_port=nats_port, home=home)
+        ctx.obj = settings = Settings.from_env(nats_url=nats_url, nats_port=nats_port, home=home)
     except BadRequest as exc:
         raise click.UsageError(exc.message) from None
+    if settings.log_format == "json":
+        setup_logging(log_level, "json")
+        replica = settings.replica if "ACTOR_REPLICA" in os.environ else None
+        log_context(node=settings.node or None, replica=replica)

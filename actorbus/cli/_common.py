@@ -4,7 +4,6 @@ errors mapped to exit codes, the consoles, logging setup."""
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import signal
 import sys
@@ -28,7 +27,6 @@ __all__ = [
     "out",
     "run_coroutine",
     "settings_of",
-    "setup_logging",
     "stop_on_signal",
 ]
 
@@ -53,14 +51,6 @@ EXIT_CODES = {
 _PIPED_WIDTH = 1000
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def checked_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

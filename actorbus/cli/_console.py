@@ -16,6 +16,7 @@ from rich.text import Text
 from ..bus.settings import Settings
 from ..client.specs import ActorSpec, ReplicaStatus
 from ..node.supervisor import Node, NodeInfo
+from .logformat import json_line
 
 __all__ = ["NodeConsole", "ps_table", "status_table"]
 
@@ -77,22 +78,41 @@ class NodeConsole:
     """Prints a node's output; on a terminal (and ``live``) keeps a table of its replicas
     under the scrolling lines."""
 
-    def __init__(self, console: Console, *, live: bool = True) -> None:
+    def __init__(self, console: Console, *, live: bool = True, json: bool = False) -> None:
         self.console = console
-        self._live_table = live and console.is_terminal
+        self._json = json
+        """One JSON object a line (``ACTOR_LOG_FORMAT=json``): replicas' JSON lines as
+        they are, anything else they print wrapped, the node's own words too."""
+        self._live_table = live and console.is_terminal and not json
         self._live: Live | None = None
 
     def _print(self, text: Text) -> None:
         (self._live.console if self._live else self.console).print(text, soft_wrap=True)
 
+    def _json_line(self, line: str) -> None:
+        self.console.file.write(line + "\n")
+        self.console.file.flush()
+
     def output(self, actor: str, replica: int, pid: int, line: str) -> None:
+        if self._json:
+            if not (line.startswith("{") and line.endswith("}")):
+                line = json_line(time.time(), "INFO", "output", line, actor=actor, replica=replica)
+            self._json_line(line)
+            return
         prefix = Text(f"{actor}[{replica}] | ", style=_color(actor))
         self._print(prefix + Text(line))
 
     def event(self, message: str, failure: bool) -> None:
+        if self._json:
+            level = "ERROR" if failure else "INFO"
+            self._json_line(json_line(time.time(), level, "actorbus.node", message))
+            return
         self._print(Text(message, style="red" if failure else "bold"))
 
     def say(self, message: str) -> None:
+        if self._json:
+            self._json_line(json_line(time.time(), "INFO", "actorbus.node", message))
+            return
         self._print(Text(message))
 
     async def live(self, info: NodeInfo, node: Node, stop: anyio.Event) -> None:
@@ -104,6 +124,8 @@ class NodeConsole:
             self.say(f"gateway: {url} (the dashboard; POST {url}/<actor>/<fn>)")
         if info.metrics:
             self.say(f"metrics: {info.metrics} (Prometheus)")
+        if info.nats_monitor:
+            self.say(f"NATS monitoring: {info.nats_monitor} (/varz, /connz, /jsz)")
         if not self._live_table:
             return
         with Live(ps_table(node.status()), console=self.console, auto_refresh=False) as live:

@@ -241,7 +241,7 @@ def gateway(
 
 
 def _foreground(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> None:
-    _run_supervisor(ctx, settings, specs, NodeConsole(err))
+    _run_supervisor(ctx, settings, specs, NodeConsole(err, json=settings.log_format == "json"))
 
 
 def _run_supervisor(
@@ -329,6 +329,8 @@ def _detach(ctx: click.Context, settings: Settings, specs: list[ActorSpec]) -> N
         err.print(f"NATS: {escape(where_nats(info, settings))}")
         if info.metrics:
             err.print(f"metrics: {info.metrics}")
+        if info.nats_monitor:
+            err.print(f"NATS monitoring: {info.nats_monitor} (/varz, /connz, /jsz)")
     started = {e.name for e in entries}
     for url in gateway_urls(s for s in specs if s.name in started):
         err.print(f"gateway: {url}")
@@ -417,7 +419,9 @@ async def _follow(client: Client, actor: str, node: str, console: NodeConsole) -
 def supervise(ctx: click.Context) -> None:
     """The detached supervisor `actor up -d` starts (its output goes to node.log)."""
     specs = msgspec.json.decode(sys.stdin.buffer.read(), type=list[ActorSpec])
-    _run_supervisor(ctx, settings_of(ctx), specs, NodeConsole(err, live=False))
+    settings = settings_of(ctx)
+    console = NodeConsole(err, live=False, json=settings.log_format == "json")
+    _run_supervisor(ctx, settings, specs, console)
 
 
 @click.command()

@@ -105,7 +105,10 @@ def _since(text: str) -> float | None:
     return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _show(line: LogLine, timestamps: bool) -> None:
+def _show(line: LogLine, timestamps: bool, as_json: bool) -> None:
+    if as_json:
+        click.echo(msgspec.json.encode(line).decode())
+        return
     prefix = f"{line.actor}[{line.replica}]@{line.node} | "
     if timestamps:
         prefix = time.strftime("%H:%M:%S ", time.localtime(line.time)) + prefix
@@ -128,16 +131,18 @@ def _show(line: LogLine, timestamps: bool) -> None:
 @click.option("--replica", type=click.IntRange(0), help="Only this replica index.")
 @click.option("--node", help="Only this node.")
 @click.option("-t", "--timestamps", is_flag=True, help="Show each line's time.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line (a LogLine).")
 @click.pass_context
 def logs(
     ctx: click.Context,
     name: str,
     follow: bool,
-    since: str,
+    since: str | None,
     tail: int,
     replica: int | None,
     node: str | None,
     timestamps: bool,
+    as_json: bool,
 ) -> None:
     """Print what NAME's replicas wrote (their log and their output), from any machine."""
     settings = settings_of(ctx)
@@ -157,10 +162,10 @@ def logs(
             ):
                 if line is None:  # caught up: the history, then what comes
                     for old in history:
-                        _show(old, timestamps)
+                        _show(old, timestamps, as_json)
                     live = True
                 elif live:
-                    _show(line, timestamps)
+                    _show(line, timestamps, as_json)
                 else:
                     history.append(line)
                 shown = shown or line is not None
@@ -168,6 +173,6 @@ def logs(
                 await client.check_named(name)  # a mistyped name: 404, not silence
         if not live:
             for old in history:
-                _show(old, timestamps)
+                _show(old, timestamps, as_json)
 
     run_coroutine(ctx, main)

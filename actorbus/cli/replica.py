@@ -15,6 +15,7 @@ from ..host import Host, serve
 from ..host.loading import load_actor_class
 from ..node.slots import ReplicaReady, ready_line
 from ._common import checked_name, err, run_coroutine, settings_of, stop_on_signal
+from .logformat import log_context
 
 __all__ = ["serve_command"]
 
@@ -45,6 +46,7 @@ def serve_command(ctx: click.Context, target: str, name: str | None) -> None:
                 tg.start_soon(_watch_supervisor, settings.supervisor_pid, stop)
             async with serve(cls(), name=name, settings=settings) as host:
                 hosts.append(host)
+                log_context(actor=host.name)
                 ready = ReplicaReady(host.name, host.address, host.instance, os.getpid())
                 print(ready_line(ready), flush=True)
                 os.dup2(2, 1)  # anything the actor prints goes to the log, not the pipe

@@ -113,6 +113,7 @@ class Replies:
             printable(call.fn, 64),
             error.error_id,
             exc_info=exc,
+            error_id=error.error_id or "",
         )
         return error
 
@@ -179,6 +180,7 @@ class Replies:
                 elapsed_ns / 1e6,
                 printable(error, 200),
                 error_id,
+                error_id=error_id,
             )
         try:
             await publish(self.nc, call.reply_to, body, headers)

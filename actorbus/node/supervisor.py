@@ -74,6 +74,8 @@ class NodeInfo(msgspec.Struct):
     """Whether it has started what it was asked to (those that could start)."""
     metrics: str = ""
     """Where it serves its replicas' Prometheus metrics (a URL), once it does."""
+    nats_monitor: str = ""
+    """The embedded nats-server's HTTP monitoring endpoint (loopback), if it runs one."""
 
 
 @contextmanager
@@ -147,7 +149,9 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
         policy = keys.load(settings.policy, create=True)
         config = auth_config(settings, owner, policy)
         extra = ("-c", str(write_config(settings.home / "nats" / "server.conf", config)))
-    server = EmbeddedServer(settings.home / "nats", port=settings.nats_port, extra_args=extra)
+    server = EmbeddedServer(
+        settings.home / "nats", port=settings.nats_port, extra_args=extra, monitor=True
+    )
     async with AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(server)
