@@ -3,7 +3,19 @@ after a known mix of calls and read with prometheus-client's own parser; JSON lo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +115,50 @@ def test_json_logs_take_a_user_from_an_error_id_to_its_line(tmp_path: Path) -> N
     assert refusal["time"].endswith("Z") and "400" in refusal["message"]
     node_log = (bus.settings.home / "node.log").read_text().splitlines()
     assert node_log and all(json.loads(line)["time"] for line in node_log)  # one object a line
+
+
+def test_top_renders_live_under_a_terminal(tmp_path: Path) -> None:
+    """`actor top` under a pseudo-terminal, as a user runs it: the live table shows the
+    calls a client is making, and Ctrl-C ends it without a traceback."""
+    with embedded(tmp_path) as bus:
+        calling = threading.Event()
+
+        def load() -> None:
+            async def calls() -> None:
+                async with Client(settings=bus.settings) as client:
+                    for _ in range(400):  # bounded: about 3 s at most here
+                        await client.call("echo", "forward", "hi")
+                        calling.set()
+                        await anyio.sleep(0.005)
+
+            anyio.run(calls)
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        assert calling.wait(20)
+        controller, terminal = pty.openpty()
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "actorbus.cli", "top", "--interval", "0.5"],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env=bus.env,
+            start_new_session=True,
+        )
+        os.close(terminal)
+        shown = b""
+        deadline = time.monotonic() + 20
+        while b"forward" not in shown and time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.5)[0]:
+                shown += os.read(controller, 65536)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(10) == 0
+        with contextlib.suppress(OSError):  # the terminal closed with the process
+            while select.select([controller], [], [], 0.2)[0]:
+                shown += os.read(controller, 65536)
+        os.close(controller)
+        loader.join(30)
+    text = shown.decode(errors="replace")
+    assert "actor top" in text and "calls/s" in text and "forward" in text, text[-2000:]
+    assert "Traceback" not in text

@@ -6,7 +6,7 @@ never imports the supervisor or the tables): :mod:`.node` (up, down, gateway: th
 node's supervisor), :mod:`.replica` (serve: one replica), :mod:`.ops` (ps, kill,
 restart, scale, logs: control from anywhere), :mod:`.calls` (call, ls, info),
 :mod:`.policy`, :mod:`.keys`, :mod:`.tokens`, :mod:`.jobs`, :mod:`.nats`,
-:mod:`.startup`. Errors print
+:mod:`.startup`, :mod:`.top`. Errors print
 one line (status, message, error id) and exit with the code in :data:`EXIT_CODES`, so
 scripts can tell a 403 from a 503.
 """
@@ -40,6 +40,7 @@ COMMANDS = {
     "restart": "ops:restart",
     "scale": "ops:scale",
     "logs": "ops:logs",
+    "top": "top:top",
     "call": "calls:call",
     "ls": "calls:ls",
     "info": "calls:info",

@@ -12,16 +12,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
-__all__ = ["LATENCY_BUCKETS", "OTHER", "FunctionStats", "Histogram"]
+from ..bus.figures import LATENCY_BUCKETS
+
+__all__ = ["OTHER", "FunctionStats", "Histogram"]
 
 OTHER = "_other"
 """The stats entry for requests to no served function, and for dropped requests."""
-
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
-)  # fmt: skip
-"""Upper bounds (seconds, inclusive) of the latency histograms' buckets; one more bucket
-past the last counts the rest."""
 
 
 class Histogram:

@@ -32,8 +32,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..bus import Unavailable
+from ..bus.figures import LATENCY_BUCKETS
 from ..client.specs import ReplicaStatus
-from ..host.stats import LATENCY_BUCKETS
 from .supervisor import Node
 
 __all__ = ["families", "serve_metrics"]
