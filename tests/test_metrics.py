@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from cluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from up import embedded
 
@@ -58,7 +59,8 @@ def samples(text: str, name: str) -> dict[tuple[str, ...], float]:
 
 
 def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
-    with embedded(tmp_path) as bus:
+    web = free_port()
+    with embedded(tmp_path, ACTOR_GATEWAY_PORT=str(web)) as bus:
         bus.actor("up", "-d", "examples/llm.py:Llm")
         node = json.loads((bus.settings.home / "node.json").read_text())
         url = node["metrics"]
@@ -70,6 +72,19 @@ def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
         caller, streamed = anyio.run(known_mix, bus.settings)
         text = httpx.get(url, timeout=10).text
         assert httpx.get(url.replace("/metrics", "/other"), timeout=10).status_code == 404
+        # The gateway's /metrics: its own requests by route template, and the cluster's.
+        gateway = f"http://127.0.0.1:{web}"
+        for path in ("/health", "/health", "/nope"):
+            httpx.get(gateway + path, timeout=10)
+        cluster = httpx.get(gateway + "/metrics", timeout=10)
+        assert cluster.headers["content-type"].startswith("text/plain")
+    requests = samples(cluster.text, "actorbus_gateway_requests_total")
+    assert requests[("replica=0", "route=/health", "status=200")] == 2
+    assert requests[("replica=0", "route=other", "status=404")] == 1
+    assert samples(cluster.text, "actorbus_gateway_open_connections")[("replica=0",)] >= 1
+    assert samples(cluster.text, "actorbus_gateway_sse_streams")[("replica=0",)] == 0
+    seen = samples(cluster.text, "actorbus_calls_total")
+    assert seen[("actor=echo", "fn=forward", "replica=0", "status=200")] == 5
 
     calls = samples(text, "actorbus_calls_total")
     echo = ("actor=echo", "fn={}", "replica=0", "status={}")

@@ -36,7 +36,7 @@ from ..bus.figures import LATENCY_BUCKETS
 from ..client.specs import ReplicaStatus
 from .supervisor import Node
 
-__all__ = ["families", "serve_metrics"]
+__all__ = ["Row", "Snapshot", "families", "node_families", "serve_metrics"]
 
 log = logging.getLogger("actorbus.node")
 
@@ -44,17 +44,18 @@ _HEAD_LIMIT = 8192
 _HEAD_TIMEOUT = 5.0
 _CONNECTIONS = 8
 
-Measured = list[tuple[ReplicaStatus, list[dict[str, Any]] | None]]
+Row = tuple[str, str, int, list[dict[str, Any]] | None]
+"""A replica as metrics see it: its node, actor and index, and its ``$SRV.STATS``
+endpoints (``None``: it did not answer)."""
 
 
-def families(node: str, measured: Measured) -> list[Metric]:
-    """The metric families of one node's measured replicas (see :meth:`Node.measured`)."""
-    calls = CounterMetricFamily(
-        "actorbus_calls",
-        "Calls answered, by status.",
-        labels=["node", "actor", "fn", "replica", "status"],
-    )
+def families(rows: Iterable[Row]) -> list[Metric]:
+    """The metric families of replicas' figures (what the node and the gateway export)."""
     per_fn = ["node", "actor", "fn", "replica"]
+    per_replica = ["node", "actor", "replica"]
+    calls = CounterMetricFamily(
+        "actorbus_calls", "Calls answered, by status.", labels=[*per_fn, "status"]
+    )
     queued = HistogramMetricFamily(
         "actorbus_call_queue_seconds", "Time calls waited for a worker.", labels=per_fn
     )
@@ -68,17 +69,8 @@ def families(node: str, measured: Measured) -> list[Metric]:
     dropped = CounterMetricFamily(
         "actorbus_requests_dropped", "Requests dropped unread (no inbox to answer).", labels=per_fn
     )
-    per_replica = ["node", "actor", "replica"]
     up = GaugeMetricFamily(
         "actorbus_replica_up", "1 if the replica runs and answers.", labels=per_replica
-    )
-    restarts = CounterMetricFamily(
-        "actorbus_replica_restarts", "Replica restarts.", labels=per_replica
-    )
-    memory = GaugeMetricFamily(
-        "actorbus_replica_resident_memory_bytes",
-        "Resident memory of the replica.",
-        labels=per_replica,
     )
     waiting = GaugeMetricFamily(
         "actorbus_calls_queued", "Calls waiting for a worker.", labels=per_replica
@@ -86,15 +78,12 @@ def families(node: str, measured: Measured) -> list[Metric]:
     stuck = GaugeMetricFamily(
         "actorbus_stuck_threads", "Sync handler threads past their deadline.", labels=per_replica
     )
-    for status, endpoints in measured:
-        replica = [node, status.actor, str(status.replica)]
+    for node, actor, index, endpoints in rows:
+        replica = [node, actor, str(index)]
         up.add_metric(replica, 1 if endpoints is not None else 0)
-        restarts.add_metric(replica, status.restarts)
-        if status.rss is not None:
-            memory.add_metric(replica, status.rss)
         for endpoint in endpoints or []:
             data = endpoint.get("data") or {}
-            fn = [node, status.actor, str(endpoint.get("name", "")), str(status.replica)]
+            fn = [node, actor, str(endpoint.get("name", "")), str(index)]
             for code, count in _items(data.get("status")):
                 calls.add_metric([*fn, code], count)
             for family, key in ((queued, "queue_seconds"), (handled, "handler_seconds")):
@@ -107,19 +96,30 @@ def families(node: str, measured: Measured) -> list[Metric]:
                 waiting.add_metric(replica, _number(data["queued"]))
             if "stuck_threads" in data:
                 stuck.add_metric(replica, _number(data["stuck_threads"]))
-    return [
-        calls,
-        queued,
-        handled,
-        in_flight,
-        chunks,
-        dropped,
-        up,
-        restarts,
-        memory,
-        waiting,
-        stuck,
-    ]
+    return [calls, queued, handled, in_flight, chunks, dropped, up, waiting, stuck]
+
+
+def node_families(
+    node: str, measured: list[tuple[ReplicaStatus, list[dict[str, Any]] | None]]
+) -> list[Metric]:
+    """A node's measured replicas (:meth:`Node.measured`): :func:`families`, and what only
+    its supervisor knows of them (restarts, memory)."""
+    per_replica = ["node", "actor", "replica"]
+    restarts = CounterMetricFamily(
+        "actorbus_replica_restarts", "Replica restarts.", labels=per_replica
+    )
+    memory = GaugeMetricFamily(
+        "actorbus_replica_resident_memory_bytes",
+        "Resident memory of the replica.",
+        labels=per_replica,
+    )
+    for status, _ in measured:
+        replica = [node, status.actor, str(status.replica)]
+        restarts.add_metric(replica, status.restarts)
+        if status.rss is not None:
+            memory.add_metric(replica, status.rss)
+    rows = [(node, s.actor, s.replica, endpoints) for s, endpoints in measured]
+    return [*families(rows), restarts, memory]
 
 
 def _number(value: Any) -> float:
@@ -148,7 +148,7 @@ def _histogram(value: Any) -> tuple[list[tuple[str, float]], float] | None:
     return buckets, _number(value.get("sum"))
 
 
-class _Snapshot:
+class Snapshot:
     """A collector of families gathered already (a scrape's, rendered once)."""
 
     def __init__(self, found: Iterable[Metric]) -> None:
@@ -161,7 +161,7 @@ class _Snapshot:
 async def render(node: Node) -> bytes:
     """The node's metrics in Prometheus's text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(families(node.name, await node.measured())))
+    registry.register(Snapshot(node_families(node.name, await node.measured())))
     return generate_latest(registry)
 
 

@@ -33,6 +33,7 @@ from .context import Context
 from .fairness import Fairness
 from .guard import Admission, HeadLimits, guarded_protocol
 from .identity import Identities
+from .meter import Meter
 
 __all__ = ["Gateway"]
 
@@ -120,6 +121,7 @@ class Gateway(Actor):
                         enforced=lambda: self.policy_enforced,
                         max_body=self.max_body,
                         version=self.version,
+                        meter=Meter(lambda: admission.total, settings.replica),
                     )
                 ),
                 http=guarded_protocol(

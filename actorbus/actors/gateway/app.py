@@ -12,11 +12,13 @@ limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 
 import anyio
 import msgspec
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -46,10 +48,22 @@ from .context import Context
 from .errors import ErrorShape, Refused, error_json, new_error_id
 from .guard import client_group
 from .jobs import BodyFn, job_paths, job_routes
+from .meter import Metered
 from .sse import sse_response
 from .web import PASSED_STATUSES, WebSafety, page, reply_response
 
 __all__ = ["build_app"]
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address to listen on) reaches only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 log = logging.getLogger("actorbus.gateway")
 
@@ -246,8 +260,27 @@ def build_app(gateway: Context) -> Starlette:
             return _refusal(exc.status, exc)
         return JSONResponse(await gateway.catalog.overview(mine))
 
+    # Behind a loopback-bound gateway every client is this machine's: anyone may scrape.
+    open_metrics = _loopback(settings.gateway_host)
+
+    async def metrics(request: Request) -> Response:
+        if not open_metrics:
+            try:
+                admin = viewer(request).admin
+            except ActorError as exc:
+                return _refusal(exc.status, exc)
+            if not admin:
+                return _error(
+                    403,
+                    "metrics are for admins on a gateway that listens beyond loopback: scrape "
+                    "with the bearer token of a key that is an admin",
+                )
+        body = await gateway.meter.render(gateway.client)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     routes = [
         Route("/", page("dashboard.html")),
+        Route("/metrics", metrics),
         Route("/docs", page("docs.html", external="https://cdn.jsdelivr.net")),
         Route("/health", health),
         Route("/openapi.json", openapi_json),
@@ -274,6 +307,7 @@ def build_app(gateway: Context) -> Starlette:
             ),
         )
     middleware.insert(0, Middleware(ErrorShape))
+    middleware.insert(0, Middleware(Metered, meter=gateway.meter))
     middleware.insert(
         0, Middleware(WebSafety, hosts=settings.gateway_hosts, bound=settings.gateway_host)
     )

@@ -17,6 +17,7 @@ from ...host.policy import PolicyState
 from .catalog import Catalog, Viewer
 from .fairness import Fairness
 from .identity import Identities
+from .meter import Meter
 
 __all__ = ["Context"]
 
@@ -36,6 +37,8 @@ class Context:
     max_body: int
     """Largest request body (the smaller of the setting and what NATS carries)."""
     version: str
+    meter: Meter
+    """Its HTTP figures (``/metrics``)."""
 
     def viewer(self, key: str) -> Viewer:
         """What the caller ``key`` is shown of the actors."""
