@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -22,7 +23,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import yaml
 from cluster import free_port
+from processes import ROOT
 from prometheus_client.parser import text_string_to_metric_families
 from up import embedded
 
@@ -85,6 +88,21 @@ def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
     assert samples(cluster.text, "actorbus_gateway_sse_streams")[("replica=0",)] == 0
     seen = samples(cluster.text, "actorbus_calls_total")
     assert seen[("actor=echo", "fn=forward", "replica=0", "status=200")] == 5
+    # deploy/'s Grafana dashboard queries only what a real scrape of the gateway has (its
+    # Prometheus, deploy/prometheus.yml, scrapes the gateway).
+    names = {
+        sample.name
+        for family in text_string_to_metric_families(cluster.text)
+        for sample in family.samples
+    }
+    dashboard = json.loads((ROOT / "deploy/grafana/actorbus.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queried = {m for e in exprs for m in re.findall(r"actorbus_[a-z_]+", e)}
+    assert len(exprs) >= 10 and queried and queried <= names, queried - names
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == ["gateway:8080"]
+    (k8s,) = yaml.safe_load((ROOT / "deploy/kubernetes/prometheus-scrape.yaml").read_text())
+    assert k8s["metrics_path"] == scrape["metrics_path"] == "/metrics"
 
     calls = samples(text, "actorbus_calls_total")
     echo = ("actor=echo", "fn={}", "replica=0", "status={}")

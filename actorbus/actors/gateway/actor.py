@@ -110,6 +110,7 @@ class Gateway(Actor):
             uvicorn.Config(
                 build_app(
                     Context(
+                        name=self.name,
                         settings=settings,
                         client=self.client,
                         identities=self.identities,

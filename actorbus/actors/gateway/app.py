@@ -266,14 +266,15 @@ def build_app(gateway: Context) -> Starlette:
     async def metrics(request: Request) -> Response:
         if not open_metrics:
             try:
-                admin = viewer(request).admin
+                allowed = viewer(request).may(gateway.name, "metrics", frozenset(), frozenset())
             except ActorError as exc:
                 return _refusal(exc.status, exc)
-            if not admin:
+            if not allowed:
                 return _error(
                     403,
-                    "metrics are for admins on a gateway that listens beyond loopback: scrape "
-                    "with the bearer token of a key that is an admin",
+                    f"scraping this gateway takes a key whose role allows {gateway.name}/metrics "
+                    "(a bearer token: actor policy role add scraper --allow "
+                    f"'{gateway.name}/metrics'; actor token new prometheus --role scraper)",
                 )
         body = await gateway.meter.render(gateway.client)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,9 @@ __all__ = ["Context"]
 
 @dataclass(frozen=True)
 class Context:
+    name: str
+    """The gateway's actor name (its ``/metrics`` is the function ``<name>/metrics`` to
+    the policy)."""
     settings: Settings
     client: Client
     """The gateway's own client: its key signs anonymous calls, in sessions."""

@@ -7,8 +7,9 @@ on ``$SRV.STATS`` (:mod:`actorbus.client.stats`), as the node's supervisor expor
 own replicas' (:mod:`actorbus.node.metrics`), so one scrape of the gateway sees the
 cluster.
 
-Who may scrape: anyone who reaches a gateway bound to loopback (the default); an admin's
-identity (a bearer token whose key is an admin) when it listens wider.
+Who may scrape: anyone who reaches a gateway bound to loopback (the default); when it
+listens wider, an identity the policy lets call ``<gateway>/metrics`` (a bearer token of a
+role that allows it, or an admin's).
 """
 
 from __future__ import annotations
