@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from actorbus.bus import EmbeddedServer, Keypair, address_to_public_key, sign_re
 from actorbus.bus.connection import request
 from actorbus.bus.sessions import SESSION_FN, SessionGrant, mac_request, open_grant
 from actorbus.bus.wire import reply_signing_bytes, request_signing_bytes
+from actorbus.host.stats import FunctionStats
 
 HERE = Path(__file__).resolve()
 MAX_CALLS_PER_CELL = 200_000
@@ -309,6 +311,31 @@ def report(
             f"{x}/{y} = {ratio(runs[x], runs[y]):.2f}" for x, y in RATIOS if x in runs and y in runs
         ]
         print(f"  concurrency {concurrency}: " + "   ".join(shown), flush=True)
+        if "c" in runs:
+            replica_us = statistics.median(c[0] for _, _, c in runs["c"])
+            print(f"  {metrics_cost(replica_us)}", flush=True)
+
+
+def metrics_cost(replica_us: float) -> str:
+    """What the metrics a replica always keeps (actorbus.host.stats) cost a call: their
+    bookkeeping per call, timed here, against the replica's CPU per call just measured.
+    They cannot be switched off, so calls/s without them is estimated: a CPU-bound
+    replica's rate scales with its CPU per call."""
+    stats = FunctionStats()
+
+    def one_call() -> None:
+        stats.in_flight += 1
+        stats.in_flight -= 1
+        stats.record(200, 250_000, "")
+        stats.ran(0.0001, 0.0002)
+
+    seconds = min(timeit.repeat(one_call, number=100_000, repeat=5)) / 100_000
+    cost_us = seconds * 1e6
+    baseline = max(replica_us - cost_us, 1e-9)
+    return (
+        f"metrics: {cost_us:.2f} us of the replica's {replica_us:.0f} us CPU per call; "
+        f"estimated calls/s with them / without them = {baseline / replica_us:.3f}"
+    )
 
 
 def ratio(xs: list[tuple[float, Any, Any]], ys: list[tuple[float, Any, Any]]) -> float:
