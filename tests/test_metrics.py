@@ -11,6 +11,7 @@ import pty
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -195,3 +196,22 @@ def test_top_renders_live_under_a_terminal(tmp_path: Path) -> None:
     text = shown.decode(errors="replace")
     assert "actor top" in text and "calls/s" in text and "forward" in text, text[-2000:]
     assert "Traceback" not in text
+
+
+def test_the_metrics_endpoint_holds_a_few_connections_at_most(tmp_path: Path) -> None:
+    """A local process that opens connections and sends nothing holds at most 8 of them
+    (each for 5 s); the next is closed at once, and the endpoint serves when they go."""
+    with embedded(tmp_path) as bus:
+        url = json.loads((bus.settings.home / "node.json").read_text())["metrics"]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+        try:
+            time.sleep(0.3)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+                extra.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+                assert extra.recv(100) == b""  # closed unanswered
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        assert httpx.get(url, timeout=10).status_code == 200

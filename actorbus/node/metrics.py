@@ -193,8 +193,15 @@ async def serve_metrics(
         limiter = anyio.CapacityLimiter(_CONNECTIONS)
 
         async def handle(stream: anyio.abc.SocketStream) -> None:
-            async with limiter, stream:
-                await _answer(node, stream)
+            async with stream:
+                try:
+                    limiter.acquire_nowait()  # past a few at once, a connection is closed
+                except anyio.WouldBlock:
+                    return
+                try:
+                    await _answer(node, stream)
+                finally:
+                    limiter.release()
 
         await listener.serve(handle)
 
