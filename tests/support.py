@@ -15,6 +15,7 @@ import msgspec
 from actorbus import Actor, Call, Forbidden, Settings, endpoint
 from actorbus.bus import NATS, Keypair, Msg, sign_reply, sign_request, verify_reply
 from actorbus.bus.subjects import call_subject
+from actorbus.bus.tracing import current_trace
 from actorbus.host import current_call
 
 
@@ -48,6 +49,15 @@ class Probe(Actor):
 
     async def add(self, a: int, b: int, *, scale: int = 1) -> int:
         return (a + b) * scale
+
+    @endpoint(idempotent=True)
+    async def trace(self, through: str = "") -> str:
+        """The ``traceparent`` this call runs in; with ``through``, the one a call to that
+        actor's ``trace`` runs in (a nested call)."""
+        if through:
+            answer: str = await self.client.call(through, "trace")
+            return answer
+        return current_trace().get("traceparent", "")
 
     async def slow(self, seconds: float) -> float:
         self.runs += 1

@@ -75,10 +75,11 @@ class LogThrottle:
         *args: object,
         exc_info: BaseException | None = None,
         error_id: str = "",
+        trace_id: str = "",
     ) -> bool:
         """Log ``message % args`` (and ``exc_info``'s :func:`traceback_text`; ``error_id``
-        as the record's ``error_id``, for JSON logs) unless ``reason`` already had ``burst``
-        lines this interval; returns whether it was written."""
+        and ``trace_id`` as the record's own fields, for JSON logs) unless ``reason``
+        already had ``burst`` lines this interval; returns whether it was written."""
         if not self._log.isEnabledFor(level):
             return False
         if time.monotonic() >= self._window_end:
@@ -89,7 +90,8 @@ class LogThrottle:
             return False
         if exc_info is not None:
             message, args = f"{message}\n%s", (*args, traceback_text(exc_info))
-        self._log.log(level, message, *args, extra={"error_id": error_id} if error_id else None)
+        fields = {"error_id": error_id, "trace_id": trace_id}
+        self._log.log(level, message, *args, extra={k: v for k, v in fields.items() if v})
         return True
 
     def flush(self, *, force: bool = False) -> None:

@@ -2,8 +2,9 @@
 JSON object a line for a log pipeline.
 
 A JSON line has ``time`` (RFC 3339, UTC, milliseconds), ``level``, ``logger`` and
-``message``, and when known ``node``, ``actor`` and ``replica`` (which process wrote it) and
-``error_id`` (the id a caller got with its error: the way from a user's report to the log).
+``message``, and when known ``node``, ``actor`` and ``replica`` (which process wrote it),
+``error_id`` (the id a caller got with its error: the way from a user's report to the log)
+and ``trace_id`` (the W3C trace the call was part of).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class _JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        extra = {"error_id": getattr(record, "error_id", "")}
+        extra = {key: getattr(record, key, "") for key in ("error_id", "trace_id")}
         return json_line(
             record.created, record.levelname, record.name, message, **_CONTEXT, **extra
         )

@@ -51,6 +51,7 @@ from ..bus.lru import LRU
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject
+from ..bus.tracing import current_trace
 from ..bus.wire import Seal, check_nesting, request_headers, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info, service_infos
@@ -329,7 +330,10 @@ class Client:
         subject = call_subject(name, fn)
 
         def headers(reply: str) -> dict[str, str]:
-            return sign_request(self.key, subject, reply, body, timeout=advertised_timeout(timeout))
+            signed = sign_request(
+                self.key, subject, reply, body, timeout=advertised_timeout(timeout)
+            )
+            return signed | current_trace()
 
         return read_stream(
             self.nc,
@@ -367,6 +371,7 @@ class Client:
 
         def build(subject: str) -> dict[str, str]:
             sent.update(headers(subject))
+            sent.update(current_trace())  # unsigned: it names a trace, grants nothing
             return sent
 
         msg = await request(self.nc, call_subject(name, fn), body, build, timeout, reply=reply)

@@ -426,6 +426,7 @@ class Call:
         "session_key",
         "started",
         "subject",
+        "trace",
         "window",
     )
 
@@ -456,6 +457,8 @@ class Call:
         """The key of the session the call came in (its reply is authenticated with it)."""
         self.started = 0.0
         """When a worker began to run it (monotonic; 0: it never ran)."""
+        self.trace: dict[str, str] = {}
+        """Its trace headers, well-formed (``bus.tracing``): its handler runs in that trace."""
 
 
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:

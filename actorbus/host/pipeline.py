@@ -44,6 +44,7 @@ from ..bus.chunks import H_STREAM, stream_window
 from ..bus.delegation import parse_delegation_header, verify_delegation
 from ..bus.sessions import H_SESSION, SESSION_FN
 from ..bus.settings import Settings
+from ..bus.tracing import trace_headers, use_trace
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .admission import Admission
@@ -164,6 +165,7 @@ class Pipeline:
             return
         call = Call(self.name, msg.subject, fn, msg.reply, time.monotonic())
         call.nonce = request_nonce(msg.headers)
+        call.trace = trace_headers(msg.headers)
         try:
             if not self.accepting:
                 raise Unavailable("shutting down")
@@ -337,6 +339,7 @@ class Pipeline:
                 raise DeadlineExceeded("deadline passed before the call could run")
             slot.running = call
             call.started = time.monotonic()
+            use_trace(call.trace)  # the calls its handler makes carry it on
             stats.in_flight += 1
             try:
                 if call.rate is not None and self.quotas is not None and self.policy is not None:

@@ -35,6 +35,7 @@ from ..bus import (
 )
 from ..bus.chunks import sign_chunk
 from ..bus.subjects import is_reply_subject
+from ..bus.tracing import trace_id
 from ..bus.wire import ErrorBody, codec_for, sign_reply
 from .actor import Call
 from .stats import OTHER, FunctionStats
@@ -114,6 +115,7 @@ class Replies:
             error.error_id,
             exc_info=exc,
             error_id=error.error_id or "",
+            trace_id=trace_id(call.trace),
         )
         return error
 
@@ -181,6 +183,7 @@ class Replies:
                 printable(error, 200),
                 error_id,
                 error_id=error_id,
+                trace_id=trace_id(call.trace),
             )
         try:
             await publish(self.nc, call.reply_to, body, headers)

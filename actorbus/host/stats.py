@@ -2,7 +2,7 @@
 handler as histograms, calls in flight, stream chunks, requests dropped unread.
 
 The counts are the replica's own and cheap to keep (a few integer updates and two bisects
-per call). They go out on ``$SRV.STATS`` (PROTOCOL.md §11), where ``nats micro stats``
+per call). They go out on ``$SRV.STATS`` (PROTOCOL.md §7), where ``nats micro stats``
 and the node's supervisor read them; the supervisor turns its replicas' counts into
 Prometheus metrics (:mod:`actorbus.node.metrics`). Nothing here names a caller.
 """

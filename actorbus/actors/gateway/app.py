@@ -50,6 +50,7 @@ from .guard import client_group
 from .jobs import BodyFn, job_paths, job_routes
 from .meter import Metered
 from .sse import sse_response
+from .traced import Traced
 from .web import PASSED_STATUSES, WebSafety, page, reply_response
 
 __all__ = ["build_app"]
@@ -309,6 +310,7 @@ def build_app(gateway: Context) -> Starlette:
         )
     middleware.insert(0, Middleware(ErrorShape))
     middleware.insert(0, Middleware(Metered, meter=gateway.meter))
+    middleware.insert(0, Middleware(Traced))
     middleware.insert(
         0, Middleware(WebSafety, hosts=settings.gateway_hosts, bound=settings.gateway_host)
     )

@@ -102,7 +102,8 @@ class Jobs(Actor):
         """Start a job calling ``work`` (``actor/fn``) once per slice, as you, with the
         ``delegation`` you signed for it (its ``job`` is the job's id); ``slices`` now or
         later. Returns the job id."""
-        owner = current_call().caller
+        call = current_call()
+        owner = call.caller
         actor, _ = split_work(work)
         await self.client.check_named(actor)  # a mistyped name: refused now, not retried
         if delegation.work != work:
@@ -116,6 +117,7 @@ class Jobs(Actor):
             delegation=delegation,
             options=options or JobOptions(),
             created=time.time(),
+            trace=call.trace,
         )
         if not await self._store.create(record):
             raise BadRequest(f"job {delegation.job} exists: a delegation serves one job")

@@ -57,6 +57,8 @@ class JobRecord(msgspec.Struct, kw_only=True):
     closed: float | None = None
     finished: float | None = None
     pending: list[Batch] = msgspec.field(default_factory=list)
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
+    """The trace headers of its submit: its slices are called in that trace."""
 
 
 class SliceResult(msgspec.Struct, omit_defaults=True):

@@ -38,6 +38,7 @@ from ...bus.connection import on_reconnect
 from ...bus.delegation import split_work
 from ...bus.settings import Settings
 from ...bus.subjects import call_subject
+from ...bus.tracing import trace_headers, use_trace
 from ...bus.workqueue import Puller
 from ...client import Client
 from ...client.answers import advertised_timeout
@@ -379,6 +380,7 @@ class Runner:
                 "stopped each time",
             )
         actor, fn = split_work(record.work)
+        use_trace(trace_headers(record.trace))  # its slices are part of its submit's trace
         attempt = 1
         while True:
             record = self.records.get(job, record)

@@ -28,10 +28,13 @@ import yaml
 from cluster import free_port
 from processes import ROOT
 from prometheus_client.parser import text_string_to_metric_families
+from support import Probe
 from up import embedded
 
-from actorbus import Client, DeadlineExceeded, NotFound, Settings
+from actorbus import Client, DeadlineExceeded, NotFound, Settings, serve
+from actorbus.actors.jobs import Jobs
 from actorbus.bus import BadRequest
+from actorbus.bus.tracing import use_trace
 
 
 async def known_mix(settings: Settings) -> tuple[str, int]:
@@ -138,9 +141,21 @@ def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
 
 
 def test_json_logs_take_a_user_from_an_error_id_to_its_line(tmp_path: Path) -> None:
-    with embedded(tmp_path, ACTOR_LOG_FORMAT="json") as bus:
+    """... and from a web request's W3C trace to the actor's line for it: the gateway
+    passes the trace on, and gives its traceparent back."""
+    web = free_port()
+    with embedded(tmp_path, ACTOR_LOG_FORMAT="json", ACTOR_GATEWAY_PORT=str(web)) as bus:
         done = bus.run("call", "echo/add", "1", "x")
         error_id = done.stderr.rsplit("(error id ", 1)[1].split(")")[0]
+        bus.actor("policy", "role", "add", "public", "--allow", "echo/*")
+        url, traced = f"http://127.0.0.1:{web}/echo/add?a=1&b=x", {"traceparent": PARENT}
+        for _ in range(50):  # the role reaches the gateway through a watch
+            answer = httpx.get(url, headers=traced, timeout=10)
+            if answer.status_code != 403:
+                break
+            time.sleep(0.1)
+        assert answer.status_code == 400 and answer.headers["traceparent"] == PARENT
+        web_error = answer.json()["id"]
         lines = [json.loads(line) for line in bus.actor("logs", "echo", "--json").splitlines()]
     assert {"time", "node", "actor", "replica", "pid", "line"} <= lines[0].keys()
     written = [json.loads(line["line"]) for line in lines]  # each replica line is JSON too
@@ -149,6 +164,8 @@ def test_json_logs_take_a_user_from_an_error_id_to_its_line(tmp_path: Path) -> N
     assert refusal["time"].endswith("Z") and "400" in refusal["message"]
     node_log = (bus.settings.home / "node.log").read_text().splitlines()
     assert node_log and all(json.loads(line)["time"] for line in node_log)  # one object a line
+    from_web = next(w for w in written if w.get("error_id") == web_error)
+    assert from_web["trace_id"] == PARENT[3:35]
 
 
 def test_top_renders_live_under_a_terminal(tmp_path: Path) -> None:
@@ -215,3 +232,31 @@ def test_the_metrics_endpoint_holds_a_few_connections_at_most(tmp_path: Path) ->
                 sock.close()
         time.sleep(0.3)
         assert httpx.get(url, timeout=10).status_code == 200
+
+
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_trace_goes_on_through_nested_calls_and_job_slices(
+    settings: Settings, name: str
+) -> None:
+    """A caller's W3C trace reaches the actor, the actor's own calls and a job's slices
+    unchanged (nothing records spans: it passes them on); a malformed one is dropped, and
+    the call is answered all the same."""
+    inner = f"{name}in"
+    async with (
+        serve(Probe(), name=name, settings=settings),
+        serve(Probe(), name=inner, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        assert await client.call(name, "trace") == ""  # no trace: none made up
+        use_trace({"traceparent": PARENT, "tracestate": "vendor=a1"})
+        assert await client.call(name, "trace") == PARENT
+        assert await client.call(name, "trace", inner) == PARENT  # a nested call
+        job = await client.submit(f"{name}/trace", [[], [inner]])
+        await job.close()
+        assert [r["value"] async for r in job.results()] == [PARENT, PARENT]
+        for bad in ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", PARENT.upper(), PARENT + "x"):
+            use_trace({"traceparent": bad})
+            assert await client.call(name, "trace") == ""
