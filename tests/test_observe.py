@@ -33,15 +33,26 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Probe
 from up import embedded
 
-from actorbus import Client, DeadlineExceeded, NotFound, Settings, serve
+from actorbus import (
+    Client,
+    DeadlineExceeded,
+    Forbidden,
+    Keypair,
+    NotFound,
+    RateLimited,
+    Settings,
+    serve,
+)
 from actorbus.actors.jobs import Jobs
 from actorbus.bus import BadRequest
 from actorbus.bus.tracing import use_trace
 
 
-async def known_mix(settings: Settings) -> tuple[str, int]:
-    """5 x 200, a 400, a 404 (no such function), a 408 and a stream; the caller's address
-    and the stream's chunks."""
+async def known_mix(settings: Settings) -> tuple[str, int, int]:
+    """5 x 200, a 400, a 404 (no such function), a 408, a stream, a finished job of 3
+    slices; and a stranger (role public, which may call echo but its sleep) gets a 403 and
+    calls until its quota says 429. The admin's address, the stream's chunks and the stranger's
+    200s."""
     async with Client(settings=settings) as client:
         for _ in range(5):
             await client.call("echo", "forward", "hi")
@@ -53,7 +64,24 @@ async def known_mix(settings: Settings) -> tuple[str, int]:
             await client.request("echo", "sleep", [5], timeout=0.5)
         chunks = [c async for c in client.stream("llm", "generate", "hi there")]
         assert "".join(chunks).startswith("You said: hi there. ")
-        return client.key.address, len(chunks)
+        job = await client.submit("echo/add", [[1, 2], [3, 4], [5, 6]])
+        await job.close()
+        assert (await job.wait())["done"] == 3
+        await client.call("policy", "edit_role", "public", ["echo/*"], ["echo/sleep"])
+        await anyio.sleep(0.5)  # the role reaches the hosts through a watch
+        async with Client(Keypair.generate(), settings=settings) as stranger:
+            with pytest.raises(Forbidden):  # the deny rule, decided at the replica
+                await stranger.call("echo", "sleep", 0)
+            allowed, limited = 0, False
+            for _ in range(200):  # the floor is 60 calls a minute
+                try:
+                    await stranger.call("echo", "forward", "hi")
+                except RateLimited:
+                    limited = True
+                    break
+                allowed += 1
+            assert limited
+        return client.key.address, len(chunks), allowed
 
 
 def samples(text: str, name: str) -> dict[tuple[str, ...], float]:
@@ -78,7 +106,7 @@ def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
         assert node["nats_monitor"].startswith("http://127.0.0.1:")
         varz = httpx.get(node["nats_monitor"] + "/varz", timeout=10).json()
         assert varz["jetstream"]["config"]["store_dir"].startswith(str(bus.settings.home))
-        caller, streamed = anyio.run(known_mix, bus.settings)
+        caller, streamed, allowed = anyio.run(known_mix, bus.settings)
         text = httpx.get(url, timeout=10).text
         assert httpx.get(url.replace("/metrics", "/other"), timeout=10).status_code == 404
         # The gateway's /metrics: its own requests by route template, and the cluster's.
@@ -93,7 +121,7 @@ def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
     assert samples(cluster.text, "actorbus_gateway_open_connections")[("replica=0",)] >= 1
     assert samples(cluster.text, "actorbus_gateway_sse_streams")[("replica=0",)] == 0
     seen = samples(cluster.text, "actorbus_calls_total")
-    assert seen[("actor=echo", "fn=forward", "replica=0", "status=200")] == 5
+    assert seen[("actor=echo", "fn=forward", "replica=0", "status=200")] == 5 + allowed
     # deploy/'s Grafana dashboard queries only what a real scrape of the gateway has (its
     # Prometheus, deploy/prometheus.yml, scrapes the gateway).
     names = {
@@ -119,22 +147,29 @@ def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
         )
         return calls.get(key, 0.0)
 
-    assert count("forward", 200) == 5
+    assert count("forward", 200) == 5 + allowed
+    assert count("forward", 429) == 1 and allowed >= 50
+    assert count("sleep", 403) == 1
+    assert count("add", 200) == 3  # the job's slices
+    jobs = samples(text, "actorbus_jobs_finished")
+    assert jobs[("actor=jobs", "replica=0")] == 1
+    assert samples(text, "actorbus_job_slices_done")[("actor=jobs", "replica=0")] == 3
     assert count("add", 400) == 1
     assert count("_other", 404) == 1
     assert count("sleep", 408) == 1
     assert calls[("actor=llm", "fn=generate", "replica=0", "status=200")] == 1
     chunks = samples(text, "actorbus_stream_chunks_total")
     assert chunks[("actor=llm", "fn=generate", "replica=0")] == streamed
-    # The histograms time the calls that ran: forward 5, add's 400 was refused before it
-    # ran (its arguments did not bind), sleep ran until its deadline.
+    # The histograms time the calls that ran: forward's, but add's 400 was refused before
+    # it ran (its arguments did not bind) and sleep's 403 too; sleep ran to its deadline.
     for kind in ("queue", "handler"):
         counts = samples(text, f"actorbus_call_{kind}_seconds_count")
-        assert counts[("actor=echo", "fn=forward", "replica=0")] == 5
+        ran = 5 + allowed + 1  # the 429 too: a worker takes a call, then its quota
+        assert counts[("actor=echo", "fn=forward", "replica=0")] == ran
         assert counts[("actor=echo", "fn=sleep", "replica=0")] == 1
         buckets = samples(text, f"actorbus_call_{kind}_seconds_bucket")
         forward = [v for k, v in buckets.items() if k[:2] == ("actor=echo", "fn=forward")]
-        assert forward == sorted(forward) and max(forward) == 5  # cumulative, +Inf = count
+        assert forward == sorted(forward) and max(forward) == ran  # cumulative, +Inf = count
     handled = samples(text, "actorbus_call_handler_seconds_sum")
     assert 0.2 < handled[("actor=echo", "fn=sleep", "replica=0")] < 2.0  # its deadline
     up = samples(text, "actorbus_replica_up")

@@ -141,6 +141,12 @@ class Actor:
     async def on_stop(self) -> None:
         """Called once after the last call has drained."""
 
+    def figures(self) -> dict[str, float]:
+        """Counts of the actor's own, asked at each ``$SRV.STATS`` (so at each metrics
+        scrape): name -> value, names of ``[a-z_]`` (each becomes the metric
+        ``actorbus_<name>``, labelled with node, actor and replica). The default has none."""
+        return {}
+
     @endpoint(idempotent=True)
     def fns(self) -> list[str]:
         """The functions this actor serves."""

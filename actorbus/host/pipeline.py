@@ -110,6 +110,7 @@ class Pipeline:
             reply_prefixes=settings.reply_prefixes,
         )
         self.stats: dict[str, FunctionStats] = self.replies.stats
+        self.stats[OTHER].figures = actor.figures
         self.spans = spans()
         """The span recorder, if spans are on (``bus.tracing``)."""
         self.admission = Admission(settings.max_queue)

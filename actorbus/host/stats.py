@@ -9,12 +9,17 @@ Prometheus metrics (:mod:`actorbus.node.metrics`). Nothing here names a caller.
 
 from __future__ import annotations
 
+import logging
+import re
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from ..bus.figures import LATENCY_BUCKETS
 
 __all__ = ["OTHER", "FunctionStats", "Histogram"]
+
+log = logging.getLogger("actorbus.host")
 
 OTHER = "_other"
 """The stats entry for requests to no served function, and for dropped requests."""
@@ -51,6 +56,7 @@ class FunctionStats:
     __slots__ = (
         "chunks",
         "dropped",
+        "figures",
         "gauges",
         "handled",
         "in_flight",
@@ -74,6 +80,8 @@ class FunctionStats:
         self.queued = Histogram()
         self.handled = Histogram()
         self.gauges: dict[str, int] = {}
+        self.figures: Callable[[], dict[str, float]] | None = None
+        """The actor's own counts (on :data:`OTHER` only: ``Actor.figures``)."""
 
     def record(self, status: int, elapsed_ns: int, error: str) -> None:
         """Count one answered request; ``error`` must already be short and printable."""
@@ -98,4 +106,23 @@ class FunctionStats:
             "queue_seconds": self.queued.data(),
             "handler_seconds": self.handled.data(),
             **self.gauges,
+            **({"figures": _figures(self.figures)} if self.figures else {}),
         }
+
+
+_FIGURE = re.compile(r"[a-z_]{1,48}")
+
+
+def _figures(source: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """What ``source`` counts, the well-named numbers only (an actor's bug never breaks
+    ``$SRV.STATS``)."""
+    try:
+        counted = source()
+    except Exception as exc:
+        log.warning("figures() raised %s: its counts are left out", type(exc).__name__)
+        return {}
+    return {
+        k: float(v)
+        for k, v in counted.items()
+        if isinstance(k, str) and _FIGURE.fullmatch(k) and isinstance(v, int | float)
+    }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = ["Row", "Snapshot", "families", "node_families", "serve_metrics"]
 log = logging.getLogger("actorbus.node")
 
 _HEAD_LIMIT = 8192
+_FIGURE = re.compile(r"[a-z_]{1,48}")
 _HEAD_TIMEOUT = 5.0
 _CONNECTIONS = 8
 
@@ -78,6 +80,7 @@ def families(rows: Iterable[Row]) -> list[Metric]:
     stuck = GaugeMetricFamily(
         "actorbus_stuck_threads", "Sync handler threads past their deadline.", labels=per_replica
     )
+    own: dict[str, GaugeMetricFamily] = {}  # what actors count themselves (Actor.figures)
     for node, actor, index, endpoints in rows:
         replica = [node, actor, str(index)]
         up.add_metric(replica, 1 if endpoints is not None else 0)
@@ -96,7 +99,43 @@ def families(rows: Iterable[Row]) -> list[Metric]:
                 waiting.add_metric(replica, _number(data["queued"]))
             if "stuck_threads" in data:
                 stuck.add_metric(replica, _number(data["stuck_threads"]))
-    return [calls, queued, handled, in_flight, chunks, dropped, up, waiting, stuck]
+            figures = data.get("figures")
+            for name, value in figures.items() if isinstance(figures, dict) else ():
+                if isinstance(name, str) and _FIGURE.fullmatch(name) and not _ours(name):
+                    gauge = own.get(name)
+                    if gauge is None:
+                        gauge = own[name] = GaugeMetricFamily(
+                            f"actorbus_{name}",
+                            f"{name} (the actor's own count).",
+                            labels=per_replica,
+                        )
+                    gauge.add_metric(replica, _number(value))
+    fixed = [calls, queued, handled, in_flight, chunks, dropped, up, waiting, stuck]
+    return fixed + [own[name] for name in sorted(own)]
+
+
+_OURS = frozenset(
+    {
+        "calls",
+        "call_queue_seconds",
+        "call_handler_seconds",
+        "calls_in_flight",
+        "stream_chunks",
+        "requests_dropped",
+        "replica_up",
+        "calls_queued",
+        "stuck_threads",
+        "replica_restarts",
+        "replica_resident_memory_bytes",
+    }
+)
+"""The names actorbus's own metrics take."""
+
+
+def _ours(name: str) -> bool:
+    """Whether a figure called ``name`` would clash with our metrics or their samples
+    (``calls_total``, ``..._bucket``): then it is left out."""
+    return any(name == o or name.startswith(o + "_") for o in _OURS)
 
 
 def node_families(

@@ -70,6 +70,32 @@ class Jobs(Actor):
         )
         self._runner = Runner(self._store, self.client, self.client.key, self.nc, self.settings)
 
+    def figures(self) -> dict[str, float]:
+        """Jobs by state, and their slices: done, failed and left to run (of the jobs still
+        running), and done per second over the last minute. Every replica of the jobs
+        actor sees every job, so these are the same on each (take one, or the max)."""
+        runner = getattr(self, "_runner", None)
+        if runner is None:
+            return {}
+        counted: dict[str, float] = {
+            f"jobs_{state}": 0 for state in ("open", "closed", "finished", "cancelled")
+        }
+        done = failed = left = rate = 0.0
+        for record in runner.records.values():
+            counted[f"jobs_{record.state}"] += 1
+            tally = runner.tally(record.id)
+            done, failed = done + tally.done, failed + tally.failed
+            if record.state in ACTIVE:
+                left += max(record.total - tally.count, 0)
+                rate += tally.rate()
+        counted |= {
+            "job_slices_done": done,
+            "job_slices_failed": failed,
+            "job_slices_left": left,
+            "job_slices_per_second": rate,
+        }
+        return counted
+
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._stop_revoked_jobs)
