@@ -364,6 +364,12 @@ def test_spans_follow_a_web_request_through_actors_and_a_job(tmp_path: Path) -> 
                 time.sleep(0.1)
             assert answer.status_code == 200, answer.text
             trace = PARENT[3:35]
+            streamed = httpx.get(
+                f"http://127.0.0.1:{web}/probe/tokens?text=a+b",
+                headers={"traceparent": PARENT.replace(trace, "2" * 32)},
+                timeout=10,
+            )
+            assert "event: end" in streamed.text
             job = httpx.post(
                 f"http://127.0.0.1:{web}/api/v0/job",
                 json={"work": "inner/trace", "slices": [[]]},
@@ -374,7 +380,8 @@ def test_spans_follow_a_web_request_through_actors_and_a_job(tmp_path: Path) -> 
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 names = {(n, t) for n, t, _, _ in receiver.spans}
-                if {("inner/trace", trace), ("inner/trace", "1" * 32)} <= names:
+                wanted = {("inner/trace", trace), ("inner/trace", "1" * 32)}
+                if wanted | {("probe/tokens", "2" * 32)} <= names:
                     break
                 time.sleep(0.2)
     finally:
@@ -397,5 +404,9 @@ def test_spans_follow_a_web_request_through_actors_and_a_job(tmp_path: Path) -> 
     assert [*whole, "GET /{name}/{fn}"] in chains, mine
     assert {"accept (verify, policy)", "queue", "handler"} <= {n for n, _, _, _ in mine}
     assert PARENT[36:52] in {parent for _, _, _, parent in mine}  # the web client's span
+    # A stream through the gateway: its call and the replica's span, in the web trace.
+    stream = [n for n, t, _, _ in receiver.spans if t == "2" * 32]
+    assert {"GET /{name}/{fn}", "handler"} <= set(stream), stream
+    assert stream.count("probe/tokens") == 2, stream  # the gateway's call, the replica's
     job_spans = {n for n, t, _, _ in receiver.spans if t == "1" * 32}
     assert {"POST /api/v0/job", "inner/trace"} <= job_spans, job_spans

@@ -330,10 +330,7 @@ class Client:
         subject = call_subject(name, fn)
 
         def headers(reply: str) -> dict[str, str]:
-            signed = sign_request(
-                self.key, subject, reply, body, timeout=advertised_timeout(timeout)
-            )
-            return signed | current_trace()
+            return sign_request(self.key, subject, reply, body, timeout=advertised_timeout(timeout))
 
         return read_stream(
             self.nc,

@@ -29,6 +29,7 @@ from ..bus import (
 from ..bus.chunks import H_CHUNK, H_STREAM, sign_control, verify_chunk
 from ..bus.connection import HeadersFor
 from ..bus.subjects import call_subject
+from ..bus.tracing import current_trace, spans
 from ..bus.wire import H_CHUNKS, H_KEY, JSON, codec_for
 from .answers import Reply
 
@@ -61,7 +62,10 @@ async def read_stream(
     out."""
     subject = call_subject(name, fn)
     inbox = reply or nc.new_inbox()
-    sent = {**headers(inbox), H_STREAM: str(window)}
+    recorder = spans()
+    span = recorder.start(f"{name}/{fn}", "client", current_trace()) if recorder else None
+    trace = recorder.headers(span) if recorder else current_trace()
+    sent = {**headers(inbox), H_STREAM: str(window), **trace}  # the trace: unsigned
     nonce = sent["Actor-Nonce"]
     codec = codec_for(sent.get("Content-Type", JSON))
     subscription = await nc.subscribe(inbox)
@@ -109,3 +113,5 @@ async def read_stream(
             # closes (draining), when there is nothing left to unsubscribe from.
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()
+            if span is not None:
+                span.end()

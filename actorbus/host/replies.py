@@ -35,7 +35,7 @@ from ..bus import (
 )
 from ..bus.chunks import sign_chunk
 from ..bus.subjects import is_reply_subject
-from ..bus.tracing import trace_id
+from ..bus.tracing import current_trace, trace_id
 from ..bus.wire import ErrorBody, codec_for, sign_reply
 from .actor import Call
 from .stats import OTHER, FunctionStats
@@ -210,7 +210,7 @@ class Replies:
             body = codec_for(call.content_type).encode(item)
         except TypeError as exc:
             raise self.internal(call, exc, f"chunk {call.chunks} is not serializable") from None
-        headers = sign_chunk(self.key, call.nonce, call.chunks, body)
+        headers = sign_chunk(self.key, call.nonce, call.chunks, body) | current_trace()
         if message_size(body, headers) > self.nc.max_payload:
             raise HandlerError(
                 f"chunk {call.chunks} is {len(body)} bytes, over the limit of "
