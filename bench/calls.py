@@ -9,7 +9,8 @@
     (verify, freshness and cross-replica replay, bind, admission, deadline, signed reply);
 (d) session: the same actor, called in a session (PROTOCOL.md §4b: an HMAC per request
     and per reply instead of ed25519);
-(e) two replicas: (d) with a second replica (`actor up --replicas auto` on 2 cores).
+(e) two replicas: (d) with a second replica (`actor up --replicas auto` on 2 cores);
+(f) traced: (c) with OpenTelemetry spans on (the otel extra), exported to a sink here.
 
 Each responder runs in its own process(es) against an embedded nats-server; the generator
 runs here. For (b) and (c) it signs every request and verifies every reply, as a client
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import http.server
 import importlib.util
 import json
 import os
@@ -33,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import timeit
 from collections.abc import AsyncIterator, Coroutine
@@ -59,6 +62,7 @@ SUBJECTS = {
     "c": "actor.bench.echo",
     "d": "actor.bench.echo",
     "e": "actor.bench2.echo",
+    "f": "actor.bench3.echo",
 }
 """All responders run at once, each on its own subject ((d) calls (c)'s actor in a session),
 so the cells of one repeat are measured minutes apart at most, not the whole run apart."""
@@ -225,9 +229,16 @@ def measure(
     return rate, latencies, (spent[0] / calls * 1e6, spent[1] / calls * 1e6, spent[2] / calls * 1e6)
 
 
-MODES = {"a": "raw", "b": "signed", "c": "signed", "d": "session", "e": "session"}
-LABELS = {"a": "raw", "b": "signed", "c": "actor", "d": "session", "e": "2 replicas"}
-RATIOS = [("c", "b"), ("c", "a"), ("b", "a"), ("d", "a"), ("d", "c"), ("e", "d")]
+MODES = {"a": "raw", "b": "signed", "c": "signed", "d": "session", "e": "session", "f": "signed"}
+LABELS = {
+    "a": "raw",
+    "b": "signed",
+    "c": "actor",
+    "d": "session",
+    "e": "2 replicas",
+    "f": "traced",
+}
+RATIOS = [("c", "b"), ("c", "a"), ("b", "a"), ("d", "a"), ("d", "c"), ("e", "d"), ("f", "c")]
 
 
 def main() -> None:
@@ -235,7 +246,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per cell (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--only", default="a,b,c,d,e", help="responders to run (letters)")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="responders to run (letters)")
     parser.add_argument("--log-level", default="INFO", help="of the actor (c, d, e)")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,6 +256,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     chosen = [letter for letter in MODES if letter in args.only.split(",")]
     home = tempfile.mkdtemp(prefix="actorbus-bench-")
+    sink = otlp_sink()
     with EmbeddedServer(Path(home) / "nats") as server:
         env = dict(os.environ, ACTOR_NATS_URL=server.url, ACTOR_HOME=home)
         actor = [sys.executable, "-m", "actorbus.cli", "--log-level", args.log_level, "serve"]
@@ -254,13 +266,15 @@ def main() -> None:
             "b": [[*responder, "signed", server.url]],
             "c": [[*actor, f"{HERE}:BenchEcho"]],
             "e": [[*actor, f"{HERE}:BenchEcho", "--name", "bench2"]] * 2,
+            "f": [[*actor, f"{HERE}:BenchEcho", "--name", "bench3"]],
         }
         processes: dict[str, list[subprocess.Popen[bytes]]] = {}
         try:
             for letter in chosen:
                 started = "c" if letter == "d" else letter  # (d) calls (c)'s actor
                 if started not in processes:
-                    processes[started] = [start(command, env) for command in commands[started]]
+                    own = traced_env(env, sink) if letter == "f" else env
+                    processes[started] = [start(command, own) for command in commands[started]]
                 asyncio.run(load(server.url, 4, 0.3, MODES[letter], subject=SUBJECTS[letter]))
             report(server, chosen, levels, args, processes)
         finally:
@@ -314,6 +328,29 @@ def report(
         if "c" in runs:
             replica_us = statistics.median(c[0] for _, _, c in runs["c"])
             print(f"  {metrics_cost(replica_us)}", flush=True)
+
+
+def otlp_sink() -> str:
+    """An OTLP/HTTP endpoint here that takes span exports and drops them, for (f)."""
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def traced_env(env: dict[str, str], sink: str) -> dict[str, str]:
+    """(f): the actor of (c) with OpenTelemetry spans on, sent to ``sink``."""
+    return dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=sink)
 
 
 def metrics_cost(replica_us: float) -> str:
