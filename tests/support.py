@@ -59,6 +59,14 @@ class Probe(Actor):
             return answer
         return current_trace().get("traceparent", "")
 
+    async def trace_job(self, work: str) -> list[Any]:
+        """The values of a one-slice job of ``work`` this actor submits and waits for (its
+        slices run in this call's trace)."""
+        job = await self.client.submit(work, [[]])
+        await job.close()
+        await job.wait()
+        return [r.get("value") async for r in job.results()]
+
     async def slow(self, seconds: float) -> float:
         self.runs += 1
         await anyio.sleep(seconds)

@@ -364,6 +364,13 @@ def test_spans_follow_a_web_request_through_actors_and_a_job(tmp_path: Path) -> 
                 time.sleep(0.1)
             assert answer.status_code == 200, answer.text
             trace = PARENT[3:35]
+            in_job = httpx.post(  # an actor's job: its slices in the web request's trace
+                f"http://127.0.0.1:{web}/probe/trace_job",
+                json={"args": ["inner/trace"]},
+                headers={"traceparent": PARENT.replace(trace, "3" * 32)},
+                timeout=30,
+            )
+            assert in_job.status_code == 200, in_job.text
             streamed = httpx.get(
                 f"http://127.0.0.1:{web}/probe/tokens?text=a+b",
                 headers={"traceparent": PARENT.replace(trace, "2" * 32)},
@@ -380,7 +387,11 @@ def test_spans_follow_a_web_request_through_actors_and_a_job(tmp_path: Path) -> 
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 names = {(n, t) for n, t, _, _ in receiver.spans}
-                wanted = {("inner/trace", trace), ("inner/trace", "1" * 32)}
+                wanted = {
+                    ("inner/trace", trace),
+                    ("inner/trace", "1" * 32),
+                    ("inner/trace", "3" * 32),
+                }
                 if wanted | {("probe/tokens", "2" * 32)} <= names:
                     break
                 time.sleep(0.2)
@@ -404,6 +415,13 @@ def test_spans_follow_a_web_request_through_actors_and_a_job(tmp_path: Path) -> 
     assert [*whole, "GET /{name}/{fn}"] in chains, mine
     assert {"accept (verify, policy)", "queue", "handler"} <= {n for n, _, _, _ in mine}
     assert PARENT[36:52] in {parent for _, _, _, parent in mine}  # the web client's span
+    # One trace from the web request down to the slice of a job the actor submitted.
+    third = [s for s in receiver.spans if s[1] == "3" * 32]
+    by_id = {span_id: (name, parent) for name, _, span_id, parent in third}
+    chains = [chain(span_id) for name, _, span_id, _ in third if name == "inner/trace"]
+    slice_chain = ["inner/trace", "inner/trace"]  # the slice's call and the nested actor's
+    assert any(c[:2] == slice_chain and c[-1] == "POST /{name}/{fn}" for c in chains), chains
+    assert any("jobs/submit" in c or "probe/trace_job" in c for c in chains), chains
     # A stream through the gateway: its call and the replica's span, in the web trace.
     stream = [n for n, t, _, _ in receiver.spans if t == "2" * 32]
     assert {"GET /{name}/{fn}", "handler"} <= set(stream), stream
