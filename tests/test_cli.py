@@ -119,6 +119,7 @@ def test_ls_and_info(env: dict[str, str], echo: str) -> None:
     assert code == 0
     assert len(entries) == 1
     assert "forward" in entries[0]["fns"]
+    assert not {"figures", "on_start", "on_run"} & set(entries[0]["fns"])  # the host's own
     code, out, _ = actor(env, "info", echo)
     assert code == 0
     assert entries[0]["address"] in out

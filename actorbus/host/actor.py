@@ -35,7 +35,8 @@ Hook = Callable[["Call"], Any]
 """A hook takes the :class:`Call` and may be sync or async (it runs on the event loop)."""
 
 _OPTIONS_ATTR = "__actorbus_endpoint__"
-_LIFECYCLE = frozenset({"on_start", "on_run", "on_stop"})
+_NOT_SERVED = frozenset({"on_start", "on_run", "on_stop", "figures"})
+"""The methods every actor has that are the host's to call, never a caller's."""
 
 
 class EndpointOptions(msgspec.Struct, frozen=True):
@@ -377,7 +378,7 @@ def collect_functions(actor: Actor) -> dict[str, Function]:
     """The functions ``actor`` serves: public methods, with their :func:`endpoint` options."""
     functions: dict[str, Function] = {}
     for name in dir(type(actor)):
-        if name.startswith("_") or name in _LIFECYCLE:
+        if name.startswith("_") or name in _NOT_SERVED:
             continue
         attribute = getattr(type(actor), name)
         if not callable(attribute) or isinstance(attribute, type):
