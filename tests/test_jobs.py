@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,19 @@ from actorbus.bus.subjects import JobsNames
 from actorbus.cli import EXIT_CODES, main
 
 
-async def test_an_open_job_takes_three_batches_then_closes(settings: Settings, name: str) -> None:
+@asynccontextmanager
+async def probe_and_jobs(settings: Settings, name: str) -> AsyncIterator[Client]:
+    """A Probe actor called ``name``, the jobs actor, and a client of theirs."""
     async with (
         serve(Probe(), name=name, settings=settings),
         serve(Jobs(), name=settings.jobs, settings=settings),
         Client(settings=settings) as client,
     ):
+        yield client
+
+
+async def test_an_open_job_takes_three_batches_then_closes(settings: Settings, name: str) -> None:
+    async with probe_and_jobs(settings, name) as client:
         job = await client.submit(f"{name}/add", [[i, 1] for i in range(1, 11)])
         assert await job.add([[i, 1] for i in range(11, 21)]) == (11, 20)
         assert await job.add([[i, 1] for i in range(21, 31)]) == (21, 30)
@@ -198,11 +207,7 @@ async def test_a_job_for_an_actor_nobody_runs_is_refused_at_submit(
     settings: Settings, name: str
 ) -> None:
     """Issue 21: it was accepted, and its slices retried for minutes."""
-    async with (
-        serve(Probe(), name=name, settings=settings),
-        serve(Jobs(), name=settings.jobs, settings=settings),
-        Client(settings=settings) as client,
-    ):
+    async with probe_and_jobs(settings, name) as client:
         with pytest.raises(
             NotFound, match=f"no actor named '{name}x' \\(did you mean {name}\\?\\)"
         ):
@@ -281,11 +286,7 @@ def test_job_cli(settings: Settings, name: str, tmp_path: Path) -> None:
 async def test_5xx_is_retried_a_bounded_number_of_times_4xx_never(
     settings: Settings, name: str
 ) -> None:
-    async with (
-        serve(Probe(), name=name, settings=settings),
-        serve(Jobs(), name=settings.jobs, settings=settings),
-        Client(settings=settings) as client,
-    ):
+    async with probe_and_jobs(settings, name) as client:
         failing = await client.submit(f"{name}/boom", [[]], retries=1)
         wrong = await client.submit(f"{name}/add", [["not a number", 1], [1, 2]], retries=3)
         for job in (failing, wrong):
@@ -327,11 +328,7 @@ async def test_work_written_into_the_jobs_streams_never_runs(settings: Settings,
     of its slice is written over by the real one."""
     attacker = Keypair.generate()
     names = JobsNames(settings.jobs)
-    async with (
-        serve(Probe(), name=name, settings=settings),
-        serve(Jobs(), name=settings.jobs, settings=settings),
-        Client(settings=settings) as client,
-    ):
+    async with probe_and_jobs(settings, name) as client:
         job = await client.submit(f"{name}/forward", [["mine"]])
 
         async def first_done() -> None:

@@ -28,16 +28,21 @@ def _key_address(settings: Settings, key: str) -> str:
     return store.load(key).address if key in store.names() else key
 
 
-def _policy_call(ctx: click.Context, fn: str, *args: Any, said: str = "") -> None:
-    """Call the policy actor's ``fn``; print its answer as JSON, or ``said`` for a change
-    that answers nothing."""
+def _ask(ctx: click.Context, fn: str, *args: Any) -> Any:
+    """The policy actor's answer to ``fn(*args)``."""
     settings = settings_of(ctx)
 
     async def run() -> Any:
         async with Client(settings=settings) as client:
             return await client.request(settings.policy, fn, list(args))
 
-    answer = run_coroutine(ctx, run)
+    return run_coroutine(ctx, run)
+
+
+def _policy_call(ctx: click.Context, fn: str, *args: Any, said: str = "") -> None:
+    """Call the policy actor's ``fn``; print its answer as JSON, or ``said`` for a change
+    that answers nothing."""
+    answer = _ask(ctx, fn, *args)
     if answer is None and said:
         err.print(said)
     else:
@@ -328,12 +333,7 @@ def policy_decide(ctx: click.Context, key: str, target: str) -> None:
 def policy_log(ctx: click.Context, limit: int, as_json: bool) -> None:
     """The last policy changes and node controls: when, who, what."""
     settings = settings_of(ctx)
-
-    async def run() -> Any:
-        async with Client(settings=settings) as client:
-            return await client.request(settings.policy, "log", [limit])
-
-    records: list[dict[str, Any]] = run_coroutine(ctx, run)
+    records: list[dict[str, Any]] = _ask(ctx, "log", limit)
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return

@@ -75,6 +75,14 @@ _info = msgspec.json.Decoder(_Info)
 _schema = msgspec.json.Decoder(dict[str, Any])
 
 
+def vouched(instance: str, metadata: dict[str, str], vouching: Vouching) -> RegistryEntry | None:
+    """The registry entry a replica's ``$SRV`` answer shows in its ``metadata`` (its
+    signed ``record``), if ``vouching`` counts it and it is the one answering."""
+    actor = metadata.get("actor", "")
+    entry = vouching.entry(f"{actor}.{instance}", metadata.get("record", "").encode())
+    return entry if entry is not None and entry.address == metadata.get("address") else None
+
+
 def read_service_info(data: bytes, name: str, vouching: Vouching) -> ServiceInfo | None:
     """The ``$SRV.INFO`` answer ``data`` of a replica of ``name``; ``None`` if it is not
     one (it does not decode, names another actor, or its registry record does not count
@@ -86,8 +94,8 @@ def read_service_info(data: bytes, name: str, vouching: Vouching) -> ServiceInfo
     metadata = info.metadata or {}
     if metadata.get("actor") != name:
         return None
-    entry = vouching.entry(f"{name}.{info.id}", metadata.get("record", "").encode())
-    if entry is None or entry.address != metadata.get("address"):
+    entry = vouched(info.id, metadata, vouching)
+    if entry is None:
         return None
     functions = {}
     for endpoint in info.endpoints:

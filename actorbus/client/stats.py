@@ -13,6 +13,7 @@ from ..bus import NATS
 from ..bus.connection import gather
 from ..bus.subjects import service_subject
 from ..bus.wire import UNDECODABLE
+from .discovery import vouched
 from .registry import RegistryEntry, Vouching
 
 __all__ = ["EndpointFigures", "ReplicaFigures", "replica_figures"]
@@ -63,7 +64,6 @@ async def replica_figures(
         actor = metadata.get("actor", "")
         if not actor or (name and actor != name):
             continue
-        entry = vouching.entry(f"{actor}.{answer.id}", metadata.get("record", "").encode())
-        if entry is not None and entry.address == metadata.get("address"):
+        if (entry := vouched(answer.id, metadata, vouching)) is not None:
             found.append(ReplicaFigures(entry, answer.endpoints))
     return sorted(found, key=lambda f: (f.entry.name, f.entry.node, f.entry.replica))

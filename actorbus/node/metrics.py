@@ -114,28 +114,14 @@ def families(rows: Iterable[Row]) -> list[Metric]:
     return fixed + [own[name] for name in sorted(own)]
 
 
-_OURS = frozenset(
-    {
-        "calls",
-        "call_queue_seconds",
-        "call_handler_seconds",
-        "calls_in_flight",
-        "stream_chunks",
-        "requests_dropped",
-        "replica_up",
-        "calls_queued",
-        "stuck_threads",
-        "replica_restarts",
-        "replica_resident_memory_bytes",
-    }
-)
-"""The names actorbus's own metrics take."""
-
-
 def _ours(name: str) -> bool:
     """Whether a figure called ``name`` would clash with our metrics or their samples
     (``calls_total``, ``..._bucket``): then it is left out."""
     return any(name == o or name.startswith(o + "_") for o in _OURS)
+
+
+def _our_names() -> frozenset[str]:
+    return frozenset(f.name.removeprefix("actorbus_") for f in node_families("", []))
 
 
 def node_families(
@@ -266,3 +252,7 @@ async def _answer(node: Node, stream: anyio.abc.SocketStream) -> None:
     ).encode() + body
     with contextlib.suppress(anyio.BrokenResourceError, OSError):  # the scraper left
         await stream.send(response)
+
+
+_OURS = _our_names()
+"""The names actorbus's own metrics take (from the families themselves)."""
