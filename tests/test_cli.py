@@ -51,11 +51,11 @@ def test_keys(env: dict[str, str], home: Path) -> None:
     code, out, _ = actor(env, "key", "show", "alice")
     shown = json.loads(out)
     assert shown["address"] == address
-    assert set(shown) == {"name", "address", "public_key"}
+    assert set(shown) == {"name", "address", "scheme", "public_key"}
     seed = (home / "keys" / "alice.key").read_text().strip()
     assert seed not in out
     code, out, _ = actor(env, "key", "ls", "--json")
-    assert {"name": "alice", "address": address} in json.loads(out)
+    assert {"name": "alice", "address": address, "scheme": "ed25519"} in json.loads(out)
     # Issue 21: a mistyped key name is an error, never a new identity.
     for args, extra in (
         (("key", "sign", "echo/forward", "{}", "--key", "zzz"), {}),

@@ -5,11 +5,9 @@ server had permissions: now the server refuses it, and the node is unharmed."""
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 import secrets
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ import psutil
 import pytest
 from cluster import free_port
 from processes import actor_serve
-from support import eventually
+from support import close_refused_sockets, eventually
 from up import Bus, embedded
 
 from actorbus import Client, Forbidden, Keypair, Unauthorized
@@ -271,10 +269,7 @@ async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
             node.actor("policy", "host", "add", intruder.address)
         with pytest.raises(nats.errors.Error):  # refused; then bound to the echo actor's key
             await connect_as(name)
-        # nats-py leaves a refused connection's socket open: close it while the loop runs.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        close_refused_sockets()
     nc = await connect_as(f"squat{secrets.token_hex(3)}")
     await nc.close()
     owner = Keystore(node.settings.home).load("default")

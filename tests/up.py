@@ -39,12 +39,15 @@ class Bus:
         self.leaf_port = 0
         """Where nodes join as leaf nodes (the deployed cluster only)."""
 
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        """`actor ARGS` in a process of its own."""
+    def run(
+        self, *args: str, input: str | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """`actor ARGS` in a process of its own (``input`` on its stdin)."""
         return subprocess.run(
             [sys.executable, "-m", "actorbus.cli", *args],
             cwd=ROOT,
             env={**self.env, **env},
+            input=input,
             capture_output=True,
             text=True,
             timeout=90,

@@ -101,7 +101,7 @@ class NodeActor(Actor):
         a leaf cut from its hub) the action still happens and the log says it went
         unrecorded."""
         try:
-            await record(self.nc, self.name or "node", self.client.key, who, what, args)
+            await record(self.nc, self.name or "node", self.key, who, what, args)
         except Unavailable as exc:
             log.warning("%s by %s is not in the audit trail: %s", what, who, exc.message)
 
@@ -175,7 +175,7 @@ async def run_node(
     reached.
     """
     name = node_name(settings)
-    owner = Keystore(settings.home).caller(settings.key)
+    owner = Keystore(settings.home).owner(settings.key)
     with claim_node(settings.home) as describe:
         async with nats_server_for(settings) as server:
             url = server.url if server else settings.url

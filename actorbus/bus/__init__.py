@@ -26,6 +26,7 @@ from .jetstream import Bucket
 from .keys import (
     Keypair,
     Keystore,
+    Signer,
     address_to_public_key,
     new_token,
     public_key_to_address,
@@ -34,6 +35,7 @@ from .keys import (
     verify,
 )
 from .server import EmbeddedServer, find_nats_server
+from .sr25519 import SrKeypair
 from .throttle import LogThrottle
 from .wire import (
     JSON,
@@ -76,6 +78,8 @@ __all__ = [
     "ReplyMeta",
     "ReplyTimeout",
     "RequestMeta",
+    "Signer",
+    "SrKeypair",
     "Unauthorized",
     "Unavailable",
     "address_to_public_key",

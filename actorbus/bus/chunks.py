@@ -12,8 +12,18 @@ from collections.abc import Callable
 from typing import Final
 
 from .errors import BadReply, BadRequest, Unauthorized
-from .keys import Keypair, verify
-from .wire import _ADDRESS, _SIGNATURE, H_KEY, H_SIGNATURE, PROTOCOL_VERSION, _digest, _header
+from .keys import ED25519, Keypair, Signer, verify, verify_protocol
+from .wire import (
+    _ADDRESS,
+    _SIGNATURE,
+    H_KEY,
+    H_SCHEME,
+    H_SIGNATURE,
+    PROTOCOL_VERSION,
+    _digest,
+    _header,
+    signer_scheme,
+)
 
 __all__ = [
     "H_CANCEL",
@@ -86,14 +96,16 @@ def control_signing_bytes(nonce: str, credit: int | None) -> bytes:
     return f"{PROTOCOL_VERSION}\ncredit\n{nonce}\n{credit}".encode()
 
 
-def sign_control(key: Keypair, nonce: str, credit: int | None) -> dict[str, str]:
+def sign_control(key: Signer, nonce: str, credit: int | None) -> dict[str, str]:
     """Headers granting chunks up to ``credit`` read + the window (``None``: cancel)."""
     headers = {H_KEY: key.address}
+    if key.scheme != ED25519:
+        headers[H_SCHEME] = key.scheme
     if credit is None:
         headers[H_CANCEL] = "1"
     else:
         headers[H_CREDIT] = str(credit)
-    headers[H_SIGNATURE] = key.sign(control_signing_bytes(nonce, credit)).hex()
+    headers[H_SIGNATURE] = key.sign_protocol(control_signing_bytes(nonce, credit)).hex()
     return headers
 
 
@@ -111,5 +123,6 @@ def verify_control(
     if H_CANCEL not in headers:
         credit = int(_header(headers, H_CREDIT, _COUNT))
     signature = _header(headers, H_SIGNATURE, _SIGNATURE)
-    verify(caller, control_signing_bytes(nonce, credit), bytes.fromhex(signature))
+    signed = control_signing_bytes(nonce, credit)
+    verify_protocol(caller, signed, bytes.fromhex(signature), signer_scheme(headers))
     return credit

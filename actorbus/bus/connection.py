@@ -7,6 +7,7 @@ re-raise them as :mod:`.errors` classes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import re
@@ -34,10 +35,11 @@ from .errors import (
     Unavailable,
     excerpt,
 )
-from .keys import Keypair
+from .keys import Keypair, Signer
 from .nkeys import encode_nkey_seed
 from .subjects import inbox_of
 from .throttle import LogThrottle
+from .vouch import vouch_for
 
 __all__ = [
     "NATS",
@@ -67,7 +69,7 @@ async def connect(
     url: str,
     *,
     name: str | None = None,
-    key: Keypair | None = None,
+    key: Signer | None = None,
     token: Callable[[], str] | None = None,
     connect_timeout: float = 2.0,
 ) -> AsyncIterator[NATS]:
@@ -75,7 +77,8 @@ async def connect(
     exit drain (finish in-flight work) and close.
 
     With ``key`` the connection authenticates as that key (a user nkey: it signs the
-    server's nonce, PROTOCOL.md §5) and receives on its own inboxes
+    server's nonce, PROTOCOL.md §5; an sr25519 key vouches for a fresh ed25519 one,
+    :mod:`.vouch`) and receives on its own inboxes
     (:func:`~actorbus.bus.rights.inbox_of`); ``token`` makes what it presents with it
     each time it connects (a hosting ticket). A server without authorization ignores both.
 
@@ -115,8 +118,13 @@ async def connect(
 
     credentials: dict[str, Any] = {}
     if key is not None:
-        credentials["nkeys_seed_str"] = encode_nkey_seed(key.seed)
+        nkey = key if isinstance(key, Keypair) else Keypair.generate()
+        credentials["nkeys_seed_str"] = encode_nkey_seed(nkey.seed)
         credentials["inbox_prefix"] = inbox_of(key.public_key)
+        if nkey is not key:
+            if token is not None:
+                raise ValueError("only an ed25519 key connects with a hosting ticket")
+            token = functools.partial(vouch_for, key, nkey.address)
     if token is not None:
         credentials["token"] = token
     try:

@@ -6,7 +6,8 @@ job's owner*: the target's policy, quota and hooks apply to the owner, never to 
 actor. The owner's private key stays with the owner: at submit time the owner signs a
 :class:`Delegation` naming the delegate (the jobs actor's address), the work target, the
 job id and an expiry. Each slice call is then signed by the delegate with
-``Actor-On-Behalf-Of: <owner>`` and ``Actor-Delegation: <job>;<expires>;<signature>``,
+``Actor-On-Behalf-Of: <owner>`` and ``Actor-Delegation: <job>;<expires>;<signature>``
+(and ``;sr25519`` when the owner's key is sr25519),
 and the target verifies that the owner signed exactly that delegate, target, job and
 expiry, and that it has not expired. A delegation seen on the bus is useless to anyone
 but the delegate, and to the delegate for any other target or after its expiry.
@@ -21,7 +22,7 @@ from typing import Final
 import msgspec
 
 from .errors import BadRequest, Unauthorized
-from .keys import Keypair, verify
+from .keys import ED25519, SCHEMES, Signer, verify_protocol
 from .subjects import check_fn, check_name
 from .wire import DELEGATION_HEADER, PROTOCOL_VERSION
 
@@ -54,12 +55,15 @@ class Delegation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     expires: int
     """Unix time in milliseconds after which it is void."""
     signature: str
-    """The owner's ed25519 signature over :func:`delegation_signing_bytes`, hex."""
+    """The owner's signature over :func:`delegation_signing_bytes`, hex."""
+    scheme: str = ED25519
+    """The owner key's scheme."""
 
     @property
     def header(self) -> str:
         """The ``Actor-Delegation`` header of a call made with it."""
-        return f"{self.job};{self.expires};{self.signature}"
+        said = "" if self.scheme == ED25519 else f";{self.scheme}"
+        return f"{self.job};{self.expires};{self.signature}{said}"
 
 
 def check_job_id(job: str) -> str:
@@ -81,38 +85,44 @@ def delegation_signing_bytes(owner: str, delegate: str, work: str, job: str, exp
     return f"{PROTOCOL_VERSION}\ndelegation\n{owner}\n{delegate}\n{work}\n{job}\n{expires}".encode()
 
 
-def sign_delegation(owner: Keypair, delegate: str, work: str, job: str, expires: int) -> Delegation:
+def sign_delegation(owner: Signer, delegate: str, work: str, job: str, expires: int) -> Delegation:
     """``owner`` lets ``delegate`` call ``work`` as ``owner`` for ``job`` until ``expires``."""
     split_work(work)
     check_job_id(job)
     signed = delegation_signing_bytes(owner.address, delegate, work, job, expires)
-    return Delegation(job, work, delegate, expires, owner.sign(signed).hex())
+    signature = owner.sign_protocol(signed).hex()
+    return Delegation(job, work, delegate, expires, signature, owner.scheme)
 
 
 @functools.lru_cache(maxsize=4096)
 def _verify_signature(
-    owner: str, delegate: str, work: str, job: str, expires: int, signature: str
+    owner: str, delegate: str, work: str, job: str, expires: int, signature: str, scheme: str
 ) -> None:
     signed = delegation_signing_bytes(owner, delegate, work, job, expires)
-    verify(owner, signed, bytes.fromhex(signature))
+    verify_protocol(owner, signed, bytes.fromhex(signature), scheme)
 
 
-def parse_delegation_header(value: str) -> tuple[str, int, str]:
-    """``(job, expires, signature)`` of an ``Actor-Delegation`` header; 401 if misshapen."""
+def parse_delegation_header(value: str, work: str, delegate: str) -> Delegation:
+    """The delegation an ``Actor-Delegation`` header carries for a call of ``work`` signed
+    by ``delegate``; 401 if misshapen."""
     match = DELEGATION_HEADER.fullmatch(value)
     if match is None:
         raise Unauthorized("malformed header Actor-Delegation")
-    return match[1], int(match[2]), match[3]
+    return Delegation(match[1], work, delegate, int(match[2]), match[3], match[4] or ED25519)
 
 
-def verify_delegation(
-    owner: str, delegate: str, work: str, job: str, expires: int, signature: str, now_ms: int
-) -> None:
+def verify_delegation(owner: str, delegation: Delegation, now_ms: int) -> None:
     """Check that ``owner`` signed this delegation and that it is in force at ``now_ms``;
     raises :class:`Unauthorized` saying which. A delegation that verified is remembered,
     so the calls of one job cost one signature check each, not two."""
+    delegate, work, job = delegation.delegate, delegation.work, delegation.job
+    expires = delegation.expires
+    if delegation.scheme not in SCHEMES:
+        raise Unauthorized(f"unknown delegation scheme: {' or '.join(SCHEMES)}")
     try:
-        _verify_signature(owner, delegate, work, job, expires, signature)
+        _verify_signature(
+            owner, delegate, work, job, expires, delegation.signature, delegation.scheme
+        )
     except (Unauthorized, ValueError):
         raise Unauthorized(
             f"delegation does not verify: {owner} did not let {delegate} call {work} for job {job}"

@@ -1,8 +1,12 @@
-"""ed25519 keys, SS58 addresses, strict verification and the on-disk keystore.
+"""Signing keys of both schemes, strict verification and the on-disk keystore.
 
-Every other module signs and verifies through this one. Verification is strict: exactly
-32-byte public keys that are canonical points of large order (no small-order / "weak" keys)
-and 64-byte canonical signatures, as libsodium checks them.
+Every other module signs and verifies through this one. Actors, hosts and nodes sign
+with ed25519 keys (:class:`Keypair`); a caller may also sign with an sr25519 key
+(:class:`~.sr25519.SrKeypair`: a bittensor hotkey, a commune key), and says so
+(PROTOCOL.md §3a): an address does not tell the schemes apart. Verification is strict:
+ed25519 public keys must be canonical points of large order (no small-order / "weak"
+keys) and signatures 64 canonical bytes, as libsodium checks them; sr25519 as
+:func:`~.sr25519.verify_sr25519` checks them.
 """
 
 from __future__ import annotations
@@ -16,127 +20,104 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
+from typing import Final, Protocol
 
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
 from .errors import BadRequest, Unauthorized
+from .sr25519 import SR25519, SrKeypair, scheme_bytes, verify_sr25519
+from .ss58 import SS58_PREFIX, address_to_public_key, public_key_to_address
 
 __all__ = [
+    "ED25519",
+    "SCHEMES",
+    "SR25519",
     "SS58_PREFIX",
     "Keypair",
     "Keystore",
+    "Signer",
     "address_to_public_key",
     "new_token",
     "public_key_to_address",
     "token_id",
     "token_keypair",
     "verify",
+    "verify_protocol",
     "verify_raw",
 ]
 
-SS58_PREFIX = 42
-_SS58_CONTEXT = b"SS58PRE"
-_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
-_ADDRESS_LENGTHS = (47, 48)  # base58 of 35 bytes (prefix, key, checksum)
+ED25519: Final = "ed25519"
+SCHEMES: Final = (ED25519, SR25519)
+"""The signature schemes a caller may sign with; ed25519 is the default (no header)."""
+
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def _b58encode(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    out = []
-    while number:
-        number, rem = divmod(number, 58)
-        out.append(_B58_ALPHABET[rem])
-    pad = len(data) - len(data.lstrip(b"\0"))
-    return "1" * pad + "".join(reversed(out))
-
-
-def _b58decode(text: str) -> bytes:
-    number = 0
-    for char in text:
-        try:
-            number = number * 58 + _B58_INDEX[char]
-        except KeyError:
-            raise ValueError(f"invalid base58 character {char!r}") from None
-    pad = len(text) - len(text.lstrip("1"))
-    body = number.to_bytes((number.bit_length() + 7) // 8, "big")
-    return b"\0" * pad + body
-
-
-def _ss58_checksum(payload: bytes) -> bytes:
-    return hashlib.blake2b(_SS58_CONTEXT + payload, digest_size=64).digest()[:2]
-
-
-def public_key_to_address(public_key: bytes) -> str:
-    """The SS58 address (network prefix 42, the ``5...`` form) of a 32-byte public key."""
-    if len(public_key) != 32:
-        raise ValueError("an ed25519 public key is exactly 32 bytes")
-    payload = bytes([SS58_PREFIX]) + public_key
-    return _b58encode(payload + _ss58_checksum(payload))
-
-
-@functools.lru_cache(maxsize=8192)
-def address_to_public_key(address: str) -> bytes:
-    """The 32-byte public key inside an SS58 address; checks prefix, length and checksum.
-
-    Raises :class:`Unauthorized` for anything that is not a well-formed prefix-42 address
-    of a valid ed25519 point of large order (small-order "weak" keys are refused).
-    """
-    if not _ADDRESS_LENGTHS[0] <= len(address) <= _ADDRESS_LENGTHS[1]:
-        # Base58 decoding is quadratic in its input: never start on anything longer.
-        raise Unauthorized("malformed address: an address is 47-48 base58 characters")
-    try:
-        raw = _b58decode(address)
-    except ValueError:
-        raise Unauthorized("malformed address: not base58") from None
-    if len(raw) != 35 or raw[0] != SS58_PREFIX:
-        raise Unauthorized("malformed address: not a 32-byte key with SS58 prefix 42")
-    payload, checksum = raw[:33], raw[33:]
-    if _ss58_checksum(payload) != checksum:
-        raise Unauthorized("malformed address: bad checksum")
-    public_key = payload[1:]
-    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
-        raise Unauthorized("weak public key: not a canonical point of large order")
-    return public_key
 
 
 @functools.lru_cache(maxsize=8192)
 def _verify_key(public_key: bytes) -> nacl.signing.VerifyKey:
+    """The verifier of an ed25519 public key of large order (checked once per key: the
+    check costs as much as a signature's)."""
+    if len(public_key) != 32 or not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+        raise Unauthorized("weak public key: not a canonical point of large order")
     return nacl.signing.VerifyKey(public_key)
 
 
-def verify(address: str, message: bytes, signature: bytes) -> None:
-    """Check ``signature`` over ``message`` by the key behind ``address``.
+def verify(address: str, message: bytes, signature: bytes, scheme: str = ED25519) -> None:
+    """Check ``signature`` over ``message`` by the key behind ``address`` in ``scheme``.
 
     Raises :class:`Unauthorized` on any failure: malformed or weak key, a signature that is
-    not exactly 64 bytes or not canonical, or one that does not match.
+    not exactly 64 bytes or not canonical, one that does not match, an unknown scheme.
     """
-    _verify(address_to_public_key(address), message, signature)
+    public_key = address_to_public_key(address)
+    if scheme == ED25519:
+        verify_raw(public_key, message, signature)
+    elif scheme == SR25519:
+        verify_sr25519(public_key, message, signature)
+    else:
+        raise Unauthorized("unknown signature scheme")
+
+
+def verify_protocol(address: str, signed: bytes, signature: bytes, scheme: str = ED25519) -> None:
+    """:func:`verify` of protocol signing bytes ``signed`` as a ``scheme`` signer signs
+    them (:meth:`Signer.sign_protocol`)."""
+    verify(address, scheme_bytes(signed) if scheme == SR25519 else signed, signature, scheme)
 
 
 def verify_raw(public_key: bytes, message: bytes, signature: bytes) -> None:
-    """:func:`verify` by a 32-byte public key (an nkey's); raises :class:`Unauthorized`."""
-    if len(public_key) != 32 or not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
-        raise Unauthorized("weak public key: not a canonical point of large order")
-    _verify(public_key, message, signature)
-
-
-def _verify(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """:func:`verify` by a 32-byte ed25519 public key (an nkey's); raises
+    :class:`Unauthorized`."""
+    verifier = _verify_key(public_key)
     if len(signature) != 64:
         raise Unauthorized("signature must be exactly 64 bytes")
     try:
-        _verify_key(public_key).verify(message, signature)
+        verifier.verify(message, signature)
     except nacl.exceptions.BadSignatureError:
         raise Unauthorized("bad signature") from None
+
+
+class Signer(Protocol):
+    """A key a caller signs with, of either scheme."""
+
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def public_key(self) -> bytes: ...
+    def sign(self, message: bytes) -> bytes: ...
+    def sign_protocol(self, signed: bytes) -> bytes:
+        """A signature of protocol signing bytes, with the scheme covered."""
+        ...
 
 
 class Keypair:
     """An ed25519 signing key built from a 32-byte seed."""
 
     __slots__ = ("_signing", "address", "public_key")
+
+    scheme: Final = ED25519
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != 32:
@@ -156,6 +137,10 @@ class Keypair:
     def sign(self, message: bytes) -> bytes:
         """The 64-byte detached signature of ``message``."""
         return self._signing.sign(message).signature
+
+    def sign_protocol(self, signed: bytes) -> bytes:
+        """A signature of protocol signing bytes: ed25519 signs the bytes themselves."""
+        return self.sign(signed)
 
     def __repr__(self) -> str:  # never show the seed
         return f"Keypair({self.address})"
@@ -190,7 +175,9 @@ DEFAULT_KEY = "default"
 
 
 class Keystore:
-    """Named keys under ``<home>/keys/<name>.key``: the hex seed, mode 0600, dir 0700."""
+    """Named keys under ``<home>/keys/<name>.key``, mode 0600, dir 0700: an ed25519 key's
+    file holds its hex seed; an imported sr25519 key's holds ``sr25519:`` and its hex
+    64-byte secret."""
 
     def __init__(self, home: Path) -> None:
         self.directory = home / "keys"
@@ -200,23 +187,30 @@ class Keystore:
             raise BadRequest(f"invalid key name {name!r}: use 1-64 of [A-Za-z0-9_.-]")
         return self.directory / f"{name}.key"
 
-    def _ensure_directory(self) -> None:
+    def create(self, name: str) -> Keypair:
+        """Make and save a new ed25519 key; raises :class:`BadRequest` if ``name`` exists."""
+        key = Keypair.generate()
+        self._save(name, key.seed.hex())
+        return key
+
+    def add(self, name: str, key: Keypair | SrKeypair) -> None:
+        """Save a key made elsewhere (``actor key import``) as ``name``; raises
+        :class:`BadRequest` if ``name`` exists."""
+        self._save(
+            name, key.seed.hex() if isinstance(key, Keypair) else f"sr25519:{key.secret.hex()}"
+        )
+
+    def _save(self, name: str, text: str) -> None:
+        """Write a key file. It appears whole or not at all (written under a temporary
+        name, then linked into place): replicas of a new actor starting together on a
+        fresh home all load the one key that won, never a half-written file."""
+        path = self._path(name)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.directory, 0o700)
-
-    def create(self, name: str) -> Keypair:
-        """Make and save a new key; raises :class:`BadRequest` if ``name`` exists.
-
-        The file appears whole or not at all (written under a temporary name, then linked
-        into place): replicas of a new actor starting together on a fresh home all load
-        the one key that won, never a half-written file."""
-        path = self._path(name)
-        self._ensure_directory()
-        key = Keypair.generate()
         fd, partial = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".new")
         try:
             with os.fdopen(fd, "w") as file:  # mkstemp makes it 0600
-                file.write(key.seed.hex() + "\n")
+                file.write(text + "\n")
                 file.flush()
                 os.fsync(file.fileno())
             try:
@@ -225,13 +219,11 @@ class Keystore:
                 raise BadRequest(f"key {name!r} already exists") from None
         finally:
             os.unlink(partial)
-        return key
 
-    def load(self, name: str, *, create: bool = False) -> Keypair:
-        """Load key ``name``; with ``create``, make it first if it does not exist.
-
-        Refuses a key file that others can read (mode must be 0600 or stricter).
-        """
+    def signer(self, name: str, *, create: bool = False) -> Keypair | SrKeypair:
+        """Load key ``name`` of either scheme; with ``create``, make an ed25519 key first
+        if it does not exist. Refuses a key file that others can read (mode must be 0600
+        or stricter)."""
         path = self._path(name)
         if not path.exists():
             if not create:
@@ -246,15 +238,35 @@ class Keystore:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise BadRequest(f"key file {path} has mode {mode:o}; run: chmod 600 {path}")
+        text = path.read_text().strip()
         try:
-            seed = bytes.fromhex(path.read_text().strip())
-            return Keypair(seed)
+            if text.startswith("sr25519:"):
+                return SrKeypair(bytes.fromhex(text.removeprefix("sr25519:")))
+            return Keypair(bytes.fromhex(text))
         except ValueError:
-            raise BadRequest(f"key file {path} does not hold a 32-byte hex seed") from None
+            raise BadRequest(
+                f"key file {path} holds neither a 32-byte hex seed nor sr25519:<64-byte hex secret>"
+            ) from None
 
-    def caller(self, name: str) -> Keypair:
-        """The key a caller signs with: the home's ``default`` key is made on first use;
-        any other must exist, so a mistyped ``--key`` is an error, never a new identity."""
+    def load(self, name: str, *, create: bool = False) -> Keypair:
+        """Load ed25519 key ``name`` (what actors, hosts and nodes sign with); with
+        ``create``, make it first if it does not exist."""
+        key = self.signer(name, create=create)
+        if not isinstance(key, Keypair):
+            raise BadRequest(
+                f"key {name!r} is an {key.scheme} key: it can call actors, but actors, hosts "
+                "and nodes sign with ed25519 keys (actor key new NAME)"
+            )
+        return key
+
+    def caller(self, name: str) -> Keypair | SrKeypair:
+        """The key a caller signs with, of either scheme: the home's ``default`` key is
+        made on first use; any other must exist, so a mistyped ``--key`` is an error,
+        never a new identity."""
+        return self.signer(name, create=name == DEFAULT_KEY)
+
+    def owner(self, name: str) -> Keypair:
+        """:meth:`caller`'s key where it must be ed25519: a node's owner, a host."""
         return self.load(name, create=name == DEFAULT_KEY)
 
     def names(self) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
-from .keys import Keypair, verify
+from .keys import ED25519, SCHEMES, Keypair, Signer, verify, verify_protocol
 from .subjects import RELAY_PREFIX
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "sign_reply",
     "sign_request",
     "signature_seal",
+    "signer_scheme",
     "verify_announcement",
     "verify_reply",
     "verify_request",
@@ -86,6 +87,7 @@ H_ON_BEHALF: Final = "Actor-On-Behalf-Of"
 H_DELEGATION: Final = "Actor-Delegation"
 H_CHUNKS: Final = "Actor-Chunks"
 H_MAC: Final = "Actor-Mac"
+H_SCHEME: Final = "Actor-Scheme"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
@@ -97,8 +99,11 @@ _TIME = re.compile(r"[0-9]{1,13}")
 _SECONDS = re.compile(r"[0-9.eE+-]{1,16}")
 _STATUS = re.compile(r"[1-5][0-9][0-9]")
 _MAC = re.compile(r"[0-9a-f]{64}")
-DELEGATION_HEADER: Final = re.compile(r"([A-Za-z0-9_-]{8,64});([0-9]{1,13});([0-9a-f]{128})")
-"""``Actor-Delegation``: ``<job>;<expires ms>;<the owner's signature>`` (PROTOCOL.md §12)."""
+DELEGATION_HEADER: Final = re.compile(
+    r"([A-Za-z0-9_-]{8,64});([0-9]{1,13});([0-9a-f]{128})(?:;(sr25519))?"
+)
+"""``Actor-Delegation``: ``<job>;<expires ms>;<the owner's signature>``, then ``;sr25519``
+when the owner signed with an sr25519 key (PROTOCOL.md §12)."""
 _MAX_TIMEOUT = 24 * 3600.0
 ERROR_HEADER_LIMIT: Final = 200
 """Characters of ``Actor-Error`` at most (the full message is in the body)."""
@@ -318,10 +323,12 @@ class RequestMeta(msgspec.Struct, frozen=True):
     delegation: str = ""
     """The ``Actor-Delegation`` header: the ``on_behalf`` key's own signed permission for
     the signer to make this call (:mod:`.delegation`), if any."""
+    scheme: str = ED25519
+    """What the signer's key is (``Actor-Scheme``; an address does not say)."""
 
 
 def sign_request(
-    key: Keypair,
+    key: Signer,
     subject: str,
     reply: str,
     body: bytes,
@@ -353,7 +360,7 @@ def sign_request(
 
 
 def sign_relayed(
-    key: Keypair,
+    key: Signer,
     subject: str,
     body: bytes,
     *,
@@ -378,9 +385,20 @@ Seal = Callable[[bytes], dict[str, str]]
 """What authenticates a request: the headers it makes of the request's signing bytes."""
 
 
-def signature_seal(key: Keypair) -> Seal:
-    """A request's ``Actor-Signature`` by ``key``."""
-    return lambda signed: {H_SIGNATURE: key.sign(signed).hex()}
+def signature_seal(key: Signer) -> Seal:
+    """A request's ``Actor-Signature`` by ``key``, and its ``Actor-Scheme`` unless it is
+    ed25519 (the default)."""
+    said = {} if key.scheme == ED25519 else {H_SCHEME: key.scheme}
+    return lambda signed: {H_SIGNATURE: key.sign_protocol(signed).hex(), **said}
+
+
+def signer_scheme(headers: dict[str, str]) -> str:
+    """The scheme a message's ``Actor-Scheme`` names (none: ed25519); raises
+    :class:`Unauthorized` for any other value."""
+    scheme = headers.get(H_SCHEME, ED25519)
+    if scheme not in SCHEMES:
+        raise Unauthorized(f"malformed header {H_SCHEME}: {' or '.join(SCHEMES)}")
+    return scheme
 
 
 def request_headers(
@@ -476,8 +494,11 @@ def verify_request(
     nonce = _header(headers, H_NONCE, _NONCE)
     if proof is None:
         signature = _header(headers, H_SIGNATURE, _SIGNATURE)
-    elif H_SIGNATURE in headers:
-        raise Unauthorized(f"a session call carries no {H_SIGNATURE}")
+        scheme = signer_scheme(headers)
+    elif H_SIGNATURE in headers or H_SCHEME in headers:
+        raise Unauthorized(f"a session call carries no {H_SIGNATURE} or {H_SCHEME}")
+    else:
+        scheme = ED25519
     on_behalf = _header(headers, H_ON_BEHALF, _ADDRESS) if H_ON_BEHALF in headers else ""
     delegation = (
         _header(headers, H_DELEGATION, DELEGATION_HEADER) if H_DELEGATION in headers else ""
@@ -498,12 +519,14 @@ def verify_request(
         delegation=delegation,
     )
     if proof is None:
-        verify(key, signed, bytes.fromhex(signature))
+        verify_protocol(key, signed, bytes.fromhex(signature), scheme)
     else:
         proof(key, signed, headers)
     timeout = request_timeout(headers)
     content_type = codec_for(content_type_text).content_type
-    return RequestMeta(key, int(time_text), nonce, timeout, content_type, on_behalf, delegation)
+    return RequestMeta(
+        key, int(time_text), nonce, timeout, content_type, on_behalf, delegation, scheme
+    )
 
 
 def request_timeout(headers: dict[str, str]) -> float | None:

@@ -26,6 +26,6 @@ def nats_config(ctx: click.Context) -> None:
     It names public keys only."""
     settings = settings_of(ctx)
     keys = Keystore(settings.home)
-    operator = keys.caller(settings.key)
+    operator = keys.owner(settings.key)
     policy = keys.load(settings.policy, create=True)
     click.echo(json.dumps(auth_config(settings, operator, policy), indent=2))

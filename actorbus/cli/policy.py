@@ -25,7 +25,7 @@ def policy() -> None:
 def _key_address(settings: Settings, key: str) -> str:
     """KEY as an address: a keystore key's name, or an address as it is."""
     store = Keystore(settings.home)
-    return store.load(key).address if key in store.names() else key
+    return store.signer(key).address if key in store.names() else key
 
 
 def _ask(ctx: click.Context, fn: str, *args: Any) -> Any:
@@ -338,7 +338,7 @@ def policy_log(ctx: click.Context, limit: int, as_json: bool) -> None:
         click.echo(json.dumps(records, indent=2))
         return
     store = Keystore(settings.home)
-    names = {store.load(n).address: n for n in store.names()}
+    names = {store.signer(n).address: n for n in store.names()}
     table = Table(box=None, pad_edge=False)
     for column in ("time", "who", "source", "what", "args"):
         table.add_column(column, overflow="fold")

@@ -31,12 +31,12 @@ from ..bus import (
     BadRequest,
     CallBody,
     Forbidden,
-    Keypair,
     Keystore,
     NoResponders,
     NoSuchActor,
     NotFound,
     ReplyTimeout,
+    Signer,
     Unauthorized,
     Unavailable,
     codec_for,
@@ -109,7 +109,7 @@ class Client:
 
     def __init__(
         self,
-        key: Keypair | None = None,
+        key: Signer | None = None,
         *,
         settings: Settings | None = None,
         nc: NATS | None = None,
@@ -137,7 +137,7 @@ class Client:
         self._lookup = anyio.Lock()
 
     @property
-    def key(self) -> Keypair:
+    def key(self) -> Signer:
         if self._key is None:
             self._key = Keystore(self.settings.home).caller(self.settings.key)
         return self._key
@@ -478,7 +478,7 @@ class Client:
         return Job(partial(self.request, self.settings.jobs), id)
 
     async def delegate(
-        self, work: str, ttl: float, *, job: str | None = None, key: Keypair | None = None
+        self, work: str, ttl: float, *, job: str | None = None, key: Signer | None = None
     ) -> Delegation:
         """A new job's delegation: ``key`` (this client's by default) lets the jobs actor
         call ``work`` as ``key`` for job ``job`` (a fresh id by default) for ``ttl``

@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ..bus import NATS, BadRequest, NotFound, RequestMeta, excerpt
+from ..bus import NATS, BadRequest, Keypair, NotFound, RequestMeta, excerpt
 from ..bus.settings import Settings
 from ..bus.wire import JSON, MSGPACK, RawCallBody, codec_for, decode_error
 from ..client.client import Client
@@ -125,6 +125,8 @@ class Actor:
 
     # Set by the host before on_start: what an actor needs to call others and read NATS.
     client: Client
+    key: Keypair
+    """The actor's own key (its calls, records and seals are signed with it)."""
     settings: Settings
     nc: NATS
 

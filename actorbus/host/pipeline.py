@@ -231,16 +231,15 @@ class Pipeline:
         if not meta.on_behalf:
             return
         if meta.delegation:
-            job, expires, signature = parse_delegation_header(meta.delegation)
             work = f"{self.name}/{call.fn}"
-            now_ms = int(time.time() * 1000)
-            verify_delegation(meta.on_behalf, meta.key, work, job, expires, signature, now_ms)
-            call.forwarder, call.caller, call.job = meta.key, meta.on_behalf, job
+            delegation = parse_delegation_header(meta.delegation, work, meta.key)
+            verify_delegation(meta.on_behalf, delegation, int(time.time() * 1000))
+            call.forwarder, call.caller, call.job = meta.key, meta.on_behalf, delegation.job
             return
         policy = self.policy
         if policy is None or not policy.enforced or meta.key not in policy.state.forwarders:
             raise Forbidden(f"{meta.key} is not a trusted forwarder: it may not call for others")
-        address_to_public_key(meta.on_behalf)  # a key of large order, or 401
+        address_to_public_key(meta.on_behalf)  # a well-formed address, or 401
         call.forwarder, call.caller = meta.key, meta.on_behalf
 
     def _forwarders(self) -> frozenset[str] | set[str]:

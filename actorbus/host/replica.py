@@ -117,7 +117,7 @@ async def serve(
         )
         actor.__actorbus_policy__ = policy
         client = await stack.enter_async_context(Client(key, settings=settings, nc=nc))
-        actor.client, actor.settings, actor.nc = client, settings, nc
+        actor.client, actor.key, actor.settings, actor.nc = client, key, settings, nc
         quotas = (
             Quotas(
                 partial(_lease, client, settings.policy),
@@ -329,7 +329,7 @@ def host_key(settings: Settings) -> Keypair:
     keys = Keystore(settings.home)
     if settings.host_key:
         return keys.load(settings.host_key)
-    return keys.caller(settings.key)
+    return keys.owner(settings.key)
 
 
 async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:

@@ -41,7 +41,7 @@ async def forget(settings: Settings, name: str, address: str, instance: str) -> 
                 return  # not a replica of ours that said who it was: not ours to speak for
             # A node's control actor is served on its supervisor's connection (its home key).
             key, role = (
-                (keys.caller(settings.key), NODE)
+                (keys.owner(settings.key), NODE)
                 if name.startswith(NODE_PREFIX)
                 else (keys.load(name), ACTOR)
             )

@@ -145,7 +145,7 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
     extra: tuple[str, ...] = ()
     if settings.nats_auth:
         keys = Keystore(settings.home)
-        owner = keys.caller(settings.key)
+        owner = keys.owner(settings.key)
         policy = keys.load(settings.policy, create=True)
         config = auth_config(settings, owner, policy)
         extra = ("-c", str(write_config(settings.home / "nats" / "server.conf", config)))
@@ -170,7 +170,7 @@ def leaf_config_of(settings: Settings) -> Path:
     :class:`BadRequest` for a bad URL or credentials file."""
     credentials = Path(settings.join_credentials) if settings.join_credentials else None
     path = settings.home / "nats" / "leaf.conf"
-    key = Keystore(settings.home).caller(settings.key)
+    key = Keystore(settings.home).owner(settings.key)
     node = node_name(settings)
     return leaf_config(path, settings.join, credentials, settings.join_domain, node=node, key=key)
 

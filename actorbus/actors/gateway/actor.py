@@ -74,7 +74,7 @@ class Gateway(Actor):
         except Unavailable as exc:
             log.warning("gateway: no JetStream (%s): commune bodies are refused (503)", exc)
             seen = None
-        self.identities = Identities(self.client.key, self.settings.max_skew, seen)
+        self.identities = Identities(self.key, self.settings.max_skew, seen)
         self.catalog = Catalog(self.client)
         self.max_body = min(self.settings.max_body, self.nc.max_payload - _HEADROOM)
 

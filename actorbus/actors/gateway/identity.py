@@ -7,10 +7,12 @@
    policy actor, which keeps only their hash; the gateway signs as the key the token
    derives (:func:`~actorbus.bus.token_keypair`), so it holds no secret of its own for
    it, and a revoked token fails as soon as the policy change reaches the gateway.
-3. **Commune body** (``{"data", "signature", "address"}``): the caller's ed25519 signature
-   over ``data`` (``{"target": "<actor>/<fn>", "args", "kwargs", "timestamp"}``) is checked
-   here: its target must be the route's (a body signed for one function calls no other),
-   its timestamp within ``max_skew`` of now, and its signature never seen before by any
+3. **Commune body** (``{"data", "signature", "address"}``, and optionally
+   ``"crypto_type"``: ``"sr25519"``/``1`` or ``"ed25519"``/``0``; without it, either):
+   the caller's signature over ``data`` (``{"target": "<actor>/<fn>", "args", "kwargs",
+   "timestamp"}``), or over polkadot-js's ``<Bytes>`` wrap of it, is checked here: its
+   target must be the route's (a body signed for one function calls no other), its
+   timestamp within ``max_skew`` of now, and its signature never seen before by any
    replica of this gateway (noted in a JetStream bucket for ``2 * max_skew``, so neither
    another replica nor a restart takes it again); the gateway then calls *on behalf of*
    that address, which actors accept because the policy lists the gateway's key as a
@@ -49,6 +51,7 @@ from ...bus import (
 )
 from ...bus.connection import HeadersFor
 from ...bus.jetstream import Bucket
+from ...bus.keys import ED25519, SCHEMES, SR25519
 from ...bus.lru import LRU
 from ...bus.subjects import call_subject
 from ...bus.wire import (
@@ -56,6 +59,7 @@ from ...bus.wire import (
     H_KEY,
     H_NONCE,
     H_ON_BEHALF,
+    H_SCHEME,
     H_SIGNATURE,
     H_TIME,
     H_TIMEOUT,
@@ -71,7 +75,7 @@ from ...host.policy import PolicyState
 
 __all__ = ["Identities", "Outgoing"]
 
-_SIGNED = (H_KEY, H_TIME, H_NONCE, H_SIGNATURE, H_TIMEOUT, H_ON_BEHALF)
+_SIGNED = (H_KEY, H_TIME, H_NONCE, H_SIGNATURE, H_SCHEME, H_TIMEOUT, H_ON_BEHALF)
 _KEY_CACHE = 4096
 
 
@@ -210,11 +214,7 @@ class Identities:
             raise BadRequest(
                 "commune data must be an object with target, args, kwargs and timestamp"
             )
-        signed = message.encode()
-        try:
-            verify(address, signed, sig)
-        except Unauthorized:  # polkadot-js wraps what it signs
-            verify(address, b"<Bytes>" + signed + b"</Bytes>", sig)
+        _check_commune_signature(address, message.encode(), sig, envelope.get("crypto_type"))
         if decoded.get("target") != target:
             raise Unauthorized(f'commune data must name its target: "target": "{target}"')
         stamp = decoded.get("timestamp")
@@ -241,6 +241,38 @@ class Identities:
         key = hashlib.sha256(signature).hexdigest()
         if await self._seen.update(key, b"", 0) is None:
             raise Unauthorized("replayed commune signature")
+
+
+_CRYPTO_TYPES: dict[object, tuple[str, ...]] = {
+    None: SCHEMES,
+    0: (ED25519,),
+    "ed25519": (ED25519,),
+    1: (SR25519,),
+    "sr25519": (SR25519,),
+}
+"""A commune body's ``crypto_type`` (commune and substrate-interface number the schemes)
+and the schemes its signature is checked in: without one, either (an address does not
+say, and commune's default key is sr25519; no signature verifies in both)."""
+
+
+def _check_commune_signature(
+    address: str, signed: bytes, signature: bytes, crypto_type: object
+) -> None:
+    """Check a commune body's signature of ``signed``, or of its ``<Bytes>`` wrap (as
+    polkadot-js signs); raises :class:`Unauthorized` with the last scheme's reason."""
+    schemes = _CRYPTO_TYPES.get(crypto_type) if isinstance(crypto_type, str | int | None) else None
+    if schemes is None or isinstance(crypto_type, bool):
+        raise BadRequest('a commune crypto_type is "ed25519" (0) or "sr25519" (1)')
+    failure = Unauthorized("bad signature")
+    wrapped = b"<Bytes>" + signed + b"</Bytes>"
+    for scheme in schemes:
+        # An sr25519 check tries the wrap itself.
+        for message in (signed,) if scheme == SR25519 else (signed, wrapped):
+            try:
+                return verify(address, message, signature, scheme)
+            except Unauthorized as exc:
+                failure = exc
+    raise failure
 
 
 def _commune_like(headers: dict[str, str], body: bytes) -> bool:

@@ -64,11 +64,11 @@ class Jobs(Actor):
 
     async def on_start(self) -> None:
         self._store = await when_ready(
-            lambda: JobStore.open(self.nc, self.name or "jobs", self.settings, self.client.key),
+            lambda: JobStore.open(self.nc, self.name or "jobs", self.settings, self.key),
             "the jobs streams",
             wait=self.settings.start_wait,
         )
-        self._runner = Runner(self._store, self.client, self.client.key, self.nc, self.settings)
+        self._runner = Runner(self._store, self.client, self.key, self.nc, self.settings)
 
     def figures(self) -> dict[str, float]:
         """Jobs by state, and their slices: done, failed and left to run (of the jobs still
@@ -240,15 +240,7 @@ class Jobs(Actor):
         if delegation.delegate != self.address:
             raise BadRequest(f"the delegation is for {delegation.delegate}, not this actor")
         now_ms = int(time.time() * 1000)
-        verify_delegation(
-            owner,
-            delegation.delegate,
-            delegation.work,
-            delegation.job,
-            delegation.expires,
-            delegation.signature,
-            now_ms,
-        )
+        verify_delegation(owner, delegation, now_ms)
         if fresh and delegation.expires < now_ms + _MIN_LIFE * 1000:
             raise BadRequest(f"the delegation expires in less than {_MIN_LIFE:g}s")
         if delegation.expires > now_ms + (MAX_DELEGATION_SECONDS + 60) * 1000:

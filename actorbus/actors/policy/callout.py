@@ -7,6 +7,8 @@ not one of its own config's users, and the answer is that connection's permissio
 - An nkey (the server's nonce signed by an actorbus key): a caller with that key's role,
   an admin, or, with a valid hosting ticket as its token, a replica of the ticket's name
   (:mod:`actorbus.bus.tickets`; the name is claimed on first use, :mod:`.bindings`).
+- An nkey and an sr25519 caller's vouch for it as its token (:mod:`actorbus.bus.vouch`):
+  that caller, with its role, or an admin.
 
 Role-compiled permissions expire after ``auth_ttl`` seconds (the client reconnects and
 is asked about again), so a role's change reaches the server's check; replicas decide
@@ -40,6 +42,7 @@ from ...bus.rights import (
     stranger,
 )
 from ...bus.subjects import queue_group
+from ...bus.vouch import is_vouch, read_vouch
 from ...client import RegistryEntry
 from ...host.policy import DEFAULT_WHITELIST, PUBLIC, Role
 from .bindings import Bindings
@@ -62,7 +65,7 @@ class AuthCallout(Bindings):
     _registry_view: tuple[float, list[RegistryEntry]] = (0.0, [])
 
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        issuer = callout_issuer(self.client.key)
+        issuer = callout_issuer(self.key)
         throttle = LogThrottle(log)
         slots = anyio.Semaphore(_CONCURRENCY)
         sub = await self.nc.subscribe(AUTH_SUBJECT, queue=queue_group(self.name or "policy"))
@@ -129,7 +132,9 @@ class AuthCallout(Bindings):
             if node is None:
                 raise BadRequest("a leaf node names itself after its node (server_name)")
             return leaf(node.group(0), settings), f"leaf {node.group(0)}", 0
-        if options.auth_token:
+        if options.auth_token and is_vouch(options.auth_token):
+            address, public_key = read_vouch(options.auth_token, address)
+        elif options.auth_token:
             ticket = self._check_ticket(options.auth_token, address)
             await self._claim(ticket.name, ticket.role, address, ticket.host)
             return replica(ticket.name, public_key, ticket.role, settings), ticket.name, 0

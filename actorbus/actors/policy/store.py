@@ -123,8 +123,8 @@ class PolicyStore(Actor):
         current = await self._bucket.get(key)
         if current is not None and self._keeper.ours(key, current[0]):
             return False
-        await record(self.nc, self.name or "policy", self.client.key, who, what, args)
-        signed = sign_record(self.client.key, self._bucket.name, key, value)
+        await record(self.nc, self.name or "policy", self.key, who, what, args)
+        signed = sign_record(self.key, self._bucket.name, key, value)
         if await self._bucket.update(key, signed, current[1] if current else 0) is None:
             return False
         self._keeper.note(key, signed)
@@ -142,7 +142,7 @@ class PolicyStore(Actor):
     async def _store(self, key: str, value: bytes | None) -> None:
         """Put ``value`` at ``key`` as a record signed by this policy (``None``: a signed
         removal, never a bare delete)."""
-        signed = sign_record(self.client.key, self._bucket.name, key, value)
+        signed = sign_record(self.key, self._bucket.name, key, value)
         await self._bucket.put(key, signed)
         self._keeper.note(key, signed)
 
@@ -190,7 +190,7 @@ class PolicyStore(Actor):
 
         deadline = current_call().deadline - 0.5
         await when_ready(
-            lambda: record(self.nc, self.name or "policy", self.client.key, who, what, args),
+            lambda: record(self.nc, self.name or "policy", self.key, who, what, args),
             f"the audit record of {what}",
             wait=max(0.0, deadline - time.monotonic()),
         )
