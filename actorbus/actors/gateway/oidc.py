@@ -20,9 +20,10 @@ without the gateway's seed can sign as it.
 is refused (403): an issuer's tokens often go to anyone with an account there, so
 configuring an issuer is not letting everyone in; the rules say who (a rule may map to
 ``public``). The actors decide by the caller's role in the policy, so the gateway asks the
-policy actor to bind the key to the role until the token's ``exp``
-(``oidc_bind``, which only a trusted forwarder may) whenever its own view of the policy
-lacks that binding or it is about to run out, and calls only once its view shows it.
+policy actor to bind the key to the role until the token's ``exp`` plus the leeway (as
+long as the gateway takes the token; ``oidc_bind``, which only a trusted forwarder may)
+whenever its own view of the policy lacks that binding or it is about to run out, and
+calls only once its view shows it.
 A mapping gives a role, never admin rights (admins are keys the policy lists), like a
 bearer token.
 """
@@ -151,7 +152,9 @@ class OidcLogins:
         subject: str = claims["sub"]
         key = self.key_of(issuer.issuer, subject)
         if role != PUBLIC:
-            await self._bound(key.address, issuer.issuer, subject, role, float(claims["exp"]))
+            # Bound while this gateway takes the token: its exp, plus the leeway.
+            until = float(claims["exp"]) + _LEEWAY
+            await self._bound(key.address, issuer.issuer, subject, role, until)
         return key
 
     async def verify(self, token: str) -> tuple[OidcIssuer, dict[str, Any]]:
