@@ -62,6 +62,9 @@ _RENEW = 60.0
 """Seconds before a binding runs out that a login with a later ``exp`` renews it."""
 _BIND_WAIT = 5.0
 """Seconds a login waits for its binding to reach this replica's view of the policy."""
+_BIND_RATE = 20.0
+"""New bindings a second one gateway replica asks for, in bursts of twice that: each is a
+policy write, and an issuer may hand tokens to anyone who makes an account there."""
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _KEYS_KEPT = 4096
 
@@ -125,6 +128,8 @@ class OidcLogins:
         self._derived: LRU[tuple[str, str], Keypair] = LRU(_KEYS_KEPT)
         self._pending: dict[str, anyio.Event] = {}
         """Keys whose binding a request of this replica is asking for."""
+        self._allowance = (2 * _BIND_RATE, time.monotonic())
+        """Bindings it may ask for now, and when that was counted."""
 
     def key_of(self, issuer: str, subject: str) -> Keypair:
         """The key the login ``subject`` of ``issuer`` is signed as."""
@@ -249,6 +254,7 @@ class OidcLogins:
                 raise Unavailable("this login's role is still being bound: try again")
         else:
             return
+        self._spend_allowance()
         done = self._pending[address] = anyio.Event()
         try:
             try:
@@ -268,6 +274,16 @@ class OidcLogins:
         finally:
             del self._pending[address]
             done.set()
+
+    def _spend_allowance(self) -> None:
+        """Count one binding against the replica's rate; raises :class:`Unavailable` (with
+        ``Retry-After``) beyond it."""
+        tokens, stamp = self._allowance
+        now = time.monotonic()
+        tokens = min(2 * _BIND_RATE, tokens + (now - stamp) * _BIND_RATE)
+        if tokens < 1.0:
+            raise Unavailable("too many new OIDC logins at this gateway at once: try again")
+        self._allowance = (tokens - 1.0, now)
 
 
 def _check_fit(key: PublicKey, alg: str) -> None:
