@@ -166,6 +166,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     own name at this machine (DNS rebinding) cannot call it."""
     gateway_cors: str = ""
     """Origins allowed to call a gateway from a browser (comma-separated; empty: none)."""
+    oidc_jwks_ttl: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    """Seconds a gateway keeps an OIDC issuer's keys (its JWKS) before fetching them again."""
+    oidc_refetch: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """Seconds between two fetches of one issuer's keys at least (a token naming a key
+    the gateway does not know makes it fetch them early, at most this often, so tokens
+    with made-up key ids cannot make it hammer the issuer)."""
     jobs: str = "jobs"
     """The jobs actor's name (``ACTOR_JOBS``); ``actor up`` starts it with the policy actor."""
     jobs_concurrency: int = 64

@@ -1,4 +1,5 @@
-"""`actor policy ...`: admins, roles, stakes and quotas, through the policy actor."""
+"""`actor policy ...`: admins, roles, stakes and quotas, through the policy actor (OIDC
+issuers: :mod:`.oidc`)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from ..bus import Keystore, printable
 from ..bus.settings import Settings
 from ..client import Client
 from ._common import checked_name, err, out, run_coroutine, settings_of
+from .oidc import oidc
 
 
 @click.group()
 def policy() -> None:
     """Admins, roles, stakes and quotas (every change is signed by your key, an admin's)."""
+
+
+policy.add_command(oidc)
 
 
 def _key_address(settings: Settings, key: str) -> str:

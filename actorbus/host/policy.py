@@ -5,7 +5,10 @@ Keys in the bucket: ``admin.<address>``, ``user.<address>`` (role name), ``role.
 (:class:`Role`), ``stake.<address>`` (a number), ``config`` (:class:`PolicyConfig`),
 ``token.<sha256 of a bearer token>`` (:class:`TokenInfo`), ``forwarder.<address>``,
 ``host.<address>`` (keys that may let replicas serve, :mod:`actorbus.bus.tickets`) and
-``name.<actor name>`` (the addresses that may serve that name); each a record signed by
+``name.<actor name>`` (the addresses that may serve that name), ``oidc.<issuer id>``
+(:class:`OidcIssuer`: an OpenID Connect issuer the gateway takes logins from, and the
+rules mapping its claims to roles) and ``login.<address>`` (:class:`OidcLogin`: the role
+a gateway bound an OIDC login's key to, until its token expires); each a record signed by
 the policy actor (:mod:`actorbus.bus.records`).
 
 Quotas: a key may make ``max(stake / role.stake2rate, config.floor)`` calls per minute,
@@ -15,21 +18,31 @@ admins are unlimited (spent through leases, :mod:`.quotas`).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import ipaddress
 import logging
 import re
+import time
+import urllib.parse
 
 import msgspec
 
+from ..bus.errors import BadRequest
 from ..bus.wire import UNDECODABLE
 
 __all__ = [
     "DEFAULT_WHITELIST",
     "PUBLIC",
     "Decision",
+    "OidcIssuer",
+    "OidcLogin",
+    "OidcRule",
     "PolicyConfig",
     "PolicyState",
     "Role",
     "TokenInfo",
+    "check_issuer_url",
+    "issuer_id",
 ]
 
 log = logging.getLogger("actorbus.policy")
@@ -77,12 +90,110 @@ class TokenInfo(msgspec.Struct, frozen=True):
     created: float
 
 
+class OidcRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Logins whose claim ``claim`` is ``value`` (or, a list, holds it) have ``role``."""
+
+    claim: str
+    value: str
+    role: str
+
+    def matches(self, claims: dict[str, object]) -> bool:
+        found = claims.get(self.claim)
+        if isinstance(found, list):
+            return any(_claim_text(item) == self.value for item in found)
+        return _claim_text(found) == self.value
+
+
+def _claim_text(value: object) -> str | None:
+    """A claim's value as a rule compares it (strings as they are, booleans and integers as
+    JSON writes them); ``None`` for anything else (objects, floats, null)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int):
+        return str(value)
+    return None
+
+
+class OidcIssuer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An OpenID Connect issuer whose tokens the gateway takes (stored under
+    ``oidc.<issuer_id(issuer)>``): its exact ``iss``, the audiences a token must name one
+    of, its JWKS URL (empty: from its discovery document) and the claim rules, first match
+    wins."""
+
+    issuer: str
+    audiences: list[str]
+    jwks: str = ""
+    rules: list[OidcRule] = msgspec.field(default_factory=list)
+
+    @property
+    def role_names(self) -> set[str]:
+        """The roles its rules map to."""
+        return {rule.role for rule in self.rules}
+
+    def role_for(self, claims: dict[str, object]) -> str | None:
+        """The role of the first rule ``claims`` match, ``None`` if none does."""
+        return next((rule.role for rule in self.rules if rule.matches(claims)), None)
+
+
+class OidcLogin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The role a gateway bound an OIDC login's key to (``login.<address>``), good until
+    ``expires`` (Unix seconds: its token's ``exp``) while its issuer still maps a rule to
+    that role."""
+
+    issuer: str
+    subject: str
+    role: str
+    expires: float
+
+
+_LONGEST_URL = 512
+
+
+def check_issuer_url(url: str, what: str = "issuer") -> str:
+    """``url`` if it may name an OIDC issuer (or its JWKS): https, or http on a loopback
+    host (tests, development); no query, fragment, credentials or whitespace. Raises
+    :class:`BadRequest`."""
+    if not isinstance(url, str) or not url or len(url) > _LONGEST_URL:
+        raise BadRequest(f"{what} must be a URL of at most {_LONGEST_URL} characters")
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if (
+        not host
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+        or any(c.isspace() or not c.isprintable() for c in url)
+    ):
+        raise BadRequest(f"{what} {url!r} must be https://host[/path], no query or fragment")
+    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(host)):
+        return url
+    raise BadRequest(
+        f"{what} {url!r} must be https (http only on a loopback host: 127.0.0.1, ::1, localhost)"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def issuer_id(issuer: str) -> str:
+    """The policy key part naming ``issuer`` (a URL holds characters a key may not)."""
+    return hashlib.sha256(issuer.encode()).hexdigest()[:32]
+
+
 _role_decoder = msgspec.json.Decoder(Role)
 _config_decoder = msgspec.json.Decoder(PolicyConfig)
 _token_decoder = msgspec.json.Decoder(TokenInfo)
 _number_decoder = msgspec.json.Decoder(float)
 _text_decoder = msgspec.json.Decoder(str)
 _addresses_decoder = msgspec.json.Decoder(list[str])
+_issuer_decoder = msgspec.json.Decoder(OidcIssuer)
+_login_decoder = msgspec.json.Decoder(OidcLogin)
 
 
 def _pattern(pattern: str) -> re.Pattern[str]:
@@ -107,6 +218,10 @@ class PolicyState:
         """Keys of revoked tokens: they may call nothing, and their jobs stop."""
         self.names: dict[str, list[str]] = {}
         """Per actor name, the addresses that may serve it."""
+        self.issuers: dict[str, OidcIssuer] = {}
+        """OIDC issuers by :func:`issuer_id`."""
+        self.logins: dict[str, OidcLogin] = {}
+        """OIDC logins' keys by address: the role a gateway bound each to, and until when."""
         self.config = PolicyConfig()
         self.configured = False
         self.revision = 0
@@ -162,6 +277,16 @@ class PolicyState:
                     self.names.pop(subject, None)
                 else:
                     self.names[subject] = _addresses_decoder.decode(value)
+            elif kind == "oidc":
+                if value is None:
+                    self.issuers.pop(subject, None)
+                else:
+                    self.issuers[subject] = _issuer_decoder.decode(value)
+            elif kind == "login":
+                if value is None:
+                    self.logins.pop(subject, None)
+                else:
+                    self.logins[subject] = _login_decoder.decode(value)
             elif key == "config":
                 self.config = PolicyConfig() if value is None else _config_decoder.decode(value)
                 self.configured = value is not None
@@ -174,7 +299,29 @@ class PolicyState:
         self._memo.clear()
 
     def role_of(self, key: str) -> str:
-        return self.users.get(key, PUBLIC)
+        """``key``'s role: its own (``user.``), else an OIDC login's while it holds
+        (:meth:`login_role`), else ``public``."""
+        role = self.users.get(key)
+        if role is not None:
+            return role
+        login = self.logins.get(key)
+        return PUBLIC if login is None else self.login_role(login) or PUBLIC
+
+    def issuer(self, url: str) -> OidcIssuer | None:
+        """The configured OIDC issuer whose ``iss`` is exactly ``url``."""
+        found = self.issuers.get(issuer_id(url))
+        return found if found is not None and found.issuer == url else None
+
+    def login_role(self, login: OidcLogin, now: float | None = None) -> str | None:
+        """The role ``login`` gives, or ``None`` once it has expired, or its issuer is gone
+        or no longer maps any rule to that role (unmapping a role ends its logins at once,
+        without waiting for their tokens to expire)."""
+        if login.expires <= (time.time() if now is None else now):
+            return None
+        issuer = self.issuer(login.issuer)
+        if issuer is None or login.role not in issuer.role_names:
+            return None
+        return login.role
 
     def rate_of(self, key: str, *, forwarded: bool = False) -> float | None:
         """Calls per minute ``key`` may make, ``None`` if unlimited (admins, unless the call
@@ -209,6 +356,8 @@ class PolicyState:
         makes on an admin's behalf is decided by the admin's role, like anyone's); then deny
         wins: the actor's ``deny``, the role's deny patterns; then the whitelist, the actor's
         ``allow`` and the role's allow patterns; anything else is refused."""
+        if key in self.logins:  # a login's role ends with time, not with a change: no memo
+            return self._decide(key, actor, fn, allow, deny, forwarded)
         memo_key = (key, actor, fn, forwarded)
         decision = self._memo.get(memo_key)
         if decision is not None:

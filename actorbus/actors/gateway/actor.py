@@ -33,7 +33,9 @@ from .context import Context
 from .fairness import Fairness
 from .guard import Admission, HeadLimits, guarded_protocol
 from .identity import Identities
+from .jwks import IssuerKeys
 from .meter import Meter
+from .oidc import OidcLogins
 
 __all__ = ["Gateway"]
 
@@ -74,7 +76,18 @@ class Gateway(Actor):
         except Unavailable as exc:
             log.warning("gateway: no JetStream (%s): commune bodies are refused (503)", exc)
             seen = None
-        self.identities = Identities(self.key, self.settings.max_skew, seen)
+        policy = self.settings.policy
+
+        async def bind(key: str, issuer: str, subject: str, role: str, expires: float) -> Any:
+            return await self.client.call(policy, "oidc_bind", key, issuer, subject, role, expires)
+
+        logins = OidcLogins(
+            self.key,
+            IssuerKeys(self.settings.oidc_jwks_ttl, self.settings.oidc_refetch),
+            lambda: self.policy_state,
+            bind,
+        )
+        self.identities = Identities(self.key, self.settings.max_skew, seen, logins)
         self.catalog = Catalog(self.client)
         self.max_body = min(self.settings.max_body, self.nc.max_payload - _HEADROOM)
 

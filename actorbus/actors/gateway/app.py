@@ -5,7 +5,8 @@ The actor's status becomes the HTTP status and its body the response body (error
 ``{"error", "code", "id"}``), after the reply's signature and signer have been checked
 (502 if they do not hold); the reply's ``Actor-*`` headers go back too, so a caller that
 signed its request can verify the answer itself. What the gateway refuses on its own
-has the same body: 400 malformed path or body, 401 bad token or commune signature,
+has the same body: 400 malformed path or body, 401 bad token, OIDC token or commune
+signature, 403 an OIDC login no rule gives a role,
 408 body not read within the read timeout, 413 body over the limit, 431 headers over the
 limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in time.
 """
@@ -155,7 +156,7 @@ def build_app(gateway: Context) -> Starlette:
             else:
                 raw = await read_body(request)
             address = client_group(request.client.host if request.client else "")
-            signer = gateway.identities.signer(headers, raw, gateway.policy(), address)
+            signer = await gateway.identities.signer(headers, raw, gateway.policy(), address)
             body = await make_body(raw, signer)
             timeout = settings.gateway_timeout
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
@@ -236,18 +237,18 @@ def build_app(gateway: Context) -> Starlette:
         up = gateway.client.nc.is_connected
         return JSONResponse({"status": "ok" if up else "no NATS"}, status_code=200 if up else 503)
 
-    def viewer(request: Request) -> Viewer:
+    async def viewer(request: Request) -> Viewer:
         """Who asks, as a call would be made (a token's key, else the address's anonymous
         key); raises :class:`Unauthorized` for a bad token."""
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower() == "authorization"}
         address = client_group(request.client.host if request.client else "")
-        key = gateway.identities.signer(headers, b"", gateway.policy(), address)
+        key = await gateway.identities.signer(headers, b"", gateway.policy(), address)
         assert key is not None  # neither signed nor a commune body
         return gateway.viewer(key.address)
 
     async def openapi_json(request: Request) -> Response:
         try:
-            mine = viewer(request)
+            mine = await viewer(request)
         except ActorError as exc:
             return _refusal(exc.status, exc)
         schemas = await gateway.catalog.visible(mine)
@@ -256,7 +257,7 @@ def build_app(gateway: Context) -> Starlette:
 
     async def actors(request: Request) -> Response:
         try:
-            mine = viewer(request)
+            mine = await viewer(request)
         except ActorError as exc:
             return _refusal(exc.status, exc)
         return JSONResponse(await gateway.catalog.overview(mine))
@@ -267,7 +268,9 @@ def build_app(gateway: Context) -> Starlette:
     async def metrics(request: Request) -> Response:
         if not open_metrics:
             try:
-                allowed = viewer(request).may(gateway.name, "metrics", frozenset(), frozenset())
+                allowed = (await viewer(request)).may(
+                    gateway.name, "metrics", frozenset(), frozenset()
+                )
             except ActorError as exc:
                 return _refusal(exc.status, exc)
             if not allowed:

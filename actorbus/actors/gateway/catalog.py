@@ -314,12 +314,19 @@ def openapi(
             "version": version,
             "description": "Every actor function on this NATS, called over HTTP: POST a body "
             '{"args": [...], "kwargs": {...}}, or GET with keyword arguments in the query. '
-            "Send Actor-* headers to sign the call yourself, a bearer token, or nothing "
+            "Send Actor-* headers to sign the call yourself, a bearer token (an actorbus "
+            "token, or an OpenID Connect JWT from an issuer the policy names), or nothing "
             "(the gateway's public identity).",
         },
         "paths": {**paths, **(extra or {})},
         "components": {
             "schemas": defs,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An actorbus token (abt_...) or an OIDC JWT",
+                }
+            },
         },
     }

@@ -1,4 +1,4 @@
-"""Who a web call is made as: the four ways an HTTP request becomes a signed NATS request.
+"""Who a web call is made as: the ways an HTTP request becomes a signed NATS request.
 
 1. **End to end**: the caller signed the request itself (``Actor-*`` headers, as in
    PROTOCOL.md); the gateway forwards headers and body untouched, so the actor verifies the
@@ -23,7 +23,7 @@
    so one web client neither spends another's quota nor sees its jobs.
 
 Each request is also counted as one client for the gateway's fair share
-(:mod:`.fairness`): a token's key, a commune address, or else the address it comes
+(:mod:`.fairness`): a token's or login's key, a commune address, or else the address it comes
 from (anonymous and end-to-end calls alike: a key the gateway does not check is no
 identity to count by).
 """
@@ -72,6 +72,7 @@ from ...bus.wire import (
     signature_seal,
 )
 from ...host.policy import PolicyState
+from .oidc import OidcLogins, looks_like_jwt
 
 __all__ = ["Identities", "Outgoing"]
 
@@ -94,8 +95,16 @@ class Outgoing(msgspec.Struct):
 class Identities:
     """Turns HTTP requests into signed NATS requests (one per gateway replica)."""
 
-    def __init__(self, key: Keypair, max_skew: float, seen: Bucket | None) -> None:
+    def __init__(
+        self,
+        key: Keypair,
+        max_skew: float,
+        seen: Bucket | None,
+        oidc: OidcLogins | None = None,
+    ) -> None:
         self.key = key
+        self.oidc = oidc
+        """Where bearer JWTs are checked (``None``: refused)."""
         self.max_skew = max_skew
         self._seen = seen
         """Where commune signatures are noted (``None``: no JetStream, none is taken)."""
@@ -156,7 +165,7 @@ class Identities:
                 )
 
             return Outgoing("commune", body, forwarded_for, on_behalf)
-        signer = self.signer(headers, body, policy, address)
+        signer = await self.signer(headers, body, policy, address)
         assert signer is not None  # neither end to end nor commune
 
         def signed(reply: str) -> dict[str, str]:
@@ -168,13 +177,14 @@ class Identities:
             return Outgoing("token", body, signed, signer.address)
         return Outgoing("anonymous", body, signed, f"address:{address}")
 
-    def signer(
+    async def signer(
         self, headers: dict[str, str], body: bytes, policy: PolicyState, address: str
     ) -> Keypair | None:
         """The key :meth:`outgoing` will sign a request from client ``address`` with as its
-        caller (a token's, or the address's anonymous key); ``None`` when the caller signs
-        (end to end) or the gateway signs only as a forwarder (a commune body). Raises
-        :class:`Unauthorized` for a bad or revoked token."""
+        caller (a token's or OIDC login's, or the address's anonymous key); ``None`` when
+        the caller signs (end to end) or the gateway signs only as a forwarder (a commune
+        body). Raises :class:`Unauthorized` for a bad or revoked token, and what
+        :meth:`.OidcLogins.login` raises for a JWT."""
         if "actor-signature" in headers or "actor-key" in headers:
             return None
         authorization = headers.get("authorization", "")
@@ -182,7 +192,12 @@ class Identities:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer":
                 raise Unauthorized("Authorization must be 'Bearer <token>'")
-            return self._token_key(token.strip(), policy)
+            token = token.strip()
+            if looks_like_jwt(token):
+                if self.oidc is None:
+                    raise Unauthorized("this gateway takes no OIDC tokens")
+                return await self.oidc.login(token)
+            return self._token_key(token, policy)
         return None if _commune_like(headers, body) else self.anonymous(address)
 
     def _token_key(self, token: str, policy: PolicyState) -> Keypair:

@@ -14,19 +14,21 @@ from ...client.audit import read_audit
 from ...host.policy import PUBLIC, Decision, PolicyConfig, Role
 from .callout import AuthCallout
 from .credentials import Credentials
+from .logins import Logins
 from .quotas import MAX_WINDOW, Quotas
 from .store import check_address, check_role, encode
 
 __all__ = ["Policy"]
 
 
-class Policy(Credentials, Quotas, AuthCallout):
+class Policy(Credentials, Logins, Quotas, AuthCallout):
     """Admins, roles with allow/deny patterns, stakes and rate quotas."""
 
     name = "policy"
-    # Anyone may ask about themselves, hosts must reach the lease calls and replicas their
-    # name's claim; the handlers check further (admin, own key, registered actor, ticket).
-    allow_fns = frozenset({"claim", "decide", "lease", "release", "user2role"})
+    # Anyone may ask about themselves, hosts must reach the lease calls, replicas their
+    # name's claim and gateways the binding of logins; the handlers check further (admin,
+    # own key, registered actor, ticket, forwarder).
+    allow_fns = frozenset({"claim", "decide", "lease", "oidc_bind", "release", "user2role"})
     quotas = False
 
     # -- admins and users --------------------------------------------------------------
@@ -157,6 +159,13 @@ class Policy(Credentials, Quotas, AuthCallout):
             raise BadRequest(
                 f"role {role!r} is held by {len(holders)} keys ({shown}): give them another "
                 "role first (`actor policy user add KEY --role R`, or `user rm KEY`)"
+            )
+        mapped = sorted(i.issuer for i in self.state.issuers.values() if role in i.role_names)
+        if mapped:
+            self._require_admin()
+            raise BadRequest(
+                f"role {role!r} is what OIDC logins of {', '.join(mapped)} are mapped to: "
+                "unmap it first (`actor policy oidc unmap --issuer URL --claim NAME=VALUE`)"
             )
         await self._change("rm_role", "role." + role, None, role=role)
 
