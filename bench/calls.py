@@ -10,7 +10,9 @@
 (d) session: the same actor, called in a session (PROTOCOL.md §4b: an HMAC per request
     and per reply instead of ed25519);
 (e) two replicas: (d) with a second replica (`actor up --replicas auto` on 2 cores);
-(f) traced: (c) with OpenTelemetry spans on (the otel extra), exported to a sink here.
+(f) traced: (c) with OpenTelemetry spans on (the otel extra), exported to a sink here;
+(g) sr25519: (c)'s actor called by an sr25519 key (PROTOCOL.md §3a: a bittensor hotkey's
+    scheme) instead of an ed25519 one.
 
 Each responder runs in its own process(es) against an embedded nats-server; the generator
 runs here. For (b) and (c) it signs every request and verifies every reply, as a client
@@ -48,7 +50,15 @@ import nats
 import psutil
 
 from actorbus import Actor
-from actorbus.bus import EmbeddedServer, Keypair, address_to_public_key, sign_request, verify_reply
+from actorbus.bus import (
+    EmbeddedServer,
+    Keypair,
+    Signer,
+    SrKeypair,
+    address_to_public_key,
+    sign_request,
+    verify_reply,
+)
 from actorbus.bus.connection import request
 from actorbus.bus.sessions import SESSION_FN, SessionGrant, mac_request, open_grant
 from actorbus.bus.wire import reply_signing_bytes, request_signing_bytes
@@ -63,7 +73,10 @@ SUBJECTS = {
     "d": "actor.bench.echo",
     "e": "actor.bench2.echo",
     "f": "actor.bench3.echo",
+    "g": "actor.bench.echo",
 }
+SHARED = {"d": "c", "g": "c"}
+"""Responders that call another's actor: (d) and (g) call (c)'s."""
 """All responders run at once, each on its own subject ((d) calls (c)'s actor in a session),
 so the cells of one repeat are measured minutes apart at most, not the whole run apart."""
 
@@ -120,7 +133,7 @@ async def serve(kind: str, url: str) -> None:
 # -- the load generator ---------------------------------------------------------------------
 
 
-async def open_session(nc: nats.NATS, key: Keypair, actor: str) -> tuple[str, bytes]:
+async def open_session(nc: nats.NATS, key: Signer, actor: str) -> tuple[str, bytes]:
     """A session with the bench actor ``actor``: its ticket and key."""
     exchange = nacl.public.PrivateKey.generate()
     subject = f"actor.{actor}.{SESSION_FN}"
@@ -142,13 +155,14 @@ async def load(
     concurrency: int,
     seconds: float,
     mode: str,
-    key: Keypair | None = None,
     subject: str = SUBJECTS["c"],
 ) -> tuple[float, list[float]]:
     """Calls/s and latencies of ``concurrency`` callers of ``subject`` for ``seconds``
-    (bounded in count); ``mode`` is raw, signed or session."""
+    (bounded in count); ``mode`` is raw, signed (ed25519), sr25519 or session."""
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
-    key = key or Keypair.generate()
+    key: Signer = (
+        SrKeypair.from_mini_secret(os.urandom(32)) if mode == "sr25519" else Keypair.generate()
+    )
     body = b'{"args":["x"],"kwargs":{}}'
     actor = subject.split(".")[1]
     ticket, session_key = await open_session(nc, key, actor) if mode == "session" else ("", b"")
@@ -167,7 +181,7 @@ async def load(
                 sent: dict[str, str] = {}
 
                 def headers(reply: str, sent: dict[str, str] = sent) -> dict[str, str]:
-                    if mode == "signed":
+                    if mode in ("signed", "sr25519"):
                         sent.update(sign_request(key, subject, reply, body))
                     else:
                         sent.update(
@@ -229,7 +243,15 @@ def measure(
     return rate, latencies, (spent[0] / calls * 1e6, spent[1] / calls * 1e6, spent[2] / calls * 1e6)
 
 
-MODES = {"a": "raw", "b": "signed", "c": "signed", "d": "session", "e": "session", "f": "signed"}
+MODES = {
+    "a": "raw",
+    "b": "signed",
+    "c": "signed",
+    "d": "session",
+    "e": "session",
+    "f": "signed",
+    "g": "sr25519",
+}
 LABELS = {
     "a": "raw",
     "b": "signed",
@@ -237,8 +259,18 @@ LABELS = {
     "d": "session",
     "e": "2 replicas",
     "f": "traced",
+    "g": "sr25519",
 }
-RATIOS = [("c", "b"), ("c", "a"), ("b", "a"), ("d", "a"), ("d", "c"), ("e", "d"), ("f", "c")]
+RATIOS = [
+    ("c", "b"),
+    ("c", "a"),
+    ("b", "a"),
+    ("d", "a"),
+    ("d", "c"),
+    ("e", "d"),
+    ("f", "c"),
+    ("g", "c"),
+]
 
 
 def main() -> None:
@@ -246,7 +278,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per cell (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--only", default="a,b,c,d,e,f", help="responders to run (letters)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g", help="responders to run (letters)")
     parser.add_argument("--log-level", default="INFO", help="of the actor (c, d, e)")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,7 +303,7 @@ def main() -> None:
         processes: dict[str, list[subprocess.Popen[bytes]]] = {}
         try:
             for letter in chosen:
-                started = "c" if letter == "d" else letter  # (d) calls (c)'s actor
+                started = SHARED.get(letter, letter)
                 if started not in processes:
                     own = traced_env(env, sink) if letter == "f" else env
                     processes[started] = [start(command, own) for command in commands[started]]
@@ -305,7 +337,7 @@ def report(
         runs: dict[str, list[tuple[float, list[float], tuple[float, float, float]]]] = {}
         for _ in range(args.repeat):
             for letter in chosen:
-                group = processes["c" if letter == "d" else letter]
+                group = processes[SHARED.get(letter, letter)]
                 sides = [[psutil.Process(p.pid) for p in group], [me], nats_server]
                 runs.setdefault(letter, []).append(
                     measure(server.url, concurrency, args.seconds, letter, sides)
