@@ -27,7 +27,13 @@ from up import Bus, embedded
 
 from actorbus import Actor, Client, Forbidden, Keypair, Settings, serve
 from actorbus.bus import BadRequest, SrKeypair, Unauthorized, sign_request, verify_reply
-from actorbus.bus.keyimport import DEV_PHRASE, chain_code, from_commune, from_suri
+from actorbus.bus.keyimport import (
+    DEV_PHRASE,
+    chain_code,
+    from_bittensor_hotkey,
+    from_commune,
+    from_suri,
+)
 from actorbus.bus.keys import Keystore
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.subjects import call_subject, inbox_of
@@ -118,6 +124,20 @@ def test_a_commune_key_file_is_imported_as_commune_writes_it() -> None:
         from_commune(json.dumps({**state, "ss58_address": ed.ss58_address}))
     with pytest.raises(BadRequest, match="encrypted"):
         from_commune("$NACL" + "00" * 40)
+
+
+@pytest.mark.parametrize("crypto_type", [1, 0], ids=["sr25519", "ed25519"])
+def test_a_hotkey_file_of_todays_bittensor_is_imported(tmp_path: Path, crypto_type: int) -> None:
+    import bittensor
+
+    wallet = bittensor.Wallet(name="w", hotkey="h", path=str(tmp_path))
+    wallet.create_new_hotkey(overwrite=True, suppress=True, crypto_type=crypto_type)
+    text = (tmp_path / "w" / "hotkeys" / "h").read_text()
+    key = from_bittensor_hotkey(text)
+    assert (key.address, key.scheme) == (
+        wallet.hotkey.ss58_address,
+        "sr25519" if crypto_type else "ed25519",
+    )
 
 
 def test_the_sr25519_vectors_hold() -> None:
@@ -302,6 +322,58 @@ async def test_a_commune_key_calls_through_the_gateway(bus: Bus) -> None:
         assert (await http.post(url, json=once)).status_code == 200
         replayed = await http.post(url, json=once)
         assert replayed.status_code == 401 and "replayed" in replayed.json()["error"]
+
+
+async def test_a_bittensor_sdk_request_calls_through_the_gateway(bus: Bus, tmp_path: Path) -> None:
+    """bittensor's own btauth/1 signing (``bittensor.http_auth.sign``, which replaced the
+    dendrite) on a plain httpx request: judged by the hotkey's role; each way of reusing
+    or bending a signed request is a 401."""
+    import bittensor
+    from bittensor import http_auth
+
+    wallet = bittensor.Wallet(name="validator", hotkey="default", path=str(tmp_path))
+    wallet.create_new_hotkey(overwrite=True, suppress=True)
+    hotkey = wallet.hotkey.ss58_address
+    gateway, body = bus.env["GATEWAY"], b'{"args": ["hi"]}'
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        receiver = (await http.get("/health")).json()["address"]
+
+        def signed(path: str = "/echo/forward", **options: Any) -> dict[str, str]:
+            options = {"body": body, "receiver_ss58": receiver, **options}
+            return http_auth.sign(wallet, method="POST", path=path, **options)
+
+        async def post(headers: dict[str, str], content: bytes = body) -> httpx.Response:
+            sent = {"Content-Type": "application/json", **headers}
+            return await http.post("/echo/forward", content=content, headers=sent)
+
+        refused = await post(signed())
+        assert refused.status_code == 403, refused.text  # verified, and public may not
+        bus.actor("policy", "user", "add", hotkey, "--role", "ops")
+
+        async def allowed() -> None:
+            response = await post(signed())
+            assert response.status_code == 200 and response.json() == "hi", response.text
+
+        await eventually(allowed, timeout=10)
+        query = http_auth.sign(
+            wallet, method="GET", path="/echo/add?a=1&b=2", receiver_ss58=receiver
+        )
+        assert (await http.get("/echo/add?a=1&b=2", headers=query)).json() == 3.0
+        once = signed()
+        assert (await post(once)).status_code == 200
+        attacks = {
+            "replayed": (once, body),
+            "signed for this gateway": (signed(receiver_ss58=hotkey), body),
+            "must be signed for": (signed(receiver_ss58=None), body),
+            "within": (signed(nonce_ns=time.time_ns() - 120 * 10**9), body),
+            "bad signature": (signed("/echo/add"), body),  # for another function
+            "signature": (signed(), b'{"args": ["changed"]}'),
+            "": (signed() | {"X-Bittensor-Crypto": "ed25519"}, body),
+        }
+        for reason, (headers, content) in attacks.items():
+            response = await post(headers, content)
+            assert response.status_code == 401, (reason, response.text)
+            assert reason in response.json()["error"], (reason, response.text)
 
 
 # -- attacks on the bus ------------------------------------------------------------------

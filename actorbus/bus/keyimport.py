@@ -6,7 +6,8 @@
   does it (a junction is its number as a u64, else its SCALE-encoded text, padded to 32
   bytes or hashed with blake2b-256 when longer).
 - A bittensor wallet's hotkey file (``~/.bittensor/wallets/W/hotkeys/H``): unencrypted
-  JSON whose ``secretSeed`` is the key's mini secret.
+  JSON whose ``secretSeed`` is the key's mini secret (``cryptoType`` 1, sr25519, the
+  default) or seed (0, ed25519).
 - A commune key file (``~/.commune/key/NAME.json``): JSON with ``crypto_type`` (1:
   sr25519, 0: ed25519), ``private_key`` or ``seed_hex``, and its address; commune may wrap
   it as ``{"data": ...}``.
@@ -87,13 +88,20 @@ def _compact(n: int) -> bytes:
     raise BadRequest("a junction is shorter than 1 GiB")
 
 
-def from_bittensor_hotkey(text: str) -> SrKeypair:
-    """The key of a bittensor hotkey file's text; raises :class:`BadRequest`."""
+def from_bittensor_hotkey(text: str) -> Keypair | SrKeypair:
+    """The key of a bittensor hotkey file's text (``cryptoType`` 1, sr25519, the default;
+    0, ed25519); raises :class:`BadRequest`."""
     data = _json_object(text, "a bittensor hotkey file")
     seed = data.get("secretSeed")
     if not isinstance(seed, str) or not _HEX_SEED.fullmatch(seed):
         raise BadRequest('a bittensor hotkey file holds "secretSeed": 0x and 64 hex digits')
-    key = SrKeypair.from_mini_secret(bytes.fromhex(seed[2:]))
+    crypto_type = data.get("cryptoType", 1)
+    if crypto_type == 1:
+        key: Keypair | SrKeypair = SrKeypair.from_mini_secret(bytes.fromhex(seed[2:]))
+    elif crypto_type == 0:
+        key = Keypair(bytes.fromhex(seed[2:]))
+    else:
+        raise BadRequest("a bittensor hotkey's cryptoType is 1 (sr25519) or 0 (ed25519)")
     _check_stated(key.address, data.get("ss58Address"), "ss58Address")
     return key
 

@@ -48,6 +48,7 @@ from .catalog import Viewer, openapi
 from .context import Context
 from .errors import ErrorShape, Refused, error_json, new_error_id
 from .guard import client_group
+from .identity import Received
 from .jobs import BodyFn, job_paths, job_routes
 from .meter import Metered
 from .sse import sse_response
@@ -74,6 +75,13 @@ _STREAM_WINDOW = 8
 """Chunks an actor may stream ahead of what the web caller has taken (what a reader that
 stopped reading leaves held here, until its stall timeout)."""
 _REPLY_HEADERS = ("actor-status", "actor-key", "actor-signature", "actor-error", "retry-after")
+
+
+def _target(request: Request) -> str:
+    """A request's path and ``?query`` exactly as the client sent them."""
+    path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    query: bytes = request.scope.get("query_string", b"")
+    return (path + (b"?" + query if query else b"")).decode("latin-1")
 
 
 def _error(status: int, message: str, error_id: str = "", **headers: str) -> Response:
@@ -160,8 +168,9 @@ def build_app(gateway: Context) -> Starlette:
             body = await make_body(raw, signer)
             timeout = settings.gateway_timeout
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
+            received = Received(request.method, _target(request), headers, raw, address)
             outgoing = await gateway.identities.outgoing(
-                name, fn, headers, body, gateway.policy(), advertised_timeout(timeout), address
+                name, fn, received, body, signer, advertised_timeout(timeout)
             )
             leave = gateway.fairness.enter(outgoing.who)
             streaming = False
@@ -235,7 +244,9 @@ def build_app(gateway: Context) -> Starlette:
 
     async def health(request: Request) -> JSONResponse:
         up = gateway.client.nc.is_connected
-        return JSONResponse({"status": "ok" if up else "no NATS"}, status_code=200 if up else 503)
+        # Its address: what a caller signs for when the gateway is the receiver (btauth).
+        answer = {"status": "ok" if up else "no NATS", "address": gateway.identities.key.address}
+        return JSONResponse(answer, status_code=200 if up else 503)
 
     async def viewer(request: Request) -> Viewer:
         """Who asks, as a call would be made (a token's key, else the address's anonymous

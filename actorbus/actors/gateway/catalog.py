@@ -30,7 +30,7 @@ _STATS_WINDOW = 0.25
 _json = msgspec.json.Decoder()
 _STATUSES = {
     "400": "malformed body or arguments",
-    "401": "missing or bad signature, token or commune signature",
+    "401": "missing or bad signature, token, login, commune or hotkey signature",
     "403": "denied by policy",
     "404": "no such function",
     "405": "a GET of a function not marked idempotent (POST it)",
@@ -315,8 +315,9 @@ def openapi(
             "description": "Every actor function on this NATS, called over HTTP: POST a body "
             '{"args": [...], "kwargs": {...}}, or GET with keyword arguments in the query. '
             "Send Actor-* headers to sign the call yourself, a bearer token (an actorbus "
-            "token, or an OpenID Connect JWT from an issuer the policy names), or nothing "
-            "(the gateway's public identity).",
+            "token, or an OpenID Connect JWT from an issuer the policy names), a bittensor "
+            "hotkey's btauth/1 X-Bittensor-* headers, a commune body, or nothing (the "
+            "gateway's public identity).",
         },
         "paths": {**paths, **(extra or {})},
         "components": {
