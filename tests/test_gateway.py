@@ -329,6 +329,26 @@ async def test_a_client_gets_its_share_and_no_more(settings: Settings, name: str
         assert (await slow.get(f"/{name}/text")).status_code == 200
 
 
+async def test_bad_credentials_spend_their_addresss_share(settings: Settings, name: str) -> None:
+    """Requests the gateway refuses for their signature cost it a signature check each:
+    they spend a share of their own per address, and once it is spent that address is
+    429 before anything is checked, while other addresses go on."""
+    async with (
+        stack(settings, name, gateway_client_rate=0.5) as s,
+        web_client(s, "127.0.0.51") as forger,
+        web_client(s, "127.0.0.52") as other,
+    ):
+        await s.open_to("public")
+        target = f"{name}/forward"
+        victim = Keypair.generate().address
+        forged = commune_body(Keypair.generate(), target, ["x"]) | {"address": victim}
+        first = await forger.post(f"/{target}", json=forged)
+        assert first.status_code == 401, first.text
+        again = await forger.post(f"/{target}", json=forged)
+        assert again.status_code == 429 and float(again.headers["Retry-After"]) > 0
+        assert (await other.post(f"/{target}", json={"args": ["y"]})).json() == "y"
+
+
 async def test_a_reader_that_stops_reading_loses_its_stream(settings: Settings, name: str) -> None:
     """A server-sent events stream counts against its client's share, and one whose
     reader stopped reading is ended after the stall timeout, its share given back."""

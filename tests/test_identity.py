@@ -8,6 +8,7 @@ node."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -88,6 +89,13 @@ def test_derivation_agrees_with_substrate_interface() -> None:
         assert from_suri(phrase + path).address == theirs.ss58_address, path
 
 
+def test_a_junction_is_a_number_as_subkey_parses_one() -> None:
+    """Rust's u64 parse (subkey's) takes "+5" and "007" as numbers."""
+    assert from_suri("//+5").address == from_suri("//5").address
+    assert from_suri("//007").address == from_suri("//7").address
+    assert from_suri("//5x").address != from_suri("//5").address
+
+
 def test_a_bad_secret_uri_is_refused_without_echoing_it() -> None:
     words = DEV_PHRASE.split()
     typo = " ".join([*words[:-1], "walks"])
@@ -120,8 +128,14 @@ def test_a_commune_key_file_is_imported_as_commune_writes_it() -> None:
     seed = ed.seed_hex if isinstance(ed.seed_hex, str) else ed.seed_hex.hex()
     ed_state = {"crypto_type": 0, "seed_hex": seed, "ss58_address": ed.ss58_address}
     assert from_commune(json.dumps(ed_state)).address == ed.ss58_address
-    with pytest.raises(BadRequest, match="not the file's ss58_address"):
+    with pytest.raises(BadRequest, match=r"ss58_address is .*, not the file's"):
         from_commune(json.dumps({**state, "ss58_address": ed.ss58_address}))
+    with pytest.raises(BadRequest, match=r"public_key is .*, not the file's"):
+        from_commune(json.dumps({**state, "ss58_address": None, "public_key": "00" * 32}))
+    with pytest.raises(BadRequest, match="derive_path is text"):
+        from_commune(json.dumps({**state, "private_key": None, "derive_path": ["//x"]}))
+    with pytest.raises(BadRequest, match="nests deeper"):
+        from_commune("[" * 60_000)
     with pytest.raises(BadRequest, match="encrypted"):
         from_commune("$NACL" + "00" * 40)
 
@@ -181,6 +195,18 @@ def test_the_sr25519_vectors_hold() -> None:
         read_vouch(vouch["token"], vouch["connection_address"])
     with pytest.raises(Unauthorized, match="bad signature"):
         read_vouch(vouch["token"], Keypair.generate().address)
+    # What lasts (a vouch, a delegation) is never taken as a wallet's <Bytes> wrap: a page
+    # that gets a wallet to sign some text gets no lasting power from it.
+    connection = Keypair.generate().address
+    fresh = vouch_for(alice, connection)
+    _, _, expires, _ = fresh.split(";")
+    wrapped = b"<Bytes>sr25519\nactorbus/2\nconnect\n%s\n%s</Bytes>" % (
+        connection.encode(),
+        expires.encode(),
+    )
+    read_vouch(fresh, connection)
+    with pytest.raises(Unauthorized, match="bad signature"):
+        read_vouch(fresh.rsplit(";", 1)[0] + ";" + alice.sign(wrapped).hex(), connection)
 
 
 # -- on a real node ----------------------------------------------------------------------
@@ -246,6 +272,10 @@ def test_a_key_from_a_secret_uri_calls_from_the_cli(bus: Bus) -> None:
     assert secret.stdout.strip() == "5HGjWAeFDfFCWPsjFQdVV2Msvz2XtMktvgocEZcCj68kUMaw"
     both = bus.run("key", "import", "x", "--suri", "//X", "--commune", str(ROOT / "README.md"))
     assert both.returncode == 2 and "one of" in both.stderr
+    fifo = bus.settings.home / "hotkey.fifo"
+    os.mkfifo(fifo)
+    piped = bus.run("key", "import", "x", "--bittensor-hotkey", str(fifo))
+    assert piped.returncode != 0 and "not a regular file" in piped.stderr
 
 
 async def test_a_bittensor_hotkey_calls_from_python_with_sessions_and_jobs(

@@ -29,7 +29,14 @@ from test_gateway import Stack, error_of, stack, web_client
 from actorbus import Forbidden, Keypair, Settings
 from actorbus.bus import BadRequest, NotFound
 from actorbus.cli import main
-from actorbus.host.policy import OidcIssuer, OidcLogin, OidcRule, PolicyState, issuer_id
+from actorbus.host.policy import (
+    OidcIssuer,
+    OidcLogin,
+    OidcRule,
+    PolicyState,
+    check_issuer_url,
+    issuer_id,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:httpx")
 
@@ -225,9 +232,18 @@ async def test_only_a_gateway_binds_and_only_a_mapped_role(settings: Settings, n
             await s.policy("add_user", address, "user")
             with pytest.raises(Forbidden, match="role of its own"):
                 await s.admin.call(policy, "oidc_bind", address, idp.url, "x", "ops", later)
+            short = Keypair.generate().address
+            await s.admin.call(policy, "oidc_bind", short, idp.url, "y", "ops", time.time() + 1)
+            await anyio.sleep(1.1)
             fresh = Keypair.generate().address
             bound = await s.admin.call(policy, "oidc_bind", fresh, idp.url, "x", "ops", 2e10)
             assert bound["expires"] <= time.time() + 86400  # at most a day
+
+            async def pruned() -> None:  # a binding deletes logins that have expired
+                logins = s.gateway.policy_state.logins
+                assert fresh in logins and short not in logins
+
+            await eventually(pruned)
             with pytest.raises(BadRequest, match="role 'ops' is what OIDC logins"):
                 await s.admin.call(policy, "rm_role", "ops")
 
@@ -246,6 +262,25 @@ def test_a_binding_ends_with_its_token() -> None:
     assert state.role_of(key) == "ops" and state.decide(key, "a", "f").allowed
     time.sleep(0.35)
     assert state.role_of(key) == "public" and not state.decide(key, "a", "f").allowed
+
+
+def test_a_login_bound_later_is_decided_anew_and_leaves_quota_leases_be() -> None:
+    """A key already decided (public) gets its login's role as soon as the binding
+    arrives; and a binding keeps the policy's revision, whose change has every replica
+    give back every key's quota lease (a login each second made them all lease again)."""
+    state = PolicyState()
+    url = "https://idp.example"
+    state.apply("role.ops", msgspec.json.encode({"allow": ["a/*"]}))
+    rules = [OidcRule("groups", "ops", "ops")]
+    state.apply("oidc." + issuer_id(url), msgspec.json.encode(OidcIssuer(url, ["x"], "", rules)))
+    key = Keypair.generate().address
+    assert not state.decide(key, "a", "f").allowed
+    revision = state.revision
+    login = OidcLogin(url, "bob", "ops", time.time() + 60)
+    state.apply("login." + key, msgspec.json.encode(login))
+    assert state.decide(key, "a", "f").allowed and state.revision == revision
+    state.apply("login." + key, None)
+    assert not state.decide(key, "a", "f").allowed and state.revision == revision
 
 
 async def test_one_login_is_one_identity(settings: Settings, name: str) -> None:
@@ -379,6 +414,12 @@ async def test_made_up_kids_do_not_hammer_the_issuer(settings: Settings, name: s
             assert (
                 response.status_code == 503 and "cannot be fetched" in error_of(response)["error"]
             )
+
+
+@pytest.mark.parametrize("url", ["http://[127.0.0.1", "http://[::1]:port/x", "ftp://x"])
+def test_a_url_that_is_no_issuers_is_one_clear_error(url: str) -> None:
+    with pytest.raises(BadRequest, match=r"no URL|must be"):
+        check_issuer_url(url)
 
 
 def test_policy_oidc_cli(settings: Settings) -> None:

@@ -28,6 +28,7 @@ import bip39
 from .errors import BadRequest
 from .keys import Keypair
 from .sr25519 import SrKeypair
+from .wire import check_nesting
 
 __all__ = ["DEV_PHRASE", "from_bittensor_hotkey", "from_commune", "from_suri"]
 
@@ -35,7 +36,8 @@ DEV_PHRASE: Final = "bottom drive obey lake curtain smoke basket hold race lonel
 """Substrate's development phrase: what a secret URI with no phrase (``//Alice``) uses."""
 _SURI = re.compile(r"(?P<phrase>[^/]*)(?P<path>(?://?[^/]+)*)(?:///(?P<password>.*))?", re.S)
 _JUNCTION = re.compile(r"/(/?)([^/]+)")
-_U64 = re.compile(r"[0-9]{1,20}")
+_U64 = re.compile(r"\+?[0-9]{1,20}")
+"""A junction that is a number, as Rust's ``u64`` parse takes it (subkey's)."""
 _HEX_SEED = re.compile(r"0x[0-9a-fA-F]{64}")
 _MAX_FILE = 64 * 1024
 
@@ -67,7 +69,7 @@ def from_suri(suri: str) -> SrKeypair:
 
 def chain_code(junction: str) -> bytes:
     """A junction's 32-byte chain code, as substrate makes it."""
-    if _U64.fullmatch(junction) and int(junction) < 2**64:
+    if _U64.fullmatch(junction) and int(junction) < 2**64:  # "+5" and "007" are 5 and 7
         code = int(junction).to_bytes(8, "little")
     else:
         text = junction.encode()
@@ -103,6 +105,7 @@ def from_bittensor_hotkey(text: str) -> Keypair | SrKeypair:
     else:
         raise BadRequest("a bittensor hotkey's cryptoType is 1 (sr25519) or 0 (ed25519)")
     _check_stated(key.address, data.get("ss58Address"), "ss58Address")
+    _check_stated(key.public_key.hex(), _hex_text(data.get("publicKey")), "publicKey")
     return key
 
 
@@ -125,6 +128,7 @@ def from_commune(text: str) -> Keypair | SrKeypair:
             f"commune crypto_type {str(crypto_type)[:20]!r}: only sr25519 (1) and ed25519 (0)"
         )
     _check_stated(key.address, data.get("ss58_address") or data.get("key"), "ss58_address")
+    _check_stated(key.public_key.hex(), _hex_text(data.get("public_key")), "public_key")
     return key
 
 
@@ -136,7 +140,9 @@ def _commune_sr25519(data: dict[str, Any]) -> SrKeypair:
             raise BadRequest("the commune key's private_key is not an sr25519 secret") from None
     if data.get("mnemonic"):
         path = data.get("derive_path") or ""
-        return from_suri(str(data["mnemonic"]) + (path if isinstance(path, str) else ""))
+        if not isinstance(path, str):
+            raise BadRequest("a commune key's derive_path is text: //hard/soft")
+        return from_suri(str(data["mnemonic"]) + path)
     if data.get("seed_hex"):
         return SrKeypair.from_mini_secret(_hex(data["seed_hex"], (32,), "seed_hex"))
     raise BadRequest("a commune key file holds private_key, mnemonic or seed_hex")
@@ -147,6 +153,7 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
         raise BadRequest(f"{what} is at most {_MAX_FILE // 1024} KiB")
     if text.lstrip().startswith(("$NACL", "$BTWALLET", "$ANSIBLE_VAULT")):
         raise BadRequest(f"{what} is encrypted: decrypt it with its own tool first")
+    check_nesting(text, 8)  # a key file is flat: never recurse into a deep one
     try:
         data = json.loads(text)
     except ValueError:
@@ -166,9 +173,15 @@ def _hex(value: object, lengths: tuple[int, ...], field: str) -> bytes:
     return raw
 
 
-def _check_stated(address: str, stated: object, field: str) -> None:
-    if stated is not None and stated != address:
+def _hex_text(value: object) -> object:
+    """A stated public key as lower-case hex without ``0x`` (anything else as it is)."""
+    return value.removeprefix("0x").lower() if isinstance(value, str) else value
+
+
+def _check_stated(found: str, stated: object, field: str) -> None:
+    """Refuse a key whose address (or public key) is not what its file states."""
+    if stated is not None and stated != found:
         raise BadRequest(
-            f"the key's address is {address}, not the file's {field}: the file is damaged, "
-            "or its key is not what it says"
+            f"the key's {field} is {found}, not the file's: the file is damaged, or its key "
+            "is not what it says"
         )

@@ -64,25 +64,34 @@ def _verify_key(public_key: bytes) -> nacl.signing.VerifyKey:
     return nacl.signing.VerifyKey(public_key)
 
 
-def verify(address: str, message: bytes, signature: bytes, scheme: str = ED25519) -> None:
-    """Check ``signature`` over ``message`` by the key behind ``address`` in ``scheme``.
+def verify(
+    address: str, message: bytes, signature: bytes, scheme: str = ED25519, *, wrapped: bool = False
+) -> None:
+    """Check ``signature`` over ``message`` by the key behind ``address`` in ``scheme``
+    (with ``wrapped``: or over polkadot-js's ``<Bytes>`` wrap of it, what a wallet signs).
 
     Raises :class:`Unauthorized` on any failure: malformed or weak key, a signature that is
     not exactly 64 bytes or not canonical, one that does not match, an unknown scheme.
     """
     public_key = address_to_public_key(address)
-    if scheme == ED25519:
-        verify_raw(public_key, message, signature)
-    elif scheme == SR25519:
-        verify_sr25519(public_key, message, signature)
-    else:
+    check = _CHECKS.get(scheme)
+    if check is None:
         raise Unauthorized("unknown signature scheme")
+    try:
+        check(public_key, message, signature)
+    except Unauthorized:
+        if not wrapped:
+            raise
+        check(public_key, b"<Bytes>" + message + b"</Bytes>", signature)
 
 
-def verify_protocol(address: str, signed: bytes, signature: bytes, scheme: str = ED25519) -> None:
+def verify_protocol(
+    address: str, signed: bytes, signature: bytes, scheme: str = ED25519, *, wrapped: bool = False
+) -> None:
     """:func:`verify` of protocol signing bytes ``signed`` as a ``scheme`` signer signs
     them (:meth:`Signer.sign_protocol`)."""
-    verify(address, scheme_bytes(signed) if scheme == SR25519 else signed, signature, scheme)
+    message = scheme_bytes(signed) if scheme == SR25519 else signed
+    verify(address, message, signature, scheme, wrapped=wrapped)
 
 
 def verify_raw(public_key: bytes, message: bytes, signature: bytes) -> None:
@@ -95,6 +104,10 @@ def verify_raw(public_key: bytes, message: bytes, signature: bytes) -> None:
         verifier.verify(message, signature)
     except nacl.exceptions.BadSignatureError:
         raise Unauthorized("bad signature") from None
+
+
+_CHECKS: Final = {ED25519: verify_raw, SR25519: verify_sr25519}
+"""Each scheme's check of a 32-byte public key's signature."""
 
 
 class Signer(Protocol):

@@ -3,8 +3,10 @@ bittensor hotkeys and commune keys sign with.
 
 Callers may sign with them; actors, hosts and nodes keep ed25519 keys. A signature is
 made in substrate's signing context (``substrate``), so what polkadot-js, subkey or a
-wallet signs verifies here, and is randomized: two signatures of one message differ. It
-verifies over the message itself or over polkadot-js's ``<Bytes>message</Bytes>`` wrap.
+wallet signs verifies here, and is randomized: two signatures of one message differ. A
+request's (and a commune body's) may be of polkadot-js's ``<Bytes>message</Bytes>`` wrap,
+what a browser wallet signs; a long-lived one (a delegation, a connection's vouch) may
+not, so a wallet cannot be talked into one by a page asking it to sign some text.
 A public key must decode as a Ristretto point and not be the identity (which any
 signature would verify under); a signature must carry schnorrkel's marker bit.
 """
@@ -82,17 +84,15 @@ def scheme_bytes(signed: bytes) -> bytes:
 
 
 def verify_sr25519(public_key: bytes, message: bytes, signature: bytes) -> None:
-    """Check an sr25519 ``signature`` of ``message`` (or of its ``<Bytes>`` wrap) by the
-    32-byte ``public_key``; raises :class:`Unauthorized` saying why not."""
+    """Check an sr25519 ``signature`` of ``message`` by the 32-byte ``public_key``; raises
+    :class:`Unauthorized` saying why not."""
     if public_key == _IDENTITY:
         raise Unauthorized("weak public key: the identity point")
     if len(signature) != 64:
         raise Unauthorized("signature must be exactly 64 bytes")
     try:
-        if schnorrkel.verify(signature, message, public_key):
-            return
-        if schnorrkel.verify(signature, b"<Bytes>" + message + b"</Bytes>", public_key):
-            return
+        valid = schnorrkel.verify(signature, message, public_key)
     except ValueError:
         raise Unauthorized("not an sr25519 public key and signature") from None
-    raise Unauthorized("bad signature")
+    if not valid:
+        raise Unauthorized("bad signature")

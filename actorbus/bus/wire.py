@@ -21,7 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
-from .keys import ED25519, SCHEMES, Keypair, Signer, verify, verify_protocol
+from .keys import ED25519, SCHEMES, SR25519, Keypair, Signer, verify, verify_protocol
 from .subjects import RELAY_PREFIX
 
 __all__ = [
@@ -519,7 +519,9 @@ def verify_request(
         delegation=delegation,
     )
     if proof is None:
-        verify_protocol(key, signed, bytes.fromhex(signature), scheme)
+        # A wallet's signRaw wraps what it signs: an sr25519 request may be so signed.
+        wrapped = scheme == SR25519
+        verify_protocol(key, signed, bytes.fromhex(signature), scheme, wrapped=wrapped)
     else:
         proof(key, signed, headers)
     timeout = request_timeout(headers)

@@ -128,7 +128,11 @@ def key_import(
 
 
 def _read_small(path: Path) -> str:
-    """A key file's text (at most 64 KiB: a key file is a few hundred bytes)."""
+    """A key file's text (at most 64 KiB: a key file is a few hundred bytes); raises
+    :class:`BadRequest` for what is not a regular file (a pipe would block, a device
+    never end)."""
+    if not path.is_file():  # before opening: opening a pipe waits for its writer
+        raise BadRequest(f"{path} is not a regular file")
     with path.open("rb") as file:
         return file.read(64 * 1024 + 1).decode("utf-8", "replace")
 

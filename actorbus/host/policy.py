@@ -43,6 +43,7 @@ __all__ = [
     "TokenInfo",
     "check_issuer_url",
     "issuer_id",
+    "on_loopback",
 ]
 
 log = logging.getLogger("actorbus.policy")
@@ -155,8 +156,11 @@ def check_issuer_url(url: str, what: str = "issuer") -> str:
     :class:`BadRequest`."""
     if not isinstance(url, str) or not url or len(url) > _LONGEST_URL:
         raise BadRequest(f"{what} must be a URL of at most {_LONGEST_URL} characters")
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, _port = parts.hostname or "", parts.port
+    except ValueError:  # an unbalanced [ of an IPv6 host, a port that is no number...
+        raise BadRequest(f"{what} {url!r} is no URL") from None
     if (
         not host
         or parts.query
@@ -170,6 +174,11 @@ def check_issuer_url(url: str, what: str = "issuer") -> str:
     raise BadRequest(
         f"{what} {url!r} must be https (http only on a loopback host: 127.0.0.1, ::1, localhost)"
     )
+
+
+def on_loopback(url: str) -> bool:
+    """Whether ``url`` (one :func:`check_issuer_url` let through) names a loopback host."""
+    return _loopback(urllib.parse.urlsplit(url).hostname or "")
 
 
 def _loopback(host: str) -> bool:
@@ -226,7 +235,10 @@ class PolicyState:
         self.configured = False
         self.revision = 0
         self._patterns: dict[str, re.Pattern[str]] = {}
-        self._memo: dict[tuple[str, str, str, bool], Decision] = {}
+        self._memo: dict[str, dict[tuple[str, str, bool], Decision]] = {}
+        """Per caller key, its decisions lately (cleared by every change but a login's,
+        which drops its own key's only)."""
+        self._memo_size = 0
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply the KV entry ``key`` (``None``: deleted). Malformed values are skipped."""
@@ -287,6 +299,11 @@ class PolicyState:
                     self.logins.pop(subject, None)
                 else:
                     self.logins[subject] = _login_decoder.decode(value)
+                # One key's role: forget that key's decisions, keep the revision (a new one
+                # has every replica give back every key's quota lease; this key's ends with
+                # its window, at most a minute).
+                self._memo_size -= len(self._memo.pop(subject, {}))
+                return
             elif key == "config":
                 self.config = PolicyConfig() if value is None else _config_decoder.decode(value)
                 self.configured = value is not None
@@ -297,6 +314,7 @@ class PolicyState:
             return
         self.revision += 1
         self._memo.clear()
+        self._memo_size = 0
 
     def role_of(self, key: str) -> str:
         """``key``'s role: its own (``user.``), else an OIDC login's while it holds
@@ -358,14 +376,16 @@ class PolicyState:
         ``allow`` and the role's allow patterns; anything else is refused."""
         if key in self.logins:  # a login's role ends with time, not with a change: no memo
             return self._decide(key, actor, fn, allow, deny, forwarded)
-        memo_key = (key, actor, fn, forwarded)
-        decision = self._memo.get(memo_key)
+        mine = self._memo.get(key)
+        decision = None if mine is None else mine.get((actor, fn, forwarded))
         if decision is not None:
             return decision
         decision = self._decide(key, actor, fn, allow, deny, forwarded)
-        if len(self._memo) >= _MEMO_LIMIT:
+        if self._memo_size >= _MEMO_LIMIT:
             self._memo.clear()
-        self._memo[memo_key] = decision
+            self._memo_size = 0
+        self._memo.setdefault(key, {})[actor, fn, forwarded] = decision
+        self._memo_size += 1
         return decision
 
     def _decide(

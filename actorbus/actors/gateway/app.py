@@ -37,6 +37,7 @@ from ...bus import (
     LogThrottle,
     PayloadTooLarge,
     RateLimited,
+    Unauthorized,
     Unavailable,
     printable,
 )
@@ -164,14 +165,20 @@ def build_app(gateway: Context) -> Starlette:
             else:
                 raw = await read_body(request)
             address = client_group(request.client.host if request.client else "")
-            signer = await gateway.identities.signer(headers, raw, gateway.policy(), address)
-            body = await make_body(raw, signer)
-            timeout = settings.gateway_timeout
+            failures = f"refused:{address}"
+            gateway.fairness.check(failures)  # spent on bad credentials: no more checks now
+            try:
+                signer = await gateway.identities.signer(headers, raw, gateway.policy(), address)
+                body = await make_body(raw, signer)
+                received = Received(request.method, _target(request), headers, raw, address)
+                timeout = settings.gateway_timeout
+                outgoing = await gateway.identities.outgoing(
+                    name, fn, received, body, signer, advertised_timeout(timeout)
+                )
+            except (Unauthorized, BadRequest):
+                gateway.fairness.spend(failures)
+                raise
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
-            received = Received(request.method, _target(request), headers, raw, address)
-            outgoing = await gateway.identities.outgoing(
-                name, fn, received, body, signer, advertised_timeout(timeout)
-            )
             leave = gateway.fairness.enter(outgoing.who)
             streaming = False
             try:

@@ -84,14 +84,11 @@ def _check_commune_signature(
     if schemes is None or isinstance(crypto_type, bool):
         raise BadRequest('a commune crypto_type is "ed25519" (0) or "sr25519" (1)')
     failure = Unauthorized("bad signature")
-    wrapped = b"<Bytes>" + signed + b"</Bytes>"
     for scheme in schemes:
-        # An sr25519 check tries the wrap itself.
-        for message in (signed,) if scheme == SR25519 else (signed, wrapped):
-            try:
-                return verify(address, message, signature, scheme)
-            except Unauthorized as exc:
-                failure = exc
+        try:
+            return verify(address, signed, signature, scheme, wrapped=True)
+        except Unauthorized as exc:
+            failure = exc
     raise failure
 
 

@@ -4,8 +4,11 @@ requests at once (a server-sent events stream holds its place until it ends) and
 either, 429 with ``Retry-After``. So no client takes the whole gateway, whatever it
 holds open; the gateway's own cap (``gateway_max_concurrency``) is what all share.
 
-A client is what :class:`~.identity.Outgoing` counts it as: a token's key, a commune
-address, or else the address the request comes from (anonymous or end to end).
+A client is what :class:`~.identity.Outgoing` counts it as: a token's or login's key, a
+commune address or a hotkey, or else the address the request comes from (anonymous or end
+to end). Requests whose credentials the gateway refused count against a share of their
+own per address (``refused:<address>``): once it is spent, that address's requests are
+429 before any signature or token is checked again.
 """
 
 from __future__ import annotations
@@ -42,16 +45,8 @@ class Fairness:
             raise RateLimited(
                 f"you have {held} requests open at this gateway: at most {self.concurrency}"
             )
-        now = time.monotonic()
-        tokens, stamp = self._buckets.get(who) or (self.burst, now)
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens < 1.0:
-            wait = (1.0 - tokens) / self.rate
-            raise RateLimited(
-                f"over {self.rate:g} requests a second at this gateway",
-                retry_after=math.ceil(wait * 10) / 10,
-            )
-        self._buckets[who] = (tokens - 1.0, now)
+        self.check(who)
+        self.spend(who)
         self._active[who] = held + 1
         done = False
 
@@ -65,3 +60,23 @@ class Fairness:
                 self._active[who] = left
 
         return leave
+
+    def check(self, who: str) -> None:
+        """Raise :class:`RateLimited` if ``who`` has no request left this second."""
+        tokens, _ = self._tokens(who)
+        if tokens < 1.0:
+            wait = (1.0 - tokens) / self.rate
+            raise RateLimited(
+                f"over {self.rate:g} requests a second at this gateway",
+                retry_after=math.ceil(wait * 10) / 10,
+            )
+
+    def spend(self, who: str) -> None:
+        """Count one request of ``who`` against its rate (none left: it stays at none)."""
+        tokens, now = self._tokens(who)
+        self._buckets[who] = (max(tokens - 1.0, 0.0), now)
+
+    def _tokens(self, who: str) -> tuple[float, float]:
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(who) or (self.burst, now)
+        return min(self.burst, tokens + (now - stamp) * self.rate), now

@@ -26,7 +26,7 @@ from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 
 from ...bus import BadRequest, LogThrottle, Unauthorized, Unavailable
 from ...bus.lru import LRU
-from ...host.policy import OidcIssuer, check_issuer_url
+from ...host.policy import OidcIssuer, check_issuer_url, on_loopback
 
 __all__ = ["IssuerKeys", "PublicKey", "fetch_json"]
 
@@ -79,7 +79,6 @@ class _Held:
         """By ``kid`` (``""`` for a key without one); ``None`` until a fetch succeeds."""
         self.fetched = 0.0
         self.tried = -float("inf")
-        self.error = ""
         self.lock = anyio.Lock()
 
     def find(self, kid: str | None) -> PublicKey | None:
@@ -114,10 +113,10 @@ class IssuerKeys:
         if key is None and held.keys is not None:
             await self._fetch(held, issuer)  # a key rotated in since? (rate-limited)
             key = held.find(kid)
-        if held.keys is None:
+        if held.keys is None:  # what failed is in the gateway's log, not for the caller
             raise Unavailable(
-                f"the signing keys of OIDC issuer {issuer.issuer} cannot be fetched "
-                f"({held.error}): try again later"
+                f"the signing keys of OIDC issuer {issuer.issuer} cannot be fetched now: "
+                "try again later"
             )
         if key is None:
             named = f"the key {kid[:64]!r}" if kid is not None else "no key (kid)"
@@ -137,7 +136,6 @@ class IssuerKeys:
             try:
                 held.keys = await self._load(issuer)
             except Unavailable as exc:
-                held.error = exc.message
                 self._throttle.log(
                     logging.WARNING,
                     issuer.issuer,
@@ -148,7 +146,6 @@ class IssuerKeys:
                 )
                 return
             held.fetched = held.tried
-            held.error = ""
 
     async def _load(self, issuer: OidcIssuer) -> dict[str, PublicKey]:
         url = issuer.jwks or await _discover(issuer.issuer)
@@ -182,6 +179,10 @@ async def _discover(issuer: str) -> str:
     if not isinstance(jwks, str):
         raise Unavailable(f"{url} names no jwks_uri")
     try:
-        return check_issuer_url(jwks, "its jwks_uri")
+        check_issuer_url(jwks, "its jwks_uri")
     except BadRequest as exc:
         raise Unavailable(exc.message) from None
+    if on_loopback(jwks) and not on_loopback(issuer):
+        # An issuer's document must not point the gateway at the gateway's own machine.
+        raise Unavailable(f"{url} names a jwks_uri on loopback for an issuer that is not")
+    return jwks

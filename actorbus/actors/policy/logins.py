@@ -38,6 +38,9 @@ _CLAIM = re.compile(r"[A-Za-z0-9_.:/#-]{1,128}")
 _LONGEST = 512
 """Characters of an audience, claim value or subject."""
 MAX_LOGIN = 86400.0
+_PRUNED_PER_BIND = 4
+"""Expired logins each binding deletes: the bucket holds the logins in force, not every
+subject ever seen (each is kept in memory by every host)."""
 """Seconds a binding lasts at most, whatever its token's ``exp`` (a gateway renews it)."""
 
 
@@ -160,6 +163,11 @@ class Logins(PolicyStore):
             what="oidc_bind",
             args={"key": key, **msgspec.to_builtins(login)},
         )
+        expired = [a for a, held in self.state.logins.items() if held.expires <= now]
+        for address in expired[:_PRUNED_PER_BIND]:
+            await self._write(
+                "login." + address, None, who=caller, what="oidc_expired", args={"key": address}
+            )
         return msgspec.to_builtins(login)  # type: ignore[no-any-return]
 
     def _issuer(self, issuer: str) -> OidcIssuer:
