@@ -31,8 +31,11 @@ __all__ = [
     "service_infos",
 ]
 
-_INFO_WAIT = 0.25
-"""Seconds to collect ``$SRV.INFO`` answers (replicas answer at once; this bounds it)."""
+_INFO_WAIT = 2.0
+"""Seconds to wait for a first ``$SRV.INFO`` answer. With no replica at all the server
+says so at once (no responders); with some, waiting for the first is what it takes: a
+replica whose loop is busy (a loaded machine, a cluster node just lost) answers late, and
+a lookup that gave up at 0.25 s called a reply from it unverifiable (502)."""
 _INFO_QUIET = 0.03
 """Once answers come, collecting ends this long after the last one."""
 _INFO_LIMIT = 256
@@ -118,8 +121,8 @@ def from_entries(entries: list[RegistryEntry], ttl: float) -> Known:
 
 
 async def service_infos(nc: NATS, name: str, vouching: Vouching) -> list[ServiceInfo]:
-    """Ask every replica of ``name`` for its ``$SRV.INFO`` (answers within 0.25 s, and
-    30 ms of each other); those that ``vouching`` counts."""
+    """Ask every replica of ``name`` for its ``$SRV.INFO`` (answers within 2 s, and 30 ms
+    of each other); those that ``vouching`` counts."""
     answers = await gather(
         nc,
         service_subject("INFO", name),
