@@ -243,9 +243,16 @@ async def forward_as(key: SrKeypair | Keypair, bus: Bus, **options: Any) -> Any:
         return await client.request("echo", "forward", ["hi"])
 
 
+async def grant(bus: Bus, address: str, role: str = "ops") -> None:
+    """As the node's admin (its home's key), give ``address`` ``role``."""
+    settings = settings_of(bus)
+    async with Client(settings=settings) as admin:
+        await admin.call(settings.policy, "add_user", address, role)
+
+
 async def granted(bus: Bus, key: SrKeypair | Keypair, role: str = "ops") -> None:
     """``key`` gets ``role``, and its next connection is let call with it."""
-    bus.actor("policy", "user", "add", key.address, "--role", role)
+    await grant(bus, key.address, role)
 
     async def check() -> None:
         assert await forward_as(key, bus) == "hi"
@@ -334,7 +341,7 @@ async def test_a_commune_key_calls_through_the_gateway(bus: Bus) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         refused = await http.post(url, json=body())
         assert refused.status_code == 403, refused.text  # verified, and public may not
-        bus.actor("policy", "user", "add", signer.ss58_address, "--role", "ops")
+        await grant(bus, signer.ss58_address)
 
         async def allowed() -> None:
             response = await http.post(url, json=body())
@@ -378,7 +385,7 @@ async def test_a_bittensor_sdk_request_calls_through_the_gateway(bus: Bus, tmp_p
 
         refused = await post(signed())
         assert refused.status_code == 403, refused.text  # verified, and public may not
-        bus.actor("policy", "user", "add", hotkey, "--role", "ops")
+        await grant(bus, hotkey)
 
         async def allowed() -> None:
             response = await post(signed())
