@@ -273,6 +273,9 @@ def test_a_key_from_a_secret_uri_calls_from_the_cli(bus: Bus) -> None:
         assert time.monotonic() < deadline, done.stderr
         time.sleep(0.2)
     assert json.loads(done.stdout) == "hi"
+    # A caller's key may not read the registry, nor call what its role does not allow: the
+    # server's refusals are the command's answers (a 403, or $SRV.INFO), not warnings.
+    assert "WARNING" not in done.stderr + refused.stderr, done.stderr + refused.stderr
     again = bus.run("key", "import", "alice", "--suri", "//Bob")
     assert again.returncode != 0 and "already exists" in again.stderr
     secret = bus.run("key", "import", "eve", "--suri", "-", input="//Eve")

@@ -93,10 +93,11 @@ async def connect(
 
     async def on_error(exc: Exception) -> None:
         refused = _PERMISSION.search(str(exc))
-        if refused and holder:
-            _refused(holder[0], *refused.groups())
+        # A refusal that a waiting request takes is that request's error (Forbidden): its
+        # caller says it, or expects it (a caller's key may not read the registry).
+        answered = bool(refused and holder and _refused(holder[0], *refused.groups()))
         # Before the first connection, failures end in one Unavailable: keep them quiet.
-        level = logging.WARNING if holder else logging.DEBUG
+        level = logging.WARNING if holder and not answered else logging.DEBUG
         if isinstance(exc, nats.errors.SlowConsumerError):
             throttle.log(
                 level,
@@ -297,23 +298,28 @@ class _Responses:
         waiter = self.waiting[token] = _Waiter(subject)
         return f"{self.prefix}.{token}", waiter
 
-    def refuse(self, subject: str) -> None:
-        """The server refused to take a publish on ``subject``: its requests end now."""
+    def refuse(self, subject: str) -> bool:
+        """The server refused to take a publish on ``subject``: its requests end now;
+        whether any was waiting."""
+        taken = False
         for waiter in self.waiting.values():
             if waiter.subject == subject:
-                waiter.refused = True
+                waiter.refused = taken = True
                 waiter.arrived.set()
+        return taken
 
 
 _PERMISSION = re.compile(r"permissions violation for (publish|subscription) to \"([^\"]*)\"", re.I)
 
 
-def _refused(nc: NATS, kind: str, subject: str) -> None:
+def _refused(nc: NATS, kind: str, subject: str) -> bool:
     """The server refused a publish or a subscription on ``nc``: requests waiting for an
-    answer to a refused publish fail at once (:class:`Forbidden`), not at their timeout."""
+    answer to a refused publish fail at once (:class:`Forbidden`), not at their timeout;
+    whether any was waiting."""
     responses = _responses.get(nc)
     if kind.lower() == "publish" and responses is not None:
-        responses.refuse(subject.lower())
+        return responses.refuse(subject.lower())
+    return False
 
 
 _responses: weakref.WeakKeyDictionary[NATS, _Responses] = weakref.WeakKeyDictionary()
