@@ -13,8 +13,8 @@ from typing import Final
 
 from .errors import BadReply, BadRequest, Unauthorized
 from .keys import ED25519, Keypair, Signer, verify, verify_protocol
+from .ss58 import ADDRESS
 from .wire import (
-    _ADDRESS,
     _SIGNATURE,
     H_KEY,
     H_SCHEME,
@@ -116,7 +116,7 @@ def verify_control(
     :class:`Unauthorized` unless a key ``may_steer`` the stream answering ``nonce`` (its
     request's signer, or a trusted forwarder) signed it for that stream."""
     headers = headers or {}
-    caller = _header(headers, H_KEY, _ADDRESS)
+    caller = _header(headers, H_KEY, ADDRESS)
     if not may_steer(caller):
         raise Unauthorized("a stream is steered by the key that signed its request only")
     credit: int | None = None

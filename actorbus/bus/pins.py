@@ -11,16 +11,14 @@ trusts no policy yet, and has seen none.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from .errors import BadRequest
 from .keys import Keystore, address_to_public_key
 from .settings import Settings
+from .ss58 import ADDRESS
 
 __all__ = ["pin_policy", "pinned_policy", "policy_seen", "seeded_marker"]
-
-_ADDRESS = re.compile(r"[1-9A-HJ-NP-Za-km-z]{47,48}")
 
 
 def _pin_path(settings: Settings) -> Path:
@@ -38,7 +36,7 @@ def pinned_policy(settings: Settings) -> str | None:
         text = _pin_path(settings).read_text().strip()
     except FileNotFoundError:
         return None
-    if not _ADDRESS.fullmatch(text):
+    if not ADDRESS.fullmatch(text):
         raise BadRequest(f"{_pin_path(settings)} does not hold an address: remove it to pin again")
     return text
 

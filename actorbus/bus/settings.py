@@ -5,6 +5,7 @@ Nothing else in actorbus reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -18,7 +19,7 @@ import msgspec
 
 from .errors import BadRequest
 
-__all__ = ["Settings", "node_name"]
+__all__ = ["Settings", "loopback_host", "node_name"]
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -241,6 +242,16 @@ def _check_nats_url(url: str) -> None:
         raise BadRequest(
             f"invalid NATS URL {url!r}: use nats://HOST:PORT (tls://, ws://, wss:// too)"
         )
+
+
+def loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address) reaches only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _to_path(type_: type, value: Any) -> Any:

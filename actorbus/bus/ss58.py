@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
+from typing import Final
 
 from .errors import Unauthorized
 
-__all__ = ["SS58_PREFIX", "address_to_public_key", "public_key_to_address"]
+__all__ = [
+    "ADDRESS",
+    "ADDRESS_SHAPE",
+    "SS58_PREFIX",
+    "address_to_public_key",
+    "public_key_to_address",
+]
 
 SS58_PREFIX = 42
+ADDRESS_SHAPE: Final = "[1-9A-HJ-NP-Za-km-z]{47,48}"
+"""What an address looks like (base58, 47-48 characters), checked before decoding it."""
+ADDRESS: Final = re.compile(ADDRESS_SHAPE)
 _SS58_CONTEXT = b"SS58PRE"
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}

@@ -24,6 +24,7 @@ import msgspec
 
 from .errors import Unauthorized
 from .keys import Keypair, verify
+from .ss58 import ADDRESS_SHAPE
 from .subjects import check_name
 from .wire import PROTOCOL_VERSION
 
@@ -31,7 +32,7 @@ __all__ = ["TICKET_SECONDS", "HostTicket", "host_ticket", "read_ticket"]
 
 TICKET_SECONDS: Final = 60.0
 _TICKET = re.compile(
-    r"([A-Za-z0-9_.-]{1,200});([a-z]{1,16});([0-9]{1,13});([1-9A-HJ-NP-Za-km-z]{47,48});"
+    rf"([A-Za-z0-9_.-]{{1,200}});([a-z]{{1,16}});([0-9]{{1,13}});({ADDRESS_SHAPE});"
     r"([0-9a-f]{128})"
 )
 

@@ -23,6 +23,7 @@ from typing import Final
 from .errors import Unauthorized
 from .keys import Signer, address_to_public_key, verify_protocol
 from .sr25519 import SR25519
+from .ss58 import ADDRESS_SHAPE
 from .wire import PROTOCOL_VERSION
 
 __all__ = ["VOUCH_SECONDS", "is_vouch", "read_vouch", "vouch_for"]
@@ -30,7 +31,7 @@ __all__ = ["VOUCH_SECONDS", "is_vouch", "read_vouch", "vouch_for"]
 VOUCH_SECONDS: Final = 300.0
 """How long a vouch is good for: a connection presents it once, when it (re)connects."""
 _SKEW_SECONDS = 60.0
-_VOUCH = re.compile(r"sr25519;([1-9A-HJ-NP-Za-km-z]{47,48});([0-9]{1,13});([0-9a-f]{128})")
+_VOUCH = re.compile(f"sr25519;({ADDRESS_SHAPE});([0-9]{{1,13}});([0-9a-f]{{128}})")
 
 
 def _signing_bytes(connection: str, expires: int) -> bytes:

@@ -22,6 +22,7 @@ import msgspec
 
 from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
 from .keys import ED25519, SCHEMES, SR25519, Keypair, Signer, verify, verify_protocol
+from .ss58 import ADDRESS
 from .subjects import RELAY_PREFIX
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "codec_for",
     "decode_error",
     "end_signing_bytes",
+    "headers_for",
     "mac",
     "relay_reply",
     "reply_signing_bytes",
@@ -92,7 +94,6 @@ H_SCHEME: Final = "Actor-Scheme"
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
 
-_ADDRESS = re.compile(r"[1-9A-HJ-NP-Za-km-z]{47,48}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _SIGNATURE = re.compile(r"[0-9a-f]{128}")
 _TIME = re.compile(r"[0-9]{1,13}")
@@ -446,6 +447,30 @@ def request_headers(
     return headers
 
 
+def headers_for(
+    caller: str,
+    subject: str,
+    body: bytes,
+    seal: Seal,
+    *,
+    content_type: str = JSON,
+    timeout: float | None = None,
+    on_behalf: str = "",
+) -> Callable[[str], dict[str, str]]:
+    """What makes the headers of a request by ``caller`` (:func:`request_headers`) for
+    the reply subject it is sent with, chosen when it is sent."""
+    return lambda reply: request_headers(
+        caller,
+        subject,
+        reply,
+        body,
+        seal,
+        content_type=content_type,
+        timeout=timeout,
+        on_behalf=on_behalf,
+    )
+
+
 def _header(headers: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
     value = headers.get(name)
     if value is None:
@@ -489,7 +514,7 @@ def verify_request(
     replay are the caller's (stateful) checks.
     """
     headers = headers or {}
-    key = _header(headers, H_KEY, _ADDRESS)
+    key = _header(headers, H_KEY, ADDRESS)
     time_text = _header(headers, H_TIME, _TIME)
     nonce = _header(headers, H_NONCE, _NONCE)
     if proof is None:
@@ -499,7 +524,7 @@ def verify_request(
         raise Unauthorized(f"a session call carries no {H_SIGNATURE} or {H_SCHEME}")
     else:
         scheme = ED25519
-    on_behalf = _header(headers, H_ON_BEHALF, _ADDRESS) if H_ON_BEHALF in headers else ""
+    on_behalf = _header(headers, H_ON_BEHALF, ADDRESS) if H_ON_BEHALF in headers else ""
     delegation = (
         _header(headers, H_DELEGATION, DELEGATION_HEADER) if H_DELEGATION in headers else ""
     )
@@ -610,7 +635,7 @@ def verify_reply(
     """
     headers = headers or {}
     try:
-        key = _header(headers, H_KEY, _ADDRESS)
+        key = _header(headers, H_KEY, ADDRESS)
         status_text = _header(headers, H_STATUS, _STATUS)
         status = int(status_text)
         content_type = headers.get(H_CONTENT_TYPE, JSON)

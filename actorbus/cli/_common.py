@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
@@ -18,9 +18,11 @@ from rich.text import Text
 from ..bus import ActorError, BadRequest
 from ..bus.settings import Settings
 from ..bus.subjects import check_name
+from ..client import Client
 
 __all__ = [
     "EXIT_CODES",
+    "ask_policy",
     "checked_name",
     "err",
     "exit_with",
@@ -98,6 +100,17 @@ def _only_error(group: BaseExceptionGroup[BaseException]) -> ActorError | None:
     if isinstance(inner, BaseExceptionGroup):
         return _only_error(inner)
     return inner if isinstance(inner, ActorError) else None
+
+
+def ask_policy(ctx: click.Context, fn: str, *args: Any) -> Any:
+    """The policy actor's answer to ``fn(*args)``, asked with this home's key."""
+    settings = settings_of(ctx)
+
+    async def run() -> Any:
+        async with Client(settings=settings) as client:
+            return await client.request(settings.policy, fn, list(args))
+
+    return run_coroutine(ctx, run)
 
 
 def settings_of(ctx: click.Context) -> Settings:

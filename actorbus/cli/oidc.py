@@ -10,21 +10,10 @@ import click
 from rich.table import Table
 
 from ..bus import BadRequest
-from ..client import Client
 from ..host.policy import check_issuer_url
-from ._common import err, out, run_coroutine, settings_of
+from ._common import ask_policy, err, out
 
 __all__ = ["oidc"]
-
-
-def _ask(ctx: click.Context, fn: str, *args: Any) -> Any:
-    settings = settings_of(ctx)
-
-    async def run() -> Any:
-        async with Client(settings=settings) as client:
-            return await client.request(settings.policy, fn, list(args))
-
-    return run_coroutine(ctx, run)
 
 
 def _url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -68,7 +57,7 @@ def oidc() -> None:
 @click.pass_context
 def oidc_add(ctx: click.Context, issuer: str, audience: tuple[str, ...], jwks: str | None) -> None:
     """Take logins from ISSUER (its rules, if it was added before, stay)."""
-    _ask(ctx, "add_oidc", issuer, list(audience), jwks or "")
+    ask_policy(ctx, "add_oidc", issuer, list(audience), jwks or "")
     err.print(f"{issuer}: taken (its logins need a rule: `actor policy oidc map`)")
 
 
@@ -77,7 +66,7 @@ def oidc_add(ctx: click.Context, issuer: str, audience: tuple[str, ...], jwks: s
 @click.pass_context
 def oidc_rm(ctx: click.Context, issuer: str) -> None:
     """Take no more logins from ISSUER (its logins lose their roles at once)."""
-    _ask(ctx, "rm_oidc", issuer)
+    ask_policy(ctx, "rm_oidc", issuer)
     err.print(f"{issuer}: removed")
 
 
@@ -86,7 +75,7 @@ def oidc_rm(ctx: click.Context, issuer: str) -> None:
 @click.pass_context
 def oidc_ls(ctx: click.Context, as_json: bool) -> None:
     """The issuers, their audiences and rules (the first a login matches decides)."""
-    issuers: list[dict[str, Any]] = _ask(ctx, "oidc")
+    issuers: list[dict[str, Any]] = ask_policy(ctx, "oidc")
     if as_json:
         click.echo(json.dumps(issuers, indent=2))
         return
@@ -110,7 +99,7 @@ def oidc_ls(ctx: click.Context, as_json: bool) -> None:
 def oidc_map(ctx: click.Context, issuer: str, claim: tuple[str, str], role: str) -> None:
     """Give ISSUER's logins whose claim has this value ROLE (a rule for the same claim and
     value is replaced; a new one goes last)."""
-    _ask(ctx, "oidc_map", issuer, *claim, role)
+    ask_policy(ctx, "oidc_map", issuer, *claim, role)
     err.print(f"{issuer}: logins with {claim[0]}={claim[1]} have role {role!r}")
 
 
@@ -120,5 +109,5 @@ def oidc_map(ctx: click.Context, issuer: str, claim: tuple[str, str], role: str)
 @click.pass_context
 def oidc_unmap(ctx: click.Context, issuer: str, claim: tuple[str, str]) -> None:
     """Remove ISSUER's rule for this claim and value."""
-    _ask(ctx, "oidc_unmap", issuer, *claim)
+    ask_policy(ctx, "oidc_unmap", issuer, *claim)
     err.print(f"{issuer}: no rule for {claim[0]}={claim[1]} now")

@@ -14,8 +14,7 @@ from rich.text import Text
 
 from ..bus import Keystore, printable
 from ..bus.settings import Settings
-from ..client import Client
-from ._common import checked_name, err, out, run_coroutine, settings_of
+from ._common import ask_policy, checked_name, err, out, settings_of
 from .oidc import oidc
 
 
@@ -33,21 +32,10 @@ def _key_address(settings: Settings, key: str) -> str:
     return store.signer(key).address if key in store.names() else key
 
 
-def _ask(ctx: click.Context, fn: str, *args: Any) -> Any:
-    """The policy actor's answer to ``fn(*args)``."""
-    settings = settings_of(ctx)
-
-    async def run() -> Any:
-        async with Client(settings=settings) as client:
-            return await client.request(settings.policy, fn, list(args))
-
-    return run_coroutine(ctx, run)
-
-
 def _policy_call(ctx: click.Context, fn: str, *args: Any, said: str = "") -> None:
     """Call the policy actor's ``fn``; print its answer as JSON, or ``said`` for a change
     that answers nothing."""
-    answer = _ask(ctx, fn, *args)
+    answer = ask_policy(ctx, fn, *args)
     if answer is None and said:
         err.print(said)
     else:
@@ -338,7 +326,7 @@ def policy_decide(ctx: click.Context, key: str, target: str) -> None:
 def policy_log(ctx: click.Context, limit: int, as_json: bool) -> None:
     """The last policy changes and node controls: when, who, what."""
     settings = settings_of(ctx)
-    records: list[dict[str, Any]] = _ask(ctx, "log", limit)
+    records: list[dict[str, Any]] = ask_policy(ctx, "log", limit)
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return

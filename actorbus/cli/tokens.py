@@ -4,25 +4,13 @@ the policy actor (which keeps only their hash)."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 from rich.table import Table
 
-from ..client import Client
-from ._common import err, out, run_coroutine, settings_of
+from ._common import ask_policy, err, out
 
 __all__ = ["token"]
-
-
-def _policy(ctx: click.Context, fn: str, *args: Any) -> Any:
-    settings = settings_of(ctx)
-
-    async def main() -> Any:
-        async with Client(settings=settings) as client:
-            return await client.request(settings.policy, fn, list(args))
-
-    return run_coroutine(ctx, main)
 
 
 @click.group()
@@ -37,7 +25,7 @@ def token() -> None:
 @click.pass_context
 def token_new(ctx: click.Context, name: str, role: str, as_json: bool) -> None:
     """Issue token NAME. It is shown this once: keep it (only its hash is stored)."""
-    issued = _policy(ctx, "issue_token", name, role)
+    issued = ask_policy(ctx, "issue_token", name, role)
     if as_json:
         click.echo(json.dumps(issued, indent=2))
         return
@@ -50,7 +38,7 @@ def token_new(ctx: click.Context, name: str, role: str, as_json: bool) -> None:
 @click.pass_context
 def token_ls(ctx: click.Context, as_json: bool) -> None:
     """The tokens: name, role, the address their calls are signed as (never the token)."""
-    tokens = _policy(ctx, "tokens")
+    tokens = ask_policy(ctx, "tokens")
     if as_json:
         click.echo(json.dumps(tokens, indent=2))
         return
@@ -65,5 +53,5 @@ def token_ls(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def token_revoke(ctx: click.Context, name: str) -> None:
     """Revoke token NAME: refused at once, and its key loses its role."""
-    _policy(ctx, "revoke_token", name)
+    ask_policy(ctx, "revoke_token", name)
     err.print(f"token {name!r} revoked")

@@ -52,7 +52,7 @@ from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_g
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject
 from ..bus.tracing import current_trace, spans
-from ..bus.wire import Seal, check_nesting, request_headers, request_nonce, signature_seal
+from ..bus.wire import Seal, check_nesting, headers_for, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info, service_infos
 from .jobs import DEFAULT_JOB_TTL, Job
@@ -422,19 +422,14 @@ class Client:
     ) -> HeadersFor:
         """What makes a request's headers: signed, or made in ``session``."""
         seal = signature_seal(self.key) if session is None else session.seal
-
-        def headers(reply: str) -> dict[str, str]:
-            return request_headers(
-                self.key.address,
-                subject,
-                reply,
-                body,
-                seal,
-                content_type=content_type,
-                timeout=advertised_timeout(timeout),
-            )
-
-        return headers
+        return headers_for(
+            self.key.address,
+            subject,
+            body,
+            seal,
+            content_type=content_type,
+            timeout=advertised_timeout(timeout),
+        )
 
     def forget_session(self, name: str) -> None:
         """Drop the session with ``name`` (refused: expired, or the actor's key changed);

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import ipaddress
 import logging
 import re
 import time
@@ -28,6 +27,7 @@ import urllib.parse
 import msgspec
 
 from ..bus.errors import BadRequest
+from ..bus.settings import loopback_host
 from ..bus.wire import UNDECODABLE
 
 __all__ = [
@@ -169,7 +169,7 @@ def check_issuer_url(url: str, what: str = "issuer") -> str:
         or any(c.isspace() or not c.isprintable() for c in url)
     ):
         raise BadRequest(f"{what} {url!r} must be https://host[/path], no query or fragment")
-    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(host)):
+    if parts.scheme == "https" or (parts.scheme == "http" and loopback_host(host)):
         return url
     raise BadRequest(
         f"{what} {url!r} must be https (http only on a loopback host: 127.0.0.1, ::1, localhost)"
@@ -178,16 +178,7 @@ def check_issuer_url(url: str, what: str = "issuer") -> str:
 
 def on_loopback(url: str) -> bool:
     """Whether ``url`` (one :func:`check_issuer_url` let through) names a loopback host."""
-    return _loopback(urllib.parse.urlsplit(url).hostname or "")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback_host(urllib.parse.urlsplit(url).hostname or "")
 
 
 def issuer_id(issuer: str) -> str:

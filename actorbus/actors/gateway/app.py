@@ -13,7 +13,6 @@ limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in t
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from ...bus import (
     Unavailable,
     printable,
 )
+from ...bus.settings import loopback_host
 from ...bus.subjects import check_fn, check_name
 from ...client.answers import advertised_timeout
 from ...client.client import typed_value
@@ -57,16 +57,6 @@ from .traced import Traced
 from .web import PASSED_STATUSES, WebSafety, page, reply_response
 
 __all__ = ["build_app"]
-
-
-def _loopback(host: str) -> bool:
-    """Whether ``host`` (an address to listen on) reaches only this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 log = logging.getLogger("actorbus.gateway")
@@ -281,7 +271,7 @@ def build_app(gateway: Context) -> Starlette:
         return JSONResponse(await gateway.catalog.overview(mine))
 
     # Behind a loopback-bound gateway every client is this machine's: anyone may scrape.
-    open_metrics = _loopback(settings.gateway_host)
+    open_metrics = loopback_host(settings.gateway_host)
 
     async def metrics(request: Request) -> Response:
         if not open_metrics:

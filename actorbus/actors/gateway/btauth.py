@@ -25,11 +25,11 @@ from typing import Final, NamedTuple
 
 from ...bus import Unauthorized, verify
 from ...bus.keys import ED25519, SR25519
+from ...bus.ss58 import ADDRESS
 
 __all__ = ["BtauthCall", "bittensor_signed", "check_btauth"]
 
 _PREFIX: Final = "x-bittensor-"
-_ADDRESS = re.compile(r"[1-9A-HJ-NP-Za-km-z]{47,48}")
 _NONCE = re.compile(r"[0-9]{1,20}")
 _SIGNATURE = re.compile(r"(?:0x)?([0-9a-fA-F]{128})")
 _SCHEMES: Final = {SR25519: SR25519, ED25519: ED25519}
@@ -70,7 +70,7 @@ def check_btauth(
     raises :class:`Unauthorized` saying why not (never echoing a header)."""
     if headers.get(_PREFIX + "version") != "1":
         raise Unauthorized("X-Bittensor-Version must be 1 (btauth/1)")
-    hotkey = _header(headers, "hotkey", _ADDRESS)[0]
+    hotkey = _header(headers, "hotkey", ADDRESS)[0]
     nonce = _header(headers, "nonce", _NONCE)[0]
     signature = bytes.fromhex(_header(headers, "signature", _SIGNATURE)[1])
     scheme = _SCHEMES.get(headers.get(_PREFIX + "crypto", SR25519))

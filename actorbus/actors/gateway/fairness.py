@@ -45,8 +45,9 @@ class Fairness:
             raise RateLimited(
                 f"you have {held} requests open at this gateway: at most {self.concurrency}"
             )
-        self.check(who)
-        self.spend(who)
+        tokens, now = self._tokens(who)
+        self._refuse_if_spent(tokens)
+        self._buckets[who] = (tokens - 1.0, now)
         self._active[who] = held + 1
         done = False
 
@@ -63,7 +64,9 @@ class Fairness:
 
     def check(self, who: str) -> None:
         """Raise :class:`RateLimited` if ``who`` has no request left this second."""
-        tokens, _ = self._tokens(who)
+        self._refuse_if_spent(self._tokens(who)[0])
+
+    def _refuse_if_spent(self, tokens: float) -> None:
         if tokens < 1.0:
             wait = (1.0 - tokens) / self.rate
             raise RateLimited(

@@ -36,7 +36,6 @@ from ...bus import (
     Keypair,
     Unauthorized,
     Unavailable,
-    sign_request,
     token_id,
     token_keypair,
 )
@@ -55,8 +54,8 @@ from ...bus.wire import (
     H_TIMEOUT,
     JSON,
     MSGPACK,
+    headers_for,
     relay_reply,
-    request_headers,
     request_nonce,
     signature_seal,
 )
@@ -143,12 +142,10 @@ class Identities:
         msgpack = headers.get("content-type", "").startswith(MSGPACK)
         wire_type = MSGPACK if msgpack else JSON
         if signer is not None:
-
-            def signed(reply: str) -> dict[str, str]:
-                return sign_request(
-                    signer, subject, reply, body, content_type=wire_type, timeout=timeout
-                )
-
+            seal = signature_seal(signer)
+            signed = headers_for(
+                signer.address, subject, body, seal, content_type=wire_type, timeout=timeout
+            )
             if headers.get("authorization"):
                 return Outgoing("token", body, signed, signer.address)
             return Outgoing("anonymous", body, signed, f"address:{received.address}")
@@ -183,20 +180,16 @@ class Identities:
         """A request the gateway signs as a forwarder, on behalf of ``caller`` (whose own
         signature it checked)."""
         seal = signature_seal(self.key)
-
-        def forwarded_for(reply: str) -> dict[str, str]:
-            return request_headers(
-                self.key.address,
-                subject,
-                reply,
-                body,
-                seal,
-                content_type=wire_type,
-                timeout=timeout,
-                on_behalf=caller,
-            )
-
-        return Outgoing(mode, body, forwarded_for, caller)
+        forwarded = headers_for(
+            self.key.address,
+            subject,
+            body,
+            seal,
+            content_type=wire_type,
+            timeout=timeout,
+            on_behalf=caller,
+        )
+        return Outgoing(mode, body, forwarded, caller)
 
     async def signer(
         self, headers: dict[str, str], body: bytes, policy: PolicyState, address: str

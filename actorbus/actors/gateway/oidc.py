@@ -46,10 +46,11 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import RSAKey
 
-from ...bus import ActorError, Forbidden, Keypair, Unauthorized, Unavailable
+from ...bus import ActorError, Forbidden, Keypair, RateLimited, Unauthorized, Unavailable
 from ...bus.lru import LRU
 from ...bus.wire import check_nesting
 from ...host.policy import PUBLIC, OidcIssuer, OidcLogin, PolicyState
+from .fairness import Fairness
 from .jwks import IssuerKeys, PublicKey
 
 __all__ = ["MAX_TOKEN", "OidcLogins", "looks_like_jwt"]
@@ -128,8 +129,8 @@ class OidcLogins:
         self._derived: LRU[tuple[str, str], Keypair] = LRU(_KEYS_KEPT)
         self._pending: dict[str, anyio.Event] = {}
         """Keys whose binding a request of this replica is asking for."""
-        self._allowance = (2 * _BIND_RATE, time.monotonic())
-        """Bindings it may ask for now, and when that was counted."""
+        self._allowance = Fairness(1, _BIND_RATE)
+        """The bindings it may ask for: one share, of its rate only."""
 
     def key_of(self, issuer: str, subject: str) -> Keypair:
         """The key the login ``subject`` of ``issuer`` is signed as."""
@@ -276,14 +277,15 @@ class OidcLogins:
             done.set()
 
     def _spend_allowance(self) -> None:
-        """Count one binding against the replica's rate; raises :class:`Unavailable` (with
-        ``Retry-After``) beyond it."""
-        tokens, stamp = self._allowance
-        now = time.monotonic()
-        tokens = min(2 * _BIND_RATE, tokens + (now - stamp) * _BIND_RATE)
-        if tokens < 1.0:
-            raise Unavailable("too many new OIDC logins at this gateway at once: try again")
-        self._allowance = (tokens - 1.0, now)
+        """Count one binding against the replica's rate; raises :class:`Unavailable` (503,
+        ``Retry-After``) beyond it: the gateway is busy, the login is not at fault."""
+        try:
+            self._allowance.check("bindings")
+        except RateLimited:
+            raise Unavailable(
+                "too many new OIDC logins at this gateway at once: try again"
+            ) from None
+        self._allowance.spend("bindings")
 
 
 def _check_fit(key: PublicKey, alg: str) -> None:
