@@ -59,7 +59,7 @@ from actorbus.bus import (
     sign_request,
     verify_reply,
 )
-from actorbus.bus.connection import request
+from actorbus.bus.requests import request
 from actorbus.bus.sessions import SESSION_FN, SessionGrant, mac_request, open_grant
 from actorbus.bus.wire import reply_signing_bytes, request_signing_bytes
 from actorbus.host.stats import FunctionStats

@@ -37,7 +37,7 @@ from policy import configure, print_lease_cost
 
 from actorbus import Settings
 from actorbus.bus import ActorError, Keypair, sign_request, verify_reply
-from actorbus.bus.connection import request
+from actorbus.bus.requests import request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster import Cluster  # the tests' cluster harness

@@ -1,7 +1,7 @@
 """The wire: keys and addresses, envelope Structs and signing bytes, subjects, the NATS
 connection and the embedded nats-server. Imports no other actorbus package."""
 
-from .connection import NATS, Msg, connect, message_size, nats_answers, publish, request
+from .connection import NATS, Msg, connect, message_size, nats_answers, publish
 from .errors import (
     ActorError,
     BadReply,
@@ -34,6 +34,7 @@ from .keys import (
     token_keypair,
     verify,
 )
+from .requests import request
 from .server import EmbeddedServer, find_nats_server
 from .sr25519 import SrKeypair
 from .throttle import LogThrottle

@@ -1,14 +1,12 @@
-"""The NATS connection with actorbus's reliability defaults, and request/reply on it.
+"""The NATS connection with actorbus's reliability defaults; publishing on it.
 
-This module and :mod:`.server` are the only places that catch ``nats.errors``: they
-re-raise them as :mod:`.errors` classes.
+This module, :mod:`.requests` and :mod:`.server` are the only places that catch
+``nats.errors``: they re-raise them as :mod:`.errors` classes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import logging
 import re
 import weakref
@@ -25,16 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .errors import (
-    BadRequest,
-    Forbidden,
-    NoResponders,
-    PayloadTooLarge,
-    ReplyTimeout,
-    Unauthorized,
-    Unavailable,
-    excerpt,
-)
+from .errors import BadRequest, PayloadTooLarge, Unauthorized, Unavailable
 from .keys import Keypair, Signer
 from .nkeys import encode_nkey_seed
 from .subjects import inbox_of
@@ -43,15 +32,13 @@ from .vouch import vouch_for
 
 __all__ = [
     "NATS",
-    "HeadersFor",
     "Msg",
     "connect",
-    "gather",
     "message_size",
     "nats_answers",
     "on_reconnect",
+    "on_refusal",
     "publish",
-    "request",
     "subscribe",
 ]
 
@@ -175,6 +162,23 @@ async def connect(
 _reconnect_listeners: weakref.WeakKeyDictionary[NATS, set[Callable[[], None]]] = (
     weakref.WeakKeyDictionary()
 )
+_refusal_listeners: weakref.WeakKeyDictionary[NATS, Callable[[str], bool]] = (
+    weakref.WeakKeyDictionary()
+)
+_PERMISSION = re.compile(r"permissions violation for (publish|subscription) to \"([^\"]*)\"", re.I)
+
+
+def on_refusal(nc: NATS, listener: Callable[[str], bool]) -> None:
+    """From now on, ``listener(subject)`` hears of each publish on ``subject`` that the
+    server refused on ``nc`` (made by :func:`connect`; nats-py reports the subject in
+    lower case) and says whether a caller was waiting for its answer (then the refusal
+    is that caller's error, not a warning). One listener per connection."""
+    _refusal_listeners[nc] = listener
+
+
+def _refused(nc: NATS, kind: str, subject: str) -> bool:
+    listener = _refusal_listeners.get(nc)
+    return kind.lower() == "publish" and listener is not None and listener(subject.lower())
 
 
 @contextmanager
@@ -252,163 +256,3 @@ async def subscribe(nc: NATS, subject: str) -> Subscription:
         return await nc.subscribe(subject)
     except nats.errors.Error as exc:
         raise Unavailable(f"cannot subscribe to {subject}: {exc}") from exc
-
-
-HeadersFor = Callable[[str], dict[str, str]]
-"""Builds a request's headers for the reply subject it is sent with (a signed request
-names its reply subject, so it is signed once that subject is known)."""
-
-
-class _Waiter:
-    __slots__ = ("arrived", "msg", "refused", "subject")
-
-    def __init__(self, subject: str) -> None:
-        self.arrived = anyio.Event()
-        self.msg: Msg | None = None
-        self.subject = subject.lower()  # nats-py reports refused subjects in lower case
-        self.refused = False
-
-
-class _Responses:
-    """The replies to the requests made on one connection: one subscription on
-    ``<inbox>.*``, each request's reply subject ``<inbox>.<token>`` (nats-py's own request
-    works so, but builds the reply subject only once the request is built)."""
-
-    def __init__(self, nc: NATS) -> None:
-        self.prefix = nc.new_inbox()
-        self.waiting: dict[str, _Waiter] = {}
-        self.subscribed = False
-        self.lock = anyio.Lock()
-        self._tokens = itertools.count()
-
-    async def subscribe(self, nc: NATS) -> None:
-        async with self.lock:
-            if not self.subscribed:
-                await nc.subscribe(f"{self.prefix}.*", cb=self._on_reply)
-                self.subscribed = True
-
-    async def _on_reply(self, msg: Msg) -> None:
-        waiter = self.waiting.get(msg.subject[len(self.prefix) + 1 :])
-        if waiter is not None and waiter.msg is None:
-            waiter.msg = msg
-            waiter.arrived.set()
-
-    def waiter(self, subject: str) -> tuple[str, _Waiter]:
-        token = format(next(self._tokens), "x")
-        waiter = self.waiting[token] = _Waiter(subject)
-        return f"{self.prefix}.{token}", waiter
-
-    def refuse(self, subject: str) -> bool:
-        """The server refused to take a publish on ``subject``: its requests end now;
-        whether any was waiting."""
-        taken = False
-        for waiter in self.waiting.values():
-            if waiter.subject == subject:
-                waiter.refused = taken = True
-                waiter.arrived.set()
-        return taken
-
-
-_PERMISSION = re.compile(r"permissions violation for (publish|subscription) to \"([^\"]*)\"", re.I)
-
-
-def _refused(nc: NATS, kind: str, subject: str) -> bool:
-    """The server refused a publish or a subscription on ``nc``: requests waiting for an
-    answer to a refused publish fail at once (:class:`Forbidden`), not at their timeout;
-    whether any was waiting."""
-    responses = _responses.get(nc)
-    if kind.lower() == "publish" and responses is not None:
-        return responses.refuse(subject.lower())
-    return False
-
-
-_responses: weakref.WeakKeyDictionary[NATS, _Responses] = weakref.WeakKeyDictionary()
-
-
-async def request(
-    nc: NATS,
-    subject: str,
-    body: bytes,
-    headers: dict[str, str] | HeadersFor,
-    timeout: float,
-    *,
-    reply: str = "",
-) -> Msg:
-    """One request/reply. ``headers`` are the request's, or what builds them for its reply
-    subject (:data:`HeadersFor`); that subject is ``reply`` if given (the request was
-    signed for it elsewhere: a relay), else a fresh one of this connection's.
-
-    Raises :class:`NoResponders`, :class:`Forbidden` (the server refused the publish: this
-    connection may not send on ``subject``), :class:`Unavailable` (a closed connection),
-    :class:`ReplyTimeout` (no reply within ``timeout`` seconds) or :class:`PayloadTooLarge`
-    (the request, headers included, is over the server's max payload)."""
-    if reply:
-        try:
-            subscription = await nc.subscribe(reply, max_msgs=1)
-        except nats.errors.Error as exc:
-            raise Unavailable(f"cannot subscribe for the reply: {exc}") from exc
-        try:
-            built = headers(reply) if callable(headers) else headers
-            await publish(nc, subject, body, built, reply=reply)
-            try:
-                msg = await subscription.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError as exc:
-                raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s") from exc
-        finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
-                await subscription.unsubscribe()
-    else:
-        responses = _responses.get(nc)
-        if responses is None:
-            responses = _responses[nc] = _Responses(nc)
-        try:
-            await responses.subscribe(nc)
-        except nats.errors.Error as exc:
-            raise Unavailable(f"cannot subscribe for replies: {exc}") from exc
-        reply, waiter = responses.waiter(subject)
-        try:
-            built = headers(reply) if callable(headers) else headers
-            await publish(nc, subject, body, built, reply=reply)
-            with anyio.move_on_after(timeout):
-                await waiter.arrived.wait()
-        finally:
-            del responses.waiting[reply[len(responses.prefix) + 1 :]]
-        if waiter.refused:
-            raise Forbidden(
-                f"the NATS server refuses this connection's requests on {excerpt(subject)} "
-                "(its rights from the policy when it connected)"
-            )
-        if waiter.msg is None:
-            raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s")
-        msg = waiter.msg
-    if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
-        raise NoResponders(f"no actor is serving {subject}")
-    return msg
-
-
-async def gather(
-    nc: NATS, subject: str, body: bytes, *, wait: float, limit: int, quiet: float = 0.0
-) -> list[Msg]:
-    """Publish ``body`` on ``subject`` with a fresh inbox as its reply subject and collect
-    the answers that arrive within ``wait`` seconds (at most ``limit``; with ``quiet``,
-    until that long passes without a new one after the first): a question for every
-    responder, such as ``$SRV.INFO``. Raises :class:`Unavailable`."""
-    inbox = nc.new_inbox()
-    answers: list[Msg] = []
-    try:
-        sub = await nc.subscribe(inbox, max_msgs=limit)
-        try:
-            await nc.publish(subject, body, reply=inbox)
-            with anyio.move_on_after(wait) as scope:
-                async for msg in sub.messages:
-                    answers.append(msg)
-                    if len(answers) >= limit:
-                        break
-                    if quiet:
-                        scope.deadline = min(scope.deadline, anyio.current_time() + quiet)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await sub.unsubscribe()
-    except nats.errors.Error as exc:
-        raise Unavailable(f"asking {subject}: {exc}") from exc
-    return answers

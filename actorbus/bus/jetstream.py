@@ -20,8 +20,9 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from .connection import connect, request
+from .connection import connect
 from .errors import Gone, NoResponders, ReplyTimeout, Unavailable
+from .requests import request
 
 __all__ = [
     "JS_ERRORS",

@@ -45,9 +45,9 @@ from ..bus import (
     sign_request,
     verify_reply,
 )
-from ..bus.connection import HeadersFor
 from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
 from ..bus.lru import LRU
+from ..bus.requests import HeadersFor
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject

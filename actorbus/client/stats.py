@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from ..bus import NATS
-from ..bus.connection import gather
+from ..bus.requests import gather
 from ..bus.subjects import service_subject
 from ..bus.wire import UNDECODABLE
 from .discovery import vouched

@@ -27,7 +27,7 @@ from ..bus import (
     verify_reply,
 )
 from ..bus.chunks import H_CHUNK, H_STREAM, sign_control, verify_chunk
-from ..bus.connection import HeadersFor
+from ..bus.requests import HeadersFor
 from ..bus.subjects import call_subject
 from ..bus.tracing import current_trace, spans
 from ..bus.wire import H_CHUNKS, H_KEY, JSON, codec_for

@@ -39,9 +39,9 @@ from ...bus import (
     token_id,
     token_keypair,
 )
-from ...bus.connection import HeadersFor
 from ...bus.jetstream import Bucket
 from ...bus.lru import LRU
+from ...bus.requests import HeadersFor
 from ...bus.subjects import call_subject
 from ...bus.wire import (
     H_CONTENT_TYPE,

@@ -1,0 +1,190 @@
+"""Request/reply: the one way anything of ours waits for an answer on NATS.
+
+Each connection has one reply subscription, ``<inbox>.*``, made by its first request.
+A request takes the next token of that inbox as its reply subject, a future, and a timer
+on the loop; the subscription's callback resolves the future, the timer times it out,
+the connection's error callback fails it at once when the server refuses the publish
+(:class:`Forbidden`), and a ``finally`` forgets it on every exit path, cancellation
+included. A request holds no lock, cancel scope, event or task of its own, and does not
+yield between building its headers and handing its message to nats-py: an earlier
+version took an anyio lock, an Event and a cancel scope per request, and their
+checkpoints let nats-py's flusher run between one request and the next, so each request
+left in a socket write of its own (half the calls per second, 3-8x the nats-server CPU per
+call: issue 28). Now the requests made in one turn of the loop leave in one write.
+
+A relayed request (its reply subject was signed elsewhere, :data:`HeadersFor`) has a
+subscription of its own for that subject, resolved the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import weakref
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+import nats.errors
+
+from .connection import NATS, Msg, on_refusal, publish
+from .errors import BadRequest, Forbidden, NoResponders, ReplyTimeout, Unavailable, excerpt
+
+__all__ = ["HeadersFor", "gather", "request"]
+
+HeadersFor = Callable[[str], dict[str, str]]
+"""Builds a request's headers for the reply subject it is sent with (a signed request
+names its reply subject, so it is signed once that subject is known)."""
+
+_TIMED_OUT: Final = object()
+
+
+class _Waiting:
+    """One request waiting for its answer."""
+
+    __slots__ = ("future", "subject")
+
+    def __init__(self, future: asyncio.Future[object], subject: str) -> None:
+        self.future = future
+        self.subject = subject
+
+
+class _Replies:
+    """The answers to the requests made on one connection, by reply subject."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox() + "."
+        self.waiting: dict[str, _Waiting] = {}
+        self.subscribed = False
+        self._tokens = itertools.count()
+        on_refusal(nc, self.refuse)
+
+    async def subscribe(self) -> None:
+        """Subscribe to this connection's replies, once. The flag goes up before the
+        subscription is sent: a request made meanwhile publishes after the SUB on the same
+        connection, so the server has it before any answer."""
+        if self.subscribed:
+            return
+        self.subscribed = True
+        try:
+            await self.nc.subscribe(self.prefix + "*", cb=self.resolve)
+        except nats.errors.Error as exc:
+            self.subscribed = False
+            raise Unavailable(f"cannot subscribe for replies: {exc}") from exc
+
+    def reply_subject(self) -> str:
+        return self.prefix + format(next(self._tokens), "x")
+
+    async def resolve(self, msg: Msg) -> None:
+        waiting = self.waiting.get(msg.subject)
+        if waiting is not None and not waiting.future.done():
+            waiting.future.set_result(msg)
+
+    def refuse(self, subject: str) -> bool:
+        """The server refused a publish on ``subject`` (lower case): the requests sent on
+        it end now with :class:`Forbidden`; whether any was waiting."""
+        taken = False
+        for waiting in self.waiting.values():
+            if waiting.subject.lower() == subject and not waiting.future.done():
+                waiting.future.set_exception(
+                    Forbidden(
+                        f"the NATS server refuses this connection's requests on "
+                        f"{excerpt(waiting.subject)} (its rights from the policy when it "
+                        "connected)"
+                    )
+                )
+                taken = True
+        return taken
+
+
+_replies: weakref.WeakKeyDictionary[NATS, _Replies] = weakref.WeakKeyDictionary()
+
+
+def _time_out(future: asyncio.Future[object]) -> None:
+    if not future.done():
+        future.set_result(_TIMED_OUT)
+
+
+async def request(
+    nc: NATS,
+    subject: str,
+    body: bytes,
+    headers: dict[str, str] | HeadersFor,
+    timeout: float,
+    *,
+    reply: str = "",
+) -> Msg:
+    """One request/reply. ``headers`` are the request's, or what builds them for its reply
+    subject (:data:`HeadersFor`); that subject is ``reply`` if given (the request was
+    signed for it elsewhere: a relay), else a fresh one of this connection's.
+
+    Raises :class:`NoResponders`, :class:`Forbidden` (the server refused the publish: this
+    connection may not send on ``subject``), :class:`Unavailable` (a closed connection),
+    :class:`ReplyTimeout` (no reply within ``timeout`` seconds) or :class:`PayloadTooLarge`
+    (the request, headers included, is over the server's max payload). Cancellation
+    passes through at once."""
+    replies = _replies.get(nc)
+    if replies is None:
+        replies = _replies[nc] = _Replies(nc)
+    relay = None
+    if reply:
+        if reply in replies.waiting:  # a relayed envelope sent twice at once
+            raise BadRequest("a request with this reply subject is waiting for its answer")
+        try:
+            relay = await nc.subscribe(reply, cb=replies.resolve, max_msgs=1)
+        except nats.errors.Error as exc:
+            raise Unavailable(f"cannot subscribe for the reply: {exc}") from exc
+    else:
+        await replies.subscribe()
+        reply = replies.reply_subject()
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[object] = loop.create_future()
+    replies.waiting[reply] = _Waiting(future, subject)
+    timer = None
+    try:
+        await publish(nc, subject, body, headers(reply) if callable(headers) else headers, reply)
+        timer = loop.call_later(timeout, _time_out, future)
+        answer = await future
+    finally:
+        del replies.waiting[reply]
+        if timer is not None:
+            timer.cancel()
+        if relay is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await relay.unsubscribe()
+    if answer is _TIMED_OUT:
+        raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s")
+    assert isinstance(answer, Msg)
+    if answer.headers and answer.headers.get("Status") == "503" and not answer.data:
+        raise NoResponders(f"no actor is serving {subject}")
+    return answer
+
+
+async def gather(
+    nc: NATS, subject: str, body: bytes, *, wait: float, limit: int, quiet: float = 0.0
+) -> list[Msg]:
+    """Publish ``body`` on ``subject`` with a fresh inbox as its reply subject and collect
+    the answers that arrive within ``wait`` seconds (at most ``limit``; with ``quiet``,
+    until that long passes without a new one after the first): a question for every
+    responder, such as ``$SRV.INFO``. Raises :class:`Unavailable`."""
+    inbox = nc.new_inbox()
+    answers: list[Msg] = []
+    try:
+        sub = await nc.subscribe(inbox, max_msgs=limit)
+        try:
+            await nc.publish(subject, body, reply=inbox)
+            with anyio.move_on_after(wait) as scope:
+                async for msg in sub.messages:
+                    answers.append(msg)
+                    if len(answers) >= limit:
+                        break
+                    if quiet:
+                        scope.deadline = min(scope.deadline, anyio.current_time() + quiet)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+    except nats.errors.Error as exc:
+        raise Unavailable(f"asking {subject}: {exc}") from exc
+    return answers
