@@ -90,6 +90,10 @@ class Probe(Actor):
         call = current_call()
         return {"caller": call.caller, "forwarder": call.forwarder}
 
+    async def in_session(self) -> bool:
+        """Whether this call came in a session (a MAC), not signed."""
+        return current_call().session_key is not None
+
     def say(self, text: str) -> str:
         """Print ``text`` on stdout (where a supervisor's log shipping picks it up)."""
         print(text, flush=True)

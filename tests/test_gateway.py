@@ -125,6 +125,8 @@ async def test_anonymous_callers_are_public(settings: Settings, name: str) -> No
         me = (await s.http.post(f"/{name}/whoami", json={})).json()
         mine = s.gateway.identities.anonymous("127.0.0.1").address
         assert me == {"caller": mine, "forwarder": ""} and mine != s.gateway.address
+        # the address's anonymous key has called before: its calls now go in a session
+        assert (await s.http.post(f"/{name}/in_session", json={})).json() is True
 
 
 async def test_a_signed_call_passes_through_untouched(settings: Settings, name: str) -> None:
@@ -210,6 +212,9 @@ async def test_bearer_tokens(settings: Settings, name: str) -> None:
         assert json.dumps(await s.policy("log", 1000)).count(token) == 0
         response = await s.http.post(f"/{name}/whoami", json={}, headers=auth)
         assert response.json() == {"caller": issued["address"], "forwarder": ""}  # its own key
+        # the token's key calls in a session from its second call (the gateway holds it)
+        response = await s.http.post(f"/{name}/in_session", json={}, headers=auth)
+        assert (response.status_code, response.json()) == (200, True)
         for bad in ("Bearer abt_" + "x" * 43, "Bearer nope", "Basic dXNlcjpwYXNz"):
             refused = await s.http.post(f"/{name}/forward", json={}, headers={"Authorization": bad})
             assert refused.status_code == 401

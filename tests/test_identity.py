@@ -40,6 +40,7 @@ from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.subjects import call_subject, inbox_of
 from actorbus.bus.vouch import read_vouch, vouch_for
 from actorbus.bus.wire import request_signing_bytes, verify_request
+from actorbus.client.sessions import Session
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,14 +301,27 @@ async def test_a_bittensor_hotkey_calls_from_python_with_sessions_and_jobs(
     with pytest.raises(Forbidden):
         await forward_as(key, bus)
     await granted(bus, key)
-    assert await forward_as(key, bus, session=True) == "hi"
     async with Client(key, settings=settings_of(bus)) as client:
+        assert [await client.call("echo", "forward", "hi") for _ in range(2)] == ["hi"] * 2
+        assert isinstance(client.sessions.held("echo", key), Session)  # the second's
         job = await client.submit("echo/forward", [["a"], ["b"]])
         await job.close()
         status = await job.wait()
         assert status["done"] == 2, status
         results = [r["value"] for r in await job.page()]
         assert sorted(results) == ["a", "b"]
+
+
+async def test_a_role_of_one_function_calls_in_a_session(bus: Bus) -> None:
+    """Every caller's connection may ask any actor for a session (PROTOCOL.md §5): before,
+    the server refused `actor.echo._session` to a role that allows only echo/forward, so
+    its calls could never go in one."""
+    bus.actor("policy", "role", "add", "narrow", "--allow", "echo/forward")
+    key = Keypair.generate()
+    await granted(bus, key, "narrow")
+    async with Client(key, settings=settings_of(bus)) as client:
+        assert [await client.call("echo", "forward", "hi") for _ in range(2)] == ["hi"] * 2
+        assert isinstance(client.sessions.held("echo", key), Session)
 
 
 class Talker(Actor):

@@ -18,6 +18,7 @@ from actorbus.bus import NATS, Keypair, connect, sign_request, verify_reply
 from actorbus.bus.sessions import H_SESSION, SESSION_FN, SessionGrant, mac_request, open_grant
 from actorbus.bus.subjects import call_subject
 from actorbus.bus.wire import H_MAC
+from actorbus.client.sessions import Session
 
 
 async def handshake(
@@ -68,6 +69,22 @@ async def test_a_session_call_is_answered_with_a_mac(settings: Settings, name: s
         # the same session, a fresh nonce: still good; the caller is the handshake's key
         status, who, _ = await session_call(nc, key, name, session, body(), fn="whoami")
         assert who["caller"] == key.address
+
+
+async def test_a_client_calls_in_a_session_from_its_second_call(
+    settings: Settings, name: str
+) -> None:
+    """The default: a one-off call is signed (no handshake for one call), the calls after
+    it go in a session; `session=False` or the setting turned off sign every call."""
+    async with serve(Probe(), name=name, settings=settings):
+        off = msgspec.structs.replace(settings, sessions=False)
+        for options, expected in [
+            ({}, [False, True, True]),
+            ({"session": False}, [False] * 3),
+            ({"settings": off}, [False] * 3),
+        ]:
+            async with Client(**{"settings": settings, **options}) as client:
+                assert [await client.call(name, "in_session") for _ in range(3)] == expected
 
 
 async def test_session_calls_work_on_every_replica(settings: Settings, name: str) -> None:
@@ -153,11 +170,13 @@ async def test_an_expired_session_is_401_and_the_client_opens_another(
         status, reply, _ = await session_call(nc, key, name, session, body("late"))
         assert (status, reply["error"]) == (401, "session expired: open a new one")
 
+        assert await client.call(name, "forward", "zero") == "zero"  # signed: the first
         assert await client.call(name, "forward", "one") == "one"
-        first = client._sessions[name]
+        first = client.sessions.held(name, key)
+        assert isinstance(first, Session)
         await anyio.sleep(1.1)  # past its end: the next call opens a new session
         assert await client.call(name, "forward", "two") == "two"
-        assert client._sessions[name] != first
+        assert client.sessions.held(name, key) not in (first, None)
 
 
 async def test_a_bad_handshake_is_refused(settings: Settings, name: str) -> None:
@@ -196,7 +215,8 @@ async def test_a_revoked_role_applies_to_a_live_session(settings: Settings, name
             assert await m.call(name, "forward", "hi") == "hi"
 
         await eventually(allowed)
-        assert name in m._sessions  # the calls went through a session
+        await allowed()  # a second call at least: in a session
+        assert isinstance(m.sessions.held(name, member), Session)
         await admin.call(settings.policy, "rm_user", member.address)
         revoked = time.monotonic()
 
@@ -214,8 +234,9 @@ async def test_the_policy_actor_takes_signed_calls_only(settings: Settings) -> N
         Client(settings=settings, session=True) as admin,
         connect(settings.url) as nc,
     ):
-        assert await admin.call(settings.policy, "admins")  # signed: it grants no session
-        assert isinstance(admin._sessions[settings.policy], float)  # no session until then
+        for _ in range(2):  # the second call asks for a session: it grants none
+            assert await admin.call(settings.policy, "admins")
+        assert isinstance(admin.sessions.held(settings.policy, admin.key), float)  # signs
         subject = call_subject(settings.policy, "admins")
         inbox, ticket = nc.new_inbox(), f"{'0' * 32}.{2**40}"
         forged = mac_request(b"k" * 32, admin.key.address, ticket, subject, inbox, b"")

@@ -23,6 +23,7 @@ from typing import Final
 from .jetstream import deleted_advisory
 from .keys import Keypair
 from .natsjwt import Permission, Permissions
+from .sessions import SESSION_FN
 from .settings import Settings
 from .subjects import (
     AUDIT_PREFIX,
@@ -136,10 +137,12 @@ def _any_actor(fn: str) -> list[str]:
 
 def call_subjects(patterns: Iterable[str], fns: Iterable[str] = ()) -> list[str]:
     """The call subjects that cover the policy's ``actor/fn`` patterns, and the functions
-    ``fns`` of every actor (the discovery whitelist). A pattern the server cannot state
-    exactly is widened (``llm-*/gen`` is every function of every actor): the server may
-    let through more than the policy allows, never less; the replica decides exactly."""
-    subjects: set[str] = set()
+    ``fns`` of every actor (the discovery whitelist) and its session handshake (a session
+    grants nothing by itself: each call in it is decided as its key's, and every role may
+    call some function of every actor). A pattern the server cannot state exactly is
+    widened (``llm-*/gen`` is every function of every actor): the server may let through
+    more than the policy allows, never less; the replica decides exactly."""
+    subjects: set[str] = set(_any_actor(SESSION_FN))
     for fn in fns:
         subjects.update(_any_actor(fn))
     for pattern in patterns:

@@ -76,6 +76,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """A handler's deadline when neither its endpoint nor the caller sets a shorter one."""
     call_timeout: float = 30.0
     """How long a client waits for a reply by default."""
+    sessions: bool = True
+    """Whether a client (and a gateway, for the keys it signs with) calls an actor in a
+    session from its second call to it on (``ACTOR_SESSIONS``; PROTOCOL.md §4b): a MAC per
+    call instead of a signature. Off, every call is signed."""
     registry_ttl: float = 15.0
     """Seconds a registry entry lives without a heartbeat."""
     drain_timeout: float = 30.0

@@ -21,7 +21,6 @@ from typing import Any
 
 import anyio
 import msgspec
-import nacl.public
 
 from ..bus import (
     JSON,
@@ -34,7 +33,6 @@ from ..bus import (
     Keystore,
     NoResponders,
     NoSuchActor,
-    NotFound,
     ReplyTimeout,
     Signer,
     Unauthorized,
@@ -48,7 +46,7 @@ from ..bus import (
 from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
 from ..bus.lru import LRU
 from ..bus.requests import HeadersFor
-from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN, SessionGrant, open_grant, session_seal
+from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject
 from ..bus.tracing import current_trace, spans
@@ -57,13 +55,14 @@ from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info, service_infos
 from .jobs import DEFAULT_JOB_TTL, Job
 from .registry import Registry, RegistryEntry, Vouching
+from .sessions import SessionBook
 from .streams import read_stream
 
 __all__ = ["ActorProxy", "Client", "loose_value", "typed_value"]
 
 _KNOWN_SECONDS = 10.0
 _NAMES_KEPT = 1024
-"""Actors a client keeps what it learned of (lookups, sessions): past that, the least
+"""Actors a client keeps what it learned of (lookups): past that, the least
 recently called is asked again."""
 _DEGRADED_SECONDS = 5.0
 _ATTEMPTS = 3
@@ -74,23 +73,6 @@ delivered), for a replica that reconnects or restarts."""
 _BACKOFF = 0.25
 """Seconds before the second attempt (then doubled, jittered): a replica that lost its
 NATS server needs about half a second to reconnect and be routed to again."""
-_NO_SESSIONS_SECONDS = 60.0
-"""How long a client signs each call to an actor that refused it a session."""
-
-
-class _Session(msgspec.Struct, frozen=True):
-    """A session this client holds with one actor (PROTOCOL.md §4b)."""
-
-    ticket: str
-    key: bytes
-    renew: float
-    """Monotonic seconds after which the next call opens a new session (3/4 of its life)."""
-
-    @property
-    def seal(self) -> Seal:
-        return session_seal(self.key, self.ticket)
-
-
 log = logging.getLogger("actorbus.client")
 
 
@@ -101,10 +83,11 @@ class Client:
     and drains on exit. Every reply's signature is checked against the addresses the
     registry holds for that actor, so no other NATS client can answer in its name.
 
-    With ``session=True`` the client opens a session with each actor it calls (one signed
-    handshake) and authenticates its calls with the session's MAC instead of a signature
-    per call; actors that take no sessions (the policy actor, node control) still get
-    signed calls, and so do streams. See PROTOCOL.md §4b for what a session gives up.
+    Unless ``session=False`` (or the ``sessions`` setting is off), from its second call
+    to an actor on the client calls it in a session: one signed handshake, then a MAC per
+    call instead of a signature (:mod:`.sessions`; PROTOCOL.md §4b says what a session
+    gives up). Actors that take no sessions (the policy actor, node control) still get
+    signed calls, and so do streams.
     """
 
     def __init__(
@@ -113,17 +96,15 @@ class Client:
         *,
         settings: Settings | None = None,
         nc: NATS | None = None,
-        session: bool = False,
+        session: bool | None = None,
         session_ttl: float = DEFAULT_SESSION_TTL,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._key = key
         self._nc = nc
-        self.session = session
-        self.session_ttl = session_ttl
-        self._sessions: LRU[str, _Session | float] = LRU(_NAMES_KEPT)
-        """Per actor: the session, or until when it takes no sessions (monotonic)."""
-        self._opening: LRU[str, anyio.Lock] = LRU(_NAMES_KEPT)
+        self.session = self.settings.sessions if session is None else session
+        """Whether calls go in sessions (from the second call to an actor on)."""
+        self.sessions = SessionBook(self._handshake, session_ttl)
         self._stack = AsyncExitStack()
         self._registry: Registry | None = None
         self.vouching = Vouching(self.settings)
@@ -254,36 +235,24 @@ class Client:
         """
         timeout = timeout or self.settings.call_timeout
         body = codec_for(content_type).encode(CallBody(list(args), kwargs or {}))
-        subject = call_subject(name, fn)
+        call_subject(name, fn)  # a malformed name or function is a 400 before any lookup
         idempotent = fn in (await self.known(name)).idempotent
         now = time.monotonic()
         deadline = now + timeout
         patience = min(deadline, now + _NO_RESPONDERS_WAIT)
         attempt = 0  # of an idempotent call, each after a 503, a 504 or a lost request
         retries = 0
-        renewed = False
         while True:
             # An idempotent call's attempt gets its share of what is left, so a request
             # lost with a replica or a connection still leaves time to try again; any
             # other call waits for its reply as long as it may (it is never sent twice).
             left = deadline - time.monotonic()
             share = left / (_ATTEMPTS - attempt) if idempotent else left
-            session: _Session | None = None
             try:
-                session = await self.session_with(name, share) if self.session else None
-                headers = self._authenticate(session, subject, body, content_type, share)
-                reply = await self.send(
-                    name, fn, body, headers, share, session_key=session.key if session else None
+                reply = await self.call_as(
+                    self.key, name, fn, body, share, content_type=content_type
                 )
                 return reply.result()
-            except Unauthorized:
-                # Refused before it ran: a session that expired or that a replica cannot
-                # check any more (the actor's key changed) is replaced, once.
-                if session is None or renewed:
-                    raise
-                renewed = True
-                self.forget_session(name)
-                continue
             except NoResponders:
                 # Not delivered: any call may be sent again, while a replica reconnects
                 # or restarts, for a bounded time.
@@ -302,6 +271,36 @@ class Client:
                 pause = min(random.uniform(0.5, 1.5) * _BACKOFF * 2**retries, left / 2)
             retries += 1
             await anyio.sleep(pause)
+
+    async def call_as(
+        self,
+        key: Signer,
+        name: str,
+        fn: str,
+        body: bytes,
+        timeout: float,
+        *,
+        content_type: str = JSON,
+    ) -> Reply:
+        """One call of ``name``'s ``fn`` with ``body`` as ``key`` (this client's, or one
+        it signs for: a gateway's callers), in ``key``'s session with ``name`` when this
+        client uses sessions, else signed. A session call refused before it ran (401: the
+        session expired, or the actor's key changed) is sent once more, signed, and the
+        next call opens a new session. Returns the verified reply, whatever its status;
+        raises what :meth:`send` raises."""
+        started = time.monotonic()
+        subject = call_subject(name, fn)
+        session = await self.sessions.session(name, key, timeout / 2) if self.session else None
+        if session is not None:
+            left = max(timeout - (time.monotonic() - started), 0.001)
+            headers = self._headers_for(key, session.seal, subject, body, content_type, left)
+            reply = await self.send(name, fn, body, headers, left, session_key=session.key)
+            if reply.meta.status != Unauthorized.status:
+                return reply
+            self.sessions.forget(name, key)
+        left = max(timeout - (time.monotonic() - started), 0.001)
+        headers = self._headers_for(key, signature_seal(key), subject, body, content_type, left)
+        return await self.send(name, fn, body, headers, left)
 
     async def signs_for(self, name: str, key: str) -> bool:
         """Whether ``key`` is a registered address of ``name`` (looked up again once if the
@@ -384,46 +383,12 @@ class Client:
                 span.end()
         return Reply(meta, msg.data, dict(msg.headers or {}))
 
-    async def session_with(self, name: str, timeout: float | None = None) -> _Session | None:
-        """This client's session with ``name``, opened (one signed call, within ``timeout``)
-        when there is none or the one there is nears its end; ``None`` for an actor that
-        takes no sessions."""
-        held = self._sessions.get(name)
-        if isinstance(held, _Session) and held.renew > time.monotonic():
-            return held
-        if isinstance(held, float) and held > time.monotonic():
-            return None
-        async with self._opening.setdefault(name, anyio.Lock()):  # one handshake at a time
-            again = self._sessions.get(name)
-            if again is not held and isinstance(again, _Session):
-                return again
-            exchange = nacl.public.PrivateKey.generate()
-            args = [bytes(exchange.public_key).hex(), self.session_ttl]
-            try:
-                result = await self._signed(name, SESSION_FN, args, timeout)
-                grant = msgspec.convert(result, SessionGrant)
-            except NotFound:  # no _session function: it signs or it has no sessions
-                self._sessions[name] = time.monotonic() + _NO_SESSIONS_SECONDS
-                return None
-            except msgspec.ValidationError:
-                raise BadReply(f"{name} answered a session handshake with no grant") from None
-            renew = time.monotonic() + 0.75 * max(0.0, grant.expires / 1000 - time.time())
-            session = _Session(grant.ticket, open_grant(grant, exchange), renew)
-            self._sessions[name] = session
-            return session
-
-    def _authenticate(
-        self,
-        session: _Session | None,
-        subject: str,
-        body: bytes,
-        content_type: str,
-        timeout: float,
+    @staticmethod
+    def _headers_for(
+        key: Signer, seal: Seal, subject: str, body: bytes, content_type: str, timeout: float
     ) -> HeadersFor:
-        """What makes a request's headers: signed, or made in ``session``."""
-        seal = signature_seal(self.key) if session is None else session.seal
         return headers_for(
-            self.key.address,
+            key.address,
             subject,
             body,
             seal,
@@ -431,17 +396,12 @@ class Client:
             timeout=advertised_timeout(timeout),
         )
 
-    def forget_session(self, name: str) -> None:
-        """Drop the session with ``name`` (refused: expired, or the actor's key changed);
-        the next call opens another."""
-        self._sessions.pop(name)
-
-    async def _signed(self, name: str, fn: str, args: list[Any], timeout: float | None) -> Any:
-        """The result of one signed call of ``name``'s ``fn``, not retried."""
-        timeout = timeout or self.settings.call_timeout
+    async def _handshake(self, name: str, key: Signer, args: list[Any], timeout: float) -> Any:
+        """The result of a signed ``_session`` call of ``name`` by ``key``, not retried."""
         body = codec_for(JSON).encode(CallBody(args))
-        headers = self._authenticate(None, call_subject(name, fn), body, JSON, timeout)
-        return (await self.send(name, fn, body, headers, timeout)).result()
+        subject = call_subject(name, SESSION_FN)
+        headers = self._headers_for(key, signature_seal(key), subject, body, JSON, timeout)
+        return (await self.send(name, SESSION_FN, body, headers, timeout)).result()
 
     async def submit(
         self,

@@ -5,7 +5,8 @@ CPU-bound checks: size, signature, freshness and replay, routing, argument bindi
 an accepted call goes into a bounded priority queue (:mod:`.admission`), which
 ``max_in_flight`` worker tasks drain through the *execute* stages (deadline, invoke,
 encode). Python runs one thing at a time anyway, so this costs no parallelism and saves a
-task per request. Hooks see the bound arguments. Each stage is a plain async function
+task per request. A session handshake is answered in the reader, never queued. Hooks see
+the bound arguments. Each stage is a plain async function
 ``(call, msg) -> None`` that raises an :class:`ActorError` to refuse.
 
 Before any stage, the door: a request nobody could hear the answer to (no reply subject,
@@ -179,10 +180,13 @@ class Pipeline:
                 raise Unavailable("overloaded: requests arrive faster than they are read")
             for stage in self.stages:
                 await stage(call, msg)
-            self.calls.add(call)
-            self.admission.put(call)
             if call.stage is not None:
                 call.stage.end()
+            if call.fn == SESSION_FN:
+                await self._handshake(call)
+                return
+            self.calls.add(call)
+            self.admission.put(call)
         except ActorError as exc:
             self.calls.discard(call)
             await self.replies.error(call, exc)
@@ -193,6 +197,15 @@ class Pipeline:
             return
         if self.idle.is_set():
             self.idle = anyio.Event()
+
+    async def _handshake(self, call: Call) -> None:
+        """Answer a session handshake here, in the reader: it is quick (a sealed box) and
+        grants nothing by itself, so it never waits in the queue behind slow handlers,
+        and a caller opening a session under load is not turned away for it."""
+        await self.guard.flush()  # as any call: its nonce goes out before its reply
+        _CURRENT.set(call)
+        grant = await self.sessions.open(*call.args, **call.kwargs)
+        await self.replies.send(call, 200, codec_for(call.content_type).encode(grant))
 
     async def check_size(self, call: Call, msg: Msg) -> None:
         if len(msg.data) > self.settings.max_body:

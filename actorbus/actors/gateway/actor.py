@@ -65,7 +65,6 @@ class Gateway(Actor):
         self.url = ""
 
     async def on_start(self) -> None:
-        self.client.session = True  # what the gateway's own key sends goes in sessions
         try:
             seen: Bucket | None = await Bucket.open(
                 self.nc,

@@ -188,9 +188,19 @@ def build_app(gateway: Context) -> Starlette:
                     streamed = await sse_response(chunks, settings.gateway_stall_timeout, leave)
                     streaming = True  # the stream ends its share when it ends
                     return streamed
-                reply = await gateway.client.send(
-                    name, fn, outgoing.body, outgoing.headers, timeout, reply=outgoing.reply
-                )
+                if outgoing.signer is not None:  # in the signer's session, from its second call
+                    reply = await gateway.client.call_as(
+                        outgoing.signer,
+                        name,
+                        fn,
+                        outgoing.body,
+                        timeout,
+                        content_type=outgoing.content_type,
+                    )
+                else:
+                    reply = await gateway.client.send(
+                        name, fn, outgoing.body, outgoing.headers, timeout, reply=outgoing.reply
+                    )
             finally:
                 if not streaming:
                     leave()

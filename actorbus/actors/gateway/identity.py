@@ -80,6 +80,10 @@ class Outgoing(msgspec.Struct):
     """The client it counts as for the gateway's fair share."""
     reply: str = ""
     """Its reply subject, when the caller signed for one (end to end: a relay's)."""
+    signer: Keypair | None = None
+    """The key the gateway calls as (a token's, a login's, an address's anonymous key):
+    its calls may go in that key's sessions (``headers`` sign one)."""
+    content_type: str = JSON
 
 
 class Received(msgspec.Struct, frozen=True):
@@ -146,9 +150,12 @@ class Identities:
             signed = headers_for(
                 signer.address, subject, body, seal, content_type=wire_type, timeout=timeout
             )
-            if headers.get("authorization"):
-                return Outgoing("token", body, signed, signer.address)
-            return Outgoing("anonymous", body, signed, f"address:{received.address}")
+            mode, who = (
+                ("token", signer.address)
+                if headers.get("authorization")
+                else ("anonymous", f"address:{received.address}")
+            )
+            return Outgoing(mode, body, signed, who, signer=signer, content_type=wire_type)
         if "actor-signature" in headers or "actor-key" in headers:
             forwarded = {h: headers[h.lower()] for h in _SIGNED if h.lower() in headers}
             if msgpack:
