@@ -12,7 +12,10 @@
 (e) two replicas: (d) with a second replica (`actor up --replicas auto` on 2 cores);
 (f) traced: (c) with OpenTelemetry spans on (the otel extra), exported to a sink here;
 (g) sr25519: (c)'s actor called by an sr25519 key (PROTOCOL.md §3a: a bittensor hotkey's
-    scheme) instead of an ed25519 one.
+    scheme) instead of an ed25519 one;
+(h) sync: (c)'s actor's same function written as a ``def`` (each call handed to a worker
+    thread and back);
+(i) inline: the ``def`` with ``@endpoint(inline=True)`` (run on the loop, no hand-off).
 
 Each responder runs in its own process(es) against an embedded nats-server; the generator
 runs here. For (b) and (c) it signs every request and verifies every reply, as a client
@@ -49,7 +52,7 @@ import nacl.signing
 import nats
 import psutil
 
-from actorbus import Actor
+from actorbus import Actor, endpoint
 from actorbus.bus import (
     EmbeddedServer,
     Keypair,
@@ -74,9 +77,11 @@ SUBJECTS = {
     "e": "actor.bench2.echo",
     "f": "actor.bench3.echo",
     "g": "actor.bench.echo",
+    "h": "actor.bench.echo_sync",
+    "i": "actor.bench.echo_inline",
 }
-SHARED = {"d": "c", "g": "c"}
-"""Responders that call another's actor: (d) and (g) call (c)'s."""
+SHARED = {"d": "c", "g": "c", "h": "c", "i": "c"}
+"""Responders that call another's actor: (d), (g), (h) and (i) call (c)'s."""
 """All responders run at once, each on its own subject ((d) calls (c)'s actor in a session),
 so the cells of one repeat are measured minutes apart at most, not the whole run apart."""
 
@@ -87,6 +92,15 @@ class BenchEcho(Actor):
     name = "bench"
 
     async def echo(self, message: str) -> str:
+        return message
+
+    def echo_sync(self, message: str) -> str:
+        """(h): the same, as a def: each call runs in a worker thread."""
+        return message
+
+    @endpoint(inline=True)
+    def echo_inline(self, message: str) -> str:
+        """(i): the same def, run on the event loop."""
         return message
 
     async def endless(self, size: int) -> AsyncIterator[str]:
@@ -251,6 +265,8 @@ MODES = {
     "e": "session",
     "f": "signed",
     "g": "sr25519",
+    "h": "signed",
+    "i": "signed",
 }
 LABELS = {
     "a": "raw",
@@ -260,6 +276,8 @@ LABELS = {
     "e": "2 replicas",
     "f": "traced",
     "g": "sr25519",
+    "h": "sync",
+    "i": "inline",
 }
 RATIOS = [
     ("c", "b"),
@@ -270,6 +288,8 @@ RATIOS = [
     ("e", "d"),
     ("f", "c"),
     ("g", "c"),
+    ("h", "c"),
+    ("i", "c"),
 ]
 
 
@@ -278,7 +298,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per cell (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--only", default="a,b,c,d,e,f,g", help="responders to run (letters)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i", help="responders (letters)")
     parser.add_argument("--log-level", default="INFO", help="of the actor (c, d, e)")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()

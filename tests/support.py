@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -84,6 +85,16 @@ class Probe(Actor):
     def blocking(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds
+
+    def thread(self) -> str:
+        """The name of the thread this (sync) handler runs in."""
+        return threading.current_thread().name
+
+    @endpoint(inline=True)
+    def inline_thread(self, seconds: float = 0.0) -> str:
+        """The same, inline (after blocking ``seconds``)."""
+        time.sleep(seconds)
+        return threading.current_thread().name
 
     async def whoami(self) -> dict[str, str]:
         """Who the pipeline says is calling, and through which forwarder."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import anyio
@@ -27,6 +28,7 @@ from actorbus import (
 from actorbus.bus import MSGPACK, Keypair, Keystore, connect, public_key_to_address
 from actorbus.bus.subjects import call_subject
 from actorbus.bus.wire import request_signing_bytes
+from actorbus.host.actor import collect_functions
 
 
 async def test_call_and_proxy(settings: Settings, name: str) -> None:
@@ -58,6 +60,29 @@ async def test_sync_handlers_run_off_the_event_loop(settings: Settings, name: st
             assert await client.call(name, "forward", "still here") == "still here"
             assert time.monotonic() - started < 0.3
         assert time.monotonic() - started < 0.55
+
+
+async def test_an_inline_handler_runs_on_the_event_loop(
+    settings: Settings, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A def handler runs in a worker thread unless it says it is quick (inline=True):
+    then on the loop, and one that holds the loop too long is logged."""
+    loop_thread = threading.current_thread().name  # serve() runs on this test's loop
+    async with serve(Probe(), name=name, settings=settings), Client(settings=settings) as client:
+        assert await client.call(name, "thread") != loop_thread
+        assert await client.call(name, "inline_thread") == loop_thread
+        assert "held the event loop" not in caplog.text
+        assert await client.call(name, "inline_thread", 0.08) == loop_thread
+    assert "inline_thread is inline but held the event loop" in caplog.text
+
+
+def test_inline_is_for_def_handlers() -> None:
+    class Wrong(Actor):
+        @endpoint(inline=True)
+        async def quick(self) -> None: ...
+
+    with pytest.raises(TypeError, match="inline=True is for def handlers"):
+        collect_functions(Wrong())
 
 
 @pytest.mark.parametrize("header", ["Actor-Key", "Actor-Time", "Actor-Nonce", "Actor-Signature"])

@@ -62,6 +62,9 @@ __all__ = ["Pipeline", "Stage"]
 
 Stage = Callable[[Call, Msg], Awaitable[None]]
 
+INLINE_LIMIT = 0.05
+"""Seconds an inline handler may hold the event loop before a warning says so."""
+
 
 class _Slot:
     """A worker as the sweeper sees it: the call whose handler it runs, and its scope."""
@@ -398,8 +401,26 @@ class Pipeline:
         _CURRENT.set(call)  # each worker task has its own context
         if function.is_async:
             return await function.method(*call.args, **call.kwargs)
+        if function.options.inline:
+            try:
+                return function.method(*call.args, **call.kwargs)
+            finally:
+                self._check_inline(call)
         # The thread runs in a copy of this context, so current_call() works there too.
         return await self.threads.run(call.fn, partial(function.method, *call.args, **call.kwargs))
+
+    def _check_inline(self, call: Call) -> None:
+        """Log (throttled) an inline handler that held the loop too long."""
+        held = time.monotonic() - call.started
+        if held > INLINE_LIMIT:
+            self.replies.throttle.log(
+                logging.WARNING,
+                "inline",
+                "%s is inline but held the event loop %.0f ms: every other call waited "
+                "(drop inline=True to run it in a thread)",
+                call.fn,
+                held * 1000,
+            )
 
     def _finish(self, call: Call) -> None:
         self.calls.discard(call)

@@ -319,6 +319,7 @@ async def _drain(
         )
         with anyio.move_on_after(2):
             await pipeline.abandon("shutting down: the call could not finish in time")
+    pipeline.threads.close()
     pipeline.replies.throttle.flush(force=True)
 
 

@@ -102,7 +102,7 @@ async def stream_reply(
 
 async def _items(function: Function, call: Call, threads: SyncRunner) -> AsyncGenerator[Any]:
     """The function's items: an async generator's on the loop, a sync generator's each
-    from a worker thread (with the call's context)."""
+    from a worker thread (with the call's context), or on the loop if it is inline."""
     produced = function.method(*call.args, **call.kwargs)
     if function.is_async:
         try:
@@ -114,7 +114,10 @@ async def _items(function: Function, call: Call, threads: SyncRunner) -> AsyncGe
     generator: Iterator[Any] = produced
     try:
         while True:
-            item = await threads.run(call.fn, partial(next, generator, _END))
+            if function.options.inline:
+                item = next(generator, _END)
+            else:
+                item = await threads.run(call.fn, partial(next, generator, _END))
             if item is _END:
                 return
             yield item
