@@ -55,6 +55,23 @@ async def test_an_open_job_takes_three_batches_then_closes(settings: Settings, n
         assert [(r["index"], r["value"]) for r in some] == [(2, 3), (3, 4), (29, 30), (30, 31)]
 
 
+async def test_a_jobs_slices_go_in_a_session_as_their_owner(settings: Settings, name: str) -> None:
+    """The jobs actor calls a job's target in a session of its own from its second slice
+    on (a MAC per slice, not two signatures), on behalf of the owner with the owner's
+    delegation: the target still sees the owner as the caller."""
+    async with probe_and_jobs(settings, name) as client:
+        job = await client.submit(f"{name}/in_session", [[]] * 3, concurrency=1)
+        await job.close()
+        assert (await job.wait())["done"] == 3
+        assert [r["value"] async for r in job.results()] == [False, True, True]
+        job = await client.submit(f"{name}/whoami", [[]] * 2, concurrency=1)
+        await job.close()
+        await job.wait()
+        jobs = (await client.known(settings.jobs)).addresses
+        for result in [r["value"] async for r in job.results()]:
+            assert result["caller"] == client.key.address and result["forwarder"] in jobs
+
+
 async def test_a_cancelled_job_starts_no_more_slices(settings: Settings, name: str) -> None:
     probe = Probe()
     async with (

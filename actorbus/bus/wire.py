@@ -456,6 +456,7 @@ def headers_for(
     content_type: str = JSON,
     timeout: float | None = None,
     on_behalf: str = "",
+    delegation: str = "",
 ) -> Callable[[str], dict[str, str]]:
     """What makes the headers of a request by ``caller`` (:func:`request_headers`) for
     the reply subject it is sent with, chosen when it is sent."""
@@ -468,6 +469,7 @@ def headers_for(
         content_type=content_type,
         timeout=timeout,
         on_behalf=on_behalf,
+        delegation=delegation,
     )
 
 

@@ -50,7 +50,7 @@ from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN
 from ..bus.settings import Settings
 from ..bus.subjects import call_subject
 from ..bus.tracing import current_trace, spans
-from ..bus.wire import Seal, check_nesting, headers_for, request_nonce, signature_seal
+from ..bus.wire import check_nesting, headers_for, request_nonce, signature_seal
 from .answers import Reply, advertised_timeout
 from .discovery import Known, from_entries, from_service_info, service_infos
 from .jobs import DEFAULT_JOB_TTL, Job
@@ -281,26 +281,39 @@ class Client:
         timeout: float,
         *,
         content_type: str = JSON,
+        on_behalf: str = "",
+        delegation: str = "",
     ) -> Reply:
         """One call of ``name``'s ``fn`` with ``body`` as ``key`` (this client's, or one
         it signs for: a gateway's callers), in ``key``'s session with ``name`` when this
-        client uses sessions, else signed. A session call refused before it ran (401: the
-        session expired, or the actor's key changed) is sent once more, signed, and the
-        next call opens a new session. Returns the verified reply, whatever its status;
-        raises what :meth:`send` raises."""
+        client uses sessions, else signed; ``on_behalf`` of another key (``key`` is a
+        trusted forwarder, or that key's delegate with its ``delegation`` header). A
+        session call refused before it ran (401: the session expired, or the actor's key
+        changed) is sent once more, signed, and the next call opens a new session. Returns
+        the verified reply, whatever its status; raises what :meth:`send` raises."""
         started = time.monotonic()
         subject = call_subject(name, fn)
         session = await self.sessions.session(name, key, timeout / 2) if self.session else None
-        if session is not None:
+        seal = signature_seal(key) if session is None else session.seal
+        while True:
             left = max(timeout - (time.monotonic() - started), 0.001)
-            headers = self._headers_for(key, session.seal, subject, body, content_type, left)
+            headers = headers_for(
+                key.address,
+                subject,
+                body,
+                seal,
+                content_type=content_type,
+                timeout=advertised_timeout(left),
+                on_behalf=on_behalf,
+                delegation=delegation,
+            )
+            if session is None:
+                return await self.send(name, fn, body, headers, left)
             reply = await self.send(name, fn, body, headers, left, session_key=session.key)
             if reply.meta.status != Unauthorized.status:
                 return reply
             self.sessions.forget(name, key)
-        left = max(timeout - (time.monotonic() - started), 0.001)
-        headers = self._headers_for(key, signature_seal(key), subject, body, content_type, left)
-        return await self.send(name, fn, body, headers, left)
+            session, seal = None, signature_seal(key)
 
     async def signs_for(self, name: str, key: str) -> bool:
         """Whether ``key`` is a registered address of ``name`` (looked up again once if the
@@ -383,24 +396,12 @@ class Client:
                 span.end()
         return Reply(meta, msg.data, dict(msg.headers or {}))
 
-    @staticmethod
-    def _headers_for(
-        key: Signer, seal: Seal, subject: str, body: bytes, content_type: str, timeout: float
-    ) -> HeadersFor:
-        return headers_for(
-            key.address,
-            subject,
-            body,
-            seal,
-            content_type=content_type,
-            timeout=advertised_timeout(timeout),
-        )
-
     async def _handshake(self, name: str, key: Signer, args: list[Any], timeout: float) -> Any:
         """The result of a signed ``_session`` call of ``name`` by ``key``, not retried."""
         body = codec_for(JSON).encode(CallBody(args))
         subject = call_subject(name, SESSION_FN)
-        headers = self._headers_for(key, signature_seal(key), subject, body, JSON, timeout)
+        seal = signature_seal(key)
+        headers = headers_for(key.address, subject, body, seal, timeout=advertised_timeout(timeout))
         return (await self.send(name, SESSION_FN, body, headers, timeout)).result()
 
     async def submit(

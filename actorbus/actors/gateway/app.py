@@ -196,6 +196,7 @@ def build_app(gateway: Context) -> Starlette:
                         outgoing.body,
                         timeout,
                         content_type=outgoing.content_type,
+                        on_behalf=outgoing.on_behalf,
                     )
                 else:
                     reply = await gateway.client.send(

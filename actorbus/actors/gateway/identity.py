@@ -81,9 +81,12 @@ class Outgoing(msgspec.Struct):
     reply: str = ""
     """Its reply subject, when the caller signed for one (end to end: a relay's)."""
     signer: Keypair | None = None
-    """The key the gateway calls as (a token's, a login's, an address's anonymous key):
-    its calls may go in that key's sessions (``headers`` sign one)."""
+    """The key the gateway calls as (a token's, a login's, an address's anonymous key,
+    or its own as a forwarder): the call may go in that key's session with the actor
+    (``headers`` sign it: for a stream)."""
     content_type: str = JSON
+    on_behalf: str = ""
+    """The caller the gateway forwards for, when it signs as a forwarder."""
 
 
 class Received(msgspec.Struct, frozen=True):
@@ -196,7 +199,15 @@ class Identities:
             timeout=timeout,
             on_behalf=caller,
         )
-        return Outgoing(mode, body, forwarded, caller)
+        return Outgoing(
+            mode,
+            body,
+            forwarded,
+            caller,
+            signer=self.key,
+            content_type=wire_type,
+            on_behalf=caller,
+        )
 
     async def signer(
         self, headers: dict[str, str], body: bytes, policy: PolicyState, address: str

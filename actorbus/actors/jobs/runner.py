@@ -33,15 +33,13 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ...bus import NATS, ActorError, Keypair, LogThrottle, Msg, Unavailable, sign_request
+from ...bus import NATS, ActorError, Keypair, LogThrottle, Msg, Unavailable
 from ...bus.connection import on_reconnect
 from ...bus.delegation import split_work
 from ...bus.settings import Settings
-from ...bus.subjects import call_subject
 from ...bus.tracing import trace_headers, use_trace
 from ...bus.workqueue import Puller
 from ...client import Client
-from ...client.answers import advertised_timeout
 from .model import ACTIVE, JobRecord, SliceResult
 from .store import SLICE_HEADER, JobStore
 
@@ -404,21 +402,15 @@ class Runner:
 
     async def _call(self, record: JobRecord, actor: str, fn: str, body: bytes) -> bytes:
         """One slice call as the owner: the reply's body if 2xx, else its error raised."""
-        timeout = record.options.timeout
-        subject = call_subject(actor, fn)
-
-        def headers(reply: str) -> dict[str, str]:
-            return sign_request(
-                self.key,
-                subject,
-                reply,
-                body,
-                timeout=advertised_timeout(timeout),
-                on_behalf=record.owner,
-                delegation=record.delegation.header,
-            )
-
-        reply = await self.client.send(actor, fn, body, headers, timeout)
+        reply = await self.client.call_as(
+            self.key,
+            actor,
+            fn,
+            body,
+            record.options.timeout,
+            on_behalf=record.owner,
+            delegation=record.delegation.header,
+        )
         reply.result()  # raises the error of a non-2xx reply
         return reply.body
 
