@@ -3,7 +3,11 @@
 Accepted calls wait here, highest priority first and FIFO among equals, until a worker
 takes one or the deadline sweeper takes it out to answer 408. Workers and the sweeper
 share no counter: a worker that wakes to an empty queue (the sweeper was quicker) just
-waits again. An earlier version counted calls with a semaphore; a sweep that ran between
+waits again. At most one waiting worker is woken at a time, and a worker that takes a
+call while others wait wakes the next: calls that arrive together are taken by one
+worker after another as long as their handlers do not wait (each runs to its reply in
+one step), and a handler that waits lets the next worker take the next call. Waking one
+worker per call instead woke all but one of them to an empty queue. An earlier version counted calls with a semaphore; a sweep that ran between
 a hand-off and the woken worker's pop made the sweeper raise ``WouldBlock`` and the
 workers pop an empty heap, which took the replica down under a burst.
 """
@@ -30,6 +34,8 @@ class Admission:
         self._heap: list[tuple[float, int, Call]] = []
         self._seq = itertools.count()
         self._waiters: deque[anyio.Event] = deque()
+        self._woken = False
+        """Whether a worker has been woken and has not taken a call yet."""
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -42,7 +48,8 @@ class Admission:
         self._wake_one()
 
     def _wake_one(self) -> None:
-        if self._waiters:
+        if self._waiters and not self._woken:
+            self._woken = True
             self._waiters.popleft().set()
 
     async def get(self) -> Call:
@@ -55,10 +62,16 @@ class Admission:
             except BaseException:
                 if not woken.is_set():
                     self._waiters.remove(woken)
-                elif self._heap:  # pass the wake-up on: a call is waiting for a worker
-                    self._wake_one()
+                else:
+                    self._woken = False
+                    if self._heap:  # pass the wake-up on: a call is waiting for a worker
+                        self._wake_one()
                 raise
-        return heapq.heappop(self._heap)[2]
+            self._woken = False
+        call = heapq.heappop(self._heap)[2]
+        if self._heap:  # more wait: the next worker takes one if this handler waits
+            self._wake_one()
+        return call
 
     def take_expired(self, now: float) -> list[Call]:
         """Remove and return the queued calls whose deadline has passed."""
