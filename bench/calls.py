@@ -15,7 +15,10 @@
     scheme) instead of an ed25519 one;
 (h) sync: (c)'s actor's same function written as a ``def`` (each call handed to a worker
     thread and back);
-(i) inline: the ``def`` with ``@endpoint(inline=True)`` (run on the loop, no hand-off).
+(i) inline: the ``def`` with ``@endpoint(inline=True)`` (run on the loop, no hand-off);
+(j) client: (c)'s actor called with ``Client.call`` as a user makes calls (sessions on, the
+    default: each call a MAC after the first);
+(k) client, signed: the same with ``Client(session=False)`` (each call signed).
 
 Each responder runs in its own process(es) against an embedded nats-server; the generator
 runs here. For (b) and (c) it signs every request and verifies every reply, as a client
@@ -43,7 +46,7 @@ import tempfile
 import threading
 import time
 import timeit
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,7 @@ import nacl.signing
 import nats
 import psutil
 
-from actorbus import Actor, endpoint
+from actorbus import Actor, Client, Settings, endpoint
 from actorbus.bus import (
     EmbeddedServer,
     Keypair,
@@ -79,9 +82,11 @@ SUBJECTS = {
     "g": "actor.bench.echo",
     "h": "actor.bench.echo_sync",
     "i": "actor.bench.echo_inline",
+    "j": "actor.bench.echo",
+    "k": "actor.bench.echo",
 }
-SHARED = {"d": "c", "g": "c", "h": "c", "i": "c"}
-"""Responders that call another's actor: (d), (g), (h) and (i) call (c)'s."""
+SHARED = {"d": "c", "g": "c", "h": "c", "i": "c", "j": "c", "k": "c"}
+"""Responders that call another's actor: (d) and (g) to (k) call (c)'s."""
 """All responders run at once, each on its own subject ((d) calls (c)'s actor in a session),
 so the cells of one repeat are measured minutes apart at most, not the whole run apart."""
 
@@ -172,14 +177,57 @@ async def load(
     subject: str = SUBJECTS["c"],
 ) -> tuple[float, list[float]]:
     """Calls/s and latencies of ``concurrency`` callers of ``subject`` for ``seconds``
-    (bounded in count); ``mode`` is raw, signed (ed25519), sr25519 or session."""
+    (bounded in count); ``mode`` is raw, signed (ed25519), sr25519 or session (the
+    primitives a client is made of), or client / client-signed (``Client.call``, its
+    sessions on or off)."""
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     key: Signer = (
         SrKeypair.from_mini_secret(os.urandom(32)) if mode == "sr25519" else Keypair.generate()
     )
     body = b'{"args":["x"],"kwargs":{}}'
-    actor = subject.split(".")[1]
+    actor, fn = subject.split(".")[1:3]
     ticket, session_key = await open_session(nc, key, actor) if mode == "session" else ("", b"")
+
+    async def primitive() -> None:
+        if mode == "raw":
+            await nc.request(subject, body, timeout=10)
+            return
+        sent: dict[str, str] = {}
+
+        def headers(reply: str) -> dict[str, str]:
+            if mode in ("signed", "sr25519"):
+                sent.update(sign_request(key, subject, reply, body))
+            else:
+                sent.update(mac_request(session_key, key.address, ticket, subject, reply, body))
+            return sent
+
+        msg = await request(nc, subject, body, headers, 10)
+        meta = verify_reply(
+            msg.headers, msg.data, sent["Actor-Nonce"], session_key=session_key or None
+        )
+        assert meta.status == 200 and meta.by_session == (mode == "session"), msg.data
+
+    try:
+        if not mode.startswith("client"):
+            return await drive(primitive, concurrency, seconds)
+        with tempfile.TemporaryDirectory() as home:
+            settings = Settings.from_env({}, nats_url=url, home=home)
+            async with Client(key, settings=settings, nc=nc, session=mode == "client") as c:
+                await c.call(actor, fn, "warm")  # its lookup (and, with sessions, the first)
+
+                async def call() -> None:
+                    assert await c.call(actor, fn, "x") == "x"
+
+                return await drive(call, concurrency, seconds)
+    finally:
+        await nc.close()
+
+
+async def drive(
+    one: Callable[[], Awaitable[None]], concurrency: int, seconds: float
+) -> tuple[float, list[float]]:
+    """Calls/s and latencies of ``one()`` called by ``concurrency`` callers at once for
+    ``seconds`` (at most MAX_CALLS_PER_CELL calls)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     budget = MAX_CALLS_PER_CELL
@@ -189,32 +237,12 @@ async def load(
         while time.perf_counter() < deadline and budget > 0:
             budget -= 1
             started = time.perf_counter()
-            if mode == "raw":
-                await nc.request(subject, body, timeout=10)
-            else:
-                sent: dict[str, str] = {}
-
-                def headers(reply: str, sent: dict[str, str] = sent) -> dict[str, str]:
-                    if mode in ("signed", "sr25519"):
-                        sent.update(sign_request(key, subject, reply, body))
-                    else:
-                        sent.update(
-                            mac_request(session_key, key.address, ticket, subject, reply, body)
-                        )
-                    return sent
-
-                msg = await request(nc, subject, body, headers, 10)
-                meta = verify_reply(
-                    msg.headers, msg.data, sent["Actor-Nonce"], session_key=session_key or None
-                )
-                assert meta.status == 200 and meta.by_session == (mode == "session"), msg.data
+            await one()
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    await nc.close()
-    return len(latencies) / elapsed, latencies
+    return len(latencies) / (time.perf_counter() - started), latencies
 
 
 def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -267,6 +295,8 @@ MODES = {
     "g": "sr25519",
     "h": "signed",
     "i": "signed",
+    "j": "client",
+    "k": "client-signed",
 }
 LABELS = {
     "a": "raw",
@@ -278,6 +308,8 @@ LABELS = {
     "g": "sr25519",
     "h": "sync",
     "i": "inline",
+    "j": "client",
+    "k": "client signed",
 }
 RATIOS = [
     ("c", "b"),
@@ -290,6 +322,7 @@ RATIOS = [
     ("g", "c"),
     ("h", "c"),
     ("i", "c"),
+    ("j", "k"),
 ]
 
 
@@ -298,7 +331,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per cell (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i", help="responders (letters)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="responders (letters)")
     parser.add_argument("--log-level", default="INFO", help="of the actor (c, d, e)")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -350,7 +383,7 @@ def report(
     me = psutil.Process()
     nats_server = [psutil.Process(server.pid)] if server.pid else []
     print(
-        f"{'responder':14} {'conc':>5} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f"{'responder':16} {'conc':>5} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
         f"   cpu us/call: {'responder':>9} {'generator':>9} {'nats':>6}"
     )
     for concurrency in levels:
@@ -369,7 +402,7 @@ def report(
             p99 = statistics.median(percentile(lat, 0.99) for _, lat, _ in cells) * 1e3
             cpu = [statistics.median(c[i] for _, _, c in cells) for i in range(3)]
             print(
-                f"{letter} {LABELS[letter]:12} {concurrency:5} {rate:9.0f} {p50:8.2f} {p99:8.2f}"
+                f"{letter} {LABELS[letter]:14} {concurrency:5} {rate:9.0f} {p50:8.2f} {p99:8.2f}"
                 f"   {'':13}{cpu[0]:9.0f} {cpu[1]:9.0f} {cpu[2]:6.0f}",
                 flush=True,
             )
