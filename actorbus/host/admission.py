@@ -7,9 +7,10 @@ waits again. At most one waiting worker is woken at a time, and a worker that ta
 call while others wait wakes the next: calls that arrive together are taken by one
 worker after another as long as their handlers do not wait (each runs to its reply in
 one step), and a handler that waits lets the next worker take the next call. Waking one
-worker per call instead woke all but one of them to an empty queue. An earlier version counted calls with a semaphore; a sweep that ran between
-a hand-off and the woken worker's pop made the sweeper raise ``WouldBlock`` and the
-workers pop an empty heap, which took the replica down under a burst.
+worker per call instead woke all but one of them to an empty queue. An earlier version
+counted calls with a semaphore; a sweep that ran between a hand-off and the woken
+worker's pop made the sweeper raise ``WouldBlock`` and the workers pop an empty heap,
+which took the replica down under a burst.
 """
 
 from __future__ import annotations
