@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple, TypeVar
 
 import anyio
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -22,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from .connection import connect
 from .errors import Gone, NoResponders, ReplyTimeout, Unavailable
-from .requests import request
+from .requests import request, request_all
 
 __all__ = [
     "JS_ERRORS",
@@ -61,47 +62,74 @@ class Bucket:
     """A JetStream KV bucket whose entries expire ``ttl`` seconds after their last put."""
 
     def __init__(
-        self, kv: KeyValue, name: str, js: JetStreamContext, ttl: float | None = None
+        self,
+        nc: NATS,
+        kv: KeyValue,
+        name: str,
+        js: JetStreamContext,
+        ttl: float | None = None,
+        *,
+        direct: bool = False,
     ) -> None:
+        self._nc = nc
         self._kv = kv
         self._js = js
         self.name = name
         self.ttl = ttl
         """Seconds an entry lives after its last put, as the bucket was made (``None``:
         forever, or not known)."""
+        self.direct = direct
+        """Whether its stream serves direct gets (:meth:`items` then makes nothing)."""
 
     @classmethod
     async def open(cls, nc: NATS, name: str, *, ttl: float | None, replicas: int = 1) -> Bucket:
-        """Bind to bucket ``name``, creating it (history 1, file store; entries expire after
-        ``ttl`` seconds, or never if ``None``) if it is missing; :attr:`ttl` is what the
-        bucket really has (its creator's choice, if it existed)."""
+        """Bind to bucket ``name``, creating it (history 1, file store, direct gets; entries
+        expire after ``ttl`` seconds, or never if ``None``) if it is missing; :attr:`ttl`
+        is what the bucket really has (its creator's choice, if it existed)."""
         js = nc.jetstream()
         try:
             try:
                 kv = await js.key_value(name)
             except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(bucket=name, ttl=ttl, history=1, replicas=replicas)
+                config = api.KeyValueConfig(
+                    bucket=name, ttl=ttl, history=1, replicas=replicas, direct=True
+                )
+                kv = await js.create_key_value(config)
         except nats.js.errors.BadRequestError:  # created concurrently: bind to it
             kv = await _bind(nc, name)
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
         try:
-            made_ttl = (await kv.status()).ttl or None  # another creator may have chosen
+            status = await kv.status()  # another creator may have chosen the ttl
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
-        return cls(kv, name, js, made_ttl)
+        direct = bool(status.stream_info.config.allow_direct)
+        return cls(nc, kv, name, js, status.ttl or None, direct=direct)
 
     @property
     def stream(self) -> str:
         """The stream that holds the bucket."""
         return f"KV_{self.name}"
 
+    async def serve_direct(self) -> None:
+        """Have the bucket's stream serve direct gets, if it was made before they were on
+        (its owner's call: changing a stream takes that right)."""
+        if self.direct:
+            return
+        try:
+            info = await self._js.stream_info(self.stream)
+            await self._js.update_stream(info.config.evolve(allow_direct=True))
+        except JS_ERRORS as exc:
+            raise Unavailable(f"JetStream bucket {self.name}: {exc}") from exc
+        self.direct = True
+
     @classmethod
     async def find(cls, nc: NATS, name: str) -> Bucket | None:
         """Bind to bucket ``name`` if it exists, else ``None``."""
         try:
             js = nc.jetstream()
-            return cls(await js.key_value(name), name, js)
+            kv = await js.key_value(name)
+            return cls(nc, kv, name, js, direct=bool(kv._direct))
         except nats.js.errors.BucketNotFoundError:
             return None
         except JS_ERRORS as exc:
@@ -166,14 +194,57 @@ class Bucket:
     async def items(self, keys: str = ">", *, timeout: float = 5.0) -> list[tuple[str, bytes]]:
         """The keys matching ``keys`` (a subject filter) and their current values.
 
-        nats-py's watcher may say "caught up" before a value already on its way (the
+        A bucket whose stream serves direct gets (every one :meth:`open` makes) answers
+        with batched direct gets of each matching key's last entry: a read makes nothing
+        on the server (a watch made a consumer that stayed five minutes after each read,
+        and reads by the thousand used up the account's consumers: issue 29). Otherwise
+        a watch, whose consumer goes 5 s after the read.
+        """
+        if self.direct:
+            return await self._last_entries(keys, timeout)
+        return await self._watched(keys, timeout)
+
+    async def _last_entries(self, keys: str, timeout: float) -> list[tuple[str, bytes]]:
+        """Each key's last entry, :data:`_BATCH` at a time, all of one snapshot (the
+        stream's last sequence at the first batch)."""
+        prefix = f"$KV.{self.name}."
+        subject = f"$JS.API.DIRECT.GET.{self.stream}"
+        deadline = time.monotonic() + timeout
+        ask: dict[str, object] = {"multi_last": [prefix + keys], "batch": _BATCH}
+        values: list[tuple[str, bytes]] = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"reading bucket {self.name} timed out")
+            try:
+                answer = await request_all(self._nc, subject, _encode(ask), left, last=_status)
+            except (ReplyTimeout, NoResponders) as exc:
+                raise Unavailable(f"reading bucket {self.name}: {exc.message}") from None
+            *entries, end = answer
+            for msg in entries:
+                headers = msg.headers or {}
+                if headers.get("KV-Operation") not in ("DEL", "PURGE") and msg.data:
+                    values.append((headers.get("Nats-Subject", "")[len(prefix) :], msg.data))
+            status = (end.headers or {}).get("Status")
+            if status == "404":  # no such key at all
+                return values
+            if status != "204":
+                raise Unavailable(f"reading bucket {self.name}: JetStream answered {status}")
+            headers = end.headers or {}
+            if headers.get("Nats-Num-Pending", "0") == "0":
+                return values
+            ask["up_to_seq"] = int(headers["Nats-UpTo-Sequence"])
+            ask["seq"] = int(headers["Nats-Last-Sequence"]) + 1  # the next page starts after
+
+    async def _watched(self, keys: str, timeout: float) -> list[tuple[str, bytes]]:
+        """nats-py's watcher may say "caught up" before a value already on its way (the
         server counts it delivered, the client has not read it yet), so its marker alone
         is not trusted: reading ends at the last key's entry (nothing pending after it,
-        deletions included), or at the marker when the bucket holds no such key at all.
-        """
+        deletions included), or at the marker when the bucket holds no such key at all."""
         values: list[tuple[str, bytes]] = []
         try:
-            watcher = await self._kv.watch(keys)
+            # Its consumer goes 5 s after the read, not nats-py's 5 minutes.
+            watcher = await self._kv.watch(keys, inactive_threshold=_GONE_AFTER)
             try:
                 with anyio.fail_after(timeout):
                     async for entry in watcher:
@@ -198,6 +269,18 @@ class Bucket:
         subjects = f"$KV.{self.name}.{keys}"
         info = await self._js.stream_info(self.stream, subjects_filter=subjects)
         return not info.state.subjects
+
+
+_GONE_AFTER = 5.0
+"""Seconds a watch's consumer outlives a read of a bucket without direct gets."""
+_BATCH = 256
+"""Entries one direct get answers with at most (a registry entry is about 2 KB)."""
+_encode = msgspec.json.Encoder().encode
+
+
+def _status(msg: Msg) -> bool:
+    """Whether ``msg`` ends a batched direct get: its end, or its refusal."""
+    return bool(msg.headers and "Status" in msg.headers)
 
 
 async def _bind(nc: NATS, name: str) -> KeyValue:

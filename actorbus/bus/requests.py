@@ -31,23 +31,33 @@ import nats.errors
 from .connection import NATS, Msg, on_refusal, publish
 from .errors import BadRequest, Forbidden, NoResponders, ReplyTimeout, Unavailable, excerpt
 
-__all__ = ["HeadersFor", "gather", "request"]
+__all__ = ["HeadersFor", "gather", "request", "request_all"]
 
 HeadersFor = Callable[[str], dict[str, str]]
 """Builds a request's headers for the reply subject it is sent with (a signed request
 names its reply subject, so it is signed once that subject is known)."""
 
 _TIMED_OUT: Final = object()
+MAX_ANSWERS: Final = 10_000
+"""Messages one request of :func:`request_all` takes at most (past that it ends there)."""
 
 
 class _Waiting:
-    """One request waiting for its answer."""
+    """One request waiting for its answer: one message, or (with ``last``) the messages up
+    to the one ``last`` says ends it."""
 
-    __slots__ = ("future", "subject")
+    __slots__ = ("future", "last", "received", "subject")
 
-    def __init__(self, future: asyncio.Future[object], subject: str) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[object],
+        subject: str,
+        last: Callable[[Msg], bool] | None = None,
+    ) -> None:
         self.future = future
         self.subject = subject
+        self.last = last
+        self.received: list[Msg] = []
 
 
 class _Replies:
@@ -79,8 +89,14 @@ class _Replies:
 
     async def resolve(self, msg: Msg) -> None:
         waiting = self.waiting.get(msg.subject)
-        if waiting is not None and not waiting.future.done():
+        if waiting is None or waiting.future.done():
+            return
+        if waiting.last is None:
             waiting.future.set_result(msg)
+            return
+        waiting.received.append(msg)
+        if waiting.last(msg) or len(waiting.received) > MAX_ANSWERS:
+            waiting.future.set_result(waiting.received)
 
     def refuse(self, subject: str) -> bool:
         """The server refused a publish on ``subject`` (lower case): the requests sent on
@@ -159,6 +175,42 @@ async def request(
     assert isinstance(answer, Msg)
     if answer.headers and answer.headers.get("Status") == "503" and not answer.data:
         raise NoResponders(f"no actor is serving {subject}")
+    return answer
+
+
+async def request_all(
+    nc: NATS, subject: str, body: bytes, timeout: float, *, last: Callable[[Msg], bool]
+) -> list[Msg]:
+    """One request answered by several messages on its reply subject (a JetStream batch
+    get): the messages up to the first one that ``last`` says ends the answer, that one
+    included (at most :data:`MAX_ANSWERS`), within ``timeout`` seconds. Raises what
+    :func:`request` raises; a ``NoResponders`` is not an answer here either."""
+    replies = _replies.get(nc)
+    if replies is None:
+        replies = _replies[nc] = _Replies(nc)
+    await replies.subscribe()
+    reply = replies.reply_subject()
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[object] = loop.create_future()
+    waiting = replies.waiting[reply] = _Waiting(future, subject, last)
+    timer = None
+    try:
+        await publish(nc, subject, body, None, reply)
+        timer = loop.call_later(timeout, _time_out, future)
+        answer = await future
+    finally:
+        del replies.waiting[reply]
+        if timer is not None:
+            timer.cancel()
+    if answer is _TIMED_OUT:
+        raise ReplyTimeout(
+            f"no whole answer on {subject} within {timeout:g}s "
+            f"({len(waiting.received)} messages of it came)"
+        )
+    assert isinstance(answer, list)
+    first = answer[0]
+    if first.headers and first.headers.get("Status") == "503" and not first.data:
+        raise NoResponders(f"nobody answers {subject}")
     return answer
 
 

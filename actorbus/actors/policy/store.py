@@ -22,6 +22,7 @@ from ...bus import (
 from ...bus.jetstream import Bucket, when_ready
 from ...bus.pins import seeded_marker
 from ...bus.records import open_record, sign_record
+from ...bus.subjects import REGISTRY_BUCKET
 from ...host import Actor, current_call
 from ...host.policy import PUBLIC, PolicyConfig, PolicyState, Role
 from ...host.policy_view import PolicyRecords, load_state
@@ -75,6 +76,12 @@ class PolicyStore(Actor):
         self._bucket = bucket or await Bucket.open(
             self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
         )
+        # Registry reads are direct gets (nothing made per read): a registry made before
+        # they were is given them by the policy actor, which owns the shared streams.
+        registry = await Bucket.open(
+            self.nc, REGISTRY_BUCKET, ttl=settings.registry_ttl, replicas=settings.js_replicas
+        )
+        await registry.serve_direct()
         await ensure_audit(self.nc, replicas=settings.js_replicas)
         await ensure_logs(self.nc, settings)  # every node ships into it; the policy makes it
         path = seeded.with_name(f"{settings.policy_bucket}.records")
