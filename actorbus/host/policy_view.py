@@ -92,13 +92,17 @@ class PolicyRecords:
             log.warning("policy %s: ignoring %s: %s", self.bucket, key[:80], why)
 
 
-async def load_state(bucket: Bucket, records: PolicyRecords) -> PolicyState:
-    """The policy in ``bucket`` as it is now (what ``records`` lets count)."""
+async def load_state(
+    bucket: Bucket, records: PolicyRecords, held: set[str] | None = None
+) -> PolicyState:
+    """The policy in ``bucket`` as it is now (what ``records`` lets count); the keys whose
+    records count are added to ``held``."""
     state = PolicyState()
     async for item in bucket.watch():
         if item is None:
             break
-        records.apply(state, item.key, item.value)
+        if records.apply(state, item.key, item.value) and held is not None:
+            held.add(item.key)
     return state
 
 

@@ -1,5 +1,5 @@
 """The policy's records kept: what this policy actor last signed or read at each key, in
-memory and in its home, written back over anything else that lands on those keys.
+its home, written back over anything else that lands on those keys.
 
 Signatures make the policy unforgeable, not indestructible: a connection with any
 JetStream right can have the server answer onto a policy key (JetStream replies on the
@@ -9,13 +9,28 @@ unrepaired, a restarted host would miss that admin, role or binding. So every re
 the policy actor follows its bucket and puts the last record of its own back (by
 compare-and-set: one replica does), and keeps them in ``$ACTOR_HOME/pins/<bucket>.records``
 (0600) so that a policy actor that starts after such a write restores them too.
+
+The file is a log: each record this policy signs or reads is one line appended
+(``<key>\\t<record>``), the last line of a key wins, and the log is rewritten without its
+dead lines once they outweigh the live ones. One thread owns the file and the index of
+where each key's last line is; the event loop hands it immutable lines and questions
+(:class:`_Ask`) on a queue and awaits the answers. An earlier keeper rewrote a snapshot of
+every record after each burst of changes, in a thread iterating the dict the loop was
+adding to: past ~10,000 records an insert landed mid-iteration and the policy actor
+crashed ("dictionary changed size during iteration"; issue 29), and each burst rewrote
+megabytes for one change.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import queue
+import threading
 from pathlib import Path
+from typing import Any, Final
 
 import anyio
 import msgspec
@@ -29,19 +44,197 @@ __all__ = ["RecordKeeper"]
 
 log = logging.getLogger("actorbus.policy")
 
+_COMPACT_SLACK: Final = 1 << 20
+"""Bytes of dead lines the log may hold beyond as many as its live ones."""
 _snapshot = msgspec.json.Decoder(dict[str, str])
 
 
+class _Ask:
+    """A question for the keeper's thread, answered through the loop."""
+
+    __slots__ = ("future", "key", "loop")
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Any] = self.loop.create_future()
+
+    def answer(self, value: Any) -> None:
+        def give() -> None:
+            if not self.future.done():
+                self.future.set_result(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            self.loop.call_soon_threadsafe(give)
+
+
+class _Log:
+    """The records file, and where each key's last line is in it (the thread's alone)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.index: dict[str, tuple[int, int, int]] = {}
+        """Per key: the offset and length of its last record in the file, and the record's
+        hash (a record the bucket shows again is not written again)."""
+        self.live = 0
+        """Bytes of the lines the index points at."""
+        self.size = 0
+
+    def open(self) -> None:
+        """Read the index from the file, a line at a time (a line cut short by a crash is
+        cut off; a snapshot of the keeper before issue 29, one JSON object, is turned
+        into lines)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            file = open(self.path, "rb")  # noqa: SIM115 - closed below, or by the with
+        except FileNotFoundError:
+            self.path.touch(mode=0o600)
+            return
+        with file:
+            if file.read(1) == b"{":
+                self._from_snapshot(file)
+                return
+            file.seek(0)
+            offset = 0
+            for line in file:
+                if not line.endswith(b"\n"):
+                    break  # torn by a crash
+                key, tab, record = line[:-1].partition(b"\t")
+                if tab:
+                    self._point(key.decode(errors="replace"), offset, record)
+                offset += len(line)
+        if offset != self.path.stat().st_size:
+            os.truncate(self.path, offset)
+        self.size = offset
+        os.chmod(self.path, 0o600)
+
+    def _from_snapshot(self, file: Any) -> None:
+        file.seek(0)
+        try:
+            records = _snapshot.decode(file.read())
+        except UNDECODABLE as exc:
+            log.warning("policy: %s is not a record snapshot (%s): not used", self.path, exc)
+            records = {}
+        self.path.unlink()
+        self.path.touch(mode=0o600)
+        self.append([(key, text.encode()) for key, text in records.items()])
+
+    def _point(self, key: str, offset: int, record: bytes) -> None:
+        """The line at ``offset`` is ``key``'s last: ``key``, a tab, ``record``, LF."""
+        line = len(key.encode()) + len(record) + 2
+        old = self.index.get(key)
+        if old is not None:
+            self.live -= len(key.encode()) + old[1] + 2
+        self.index[key] = (offset + line - len(record) - 1, len(record), hash(record))
+        self.live += line
+
+    def append(self, lines: list[tuple[str, bytes]]) -> None:
+        """Append the records that are not what their keys hold already."""
+        chunks = []
+        offset = self.size
+        for key, record in lines:
+            old = self.index.get(key)
+            if old is not None and old[1] == len(record) and old[2] == hash(record):
+                continue
+            line = key.encode() + b"\t" + record + b"\n"
+            self._point(key, offset, record)
+            offset += len(line)
+            chunks.append(line)
+        if not chunks:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as file:
+            file.write(b"".join(chunks))
+        self.size = offset
+        if self.size > 2 * self.live + _COMPACT_SLACK:
+            self.compact()
+
+    def read(self, key: str) -> bytes | None:
+        where = self.index.get(key)
+        if where is None:
+            return None
+        with open(self.path, "rb") as file:
+            file.seek(where[0])
+            return file.read(where[1])
+
+    def compact(self) -> None:
+        """Rewrite the file with each key's last line only, whole or not at all."""
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        index: dict[str, tuple[int, int, int]] = {}
+        offset = 0
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out, open(self.path, "rb") as old:
+            for key, (start, length, digest) in self.index.items():
+                old.seek(start)
+                prefix = key.encode() + b"\t"
+                out.write(prefix + old.read(length) + b"\n")
+                index[key] = (offset + len(prefix), length, digest)
+                offset += len(prefix) + length + 1
+        partial.replace(self.path)
+        self.index, self.size, self.live = index, offset, offset
+
+
 class RecordKeeper:
-    """The records of the policy key ``address`` in ``bucket``, kept at ``path``."""
+    """The records of the policy key ``address`` in ``bucket``, kept at ``path``.
+
+    An async context manager: on entry its thread has read the file's index; on exit
+    what was noted is written, and the thread ends."""
 
     def __init__(self, bucket: Bucket, address: str, path: Path) -> None:
         self._bucket = bucket
         self._address = address
-        self._path = path
-        self._records: dict[str, bytes] = {}
+        self._log = _Log(path)
+        self._jobs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._throttle = LogThrottle(log, burst=3, interval=60.0)
-        self._dirty = anyio.Event()
+
+    async def __aenter__(self) -> RecordKeeper:
+        opened = _Ask(None)
+        self._thread = threading.Thread(
+            target=self._work, args=(opened,), name="policy records", daemon=True
+        )
+        self._thread.start()
+        await opened.future
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        done = _Ask(None)
+        self._jobs.put(("stop", done))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await done.future
+
+    def _work(self, opened: _Ask) -> None:
+        """The thread: the only one that touches the file and its index."""
+        try:
+            self._log.open()
+        finally:
+            opened.answer(None)
+        while True:
+            kind, arg = self._jobs.get()
+            if kind == "note":  # take every note queued: one write for a burst
+                lines = [arg]
+                while True:
+                    try:
+                        kind, arg = self._jobs.get_nowait()
+                    except queue.Empty:
+                        kind = ""
+                        break
+                    if kind != "note":
+                        break
+                    lines.append(arg)
+                try:
+                    self._log.append(lines)
+                except OSError as exc:
+                    log.error("policy: cannot keep records in %s: %s", self._log.path, exc)
+                if not kind:
+                    continue
+            if kind == "read":
+                arg.answer(self._log.read(arg.key))
+            elif kind == "keys":
+                arg.answer(list(self._log.index))
+            elif kind == "stop":
+                arg.answer(None)
+                return
 
     def ours(self, key: str, data: bytes) -> bool:
         """Whether ``data`` is a record of this policy at ``key``."""
@@ -50,31 +243,26 @@ class RecordKeeper:
         except ActorError:
             return False
 
-    def load(self) -> None:
-        """Read the kept records (those that still verify) from this home."""
-        try:
-            stored = _snapshot.decode(self._path.read_bytes())
-        except FileNotFoundError:
-            return
-        except UNDECODABLE as exc:
-            log.warning("policy: %s is not a record snapshot (%s): not used", self._path, exc)
-            return
-        for key, text in stored.items():
-            if self.ours(key, text.encode()):
-                self._records[key] = text.encode()
-
     def note(self, key: str, data: bytes) -> None:
-        """``data``, a record of this policy, is what ``key`` holds now."""
-        if self._records.get(key) != data:
-            self._records[key] = data
-            self._dirty.set()
+        """``data``, a record of this policy, is what ``key`` holds now (kept on disk
+        shortly after; the line and its key are immutable, so the thread may have them)."""
+        self._jobs.put(("note", (key, data)))
+
+    async def kept(self, key: str) -> bytes | None:
+        """The last record of this policy's that ``key`` held, if it still verifies."""
+        ask = _Ask(key)
+        self._jobs.put(("read", ask))
+        data: bytes | None = await ask.future
+        return data if data is not None and self.ours(key, data) else None
 
     async def restore(self, key: str, found: tuple[bytes | None, int] | None = None) -> None:
         """Put this policy's last record back at ``key`` unless the bucket holds one of
         its own there. ``found`` is what the bucket's watch showed there (value,
         revision); without it, the bucket is asked. Compare-and-set: another replica, or
         another writer, may come first (and the watch shows that one next)."""
-        kept = self._records.get(key)
+        if found is not None and found[0] is not None and self.ours(key, found[0]):
+            return
+        kept = await self.kept(key)
         if kept is None:
             return
         if found is None:
@@ -91,47 +279,29 @@ class RecordKeeper:
                 printable(key, 80),
             )
 
-    async def restore_all(self) -> int:
-        """Restore every kept record the bucket does not hold; returns how many are kept."""
-        for key in list(self._records):
-            await self.restore(key)
-        return len(self._records)
+    async def restore_missing(self, held: set[str]) -> int:
+        """Restore every kept record whose key is not in ``held`` (the keys where the
+        bucket holds a record of this policy); returns how many keys are kept."""
+        ask = _Ask(None)
+        self._jobs.put(("keys", ask))
+        keys: list[str] = await ask.future
+        for key in keys:
+            if key not in held:
+                await self.restore(key)
+        return len(keys)
 
     async def run(self) -> None:
         """Follow the bucket (noting this policy's records, restoring them over anything
-        else) and keep the snapshot current, until cancelled."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._save_when_changed)
-            while True:
-                try:
-                    async for item in self._bucket.watch():
-                        if item is None:
-                            continue
-                        if item.value is not None and self.ours(item.key, item.value):
-                            self.note(item.key, item.value)
-                        elif item.key in self._records:
-                            await self.restore(item.key, (item.value, item.revision))
-                except Unavailable as exc:
-                    log.debug("policy: following the bucket: %s", exc)
-                await anyio.sleep(1.0)
-
-    async def _save_when_changed(self) -> None:
-        try:
-            while True:
-                await self._dirty.wait()
-                self._dirty = anyio.Event()
-                await anyio.to_thread.run_sync(self._save)
-                await anyio.sleep(0.5)  # a burst of changes: one write
-        finally:
-            if self._dirty.is_set():  # stopping: what changed last is kept too
-                self._save()
-
-    def _save(self) -> None:
-        """Write the snapshot, whole or not at all, readable by this user only."""
-        data = msgspec.json.encode({k: v.decode() for k, v in self._records.items()})
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial = self._path.with_name(f"{self._path.name}.{os.getpid()}")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        partial.replace(self._path)
+        else), until cancelled."""
+        while True:
+            try:
+                async for item in self._bucket.watch():
+                    if item is None:
+                        continue
+                    if item.value is not None and self.ours(item.key, item.value):
+                        self.note(item.key, item.value)
+                    else:
+                        await self.restore(item.key, (item.value, item.revision))
+            except Unavailable as exc:
+                log.debug("policy: following the bucket: %s", exc)
+            await anyio.sleep(1.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from ...bus import (
     Gone,
     Keystore,
     Unauthorized,
+    Unavailable,
     address_to_public_key,
     token_keypair,
 )
@@ -62,7 +64,19 @@ class PolicyStore(Actor):
     sessions = False  # every change to the policy is signed by the admin who made it
 
     async def on_start(self) -> None:
+        self._stack = AsyncExitStack()
+        self._kept_by: RecordKeeper | None = None
         await when_ready(self._open, "the policy bucket", wait=self.settings.start_wait)
+
+    async def on_stop(self) -> None:
+        await self._stack.aclose()
+
+    @property
+    def _keeper(self) -> RecordKeeper:
+        """Who keeps this policy's records (from :meth:`on_start` on)."""
+        if self._kept_by is None:
+            raise Unavailable("the policy actor has not opened its bucket yet")
+        return self._kept_by
 
     async def _open(self) -> None:
         settings = self.settings
@@ -85,13 +99,18 @@ class PolicyStore(Actor):
         await ensure_audit(self.nc, replicas=settings.js_replicas)
         await ensure_logs(self.nc, settings)  # every node ships into it; the policy makes it
         path = seeded.with_name(f"{settings.policy_bucket}.records")
-        self._keeper = RecordKeeper(self._bucket, self.address, path)
-        kept = 0
-        if bucket is not None:  # (a new bucket is a new policy: an old snapshot is not it)
-            self._keeper.load()
-            kept = await self._keeper.restore_all()  # written over while none of us ran
+        if bucket is None:  # a new bucket is a new policy: records kept of an old one are not
+            path.unlink(missing_ok=True)
+        if self._kept_by is None:
+            self._kept_by = await self._stack.enter_async_context(
+                RecordKeeper(self._bucket, self.address, path)
+            )
         self._records = PolicyRecords(settings.policy_bucket, self.address, lambda _: None)
-        state = await load_state(self._bucket, self._records)
+        held: set[str] = set()
+        state = await load_state(self._bucket, self._records, held)
+        kept = await self._keeper.restore_missing(held)  # written over while none of us ran
+        if kept > len(held):  # some were: the state with them back
+            state = await load_state(self._bucket, self._records)
         if bucket is not None and seeded.exists() and not state.configured and not kept:
             raise Gone(
                 f"the policy bucket {settings.policy_bucket} holds no record of this policy "
