@@ -9,9 +9,10 @@ from pathlib import Path
 
 import anyio
 import msgspec
-from support import Probe
+from support import Probe, eventually
 
 from actorbus import Client, Settings, serve
+from actorbus.actors.policy import Policy
 from actorbus.actors.policy.keeper import RecordKeeper
 from actorbus.bus import Bucket, Keypair, connect
 from actorbus.bus.records import sign_record
@@ -103,3 +104,45 @@ async def test_a_snapshot_of_the_old_keeper_is_read(nats_url: str, tmp_path: Pat
         async with RecordKeeper(bucket, key.address, path) as keeper:
             assert await keeper.kept("admin.a") == record
         assert path.read_bytes() == b"admin.a\t" + record + b"\n"
+
+
+async def test_a_change_to_one_key_costs_that_keys_lease_only(
+    settings: Settings, name: str
+) -> None:
+    """Before, any change of the policy had every active key on every host hand back its
+    quota lease and borrow another: two writes at the policy actor per active key, per
+    change (4,000 active keys: 2.6 s of its CPU for one stake). Now a key whose rate a
+    change leaves alone keeps its lease; the key whose stake changed hands its back."""
+    settings = msgspec.structs.replace(settings, quota_window=60.0)
+    steady, changed, newcomer = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings) as policy,
+        serve(Probe(), name=name, settings=settings) as host,
+        Client(settings=settings) as admin,
+        Client(steady, settings=settings) as a,
+        Client(changed, settings=settings) as b,
+    ):
+        await admin.call(settings.policy, "set_role", "metered", [f"{name}/*"], [], 1.0)
+        for key in (steady, changed):
+            await admin.call(settings.policy, "add_user", key.address, "metered")
+            await admin.call(settings.policy, "set_stake", key.address, 6000)  # 100 a minute
+
+        async def both_call() -> None:
+            assert await a.call(name, "forward", "a") == "a"
+            assert await b.call(name, "forward", "b") == "b"
+
+        await eventually(both_call)  # each holds a lease of 10 on this host now
+        released = policy.pipeline.stats["release"]
+        before = released.num_requests
+        await admin.call(settings.policy, "set_stake", changed.address, 9000)
+        await admin.call(settings.policy, "add_user", newcomer.address, "metered")
+
+        async def seen() -> None:
+            assert host.pipeline.policy.state.users.get(newcomer.address) == "metered"
+
+        await eventually(seen)
+        for _ in range(3):
+            assert await a.call(name, "forward", "a") == "a"
+        assert released.num_requests == before  # the steady key kept its lease
+        assert await b.call(name, "forward", "b") == "b"
+        assert released.num_requests == before + 1  # the changed key handed its back

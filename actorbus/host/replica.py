@@ -122,7 +122,6 @@ async def serve(
             Quotas(
                 partial(_lease, client, settings.policy),
                 partial(_release, client, settings.policy),
-                lambda: policy.state.revision,
             )
             if actor.quotas
             else None
@@ -333,10 +332,11 @@ def host_key(settings: Settings) -> Keypair:
     return keys.owner(settings.key)
 
 
-async def _lease(client: Client, policy: str, key: str, want: int) -> Grant:
-    """Borrow up to ``want`` calls of ``key``'s budget from the policy actor."""
+async def _lease(client: Client, policy: str, key: str, want: int, window: int) -> Grant:
+    """Borrow up to ``want`` calls of ``key``'s budget for ``window`` from the policy
+    actor."""
     grant: Grant = msgspec.convert(
-        await client.request(policy, "lease", [key, want], timeout=4.0), Grant
+        await client.request(policy, "lease", [key, want, window], timeout=4.0), Grant
     )
     return grant
 

@@ -2,8 +2,10 @@
 ``key``'s budget for the current window, never more than the budget in total; ``release``
 takes back what a host did not use.
 
-What was lent lives in JetStream, not in this process: one counter per key in the bucket
-``<policy bucket>_lent``, changed by compare-and-set on its revision. Every replica of the
+What was lent lives in JetStream, not in this process: one counter per key and window
+parity (``<key>.0``, ``<key>.1``: a host borrows ahead for the next window near the end of
+the current one) in the bucket ``<policy bucket>_lent``, changed by compare-and-set on its
+revision. Every replica of the
 policy actor lends from the same counters, so the replicas need no leader, and a replica
 killed mid-window forgets nothing (a counter is written before the grant is sent). A lease
 whose reply is lost is simply lent and unused: a retry can lose budget, never double it.
@@ -22,7 +24,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ...bus import Forbidden, Unavailable
+from ...bus import BadRequest, Forbidden, Unavailable
 from ...bus.jetstream import Bucket, when_ready
 from ...bus.wire import UNDECODABLE
 from ...host import endpoint
@@ -113,7 +115,10 @@ class Quotas(PolicyStore):
         return new - lent
 
     async def _count_shared(self, key: str, window: int, change: int, budget: int) -> int:
-        """:meth:`_count` on the counter in JetStream, by compare-and-set."""
+        """:meth:`_count` on the counter in JetStream, by compare-and-set. A key has two,
+        one for even windows and one for odd, so a lease borrowed ahead for the next
+        window and one for the current never meet."""
+        key = f"{key}.{window % 2}"
         for _ in range(_CONTENDED):
             known = self._counters.get(key)
             if known is None:
@@ -137,20 +142,25 @@ class Quotas(PolicyStore):
         raise Unavailable(f"the quota counter of {key} is contended; try again")
 
     @endpoint(idempotent=True)  # a retried lease may lose budget, never lend it twice
-    async def lease(self, key: str, want: int) -> dict[str, Any]:
-        """Lend up to ``want`` calls of ``key``'s budget for the current window."""
+    async def lease(self, key: str, want: int, window: int | None = None) -> dict[str, Any]:
+        """Lend up to ``want`` calls of ``key``'s budget for ``window`` (its number: the
+        current one, or the next, borrowed ahead; default the current)."""
         await self._require_actor()
         state = self.state
-        window = state.config.window
         now = time.time()
-        index = int(now // window)
+        length = state.config.window
+        current = int(now // length)
+        if window is not None and window > current + 1:
+            raise BadRequest(f"a lease is for window {current} or {current + 1}, not {window}")
+        # A host whose clock is behind asks for a window past here: it gets the current.
+        index = current if window is None else max(window, current)
         rate = state.rate_of(key)
         if rate is None or (state.config.local_exempt and await self._is_actor(key)):
             # Admins, and actors' own keys when exempt: not counted.
             return msgspec.to_builtins(Grant(max(want, 1), index))  # type: ignore[no-any-return]
-        budget = int(rate * window / 60)
+        budget = int(rate * length / 60)
         granted = await self._count(key, index, max(want, 1), budget)
-        retry_after = 0.0 if granted else (index + 1) * window - now
+        retry_after = 0.0 if granted else (index + 1) * length - now
         return msgspec.to_builtins(Grant(granted, index, retry_after))  # type: ignore[no-any-return]
 
     async def release(self, key: str, window: int, count: int) -> None:
