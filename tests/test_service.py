@@ -13,12 +13,14 @@ import msgspec
 import pytest
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 from processes import actor_serve
-from support import Probe
+from support import Probe, eventually
 
 from actorbus import Client, Settings, serve
+from actorbus.actors.policy import Policy
 from actorbus.bus import connect
 from actorbus.bus.records import open_record
 from actorbus.client import Registry
+from actorbus.client.discovery import from_service_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +57,25 @@ async def test_srv_ping_info_stats(settings: Settings, name: str) -> None:
         assert forward.num_requests == 2
         assert forward.num_errors == 0
         assert forward.average_processing_time > 0
+
+
+async def test_srv_info_shows_a_binding_made_after_the_start(settings: Settings, name: str) -> None:
+    """A replica started before its policy is bound later; its $SRV.INFO record shows the
+    binding then, or callers that trust the policy would never count it there, which is
+    where they find it without JetStream (seen as a 502 in test_cluster's degraded mode
+    when the replica's policy view was not loaded yet at its start)."""
+    async with (
+        serve(Probe(), name=name, settings=settings) as host,  # first: no policy to claim from
+        serve(Policy(), name=settings.policy, settings=settings),
+        Client(settings=settings) as client,
+    ):
+
+        async def counted() -> None:
+            known = await from_service_info(client.nc, name, 10.0, client.vouching)
+            assert client.vouching.trusted is not None
+            assert host.address in known.addresses
+
+        await eventually(counted)
 
 
 async def test_srv_all_sees_every_replica(settings: Settings, name: str) -> None:

@@ -168,14 +168,14 @@ async def serve_micro(
 ) -> None:
     """Answer ``$SRV.<verb>``, ``$SRV.<verb>.<name>`` and ``$SRV.<verb>.<name>.<id>``
     until cancelled, on reply subjects starting with one of ``reply_prefixes`` only.
-    Started (``task_status``) once subscribed and flushed."""
-    ping = _json.encode(
-        PingResponse(identity.service_name, identity.id, identity.version, identity.metadata)
-    )
-    info = _json.encode(_info(identity, functions))
+    Started (``task_status``) once subscribed and flushed. Each answer shows
+    ``identity.metadata`` as it is then: a replica's record there gains its name's binding
+    when the policy grants it, which may be after the start."""
     answers = {
-        "PING": lambda: ping,
-        "INFO": lambda: info,
+        "PING": lambda: _json.encode(
+            PingResponse(identity.service_name, identity.id, identity.version, identity.metadata)
+        ),
+        "INFO": lambda: _json.encode(_info(identity, functions)),
         "STATS": lambda: _json.encode(_stats(identity, stats)),
     }
     subs = []

@@ -53,6 +53,8 @@ DEFAULT_WHITELIST = frozenset({"info", "schema", "fns", "whitelist", "blacklist"
 
 PUBLIC = "public"
 _MEMO_LIMIT = 65536
+_ONE_KEY = frozenset({"user", "stake", "revoked"})
+"""Record kinds that change the decisions of the key they name only."""
 
 
 class Role(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -227,8 +229,8 @@ class PolicyState:
         self.revision = 0
         self._patterns: dict[str, re.Pattern[str]] = {}
         self._memo: dict[str, dict[tuple[str, str, bool], Decision]] = {}
-        """Per caller key, its decisions lately (cleared by every change but a login's,
-        which drops its own key's only)."""
+        """Per caller key, its decisions lately (a change to one key's role, stake,
+        revocation or login drops that key's; any other change, all)."""
         self._memo_size = 0
 
     def apply(self, key: str, value: bytes | None) -> None:
@@ -304,6 +306,9 @@ class PolicyState:
             log.warning("policy: ignoring malformed entry %s: %s", key, exc)
             return
         self.revision += 1
+        if kind in _ONE_KEY:  # one key's role, stake or revocation: that key's decisions
+            self._memo_size -= len(self._memo.pop(subject, {}))
+            return
         self._memo.clear()
         self._memo_size = 0
 

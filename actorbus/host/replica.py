@@ -165,14 +165,10 @@ async def serve(
                     id=instance,
                     version=VERSION,
                     description=actor.description or type(actor).__doc__ or "",
-                    metadata={
-                        "actor": name,
-                        "address": key.address,
-                        "node": entry.node,
-                        "record": registration.record(entry).decode(),
-                    },
+                    metadata={"actor": name, "address": key.address, "node": entry.node},
                     started=dt.datetime.now(dt.UTC),
                 )
+                registration.show(identity, entry)
                 for _ in range(settings.max_in_flight):
                     tg.start_soon(pipeline.work)
                 tg.start_soon(pipeline.sweep)
@@ -233,6 +229,9 @@ class _Registration:
         self.binding: NameBinding | None = None
         self.registry: Registry | None = None
         self._failing = False
+        self._identity: ServiceIdentity | None = None
+        self._shown: str | None = None
+        """The binding in the record the replica shows on ``$SRV``."""
 
     def _current(self, entry: RegistryEntry) -> RegistryEntry:
         """``entry`` with the name's binding as the policy holds it now."""
@@ -243,6 +242,19 @@ class _Registration:
         """``entry`` as a signed registry record (for ``$SRV.INFO``, whose answers are
         checked as registry entries are)."""
         return signed_entry(self._current(entry), self._key)
+
+    def show(self, identity: ServiceIdentity, entry: RegistryEntry) -> None:
+        """Show ``entry`` on ``$SRV`` as ``identity``'s record, and again whenever the
+        name's binding is not the one shown (each put): a replica may be bound after it
+        started (its policy was not loaded yet, or could not be asked), and without
+        JetStream callers that trust the policy find it only there, and count it only
+        with the binding."""
+        self._identity = identity
+        binding = self.binding.record if self.binding else ""
+        if binding != self._shown:
+            record = self.record(entry).decode()
+            identity.metadata = {**identity.metadata, "record": record}
+            self._shown = binding
 
     @property
     def period(self) -> float:
@@ -257,6 +269,8 @@ class _Registration:
             self._failed(exc)
 
     async def put(self, entry: RegistryEntry) -> None:
+        if self._identity is not None:
+            self.show(self._identity, entry)
         if self.registry is None:
             await self.open()
         if self.registry is None:
