@@ -169,13 +169,28 @@ async def serve_micro(
     """Answer ``$SRV.<verb>``, ``$SRV.<verb>.<name>`` and ``$SRV.<verb>.<name>.<id>``
     until cancelled, on reply subjects starting with one of ``reply_prefixes`` only.
     Started (``task_status``) once subscribed and flushed. Each answer shows
-    ``identity.metadata`` as it is then: a replica's record there gains its name's binding
-    when the policy grants it, which may be after the start."""
+    ``identity.metadata`` as it is then (replaced, never changed in place): a replica's
+    record there gains its name's binding when the policy grants it, which may be after
+    the start."""
+    shown: dict[str, tuple[object, bytes]] = {}
+
+    def current(verb: str) -> bytes:
+        """PING's or INFO's answer, encoded again only when the metadata was replaced (a
+        flood of questions costs a publish each, not an encoding: 42 µs for INFO)."""
+        metadata = identity.metadata
+        held = shown.get(verb)
+        if held is None or held[0] is not metadata:
+            answer = (
+                PingResponse(identity.service_name, identity.id, identity.version, metadata)
+                if verb == "PING"
+                else _info(identity, functions)
+            )
+            held = shown[verb] = (metadata, _json.encode(answer))
+        return held[1]
+
     answers = {
-        "PING": lambda: _json.encode(
-            PingResponse(identity.service_name, identity.id, identity.version, identity.metadata)
-        ),
-        "INFO": lambda: _json.encode(_info(identity, functions)),
+        "PING": lambda: current("PING"),
+        "INFO": lambda: current("INFO"),
         "STATS": lambda: _json.encode(_stats(identity, stats)),
     }
     subs = []
