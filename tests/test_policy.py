@@ -412,3 +412,34 @@ async def test_a_stake_raise_lifts_a_refusal_at_once(settings: Settings, name: s
             assert await successes(client, name, 1) == 1
 
         assert await eventually(allowed) < 1.0  # not at the end of the window
+
+
+async def test_a_longer_quota_window_locks_no_key_out(settings: Settings, name: str) -> None:
+    """A key's counter said window 882589012 of 2 s; after the window became an hour (its
+    number t // 3600, smaller), the counter looked like a window to come, and the key got
+    429 for up to a day (found by a helper session). Counters of another window length
+    now count as none."""
+    caller = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings) as host,
+        Client(settings=settings) as admin,
+        Client(caller, settings=settings) as client,
+    ):
+        await meter(admin, settings, name, caller.address, 6000)
+        await admin.call(settings.policy, "set_config", 2.0)
+
+        async def metered() -> None:
+            assert host.pipeline.policy.state.config.window == 2.0
+            assert await successes(client, name, 1) == 1
+
+        await eventually(metered)
+        await anyio.sleep(2.0 - time.time() % 2.0 + 0.05)
+        assert await successes(client, name, 1) == 1  # a counter for each window parity now
+        await admin.call(settings.policy, "set_config", 3600.0)
+
+        async def longer() -> None:
+            assert host.pipeline.policy.state.config.window == 3600.0
+
+        await eventually(longer)
+        assert await successes(client, name, 3) == 3

@@ -139,20 +139,32 @@ class Bucket:
         """Each key's current value, then ``None`` once caught up, then every change as it
         happens.
 
+        nats-py's watcher may say "caught up" before values already on their way (the
+        server counts them delivered, the client has not read them yet): a policy view
+        that believed it saw an empty bucket, refused calls for a moment and said the
+        policy was not there (issue 28). So caught up is the entry with nothing pending
+        after it, or nats-py's marker when the bucket holds no entry at all.
+
         Runs until cancelled; raises :class:`Unavailable` if the watch cannot start.
         """
         try:
             watcher = await self._kv.watch(">")
         except JS_ERRORS as exc:
             raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
+        caught_up = False
         try:
             async for entry in watcher:
                 if entry is None:
-                    yield None
+                    if not caught_up and await self._holds_none(">"):
+                        caught_up = True
+                        yield None
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
                 value = None if deleted else entry.value or b""
                 yield Change(entry.key, value, entry.revision or 0)
+                if not caught_up and entry.delta == 0:
+                    caught_up = True
+                    yield None
         finally:
             with anyio.CancelScope(shield=True):
                 await watcher.stop()  # type: ignore[no-untyped-call]
@@ -265,7 +277,10 @@ class Bucket:
         return values
 
     async def _holds_none(self, keys: str) -> bool:
-        """Whether no key matching ``keys`` has an entry (a value or a deletion)."""
+        """Whether no key matching ``keys`` has an entry (a value or a deletion); for every
+        key (``>``), asked without listing them (a bucket may hold a million)."""
+        if keys == ">":
+            return not (await self._js.stream_info(self.stream)).state.messages
         subjects = f"$KV.{self.name}.{keys}"
         info = await self._js.stream_info(self.stream, subjects_filter=subjects)
         return not info.state.subjects

@@ -41,17 +41,22 @@ _CONTENDED = 16
 """Compare-and-set attempts before a lease gives up (503): other replicas kept winning."""
 _REVISIONS = 100_000
 """Counters whose last revision a replica remembers (a known revision saves a read)."""
-_SHARED_WAIT = 1.0
-"""Seconds a lease waits for the shared counters before it counts here instead."""
+_SHARED_WAIT = 0.5
+"""Seconds a lease waits for the shared counters before it counts here instead: less than
+the deadline of a host's attempt (a third of 4 s, less the margin: 1 s), or the lease
+would time out (408) rather than be counted here."""
 _OFFLINE = 5.0
 """Seconds a replica counts on its own before it tries the shared counters again."""
 
 
 class Lent(msgspec.Struct, array_like=True, frozen=True):
-    """A key's counter: ``lent`` calls of its budget lent in ``window`` (time // length)."""
+    """A key's counter: ``lent`` calls of its budget lent in ``window`` (time // length),
+    windows of ``length`` seconds (a counter of another length counts as none: the
+    windows' numbers are not comparable)."""
 
     window: int
     lent: int
+    length: float = 0.0
 
 
 _encode = msgspec.json.Encoder().encode
@@ -63,7 +68,7 @@ class Quotas(PolicyStore):
 
     def __init__(self) -> None:
         self._counters: dict[str, tuple[Lent, int]] = {}
-        self._here: dict[tuple[str, int], int] = {}
+        self._here: dict[tuple[str, int, float], int] = {}
         self._offline_until = 0.0
         self._actors: tuple[float, frozenset[str]] = (0.0, frozenset())
 
@@ -91,12 +96,14 @@ class Quotas(PolicyStore):
             raise Forbidden("only registered actors may borrow quota")
 
     async def _count(self, key: str, window: int, change: int, budget: int) -> int:
-        """Add ``change`` (negative: take back) to what ``key`` has been lent in ``window``,
-        kept within ``0..budget``; returns what was really added."""
+        """Add ``change`` (negative: take back) to what ``key`` has been lent in ``window``
+        (of the policy's window length), kept within ``0..budget``; returns what was really
+        added."""
+        length = self.state.config.window
         if time.monotonic() >= self._offline_until:
             try:
                 with anyio.fail_after(_SHARED_WAIT):
-                    added = await self._count_shared(key, window, change, budget)
+                    added = await self._count_shared(key, window, length, change, budget)
             except (Unavailable, TimeoutError) as exc:
                 if not self._offline_until:
                     log.warning("quota counters unreachable (%s): counting here until back", exc)
@@ -109,12 +116,14 @@ class Quotas(PolicyStore):
                 return added
         if len(self._here) >= _REVISIONS:
             self._here = {k: v for k, v in self._here.items() if k[1] >= window}
-        lent = self._here.get((key, window), 0)
+        lent = self._here.get((key, window, length), 0)
         new = max(0, min(budget, lent + change))
-        self._here[key, window] = new
+        self._here[key, window, length] = new
         return new - lent
 
-    async def _count_shared(self, key: str, window: int, change: int, budget: int) -> int:
+    async def _count_shared(
+        self, key: str, window: int, length: float, change: int, budget: int
+    ) -> int:
         """:meth:`_count` on the counter in JetStream, by compare-and-set. A key has two,
         one for even windows and one for odd, so a lease borrowed ahead for the next
         window and one for the current never meet."""
@@ -125,13 +134,14 @@ class Quotas(PolicyStore):
                 found = await self._lent.get(key)
                 known = (_lent_of(found[0]), found[1]) if found else (Lent(window, 0), 0)
             counter, revision = known
-            lent = counter.lent if counter.window == window else 0
-            if counter.window > window:
+            same = counter.length == length
+            lent = counter.lent if same and counter.window == window else 0
+            if same and counter.window > window:
                 return 0  # another replica's clock is in the next window already
             new = max(0, min(budget, lent + change))
-            if new == lent and counter.window == window:
+            if new == lent and same and counter.window == window:
                 return 0
-            after = Lent(window, new)
+            after = Lent(window, new, length)
             written = await self._lent.update(key, _encode(after), revision)
             if written is not None:
                 if len(self._counters) >= _REVISIONS:
