@@ -5,9 +5,10 @@ CPU-bound checks: size, signature, freshness and replay, routing, argument bindi
 an accepted call goes into a bounded priority queue (:mod:`.admission`), which
 ``max_in_flight`` worker tasks drain through the *execute* stages (deadline, invoke,
 encode). Python runs one thing at a time anyway, so this costs no parallelism and saves a
-task per request. A session handshake is answered in the reader, never queued. Hooks see
-the bound arguments. Each stage is a plain async function
-``(call, msg) -> None`` that raises an :class:`ActorError` to refuse.
+task per request. A session handshake is answered in the reader, never queued. Each
+stage is a plain function ``(call, msg) -> None`` that raises an :class:`ActorError` to
+refuse (a coroutine per stage cost a call a few µs for nothing: none waits); an
+endpoint's hooks, which may be async, run after them and see the bound arguments.
 
 Before any stage, the door: a request nobody could hear the answer to (no reply subject,
 or one that is not an inbox) is dropped unread, and when the reader is more than
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
@@ -60,7 +61,8 @@ from .threads import SyncRunner
 
 __all__ = ["Pipeline", "Stage"]
 
-Stage = Callable[[Call, Msg], Awaitable[None]]
+Stage = Callable[[Call, Msg], None]
+_NO_HOOKS: Final = (None, None, None)
 
 INLINE_LIMIT = 0.05
 """Seconds an inline handler may hold the event loop before a warning says so."""
@@ -134,15 +136,19 @@ class Pipeline:
         self.received = 0
         self._prefix_len = len(f"actor.{name}.")
         self._hooks = {
-            fn: (
-                resolve_hook(actor, f.options.verify),
-                resolve_hook(actor, f.options.blacklist),
-                resolve_hook(actor, f.options.priority),
-            )
+            fn: hooks if any(hooks) else _NO_HOOKS
             for fn, f in functions.items()
+            if (
+                hooks := (
+                    resolve_hook(actor, f.options.verify),
+                    resolve_hook(actor, f.options.blacklist),
+                    resolve_hook(actor, f.options.priority),
+                )
+            )
         }
         # The order is the protocol's: nothing is decoded before the signature holds, and
-        # an unsigned request is a 401 whatever else is wrong with it.
+        # an unsigned request is a 401 whatever else is wrong with it. The stages are plain
+        # functions (none waits for anything); the hooks, which may, run after them.
         self.stages: tuple[Stage, ...] = (
             self.check_size,
             self.verify_signature,
@@ -151,7 +157,6 @@ class Pipeline:
             self.check_policy,
             self.route,
             self.bind,
-            self.run_hooks,
         )
 
     @property
@@ -182,7 +187,9 @@ class Pipeline:
             if self.sub is not None and self.sub.pending_msgs > self.settings.max_queue:
                 raise Unavailable("overloaded: requests arrive faster than they are read")
             for stage in self.stages:
-                await stage(call, msg)
+                stage(call, msg)
+            if self._hooks[call.fn] is not _NO_HOOKS:
+                await self.run_hooks(call)
             if call.stage is not None:
                 call.stage.end()
             if call.fn == SESSION_FN:
@@ -205,12 +212,13 @@ class Pipeline:
         """Answer a session handshake here, in the reader: it is quick (a sealed box) and
         grants nothing by itself, so it never waits in the queue behind slow handlers,
         and a caller opening a session under load is not turned away for it."""
-        await self.guard.flush()  # as any call: its nonce goes out before its reply
+        if self.guard.pending:  # as any call: its nonce goes out before its reply
+            await self.guard.flush()
         _CURRENT.set(call)
         grant = await self.sessions.open(*call.args, **call.kwargs)
         await self.replies.send(call, 200, codec_for(call.content_type).encode(grant))
 
-    async def check_size(self, call: Call, msg: Msg) -> None:
+    def check_size(self, call: Call, msg: Msg) -> None:
         if len(msg.data) > self.settings.max_body:
             raise PayloadTooLarge(
                 f"body is {len(msg.data)} bytes; the limit is {self.settings.max_body}"
@@ -224,7 +232,7 @@ class Pipeline:
                 f"headers are {size} characters; the limit is {self.settings.max_headers}"
             )
 
-    async def verify_signature(self, call: Call, msg: Msg) -> None:
+    def verify_signature(self, call: Call, msg: Msg) -> None:
         headers = msg.headers
         if headers and H_SESSION in headers:
             meta = self.sessions.authenticate(call, msg.subject, msg.reply, headers, msg.data)
@@ -234,11 +242,11 @@ class Pipeline:
         call.caller = meta.key
         call.content_type = meta.content_type
 
-    async def check_replay(self, call: Call, msg: Msg) -> None:
+    def check_replay(self, call: Call, msg: Msg) -> None:
         assert call.meta is not None
         self.guard.check(call.meta)
 
-    async def check_forwarded(self, call: Call, msg: Msg) -> None:
+    def check_forwarded(self, call: Call, msg: Msg) -> None:
         """A trusted forwarder (a gateway) may call on behalf of another key, and so may a
         delegate that carries that key's own delegation for this function: from here on
         that key is the caller (policy, quota, hooks), the forwarder is remembered."""
@@ -262,7 +270,7 @@ class Pipeline:
         policy = self.policy
         return policy.state.forwarders if policy is not None else frozenset()
 
-    async def check_policy(self, call: Call, msg: Msg) -> None:
+    def check_policy(self, call: Call, msg: Msg) -> None:
         policy = self.policy
         if policy is None or call.fn == SESSION_FN:  # a session grants nothing by itself
             return
@@ -281,7 +289,7 @@ class Pipeline:
             raise Forbidden(decision.reason)
         call.rate = decision.rate
 
-    async def route(self, call: Call, msg: Msg) -> None:
+    def route(self, call: Call, msg: Msg) -> None:
         function = self.functions.get(call.fn)
         if function is None:
             raise NotFound(f"{self.name} has no function {excerpt(call.fn)}")
@@ -295,7 +303,7 @@ class Pipeline:
             limit = min(limit, call.meta.timeout)
         call.deadline = call.received + limit
 
-    async def run_hooks(self, call: Call, msg: Msg) -> None:
+    async def run_hooks(self, call: Call) -> None:
         verify, blacklist, priority = self._hooks[call.fn]
         if verify is not None:
             await run_hook(verify, call)
@@ -307,7 +315,7 @@ class Pipeline:
         if priority is not None:
             call.priority = float(await run_hook(priority, call))
 
-    async def bind(self, call: Call, msg: Msg) -> None:
+    def bind(self, call: Call, msg: Msg) -> None:
         assert call.function is not None
         body = codec_for(call.content_type).decode_call(msg.data)
         if len(body.args) + len(body.kwargs) > self.settings.max_args:
@@ -353,7 +361,8 @@ class Pipeline:
         # Its nonce goes out to the other replicas before any reply does (same connection,
         # so in that order): a caller that replays a call it has an answer to finds every
         # replica knowing it.
-        await self.guard.flush()
+        if self.guard.pending:
+            await self.guard.flush()
         body = b""
         error: ActorError | None = None
         stats = self.replies.stats_of(call.fn)

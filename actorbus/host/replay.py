@@ -126,6 +126,11 @@ class ReplayGuard:
         self._wakeup = anyio.Event()
         self._throttle = LogThrottle(log)
 
+    @property
+    def pending(self) -> bool:
+        """Whether nonces wait to be announced."""
+        return bool(self._outbox)
+
     def check(self, meta: RequestMeta) -> None:
         """Accept ``meta`` once: raises :class:`Unauthorized` for a stale, future or replayed
         request; otherwise records the nonce and queues its announcement to the replicas."""
