@@ -3,13 +3,16 @@ that broke the system before, checked at a size where it broke."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import stat
+import sys
 from pathlib import Path
 
 import anyio
 import msgspec
-from support import Probe, eventually
+from support import Probe, env_of, eventually
 
 from actorbus import Client, Settings, serve
 from actorbus.actors.policy import Policy
@@ -146,3 +149,29 @@ async def test_a_change_to_one_key_costs_that_keys_lease_only(
         assert released.num_requests == before  # the steady key kept its lease
         assert await b.call(name, "forward", "b") == "b"
         assert released.num_requests == before + 1  # the changed key handed its back
+
+
+async def test_lists_page_past_what_one_reply_holds(settings: Settings) -> None:
+    """`user ls` failed past ~17,000 users: one reply of 2 MB, over the server's max
+    payload (a 500). Now 20,000 users, added in bulk, come a page of 1,000 at a time, in
+    order, to the Python client and the CLI alike."""
+    users = {Keypair.generate().address: "user" for _ in range(20_000)}
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        Client(settings=settings) as admin,
+    ):
+        assert await admin.add_users(users) == 20_000
+        pages = [page async for page in admin.pages(settings.policy, "users")]
+        assert {len(page) for page in pages[:-1]} == {1000} and len(pages) == 20
+        listed = {key: role for page in pages for key, role in page.items()}
+        assert listed == users and list(listed) == sorted(users)
+        some = await admin.call(settings.policy, "role2users", "user", limit=5)
+        assert some == sorted(users)[:5]
+        command = ["policy", "user", "ls", "--limit", "1500", "--after", some[-1]]
+        shown = await anyio.run_process(
+            [sys.executable, "-m", "actorbus.cli", *command],
+            env={**os.environ, **env_of(settings)},
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert list(json.loads(shown.stdout)) == sorted(users)[5:1505]

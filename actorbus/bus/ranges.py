@@ -1,4 +1,5 @@
-"""Slice index ranges as jobs take them: ``"1-10,33-35"``, and pages of their indices."""
+"""Slice index ranges as jobs take them: ``"1-10,33-35"``, and pages: of their indices, and
+of every list an actor answers (at most :data:`PAGE_SIZE` items, :mod:`actorbus.host.pages`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from .errors import BadRequest
 __all__ = ["PAGE_SIZE", "page_of", "parse_ranges"]
 
 PAGE_SIZE: Final = 1000
-"""Slice indices per page of :func:`page_of` (and of a job's ``results``)."""
+"""Items per page at most: slice indices of :func:`page_of` (and of a job's ``results``),
+and the items of any list an actor answers (a page of users, of jobs...)."""
 _MAX_RANGES = 100
 _RANGE = re.compile(r"\s*([0-9]{1,12})\s*(?:-\s*([0-9]{1,12})\s*)?")
 

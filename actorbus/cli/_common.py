@@ -22,11 +22,13 @@ from ..client import Client
 
 __all__ = [
     "EXIT_CODES",
+    "ask_pages",
     "ask_policy",
     "checked_name",
     "err",
     "exit_with",
     "out",
+    "paged",
     "run_coroutine",
     "settings_of",
     "stop_on_signal",
@@ -111,6 +113,50 @@ def ask_policy(ctx: click.Context, fn: str, *args: Any) -> Any:
             return await client.request(settings.policy, fn, list(args))
 
     return run_coroutine(ctx, run)
+
+
+def paged(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--limit`` and ``--after`` for a command that lists (:func:`ask_pages`)."""
+    command = click.option(
+        "--after", default="", metavar="KEY", help="Start after KEY (the last one shown)."
+    )(command)
+    return click.option(
+        "--limit", type=click.IntRange(1), default=None, help="At most this many (default: all)."
+    )(command)
+
+
+def ask_pages(
+    ctx: click.Context,
+    name: str,
+    fn: str,
+    *args: Any,
+    limit: int | None,
+    after: str,
+    cursor: Callable[[Any], str] | None = None,
+) -> Any:
+    """The items of ``name``'s listing function ``fn`` after ``after`` (at most ``limit``),
+    asked a page at a time (:meth:`Client.pages`) and joined: a dict, or a list."""
+    settings = settings_of(ctx)
+
+    async def run() -> Any:
+        joined: dict[str, Any] | list[Any] | None = None
+        async with Client(settings=settings) as client:
+            async for page in client.pages(name, fn, *args, after=after, cursor=cursor):
+                if joined is None:
+                    joined = {} if isinstance(page, dict) else []
+                if isinstance(joined, dict):
+                    joined.update(list(page.items())[: _left(limit, len(joined))])
+                else:
+                    joined += page[: _left(limit, len(joined))]
+                if limit is not None and len(joined) >= limit:
+                    break
+        return joined if joined is not None else []
+
+    return run_coroutine(ctx, run)
+
+
+def _left(limit: int | None, held: int) -> int | None:
+    return None if limit is None else limit - held
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -18,7 +18,7 @@ from ..bus import ReplyTimeout, Unavailable
 from ..bus.settings import Settings
 from ..client import Client, Job
 from ..client.jobs import ENDED
-from ._common import err, out, run_coroutine, settings_of
+from ._common import ask_pages, err, out, paged, run_coroutine, settings_of
 
 __all__ = ["job"]
 
@@ -206,11 +206,14 @@ def job_cancel(ctx: click.Context, job_id: str) -> None:
 
 @job.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@paged
 @click.pass_context
-def job_ls(ctx: click.Context, as_json: bool) -> None:
-    """Your jobs."""
+def job_ls(ctx: click.Context, as_json: bool, limit: int | None, after: str) -> None:
+    """Your jobs, oldest first (--after takes a job's cursor, in --json)."""
     settings: Settings = settings_of(ctx)
-    jobs = _run(ctx, lambda client: client.call(settings.jobs, "jobs"))
+    jobs = ask_pages(
+        ctx, settings.jobs, "jobs", limit=limit, after=after, cursor=lambda p: p[-1]["cursor"]
+    )
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return

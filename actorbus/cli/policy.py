@@ -9,12 +9,24 @@ import time
 from typing import Any
 
 import click
+from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from ..bus import Keystore, printable
+from ..bus import ActorError, Keystore, address_to_public_key, printable
+from ..bus.ranges import PAGE_SIZE
 from ..bus.settings import Settings
-from ._common import ask_policy, checked_name, err, out, settings_of
+from ..client import Client
+from ._common import (
+    ask_pages,
+    ask_policy,
+    checked_name,
+    err,
+    out,
+    paged,
+    run_coroutine,
+    settings_of,
+)
 from .oidc import oidc
 
 
@@ -30,6 +42,14 @@ def _key_address(settings: Settings, key: str) -> str:
     """KEY as an address: a keystore key's name, or an address as it is."""
     store = Keystore(settings.home)
     return store.signer(key).address if key in store.names() else key
+
+
+def _policy_list(ctx: click.Context, fn: str, *args: Any, limit: int | None, after: str) -> None:
+    """Print as JSON what the policy actor's listing ``fn`` holds after ``after`` (at most
+    ``limit``), asked a page at a time."""
+    settings = settings_of(ctx)
+    listed = ask_pages(ctx, settings.policy, fn, *args, limit=limit, after=after)
+    click.echo(json.dumps(listed, indent=2))
 
 
 def _policy_call(ctx: click.Context, fn: str, *args: Any, said: str = "") -> None:
@@ -48,12 +68,57 @@ def policy_user() -> None:
 
 
 @policy_user.command("add")
-@click.argument("key")
+@click.argument("key", required=False)
 @click.option("--role", default="user", show_default=True)
+@click.option(
+    "--from",
+    "source",
+    type=click.File("r"),
+    help="Give roles to many keys: a file (- for stdin), a line each: ADDRESS [ROLE].",
+)
 @click.pass_context
-def policy_user_add(ctx: click.Context, key: str, role: str) -> None:
-    """Give KEY (an address or a keystore name) a role."""
-    _policy_call(ctx, "add_user", _key_address(settings_of(ctx), key), role)
+def policy_user_add(ctx: click.Context, key: str | None, role: str, source: Any) -> None:
+    """Give KEY (an address or a keystore name) a role; or, with --from, every key a
+    file lists (its own role, or --role), a thousand a call."""
+    if (key is None) == (source is None):
+        raise click.UsageError("give a KEY, or --from FILE")
+    if key is not None:
+        _policy_call(ctx, "add_user", _key_address(settings_of(ctx), key), role)
+        return
+    users = _users_of(source, role)
+    settings = settings_of(ctx)
+
+    async def run() -> int:
+        async with Client(settings=settings) as client:
+            items = list(users.items())
+            with Progress(transient=True, console=err) as progress:
+                task = progress.add_task("adding users", total=len(items))
+                for start in range(0, len(items), PAGE_SIZE):
+                    batch = dict(items[start : start + PAGE_SIZE])
+                    await client.add_users(batch)
+                    progress.advance(task, len(batch))
+        return len(items)
+
+    added = run_coroutine(ctx, run)
+    err.print(f"{added} keys have their roles")
+
+
+def _users_of(source: Any, default_role: str) -> dict[str, str]:
+    """``ADDRESS [ROLE]`` lines (blank lines and ``#`` comments skipped; a key listed twice:
+    its last line), each address checked; a usage error names the first bad line."""
+    users: dict[str, str] = {}
+    for number, line in enumerate(source, 1):
+        fields = line.split("#", 1)[0].replace(",", " ").split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise click.UsageError(f"line {number}: ADDRESS [ROLE], not {len(fields)} fields")
+        try:
+            address_to_public_key(fields[0])
+        except ActorError as exc:
+            raise click.UsageError(f"line {number}: {exc.message}") from None
+        users[fields[0]] = fields[1] if len(fields) == 2 else default_role
+    return users
 
 
 @policy_user.command("rm")
@@ -66,10 +131,15 @@ def policy_user_rm(ctx: click.Context, key: str) -> None:
 
 
 @policy_user.command("ls")
+@paged
+@click.option("--role", default=None, help="Only the keys with this role.")
 @click.pass_context
-def policy_user_ls(ctx: click.Context) -> None:
-    """Keys with a role."""
-    _policy_call(ctx, "users")
+def policy_user_ls(ctx: click.Context, role: str | None, limit: int | None, after: str) -> None:
+    """Keys with a role (a page at a time from the policy actor)."""
+    if role is None:
+        _policy_list(ctx, "users", limit=limit, after=after)
+    else:
+        _policy_list(ctx, "role2users", role, limit=limit, after=after)
 
 
 @policy.group("admin")
@@ -94,10 +164,11 @@ def policy_admin_rm(ctx: click.Context, key: str) -> None:
 
 
 @policy_admin.command("ls")
+@paged
 @click.pass_context
-def policy_admin_ls(ctx: click.Context) -> None:
+def policy_admin_ls(ctx: click.Context, limit: int | None, after: str) -> None:
     """The admins."""
-    _policy_call(ctx, "admins")
+    _policy_list(ctx, "admins", limit=limit, after=after)
 
 
 @policy.group("role")
@@ -164,10 +235,11 @@ def policy_role_rm(
 
 
 @policy_role.command("ls")
+@paged
 @click.pass_context
-def policy_role_ls(ctx: click.Context) -> None:
+def policy_role_ls(ctx: click.Context, limit: int | None, after: str) -> None:
     """Roles and their rules."""
-    _policy_call(ctx, "roles")
+    _policy_list(ctx, "roles", limit=limit, after=after)
 
 
 def _stake(amount: float) -> float:
@@ -191,10 +263,11 @@ def policy_stake_set(ctx: click.Context, key: str, amount: float) -> None:
 
 
 @policy_stake.command("ls")
+@paged
 @click.pass_context
-def policy_stakes(ctx: click.Context) -> None:
+def policy_stakes(ctx: click.Context, limit: int | None, after: str) -> None:
     """Every key's stake."""
-    _policy_call(ctx, "stakes")
+    _policy_list(ctx, "stakes", limit=limit, after=after)
 
 
 @policy.command("config")
@@ -242,10 +315,11 @@ def policy_forwarder_rm(ctx: click.Context, key: str) -> None:
 
 
 @policy_forwarder.command("ls")
+@paged
 @click.pass_context
-def policy_forwarders(ctx: click.Context) -> None:
+def policy_forwarders(ctx: click.Context, limit: int | None, after: str) -> None:
     """The keys trusted to call on behalf of others."""
-    _policy_call(ctx, "forwarders")
+    _policy_list(ctx, "forwarders", limit=limit, after=after)
 
 
 @policy.group("host")
@@ -270,10 +344,11 @@ def policy_host_rm(ctx: click.Context, key: str) -> None:
 
 
 @policy_host.command("ls")
+@paged
 @click.pass_context
-def policy_host_ls(ctx: click.Context) -> None:
+def policy_host_ls(ctx: click.Context, limit: int | None, after: str) -> None:
     """The listed hosts."""
-    _policy_call(ctx, "hosts")
+    _policy_list(ctx, "hosts", limit=limit, after=after)
 
 
 @policy.group("name")
@@ -301,10 +376,11 @@ def policy_name_revoke(ctx: click.Context, name: str, key: str | None) -> None:
 
 
 @policy_name.command("ls")
+@paged
 @click.pass_context
-def policy_name_ls(ctx: click.Context) -> None:
+def policy_name_ls(ctx: click.Context, limit: int | None, after: str) -> None:
     """Every bound name and its keys."""
-    _policy_call(ctx, "names")
+    _policy_list(ctx, "names", limit=limit, after=after)
 
 
 @policy.command("decide")

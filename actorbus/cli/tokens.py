@@ -8,7 +8,7 @@ import json
 import click
 from rich.table import Table
 
-from ._common import ask_policy, err, out
+from ._common import ask_pages, ask_policy, err, out, paged, settings_of
 
 __all__ = ["token"]
 
@@ -35,10 +35,14 @@ def token_new(ctx: click.Context, name: str, role: str, as_json: bool) -> None:
 
 @token.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@paged
 @click.pass_context
-def token_ls(ctx: click.Context, as_json: bool) -> None:
+def token_ls(ctx: click.Context, as_json: bool, limit: int | None, after: str) -> None:
     """The tokens: name, role, the address their calls are signed as (never the token)."""
-    tokens = ask_policy(ctx, "tokens")
+    settings = settings_of(ctx)
+    tokens = ask_pages(
+        ctx, settings.policy, "tokens", limit=limit, after=after, cursor=lambda p: p[-1]["name"]
+    )
     if as_json:
         click.echo(json.dumps(tokens, indent=2))
         return

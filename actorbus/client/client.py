@@ -13,7 +13,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextlib import AsyncExitStack
 from functools import partial
 from types import TracebackType
@@ -45,6 +45,7 @@ from ..bus import (
 )
 from ..bus.delegation import MAX_DELEGATION_SECONDS, Delegation, sign_delegation, split_work
 from ..bus.lru import LRU
+from ..bus.ranges import PAGE_SIZE
 from ..bus.requests import HeadersFor
 from ..bus.sessions import DEFAULT_SESSION_TTL, SESSION_FN
 from ..bus.settings import Settings
@@ -314,6 +315,38 @@ class Client:
                 return reply
             self.sessions.forget(name, key)
             session, seal = None, signature_seal(key)
+
+    async def pages(
+        self,
+        name: str,
+        fn: str,
+        /,
+        *args: Any,
+        after: str = "",
+        cursor: Callable[[Any], str] | None = None,
+    ) -> AsyncGenerator[Any]:
+        """Each page of ``name``'s listing function ``fn`` (one taking ``limit`` and
+        ``after``: :mod:`actorbus.host.pages`), from the one after ``after`` to the last:
+        ``async for users in client.pages("policy", "users")``. ``cursor`` names the key a
+        page ends at (default: its last key, or its last item). Raises what
+        :meth:`request` raises."""
+        while True:
+            page = await self.request(name, fn, args, {"limit": PAGE_SIZE, "after": after})
+            if page:
+                yield page
+            if len(page) < PAGE_SIZE:
+                return
+            after = cursor(page) if cursor is not None else list(page)[-1]
+
+    async def add_users(self, users: Mapping[str, str]) -> int:
+        """Give each key of ``users`` its role (an admin's call), a thousand keys a call of
+        the policy actor's ``add_users``; returns how many keys. Raises what
+        :meth:`request` raises (the batches before it are made)."""
+        items = list(users.items())
+        for start in range(0, len(items), PAGE_SIZE):
+            batch = dict(items[start : start + PAGE_SIZE])
+            await self.request(self.settings.policy, "add_users", [batch])
+        return len(items)
 
     async def signs_for(self, name: str, key: str) -> bool:
         """Whether ``key`` is a registered address of ``name`` (looked up again once if the

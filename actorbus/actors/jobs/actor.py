@@ -29,6 +29,7 @@ from ...bus.jetstream import when_ready
 from ...bus.ranges import page_of, parse_ranges
 from ...bus.rights import JOBS
 from ...host import Actor, current_call, endpoint
+from ...host.pages import MAX_PAGE, check_limit
 from .model import (
     ACTIVE,
     Batch,
@@ -36,6 +37,7 @@ from .model import (
     JobRecord,
     JobStatus,
     SliceResult,
+    job_cursor,
 )
 from .runner import Runner
 from .store import JobStore
@@ -227,11 +229,17 @@ class Jobs(Actor):
         return record
 
     @endpoint(idempotent=True)
-    async def jobs(self) -> list[JobStatus]:
-        """Your jobs, oldest first."""
+    async def jobs(self, limit: int = MAX_PAGE, after: str = "") -> list[JobStatus]:
+        """Your jobs, oldest first (a page: at most ``limit``, those after the job whose
+        ``cursor`` is ``after``)."""
+        check_limit(limit)
         caller = current_call().caller
-        mine = [r for r in self._runner.records.values() if r.owner == caller]
-        return [await self._status(r) for r in sorted(mine, key=lambda r: r.created)]
+        mine = sorted(
+            (job_cursor(r.created, r.id), r)
+            for r in self._runner.records.values()
+            if r.owner == caller and job_cursor(r.created, r.id) > after
+        )
+        return [await self._status(r) for _, r in mine[:limit]]
 
     # -- checks --------------------------------------------------------------------------
 
@@ -306,6 +314,7 @@ class Jobs(Actor):
             created=record.created,
             closed=record.closed,
             finished=record.finished,
+            cursor=job_cursor(record.created, record.id),
         )
 
 

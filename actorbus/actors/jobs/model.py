@@ -97,3 +97,11 @@ class JobStatus(msgspec.Struct):
     created: float
     closed: float | None
     finished: float | None
+    cursor: str = ""
+    """Where this job is in its owner's jobs, oldest first: what ``jobs(after=...)`` takes
+    to go on after it."""
+
+
+def job_cursor(created: float, job: str) -> str:
+    """The place of a job made at ``created`` among its owner's, as text that sorts so."""
+    return f"{created:017.6f}/{job}"

@@ -11,6 +11,7 @@ import msgspec
 
 from ...bus import BadRequest, NotFound
 from ...client.audit import read_audit
+from ...host.pages import MAX_PAGE
 from ...host.policy import PUBLIC, Decision, PolicyConfig, Role
 from .callout import AuthCallout
 from .credentials import Credentials
@@ -48,9 +49,10 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
         await self._change("rm_admin", "admin." + key, None, key=key)
         return sorted(self.state.admins)
 
-    async def admins(self) -> list[str]:
+    async def admins(self, limit: int = MAX_PAGE, after: str = "") -> list[str]:
+        """The admins (a page: at most ``limit``, after ``after``)."""
         self._require_admin()
-        return sorted(self.state.admins)
+        return self._page("admins", self.state.admins, after, limit)
 
     async def add_user(self, key: str, role: str = "user") -> dict[str, str]:
         """Give ``key`` the role ``role``; returns ``{key: role}``."""
@@ -63,6 +65,18 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
         )
         return {key: role}
 
+    async def add_users(self, users: dict[str, str]) -> int:
+        """Give each key of ``users`` its role, at most 1,000 keys a call (``actor policy
+        user add --from FILE`` and :meth:`Client.add_users` send a long list in such
+        batches); one audit record for the batch. Returns how many keys."""
+        who = self._require_admin()
+        if len(users) > MAX_PAGE:
+            raise BadRequest(f"at most {MAX_PAGE} users a call: send a long list in batches")
+        roles = {role: await self._existing_role(role) for role in set(users.values())}
+        changes = {"user." + check_address(k): encode(roles[r]) for k, r in users.items()}
+        await self._write_many(changes, who=who, what="add_users", args={"users": users})
+        return len(users)
+
     async def rm_user(self, key: str) -> None:
         """Forget ``key``'s role (it becomes ``public``)."""
         if key not in self.state.users:
@@ -70,10 +84,12 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
             raise NotFound(f"{key} has no role")
         await self._change("rm_user", "user." + key, None, key=key)
 
-    async def users(self) -> dict[str, str]:
-        """Every key with a role."""
+    async def users(self, limit: int = MAX_PAGE, after: str = "") -> dict[str, str]:
+        """The keys with a role and their roles (a page: at most ``limit``, the keys after
+        ``after``; a shorter page is the last)."""
         self._require_admin()
-        return dict(sorted(self.state.users.items()))
+        users = self.state.users
+        return {key: users[key] for key in self._page("users", users, after, limit)}
 
     async def user2role(self, key: str | None = None) -> str:
         """The role of ``key`` (default: the caller; others' roles are for admins)."""
@@ -83,9 +99,18 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
             self._require_admin()
         return self.state.role_of(key)
 
-    async def role2users(self, role: str) -> list[str]:
+    async def role2users(self, role: str, limit: int = MAX_PAGE, after: str = "") -> list[str]:
+        """The keys with ``role`` (a page: at most ``limit``, after ``after``)."""
         self._require_admin()
-        return sorted(k for k, r in self.state.users.items() if r == role)
+        users = self.state.users
+        found: list[str] = []
+        while len(found) < limit:  # pages of every key, until ``limit`` of them hold it
+            keys = self._page("users", users, after, MAX_PAGE)
+            found += [key for key in keys if users[key] == role][: limit - len(found)]
+            if len(keys) < MAX_PAGE:
+                break
+            after = keys[-1]
+        return found
 
     # -- roles, stakes, config ---------------------------------------------------------
 
@@ -169,12 +194,13 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
             )
         await self._change("rm_role", "role." + role, None, role=role)
 
-    async def roles(self) -> dict[str, Any]:
-        """Every defined role (``public`` applies to keys without one)."""
+    async def roles(self, limit: int = MAX_PAGE, after: str = "") -> dict[str, Any]:
+        """The defined roles (``public`` applies to keys without one; a page: at most
+        ``limit``, after ``after``)."""
         self._require_admin()
-        roles = dict(self.state.roles)
-        roles.setdefault(PUBLIC, Role())
-        return {name: msgspec.to_builtins(r) for name, r in sorted(roles.items())}
+        roles = {PUBLIC: Role(), **self.state.roles}
+        names = self._page("roles", roles, after, limit)
+        return {name: msgspec.to_builtins(roles[name]) for name in names}
 
     async def set_stake(self, key: str, amount: float) -> dict[str, float]:
         if not (amount >= 0 and math.isfinite(amount)):
@@ -184,9 +210,11 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
         )
         return {key: amount}
 
-    async def stakes(self) -> dict[str, float]:
+    async def stakes(self, limit: int = MAX_PAGE, after: str = "") -> dict[str, float]:
+        """The keys' stakes (a page: at most ``limit``, the keys after ``after``)."""
         self._require_admin()
-        return dict(sorted(self.state.stakes.items()))
+        stakes = self.state.stakes
+        return {key: stakes[key] for key in self._page("stakes", stakes, after, limit)}
 
     async def config(self) -> dict[str, Any]:
         """The quota window (seconds), the rate floor (calls/min) and the local-key exemption."""

@@ -17,6 +17,7 @@ from ...bus import BadRequest, Forbidden, NotFound, Unavailable
 from ...bus.rights import NODE, ROLES
 from ...bus.subjects import NODE_PREFIX, check_name
 from ...bus.tickets import HostTicket, read_ticket
+from ...host.pages import MAX_PAGE
 from .store import PolicyStore, check_address, encode
 
 __all__ = ["Bindings"]
@@ -42,10 +43,11 @@ class Bindings(PolicyStore):
         await self._change("rm_host", "host." + key, None, key=key)
         return sorted(self.state.hosts)
 
-    async def hosts(self) -> list[str]:
-        """The listed hosts (admins are hosts too)."""
+    async def hosts(self, limit: int = MAX_PAGE, after: str = "") -> list[str]:
+        """The listed hosts (admins are hosts too; a page: at most ``limit``, after
+        ``after``)."""
         self._require_admin()
-        return sorted(self.state.hosts)
+        return self._page("hosts", self.state.hosts, after, limit)
 
     async def grant_name(self, name: str, key: str) -> dict[str, list[str]]:
         """Let ``key`` serve actor ``name`` too (beside the keys bound to it)."""
@@ -93,10 +95,12 @@ class Bindings(PolicyStore):
             raise BadRequest(f"no such hosting role {ticket.role!r}")
         return ticket
 
-    async def names(self) -> dict[str, list[str]]:
-        """Every bound name and the keys that may serve it."""
+    async def names(self, limit: int = MAX_PAGE, after: str = "") -> dict[str, list[str]]:
+        """The bound names and the keys that may serve each (a page: at most ``limit``,
+        the names after ``after``)."""
         self._require_admin()
-        return dict(sorted(self.state.names.items()))
+        names = self.state.names
+        return {name: names[name] for name in self._page("names", names, after, limit)}
 
     def _check_claimable(self, name: str, role: str = "") -> str:
         check_name(name)

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from ...bus import BadRequest, NotFound, new_token, token_id, token_keypair
+from ...host.pages import MAX_PAGE
 from ...host.policy import TokenInfo
 from .store import PolicyStore, check_address, check_token_name, encode
 
@@ -46,12 +47,14 @@ class Credentials(PolicyStore):
         )
         return {"name": name, "token": token, "address": address, "role": role}
 
-    async def tokens(self) -> list[dict[str, Any]]:
-        """Every token: name, address, role, created (never the token)."""
+    async def tokens(self, limit: int = MAX_PAGE, after: str = "") -> list[dict[str, Any]]:
+        """The tokens by name: name, address, role, created (never the token; a page: at
+        most ``limit``, the names after ``after``)."""
         self._require_admin()
+        by_name = {t.name: t for t in self.state.tokens.values()}
         return [
             {**msgspec.to_builtins(t), "role": self.state.role_of(t.address)}
-            for t in sorted(self.state.tokens.values(), key=lambda t: t.name)
+            for t in (by_name[n] for n in self._page("tokens", by_name, after, limit))
         ]
 
     async def revoke_token(self, name: str) -> dict[str, str]:
@@ -96,6 +99,7 @@ class Credentials(PolicyStore):
         await self._change("rm_forwarder", "forwarder." + key, None, key=key)
         return sorted(self.state.forwarders)
 
-    async def forwarders(self) -> list[str]:
+    async def forwarders(self, limit: int = MAX_PAGE, after: str = "") -> list[str]:
+        """The trusted forwarders (a page: at most ``limit``, after ``after``)."""
         self._require_admin()
-        return sorted(self.state.forwarders)
+        return self._page("forwarders", self.state.forwarders, after, limit)

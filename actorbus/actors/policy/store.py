@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 import msgspec
 
 from ...bus import (
@@ -26,6 +28,7 @@ from ...bus.pins import seeded_marker
 from ...bus.records import open_record, sign_record
 from ...bus.subjects import REGISTRY_BUCKET
 from ...host import Actor, current_call
+from ...host.pages import SortedKeys
 from ...host.policy import PUBLIC, PolicyConfig, PolicyState, Role
 from ...host.policy_view import PolicyRecords, load_state
 from ...node.audit import ensure_audit, record
@@ -58,6 +61,10 @@ def check_role(role: str) -> str:
     return role
 
 
+_WRITERS = 64
+"""Records a bulk change writes at once."""
+
+
 class PolicyStore(Actor):
     """The bucket behind the policy actor and the helpers its functions share."""
 
@@ -66,6 +73,7 @@ class PolicyStore(Actor):
     async def on_start(self) -> None:
         self._stack = AsyncExitStack()
         self._kept_by: RecordKeeper | None = None
+        self._sorted: dict[str, SortedKeys] = {}
         await when_ready(self._open, "the policy bucket", wait=self.settings.start_wait)
 
     async def on_stop(self) -> None:
@@ -174,6 +182,13 @@ class PolicyStore(Actor):
 
     # -- helpers -----------------------------------------------------------------------
 
+    def _page(self, collection: str, keys: Iterable[str], after: str, limit: int) -> list[str]:
+        """A page of the sorted ``keys`` of ``collection`` (:mod:`actorbus.host.pages`):
+        sorted again only once the policy changed."""
+        state = self.state
+        sorter = self._sorted.setdefault(collection, SortedKeys())
+        return sorter.page(keys, (id(state), state.revision), after, limit)
+
     async def _existing_role(self, role: str) -> str:
         """``role``, if the policy has it (a typo must not give a key a role nobody
         defined: it would silently allow nothing); an admin asks. The bucket is read when
@@ -226,6 +241,32 @@ class PolicyStore(Actor):
             wait=max(0.0, deadline - time.monotonic()),
         )
         self._applied(key, value)
+
+    async def _write_many(
+        self, changes: Mapping[str, bytes | None], *, who: str, what: str, args: dict[str, Any]
+    ) -> None:
+        """:meth:`_write` for many keys: one audit record for them all, then the signed
+        records written :data:`_WRITERS` at a time (each waits for JetStream's ack)."""
+        deadline = current_call().deadline - 0.5
+        await when_ready(
+            lambda: record(self.nc, self.name or "policy", self.key, who, what, args),
+            f"the audit record of {what}",
+            wait=max(0.0, deadline - time.monotonic()),
+        )
+        slots = anyio.Semaphore(_WRITERS)
+
+        async def one(key: str, value: bytes | None) -> None:
+            async with slots:
+                await when_ready(
+                    lambda: self._store(key, value),
+                    f"policy change {what}",
+                    wait=max(0.0, deadline - time.monotonic()),
+                )
+            self._applied(key, value)
+
+        async with anyio.create_task_group() as tg:
+            for key, value in changes.items():
+                tg.start_soon(one, key, value)
 
     def _applied(self, key: str, value: bytes | None) -> None:
         """Apply a change just written to this replica's view at once (read your writes)."""
