@@ -47,6 +47,7 @@ import threading
 import time
 import timeit
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from actorbus.bus import (
     Signer,
     SrKeypair,
     address_to_public_key,
+    connect,
     sign_request,
     verify_reply,
 )
@@ -180,7 +182,21 @@ async def load(
     (bounded in count); ``mode`` is raw, signed (ed25519), sr25519 or session (the
     primitives a client is made of), or client / client-signed (``Client.call``, its
     sessions on or off)."""
-    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+    async with AsyncExitStack() as stack:
+        # The raw cell is plain nats-py's; the others are the library's, connection included.
+        nc = (
+            await nats.connect(url, pending_size=64 * 1024 * 1024)
+            if mode == "raw"
+            else await stack.enter_async_context(connect(url))
+        )
+        if mode == "raw":
+            stack.push_async_callback(nc.close)
+        return await _load(nc, concurrency, seconds, mode, subject)
+
+
+async def _load(
+    nc: nats.NATS, concurrency: int, seconds: float, mode: str, subject: str
+) -> tuple[float, list[float]]:
     key: Signer = (
         SrKeypair.from_mini_secret(os.urandom(32)) if mode == "sr25519" else Keypair.generate()
     )
@@ -207,20 +223,18 @@ async def load(
         )
         assert meta.status == 200 and meta.by_session == (mode == "session"), msg.data
 
-    try:
-        if not mode.startswith("client"):
-            return await drive(primitive, concurrency, seconds)
-        with tempfile.TemporaryDirectory() as home:
-            settings = Settings.from_env({}, nats_url=url, home=home)
-            async with Client(key, settings=settings, nc=nc, session=mode == "client") as c:
-                await c.call(actor, fn, "warm")  # its lookup (and, with sessions, the first)
+    if not mode.startswith("client"):
+        return await drive(primitive, concurrency, seconds)
+    with tempfile.TemporaryDirectory() as home:
+        url = nc.connected_url.geturl() if nc.connected_url else ""
+        settings = Settings.from_env({}, nats_url=url, home=home)
+        async with Client(key, settings=settings, nc=nc, session=mode == "client") as c:
+            await c.call(actor, fn, "warm")  # its lookup (and, with sessions, the first)
 
-                async def call() -> None:
-                    assert await c.call(actor, fn, "x") == "x"
+            async def call() -> None:
+                assert await c.call(actor, fn, "x") == "x"
 
-                return await drive(call, concurrency, seconds)
-    finally:
-        await nc.close()
+            return await drive(call, concurrency, seconds)
 
 
 async def drive(

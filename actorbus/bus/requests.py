@@ -1,16 +1,17 @@
 """Request/reply: the one way anything of ours waits for an answer on NATS.
 
 Each connection has one reply subscription, ``<inbox>.*``, made by its first request.
-A request takes the next token of that inbox as its reply subject, a future, and a timer
-on the loop; the subscription's callback resolves the future, the timer times it out,
-the connection's error callback fails it at once when the server refuses the publish
-(:class:`Forbidden`), and a ``finally`` forgets it on every exit path, cancellation
-included. A request holds no lock, cancel scope, event or task of its own, and does not
-yield between building its headers and handing its message to nats-py: an earlier
-version took an anyio lock, an Event and a cancel scope per request, and their
-checkpoints let nats-py's flusher run between one request and the next, so each request
-left in a socket write of its own (half the calls per second, 3-8x the nats-server CPU per
-call: issue 28). Now the requests made in one turn of the loop leave in one write.
+A request takes the next token of that inbox as its reply subject, a future, and a slot
+of a timing wheel swept by one loop timer; the subscription's callback resolves the
+future, the sweep times it out, the connection's error callback fails it at once when
+the server refuses the publish (:class:`Forbidden`), and a ``finally`` forgets it on
+every exit path, cancellation included. A request holds no lock, cancel scope, event or
+task of its own, and does not yield between building its headers and handing its message
+to nats-py: an earlier version took an anyio lock, an Event and a cancel scope per
+request, and their checkpoints let nats-py's flusher run between one request and the
+next, so each request left in a socket write of its own (half the calls per second, 3-8x
+the nats-server CPU per call: issue 28). Now the requests made in one turn of the loop
+leave in one write.
 
 A relayed request (its reply subject was signed elsewhere, :data:`HeadersFor`) has a
 subscription of its own for that subject, resolved the same way.
@@ -40,28 +41,34 @@ names its reply subject, so it is signed once that subject is known)."""
 _TIMED_OUT: Final = object()
 MAX_ANSWERS: Final = 10_000
 """Messages one request of :func:`request_all` takes at most (past that it ends there)."""
+_TICK: Final = 0.05
+"""Seconds per slot of the timing wheel: a request times out up to this much late."""
 
 
 class _Waiting:
     """One request waiting for its answer: one message, or (with ``last``) the messages up
     to the one ``last`` says ends it."""
 
-    __slots__ = ("future", "last", "received", "subject")
+    __slots__ = ("future", "last", "received", "subject", "tick")
 
     def __init__(
         self,
         future: asyncio.Future[object],
         subject: str,
+        tick: int,
         last: Callable[[Msg], bool] | None = None,
     ) -> None:
         self.future = future
         self.subject = subject
+        self.tick = tick
         self.last = last
         self.received: list[Msg] = []
 
 
 class _Replies:
-    """The answers to the requests made on one connection, by reply subject."""
+    """The answers to the requests made on one connection, by reply subject, and when each
+    stops waiting: a timing wheel of :data:`_TICK` slots, one loop timer for them all while
+    any waits (a timer per request cost a call more than its MAC on asyncio's loop)."""
 
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
@@ -69,6 +76,11 @@ class _Replies:
         self.waiting: dict[str, _Waiting] = {}
         self.subscribed = False
         self._tokens = itertools.count()
+        self._due: dict[int, set[str]] = {}
+        """Per slot of the wheel, the requests that time out in it."""
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_tick = 0
+        """The slot the sweeper is set for."""
         on_refusal(nc, self.refuse)
 
     async def subscribe(self) -> None:
@@ -86,6 +98,51 @@ class _Replies:
 
     def reply_subject(self) -> str:
         return self.prefix + format(next(self._tokens), "x")
+
+    async def ask(
+        self,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str] | None,
+        reply: str,
+        timeout: float,
+        last: Callable[[Msg], bool] | None = None,
+    ) -> tuple[object, _Waiting]:
+        """Publish the request and wait for its answer (or :data:`_TIMED_OUT`); forgets
+        it on every way out. Raises what :func:`publish` raises, and a refusal."""
+        loop = asyncio.get_running_loop()
+        tick = int((loop.time() + timeout) / _TICK) + 1
+        waiting = self.waiting[reply] = _Waiting(loop.create_future(), subject, tick, last)
+        self._due.setdefault(tick, set()).add(reply)
+        if self._sweeper is None or tick < self._sweep_tick:  # the first slot to come
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._sweep_tick = tick
+            self._sweeper = loop.call_at(tick * _TICK, self._sweep)
+        try:
+            await publish(self.nc, subject, body, headers, reply)
+            return await waiting.future, waiting
+        finally:
+            del self.waiting[reply]
+            due = self._due.get(tick)
+            if due is not None:
+                due.discard(reply)
+                if not due:
+                    del self._due[tick]
+
+    def _sweep(self) -> None:
+        """Time out the requests whose slot has come; again while any waits."""
+        loop = asyncio.get_running_loop()
+        now = int(loop.time() / _TICK)
+        for tick in [t for t in self._due if t <= now]:
+            for reply in self._due.pop(tick):
+                waiting = self.waiting.get(reply)
+                if waiting is not None and not waiting.future.done():
+                    waiting.future.set_result(_TIMED_OUT)
+        self._sweeper = None
+        if self._due:
+            self._sweep_tick = max(min(self._due), now + 1)
+            self._sweeper = loop.call_at(self._sweep_tick * _TICK, self._sweep)
 
     async def resolve(self, msg: Msg) -> None:
         waiting = self.waiting.get(msg.subject)
@@ -118,9 +175,11 @@ class _Replies:
 _replies: weakref.WeakKeyDictionary[NATS, _Replies] = weakref.WeakKeyDictionary()
 
 
-def _time_out(future: asyncio.Future[object]) -> None:
-    if not future.done():
-        future.set_result(_TIMED_OUT)
+def _replies_of(nc: NATS) -> _Replies:
+    replies = _replies.get(nc)
+    if replies is None:
+        replies = _replies[nc] = _Replies(nc)
+    return replies
 
 
 async def request(
@@ -138,12 +197,10 @@ async def request(
 
     Raises :class:`NoResponders`, :class:`Forbidden` (the server refused the publish: this
     connection may not send on ``subject``), :class:`Unavailable` (a closed connection),
-    :class:`ReplyTimeout` (no reply within ``timeout`` seconds) or :class:`PayloadTooLarge`
-    (the request, headers included, is over the server's max payload). Cancellation
-    passes through at once."""
-    replies = _replies.get(nc)
-    if replies is None:
-        replies = _replies[nc] = _Replies(nc)
+    :class:`ReplyTimeout` (no reply within ``timeout`` seconds, give or take 50 ms) or
+    :class:`PayloadTooLarge` (the request, headers included, is over the server's max
+    payload). Cancellation passes through at once."""
+    replies = _replies_of(nc)
     relay = None
     if reply:
         if reply in replies.waiting:  # a relayed envelope sent twice at once
@@ -155,18 +212,10 @@ async def request(
     else:
         await replies.subscribe()
         reply = replies.reply_subject()
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[object] = loop.create_future()
-    replies.waiting[reply] = _Waiting(future, subject)
-    timer = None
     try:
-        await publish(nc, subject, body, headers(reply) if callable(headers) else headers, reply)
-        timer = loop.call_later(timeout, _time_out, future)
-        answer = await future
+        built = headers(reply) if callable(headers) else headers
+        answer, _ = await replies.ask(subject, body, built, reply, timeout)
     finally:
-        del replies.waiting[reply]
-        if timer is not None:
-            timer.cancel()
         if relay is not None:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await relay.unsubscribe()
@@ -185,23 +234,9 @@ async def request_all(
     get): the messages up to the first one that ``last`` says ends the answer, that one
     included (at most :data:`MAX_ANSWERS`), within ``timeout`` seconds. Raises what
     :func:`request` raises; a ``NoResponders`` is not an answer here either."""
-    replies = _replies.get(nc)
-    if replies is None:
-        replies = _replies[nc] = _Replies(nc)
+    replies = _replies_of(nc)
     await replies.subscribe()
-    reply = replies.reply_subject()
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[object] = loop.create_future()
-    waiting = replies.waiting[reply] = _Waiting(future, subject, last)
-    timer = None
-    try:
-        await publish(nc, subject, body, None, reply)
-        timer = loop.call_later(timeout, _time_out, future)
-        answer = await future
-    finally:
-        del replies.waiting[reply]
-        if timer is not None:
-            timer.cancel()
+    answer, waiting = await replies.ask(subject, body, None, replies.reply_subject(), timeout, last)
     if answer is _TIMED_OUT:
         raise ReplyTimeout(
             f"no whole answer on {subject} within {timeout:g}s "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -90,8 +91,10 @@ def inbox_of(public_key: bytes) -> str:
     return f"{PRIVATE_INBOXES}.{encode_nkey(public_key)}"
 
 
+@functools.lru_cache(maxsize=4096)
 def call_subject(name: str, fn: str) -> str:
-    """``actor.<name>.<fn>``: where a request for ``name``'s function ``fn`` is sent."""
+    """``actor.<name>.<fn>``: where a request for ``name``'s function ``fn`` is sent
+    (remembered: a client makes one per call, and a few names take most)."""
     return f"{CALL_PREFIX}.{check_name(name)}.{check_fn(fn)}"
 
 
