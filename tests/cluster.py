@@ -3,7 +3,9 @@ stores, ``sync_interval: always``, and kill -9 / restart of one node by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import socket
 import time
@@ -17,10 +19,21 @@ from actorbus.bus import EmbeddedServer
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free now, below the range the kernel takes outgoing connections' ports from:
+    a port picked there for a node not started yet was taken meanwhile by the retries of
+    the other nodes' routes to it ("address already in use")."""
+    lowest = 32768
+    with contextlib.suppress(OSError, ValueError):
+        lowest = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10000, lowest)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Cluster:

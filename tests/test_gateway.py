@@ -34,20 +34,24 @@ from actorbus.bus import (
 )
 from actorbus.bus.subjects import call_subject
 from actorbus.cli import main
+from actorbus.host.policy import PolicyState
 
 
-def _policy_of(actor: Actor) -> tuple[Any, ...]:
-    view = actor.__actorbus_policy__
-    assert view is not None
-    state = view.state
+def _policy_of(actor: Actor, whole: Actor) -> tuple[Any, ...]:
+    """What ``actor`` holds of the policy, and what it should hold of ``whole``'s (a host
+    holds the records of the keys that called it only)."""
+    view, of = actor.__actorbus_policy__, whole.__actorbus_policy__
+    assert view is not None and of is not None
+
+    def held(records: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in records.items() if view.knows(key)}
+
+    def shared(state: PolicyState) -> tuple[Any, ...]:
+        return (state.admins, state.roles, state.tokens, state.forwarders, state.config)
+
     return (
-        state.admins,
-        state.users,
-        state.roles,
-        state.stakes,
-        state.tokens,
-        state.forwarders,
-        state.config,
+        (shared(view.state), view.state.users, view.state.stakes),
+        (shared(of.state), held(of.state.users), held(of.state.stakes)),
     )
 
 
@@ -73,7 +77,9 @@ class Stack:
         policy, *others = self.actors
 
         async def settled() -> None:
-            assert all(_policy_of(actor) == _policy_of(policy) for actor in others)
+            for actor in others:
+                holds, should = _policy_of(actor, policy)
+                assert holds == should
 
         await eventually(settled)
         return result

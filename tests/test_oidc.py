@@ -240,7 +240,9 @@ async def test_only_a_gateway_binds_and_only_a_mapped_role(settings: Settings, n
             assert bound["expires"] <= time.time() + 86400  # at most a day
 
             async def pruned() -> None:  # a binding deletes logins that have expired
-                logins = s.gateway.policy_state.logins
+                view = s.actors[0].__actorbus_policy__  # the policy actor's: it holds all
+                assert view is not None
+                logins = view.state.logins
                 assert fresh in logins and short not in logins
 
             await eventually(pruned)

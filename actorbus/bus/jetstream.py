@@ -5,6 +5,7 @@ Errors from ``nats.js`` are translated to :class:`Unavailable` here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -34,6 +35,7 @@ __all__ = [
     "publish_acked",
     "strangers_use_jetstream",
     "stream_messages",
+    "stream_tail",
     "when_ready",
 ]
 
@@ -213,17 +215,20 @@ class Bucket:
         a watch, whose consumer goes 5 s after the read.
         """
         if self.direct:
-            return await self._last_entries(keys, timeout)
+            found = await self.latest([keys], timeout=timeout)
+            return [(c.key, c.value) for c in found if c.value]
         return await self._watched(keys, timeout)
 
-    async def _last_entries(self, keys: str, timeout: float) -> list[tuple[str, bytes]]:
-        """Each key's last entry, :data:`_BATCH` at a time, all of one snapshot (the
-        stream's last sequence at the first batch)."""
+    async def latest(self, keys: list[str], *, timeout: float = 5.0) -> list[Change]:
+        """The last entry of each key matching one of ``keys`` (subject filters), deletions
+        included (``value`` ``None``), oldest first: batched direct gets, :data:`_BATCH` at
+        a time, all of one snapshot (the stream's last sequence at the first batch).
+        Raises :class:`Unavailable` (and so on a bucket without direct gets)."""
         prefix = f"$KV.{self.name}."
         subject = f"$JS.API.DIRECT.GET.{self.stream}"
         deadline = time.monotonic() + timeout
-        ask: dict[str, object] = {"multi_last": [prefix + keys], "batch": _BATCH}
-        values: list[tuple[str, bytes]] = []
+        ask: dict[str, object] = {"multi_last": [prefix + k for k in keys], "batch": _BATCH}
+        found: list[Change] = []
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -235,18 +240,53 @@ class Bucket:
             *entries, end = answer
             for msg in entries:
                 headers = msg.headers or {}
-                if headers.get("KV-Operation") not in ("DEL", "PURGE") and msg.data:
-                    values.append((headers.get("Nats-Subject", "")[len(prefix) :], msg.data))
+                deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
+                key = headers.get("Nats-Subject", "")[len(prefix) :]
+                revision = int(headers.get("Nats-Sequence", "0"))
+                found.append(Change(key, None if deleted else msg.data, revision))
             status = (end.headers or {}).get("Status")
             if status == "404":  # no such key at all
-                return values
+                return found
             if status != "204":
                 raise Unavailable(f"reading bucket {self.name}: JetStream answered {status}")
             headers = end.headers or {}
             if headers.get("Nats-Num-Pending", "0") == "0":
-                return values
+                return found
             ask["up_to_seq"] = int(headers["Nats-UpTo-Sequence"])
             ask["seq"] = int(headers["Nats-Last-Sequence"]) + 1  # the next page starts after
+
+    @contextlib.asynccontextmanager
+    async def changes(self) -> AsyncIterator[AsyncIterator[Change]]:
+        """Every change made from its entry on (none of what the bucket held before), as
+        an iterator: on entry the server delivers them already, so a snapshot read after
+        it misses none (what both show, compare by revision). Raises
+        :class:`Unavailable` if it cannot start, or while iterating if it breaks."""
+        try:
+            sub = await self._js.subscribe(
+                f"$KV.{self.name}.>",
+                stream=self.stream,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.NEW,
+                inactive_threshold=_GONE_AFTER,
+            )
+        except JS_ERRORS as exc:
+            raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
+        prefix = len(f"$KV.{self.name}.")
+
+        async def each() -> AsyncIterator[Change]:
+            try:
+                async for msg in sub.messages:
+                    deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+                    value = None if deleted else msg.data
+                    yield Change(msg.subject[prefix:], value, msg.metadata.sequence.stream)
+            except JS_ERRORS as exc:
+                raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
+
+        try:
+            yield each()
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(*JS_ERRORS):
+                await sub.unsubscribe()
 
     async def _watched(self, keys: str, timeout: float) -> list[tuple[str, bytes]]:
         """nats-py's watcher may say "caught up" before a value already on its way (the
@@ -398,17 +438,46 @@ async def ensure_stream(
         widen = (info.config.max_age or 0) < max_age
         bound = max_bytes is not None and info.config.max_bytes != max_bytes
         seal = append_only and not (info.config.deny_delete and info.config.deny_purge)
-        if widen or bound or seal:
+        direct = allow_direct and not info.config.allow_direct
+        if widen or bound or seal or direct:
             await js.update_stream(
                 info.config.evolve(
                     max_age=max(max_age, info.config.max_age or 0),
                     max_bytes=max_bytes if bound else info.config.max_bytes,
                     deny_delete=info.config.deny_delete or append_only,
                     deny_purge=info.config.deny_purge or append_only,
+                    allow_direct=info.config.allow_direct or allow_direct or None,
                 )
             )
     except JS_ERRORS as exc:
         raise Unavailable(f"JetStream stream {name}: {exc}") from exc
+
+
+async def stream_tail(
+    nc: NATS, stream: str, limit: int, *, before: int = 0, timeout: float = 5.0
+) -> list[Msg]:
+    """The last ``limit`` messages of ``stream`` (of a stream that serves direct gets),
+    oldest first, or the last ``limit`` before sequence ``before``: one batched direct get
+    from the right sequence, nothing read before it and nothing made on the server.
+    Raises :class:`Unavailable`."""
+    try:
+        state = (await nc.jetstream().stream_info(stream)).state
+    except JS_ERRORS as exc:
+        raise Unavailable(f"reading {stream}: {exc}") from exc
+    end = min(before - 1, state.last_seq) if before else state.last_seq
+    start = max(end - limit + 1, state.first_seq, 1)
+    if end < start:
+        return []
+    ask = _encode({"seq": start, "batch": end - start + 1})
+    try:
+        answer = await request_all(nc, f"$JS.API.DIRECT.GET.{stream}", ask, timeout, last=_status)
+    except (ReplyTimeout, NoResponders) as exc:
+        raise Unavailable(f"reading {stream}: {exc.message}") from None
+    *found, end_msg = answer
+    status = (end_msg.headers or {}).get("Status")
+    if status not in ("204", "404"):
+        raise Unavailable(f"reading {stream}: JetStream answered {status}")
+    return found
 
 
 async def publish_acked(

@@ -8,13 +8,21 @@ from typing import Final
 
 from .errors import BadRequest
 
-__all__ = ["PAGE_SIZE", "page_of", "parse_ranges"]
+__all__ = ["PAGE_SIZE", "check_limit", "page_of", "parse_ranges"]
 
 PAGE_SIZE: Final = 1000
 """Items per page at most: slice indices of :func:`page_of` (and of a job's ``results``),
 and the items of any list an actor answers (a page of users, of jobs...)."""
 _MAX_RANGES = 100
 _RANGE = re.compile(r"\s*([0-9]{1,12})\s*(?:-\s*([0-9]{1,12})\s*)?")
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` if it is a page's size (1 to :data:`PAGE_SIZE`); raises
+    :class:`BadRequest` otherwise."""
+    if not isinstance(limit, int) or not 1 <= limit <= PAGE_SIZE:
+        raise BadRequest(f"limit must be 1 to {PAGE_SIZE}")
+    return limit
 
 
 def parse_ranges(text: str, total: int) -> list[tuple[int, int]]:

@@ -396,13 +396,17 @@ def policy_decide(ctx: click.Context, key: str, target: str) -> None:
 
 
 @policy.command("log")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(0, 100_000))
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, PAGE_SIZE))
+@click.option(
+    "--before", default=0, type=click.IntRange(0), help="Older than this record (its seq)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (times in Unix seconds).")
 @click.pass_context
-def policy_log(ctx: click.Context, limit: int, as_json: bool) -> None:
-    """The last policy changes and node controls: when, who, what."""
+def policy_log(ctx: click.Context, limit: int, before: int, as_json: bool) -> None:
+    """The last policy changes and node controls: when, who, what (--before SEQ: further
+    back; each record's seq is in --json)."""
     settings = settings_of(ctx)
-    records: list[dict[str, Any]] = ask_policy(ctx, "log", limit)
+    records: list[dict[str, Any]] = ask_policy(ctx, "log", limit, before)
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return

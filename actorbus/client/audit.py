@@ -7,13 +7,15 @@ The policy actor records each policy change and each node supervisor each contro
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
 
 from ..bus import NATS, ActorError, printable
-from ..bus.jetstream import stream_messages
+from ..bus.jetstream import stream_tail
+from ..bus.ranges import check_limit
 from ..bus.records import open_record
 from ..bus.subjects import AUDIT_PREFIX, AUDIT_STREAM
 from ..bus.wire import UNDECODABLE
@@ -21,6 +23,9 @@ from ..bus.wire import UNDECODABLE
 __all__ = ["AuditRecord", "read_audit"]
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
+MAX_BYTES = 512 * 1024
+"""Bytes of records one page of the audit trail holds at most (a bulk change's record
+lists its keys: tens of kilobytes)."""
 
 
 class AuditRecord(msgspec.Struct, frozen=True):
@@ -38,29 +43,50 @@ async def read_audit(
     limit: int,
     sources: Callable[[str], bool],
     writers: Callable[[str], Collection[str]],
+    *,
+    before: int = 0,
 ) -> list[dict[str, Any]]:
-    """The last ``limit`` records of the sources ``sources`` accepts, oldest first, each
-    with ``by``, the key that signed it. A record that is not signed by one of its
-    source's ``writers`` (the keys that may serve that actor) is marked: it holds only
-    its time, its source and why it is ``forged``."""
-    if limit <= 0:
-        return []
+    """The last ``limit`` records (at most 1,000) of the stream, or the last before
+    sequence ``before``, oldest first, those of the sources ``sources`` accepts: each with
+    ``by``, the key that signed it, and ``seq``, its place (what ``before`` takes to go on
+    further back). Read with one batched direct get from the right place (it read the
+    whole stream before, through a consumer, for the last hundred). A record not signed
+    by one of its source's ``writers`` (the keys that may serve that actor) is marked: it
+    holds only its time, its source and why it is ``forged``. The records come within
+    :data:`MAX_BYTES` of text: the oldest of a page are left for the next."""
+    check_limit(limit)
     records: list[dict[str, Any]] = []
-    async for msg in stream_messages(nc, AUDIT_STREAM, f"{AUDIT_PREFIX}.>"):
-        source = msg.subject[len(AUDIT_PREFIX) + 1 :]
-        if not sources(source):
+    size = 0
+    for msg in reversed(await stream_tail(nc, AUDIT_STREAM, limit, before=before)):
+        headers = msg.headers or {}
+        subject = headers.get("Nats-Subject", "")  # a direct get comes on the inbox
+        source = subject[len(AUDIT_PREFIX) + 1 :]
+        if not subject.startswith(AUDIT_PREFIX + ".") or not sources(source):
             continue
+        size += len(msg.data)
+        if size > MAX_BYTES and records:
+            break
+        seq = int(headers.get("Nats-Sequence", "0"))
         try:
-            record = open_record(AUDIT_STREAM, msg.subject, msg.data)
+            record = open_record(AUDIT_STREAM, subject, msg.data)
             entry = _decode(record.value or b"null")
             if record.by not in writers(source):
                 raise ValueError(f"signed by {record.by}, not a key of {source}")
         except (ActorError, *UNDECODABLE, ValueError, TypeError) as exc:
             why = exc.message if isinstance(exc, ActorError) else str(exc)
-            entry = {"time": msg.metadata.timestamp.timestamp(), "forged": printable(why, 200)}
+            stamped = headers.get("Nats-Time-Stamp", "")
+            entry = {"time": _seconds(stamped), "forged": printable(why, 200)}
         else:
             entry["by"] = record.by
         entry["source"] = source
+        entry["seq"] = seq
         records.append(entry)
-        del records[:-limit]
-    return records
+    return records[::-1]
+
+
+def _seconds(stamp: str) -> float:
+    """A direct get's ``Nats-Time-Stamp`` (RFC 3339, nanoseconds) in Unix seconds."""
+    try:
+        return dt.datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0

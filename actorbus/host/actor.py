@@ -129,6 +129,9 @@ class Actor:
     owner: str = ""
     """A key whose calls this actor takes whatever the policy says, or whether it can be
     read (a node's control actor: its home's key); the actor checks them itself."""
+    whole_policy: bool = False
+    """Whether its replicas hold the whole policy (the policy actor, which lists and
+    counts keys), not only the records of the keys that call them."""
 
     # Set by the host before on_start: what an actor needs to call others and read NATS.
     client: Client

@@ -11,20 +11,12 @@ import bisect
 from collections.abc import Iterable
 from typing import Final
 
-from ..bus import BadRequest
-from ..bus.ranges import PAGE_SIZE
+from ..bus.ranges import PAGE_SIZE, check_limit
 
 __all__ = ["MAX_PAGE", "SortedKeys", "check_limit"]
 
 MAX_PAGE: Final = PAGE_SIZE
 """Items one page holds at most."""
-
-
-def check_limit(limit: int) -> int:
-    """``limit`` if it is a page size; raises :class:`BadRequest` otherwise."""
-    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be 1 to {MAX_PAGE}")
-    return limit
 
 
 class SortedKeys:

@@ -149,15 +149,13 @@ class Pipeline:
         # The order is the protocol's: nothing is decoded before the signature holds, and
         # an unsigned request is a 401 whatever else is wrong with it. The stages are plain
         # functions (none waits for anything); the hooks, which may, run after them.
-        self.stages: tuple[Stage, ...] = (
+        self.checks: tuple[Stage, ...] = (
             self.check_size,
             self.verify_signature,
             self.check_replay,
             self.check_forwarded,
-            self.check_policy,
-            self.route,
-            self.bind,
         )
+        self.decisions: tuple[Stage, ...] = (self.check_policy, self.route, self.bind)
 
     @property
     def in_flight(self) -> int:
@@ -186,7 +184,12 @@ class Pipeline:
                 raise Unavailable("shutting down")
             if self.sub is not None and self.sub.pending_msgs > self.settings.max_queue:
                 raise Unavailable("overloaded: requests arrive faster than they are read")
-            for stage in self.stages:
+            for stage in self.checks:
+                stage(call, msg)
+            policy = self.policy
+            if policy is not None and not policy.knows(call.caller) and fn != SESSION_FN:
+                await policy.learn(call.caller)  # the first call of a key this host holds not
+            for stage in self.decisions:
                 stage(call, msg)
             if self._hooks[call.fn] is not _NO_HOOKS:
                 await self.run_hooks(call)

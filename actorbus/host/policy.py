@@ -32,6 +32,7 @@ from ..bus.wire import UNDECODABLE
 
 __all__ = [
     "DEFAULT_WHITELIST",
+    "PER_KEY",
     "PUBLIC",
     "Decision",
     "OidcIssuer",
@@ -55,6 +56,9 @@ PUBLIC = "public"
 _MEMO_LIMIT = 65536
 _ONE_KEY = frozenset({"user", "stake", "revoked"})
 """Record kinds that change the decisions of the key they name only."""
+PER_KEY = frozenset({"user", "stake", "login"})
+"""Record kinds of which there is one per key that has one: a host that holds the records
+of the keys calling it only reads these per key (:mod:`.policy_view`)."""
 
 
 class Role(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -311,6 +315,15 @@ class PolicyState:
             return
         self._memo.clear()
         self._memo_size = 0
+
+    def forget(self, key: str) -> None:
+        """Drop what is known of ``key``'s own records (its role, stake and login), and its
+        decisions: a host that holds the records of the keys that call it only
+        (:mod:`.policy_view`) lets go of a key it has not seen lately."""
+        self.users.pop(key, None)
+        self.stakes.pop(key, None)
+        self.logins.pop(key, None)
+        self._memo_size -= len(self._memo.pop(key, {}))
 
     def role_of(self, key: str) -> str:
         """``key``'s role: its own (``user.``), else an OIDC login's while it holds

@@ -4,6 +4,19 @@ hop. The watch does not depend on the policy actor's process: if it is down, hos
 deciding from the same data (fail static); if NATS itself goes away, they decide from the
 last state they saw and say so.
 
+A host holds what it needs, not the whole policy (issue 29: with 42,000 users a replica
+started in 3.0 s, checking one signature per record, and held 24 MB more). It reads the
+records every decision may need (the config, admins, roles, hosts, forwarders, names,
+tokens, revocations, OIDC issuers) at once, and the records of one key (its role, stake
+and OIDC login) when that key first calls it (:meth:`PolicyView.learn`: one batched
+direct get), keeping those of the 65,536 keys that called last. It follows the bucket's
+changes from the moment it read it: a change to a key it does not hold costs it nothing
+(not even a signature check). A key whose records cannot be read (JetStream away) is
+decided as ``public`` (the least it could be), not held, and asked again next time. The
+policy actor itself holds everything (``lazy=False``): it lists and counts keys; so does a
+host while the bucket serves no direct gets (made before they were, until the policy actor
+starts and turns them on).
+
 Only records signed by the policy key this home trusts count (:mod:`actorbus.bus.pins`;
 the first one a home ever reads pins its signer): an unsigned entry, a forged one or a bare
 delete is ignored, and reported once. A policy that was seen (or whose key this home
@@ -15,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import anyio
@@ -22,11 +36,12 @@ import anyio.abc
 
 from ..bus import NATS, ActorError, Unavailable
 from ..bus.connection import subscribe
-from ..bus.jetstream import Bucket, deleted_advisory
+from ..bus.jetstream import Bucket, Change, deleted_advisory
 from ..bus.pins import pin_policy, pinned_policy, policy_seen
 from ..bus.records import open_record
 from ..bus.settings import Settings
-from .policy import PolicyState
+from ..bus.throttle import LogThrottle
+from .policy import PER_KEY, PolicyState
 
 __all__ = ["PolicyRecords", "PolicyView", "load_state"]
 
@@ -38,6 +53,22 @@ _QUIET_ABSENCE = 10.0
 _FOREIGN = "holds no record of the policy's key"
 _REPORTED = 1024
 """Keys whose entries were reported as not counting, remembered (not to say them twice)."""
+_HELD = 65536
+"""Keys whose own records a host holds at most (those that called it last)."""
+_SHARED = [
+    "config",
+    "admin.>",
+    "role.>",
+    "forwarder.>",
+    "host.>",
+    "name.>",
+    "token.>",
+    "revoked.>",
+    "oidc.>",
+]
+"""The records every decision may need, read whole."""
+_LEARN_WAIT = 2.0
+"""Seconds a host waits for a key's records before it decides the call as ``public``."""
 
 
 class PolicyRecords:
@@ -116,10 +147,28 @@ class PolicyView:
     state it saw if the watch breaks.
     """
 
-    def __init__(self, nc: NATS, settings: Settings, *, keep: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        settings: Settings,
+        *,
+        keep: frozenset[str] = frozenset(),
+        lazy: bool = True,
+    ) -> None:
         self._nc = nc
         self.bucket = settings.policy_bucket
         self.state = PolicyState()
+        self.lazy = lazy
+        """Whether this view holds the records of the keys that call it only."""
+        self._following: Bucket | None = None
+        """The bucket followed now (lazy: where keys' records are read from)."""
+        self._held: OrderedDict[str, None] = OrderedDict()
+        """The keys whose own records this view holds, the least recent first."""
+        self._revisions: dict[str, int] = {}
+        """Per record held, the revision applied (a snapshot and the changes overlap)."""
+        self._learning: dict[str, tuple[anyio.Event, list[Change]]] = {}
+        """Keys whose records are being read, and the changes to them meanwhile."""
+        self._throttle = LogThrottle(log)
         self.enforced = False
         self.records = PolicyRecords(
             self.bucket,
@@ -205,9 +254,14 @@ class PolicyView:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._until_deleted, bucket, tg.cancel_scope)
             try:
-                await self._apply_records(bucket, mark_ready)
+                if self.lazy and bucket.direct:
+                    await self._apply_shared(bucket, mark_ready)
+                else:
+                    await self._apply_records(bucket, mark_ready)
             except Unavailable as exc:  # raised out of the group, not inside one
                 lost = exc
+            finally:
+                self._following = None
             tg.cancel_scope.cancel()
         if lost is not None:
             raise lost
@@ -259,3 +313,106 @@ class PolicyView:
                 )
                 log.warning("%s", self.unreadable)
             mark_ready()
+
+    def _loaded(self, fresh: PolicyState, counted: int) -> bool:
+        """Make ``fresh`` (the bucket as read, ``counted`` records of the policy's in it)
+        the policy, or refuse calls if it holds none and this home knows one; whether it
+        is live."""
+        if counted or not self._seen:
+            fresh.revision = self.state.revision + 1
+            self.state = fresh
+            self.enforced = True
+            self._seen = True
+            self.unreadable = ""
+            self.loaded.set()
+            log.info("policy loaded from %s", self.bucket)
+            return True
+        if _FOREIGN not in self.unreadable:
+            self.enforced = False
+            self.unreadable = (
+                f"the policy bucket {self.bucket} {_FOREIGN}: calls are refused until it does"
+            )
+            log.warning("%s", self.unreadable)
+        return False
+
+    async def _apply_shared(self, bucket: Bucket, mark_ready: Callable[[], None]) -> None:
+        """Lazy: follow the bucket's changes from now, read the shared records, then apply
+        each change to what this host holds (a key's own records only if it holds that
+        key). A bucket that holds no record of the policy's yet (where this home knows
+        one) is looked at again once one comes."""
+        async with bucket.changes() as changes:
+            fresh = PolicyState()
+            self._held.clear()
+            self._revisions = {}
+            counted = sum(self._apply(fresh, c) for c in await bucket.latest(_SHARED))
+            live = self._loaded(fresh, counted)
+            self._following = bucket if live else None
+            mark_ready()
+            async for change in changes:
+                if not live:
+                    if self.records.apply(PolicyState(), change.key, change.value):
+                        return  # the policy's own records come: read it all again
+                    continue
+                kind, _, key = change.key.partition(".")
+                if kind in PER_KEY:
+                    learning = self._learning.get(key)
+                    if learning is not None:
+                        learning[1].append(change)
+                        continue
+                    if key not in self._held:
+                        continue  # not a key this host holds: nothing to check
+                self._apply(self.state, change)
+
+    def _apply(self, state: PolicyState, change: Change) -> bool:
+        """Apply ``change`` unless what is held of its key is newer; whether it counted."""
+        if change.revision <= self._revisions.get(change.key, 0):
+            return False
+        if not self.records.apply(state, change.key, change.value):
+            return False
+        self._revisions[change.key] = change.revision
+        return True
+
+    def knows(self, key: str) -> bool:
+        """Whether deciding for ``key`` needs nothing read first."""
+        return not self.lazy or self._following is None or key in self._held
+
+    async def learn(self, key: str) -> None:
+        """Hold ``key``'s own records (its role, stake, login), read now if not held: one
+        batched direct get, shared by the calls that wait for the same key. Never raises:
+        records that cannot be read leave the key ``public`` for this call (said,
+        throttled), and are asked for again by the next."""
+        if key in self._held:
+            self._held.move_to_end(key)
+            return
+        bucket = self._following
+        if not self.lazy or bucket is None:
+            return
+        learning = self._learning.get(key)
+        if learning is not None:
+            await learning[0].wait()
+            return
+        done = anyio.Event()
+        changed: list[Change] = []
+        self._learning[key] = (done, changed)
+        try:
+            found = await bucket.latest([f"{kind}.{key}" for kind in PER_KEY], timeout=_LEARN_WAIT)
+        except Unavailable as exc:
+            self._throttle.log(
+                logging.WARNING,
+                "learn",
+                "policy: the records of %s cannot be read (%s): decided as public",
+                key,
+                exc.message,
+            )
+            return
+        finally:
+            del self._learning[key]
+            done.set()
+        for change in sorted([*found, *changed], key=lambda c: c.revision):
+            self._apply(self.state, change)
+        self._held[key] = None
+        if len(self._held) > _HELD:  # let go of the key that called least lately
+            dropped, _ = self._held.popitem(last=False)
+            self.state.forget(dropped)
+            for kind in PER_KEY:
+                self._revisions.pop(f"{kind}.{dropped}", None)

@@ -109,7 +109,9 @@ async def serve(
             nc = await stack.enter_async_context(
                 connect(settings.url, name=f"actor {name} {instance}", key=key, token=ticket)
             )
-        policy = PolicyView(nc, settings, keep=frozenset({binding_key(name)}))
+        policy = PolicyView(
+            nc, settings, keep=frozenset({binding_key(name)}), lazy=not actor.whole_policy
+        )
         registration = _Registration(nc, settings, name, key)
         await registration.open()
         guard = await stack.enter_async_context(

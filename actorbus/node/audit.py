@@ -32,6 +32,7 @@ async def ensure_audit(nc: NATS, *, replicas: int = 1) -> None:
         max_age=_MAX_AGE,
         replicas=replicas,
         append_only=True,
+        allow_direct=True,  # read a page from its end (client.audit)
     )
 
 

@@ -84,6 +84,7 @@ class Gateway(Actor):
             self.key,
             IssuerKeys(self.settings.oidc_jwks_ttl, self.settings.oidc_refetch),
             lambda: self.policy_state,
+            self.learn,
             bind,
         )
         self.identities = Identities(self.key, self.settings.max_skew, seen, logins)
@@ -98,6 +99,12 @@ class Gateway(Actor):
     def where(self) -> str:
         """This replica's HTTP address."""
         return self.url
+
+    async def learn(self, key: str) -> None:
+        """Have this replica's policy hold ``key``'s own records (its role, stake)."""
+        view = self.__actorbus_policy__
+        if view is not None:
+            await view.learn(key)
 
     @property
     def policy_enforced(self) -> bool:
@@ -132,6 +139,7 @@ class Gateway(Actor):
                         ),
                         policy=lambda: self.policy_state,
                         enforced=lambda: self.policy_enforced,
+                        learn=self.learn,
                         max_body=self.max_body,
                         version=self.version,
                         meter=Meter(lambda: admission.total, settings.replica),

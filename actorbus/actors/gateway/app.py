@@ -263,6 +263,7 @@ def build_app(gateway: Context) -> Starlette:
         address = client_group(request.client.host if request.client else "")
         key = await gateway.identities.signer(headers, b"", gateway.policy(), address)
         assert key is not None  # neither signed nor a commune body
+        await gateway.learn(key.address)
         return gateway.viewer(key.address)
 
     async def openapi_json(request: Request) -> Response:

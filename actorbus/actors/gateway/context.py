@@ -7,7 +7,7 @@ HTTP server, instead of the actor itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ...bus import Keypair
@@ -37,6 +37,8 @@ class Context:
     """The policy as the replica holds it now."""
     enforced: Callable[[], bool]
     """Whether a policy is enforced (one was loaded)."""
+    learn: Callable[[str], Awaitable[None]]
+    """Have the policy hold a key's own records (its role...) before deciding for it."""
     max_body: int
     """Largest request body (the smaller of the setting and what NATS carries)."""
     version: str

@@ -120,11 +120,13 @@ class OidcLogins:
         gateway: Keypair,
         keys: IssuerKeys,
         policy: Callable[[], PolicyState],
+        learn: Callable[[str], Awaitable[None]],
         bind: Bind,
     ) -> None:
         self._seed = gateway.seed
         self.keys = keys
         self._policy = policy
+        self._learn = learn
         self._bind = bind
         self._derived: LRU[tuple[str, str], Keypair] = LRU(_KEYS_KEPT)
         self._pending: dict[str, anyio.Event] = {}
@@ -245,6 +247,7 @@ class OidcLogins:
         """Make sure ``address`` has ``role`` in this replica's view of the policy: ask the
         policy actor to bind it (one request of this replica asks at a time), then wait
         until the binding arrives (at most ``_BIND_WAIT`` seconds)."""
+        await self._learn(address)  # the replica holds its records, and their changes
         while not self._holds(address, issuer, role, expires):
             pending = self._pending.get(address)
             if pending is None:

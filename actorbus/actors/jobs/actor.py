@@ -264,6 +264,7 @@ class Jobs(Actor):
         entries = await self.client.entries(actor)
         allow = frozenset(entries[0].allow_fns) if entries else frozenset()
         deny = frozenset(entries[0].deny_fns) if entries else frozenset()
+        await policy.learn(owner)
         decision = policy.state.decide(owner, actor, fn, allow, deny)
         if not decision.allowed:
             raise Forbidden(f"you may not call {work}: {decision.reason}")

@@ -253,10 +253,11 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
         decision: Decision = self.state.decide(check_address(key), actor, fn, allow, deny)
         return msgspec.to_builtins(decision)  # type: ignore[no-any-return]
 
-    async def log(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The last ``limit`` admin actions, oldest first: this policy's changes and node
-        control (each record's ``source`` says which actor recorded it, ``by`` which key
-        signed it; one not signed by a key of its source is marked ``forged``)."""
+    async def log(self, limit: int = 100, before: int = 0) -> list[dict[str, Any]]:
+        """The last ``limit`` admin actions (at most 1,000), or the last before the record
+        whose ``seq`` is ``before``, oldest first: this policy's changes and node control
+        (each record's ``source`` says which actor recorded it, ``by`` which key signed it;
+        one not signed by a key of its source is marked ``forged``)."""
         self._require_admin()
         own = self.name or "policy"
 
@@ -264,5 +265,5 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
             return [self.address] if source == own else self.state.names.get(source, [])
 
         return await read_audit(
-            self.nc, limit, lambda s: s == own or s.startswith("node."), writers
+            self.nc, limit, lambda s: s == own or s.startswith("node."), writers, before=before
         )

@@ -69,6 +69,7 @@ class PolicyStore(Actor):
     """The bucket behind the policy actor and the helpers its functions share."""
 
     sessions = False  # every change to the policy is signed by the admin who made it
+    whole_policy = True  # it lists and counts keys
 
     async def on_start(self) -> None:
         self._stack = AsyncExitStack()
@@ -98,8 +99,10 @@ class PolicyStore(Actor):
         self._bucket = bucket or await Bucket.open(
             self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
         )
-        # Registry reads are direct gets (nothing made per read): a registry made before
-        # they were is given them by the policy actor, which owns the shared streams.
+        # Registry reads and hosts' reads of a key's records are direct gets (nothing made
+        # per read): buckets made before they were are given them by the policy actor,
+        # which owns the shared streams.
+        await self._bucket.serve_direct()
         registry = await Bucket.open(
             self.nc, REGISTRY_BUCKET, ttl=settings.registry_ttl, replicas=settings.js_replicas
         )
