@@ -1,11 +1,13 @@
 """A/B: one bench on a base commit and on the working tree, alternated in one run.
 
-    python bench/ab.py BASE [--rounds 2] [-- BENCH [bench args]]
+    python bench/ab.py BASE [--rounds 2] [--head COMMIT] [-- BENCH [bench args]]
     python bench/ab.py b58a545 -- bench/calls.py --only a,b,c,d --concurrency 64
 
-BASE is any commit git knows. Its tree is checked out once as a git worktree with a venv
-of its own (``$ACTOR_AB_CACHE``, default ``~/.cache/actorbus-ab/<commit>``, reused on the
-next run), so only the first run for a commit pays for the install. The bench
+BASE is any commit git knows (and so is ``--head``, measured instead of the working tree,
+which may then change while the bench runs). Its tree is checked out once as a git
+worktree with a venv of its own (``$ACTOR_AB_CACHE``, default
+``~/.cache/actorbus-ab/<commit>``, reused on the next run), so only the first run for a
+commit pays for the install. The bench
 (``bench/calls.py`` unless given) is each tree's own copy run by that tree's venv: the
 load generator is the library's own client, so it is measured too. The runs alternate
 BASE, HEAD, HEAD, BASE, ... (each tree runs ``--rounds`` times, at least 2), so a drift
@@ -129,16 +131,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("base", help="the commit to compare the working tree with")
     parser.add_argument("--rounds", type=int, default=2, help="runs per tree (at least 2)")
+    parser.add_argument(
+        "--head",
+        default="",
+        help="a commit to measure instead of the working tree (checked out like BASE: the "
+        "working tree may change while the bench runs)",
+    )
     args = parser.parse_args(argv)
     rounds = max(args.rounds, 2)
     commit = git("rev-parse", "--verify", f"{args.base}^{{commit}}")
-    head = git("rev-parse", "--short=12", "HEAD")
-    dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
     base = base_tree(commit)
-    trees = {
-        "BASE": (base, str(base / ".venv" / "bin" / "python")),
-        "HEAD": (ROOT, sys.executable),
-    }
+    if args.head:
+        head_commit = git("rev-parse", "--verify", f"{args.head}^{{commit}}")
+        tree = base_tree(head_commit)
+        head, dirty = head_commit[:12], ""
+        head_side = (tree, str(tree / ".venv" / "bin" / "python"))
+    else:
+        head = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        dirty = " + uncommitted changes" if changed else ""
+        head_side = (ROOT, sys.executable)
+    trees = {"BASE": (base, str(base / ".venv" / "bin" / "python")), "HEAD": head_side}
     outputs: dict[str, list[str]] = {"BASE": [], "HEAD": []}
     order = [("BASE", "HEAD") if i % 2 == 0 else ("HEAD", "BASE") for i in range(rounds)]
     for i, pair in enumerate(order):

@@ -1,0 +1,209 @@
+"""Costs that grow with what exists, as curves over 100x sizes, in one run (issue 29).
+
+    python bench/scale.py [--users 100,1000,100000] [--keys 40,400,4000]
+                          [--reads 100,1000,10000]
+
+Against an embedded nats-server, the policy actor and an echo actor (bench/calls.py's
+``BenchEcho``), each a process of its own, and this process as the callers:
+
+1. registry reads: READS reads of the echo actor's entries: reads/s, and the JetStream
+   consumers on the registry after them against before (target: +0).
+2. the policy's size: users added in bulk up to each of USERS (adds/s; the policy actor
+   still running), then at that size a user's calls (p50/p99 of 2,000 signed calls, 16 at
+   a time), a new replica's start (``actor serve`` until it answers) and its RSS, and
+   ``user ls`` paging through every user (targets: p99 and start within 1.5x of the
+   smallest size; 100,000 users added in under 60 s).
+3. one change and the active keys: KEYS keys each call the echo actor once (each borrows a
+   quota lease there), one other key's stake changes, each key calls again: the policy
+   actor's CPU from the change to the last call (target: under 50 ms at 4,000 keys).
+
+Every phase is bounded in count and time. The machine is shared: read the curves' shapes
+and the ratios, not single figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+
+from actorbus import Client, Settings
+from actorbus.bus import NATS, EmbeddedServer, Keypair, connect, sign_request, verify_reply
+from actorbus.bus.requests import request
+from actorbus.bus.subjects import call_subject
+
+HERE = Path(__file__).resolve().parent
+BODY = b'{"args":["x"],"kwargs":{}}'
+PHASE_LIMIT = 300.0
+"""Seconds any one phase may take."""
+
+
+def serve(env: dict[str, str], target: str, name: str) -> tuple[subprocess.Popen[bytes], float]:
+    """``actor serve TARGET --name NAME``, and the seconds until it said it was ready."""
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "actorbus.cli", "--log-level", "WARNING", "serve"]
+    process = subprocess.Popen([*command, target, "--name", name], env=env, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    if not process.stdout.readline().startswith(b"actorbus-ready "):
+        raise SystemExit(f"{target} did not start")
+    return process, time.perf_counter() - started
+
+
+def cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def registry_reads(client: Client, counts: list[int]) -> None:
+    js = client.nc.jetstream()
+    print("\n1. registry reads            reads   reads/s   consumers before -> after")
+    for count in counts:
+        before = (await js.stream_info("KV_actor_registry")).state.consumer_count
+        started = time.perf_counter()
+        with anyio.fail_after(PHASE_LIMIT):
+            for _ in range(count):
+                assert await client.entries("bench")
+        rate = count / (time.perf_counter() - started)
+        after = (await js.stream_info("KV_actor_registry")).state.consumer_count
+        print(f"                           {count:7d}  {rate:8.0f}   {before:7d} -> {after}")
+
+
+async def signed_call(nc: NATS, key: Keypair) -> float:
+    """One signed call of bench/echo as ``key``: its latency (s)."""
+    subject = call_subject("bench", "echo")
+    sent: dict[str, str] = {}
+
+    def headers(reply: str) -> dict[str, str]:
+        sent.update(sign_request(key, subject, reply, BODY))
+        return sent
+
+    started = time.perf_counter()
+    msg = await request(nc, subject, BODY, headers, 30)
+    assert verify_reply(msg.headers, msg.data, sent["Actor-Nonce"]).status == 200
+    return time.perf_counter() - started
+
+
+async def calls(url: str, keys: list[Keypair], concurrency: int = 16) -> list[float]:
+    """The sorted latencies (s) of one signed call as each of ``keys``, ``concurrency`` at
+    a time."""
+    latencies: list[float] = []
+    limit = anyio.Semaphore(concurrency)
+
+    async def one(key: Keypair) -> None:
+        async with limit:
+            latencies.append(await signed_call(nc, key))
+
+    async with connect(url) as nc:
+        with anyio.fail_after(PHASE_LIMIT):
+            async with anyio.create_task_group() as tg:
+                for key in keys:
+                    tg.start_soon(one, key)
+    return sorted(latencies)
+
+
+async def policy_size(
+    client: Client, settings: Settings, env: dict[str, str], sizes: list[int], policy_pid: int
+) -> None:
+    user = Keypair.generate()
+    await client.add_users({user.address: "user"})
+    print(
+        "\n2. policy size    users  add/s   policy  calls p50 ms  p99 ms   replica start s"
+        "  RSS MB   user ls s"
+    )
+    added = 1
+    firsts: tuple[float, float] | None = None
+    for size in sizes:
+        batch = {Keypair.generate().address: "user" for _ in range(size - added)}
+        started = time.perf_counter()
+        with anyio.fail_after(PHASE_LIMIT):
+            await client.add_users(batch)
+        rate = len(batch) / max(time.perf_counter() - started, 1e-9)
+        added = size
+        alive = "alive" if psutil.Process(policy_pid).is_running() else "DEAD"
+        latencies = await calls(settings.url, [user] * 2000)
+        p50 = statistics.median(latencies) * 1e3
+        p99 = latencies[int(len(latencies) * 0.99)] * 1e3
+        replica, start = serve(env, f"{HERE / 'calls.py'}:BenchEcho", f"start{size}")
+        try:
+            async with Client(user, settings=settings) as caller:
+                assert await caller.call(f"start{size}", "echo", "x") == "x"
+            rss = psutil.Process(replica.pid).memory_info().rss / 2**20
+        finally:
+            replica.terminate()
+            replica.wait(30)
+        started = time.perf_counter()
+        listed = 0
+        with anyio.fail_after(PHASE_LIMIT):
+            async for page in client.pages(settings.policy, "users"):
+                listed += len(page)
+        listing = time.perf_counter() - started
+        assert listed == size, (listed, size)
+        firsts = firsts or (p99, start)
+        print(
+            f"                {size:7d}  {rate:5.0f}   {alive:6}  {p50:12.2f}  {p99:6.2f}"
+            f"   {start:15.2f}  {rss:6.0f}   {listing:9.2f}"
+        )
+    assert firsts is not None
+    print(
+        f"   at {sizes[-1]} users against {sizes[0]}: p99 x{p99 / firsts[0]:.2f}, "
+        f"start x{start / firsts[1]:.2f}"
+    )
+
+
+async def one_change(
+    client: Client, settings: Settings, counts: list[int], policy_pid: int
+) -> None:
+    print("\n3. one change    active keys   policy actor CPU ms (the change and the next calls)")
+    other = Keypair.generate()
+    for count in counts:
+        keys = [Keypair.generate() for _ in range(count)]
+        await client.add_users({k.address: "user" for k in keys})
+        await calls(settings.url, keys, 32)  # each key holds a lease now
+        before = cpu(policy_pid)
+        await client.call(settings.policy, "set_stake", other.address, 1000.0)
+        await anyio.sleep(0.5)  # the change reaches the replica
+        await calls(settings.url, keys, 32)
+        spent = cpu(policy_pid) - before
+        print(f"                {count:11d}   {spent * 1e3:8.0f}")
+
+
+async def run(
+    server: EmbeddedServer, home: Path, env: dict[str, str], args: argparse.Namespace, pid: int
+) -> None:
+    settings = Settings(home=home, nats_url=server.url, call_timeout=60)
+    async with Client(settings=settings) as client:
+        await registry_reads(client, [int(n) for n in args.reads.split(",")])
+        users = [int(n) for n in args.users.split(",")]
+        await policy_size(client, settings, env, users, pid)
+        await one_change(client, settings, [int(n) for n in args.keys.split(",")], pid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reads", default="100,1000,10000")
+    parser.add_argument("--users", default="1000,10000,100000")
+    parser.add_argument("--keys", default="40,400,4000")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="actorbus-scale-"))
+    with EmbeddedServer(home / "nats") as server:
+        env = dict(os.environ, ACTOR_NATS_URL=server.url, ACTOR_HOME=str(home))
+        policy, _ = serve(env, "actorbus.actors.policy:Policy", "policy")
+        echo, _ = serve(env, f"{HERE / 'calls.py'}:BenchEcho", "bench")
+        try:
+            anyio.run(run, server, home, env, args, policy.pid)
+        finally:
+            for process in (echo, policy):
+                process.terminate()
+                process.wait(30)
+
+
+if __name__ == "__main__":
+    main()
