@@ -22,8 +22,8 @@ every request (``ACTOR_GATEWAY_CLIENT_*`` raised): the load generator is one cli
 
 Under attack, against a second gateway replica with the default limits (targets: >= 99%
 of normal calls succeed, their p99 <= 3x unloaded; RSS under a header flood < +50 MiB):
-16 normal callers from 8 addresses of their own POST /bench/echo for --attack-seconds,
-first alone, then while bench/web_attacks.py holds 1,000 slowloris connections and 200
+16 normal callers from 8 addresses of their own POST /bench/echo (80 calls a second each at
+most) for --attack-seconds, first alone, then while bench/web_attacks.py holds 1,000 slowloris connections and 200
 stalled readers of a server-sent events stream (each from addresses of their own); then
 the gateway's RSS (sampled every 0.1 s) while 50 connections stream endless header
 blocks. Every cell is bounded in time and count; figures are medians over --repeat runs.
@@ -55,6 +55,8 @@ HERE = Path(__file__).resolve()
 ATTACKS = [sys.executable, str(HERE.parent / "web_attacks.py")]
 ACTOR = [sys.executable, "-m", "actorbus.cli", "--log-level", "WARNING"]
 MAX_CALLS_PER_CELL = 200_000
+NORMAL_RATE = 80.0
+"""Calls a second of one normal caller under attack (:func:`normal_caller`)."""
 BODY = b'{"args":["x"],"kwargs":{}}'
 
 
@@ -104,13 +106,19 @@ async def normal_caller(
     port: int, source: str, deadline: float, outcomes: dict[str, int], latencies: list[float]
 ) -> None:
     """A well-behaved web client: one keep-alive connection from ``source``, a call at a
-    time; whatever is not a 200 (or a broken connection) is counted as failed."""
+    time, :data:`NORMAL_RATE` calls a second at most (two share an address: well within
+    the gateway's 200 a second per address; unpaced, a faster gateway had them refused
+    429 for being too fast); whatever is not a 200 (or a broken connection) is counted as
+    failed."""
     request = (
         f"POST /bench/echo HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
     ).encode() + BODY
     writer: asyncio.StreamWriter | None = None
+    due = time.perf_counter()
     while time.perf_counter() < deadline and sum(outcomes.values()) < MAX_CALLS_PER_CELL:
+        due += 1 / NORMAL_RATE
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
         started = time.perf_counter()
         try:
             if writer is None:

@@ -1,7 +1,8 @@
 """Costs that grow with what exists, as curves over 100x sizes, in one run (issue 29).
 
     python bench/scale.py [--users 100,1000,100000] [--keys 40,400,4000]
-                          [--reads 100,1000,10000]
+                          [--reads 100,1000,10000] [--actors 6,20,60]
+                          [--soak 600]
 
 Against an embedded nats-server, the policy actor and an echo actor (bench/calls.py's
 ``BenchEcho``), each a process of its own, and this process as the callers:
@@ -16,6 +17,13 @@ Against an embedded nats-server, the policy actor and an echo actor (bench/calls
 3. one change and the active keys: KEYS keys each call the echo actor once (each borrows a
    quota lease there), one other key's stake changes, each key calls again: the policy
    actor's CPU from the change to the last call (target: under 50 ms at 4,000 keys).
+4. the gateway's OpenAPI document: ACTORS echo actors served (in this process), then an
+   anonymous ``GET /openapi.json`` at a gateway: its size as JSON and gzipped, the first
+   request's time and the median of 20 after it.
+5. the gateway under load: with the largest ACTORS served, 16 anonymous HTTP callers call
+   them in turn (and every tenth request is ``/openapi.json``) for SOAK seconds: requests,
+   answers by status, and the registry's consumers before and after (target: 60 actors,
+   600 s, no answer but 200 and 429, consumers +0).
 
 Every phase is bounded in count and time. The machine is shared: read the curves' shapes
 and the ratios, not single figures.
@@ -24,18 +32,22 @@ and the ratios, not single figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import anyio
+import httpx
 import psutil
 
 from actorbus import Client, Settings
+from actorbus import serve as serve_actor
 from actorbus.bus import NATS, EmbeddedServer, Keypair, connect, sign_request, verify_reply
 from actorbus.bus.requests import request
 from actorbus.bus.subjects import call_subject
@@ -87,7 +99,8 @@ async def signed_call(nc: NATS, key: Keypair) -> float:
 
     started = time.perf_counter()
     msg = await request(nc, subject, BODY, headers, 30)
-    assert verify_reply(msg.headers, msg.data, sent["Actor-Nonce"]).status == 200
+    status = verify_reply(msg.headers, msg.data, sent["Actor-Nonce"]).status
+    assert status == 200, (status, msg.data[:200])
     return time.perf_counter() - started
 
 
@@ -175,15 +188,91 @@ async def one_change(
         print(f"                {count:11d}   {spent * 1e3:8.0f}")
 
 
+async def openapi_size(
+    client: Client, settings: Settings, port: int, counts: list[int], soak: float
+) -> None:
+    sys.path.insert(0, str(HERE))
+    from calls import BenchEcho  # bench/calls.py's
+
+    await client.call(settings.policy, "set_role", "public", ["api*/*"])
+    print("\n4. openapi.json  actors   KB    gzip KB   first ms   then ms (median of 20)")
+    served = 0
+    async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient() as http:
+        url = f"http://127.0.0.1:{port}/openapi.json"
+        for count in counts:
+            for n in range(served, count):
+                await stack.enter_async_context(
+                    serve_actor(BenchEcho(), name=f"api{n}", settings=settings)
+                )
+            served = count
+            await anyio.sleep(2.5)  # the gateway's registry cache
+            started = time.perf_counter()
+            first = await http.get(url, headers={"Accept-Encoding": "identity"})
+            first_ms = (time.perf_counter() - started) * 1e3
+            times = []
+            for _ in range(20):
+                started = time.perf_counter()
+                zipped = await http.get(url)
+                times.append((time.perf_counter() - started) * 1e3)
+            shown = sum(p.startswith("/api") for p in first.json()["paths"])
+            assert shown >= count, (shown, count)
+            size = int(zipped.headers.get("content-length", "0"))
+            print(
+                f"                {count:6d}  {len(first.content) / 1024:5.0f}   {size / 1024:7.0f}"
+                f"   {first_ms:8.1f}   {statistics.median(times):7.1f}"
+            )
+        if soak:
+            await gateway_soak(client, http, f"http://127.0.0.1:{port}", served, soak)
+
+
+async def gateway_soak(
+    client: Client, http: httpx.AsyncClient, base: str, actors: int, seconds: float
+) -> None:
+    js = client.nc.jetstream()
+    before = (await js.stream_info("KV_actor_registry")).state.consumer_count
+    statuses: Counter[str] = Counter()
+    body = {"args": ["x"]}
+
+    async def caller(n: int) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            n += 1
+            try:
+                if n % 10 == 0:
+                    answer = await http.get(f"{base}/openapi.json", timeout=30)
+                else:
+                    answer = await http.post(f"{base}/api{n % actors}/echo", json=body, timeout=30)
+                statuses[str(answer.status_code)] += 1
+            except httpx.HTTPError as exc:
+                statuses[type(exc).__name__] += 1
+
+    with anyio.fail_after(seconds + 60):
+        async with anyio.create_task_group() as tg:
+            for n in range(16):
+                tg.start_soon(caller, n * 7)
+    after = (await js.stream_info("KV_actor_registry")).state.consumer_count
+    errors = sum(count for status, count in statuses.items() if status not in ("200", "429"))
+    print(
+        f"\n5. gateway soak  {actors} actors, {seconds:.0f} s, 16 callers: "
+        f"{sum(statuses.values())} requests, {dict(sorted(statuses.items()))}, "
+        f"errors {errors}, registry consumers {before} -> {after}"
+    )
+
+
 async def run(
     server: EmbeddedServer, home: Path, env: dict[str, str], args: argparse.Namespace, pid: int
 ) -> None:
     settings = Settings(home=home, nats_url=server.url, call_timeout=60)
     async with Client(settings=settings) as client:
+        # Users may call the echo actors, and fast enough that no call here is a 429.
+        await client.call(settings.policy, "set_role", "user", ["bench/*", "start*/*"])
+        await client.call(settings.policy, "set_config", floor=1e9)
         await registry_reads(client, [int(n) for n in args.reads.split(",")])
         users = [int(n) for n in args.users.split(",")]
         await policy_size(client, settings, env, users, pid)
         await one_change(client, settings, [int(n) for n in args.keys.split(",")], pid)
+        actors = [int(n) for n in args.actors.split(",")]
+        await openapi_size(client, settings, args.gateway_port, actors, args.soak)
 
 
 def main() -> None:
@@ -191,16 +280,23 @@ def main() -> None:
     parser.add_argument("--reads", default="100,1000,10000")
     parser.add_argument("--users", default="1000,10000,100000")
     parser.add_argument("--keys", default="40,400,4000")
+    parser.add_argument("--actors", default="6,20,60")
+    parser.add_argument("--soak", type=float, default=600.0, help="seconds (0: none)")
+    parser.add_argument("--gateway-port", type=int, default=18480)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="actorbus-scale-"))
     with EmbeddedServer(home / "nats") as server:
         env = dict(os.environ, ACTOR_NATS_URL=server.url, ACTOR_HOME=str(home))
         policy, _ = serve(env, "actorbus.actors.policy:Policy", "policy")
         echo, _ = serve(env, f"{HERE / 'calls.py'}:BenchEcho", "bench")
+        # The load generator is one web client: let it have every request.
+        port = str(args.gateway_port)
+        gateway_env = dict(env, ACTOR_GATEWAY_PORT=port, ACTOR_GATEWAY_CLIENT_RATE="1e9")
+        gateway, _ = serve(gateway_env, "actorbus.actors.gateway:Gateway", "gateway")
         try:
             anyio.run(run, server, home, env, args, policy.pid)
         finally:
-            for process in (echo, policy):
+            for process in (gateway, echo, policy):
                 process.terminate()
                 process.wait(30)
 

@@ -633,8 +633,13 @@ async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: 
     async with stack(settings, name) as s:
         other = f"{name}b"
         await s.policy("set_role", "public", [f"{name}/*", f"{other}/*"])
-        document = (await s.http.get("/openapi.json")).json()
+        first = await s.http.get("/openapi.json")  # httpx accepts gzip
+        assert first.headers["content-encoding"] == "gzip"
+        document = first.json()
         assert document["openapi"] == "3.1.0"
+        etag = {"If-None-Match": first.headers["etag"]}
+        unchanged = await s.http.get("/openapi.json", headers=etag)
+        assert unchanged.status_code == 304 and not unchanged.content
         add = document["paths"][f"/{name}/add"]
         kwargs = add["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert kwargs["properties"]["kwargs"]["properties"]["a"] == {"type": "integer"}
@@ -646,7 +651,8 @@ async def test_openapi_docs_health_and_dashboard_data(settings: Settings, name: 
         # A new actor shows up as it comes.
         async with serve(Probe(), name=other, settings=s.settings):
             await anyio.sleep(2.1)  # the registry cache
-            assert f"/{other}/forward" in (await s.http.get("/openapi.json")).json()["paths"]
+            changed = await s.http.get("/openapi.json", headers=etag)
+            assert changed.status_code == 200 and f"/{other}/forward" in changed.json()["paths"]
         docs = await s.http.get("/docs")
         assert docs.status_code == 200 and "swagger-ui" in docs.text
         assert (await s.http.get("/health")).json()["status"] == "ok"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -45,7 +46,7 @@ from ...bus.subjects import check_fn, check_name
 from ...client.answers import advertised_timeout
 from ...client.client import typed_value
 from ...client.streams import read_stream
-from .catalog import Viewer, openapi
+from .catalog import Viewer
 from .context import Context
 from .errors import ErrorShape, Refused, error_json, new_error_id
 from .guard import client_group
@@ -271,9 +272,20 @@ def build_app(gateway: Context) -> Starlette:
             mine = await viewer(request)
         except ActorError as exc:
             return _refusal(exc.status, exc)
-        schemas = await gateway.catalog.visible(mine)
-        submit = settings.jobs in schemas and "submit" in schemas[settings.jobs]
-        return JSONResponse(openapi(schemas, gateway.version, job_paths() if submit else None))
+
+        def extra(schemas: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+            submit = settings.jobs in schemas and "submit" in schemas[settings.jobs]
+            return job_paths() if submit else None
+
+        document = await gateway.catalog.document(mine, gateway.version, extra)
+        # Cached by whoever may call the same functions; a token makes it another's.
+        headers = {"ETag": document.etag, "Vary": "Accept-Encoding, Authorization"}
+        if document.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            return Response(document.gzipped, media_type="application/json", headers=headers)
+        return Response(document.body, media_type="application/json", headers=headers)
 
     async def actors(request: Request) -> Response:
         try:

@@ -9,23 +9,29 @@ unless it is a policy admin."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import msgspec
 
 from ...bus import ActorError, request
+from ...bus.lru import LRU
 from ...bus.subjects import service_subject
 from ...bus.wire import UNDECODABLE
 from ...client import Client, RegistryEntry
 from ...client.discovery import read_service_info
 from ...host.policy import PolicyState
 
-__all__ = ["Catalog", "Viewer", "openapi"]
+__all__ = ["Catalog", "Document", "Viewer", "openapi"]
 
 _ENTRIES_TTL = 2.0
+_DOCUMENTS = 64
+"""OpenAPI documents kept encoded, one per set of functions some caller may see."""
 _STATS_WINDOW = 0.25
 _json = msgspec.json.Decoder()
 _STATUSES = {
@@ -71,6 +77,15 @@ class Viewer:
         return cls(may, admin=key in policy.admins and key not in policy.revoked)
 
 
+@dataclass(frozen=True)
+class Document:
+    """An OpenAPI document as served: its JSON, the same gzipped, and its ETag."""
+
+    body: bytes
+    gzipped: bytes
+    etag: str
+
+
 class Catalog:
     """The registry and function schemas, cached (one per gateway replica)."""
 
@@ -79,6 +94,9 @@ class Catalog:
         self.hidden = hidden
         self._entries: tuple[float, list[RegistryEntry]] = (0.0, [])
         self._schemas: dict[str, tuple[frozenset[str], dict[str, Any]]] = {}
+        self._generation = 0
+        """Counts the changes of :attr:`_schemas` (a document of an older one is stale)."""
+        self._documents: LRU[tuple[Any, ...], Document] = LRU(_DOCUMENTS)
         self._lock = anyio.Lock()
 
     async def entries(self) -> list[RegistryEntry]:
@@ -102,6 +120,7 @@ class Catalog:
         for name in list(self._schemas):
             if name not in by_name:
                 del self._schemas[name]
+                self._generation += 1
         async with anyio.create_task_group() as tg:
             for name, instances in by_name.items():
                 known = self._schemas.get(name)
@@ -117,6 +136,7 @@ class Catalog:
         info = read_service_info(reply.data, name, self.client.vouching)
         if info is not None:  # else not ours: left out
             self._schemas[name] = (instances, info.functions)
+            self._generation += 1
 
     async def visible(self, viewer: Viewer) -> dict[str, dict[str, Any]]:
         """:meth:`schemas`, with only the functions ``viewer`` may call (and no actor of
@@ -131,6 +151,27 @@ class Catalog:
             if mine:
                 shown[name] = mine
         return shown
+
+    async def document(
+        self,
+        viewer: Viewer,
+        version: str,
+        extra: Callable[[dict[str, dict[str, Any]]], dict[str, Any] | None],
+    ) -> Document:
+        """The OpenAPI document of what ``viewer`` may call (:func:`openapi`, ``extra``
+        making the gateway's own path items from it), built and encoded once for every
+        caller who may call the same functions until an actor's schemas change: 60
+        actors make a document of megabytes, asked for by anyone, anonymously."""
+        schemas = await self.visible(viewer)
+        shown = tuple((name, tuple(functions)) for name, functions in schemas.items())
+        key = (self._generation, version, shown)
+        found = self._documents.get(key)
+        if found is None:
+            body = msgspec.json.encode(openapi(schemas, version, extra(schemas)))
+            etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+            found = Document(body, gzip.compress(body, 6, mtime=0), etag)
+            self._documents[key] = found
+        return found
 
     async def overview(self, viewer: Viewer) -> dict[str, Any]:
         """What the dashboard shows ``viewer``: each actor it may call, its replicas, calls,
