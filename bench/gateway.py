@@ -23,8 +23,9 @@ every request (``ACTOR_GATEWAY_CLIENT_*`` raised): the load generator is one cli
 Under attack, against a second gateway replica with the default limits (targets: >= 99%
 of normal calls succeed, their p99 <= 3x unloaded; RSS under a header flood < +50 MiB):
 16 normal callers from 8 addresses of their own POST /bench/echo (80 calls a second each at
-most) for --attack-seconds, first alone, then while bench/web_attacks.py holds 1,000 slowloris connections and 200
-stalled readers of a server-sent events stream (each from addresses of their own); then
+most) for --attack-seconds, first alone, then while bench/web_attacks.py holds 1,000
+slowloris connections and 200 stalled readers of a server-sent events stream (each from
+addresses of their own); then
 the gateway's RSS (sampled every 0.1 s) while 50 connections stream endless header
 blocks. Every cell is bounded in time and count; figures are medians over --repeat runs.
 The machine is shared: read the ratios.
