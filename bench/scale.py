@@ -239,6 +239,8 @@ async def gateway_soak(
     js = client.nc.jetstream()
     before = (await js.stream_info("KV_actor_registry")).state.consumer_count
     statuses: Counter[str] = Counter()
+    said: dict[str, str] = {}
+    """The first answer of each status but 200."""
     body = {"args": ["x"]}
 
     async def caller(n: int) -> None:
@@ -251,6 +253,8 @@ async def gateway_soak(
                 else:
                     answer = await http.post(f"{base}/api{n % actors}/echo", json=body, timeout=30)
                 statuses[str(answer.status_code)] += 1
+                if answer.status_code != 200:
+                    said.setdefault(str(answer.status_code), answer.text[:160])
             except httpx.HTTPError as exc:
                 statuses[type(exc).__name__] += 1
 
@@ -265,6 +269,8 @@ async def gateway_soak(
         f"{sum(statuses.values())} requests, {dict(sorted(statuses.items()))}, "
         f"errors {errors}, registry consumers {before} -> {after}"
     )
+    for status, text in sorted(said.items()):
+        print(f"   first {status}: {text}")
 
 
 async def run(

@@ -466,6 +466,15 @@ def test_records_match_the_vectors(tmp_path: Path) -> None:
         assert (opened.by, opened.value) == (key.address, value)
         with pytest.raises(Unauthorized):
             open_record(kind, name + "0", vector["record"].encode())  # moved: no record
+    versioned = r["versioned"]
+    kind, name, value, n = (versioned[k] for k in ("kind", "name", "v", "n"))
+    signing = record_signing_bytes(kind, name, value.encode(), n).decode()
+    assert signing == versioned["signing_bytes"]
+    assert sign_record(policy, kind, name, value.encode(), n).decode() == versioned["record"]
+    opened = open_record(kind, name, versioned["record"].encode())
+    assert (opened.by, opened.value, opened.n) == (policy.address, value.encode(), n)
+    with pytest.raises(Unauthorized):  # the version is signed: another is no record
+        open_record(kind, name, versioned["record"].replace(str(n), str(n + 1)).encode())
     entry = r["registry_entry"]
     trusting = Settings(home=tmp_path, policy_key=policy.address)
     counted = Vouching(trusting).entry(entry["name"], entry["record"].encode())

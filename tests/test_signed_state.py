@@ -61,6 +61,114 @@ async def test_a_written_admin_entry_makes_no_admin(
         assert await admin.call(name, "forward", "still admin") == "still admin"
 
 
+async def test_an_old_record_put_back_undoes_nothing(settings: Settings, name: str) -> None:
+    """Issue 30: a policy record carried no version, so one the policy had signed once
+    counted again when put back: an old ``user.<k>`` record gave a removed user its role
+    back (403 became 200), and it survived a restart of the policy actor. Now the record
+    put back is older than the removal the hosts saw: the caller stays refused, the
+    policy actor writes its removal back, and does so again when it starts after a replay
+    made while it was down (a replica started after it refuses too)."""
+    member = Keypair.generate()
+    key = f"user.{member.address}"
+    async with Client(settings=settings) as admin:
+        async with serve(Policy(), name=settings.policy, settings=settings):
+            await admin.call(settings.policy, "set_role", "member", [f"{name}/*"])
+            await admin.call(settings.policy, "add_user", member.address, "member")
+            async with (
+                serve(Probe(), name=name, settings=settings),
+                Client(member, settings=settings, session=False) as caller,
+            ):
+                await eventually(lambda: _calls(caller, name))
+                nc = await nats.connect(settings.url)  # the attacker: it reads the bucket
+                kv = await nc.jetstream().key_value(settings.policy_bucket)
+                granted = (await kv.get(key)).value
+                await admin.call(settings.policy, "rm_user", member.address)
+                with pytest.raises(Forbidden):
+                    await caller.call(name, "forward", "removed")
+                removal = (await kv.get(key)).value
+                await kv.put(key, granted)  # the old record, back
+
+                async def repaired() -> None:
+                    assert (await kv.get(key)).value == removal
+
+                await eventually(repaired)
+                with pytest.raises(Forbidden):
+                    await caller.call(name, "forward", "replayed")
+        await kv.put(key, granted)  # while no policy actor runs
+        async with (
+            serve(Policy(), name=settings.policy, settings=settings),
+            serve(Probe(), name=name, settings=settings),
+            Client(member, settings=settings, session=False) as caller,
+        ):
+            assert (await kv.get(key)).value == removal  # put back as it started
+            with pytest.raises(Forbidden):
+                await caller.call(name, "forward", "after a restart")
+        await nc.close()
+
+
+async def test_forged_quota_counters_lend_nothing(settings: Settings, name: str) -> None:
+    """Issue 30: the policy actor trusted any well-formed counter in its lent-stake bucket:
+    one dated in the future, or one of the current window at the whole budget, refused a
+    key every call (429) until that window. Now a counter the policy did not sign counts
+    as nothing lent, and one from the future as nothing at all."""
+    early, full = Keypair.generate(), Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings),
+        Client(settings=settings) as admin,
+        Client(early, settings=settings, session=False) as a,
+        Client(full, settings=settings, session=False) as b,
+    ):
+        await admin.call(settings.policy, "set_config", 60.0, 60.0)  # 60 calls a minute
+        await admin.call(settings.policy, "set_role", "member", [f"{name}/*"])
+        await admin.add_users({early.address: "member", full.address: "member"})
+        nc = await nats.connect(settings.url)  # the attacker writes the counters
+        lent = await nc.jetstream().key_value(settings.policy_bucket + "_lent")
+        now = int(time.time() // 60)
+        for window in (now, now + 1):  # both parities: this window's and the next's
+            parity = window % 2
+            await lent.put(f"{early.address}.{parity}", f"[{window + 1000},0,60.0]".encode())
+            await lent.put(f"{full.address}.{parity}", f"[{window},60,60.0]".encode())
+        await nc.close()
+        await eventually(lambda: _calls(a, name))
+        await _calls(b, name)
+
+
+async def test_a_message_on_a_callers_inbox_is_not_its_reply(settings: Settings, name: str) -> None:
+    """Issue 30: the client took the first message on a call's reply subject as the reply,
+    verified or not: a stranger who sees the request (or a JetStream API answer sent
+    there) turned a good call into a 502. Now what does not verify is dropped and the
+    call waits for its reply: the attacker answers every request at once, with junk and
+    with a reply that is signed over another nonce, and each call still gets its
+    actor's."""
+    impostor = Keypair.generate()
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        serve(Probe(), name=name, settings=settings),
+        Client(settings=settings) as admin,
+    ):
+        nc = await nats.connect(settings.url)
+        answered = 0
+
+        async def answer(msg: Any) -> None:
+            nonlocal answered
+            await nc.publish(msg.reply, b"junk")
+            forged = sign_reply(impostor, "another nonce", 200, b'"forged"')
+            await nc.publish(msg.reply, b'"forged"', headers=forged)
+            answered += 1
+
+        await nc.subscribe(f"actor.{name}.slow", cb=answer)
+        await nc.flush()
+        for _ in range(3):
+            assert await admin.call(name, "slow", 0.1) == 0.1
+        assert answered == 3
+        await nc.close()
+
+
+async def _calls(caller: Client, name: str) -> None:
+    assert await caller.call(name, "forward", "hi") == "hi"
+
+
 async def test_a_bucket_made_first_by_an_attacker_is_not_its_policy(
     settings: Settings, name: str
 ) -> None:

@@ -276,6 +276,23 @@ async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
     assert owner.address in node.actor("policy", "log", "--json")
 
 
+def test_a_second_home_runs_its_own_actors(node: Bus, tmp_path: Path) -> None:
+    """README: a second home on the same bus, once a host, runs its own actors. Its
+    `actor up` exited with a 403 on $JS.API.INFO (issue 30): it asks whether strangers
+    may use JetStream, and a refusal is no longer a timeout."""
+    second = Bus(tmp_path / "second", ACTOR_NATS_URL=node.url)
+    second.actor("key", "new", "default")
+    address = json.loads(second.actor("key", "show"))["address"]
+    node.actor("policy", "host", "add", address)
+    name = f"echo{secrets.token_hex(3)}"
+    try:
+        second.actor("up", "-d", "--no-gateway", "--name", name, "examples/echo.py:Echo")
+        answer = node.actor("call", f"{name}/forward", "from the second home")
+        assert json.loads(answer) == "from the second home"
+    finally:
+        second.run("down")
+
+
 async def _quiet(exc: Exception) -> None:
     pass
 

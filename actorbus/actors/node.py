@@ -200,9 +200,10 @@ async def run_node(
                     True,
                 )
             async with connect(url, name=f"actorbus node {name}", key=owner, token=ticket) as nc:
-                await when_ready(
-                    lambda: ensure_logs(nc, here), "the logs stream", wait=here.start_wait
-                )
+                if server is not None:  # else the policy actor makes it (a host may not)
+                    await when_ready(
+                        lambda: ensure_logs(nc, here), "the logs stream", wait=here.start_wait
+                    )
                 shipper = LogShipper(nc, name, control_key)
 
                 def output(actor: str, replica: int, pid: int, line: str) -> None:

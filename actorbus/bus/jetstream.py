@@ -23,7 +23,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from .connection import connect
-from .errors import Gone, NoResponders, ReplyTimeout, Unavailable
+from .errors import Forbidden, Gone, NoResponders, ReplyTimeout, Unavailable
 from .requests import request, request_all
 
 __all__ = [
@@ -356,7 +356,7 @@ async def strangers_use_jetstream(url: str) -> bool:
     async with connect(url, name="actorbus check") as nc:
         try:
             await request(nc, "$JS.API.INFO", b"", {}, _PROBE_WAIT)
-        except (ReplyTimeout, NoResponders):  # refused (no answer comes), or no JetStream
+        except (Forbidden, ReplyTimeout, NoResponders):  # refused, or no JetStream
             return False
     return True
 

@@ -15,6 +15,11 @@ leave in one write.
 
 A relayed request (its reply subject was signed elsewhere, :data:`HeadersFor`) has a
 subscription of its own for that subject, resolved the same way.
+
+A request may say which answers it accepts (a call's reply must verify): anything else
+that arrives on its reply subject is dropped, said (throttled), and the request waits on
+until its timeout. Before, the first message won: a JetStream ack or a stranger's
+publish onto an in-flight inbox turned a good call into a 502 (issue 30).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import weakref
 from collections.abc import Callable
 from typing import Final
@@ -31,8 +37,12 @@ import nats.errors
 
 from .connection import NATS, Msg, on_refusal, publish
 from .errors import BadRequest, Forbidden, NoResponders, ReplyTimeout, Unavailable, excerpt
+from .throttle import LogThrottle
 
 __all__ = ["HeadersFor", "gather", "request", "request_all"]
+
+log = logging.getLogger("actorbus.client")
+_throttle = LogThrottle(log)
 
 HeadersFor = Callable[[str], dict[str, str]]
 """Builds a request's headers for the reply subject it is sent with (a signed request
@@ -49,7 +59,7 @@ class _Waiting:
     """One request waiting for its answer: one message, or (with ``last``) the messages up
     to the one ``last`` says ends it."""
 
-    __slots__ = ("future", "last", "received", "subject", "tick")
+    __slots__ = ("accept", "dropped", "future", "last", "received", "subject", "tick")
 
     def __init__(
         self,
@@ -57,11 +67,15 @@ class _Waiting:
         subject: str,
         tick: int,
         last: Callable[[Msg], bool] | None = None,
+        accept: Callable[[Msg], bool] | None = None,
     ) -> None:
         self.future = future
         self.subject = subject
         self.tick = tick
         self.last = last
+        self.accept = accept
+        self.dropped = 0
+        """Messages on its reply subject that ``accept`` refused."""
         self.received: list[Msg] = []
 
 
@@ -107,12 +121,14 @@ class _Replies:
         reply: str,
         timeout: float,
         last: Callable[[Msg], bool] | None = None,
+        accept: Callable[[Msg], bool] | None = None,
     ) -> tuple[object, _Waiting]:
         """Publish the request and wait for its answer (or :data:`_TIMED_OUT`); forgets
         it on every way out. Raises what :func:`publish` raises, and a refusal."""
         loop = asyncio.get_running_loop()
         tick = int((loop.time() + timeout) / _TICK) + 1
-        waiting = self.waiting[reply] = _Waiting(loop.create_future(), subject, tick, last)
+        waiting = _Waiting(loop.create_future(), subject, tick, last, accept)
+        self.waiting[reply] = waiting
         self._due.setdefault(tick, set()).add(reply)
         if self._sweeper is None or tick < self._sweep_tick:  # the first slot to come
             if self._sweeper is not None:
@@ -147,6 +163,16 @@ class _Replies:
     async def resolve(self, msg: Msg) -> None:
         waiting = self.waiting.get(msg.subject)
         if waiting is None or waiting.future.done():
+            return
+        if waiting.accept is not None and not _no_responders(msg) and not waiting.accept(msg):
+            waiting.dropped += 1
+            _throttle.log(
+                logging.WARNING,
+                "dropped",
+                "a message on the reply subject of a request on %s was not its answer: "
+                "dropped (still waiting)",
+                excerpt(waiting.subject),
+            )
             return
         if waiting.last is None:
             waiting.future.set_result(msg)
@@ -190,10 +216,13 @@ async def request(
     timeout: float,
     *,
     reply: str = "",
+    accept: Callable[[Msg], bool] | None = None,
 ) -> Msg:
     """One request/reply. ``headers`` are the request's, or what builds them for its reply
     subject (:data:`HeadersFor`); that subject is ``reply`` if given (the request was
-    signed for it elsewhere: a relay), else a fresh one of this connection's.
+    signed for it elsewhere: a relay), else a fresh one of this connection's. With
+    ``accept``, a message it refuses is not the answer: it is dropped, and the request
+    waits on.
 
     Raises :class:`NoResponders`, :class:`Forbidden` (the server refused the publish: this
     connection may not send on ``subject``), :class:`Unavailable` (a closed connection),
@@ -206,7 +235,7 @@ async def request(
         if reply in replies.waiting:  # a relayed envelope sent twice at once
             raise BadRequest("a request with this reply subject is waiting for its answer")
         try:
-            relay = await nc.subscribe(reply, cb=replies.resolve, max_msgs=1)
+            relay = await nc.subscribe(reply, cb=replies.resolve, max_msgs=0 if accept else 1)
         except nats.errors.Error as exc:
             raise Unavailable(f"cannot subscribe for the reply: {exc}") from exc
     else:
@@ -214,17 +243,24 @@ async def request(
         reply = replies.reply_subject()
     try:
         built = headers(reply) if callable(headers) else headers
-        answer, _ = await replies.ask(subject, body, built, reply, timeout)
+        answer, waiting = await replies.ask(subject, body, built, reply, timeout, accept=accept)
     finally:
         if relay is not None:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await relay.unsubscribe()
     if answer is _TIMED_OUT:
-        raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s")
+        dropped = f" ({waiting.dropped} other messages dropped)" if waiting.dropped else ""
+        raise ReplyTimeout(f"no reply on {subject} within {timeout:g}s{dropped}")
     assert isinstance(answer, Msg)
-    if answer.headers and answer.headers.get("Status") == "503" and not answer.data:
+    if _no_responders(answer):
         raise NoResponders(f"no actor is serving {subject}")
     return answer
+
+
+def _no_responders(msg: Msg) -> bool:
+    """Whether ``msg`` is the server's word that nobody subscribes to the subject."""
+    headers = msg.headers
+    return headers is not None and headers.get("Status") == "503" and not msg.data
 
 
 async def request_all(
@@ -244,7 +280,7 @@ async def request_all(
         )
     assert isinstance(answer, list)
     first = answer[0]
-    if first.headers and first.headers.get("Status") == "503" and not first.data:
+    if _no_responders(first):
         raise NoResponders(f"nobody answers {subject}")
     return answer
 

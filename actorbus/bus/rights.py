@@ -192,13 +192,15 @@ def stranger(calls: list[str]) -> Permissions:
     )
 
 
-def caller(public_key: bytes, calls: list[str]) -> Permissions:
+def caller(public_key: bytes, calls: list[str], *, host: bool = False) -> Permissions:
     """A connection authenticated by its key, calling actors as that key: its role's call
     subjects, ``$SRV`` (to know whom replies come from: each replica's signed registry
     record) and its own inbox. No JetStream: its API answers on whatever reply subject a
-    request names, so a connection that may ask it anything may have it write anywhere."""
+    request names, so a connection that may ask it anything may have it write anywhere.
+    A listed ``host``'s key also reads the registry, as every replica it runs does."""
+    readers = stream_reader(_kv(REGISTRY_BUCKET)) if host else []
     return Permissions(
-        pub=Permission(allow=[*calls, "$SRV.>", _INBOXES]),
+        pub=Permission(allow=[*calls, "$SRV.>", _INBOXES, *readers]),
         sub=Permission(allow=[f"{inbox_of(public_key)}.>"]),
     )
 
@@ -251,6 +253,7 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         pub += [f"$KV.{seen}.>", *stream_owner(_kv(seen))]
     elif role == NODE:
         pub += [f"{LOG_PREFIX}.{name.removeprefix(NODE_PREFIX)}.>", f"{AUDIT_PREFIX}.{name}"]
+        pub.append(f"$JS.API.STREAM.INFO.{AUDIT_STREAM}")  # that it is there, as it should be
     return Permissions(pub=Permission(allow=pub), sub=Permission(allow=sub))
 
 

@@ -31,8 +31,10 @@ from ..bus import (
     CallBody,
     Forbidden,
     Keystore,
+    Msg,
     NoResponders,
     NoSuchActor,
+    ReplyMeta,
     ReplyTimeout,
     Signer,
     Unauthorized,
@@ -419,9 +421,20 @@ class Client:
             sent.update(trace)  # unsigned: it names a trace, grants nothing
             return sent
 
+        verified: list[ReplyMeta] = []
+
+        def verifies(msg: Msg) -> bool:  # anything else on the inbox is not the reply
+            try:
+                nonce = request_nonce(sent)
+                verified.append(verify_reply(msg.headers, msg.data, nonce, session_key=session_key))
+            except BadReply:
+                return False
+            return True
+
         try:
-            msg = await request(self.nc, call_subject(name, fn), body, build, timeout, reply=reply)
-            meta = verify_reply(msg.headers, msg.data, request_nonce(sent), session_key=session_key)
+            to = call_subject(name, fn)
+            msg = await request(self.nc, to, body, build, timeout, reply=reply, accept=verifies)
+            meta = verified[-1]
             if not meta.by_session and not await self.signs_for(name, meta.key):
                 raise BadReply(f"reply signed by {meta.key}, not a registered key of {name!r}")
         finally:

@@ -88,6 +88,10 @@ class PolicyRecords:
         self._keep = keep
         self.kept: dict[str, bytes] = {}
         """The signed records (as stored) of the keys in ``keep`` that count."""
+        self.versions: dict[str, int] = {}
+        """Per key, the version of the last record that counted (none: 0)."""
+        self.highest = 0
+        """The largest version of any record that counted."""
 
     def apply(self, state: PolicyState, key: str, data: bytes | None) -> bool:
         """Apply the entry ``key`` (``None``: deleted) to ``state`` if it is a record the
@@ -108,6 +112,13 @@ class PolicyRecords:
         if record.by != self.trusted:
             self._report(key, f"signed by {record.by}, not the policy's key")
             return False
+        seen = self.versions.get(key, 0)
+        if record.n < seen:  # a record the policy signed once, put back by someone
+            self._report(key, f"version {record.n} is older than {seen}, already seen there")
+            return False
+        if record.n:
+            self.versions[key] = record.n
+            self.highest = max(self.highest, record.n)
         state.apply(key, record.value)
         if key in self._keep and record.value is None:
             self.kept.pop(key, None)
@@ -416,3 +427,4 @@ class PolicyView:
             self.state.forget(dropped)
             for kind in PER_KEY:
                 self._revisions.pop(f"{kind}.{dropped}", None)
+                self.records.versions.pop(f"{kind}.{dropped}", None)

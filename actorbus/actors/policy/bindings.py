@@ -129,6 +129,13 @@ class Bindings(PolicyStore):
             except TimeoutError:
                 raise Unavailable(f"the claim of {name!r} took too long") from None
             bound = _addresses.decode(claimed) if claimed else []
+        if address not in bound and role == NODE and host in bound:
+            # A host's supervisor claimed its node's name as the host's key; its control
+            # actor serves that name as a key of its own, by a ticket of the same host.
+            key, args = "name." + name, {"name": name, "key": address}
+            with anyio.fail_after(_CLAIM_WAIT):
+                await self._extend(key, encode([*bound, address]), who=host, args=args)
+            return
         if address not in bound:
             raise Forbidden(
                 f"actor name {name!r} is served by another key: an admin lets this one with "

@@ -140,7 +140,10 @@ class AuthCallout(Bindings):
             return replica(ticket.name, public_key, ticket.role, settings), ticket.name, 0
         if address in state.admins:
             return admin(public_key), address, expires
-        return caller(public_key, await self._calls(state.role_of(address))), address, expires
+        calls = await self._calls(state.role_of(address))
+        # A host's own connection reads the registry, as its replicas do (its `actor up`
+        # waits there for what it started); any other caller's does not.
+        return caller(public_key, calls, host=address in state.hosts), address, expires
 
     async def _calls(self, role_name: str) -> list[str]:
         """The call subjects of role ``role_name``: its allow patterns, the discovery

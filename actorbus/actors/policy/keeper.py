@@ -68,6 +68,16 @@ class _Ask:
             self.loop.call_soon_threadsafe(give)
 
 
+def version_of(record: bytes) -> int:
+    """The version of a record of this policy's, as it signs them (``,"n":<n>}`` last);
+    0 for one without."""
+    start = record.rfind(b',"n":')
+    if start < 0 or start < record.rfind(b'"sig":') or not record.endswith(b"}"):
+        return 0
+    digits = record[start + 5 : -1]
+    return int(digits) if digits.isdigit() else 0
+
+
 class _Log:
     """The records file, and where each key's last line is in it (the thread's alone)."""
 
@@ -76,6 +86,8 @@ class _Log:
         self.index: dict[str, tuple[int, int, int]] = {}
         """Per key: the offset and length of its last record in the file, and the record's
         hash (a record the bucket shows again is not written again)."""
+        self.versions: dict[str, int] = {}
+        """Per key, the version of its last record (none: 0)."""
         self.live = 0
         """Bytes of the lines the index points at."""
         self.size = 0
@@ -127,6 +139,11 @@ class _Log:
             self.live -= len(key.encode()) + old[1] + 2
         self.index[key] = (offset + line - len(record) - 1, len(record), hash(record))
         self.live += line
+        version = version_of(record)
+        if version:
+            self.versions[key] = version
+        else:
+            self.versions.pop(key, None)
 
     def append(self, lines: list[tuple[str, bytes]]) -> None:
         """Append the records that are not what their keys hold already."""
@@ -185,6 +202,8 @@ class RecordKeeper:
         self._address = address
         self._log = _Log(path)
         self._jobs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._versions: dict[str, int] = {}
+        """Per key, the version of the last record kept (the loop's own copy)."""
         self._thread: threading.Thread | None = None
         self._throttle = LogThrottle(log, burst=3, interval=60.0)
 
@@ -231,7 +250,8 @@ class RecordKeeper:
             if kind == "read":
                 arg.answer(self._log.read(arg.key))
             elif kind == "keys":
-                arg.answer(list(self._log.index))
+                versions = self._log.versions
+                arg.answer({key: versions.get(key, 0) for key in self._log.index})
             elif kind == "stop":
                 arg.answer(None)
                 return
@@ -246,7 +266,15 @@ class RecordKeeper:
     def note(self, key: str, data: bytes) -> None:
         """``data``, a record of this policy, is what ``key`` holds now (kept on disk
         shortly after; the line and its key are immutable, so the thread may have them)."""
+        version = version_of(data)
+        if version:
+            self._versions[key] = version
         self._jobs.put(("note", (key, data)))
+
+    def _current(self, key: str, data: bytes) -> bool:
+        """Whether ``data`` is a record of this policy at ``key`` no older than the last
+        one kept there (an older one is a replay: it verifies, and undoes a change)."""
+        return self.ours(key, data) and version_of(data) >= self._versions.get(key, 0)
 
     async def kept(self, key: str) -> bytes | None:
         """The last record of this policy's that ``key`` held, if it still verifies."""
@@ -257,10 +285,10 @@ class RecordKeeper:
 
     async def restore(self, key: str, found: tuple[bytes | None, int] | None = None) -> None:
         """Put this policy's last record back at ``key`` unless the bucket holds one of
-        its own there. ``found`` is what the bucket's watch showed there (value,
-        revision); without it, the bucket is asked. Compare-and-set: another replica, or
-        another writer, may come first (and the watch shows that one next)."""
-        if found is not None and found[0] is not None and self.ours(key, found[0]):
+        its own there, as recent. ``found`` is what the bucket's watch showed there
+        (value, revision); without it, the bucket is asked. Compare-and-set: another
+        replica, or another writer, may come first (and the watch shows that one next)."""
+        if found is not None and found[0] is not None and self._current(key, found[0]):
             return
         kept = await self.kept(key)
         if kept is None:
@@ -269,7 +297,7 @@ class RecordKeeper:
             got = await self._bucket.get(key)
             found = got if got is not None else (None, 0)
         value, revision = found
-        if value is not None and self.ours(key, value):
+        if value is not None and self._current(key, value):
             return
         if await self._bucket.update(key, kept, revision) is not None:
             self._throttle.log(
@@ -279,16 +307,20 @@ class RecordKeeper:
                 printable(key, 80),
             )
 
-    async def restore_missing(self, held: set[str]) -> int:
+    async def restore_missing(self, held: dict[str, int]) -> tuple[int, int]:
         """Restore every kept record whose key is not in ``held`` (the keys where the
-        bucket holds a record of this policy); returns how many keys are kept."""
+        bucket holds a record of this policy, and its version) or is held at an older
+        version; returns how many keys are kept, and how many were restored."""
         ask = _Ask(None)
         self._jobs.put(("keys", ask))
-        keys: list[str] = await ask.future
-        for key in keys:
-            if key not in held:
+        kept: dict[str, int] = await ask.future
+        self._versions = {key: version for key, version in kept.items() if version}
+        restored = 0
+        for key, version in kept.items():
+            if key not in held or held[key] < version:
                 await self.restore(key)
-        return len(keys)
+                restored += 1
+        return len(kept), restored
 
     async def run(self) -> None:
         """Follow the bucket (noting this policy's records, restoring them over anything
@@ -298,7 +330,7 @@ class RecordKeeper:
                 async for item in self._bucket.watch():
                     if item is None:
                         continue
-                    if item.value is not None and self.ours(item.key, item.value):
+                    if item.value is not None and self._current(item.key, item.value):
                         self.note(item.key, item.value)
                     else:
                         await self.restore(item.key, (item.value, item.revision))

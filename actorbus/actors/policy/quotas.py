@@ -10,6 +10,11 @@ policy actor lends from the same counters, so the replicas need no leader, and a
 killed mid-window forgets nothing (a counter is written before the grant is sent). A lease
 whose reply is lost is simply lent and unused: a retry can lose budget, never double it.
 
+A counter is a record (:mod:`actorbus.bus.records`) signed by the policy key: one written
+by anyone else counts as nothing lent, and so does one dated past the next window (a
+counter from the future written where anyone could write once refused its key every call
+of the windows up to that date). Either is written over by the next compare-and-set.
+
 Without JetStream (its quorum lost), each replica counts on its own, in memory, and says
 so once: a key may then get a budget per policy replica per window, until JetStream is
 back.
@@ -24,8 +29,9 @@ from typing import Any
 import anyio
 import msgspec
 
-from ...bus import BadRequest, Forbidden, Unavailable
+from ...bus import ActorError, BadRequest, Forbidden, Unavailable
 from ...bus.jetstream import Bucket, when_ready
+from ...bus.records import open_record, sign_record
 from ...bus.wire import UNDECODABLE
 from ...host import endpoint
 from ...host.quotas import Grant
@@ -132,8 +138,10 @@ class Quotas(PolicyStore):
             known = self._counters.get(key)
             if known is None:
                 found = await self._lent.get(key)
-                known = (_lent_of(found[0]), found[1]) if found else (Lent(window, 0), 0)
+                known = (self._lent_of(key, found[0]), found[1]) if found else (Lent(0, 0), 0)
             counter, revision = known
+            if counter.window > int(time.time() // length) + 1:
+                counter = Lent(0, 0)  # from the future: no clock of ours is that far ahead
             same = counter.length == length
             lent = counter.lent if same and counter.window == window else 0
             if same and counter.window > window:
@@ -142,7 +150,8 @@ class Quotas(PolicyStore):
             if new == lent and same and counter.window == window:
                 return 0
             after = Lent(window, new, length)
-            written = await self._lent.update(key, _encode(after), revision)
+            signed = sign_record(self.key, self._lent.name, key, _encode(after))
+            written = await self._lent.update(key, signed, revision)
             if written is not None:
                 if len(self._counters) >= _REVISIONS:
                     self._counters.clear()
@@ -150,6 +159,17 @@ class Quotas(PolicyStore):
                 return new - lent
             self._counters.pop(key, None)  # another replica wrote first: read it again
         raise Unavailable(f"the quota counter of {key} is contended; try again")
+
+    def _lent_of(self, key: str, data: bytes) -> Lent:
+        """The counter stored at ``key``; anything a replica of this policy did not sign
+        counts as nothing lent, and is written over by the next compare-and-set."""
+        try:
+            record = open_record(self._lent.name, key, data)
+            if record.by != self.address or record.value is None:
+                return Lent(0, 0)
+            return _decode(record.value)
+        except (ActorError, *UNDECODABLE):
+            return Lent(0, 0)
 
     @endpoint(idempotent=True)  # a retried lease may lose budget, never lend it twice
     async def lease(self, key: str, want: int, window: int | None = None) -> dict[str, Any]:
@@ -178,12 +198,3 @@ class Quotas(PolicyStore):
         await self._require_actor()
         if count > 0:
             await self._count(key, window, -count, 2**62)
-
-
-def _lent_of(data: bytes) -> Lent:
-    """A stored counter; anything else (no policy replica wrote it) counts as nothing
-    lent, and is written over by the next compare-and-set."""
-    try:
-        return _decode(data)
-    except UNDECODABLE:
-        return Lent(0, 0)

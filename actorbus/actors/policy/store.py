@@ -74,6 +74,8 @@ class PolicyStore(Actor):
     async def on_start(self) -> None:
         self._stack = AsyncExitStack()
         self._kept_by: RecordKeeper | None = None
+        self._signed = 0
+        """The version of the last record this replica signed."""
         self._sorted: dict[str, SortedKeys] = {}
         await when_ready(self._open, "the policy bucket", wait=self.settings.start_wait)
 
@@ -119,8 +121,12 @@ class PolicyStore(Actor):
         self._records = PolicyRecords(settings.policy_bucket, self.address, lambda _: None)
         held: set[str] = set()
         state = await load_state(self._bucket, self._records, held)
-        kept = await self._keeper.restore_missing(held)  # written over while none of us ran
-        if kept > len(held):  # some were: the state with them back
+        versions = self._records.versions
+        # Written over while none of us ran (or an old record of ours put back): restored.
+        kept, restored = await self._keeper.restore_missing(
+            {key: versions.get(key, 0) for key in held}
+        )
+        if restored:  # the state with them back
             state = await load_state(self._bucket, self._records)
         if bucket is not None and seeded.exists() and not state.configured and not kept:
             raise Gone(
@@ -161,12 +167,26 @@ class PolicyStore(Actor):
         if current is not None and self._keeper.ours(key, current[0]):
             return False
         await record(self.nc, self.name or "policy", self.key, who, what, args)
-        signed = sign_record(self.key, self._bucket.name, key, value)
+        signed = sign_record(self.key, self._bucket.name, key, value, self._version())
         if await self._bucket.update(key, signed, current[1] if current else 0) is None:
             return False
         self._keeper.note(key, signed)
         self._applied(key, value)
         return True
+
+    async def _extend(self, key: str, value: bytes, *, who: str, args: dict[str, Any]) -> None:
+        """Write ``key`` over the record of this policy it holds (a name's binding given
+        one more key), recorded first as made by ``who``; by compare-and-set, again if
+        another write came first. Raises :class:`Unavailable` if the bucket cannot say."""
+        while True:
+            current = await self._bucket.get(key)
+            revision = current[1] if current else 0
+            await record(self.nc, self.name or "policy", self.key, who, "claim_name", args)
+            signed = sign_record(self.key, self._bucket.name, key, value, self._version())
+            if await self._bucket.update(key, signed, revision) is not None:
+                self._keeper.note(key, signed)
+                self._applied(key, value)
+                return
 
     async def _value(self, key: str) -> bytes | None:
         """The value this policy's record at ``key`` holds now, read from the bucket
@@ -179,9 +199,20 @@ class PolicyStore(Actor):
     async def _store(self, key: str, value: bytes | None) -> None:
         """Put ``value`` at ``key`` as a record signed by this policy (``None``: a signed
         removal, never a bare delete)."""
-        signed = sign_record(self.key, self._bucket.name, key, value)
+        signed = sign_record(self.key, self._bucket.name, key, value, self._version())
         await self._bucket.put(key, signed)
         self._keeper.note(key, signed)
+
+    def _version(self) -> int:
+        """The version of a record signed now: microseconds since the epoch, above any
+        version this replica signed or saw (a clock set back does not make a change
+        older than the one it replaces)."""
+        seen = self._records.highest
+        view = self.__actorbus_policy__
+        if view is not None:
+            seen = max(seen, view.records.highest)
+        self._signed = max(time.time_ns() // 1000, self._signed + 1, seen + 1)
+        return self._signed
 
     # -- helpers -----------------------------------------------------------------------
 
