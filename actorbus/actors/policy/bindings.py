@@ -132,9 +132,13 @@ class Bindings(PolicyStore):
         if address not in bound and role == NODE and host in bound:
             # A host's supervisor claimed its node's name as the host's key; its control
             # actor serves that name as a key of its own, by a ticket of the same host.
-            key, args = "name." + name, {"name": name, "key": address}
+            def joined(value: bytes | None) -> bytes:
+                keys = _addresses.decode(value) if value else []
+                return encode(keys if address in keys else [*keys, address])
+
+            args = {"name": name, "key": address}
             with anyio.fail_after(_CLAIM_WAIT):
-                await self._extend(key, encode([*bound, address]), who=host, args=args)
+                await self._extend("name." + name, joined, who=host, args=args)
             return
         if address not in bound:
             raise Forbidden(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -174,13 +174,23 @@ class PolicyStore(Actor):
         self._applied(key, value)
         return True
 
-    async def _extend(self, key: str, value: bytes, *, who: str, args: dict[str, Any]) -> None:
-        """Write ``key`` over the record of this policy it holds (a name's binding given
-        one more key), recorded first as made by ``who``; by compare-and-set, again if
-        another write came first. Raises :class:`Unavailable` if the bucket cannot say."""
+    async def _extend(
+        self,
+        key: str,
+        change: Callable[[bytes | None], bytes],
+        *,
+        who: str,
+        args: dict[str, Any],
+    ) -> None:
+        """Write ``change`` of the value this policy's record at ``key`` holds (``None``:
+        none) over it, recorded first as made by ``who``; by compare-and-set, read and
+        changed again if another write came first. Raises :class:`Unavailable` if the
+        bucket cannot say."""
         while True:
             current = await self._bucket.get(key)
-            revision = current[1] if current else 0
+            data, revision = current if current else (b"", 0)
+            mine = bool(data) and self._keeper.ours(key, data)
+            value = change(open_record(self._bucket.name, key, data).value if mine else None)
             await record(self.nc, self.name or "policy", self.key, who, "claim_name", args)
             signed = sign_record(self.key, self._bucket.name, key, value, self._version())
             if await self._bucket.update(key, signed, revision) is not None:
