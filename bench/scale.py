@@ -281,7 +281,7 @@ async def run(
         # Users may call the echo actors, and fast enough that no call here is a 429.
         await client.call(settings.policy, "set_role", "user", ["bench/*", "start*/*"])
         # A window of an hour: no window's end (each key borrows anew) falls in a phase.
-        await client.call(settings.policy, "set_config", window=3600.0, floor=1e9)
+        await client.call(settings.policy, "set_config", window=args.window, floor=1e9)
         await registry_reads(client, [int(n) for n in args.reads.split(",")])
         users = [int(n) for n in args.users.split(",")]
         await policy_size(client, settings, env, users, pid)
@@ -297,6 +297,7 @@ def main() -> None:
     parser.add_argument("--keys", default="40,400,4000")
     parser.add_argument("--actors", default="6,20,60")
     parser.add_argument("--soak", type=float, default=600.0, help="seconds (0: none)")
+    parser.add_argument("--window", type=float, default=3600.0, help="the quota window (s)")
     parser.add_argument("--gateway-port", type=int, default=18480)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="actorbus-scale-"))
