@@ -12,6 +12,12 @@ host hand back its lease and borrow again: two writes each at the policy actor).
 Near the end of a window, each key borrows for the next one at a moment of its own (spread
 over the last fifth of the window, by a hash of the key), so the keys of a host do not all
 borrow at the window's edge.
+
+A lease is as large as the key's calls here need: :data:`FIRST_LEASE` calls at first, twice
+the last lease each time one runs out, a tenth of the budget at most. A lease was a tenth
+of the budget whatever the host used: ten hosts a key called once held all of it, and
+the key's calls at an eleventh were 429 however far below its rate it was (60 actors
+behind one gateway: 73% of its calls).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ _LIMIT = 65536
 """Keys whose leases are kept at most (beyond, the spent windows' are dropped)."""
 AHEAD: Final = 0.2
 """The part of a window at whose end keys borrow for the next one."""
+FIRST_LEASE: Final = 16
+"""Calls a key's first lease on a host asks for."""
 
 
 class Grant(msgspec.Struct, frozen=True):
@@ -47,7 +55,7 @@ class Grant(msgspec.Struct, frozen=True):
 
 
 class _Lease:
-    __slots__ = ("left", "local", "rate", "refused_until", "renew_at", "window")
+    __slots__ = ("left", "local", "rate", "refused_until", "renew_at", "size", "window")
 
     def __init__(
         self,
@@ -57,9 +65,12 @@ class _Lease:
         refused_until: float = 0.0,
         local: bool = False,
         renew_at: float = math.inf,
+        size: int = 0,
     ) -> None:
         self.window = window
         self.left = left
+        self.size = size
+        """Calls this lease asked for (the next asks for twice as many)."""
         self.rate = rate
         self.refused_until = refused_until
         self.local = local
@@ -73,6 +84,12 @@ LeaseFn = Callable[[str, int, int], Awaitable[Grant]]
 """Borrow up to ``want`` calls of a key's budget for a window: ``lease(key, want, window)``."""
 ReleaseFn = Callable[[str, int, int], Awaitable[None]]
 """Hand back unused calls: ``release(key, window, count)``."""
+
+
+def _size(budget: float, wanted: int) -> int:
+    """A lease's size: ``wanted`` calls, at least :data:`FIRST_LEASE` and at most a tenth
+    of the ``budget`` (at least one call)."""
+    return max(1, min(math.ceil(budget / 10), max(FIRST_LEASE, wanted)))
 
 
 def _renewal(key: str) -> float:
@@ -145,7 +162,7 @@ class Quotas:
             except ActorError as exc:
                 log.warning("could not hand back a stale lease for %s: %s", key, exc)
         budget = rate * window / 60
-        want = max(1, math.ceil(budget / 10))
+        want = _size(budget, 2 * lease.size if lease is not None else 0)
         local = False
         try:
             grant = await self._lease(key, want, index)
@@ -163,24 +180,25 @@ class Quotas:
             self._locks = {k: v for k, v in self._locks.items() if k in self._leases}
         if grant.granted <= 0:
             until = now + max(grant.retry_after, 0.001)
-            self._leases[key] = _Lease(grant.window, 0, rate, until, local)
+            self._leases[key] = _Lease(grant.window, 0, rate, until, local, size=want)
             raise RateLimited(f"quota of {rate:g} calls/min used up", retry_after=grant.retry_after)
         ahead_of = local or key in self._next  # the next window's is borrowed already
         renew_at = math.inf if ahead_of else (index + 1 - AHEAD * _renewal(key)) * window
         self._leases[key] = _Lease(
-            grant.window, grant.granted - 1, rate, local=local, renew_at=renew_at
+            grant.window, grant.granted - 1, rate, local=local, renew_at=renew_at, size=want
         )
 
     async def _borrow_ahead(self, key: str, rate: float, window: float, index: int) -> None:
         """Borrow ``key``'s first lease of the next window now (a refusal or an
         unreachable policy actor: it borrows at the window's start, as before)."""
-        want = max(1, math.ceil(rate * window / 60 / 10))
+        current = self._leases.get(key)
+        want = _size(rate * window / 60, current.size if current is not None else 0)
         try:
             grant = await self._lease(key, want, index + 1)
         except ActorError as exc:
             log.debug("could not borrow ahead for %s: %s", key, exc)
             grant = Grant(0, index + 1)
-        self._next[key] = _Lease(index + 1, max(grant.granted, 0), rate)
+        self._next[key] = _Lease(index + 1, max(grant.granted, 0), rate, size=want)
 
     def unused(self) -> list[tuple[str, int, int]]:
         """``(key, window, calls)`` still held of leases, to hand back when the host stops
