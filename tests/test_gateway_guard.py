@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
@@ -26,6 +27,7 @@ PER_ADDRESS = 16
 HEAD_TIMEOUT = 1.0
 IDLE_TIMEOUT = 1.0
 SHARE = 8
+STALL = 1.0
 
 
 class Gateway:
@@ -51,6 +53,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "ACTOR_GATEWAY_HEADER_TIMEOUT": str(HEAD_TIMEOUT),
         "ACTOR_GATEWAY_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
         "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
+        "ACTOR_GATEWAY_STALL_TIMEOUT": str(STALL),
     }
     with embedded(tmp_path_factory.mktemp("guard"), **limits) as bus:
         bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
@@ -100,6 +103,37 @@ def health(gateway: Gateway, source: str = "127.0.0.1") -> int:
     transport = httpx.HTTPTransport(local_address=source)
     with httpx.Client(transport=transport, timeout=10) as client:
         return client.get(f"{gateway.url}/health").status_code
+
+
+def test_an_answer_left_unread_does_not_hold_its_connection(gateway: Gateway) -> None:
+    """Issue 30: ask for answers larger than the socket buffers and read none of them: the
+    gateway's writes waited to drain with no timer, so the connection and a request slot
+    were held for good (one still at 300 s; 5 addresses x 220 such connections and a
+    legitimate client got 0 of 125 calls). Now a reader that takes nothing for the stall
+    timeout loses its connection: what it reads afterwards is cut short."""
+    body = json.dumps({"args": ["x" * 700_000]}).encode()
+    request = (
+        b"POST /echo/forward HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    count = 10  # 7 MB of answers: more than the kernel buffers on both sides (4 MB)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.9", 0))
+        sock.settimeout(20)
+        sock.connect(("127.0.0.1", gateway.port))
+
+        def send() -> None:
+            with suppress(OSError):  # the gateway may reset it while this still sends
+                sock.sendall(request * count)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        time.sleep(STALL + 4)
+        taken = answer(sock, 5.0)
+        sender.join(10)
+    assert len(taken) < count * len(body), len(taken)
+    assert health(gateway, "127.0.0.9") == 200
 
 
 def test_an_endless_header_block_is_refused_while_it_arrives(gateway: Gateway) -> None:

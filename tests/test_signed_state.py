@@ -165,6 +165,31 @@ async def test_a_message_on_a_callers_inbox_is_not_its_reply(settings: Settings,
         await nc.close()
 
 
+async def test_a_rollup_onto_the_policy_bucket_is_refused(settings: Settings) -> None:
+    """Issue 30: a KV stream takes a ``Nats-Rollup`` header, and JetStream can be made to
+    publish stored headers anywhere (a direct get answers where its request says): one
+    message onto the policy bucket rolled 27 entries up into 1, and nothing repaired it.
+    Now the policy's buckets (and the registry) refuse rollups: the attacker's message is
+    not stored, and every record is still there."""
+    async with (
+        serve(Policy(), name=settings.policy, settings=settings),
+        Client(settings=settings) as admin,
+    ):
+        users = {Keypair.generate().address: "user" for _ in range(25)}
+        await admin.add_users(users)
+        nc = await nats.connect(settings.url)
+        js = nc.jetstream()
+        stream = f"KV_{settings.policy_bucket}"
+        before = (await js.stream_info(stream)).state.messages
+        for bucket in (stream, "KV_actor_registry", f"{stream}_lent"):
+            subject = f"${bucket[:2]}.{bucket[3:]}.x"
+            with pytest.raises(nats.js.errors.Error):
+                await js.publish(subject, b"1", headers={"Nats-Rollup": "all"})
+        assert (await js.stream_info(stream)).state.messages == before
+        assert await admin.call(settings.policy, "role2users", "user") == sorted(users)
+        await nc.close()
+
+
 async def _calls(caller: Client, name: str) -> None:
     assert await caller.call(name, "forward", "hi") == "hi"
 

@@ -276,6 +276,33 @@ async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
     assert owner.address in node.actor("policy", "log", "--json")
 
 
+async def test_a_hosts_name_cannot_nest_in_the_jobs_actors_subjects(node: Bus) -> None:
+    """Issue 30: a jobs actor's subjects are made of its name, dots kept: a host's ticket
+    for the name ``jobs.work`` with role ``jobs`` could publish into the real jobs actor's
+    work queue (``actorbus.jobs.jobs.work.<job>``). A jobs or gateway name with a dot is
+    refused now; the same name as a plain actor is not."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+
+    async def connect_as(name: str, role: str) -> nats.NATS:
+        return await nats.connect(
+            servers=node.url.split(","),
+            nkeys_seed_str=encode_nkey_seed(key.seed),
+            inbox_prefix=inbox_of(key.public_key),
+            token=host_ticket(key, name, role, key.address),
+            allow_reconnect=False,
+            connect_timeout=5,
+            error_cb=_quiet,
+        )
+
+    for role in ("jobs", "gateway"):
+        with pytest.raises(nats.errors.Error):
+            await connect_as("jobs.work", role)
+        close_refused_sockets()
+    nc = await connect_as(f"plain.x{secrets.token_hex(3)}", "actor")
+    await nc.close()
+
+
 def test_a_second_home_runs_its_own_actors(node: Bus, tmp_path: Path) -> None:
     """README: a second home on the same bus, once a host, runs its own actors. Its
     `actor up` exited with a 403 on $JS.API.INFO (issue 30): it asks whether strangers

@@ -97,6 +97,8 @@ class Bucket:
                     bucket=name, ttl=ttl, history=1, replicas=replicas, direct=True
                 )
                 kv = await js.create_key_value(config)
+                made = await js.stream_info(f"KV_{name}")  # no rollups (see settle)
+                await js.update_stream(made.config.evolve(allow_rollup_hdrs=False))
         except nats.js.errors.BadRequestError:  # created concurrently: bind to it
             kv = await _bind(nc, name)
         except JS_ERRORS as exc:
@@ -113,14 +115,19 @@ class Bucket:
         """The stream that holds the bucket."""
         return f"KV_{self.name}"
 
-    async def serve_direct(self) -> None:
-        """Have the bucket's stream serve direct gets, if it was made before they were on
-        (its owner's call: changing a stream takes that right)."""
-        if self.direct:
-            return
+    async def settle(self) -> None:
+        """Have the bucket's stream serve direct gets and refuse rollups, if it was made
+        before (its owner's call: changing a stream takes that right). A KV stream takes
+        a ``Nats-Rollup`` header by default, and JetStream can be made to publish stored
+        headers onto any subject (a direct get answers where its request says): one
+        rollup onto the policy bucket left 1 entry of 27. Nothing of ours rolls up."""
         try:
             info = await self._js.stream_info(self.stream)
-            await self._js.update_stream(info.config.evolve(allow_direct=True))
+            if info.config.allow_direct and not info.config.allow_rollup_hdrs:
+                self.direct = True
+                return
+            settled = info.config.evolve(allow_direct=True, allow_rollup_hdrs=False)
+            await self._js.update_stream(settled)
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {self.name}: {exc}") from exc
         self.direct = True

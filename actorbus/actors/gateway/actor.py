@@ -151,6 +151,7 @@ class Gateway(Actor):
                         max_bytes=settings.gateway_max_headers,
                         max_count=settings.gateway_max_header_count,
                         timeout=settings.gateway_header_timeout,
+                        stall=settings.gateway_stall_timeout,
                     ),
                 ),
                 log_level="critical",  # the gateway logs its own errors (throttled)

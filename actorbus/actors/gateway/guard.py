@@ -21,6 +21,10 @@ the bytes arrive, in the HTTP protocol itself, so nothing unbounded is buffered 
   does not hold a connection open: the next head must be complete in time, as above.
 - **Closing**: a connection closed with a response still unsent (a reader that stopped
   reading) is aborted after ``gateway_header_timeout``, not held until it reads.
+- **Stalled readers**: a connection whose reader stops taking a response (the gateway's
+  writes wait for it) is reset after ``gateway_stall_timeout``, whatever route answers:
+  an answer left unread, with one more request behind it, held a request slot and the
+  connection for good (issue 30).
 
 It is uvicorn's httptools protocol with these checks in its parser callbacks (uvicorn
 takes a protocol class as its ``http`` option); tests/test_gateway_guard.py holds it to
@@ -86,12 +90,17 @@ class Admission:
 
 
 class HeadLimits:
-    """What a request head may be, and how long it may take."""
+    """What a request head may be, and how long it may take; and how long a response may
+    wait for its reader."""
 
-    def __init__(self, *, max_bytes: int, max_count: int, timeout: float) -> None:
+    def __init__(
+        self, *, max_bytes: int, max_count: int, timeout: float, stall: float = 30.0
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_count = max_count
         self.timeout = timeout
+        self.stall = stall
+        """Seconds a response's writes may wait for the reader to take what was sent."""
 
 
 class _Refuse(Exception):
@@ -124,14 +133,22 @@ class _ClosingAborts:
         self._grace = grace
         self._abort_timer: asyncio.TimerHandle | None = None
         self._lost = False
+        self._aborted = False
 
     def close(self) -> None:
         self._transport.close()
         if self._abort_timer is None and not self._lost:
-            self._abort_timer = self._loop.call_later(self._grace, self._abort)
+            self._abort_timer = self._loop.call_later(self._grace, self.abort)
 
-    def _abort(self) -> None:
+    def write(self, data: bytes) -> None:
+        """Send ``data``, unless the connection was reset (requests read before it was
+        still finish, and their answers go nowhere)."""
+        if not self._aborted:
+            self._transport.write(data)
+
+    def abort(self) -> None:
         """Reset the connection: what the kernel still holds for it is dropped too."""
+        self._aborted = True
         if self._lost:
             return
         sock = self._transport.get_extra_info("socket")
@@ -180,6 +197,7 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             self._body = 0
             """Bytes of body the parser delivered."""
             self._head_timer: asyncio.TimerHandle | None = None
+            self._stall_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._closing = _ClosingAborts(
@@ -196,6 +214,8 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_timer()
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
             self._closing.lost()
             if self._admitted:
                 self._admitted = False
@@ -230,6 +250,22 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
                 # Between requests (or past a response, with the request still sending):
                 # whatever arrives, the next head must be complete in time.
                 self._arm_head_timer()
+
+        def pause_writing(self) -> None:
+            """The reader is behind: it has :attr:`HeadLimits.stall` to catch up."""
+            super().pause_writing()
+            if self._stall_timer is None:
+                self._stall_timer = self.loop.call_later(limits.stall, self._stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
+
+        def _stalled(self) -> None:
+            self._stall_timer = None
+            self._closing.abort()
 
         # -- parser callbacks ---------------------------------------------------------
 

@@ -14,7 +14,7 @@ import anyio
 import msgspec
 
 from ...bus import BadRequest, Forbidden, NotFound, Unavailable
-from ...bus.rights import NODE, ROLES
+from ...bus.rights import GATEWAY, JOBS, NODE, ROLES
 from ...bus.subjects import NODE_PREFIX, check_name
 from ...bus.tickets import HostTicket, read_ticket
 from ...host.pages import MAX_PAGE
@@ -108,6 +108,10 @@ class Bindings(PolicyStore):
             raise BadRequest(f"{name!r} is served by the policy actor's own user alone")
         if name.startswith(NODE_PREFIX) != (role == NODE) and role:
             raise BadRequest(f"only supervisors serve names starting with {NODE_PREFIX!r}")
+        if role in (JOBS, GATEWAY) and "." in name:
+            # Their subjects and buckets are made of the name: jobs.work's would be inside
+            # the jobs actor's (actorbus.jobs.jobs.work.<job>: its work queue).
+            raise BadRequest(f"a {role} actor's name has no dots (its subjects would nest)")
         return name
 
     async def _claim(self, name: str, role: str, address: str, host: str) -> None:

@@ -87,6 +87,7 @@ class Quotas(PolicyStore):
             "the quota counters",
             wait=settings.start_wait,
         )
+        await self._lent.settle()  # made before it refused rollups
 
     async def _is_actor(self, key: str) -> bool:
         """Whether ``key`` is a registered actor's (a "local" key); cached for 5 s."""

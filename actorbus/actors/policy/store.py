@@ -102,13 +102,13 @@ class PolicyStore(Actor):
             self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
         )
         # Registry reads and hosts' reads of a key's records are direct gets (nothing made
-        # per read): buckets made before they were are given them by the policy actor,
-        # which owns the shared streams.
-        await self._bucket.serve_direct()
+        # per read), and no bucket takes a rollup: buckets made before are settled so by
+        # the policy actor, which owns the shared streams.
+        await self._bucket.settle()
         registry = await Bucket.open(
             self.nc, REGISTRY_BUCKET, ttl=settings.registry_ttl, replicas=settings.js_replicas
         )
-        await registry.serve_direct()
+        await registry.settle()
         await ensure_audit(self.nc, replicas=settings.js_replicas)
         await ensure_logs(self.nc, settings)  # every node ships into it; the policy makes it
         path = seeded.with_name(f"{settings.policy_bucket}.records")
