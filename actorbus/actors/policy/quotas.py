@@ -82,12 +82,13 @@ class Quotas(PolicyStore):
         await super().on_start()
         settings = self.settings
         name = settings.policy_bucket + "_lent"
-        self._lent = await when_ready(
-            lambda: Bucket.open(self.nc, name, ttl=MAX_WINDOW, replicas=settings.js_replicas),
-            "the quota counters",
-            wait=settings.start_wait,
-        )
-        await self._lent.settle()  # made before it refused rollups
+
+        async def opened() -> Bucket:
+            lent = await Bucket.open(self.nc, name, ttl=MAX_WINDOW, replicas=settings.js_replicas)
+            await lent.settle()  # one made before refused no rollups
+            return lent
+
+        self._lent = await when_ready(opened, "the quota counters", wait=settings.start_wait)
 
     async def _is_actor(self, key: str) -> bool:
         """Whether ``key`` is a registered actor's (a "local" key); cached for 5 s."""
