@@ -317,7 +317,12 @@ def test_a_second_home_runs_its_own_actors(node: Bus, tmp_path: Path) -> None:
         answer = node.actor("call", f"{name}/forward", "from the second home")
         assert json.loads(answer) == "from the second home"
     finally:
-        second.run("down")
+        written = second.settings.home / "node.json"
+        pid = json.loads(written.read_text())["pid"] if written.exists() else 0
+        stopped = second.run("down")
+        if pid and psutil.pid_exists(pid):  # never left running, whatever failed
+            psutil.Process(pid).kill()
+    assert stopped.returncode == 0, stopped.stderr
 
 
 async def _quiet(exc: Exception) -> None:

@@ -197,8 +197,11 @@ def caller(public_key: bytes, calls: list[str], *, host: bool = False) -> Permis
     subjects, ``$SRV`` (to know whom replies come from: each replica's signed registry
     record) and its own inbox. No JetStream: its API answers on whatever reply subject a
     request names, so a connection that may ask it anything may have it write anywhere.
-    A listed ``host``'s key also reads the registry, as every replica it runs does."""
-    readers = stream_reader(_kv(REGISTRY_BUCKET)) if host else []
+    A listed ``host``'s key also reads the registry, as every replica it runs does, and
+    may call nodes' control actors (each takes its own home's key and admins only: a
+    second home's `actor down` could not reach its own node)."""
+    nodes = f"{CALL_PREFIX}.{NODE_PREFIX}*.*"
+    readers = [*stream_reader(_kv(REGISTRY_BUCKET)), nodes] if host else []
     return Permissions(
         pub=Permission(allow=[*calls, "$SRV.>", _INBOXES, *readers]),
         sub=Permission(allow=[f"{inbox_of(public_key)}.>"]),
