@@ -308,21 +308,7 @@ class PolicyView:
                 counted += 1
             if not caught_up or live:
                 continue
-            if counted or not self._seen:
-                live = True
-                fresh.revision = self.state.revision + 1
-                self.state = fresh
-                self.enforced = True
-                self._seen = True
-                self.unreadable = ""
-                self.loaded.set()
-                log.info("policy loaded from %s", self.bucket)
-            elif _FOREIGN not in self.unreadable:
-                self.enforced = False
-                self.unreadable = (
-                    f"the policy bucket {self.bucket} {_FOREIGN}: calls are refused until it does"
-                )
-                log.warning("%s", self.unreadable)
+            live = self._loaded(fresh, counted)
             mark_ready()
 
     def _loaded(self, fresh: PolicyState, counted: int) -> bool:
