@@ -173,7 +173,7 @@ async def test_a_signed_call_passes_through_untouched(settings: Settings, name: 
         posing = sign_request(
             caller,
             call_subject(name, "whoami"),
-            relay_reply(nonce),
+            relay_reply("gateway", nonce),
             b"{}",
             nonce=nonce,
             on_behalf=admin,

@@ -28,13 +28,14 @@ from actorbus import Client, Forbidden, Keypair, Unauthorized
 from actorbus.bus import EmbeddedServer, Keystore, new_token, sign_request, verify_reply
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.records import open_record
-from actorbus.bus.subjects import call_subject, inbox_of
+from actorbus.bus.subjects import JobsNames, call_subject, commune_bucket, inbox_of
 from actorbus.bus.tickets import host_ticket
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = "actorbus.actors.policy:Policy"
 JOBS = "actorbus.actors.jobs:Jobs"
 pytestmark = pytest.mark.timeout(120)
+REPLICA_TTL = 10
 
 
 def deploy_config(root: Path, auth: str, ports: list[int], routes: list[int], i: int) -> Path:
@@ -95,8 +96,14 @@ def deployed(root: Path) -> Iterator[Bus]:
 def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     """Each attack runs against `actor up`'s embedded default and against the deploy
     configs (a cluster from deploy/nats.conf)."""
-    make = embedded if request.param == "embedded" else deployed
-    with make(tmp_path_factory.mktemp(request.param)) as bus:
+    root = tmp_path_factory.mktemp(request.param)
+    # Replicas' credentials last seconds here (600 by default): each reconnects meanwhile.
+    made = (
+        embedded(root, ACTOR_REPLICA_TTL=str(REPLICA_TTL))
+        if request.param == "embedded"
+        else deployed(root)
+    )
+    with made as bus:
         bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
         yield bus
 
@@ -362,6 +369,129 @@ async def test_jetstream_answers_nothing_onto_the_policy(node: Bus) -> None:
     await eventually(restored, timeout=10)
     async with Client(settings=node.settings) as operator_client:
         assert operator.address in await operator_client.call("policy", "admins")
+
+
+def _as_host(key: Keypair, ticket: str = "") -> dict[str, Any]:
+    """nats-py options that connect as ``key`` (with a hosting ``ticket``: as a replica)."""
+    login: dict[str, Any] = {
+        "nkeys_seed_str": encode_nkey_seed(key.seed),
+        "inbox_prefix": inbox_of(key.public_key),
+    }
+    return {**login, "token": ticket} if ticket else login
+
+
+@pytest.mark.parametrize("who", ["host", "replica"])
+async def test_a_direct_get_cannot_delete_a_stream(node: Bus, who: str) -> None:
+    """Issue 30: a direct get is answered on the reply subject its request names, and
+    nats-server takes an answer on ``$JS.API.STREAM.DELETE.<s>`` as the account's own
+    request: a listed host's connection (it reads the registry) or any replica it runs
+    deleted a stream of its choice (the policy bucket as well as this one). No
+    connection but the policy actor's may ask for direct gets now."""
+    victim = f"VICTIM_{secrets.token_hex(3)}"
+    async with Client(settings=node.settings) as operator:
+        await operator.nc.jetstream().add_stream(name=victim, subjects=[f"victim.{victim}"])
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
+    get = "$JS.API.DIRECT.GET.KV_actor_registry"
+    ask = json.dumps({"seq": 1, "next_by_subj": "$KV.actor_registry.>"}).encode()
+    async with stranger(node.url, **_as_host(key, ticket if who == "replica" else "")) as (
+        nc,
+        refusals,
+    ):
+        await nc.publish(get, ask, reply=f"$JS.API.STREAM.DELETE.{victim}")
+        await refused(nc, refusals, get)
+    async with Client(settings=node.settings) as operator:
+        assert (await operator.nc.jetstream().stream_info(victim)).config.name == victim
+        await operator.nc.jetstream().delete_stream(victim)
+
+
+@pytest.mark.parametrize("role", ["jobs", "gateway"])
+async def test_a_host_makes_no_stream_of_its_own(node: Bus, role: str) -> None:
+    """Issue 30: a ticket for a new jobs or gateway name let its replica create and change
+    that name's streams with any config: one capturing ``actor.>`` and ``_INBOX.>`` read
+    every caller's requests and private replies. The policy actor makes them now, as it
+    makes them, when the replica connects; the replica may neither create nor change
+    them."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    name = f"{role}{secrets.token_hex(3)}"
+    stream = JobsNames(name).work_stream if role == "jobs" else f"KV_{commune_bucket(name)}"
+    config = json.dumps({"name": stream, "subjects": ["actor.>", "_INBOX.>"]}).encode()
+    create, update = (f"$JS.API.STREAM.{verb}.{stream}" for verb in ("CREATE", "UPDATE"))
+    async with stranger(node.url, **_as_host(key, host_ticket(key, name, role, key.address))) as (
+        nc,
+        refusals,
+    ):
+        await nc.publish(create, config, reply=nc.new_inbox())
+        await nc.publish(update, config, reply=nc.new_inbox())
+        await refused(nc, refusals, create, update)
+    async with Client(settings=node.settings) as operator:
+        made = await operator.nc.jetstream().stream_info(stream)
+        assert "actor.>" not in made.config.subjects
+        await operator.nc.jetstream().delete_stream(stream)
+
+
+async def test_a_gateway_hears_only_its_own_relayed_replies(node: Bus) -> None:
+    """Issue 30: a ticket with role ``gateway`` for a fresh name subscribed
+    ``_INBOX.relay.>`` and read the end-to-end replies of every gateway's callers. Each
+    gateway's relay inboxes carry its name now, and only it may hear them."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    name = f"gw{secrets.token_hex(3)}"
+    ticket = host_ticket(key, name, "gateway", key.address)
+    async with stranger(node.url, **_as_host(key, ticket)) as (nc, refusals):
+        await nc.subscribe(f"_INBOX.relay.{name}.>")  # its own
+        others = ("_INBOX.relay.>", "_INBOX.relay.gateway.>", "_INBOX.relay.*.*")
+        for subject in others:
+            await nc.subscribe(subject)
+        await refused(nc, refusals, *others)
+        assert not refusals.of(f"_INBOX.relay.{name}.>")
+
+
+@pytest.mark.parametrize("node", ["embedded"], indirect=True)
+async def test_a_removed_hosts_replicas_are_cut_off(node: Bus) -> None:
+    """Issue 30: a replica's connection never expired, and a removed host kept its
+    JetStream rights 1,021 s later. Its credentials last about ``replica_ttl`` now: then
+    it connects again with a fresh ticket, which is refused once its host is removed."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    name = f"tenant{secrets.token_hex(3)}"
+    closed = anyio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    nc = await nats.connect(
+        servers=node.url.split(","),
+        token=lambda: host_ticket(key, name, "actor", key.address),
+        error_cb=_quiet,
+        closed_cb=on_closed,
+        max_reconnect_attempts=3,
+        reconnect_time_wait=0.5,
+        **_as_host(key),
+    )
+    try:
+        await nc.subscribe(f"actor.{name}.*", queue=f"actor.{name}")
+        await nc.flush()
+        node.actor("policy", "host", "rm", key.address)
+        with anyio.fail_after(REPLICA_TTL + 20):
+            await closed.wait()  # the server ended it (nats-py does not connect again)
+    finally:
+        await nc.close()
+    # The node's own replicas connected again each time, with fresh tickets, never exiting.
+    rows = json.loads(node.actor("ps", "--json"))
+    assert rows and all(row["restarts"] == 0 for row in rows), rows
+    with pytest.raises(nats.errors.Error):  # and its next ticket is refused
+        await nats.connect(
+            servers=node.url.split(","),
+            token=host_ticket(key, name, "actor", key.address),
+            allow_reconnect=False,
+            connect_timeout=5,
+            error_cb=_quiet,
+            **_as_host(key),
+        )
+    close_refused_sockets()
 
 
 async def test_the_operator_keeps_every_right(node: Bus) -> None:

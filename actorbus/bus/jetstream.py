@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 from .connection import connect
 from .errors import Forbidden, Gone, NoResponders, ReplyTimeout, Unavailable
 from .requests import request, request_all
+from .stored import Stored, by_sequence, last_of, walk
 
 __all__ = [
     "JS_ERRORS",
@@ -71,7 +72,8 @@ class Bucket:
         js: JetStreamContext,
         ttl: float | None = None,
         *,
-        direct: bool = False,
+        direct_reads: bool = False,
+        allow_direct: bool = False,
     ) -> None:
         self._nc = nc
         self._kv = kv
@@ -80,14 +82,25 @@ class Bucket:
         self.ttl = ttl
         """Seconds an entry lives after its last put, as the bucket was made (``None``:
         forever, or not known)."""
-        self.direct = direct
-        """Whether its stream serves direct gets (:meth:`items` then makes nothing)."""
+        self._direct_reads = direct_reads
+        self.direct = direct_reads and allow_direct
+        """Whether this connection reads it with direct gets (the policy actor's alone:
+        :mod:`.stored`), else with the API's gets."""
 
     @classmethod
-    async def open(cls, nc: NATS, name: str, *, ttl: float | None, replicas: int = 1) -> Bucket:
+    async def open(
+        cls,
+        nc: NATS,
+        name: str,
+        *,
+        ttl: float | None,
+        replicas: int = 1,
+        direct_reads: bool = False,
+    ) -> Bucket:
         """Bind to bucket ``name``, creating it (history 1, file store, direct gets; entries
         expire after ``ttl`` seconds, or never if ``None``) if it is missing; :attr:`ttl`
-        is what the bucket really has (its creator's choice, if it existed)."""
+        is what the bucket really has (its creator's choice, if it existed). With
+        ``direct_reads`` (the policy actor's own connection) it is read with direct gets."""
         js = nc.jetstream()
         try:
             try:
@@ -107,8 +120,10 @@ class Bucket:
             status = await kv.status()  # another creator may have chosen the ttl
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {name}: {exc}") from exc
-        direct = bool(status.stream_info.config.allow_direct)
-        return cls(nc, kv, name, js, status.ttl or None, direct=direct)
+        allow = bool(status.stream_info.config.allow_direct)
+        return cls(
+            nc, kv, name, js, status.ttl or None, direct_reads=direct_reads, allow_direct=allow
+        )
 
     @property
     def stream(self) -> str:
@@ -124,21 +139,23 @@ class Bucket:
         try:
             info = await self._js.stream_info(self.stream)
             if info.config.allow_direct and not info.config.allow_rollup_hdrs:
-                self.direct = True
+                self.direct = self._direct_reads
                 return
             settled = info.config.evolve(allow_direct=True, allow_rollup_hdrs=False)
             await self._js.update_stream(settled)
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {self.name}: {exc}") from exc
-        self.direct = True
+        self.direct = self._direct_reads
 
     @classmethod
-    async def find(cls, nc: NATS, name: str) -> Bucket | None:
-        """Bind to bucket ``name`` if it exists, else ``None``."""
+    async def find(cls, nc: NATS, name: str, *, direct_reads: bool = False) -> Bucket | None:
+        """Bind to bucket ``name`` if it exists, else ``None`` (``direct_reads``: as for
+        :meth:`open`)."""
         try:
             js = nc.jetstream()
             kv = await js.key_value(name)
-            return cls(nc, kv, name, js, direct=bool(kv._direct))
+            allow = bool(kv._direct)
+            return cls(nc, kv, name, js, direct_reads=direct_reads, allow_direct=allow)
         except nats.js.errors.BucketNotFoundError:
             return None
         except JS_ERRORS as exc:
@@ -180,6 +197,11 @@ class Bucket:
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """``(value, revision)`` of ``key``, or ``None`` if it has none."""
+        if not self.direct:
+            found = await self.latest([key])
+            if not found or found[0].value is None:
+                return None
+            return found[0].value, found[0].revision
         try:
             entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
@@ -213,25 +235,23 @@ class Bucket:
             raise Unavailable(f"delete {self.name}/{key}: {exc}") from exc
 
     async def items(self, keys: str = ">", *, timeout: float = 5.0) -> list[tuple[str, bytes]]:
-        """The keys matching ``keys`` (a subject filter) and their current values.
-
-        A bucket whose stream serves direct gets (every one :meth:`open` makes) answers
-        with batched direct gets of each matching key's last entry: a read makes nothing
-        on the server (a watch made a consumer that stayed five minutes after each read,
-        and reads by the thousand used up the account's consumers: issue 29). Otherwise
-        a watch, whose consumer goes 5 s after the read.
-        """
-        if self.direct:
-            found = await self.latest([keys], timeout=timeout)
-            return [(c.key, c.value) for c in found if c.value]
-        return await self._watched(keys, timeout)
+        """The keys matching ``keys`` (a subject filter) and their current values (read as
+        :meth:`latest` reads them: nothing is made on the server; a watch made a consumer
+        that stayed five minutes after each read, and reads by the thousand used up the
+        account's consumers: issue 29)."""
+        found = await self.latest([keys], timeout=timeout)
+        return [(c.key, c.value) for c in found if c.value]
 
     async def latest(self, keys: list[str], *, timeout: float = 5.0) -> list[Change]:
         """The last entry of each key matching one of ``keys`` (subject filters), deletions
-        included (``value`` ``None``), oldest first: batched direct gets, :data:`_BATCH` at
-        a time, all of one snapshot (the stream's last sequence at the first batch).
-        Raises :class:`Unavailable` (and so on a bucket without direct gets)."""
+        included (``value`` ``None``), oldest first. With direct gets: batched,
+        :data:`_BATCH` at a time, all of one snapshot (the stream's last sequence at the
+        first batch); else the API's gets, a key's at once, a filter's one after another
+        (each stored entry is its key's last: a bucket keeps one). Raises
+        :class:`Unavailable`."""
         prefix = f"$KV.{self.name}."
+        if not self.direct:
+            return await self._got([prefix + k for k in keys], timeout)
         subject = f"$JS.API.DIRECT.GET.{self.stream}"
         deadline = time.monotonic() + timeout
         ask: dict[str, object] = {"multi_last": [prefix + k for k in keys], "batch": _BATCH}
@@ -295,33 +315,20 @@ class Bucket:
             with anyio.CancelScope(shield=True), contextlib.suppress(*JS_ERRORS):
                 await sub.unsubscribe()
 
-    async def _watched(self, keys: str, timeout: float) -> list[tuple[str, bytes]]:
-        """nats-py's watcher may say "caught up" before a value already on its way (the
-        server counts it delivered, the client has not read it yet), so its marker alone
-        is not trusted: reading ends at the last key's entry (nothing pending after it,
-        deletions included), or at the marker when the bucket holds no such key at all."""
-        values: list[tuple[str, bytes]] = []
-        try:
-            # Its consumer goes 5 s after the read, not nats-py's 5 minutes.
-            watcher = await self._kv.watch(keys, inactive_threshold=_GONE_AFTER)
-            try:
-                with anyio.fail_after(timeout):
-                    async for entry in watcher:
-                        if entry is None:  # "caught up", maybe too early
-                            if values or await self._holds_none(keys):
-                                break
-                            continue
-                        if entry.operation not in ("DEL", "PURGE") and entry.value:
-                            values.append((entry.key, entry.value))
-                        if entry.delta == 0:
-                            break
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-        except TimeoutError as exc:
-            raise Unavailable(f"reading bucket {self.name} timed out") from exc
-        except JS_ERRORS as exc:
-            raise Unavailable(f"reading bucket {self.name}: {exc}") from exc
-        return values
+    async def _got(self, subjects: list[str], timeout: float) -> list[Change]:
+        """:meth:`latest` through the API's gets (:mod:`.stored`)."""
+        exact = [subject for subject in subjects if not _WILDCARDS & set(subject.split("."))]
+        found = await last_of(self._nc, self.stream, exact, timeout=timeout)
+        for subjects_filter in subjects:
+            if subjects_filter not in exact:
+                found += await walk(self._nc, self.stream, subjects_filter, timeout=timeout)
+        changes: dict[int, Change] = {}
+        prefix = len(f"$KV.{self.name}.")
+        for stored in found:
+            deleted = stored.headers.get("KV-Operation") in ("DEL", "PURGE")
+            value = None if deleted else stored.data
+            changes[stored.seq] = Change(stored.subject[prefix:], value, stored.seq)
+        return [changes[seq] for seq in sorted(changes)]
 
     async def _holds_none(self, keys: str) -> bool:
         """Whether no key matching ``keys`` has an entry (a value or a deletion); for every
@@ -334,7 +341,8 @@ class Bucket:
 
 
 _GONE_AFTER = 5.0
-"""Seconds a watch's consumer outlives a read of a bucket without direct gets."""
+"""Seconds a watch's consumer outlives its reader."""
+_WILDCARDS = frozenset({"*", ">"})
 _BATCH = 256
 """Entries one direct get answers with at most (a registry entry is about 2 KB)."""
 _encode = msgspec.json.Encoder().encode
@@ -410,13 +418,15 @@ async def ensure_stream(
     duplicate_window: float = 0.0,
     allow_direct: bool = False,
     append_only: bool = False,
+    adjust: bool = True,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
     ``max_bytes`` in all, the oldest dropped first), or widen its age and set its bytes. A
     ``work_queue`` stream drops each message once a consumer acknowledges it; a message id is stored
     once per ``duplicate_window`` seconds (0: the server's default, 2 minutes);
     ``allow_direct`` serves direct gets; an ``append_only`` stream refuses to delete a
-    message or purge (an existing stream is made so)."""
+    message or purge (an existing stream is made so). Without ``adjust`` an existing
+    stream is kept as it is (its maker's: changing it takes a right the caller lacks)."""
     js = nc.jetstream()
     config = api.StreamConfig(
         name=name,
@@ -442,6 +452,8 @@ async def ensure_stream(
                 return
             except nats.js.errors.BadRequestError:  # created concurrently
                 info = await js.stream_info(name)
+        if not adjust:
+            return
         widen = (info.config.max_age or 0) < max_age
         bound = max_bytes is not None and info.config.max_bytes != max_bytes
         seal = append_only and not (info.config.deny_delete and info.config.deny_purge)
@@ -462,11 +474,10 @@ async def ensure_stream(
 
 async def stream_tail(
     nc: NATS, stream: str, limit: int, *, before: int = 0, timeout: float = 5.0
-) -> list[Msg]:
-    """The last ``limit`` messages of ``stream`` (of a stream that serves direct gets),
-    oldest first, or the last ``limit`` before sequence ``before``: one batched direct get
-    from the right sequence, nothing read before it and nothing made on the server.
-    Raises :class:`Unavailable`."""
+) -> list[Stored]:
+    """The last ``limit`` messages of ``stream``, oldest first, or the last ``limit``
+    before sequence ``before``: read by sequence from the right one on, nothing read
+    before it and nothing made on the server. Raises :class:`Unavailable`."""
     try:
         state = (await nc.jetstream().stream_info(stream)).state
     except JS_ERRORS as exc:
@@ -475,16 +486,7 @@ async def stream_tail(
     start = max(end - limit + 1, state.first_seq, 1)
     if end < start:
         return []
-    ask = _encode({"seq": start, "batch": end - start + 1})
-    try:
-        answer = await request_all(nc, f"$JS.API.DIRECT.GET.{stream}", ask, timeout, last=_status)
-    except (ReplyTimeout, NoResponders) as exc:
-        raise Unavailable(f"reading {stream}: {exc.message}") from None
-    *found, end_msg = answer
-    status = (end_msg.headers or {}).get("Status")
-    if status not in ("204", "404"):
-        raise Unavailable(f"reading {stream}: JetStream answered {status}")
-    return found
+    return await by_sequence(nc, stream, start, end, timeout=timeout)
 
 
 async def publish_acked(

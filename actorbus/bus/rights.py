@@ -96,14 +96,12 @@ def _kv(bucket: str) -> str:
 
 
 def stream_reader(stream: str) -> list[str]:
-    """What reading ``stream`` takes: its info, direct and stored gets, and consumers of
-    it (made, read, acknowledged, deleted)."""
+    """What reading ``stream`` takes: its info, the API's gets, and consumers of it (made,
+    read, acknowledged, deleted). No direct gets (:func:`direct_reader`)."""
     api = "$JS.API"
     return [
         f"{api}.STREAM.INFO.{stream}",
         f"{api}.STREAM.MSG.GET.{stream}",
-        f"{api}.DIRECT.GET.{stream}",
-        f"{api}.DIRECT.GET.{stream}.>",
         f"{api}.CONSUMER.CREATE.{stream}",
         f"{api}.CONSUMER.CREATE.{stream}.>",
         f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*",
@@ -113,6 +111,15 @@ def stream_reader(stream: str) -> list[str]:
         f"$JS.ACK.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
+
+
+def direct_reader(stream: str) -> list[str]:
+    """Direct gets of ``stream``: the policy actor's alone. The stream answers one on the
+    reply subject the request names, and nats-server takes an answer on an API subject
+    as the account's own request (a direct get answered onto
+    ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``): a connection that may ask for
+    them may have any stream deleted (:mod:`.stored`)."""
+    return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
 
 
 def stream_owner(stream: str) -> list[str]:
@@ -224,8 +231,10 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
     """A replica of the actor ``name`` (as a host let it be: ``role``): it serves ``name``
     alone, writes only its own registry entries and nonce announcements, reads the
     registry, the policy and the nonce window, and calls whom it likes (as its own key,
-    which the callee's policy judges). The jobs actor also owns its streams; a gateway also
-    receives relayed replies; a supervisor also ships its node's logs and audit records."""
+    which the callee's policy judges). The jobs actor also works on its streams and a
+    gateway on its commune bucket (the policy actor makes them: a ticket grants no stream's
+    creation, whose config would be the host's); a gateway also receives its relayed replies;
+    a supervisor also ships its node's logs and audit records."""
     registry = _kv(REGISTRY_BUCKET)
     pub = [
         f"{CALL_PREFIX}.>",
@@ -248,12 +257,12 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         jobs = JobsNames(name)
         pub += [f"{jobs.prefix}.>", f"$KV.{jobs.bucket}.>"]
         for stream in (_kv(jobs.bucket), jobs.work_stream, jobs.record_stream):
-            pub += stream_owner(stream)
+            pub += stream_reader(stream)  # made by the policy actor, as it makes them
         pub.append(f"$JS.API.STREAM.PURGE.{jobs.work_stream}")  # a cancelled job's queue
     elif role == GATEWAY:
-        sub.append(f"{RELAY_PREFIX}>")
+        sub.append(f"{RELAY_PREFIX}{name}.>")  # its own callers' replies: none of another's
         seen = commune_bucket(name)
-        pub += [f"$KV.{seen}.>", *stream_owner(_kv(seen))]
+        pub += [f"$KV.{seen}.>", *stream_reader(_kv(seen))]
     elif role == NODE:
         pub += [f"{LOG_PREFIX}.{name.removeprefix(NODE_PREFIX)}.>", f"{AUDIT_PREFIX}.{name}"]
         pub.append(f"$JS.API.STREAM.INFO.{AUDIT_STREAM}")  # that it is there, as it should be
@@ -295,8 +304,9 @@ def leaf(node: str, settings: Settings) -> Permissions:
 
 def policy_service(public_key: bytes, settings: Settings) -> Permissions:
     """The policy actor's replicas (a static user of the server's config): the auth
-    callout, its buckets, and the streams every node shares (it makes them: registry,
-    nonces, audit, logs)."""
+    callout, its buckets, the streams every node shares (it makes them: registry, nonces,
+    audit, logs), and those of the jobs actors and gateways (it makes them as their
+    replicas connect)."""
     name = settings.policy
     bucket = settings.policy_bucket
     shared = [_kv(REGISTRY_BUCKET), NONCE_STREAM, AUDIT_STREAM, LOG_STREAM]
@@ -314,7 +324,11 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 f"$KV.{bucket}.>",
                 f"$KV.{bucket}_lent.>",
                 "$JS.API.INFO",
+                "$JS.API.STREAM.INFO.*",
+                "$JS.API.STREAM.CREATE.*",
+                "$JS.API.STREAM.UPDATE.*",
                 *(subject for stream in owned for subject in stream_owner(stream)),
+                *(subject for stream in owned for subject in direct_reader(stream)),
             ]
         ),
         sub=Permission(

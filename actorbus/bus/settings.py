@@ -52,6 +52,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Seconds the NATS permissions the policy actor gives a caller's connection last (a
     role's change reaches the server's check within this; replicas apply it at once). The
     client reconnects and is given fresh ones."""
+    replica_ttl: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    """Seconds a replica's NATS credentials last, give or take a quarter (each its own):
+    then the server closes its connection and it connects again with a fresh ticket, which
+    the policy checks anew. A host removed, or a name revoked, loses its replicas within
+    this."""
     max_skew: float = 30.0
     """Seconds a request's ``Actor-Time`` may differ from the actor's clock."""
     max_body: int = 1024 * 1024

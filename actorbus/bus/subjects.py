@@ -53,7 +53,10 @@ PRIVATE_INBOXES: Final = "_INBOX.u"
 """A connection that authenticated with its key receives below ``_INBOX.u.<user nkey>``."""
 RELAY_PREFIX: Final = "_INBOX.relay."
 """The reply subject of a request signed by a caller off the bus and relayed to it (the
-HTTP gateway's end-to-end mode) is this prefix and the request's nonce."""
+HTTP gateway's end-to-end mode) is this prefix, the relay's name and the request's
+nonce: each gateway receives its own callers' replies only."""
+DEFAULT_GATEWAY: Final = "gateway"
+"""The name of the gateway ``actor up`` starts."""
 NODE_PREFIX: Final = "node."
 """``node.<node>`` is the actor of node ``<node>``'s supervisor."""
 MAX_NAME_TOKENS: Final = 8

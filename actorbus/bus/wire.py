@@ -23,7 +23,7 @@ import msgspec
 from .errors import BadReply, BadRequest, Unauthorized, excerpt, printable
 from .keys import ED25519, SCHEMES, SR25519, Keypair, Signer, verify, verify_protocol
 from .ss58 import ADDRESS
-from .subjects import RELAY_PREFIX
+from .subjects import DEFAULT_GATEWAY, RELAY_PREFIX
 
 __all__ = [
     "DELEGATION_HEADER",
@@ -365,21 +365,24 @@ def sign_relayed(
     subject: str,
     body: bytes,
     *,
+    gateway: str = DEFAULT_GATEWAY,
     content_type: str = JSON,
     timeout: float | None = None,
 ) -> dict[str, str]:
-    """The headers of a request signed by ``key`` for a relay to send on (the gateway's
-    end-to-end mode): its reply subject is :func:`relay_reply` of its nonce."""
+    """The headers of a request signed by ``key`` for the relay ``gateway`` to send on
+    (the gateway's end-to-end mode): its reply subject is :func:`relay_reply` of its
+    nonce."""
     nonce = secrets.token_hex(16)
-    reply = relay_reply(nonce)
+    reply = relay_reply(gateway, nonce)
     return sign_request(
         key, subject, reply, body, content_type=content_type, timeout=timeout, nonce=nonce
     )
 
 
-def relay_reply(nonce: str) -> str:
-    """The reply subject of a relayed request whose ``Actor-Nonce`` is ``nonce``."""
-    return RELAY_PREFIX + nonce
+def relay_reply(gateway: str, nonce: str) -> str:
+    """The reply subject of a request relayed by the gateway ``gateway`` whose
+    ``Actor-Nonce`` is ``nonce``."""
+    return f"{RELAY_PREFIX}{gateway}.{nonce}"
 
 
 Seal = Callable[[bytes], dict[str, str]]

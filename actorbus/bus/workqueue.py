@@ -149,9 +149,10 @@ async def publish_deduplicated(
 
 
 async def last_message(nc: NATS, stream: str, subject: str) -> StoredMsg | None:
-    """The last message ``stream`` holds on ``subject`` (a direct get), or ``None``."""
+    """The last message ``stream`` holds on ``subject``, or ``None`` (an API get: no
+    connection a host runs asks for direct gets, :mod:`.stored`)."""
     try:
-        return await nc.jetstream().get_msg(stream, subject=subject, direct=True)
+        return await nc.jetstream().get_msg(stream, subject=subject)
     except nats.js.errors.NotFoundError:
         return None
     except _JS_ERRORS as exc:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..bus import BadRequest, Keypair, Keystore, SrKeypair
 from ..bus.keyimport import from_bittensor_hotkey, from_commune, from_suri
-from ..bus.subjects import call_subject
+from ..bus.subjects import DEFAULT_GATEWAY, call_subject, check_name
 from ..bus.wire import JSON, sign_relayed
 from ._common import EXIT_CODES, err, out, settings_of
 
@@ -142,8 +142,16 @@ def _read_small(path: Path) -> str:
 @click.argument("body")
 @click.option("--key", "key_name", help="Keystore key to sign with (default: $ACTOR_KEY).")
 @click.option("--curl", is_flag=True, help="Print curl's -H options instead of JSON.")
+@click.option(
+    "--gateway",
+    default=DEFAULT_GATEWAY,
+    show_default=True,
+    help="The gateway's name (its /health says it): its relay carries the reply.",
+)
 @click.pass_context
-def key_sign(ctx: click.Context, target: str, body: str, key_name: str | None, curl: bool) -> None:
+def key_sign(
+    ctx: click.Context, target: str, body: str, key_name: str | None, curl: bool, gateway: str
+) -> None:
     """The Actor-* headers that sign BODY (sent as is) as a call of NAME/FN, for any HTTP
     client through the gateway (with the Content-Type it takes): good for max_skew (30 s)
     and for one call."""
@@ -151,12 +159,16 @@ def key_sign(ctx: click.Context, target: str, body: str, key_name: str | None, c
     name, _, fn = target.rpartition("/")
     try:
         subject = call_subject(name, fn)
+        relay = check_name(gateway)
         signer = Keystore(settings.home).caller(key_name or settings.key)
     except BadRequest as exc:
         err.print(f"[red]error[/red] {exc}")
         ctx.exit(EXIT_CODES[400])
         return
-    headers = {"Content-Type": JSON, **sign_relayed(signer, subject, body.encode())}
+    headers = {
+        "Content-Type": JSON,
+        **sign_relayed(signer, subject, body.encode(), gateway=relay),
+    }
     if curl:  # one word per option, no spaces: fit for the shell's $(...)
         click.echo(" ".join(f"-H{k}:{v}" for k, v in headers.items()))
     else:

@@ -49,33 +49,31 @@ async def read_audit(
     """The last ``limit`` records (at most 1,000) of the stream, or the last before
     sequence ``before``, oldest first, those of the sources ``sources`` accepts: each with
     ``by``, the key that signed it, and ``seq``, its place (what ``before`` takes to go on
-    further back). Read with one batched direct get from the right place (it read the
-    whole stream before, through a consumer, for the last hundred). A record not signed
+    further back). Read by sequence from the right place (it read the whole stream
+    before, through a consumer, for the last hundred). A record not signed
     by one of its source's ``writers`` (the keys that may serve that actor) is marked: it
     holds only its time, its source and why it is ``forged``. The records come within
     :data:`MAX_BYTES` of text: the oldest of a page are left for the next."""
     check_limit(limit)
     records: list[dict[str, Any]] = []
     size = 0
-    for msg in reversed(await stream_tail(nc, AUDIT_STREAM, limit, before=before)):
-        headers = msg.headers or {}
-        subject = headers.get("Nats-Subject", "")  # a direct get comes on the inbox
+    for stored in reversed(await stream_tail(nc, AUDIT_STREAM, limit, before=before)):
+        subject = stored.subject
         source = subject[len(AUDIT_PREFIX) + 1 :]
         if not subject.startswith(AUDIT_PREFIX + ".") or not sources(source):
             continue
-        size += len(msg.data)
+        size += len(stored.data)
         if size > MAX_BYTES and records:
             break
-        seq = int(headers.get("Nats-Sequence", "0"))
+        seq = stored.seq
         try:
-            record = open_record(AUDIT_STREAM, subject, msg.data)
+            record = open_record(AUDIT_STREAM, subject, stored.data)
             entry = _decode(record.value or b"null")
             if record.by not in writers(source):
                 raise ValueError(f"signed by {record.by}, not a key of {source}")
         except (ActorError, *UNDECODABLE, ValueError, TypeError) as exc:
             why = exc.message if isinstance(exc, ActorError) else str(exc)
-            stamped = headers.get("Nats-Time-Stamp", "")
-            entry = {"time": _seconds(stamped), "forged": printable(why, 200)}
+            entry = {"time": _seconds(stored.time), "forged": printable(why, 200)}
         else:
             entry["by"] = record.by
         entry["source"] = source
@@ -85,7 +83,7 @@ async def read_audit(
 
 
 def _seconds(stamp: str) -> float:
-    """A direct get's ``Nats-Time-Stamp`` (RFC 3339, nanoseconds) in Unix seconds."""
+    """A stored message's time (RFC 3339, nanoseconds) in Unix seconds."""
     try:
         return dt.datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp()
     except ValueError:

@@ -8,14 +8,13 @@ A host holds what it needs, not the whole policy (issue 29: with 42,000 users a 
 started in 3.0 s, checking one signature per record, and held 24 MB more). It reads the
 records every decision may need (the config, admins, roles, hosts, forwarders, names,
 tokens, revocations, OIDC issuers) at once, and the records of one key (its role, stake
-and OIDC login) when that key first calls it (:meth:`PolicyView.learn`: one batched
-direct get), keeping those of the 65,536 keys that called last. It follows the bucket's
-changes from the moment it read it: a change to a key it does not hold costs it nothing
-(not even a signature check). A key whose records cannot be read (JetStream away) is
-decided as ``public`` (the least it could be), not held, and asked again next time. The
-policy actor itself holds everything (``lazy=False``): it lists and counts keys; so does a
-host while the bucket serves no direct gets (made before they were, until the policy actor
-starts and turns them on).
+and OIDC login) when that key first calls it (:meth:`PolicyView.learn`: the gets of
+its records, asked at once), keeping those of the 65,536 keys that called last. It follows
+the bucket's changes from the moment it read it: a change to a key it does not hold costs
+it nothing (not even a signature check). A key whose records cannot be read (JetStream
+away) is decided as ``public`` (the least it could be), not held, and asked again next
+time. The
+policy actor itself holds everything (``lazy=False``): it lists and counts keys.
 
 Only records signed by the policy key this home trusts count (:mod:`actorbus.bus.pins`;
 the first one a home ever reads pins its signer): an unsigned entry, a forged one or a bare
@@ -265,7 +264,7 @@ class PolicyView:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._until_deleted, bucket, tg.cancel_scope)
             try:
-                if self.lazy and bucket.direct:
+                if self.lazy:
                     await self._apply_shared(bucket, mark_ready)
                 else:
                     await self._apply_records(bucket, mark_ready)
@@ -374,8 +373,8 @@ class PolicyView:
         return not self.lazy or self._following is None or key in self._held
 
     async def learn(self, key: str) -> None:
-        """Hold ``key``'s own records (its role, stake, login), read now if not held: one
-        batched direct get, shared by the calls that wait for the same key. Never raises:
+        """Hold ``key``'s own records (its role, stake, login), read now if not held: their
+        gets asked at once, shared by the calls that wait for the same key. Never raises:
         records that cannot be read leave the key ``public`` for this call (said,
         throttled), and are asked for again by the next."""
         if key in self._held:

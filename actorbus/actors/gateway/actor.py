@@ -23,7 +23,7 @@ import uvicorn
 from ...bus import Unavailable
 from ...bus.jetstream import Bucket
 from ...bus.rights import GATEWAY
-from ...bus.subjects import commune_bucket
+from ...bus.subjects import DEFAULT_GATEWAY, commune_bucket
 from ...host import Actor, current_call
 from ...host.policy import PolicyState
 from ...host.replica import VERSION
@@ -68,7 +68,7 @@ class Gateway(Actor):
         try:
             seen: Bucket | None = await Bucket.open(
                 self.nc,
-                commune_bucket(self.name or "gateway"),
+                commune_bucket(self.name or DEFAULT_GATEWAY),
                 ttl=2 * self.settings.max_skew,
                 replicas=self.settings.js_replicas,
             )
@@ -87,7 +87,8 @@ class Gateway(Actor):
             self.learn,
             bind,
         )
-        self.identities = Identities(self.key, self.settings.max_skew, seen, logins)
+        name = self.name or DEFAULT_GATEWAY
+        self.identities = Identities(name, self.key, self.settings.max_skew, seen, logins)
         self.catalog = Catalog(self.client)
         self.max_body = min(self.settings.max_body, self.nc.max_payload - _HEADROOM)
 

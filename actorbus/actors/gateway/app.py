@@ -254,7 +254,12 @@ def build_app(gateway: Context) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         up = gateway.client.nc.is_connected
         # Its address: what a caller signs for when the gateway is the receiver (btauth).
-        answer = {"status": "ok" if up else "no NATS", "address": gateway.identities.key.address}
+        identities = gateway.identities
+        answer = {
+            "status": "ok" if up else "no NATS",
+            "address": identities.key.address,
+            "name": identities.name,  # what an end-to-end caller signs for (its relay)
+        }
         return JSONResponse(answer, status_code=200 if up else 503)
 
     async def viewer(request: Request) -> Viewer:

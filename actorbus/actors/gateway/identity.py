@@ -108,11 +108,14 @@ class Identities:
 
     def __init__(
         self,
+        name: str,
         key: Keypair,
         max_skew: float,
         seen: Bucket | None,
         oidc: OidcLogins | None = None,
     ) -> None:
+        self.name = name
+        """The gateway's name: end-to-end callers sign for its relay inboxes."""
         self.key = key
         self.oidc = oidc
         """Where bearer JWTs are checked (``None``: refused)."""
@@ -168,7 +171,8 @@ class Identities:
                 raise Unauthorized(f"missing or malformed header {H_NONCE}")
             # The key is only claimed here (the actor checks it): counted as its address.
             who = f"address:{received.address}"
-            return Outgoing("end-to-end", body, lambda _: forwarded, who, relay_reply(nonce))
+            reply = relay_reply(self.name, nonce)
+            return Outgoing("end-to-end", body, lambda _: forwarded, who, reply)
         if bittensor_signed(headers):
             btauth = check_btauth(
                 headers,

@@ -28,7 +28,7 @@ import anyio
 import msgspec
 
 from ...bus import NATS, CallBody, Keypair, Msg, Unavailable
-from ...bus.jetstream import Bucket, ensure_stream, stream_messages
+from ...bus.jetstream import Bucket, stream_messages
 from ...bus.settings import Settings
 from ...bus.subjects import JobsNames
 from ...bus.workqueue import (
@@ -43,12 +43,12 @@ from ...bus.workqueue import (
 )
 from .model import Batch, JobRecord, SliceResult
 from .seals import Seals
+from .streams import jobs_streams
 
 __all__ = ["SLICE_HEADER", "STATUS_HEADER", "JobStore", "call_body"]
 
 SLICE_HEADER = "Actor-Slice"
 STATUS_HEADER = "Actor-Status"
-_DUPLICATE_WINDOW = 600.0
 _QUEUE_CONCURRENCY = 128
 
 _result = msgspec.json.Decoder(SliceResult)
@@ -75,29 +75,10 @@ class JobStore:
 
     @classmethod
     async def open(cls, nc: NATS, name: str, settings: Settings, key: Keypair) -> JobStore:
-        """Create (or bind to) the bucket and streams of the jobs actor ``name``, whose
-        key is ``key``."""
+        """Bind to (or, on a NATS without the policy's callout, create) the bucket and
+        streams of the jobs actor ``name``, whose key is ``key``."""
         names = JobsNames(name)
-        retention = settings.jobs_retention
-        records = await Bucket.open(nc, names.bucket, ttl=retention, replicas=settings.js_replicas)
-        await ensure_stream(
-            nc,
-            names.work_stream,
-            [names.work("*")],
-            max_age=retention,
-            replicas=settings.js_replicas,
-            work_queue=True,
-            duplicate_window=_DUPLICATE_WINDOW,
-        )
-        await ensure_stream(
-            nc,
-            names.record_stream,
-            [names.result("*", "*"), names.batch("*")],
-            max_age=retention,
-            max_bytes=settings.jobs_max_bytes,
-            replicas=settings.js_replicas,
-            allow_direct=True,
-        )
+        records = await jobs_streams(nc, name, settings, adjust=False)
         return cls(nc, names, records, Seals(key, names.bucket))
 
     # -- job records -------------------------------------------------------------------

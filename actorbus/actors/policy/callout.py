@@ -12,8 +12,10 @@ not one of its own config's users, and the answer is that connection's permissio
 
 Role-compiled permissions expire after ``auth_ttl`` seconds (the client reconnects and
 is asked about again), so a role's change reaches the server's check; replicas decide
-every call on the live policy meanwhile. A refusal is an ``Authorization Violation`` for
-the client, and a line (throttled) in this actor's log saying why.
+every call on the live policy meanwhile. A replica's expire after about ``replica_ttl``
+seconds: a removed host's replicas are cut off then (their next ticket is refused). A
+refusal is an ``Authorization Violation`` for the client, and a line (throttled) in this
+actor's log saying why.
 """
 
 from __future__ import annotations
@@ -21,18 +23,32 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import random
 import re
 import time
 
 import anyio
 import anyio.abc
 
-from ...bus import ActorError, BadRequest, Forbidden, Keypair, LogThrottle, Msg, printable, publish
+from ...bus import (
+    ActorError,
+    BadRequest,
+    Forbidden,
+    Keypair,
+    LogThrottle,
+    Msg,
+    Unavailable,
+    printable,
+    publish,
+)
+from ...bus.jetstream import Bucket
 from ...bus.keys import public_key_to_address, verify_raw
 from ...bus.natsjwt import AuthRequest, Permissions, authorization_response, decode_request
 from ...bus.nkeys import decode_nkey
 from ...bus.rights import (
     AUTH_SUBJECT,
+    GATEWAY,
+    JOBS,
     admin,
     call_subjects,
     caller,
@@ -41,10 +57,11 @@ from ...bus.rights import (
     replica,
     stranger,
 )
-from ...bus.subjects import queue_group
+from ...bus.subjects import commune_bucket, queue_group
 from ...bus.vouch import is_vouch, read_vouch
 from ...client import RegistryEntry
 from ...host.policy import DEFAULT_WHITELIST, PUBLIC, Role
+from ..jobs.streams import jobs_streams
 from .bindings import Bindings
 
 __all__ = ["AuthCallout"]
@@ -57,12 +74,17 @@ _ACTORS_SECONDS = 5.0
 _LEAF = "Leafnode"
 _NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """How long the registry's view of each actor's own whitelist is reused."""
+_PROVIDE_WAIT = 2.0
+"""Seconds making a jobs actor's or a gateway's streams may take (the server waits for
+the callout's answer a little longer)."""
 
 
 class AuthCallout(Bindings):
     """Answers ``$SYS.REQ.USER.AUTH`` (in the policy actor's replicas, a queue group)."""
 
     _registry_view: tuple[float, list[RegistryEntry]] = (0.0, [])
+    _provided: frozenset[str] = frozenset()
+    """The names whose streams this process has made (or found)."""
 
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         issuer = callout_issuer(self.key)
@@ -137,13 +159,39 @@ class AuthCallout(Bindings):
         elif options.auth_token:
             ticket = self._check_ticket(options.auth_token, address)
             await self._claim(ticket.name, ticket.role, address, ticket.host)
-            return replica(ticket.name, public_key, ticket.role, settings), ticket.name, 0
+            await self._provide(ticket.name, ticket.role)
+            # Each replica's at a moment of its own: they do not all reconnect at once.
+            until = int(time.time() + settings.replica_ttl * random.uniform(0.75, 1.0))
+            return replica(ticket.name, public_key, ticket.role, settings), ticket.name, until
         if address in state.admins:
             return admin(public_key), address, expires
         calls = await self._calls(state.role_of(address))
         # A host's own connection reads the registry, as its replicas do (its `actor up`
         # waits there for what it started); any other caller's does not.
         return caller(public_key, calls, host=address in state.hosts), address, expires
+
+    async def _provide(self, name: str, role: str) -> None:
+        """Make the streams a jobs actor or a gateway named ``name`` works on, as this
+        node's settings say, if this process has not yet. Raises :class:`Unavailable`
+        if JetStream cannot make them in time (the replica connects again)."""
+        if role not in (JOBS, GATEWAY) or name in self._provided:
+            return
+        settings = self.settings
+        try:
+            with anyio.fail_after(_PROVIDE_WAIT):
+                if role == JOBS:
+                    await jobs_streams(self.nc, name, settings, adjust=True)
+                else:
+                    seen = await Bucket.open(
+                        self.nc,
+                        commune_bucket(name),
+                        ttl=2 * settings.max_skew,
+                        replicas=settings.js_replicas,
+                    )
+                    await seen.settle()
+        except TimeoutError:
+            raise Unavailable(f"the streams of {role} {name!r} took too long to make") from None
+        self._provided = self._provided | {name}
 
     async def _calls(self, role_name: str) -> list[str]:
         """The call subjects of role ``role_name``: its allow patterns, the discovery

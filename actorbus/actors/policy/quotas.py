@@ -84,7 +84,9 @@ class Quotas(PolicyStore):
         name = settings.policy_bucket + "_lent"
 
         async def opened() -> Bucket:
-            lent = await Bucket.open(self.nc, name, ttl=MAX_WINDOW, replicas=settings.js_replicas)
+            lent = await Bucket.open(
+                self.nc, name, ttl=MAX_WINDOW, replicas=settings.js_replicas, direct_reads=True
+            )
             await lent.settle()  # one made before refused no rollups
             return lent
 

@@ -92,18 +92,22 @@ class PolicyStore(Actor):
     async def _open(self) -> None:
         settings = self.settings
         seeded = seeded_marker(settings)
-        bucket = await Bucket.find(self.nc, settings.policy_bucket)
+        bucket = await Bucket.find(self.nc, settings.policy_bucket, direct_reads=True)
         if bucket is None and seeded.exists():
             raise Gone(
                 f"the policy bucket {settings.policy_bucket} is gone, and this policy actor "
                 f"made it: restore it (or, to start a new policy, remove {seeded})"
             )
         self._bucket = bucket or await Bucket.open(
-            self.nc, settings.policy_bucket, ttl=None, replicas=settings.js_replicas
+            self.nc,
+            settings.policy_bucket,
+            ttl=None,
+            replicas=settings.js_replicas,
+            direct_reads=True,
         )
-        # Registry reads and hosts' reads of a key's records are direct gets (nothing made
-        # per read), and no bucket takes a rollup: buckets made before are settled so by
-        # the policy actor, which owns the shared streams.
+        # The policy actor reads its buckets with direct gets, and no bucket takes a
+        # rollup: buckets made before are settled so by the policy actor, which owns the
+        # shared streams.
         await self._bucket.settle()
         registry = await Bucket.open(
             self.nc, REGISTRY_BUCKET, ttl=settings.registry_ttl, replicas=settings.js_replicas
