@@ -84,6 +84,8 @@ class Bucket:
         forever, or not known)."""
         self._direct_reads = direct_reads
         self.direct = direct_reads and allow_direct
+        # nats-py's own gets (a create over a deleted key reads its revision) follow it.
+        kv._direct = self.direct
         """Whether this connection reads it with direct gets (the policy actor's alone:
         :mod:`.stored`), else with the API's gets."""
 
@@ -139,13 +141,13 @@ class Bucket:
         try:
             info = await self._js.stream_info(self.stream)
             if info.config.allow_direct and not info.config.allow_rollup_hdrs:
-                self.direct = self._direct_reads
+                self.direct = self._kv._direct = self._direct_reads
                 return
             settled = info.config.evolve(allow_direct=True, allow_rollup_hdrs=False)
             await self._js.update_stream(settled)
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {self.name}: {exc}") from exc
-        self.direct = self._direct_reads
+        self.direct = self._kv._direct = self._direct_reads
 
     @classmethod
     async def find(cls, nc: NATS, name: str, *, direct_reads: bool = False) -> Bucket | None:
