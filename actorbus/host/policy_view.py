@@ -54,6 +54,8 @@ _REPORTED = 1024
 """Keys whose entries were reported as not counting, remembered (not to say them twice)."""
 _HELD = 65536
 """Keys whose own records a host holds at most (those that called it last)."""
+_RECHECK = 1.0
+"""Seconds between reads of a bucket that holds no record of the policy's."""
 _SHARED = [
     "config",
     "admin.>",
@@ -335,7 +337,7 @@ class PolicyView:
         """Lazy: follow the bucket's changes from now, read the shared records, then apply
         each change to what this host holds (a key's own records only if it holds that
         key). A bucket that holds no record of the policy's yet (where this home knows
-        one) is looked at again once one comes."""
+        one) is read again every :data:`_RECHECK` seconds."""
         async with bucket.changes() as changes:
             fresh = PolicyState()
             self._held.clear()
@@ -344,11 +346,12 @@ class PolicyView:
             live = self._loaded(fresh, counted)
             self._following = bucket if live else None
             mark_ready()
+            if not live:
+                # Read again shortly: a watch of a bucket someone else made may stall for
+                # its heartbeat's time when the policy actor settles it (10 s seen).
+                await anyio.sleep(_RECHECK)
+                return
             async for change in changes:
-                if not live:
-                    if self.records.apply(PolicyState(), change.key, change.value):
-                        return  # the policy's own records come: read it all again
-                    continue
                 kind, _, key = change.key.partition(".")
                 if kind in PER_KEY:
                     learning = self._learning.get(key)
