@@ -108,7 +108,7 @@ def test_readme_in_order_on_a_fresh_home(tmp_path: Path) -> None:
         up.wait_for("gateway[0] ready: pid")
         where = next(line for line in up.lines if "embedded nats-server" in line)
         assert f"nats://127.0.0.1:{port}" in where
-        assert f"gateway: http://127.0.0.1:{web}" in "".join(up.lines)
+        up.wait_for(f"gateway: http://127.0.0.1:{web}")  # said right after, by a reader thread
         server = int(where.split("(pid ")[1].split(")")[0])
         echo = int(next(line for line in up.lines if "echo[0] ready" in line).split("pid ")[1])
         quickstart, python = runnable[0][1], runnable[1][1]
