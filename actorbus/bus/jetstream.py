@@ -198,19 +198,14 @@ class Bucket:
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
-        """``(value, revision)`` of ``key``, or ``None`` if it has none."""
-        if not self.direct:
-            found = await self.latest([key])
-            if not found or found[0].value is None:
-                return None
-            return found[0].value, found[0].revision
-        try:
-            entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        """``(value, revision)`` of ``key``, or ``None`` if it has none: asked of the
+        stream's leader, so what was just written is read (a direct get may be answered by
+        a replica that lags: on a cluster getting its quorum back, a name claimed a moment
+        before read as unclaimed)."""
+        found = await self._got([f"$KV.{self.name}.{key}"], 5.0)
+        if not found or found[0].value is None:
             return None
-        except JS_ERRORS as exc:
-            raise Unavailable(f"get {self.name}/{key}: {exc}") from exc
-        return entry.value or b"", entry.revision or 0
+        return found[0].value, found[0].revision
 
     async def update(self, key: str, value: bytes, revision: int) -> int | None:
         """Store ``value`` if ``key`` is still at ``revision`` (0: if it has no value);
