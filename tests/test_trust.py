@@ -303,6 +303,34 @@ async def test_a_hosts_name_cannot_nest_in_the_jobs_actors_subjects(node: Bus) -
     await nc.close()
 
 
+async def test_a_supervisors_name_is_one_node(node: Bus) -> None:
+    """Issue 30: a host's ticket for ``node.<node>.0`` as a supervisor was taken, and its
+    records (``actorbus.audit.node.<node>.0``, lines under ``actorbus.logs.<node>.0``:
+    node <node>'s replica 0) were read as a supervisor's own. A supervisor's name is
+    ``node.`` and one token."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    machine = f"m{secrets.token_hex(3)}"
+
+    async def connect_as(name: str) -> nats.NATS:
+        return await nats.connect(
+            servers=node.url.split(","),
+            nkeys_seed_str=encode_nkey_seed(key.seed),
+            inbox_prefix=inbox_of(key.public_key),
+            token=host_ticket(key, name, "node", key.address),
+            allow_reconnect=False,
+            connect_timeout=5,
+            error_cb=_quiet,
+        )
+
+    with pytest.raises(nats.errors.Error):
+        await connect_as(f"node.{machine}.0")
+    close_refused_sockets()
+    nc = await connect_as(f"node.{machine}")
+    await nc.close()
+    assert f"node.{machine}.0" not in node.actor("policy", "name", "ls")
+
+
 def test_a_second_home_runs_its_own_actors(node: Bus, tmp_path: Path) -> None:
     """README: a second home on the same bus, once a host, runs its own actors. Its
     `actor up` exited with a 403 on $JS.API.INFO (issue 30): it asks whether strangers
