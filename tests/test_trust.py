@@ -24,7 +24,7 @@ from processes import actor_serve
 from support import close_refused_sockets, eventually
 from up import Bus, embedded
 
-from actorbus import Client, Forbidden, Keypair, Unauthorized
+from actorbus import Client, Forbidden, Keypair, Settings, Unauthorized
 from actorbus.bus import EmbeddedServer, Keystore, new_token, sign_request, verify_reply
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.records import open_record
@@ -246,6 +246,34 @@ async def test_a_stranger_still_calls_by_the_protocol_alone(node: Bus) -> None:
         forbidden = call_subject("policy", "users")
         await nc.publish(forbidden, b"", reply=nc.new_inbox())
         await refused(nc, refusals, forbidden)
+
+
+async def test_a_connection_holds_a_bounded_number_of_subscriptions(node: Bus) -> None:
+    """Issue 30: a stranger's connection was given 200,000 subscriptions (the server's
+    memory went from 92 to 203 MiB). One past the limit, the server closes it."""
+    closed = anyio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    async with stranger(node.url, closed_cb=on_closed) as (nc, _):
+        for i in range(Settings().nats_max_subscriptions + 1):
+            await nc.subscribe(f"_INBOX.many.{i}")
+        with anyio.fail_after(10):
+            await closed.wait()
+        assert "maximum subscriptions" in str(nc.last_error).lower(), nc.last_error
+
+
+@pytest.mark.parametrize("node", ["embedded"], indirect=True)
+def test_the_embedded_server_opens_no_monitoring_port(node: Bus) -> None:
+    """Issue 30: the embedded server's monitoring port (loopback, without authentication)
+    showed anyone on the machine every connection's key and private inbox
+    (``/connz?auth=1&subs=1``). It is opened only if asked for (ACTOR_NATS_MONITOR)."""
+    info = json.loads((node.settings.home / "node.json").read_text())
+    assert not info.get("nats_monitor")
+    listening = psutil.Process(info["embedded"]).net_connections("tcp")
+    ports = {c.laddr.port for c in listening if c.status == psutil.CONN_LISTEN}
+    assert ports == {node.settings.nats_port}
 
 
 async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
