@@ -6,28 +6,36 @@ server had permissions: now the server refuses it, and the node is unharmed."""
 from __future__ import annotations
 
 import json
-import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import msgspec
 import nats
 import nats.errors
 import psutil
 import pytest
-from cluster import free_port
+from cluster import free_port, raw_route
 from processes import actor_serve
 from support import close_refused_sockets, eventually
 from up import Bus, embedded
 
 from actorbus import Client, Forbidden, Keypair, Settings, Unauthorized
-from actorbus.bus import EmbeddedServer, Keystore, new_token, sign_request, verify_reply
+from actorbus.bus import (
+    EmbeddedServer,
+    Keystore,
+    new_token,
+    sign_request,
+    verify_reply,
+)
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.records import open_record
+from actorbus.bus.server import write_config
 from actorbus.bus.subjects import call_subject, inbox_of
 from actorbus.bus.tickets import host_ticket
 
@@ -41,18 +49,16 @@ def deploy_config(root: Path, auth: str, ports: list[int], routes: list[int], i:
     """deploy/nats.conf for node ``i`` of a cluster on loopback (its ports and store ours,
     the rest as written) beside the ``auth.conf`` it includes."""
     text = (ROOT / "deploy/nats.conf").read_text()
-    routes_text = "\n".join(f"    nats-route://127.0.0.1:{p}" for p in routes)
     for old, new in [
         ("server_name: $NODE", f"server_name: n{i}"),
         ("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{ports[i]}"),
-        ("http: 0.0.0.0:8222", ""),
+        ("http: 127.0.0.1:8222", ""),
         ("store_dir: /data", ""),  # the store is the server's own (-sd)
         ("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{routes[i]}"),
         ("listen: 0.0.0.0:7422", f"listen: 127.0.0.1:{ports[3 + i]}"),
     ]:
         assert old in text, old
         text = text.replace(old, new)
-    text = re.sub(r"routes: \[[^\]]*\]", f"routes: [\n{routes_text}\n  ]", text)
     (root / "auth.conf").write_text(auth)
     path = root / f"n{i}.conf"
     path.write_text(text)
@@ -62,10 +68,14 @@ def deploy_config(root: Path, auth: str, ports: list[int], routes: list[int], i:
 @contextmanager
 def deployed(root: Path) -> Iterator[Bus]:
     """compose.yaml on loopback: three nats-servers from deploy/nats.conf with the auth
-    block `actor nats config` prints, the policy actor (2 replicas), jobs and echo as
-    `actor serve` processes of their own homes under a host token."""
+    block `actor nats config` prints and the route password and URLs in their
+    environment, the policy actor (2 replicas), jobs and echo as `actor serve` processes
+    of their own homes under a host token."""
     ports = [free_port() for _ in range(6)]  # clients, then leaf connections
     routes = [free_port() for _ in range(3)]
+    password = secrets.token_hex(16)
+    urls = ", ".join(f"nats-route://actorbus-route:{password}@127.0.0.1:{p}" for p in routes)
+    cluster_env = {"NATS_CLUSTER_PASSWORD": password, "NATS_ROUTES": f"[{urls}]"}
     url = ",".join(f"nats://127.0.0.1:{p}" for p in ports[:3])
     token = new_token()
     common = {"ACTOR_NATS_URL": url, "ACTOR_JS_REPLICAS": "3", "ACTOR_HOST_TOKEN": token}
@@ -80,9 +90,13 @@ def deployed(root: Path) -> Iterator[Bus]:
         for i in range(3)
     ]
     with ExitStack() as stack:
+        environment = stack.enter_context(pytest.MonkeyPatch.context())
+        for variable, value in cluster_env.items():  # the servers' (they inherit it)
+            environment.setenv(variable, value)
         for server in servers:
             stack.enter_context(server)
-        bus.leaf_port = ports[3]
+        environment.undo()
+        bus.leaf_port, bus.route_port = ports[3], routes[0]
         for _ in range(2):
             stack.enter_context(actor_serve("policy", bus.env, POLICY))
         for name, target in (("jobs", JOBS), ("echo", "examples/echo.py:Echo")):
@@ -438,6 +452,36 @@ async def test_the_jobs_actor_has_the_rights_its_work_takes(node: Bus) -> None:
         slow = await operator.submit("echo/sleep", [[2.0]] * 20, concurrency=1)
         with anyio.fail_after(4):
             assert (await slow.cancel())["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("node", ["deployed"], indirect=True)
+def test_a_route_without_the_password_is_refused(node: Bus) -> None:
+    """Issue 30: deploy/nats.conf's route port took a route connection without
+    credentials, which then heard every request and private reply (``RS+ $G >``) and
+    could write into the policy's bucket and the audit stream."""
+    said = raw_route(node.route_port)
+    assert b"Authorization Violation" in said, said
+    assert b"PONG" not in said and b"RMSG" not in said, said
+
+
+@pytest.mark.parametrize("node", ["deployed"], indirect=True)
+def test_a_leaf_node_without_credentials_is_refused(node: Bus, tmp_path: Path) -> None:
+    """A leaf connection without a key was a stranger of the hub; it is refused now
+    (DESIGN: leaf ports take no connection without credentials)."""
+    remote = {"urls": [f"nats-leaf://127.0.0.1:{node.leaf_port}"]}
+    config = write_config(tmp_path / "leaf.conf", {"leafnodes": {"remotes": [remote]}})
+    leaf = EmbeddedServer(
+        tmp_path / "leaf", extra_args=("-c", str(config)), jetstream=False, monitor=True
+    )
+    with leaf:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            refused = "authorization violation" in leaf.log_path.read_text().lower()
+            joined = httpx.get(leaf.monitor_url + "/leafz", timeout=5).json().get("leafs")
+            if refused or joined:
+                break
+            time.sleep(0.1)
+    assert refused and not joined
 
 
 @pytest.mark.parametrize("node", ["deployed"], indirect=True)
