@@ -1,11 +1,14 @@
 """A JetStream cluster of nats-servers on loopback for tests: free ports, temporary
-stores, ``sync_interval: always``, and kill -9 / restart of one node by its PID."""
+stores, ``sync_interval: always``, routes that take a password, and kill -9 / restart of
+one node by its PID; and a route connection as an intruder makes one (:func:`raw_route`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import secrets
 import signal
 import socket
 import time
@@ -45,6 +48,7 @@ class Cluster:
         self.ports = [free_port() for _ in range(size)]
         self.cluster_ports = [free_port() for _ in range(size)]
         self.servers: list[EmbeddedServer | None] = [None] * size
+        self._password = secrets.token_hex(16)
 
     @property
     def size(self) -> int:
@@ -64,14 +68,16 @@ class Cluster:
         return server.pid
 
     def _config(self, i: int) -> Path:
+        user = f"route:{self._password}"
         routes = ", ".join(
-            f"nats://127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i
+            f"nats://{user}@127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i
         )
         path = self.root / f"n{i}.conf"
         path.write_text(
             f"server_name: n{i}\n"
             "jetstream { sync_interval: always }\n"
             f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.cluster_ports[i]}, "
+            f"authorization {{ user: route, password: {self._password} }}, "
             f"routes: [{routes}] }}\n"
         )
         return path
@@ -121,3 +127,27 @@ class Cluster:
                     await anyio.sleep(0.1)
         finally:
             await nc.close()
+
+
+def raw_route(port: int, seconds: float = 3.0) -> bytes:
+    """What the route port ``port`` sends a route connection without credentials that
+    asks for every message (``CONNECT``, ``RS+ $G >``, ``PING``), until it closes the
+    connection or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as route:
+        info = route.recv(65536)
+        assert info.startswith(b"INFO "), info
+        cluster = json.loads(info[5:].split(b"\r\n")[0]).get("cluster", "")
+        hello = {"verbose": False, "pedantic": False, "name": "intruder", "cluster": cluster}
+        route.sendall(b"CONNECT " + json.dumps(hello).encode() + b"\r\nRS+ $G >\r\nPING\r\n")
+        said = b""
+        while (left := deadline - time.monotonic()) > 0:
+            route.settimeout(left)
+            try:
+                chunk = route.recv(65536)
+            except (TimeoutError, ConnectionError):
+                break
+            if not chunk:
+                break
+            said += chunk
+        return said

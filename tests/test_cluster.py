@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from cluster import Cluster
+from cluster import Cluster, raw_route
 from nodes import up
 from processes import actor_serve
 from support import Probe, env_of, eventually
@@ -376,3 +376,10 @@ async def test_a_policy_change_right_after_a_node_kill_succeeds(
         role = await admin.request(here.policy, "set_role", ["after", ["b/*"]], timeout=15)
         assert role == {"after": {"allow": ["b/*"], "deny": [], "stake2rate": 1.0}}
         assert "after" in await admin.request(here.policy, "roles", timeout=15)
+
+
+def test_a_route_without_the_password_is_refused(cluster: Cluster) -> None:
+    """Issue 30: a route connection without credentials was taken, and heard every
+    request and private reply. The cluster's routes take a password now."""
+    said = raw_route(cluster.cluster_ports[0])
+    assert b"Authorization Violation" in said and b"PONG" not in said, said

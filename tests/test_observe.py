@@ -97,12 +97,12 @@ def samples(text: str, name: str) -> dict[tuple[str, ...], float]:
 
 def test_a_scrape_counts_a_known_mix_of_calls(tmp_path: Path) -> None:
     web = free_port()
-    with embedded(tmp_path, ACTOR_GATEWAY_PORT=str(web)) as bus:
+    with embedded(tmp_path, ACTOR_GATEWAY_PORT=str(web), ACTOR_NATS_MONITOR="1") as bus:
         bus.actor("up", "-d", "examples/llm.py:Llm")
         node = json.loads((bus.settings.home / "node.json").read_text())
         url = node["metrics"]
         assert url.startswith("http://127.0.0.1:")
-        # The embedded nats-server's own monitoring, on loopback too.
+        # The embedded nats-server's own monitoring, if asked for: on loopback too.
         assert node["nats_monitor"].startswith("http://127.0.0.1:")
         varz = httpx.get(node["nats_monitor"] + "/varz", timeout=10).json()
         assert varz["jetstream"]["config"]["store_dir"].startswith(str(bus.settings.home))

@@ -6,28 +6,36 @@ server had permissions: now the server refuses it, and the node is unharmed."""
 from __future__ import annotations
 
 import json
-import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import msgspec
 import nats
 import nats.errors
 import psutil
 import pytest
-from cluster import free_port
+from cluster import free_port, raw_route
 from processes import actor_serve
 from support import close_refused_sockets, eventually
 from up import Bus, embedded
 
-from actorbus import Client, Forbidden, Keypair, Unauthorized
-from actorbus.bus import EmbeddedServer, Keystore, new_token, sign_request, verify_reply
+from actorbus import Client, Forbidden, Keypair, Settings, Unauthorized
+from actorbus.bus import (
+    EmbeddedServer,
+    Keystore,
+    new_token,
+    sign_request,
+    verify_reply,
+)
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.records import open_record
+from actorbus.bus.server import write_config
 from actorbus.bus.subjects import JobsNames, call_subject, commune_bucket, inbox_of
 from actorbus.bus.tickets import host_ticket
 
@@ -42,18 +50,16 @@ def deploy_config(root: Path, auth: str, ports: list[int], routes: list[int], i:
     """deploy/nats.conf for node ``i`` of a cluster on loopback (its ports and store ours,
     the rest as written) beside the ``auth.conf`` it includes."""
     text = (ROOT / "deploy/nats.conf").read_text()
-    routes_text = "\n".join(f"    nats-route://127.0.0.1:{p}" for p in routes)
     for old, new in [
         ("server_name: $NODE", f"server_name: n{i}"),
         ("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{ports[i]}"),
-        ("http: 0.0.0.0:8222", ""),
+        ("http: 127.0.0.1:8222", ""),
         ("store_dir: /data", ""),  # the store is the server's own (-sd)
         ("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{routes[i]}"),
         ("listen: 0.0.0.0:7422", f"listen: 127.0.0.1:{ports[3 + i]}"),
     ]:
         assert old in text, old
         text = text.replace(old, new)
-    text = re.sub(r"routes: \[[^\]]*\]", f"routes: [\n{routes_text}\n  ]", text)
     (root / "auth.conf").write_text(auth)
     path = root / f"n{i}.conf"
     path.write_text(text)
@@ -63,10 +69,14 @@ def deploy_config(root: Path, auth: str, ports: list[int], routes: list[int], i:
 @contextmanager
 def deployed(root: Path) -> Iterator[Bus]:
     """compose.yaml on loopback: three nats-servers from deploy/nats.conf with the auth
-    block `actor nats config` prints, the policy actor (2 replicas), jobs and echo as
-    `actor serve` processes of their own homes under a host token."""
+    block `actor nats config` prints and the route password and URLs in their
+    environment, the policy actor (2 replicas), jobs and echo as `actor serve` processes
+    of their own homes under a host token."""
     ports = [free_port() for _ in range(6)]  # clients, then leaf connections
     routes = [free_port() for _ in range(3)]
+    password = secrets.token_hex(16)
+    urls = ", ".join(f"nats-route://actorbus-route:{password}@127.0.0.1:{p}" for p in routes)
+    cluster_env = {"NATS_CLUSTER_PASSWORD": password, "NATS_ROUTES": f"[{urls}]"}
     url = ",".join(f"nats://127.0.0.1:{p}" for p in ports[:3])
     token = new_token()
     common = {"ACTOR_NATS_URL": url, "ACTOR_JS_REPLICAS": "3", "ACTOR_HOST_TOKEN": token}
@@ -81,9 +91,13 @@ def deployed(root: Path) -> Iterator[Bus]:
         for i in range(3)
     ]
     with ExitStack() as stack:
+        environment = stack.enter_context(pytest.MonkeyPatch.context())
+        for variable, value in cluster_env.items():  # the servers' (they inherit it)
+            environment.setenv(variable, value)
         for server in servers:
             stack.enter_context(server)
-        bus.leaf_port = ports[3]
+        environment.undo()
+        bus.leaf_port, bus.route_port = ports[3], routes[0]
         for _ in range(2):
             stack.enter_context(actor_serve("policy", bus.env, POLICY))
         for name, target in (("jobs", JOBS), ("echo", "examples/echo.py:Echo")):
@@ -255,6 +269,34 @@ async def test_a_stranger_still_calls_by_the_protocol_alone(node: Bus) -> None:
         await refused(nc, refusals, forbidden)
 
 
+async def test_a_connection_holds_a_bounded_number_of_subscriptions(node: Bus) -> None:
+    """Issue 30: a stranger's connection was given 200,000 subscriptions (the server's
+    memory went from 92 to 203 MiB). One past the limit, the server closes it."""
+    closed = anyio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    async with stranger(node.url, closed_cb=on_closed) as (nc, _):
+        for i in range(Settings().nats_max_subscriptions + 1):
+            await nc.subscribe(f"_INBOX.many.{i}")
+        with anyio.fail_after(10):
+            await closed.wait()
+        assert "maximum subscriptions" in str(nc.last_error).lower(), nc.last_error
+
+
+@pytest.mark.parametrize("node", ["embedded"], indirect=True)
+def test_the_embedded_server_opens_no_monitoring_port(node: Bus) -> None:
+    """Issue 30: the embedded server's monitoring port (loopback, without authentication)
+    showed anyone on the machine every connection's key and private inbox
+    (``/connz?auth=1&subs=1``). It is opened only if asked for (ACTOR_NATS_MONITOR)."""
+    info = json.loads((node.settings.home / "node.json").read_text())
+    assert not info.get("nats_monitor")
+    listening = psutil.Process(info["embedded"]).net_connections("tcp")
+    ports = {c.laddr.port for c in listening if c.status == psutil.CONN_LISTEN}
+    assert ports == {node.settings.nats_port}
+
+
 async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
     """A key the policy does not list as a host cannot serve at all; a host's replica can
     claim a new name, never one bound to another key."""
@@ -308,6 +350,34 @@ async def test_a_hosts_name_cannot_nest_in_the_jobs_actors_subjects(node: Bus) -
         close_refused_sockets()
     nc = await connect_as(f"plain.x{secrets.token_hex(3)}", "actor")
     await nc.close()
+
+
+async def test_a_supervisors_name_is_one_node(node: Bus) -> None:
+    """Issue 30: a host's ticket for ``node.<node>.0`` as a supervisor was taken, and its
+    records (``actorbus.audit.node.<node>.0``, lines under ``actorbus.logs.<node>.0``:
+    node <node>'s replica 0) were read as a supervisor's own. A supervisor's name is
+    ``node.`` and one token."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    machine = f"m{secrets.token_hex(3)}"
+
+    async def connect_as(name: str) -> nats.NATS:
+        return await nats.connect(
+            servers=node.url.split(","),
+            nkeys_seed_str=encode_nkey_seed(key.seed),
+            inbox_prefix=inbox_of(key.public_key),
+            token=host_ticket(key, name, "node", key.address),
+            allow_reconnect=False,
+            connect_timeout=5,
+            error_cb=_quiet,
+        )
+
+    with pytest.raises(nats.errors.Error):
+        await connect_as(f"node.{machine}.0")
+    close_refused_sockets()
+    nc = await connect_as(f"node.{machine}")
+    await nc.close()
+    assert f"node.{machine}.0" not in node.actor("policy", "name", "ls")
 
 
 def test_a_second_home_runs_its_own_actors(node: Bus, tmp_path: Path) -> None:
@@ -512,6 +582,36 @@ async def test_the_jobs_actor_has_the_rights_its_work_takes(node: Bus) -> None:
         slow = await operator.submit("echo/sleep", [[2.0]] * 20, concurrency=1)
         with anyio.fail_after(4):
             assert (await slow.cancel())["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("node", ["deployed"], indirect=True)
+def test_a_route_without_the_password_is_refused(node: Bus) -> None:
+    """Issue 30: deploy/nats.conf's route port took a route connection without
+    credentials, which then heard every request and private reply (``RS+ $G >``) and
+    could write into the policy's bucket and the audit stream."""
+    said = raw_route(node.route_port)
+    assert b"Authorization Violation" in said, said
+    assert b"PONG" not in said and b"RMSG" not in said, said
+
+
+@pytest.mark.parametrize("node", ["deployed"], indirect=True)
+def test_a_leaf_node_without_credentials_is_refused(node: Bus, tmp_path: Path) -> None:
+    """A leaf connection without a key was a stranger of the hub; it is refused now
+    (DESIGN: leaf ports take no connection without credentials)."""
+    remote = {"urls": [f"nats-leaf://127.0.0.1:{node.leaf_port}"]}
+    config = write_config(tmp_path / "leaf.conf", {"leafnodes": {"remotes": [remote]}})
+    leaf = EmbeddedServer(
+        tmp_path / "leaf", extra_args=("-c", str(config)), jetstream=False, monitor=True
+    )
+    with leaf:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            refused = "authorization violation" in leaf.log_path.read_text().lower()
+            joined = httpx.get(leaf.monitor_url + "/leafz", timeout=5).json().get("leafs")
+            if refused or joined:
+                break
+            time.sleep(0.1)
+    assert refused and not joined
 
 
 @pytest.mark.parametrize("node", ["deployed"], indirect=True)

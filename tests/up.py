@@ -38,6 +38,8 @@ class Bus:
         self.url = self.settings.url
         self.leaf_port = 0
         """Where nodes join as leaf nodes (the deployed cluster only)."""
+        self.route_port = 0
+        """A node's route port (the deployed cluster only)."""
 
     def run(
         self, *args: str, input: str | None = None, **env: str

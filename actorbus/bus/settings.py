@@ -37,6 +37,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     nats_auth: bool = True
     """Whether the embedded default runs with users and the auth callout
     (``ACTOR_NATS_AUTH``; PROTOCOL.md §5). Off, any connection may do anything on it."""
+    nats_monitor: bool = False
+    """Whether the embedded default opens nats-server's HTTP monitoring port (on loopback,
+    ``ACTOR_NATS_MONITOR``): it has no authentication, and its ``/connz`` lists every
+    connection's key and subscriptions to whoever on the machine asks."""
+    nats_max_connections: Annotated[int, msgspec.Meta(ge=1)] = 8192
+    """Connections the embedded default (and ``actor nats config``'s server) takes at once
+    (``ACTOR_NATS_MAX_CONNECTIONS``); more are refused."""
+    nats_max_subscriptions: Annotated[int, msgspec.Meta(ge=1)] = 16384
+    """Subscriptions one connection may hold there (``ACTOR_NATS_MAX_SUBSCRIPTIONS``): a
+    connection past it is closed. A gateway holds one per relayed call and event stream,
+    a joined node's leaf connection its machine's (a replica about 15); a caller a few."""
     key: str = "default"
     """The caller's key name in the keystore (``ACTOR_KEY``); only ``default`` is made on
     first use, any other with ``actor key new``."""

@@ -44,7 +44,7 @@ from ..bus.subjects import service_subject
 from ..client.registry import RegistryEntry
 from ..client.specs import TIERS, ActorSpec, ReplicaStatus
 from .ghosts import forget
-from .natsconf import auth_config
+from .natsconf import server_config, server_limits
 from .saved import save
 from .slots import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 
@@ -132,9 +132,10 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
     node of that remote NATS (on ``settings.url``, without JetStream of its own), once its
     leaf connection is up; else ``settings.nats_url`` if set; else one already answering
     on 127.0.0.1:``nats_port``; else an embedded ``nats-server -js`` on that port, with
-    this home's users and the policy actor's auth callout (:mod:`.natsconf`; unless
-    ``nats_auth`` is off). An embedded server keeps its files under ``$ACTOR_HOME/nats``
-    and is stopped on exit. Yields it, or ``None``."""
+    this home's users and the policy actor's auth callout (unless ``nats_auth`` is off),
+    the connection limits (:mod:`.natsconf`) and, only if ``nats_monitor``, a loopback
+    monitoring port. An embedded server keeps its files under ``$ACTOR_HOME/nats`` and is
+    stopped on exit. Yields it, or ``None``."""
     if settings.join:
         async with _leaf_server(settings) as server:
             yield server
@@ -142,15 +143,17 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
     if settings.nats_url or await nats_answers(settings.url):
         yield None
         return
-    extra: tuple[str, ...] = ()
+    config = server_limits(settings)
     if settings.nats_auth:
         keys = Keystore(settings.home)
         owner = keys.owner(settings.key)
-        policy = keys.load(settings.policy, create=True)
-        config = auth_config(settings, owner, policy)
-        extra = ("-c", str(write_config(settings.home / "nats" / "server.conf", config)))
+        config = server_config(settings, owner, keys.load(settings.policy, create=True))
+    path = write_config(settings.home / "nats" / "server.conf", config)
     server = EmbeddedServer(
-        settings.home / "nats", port=settings.nats_port, extra_args=extra, monitor=True
+        settings.home / "nats",
+        port=settings.nats_port,
+        extra_args=("-c", str(path)),
+        monitor=settings.nats_monitor,
     )
     async with AsyncExitStack() as stack:
         try:

@@ -108,6 +108,10 @@ class Bindings(PolicyStore):
             raise BadRequest(f"{name!r} is served by the policy actor's own user alone")
         if name.startswith(NODE_PREFIX) != (role == NODE) and role:
             raise BadRequest(f"only supervisors serve names starting with {NODE_PREFIX!r}")
+        if role == NODE and name.count(".") != 1:
+            # A node's name is one token: node.<node>.0 would write as node <node>'s
+            # supervisor (its logs' subjects, audit records read as its own).
+            raise BadRequest(f"a supervisor serves {NODE_PREFIX}<node>, one token after it")
         if role in (JOBS, GATEWAY) and "." in name:
             # Their subjects and buckets are made of the name: jobs.work's would be inside
             # the jobs actor's (actorbus.jobs.jobs.work.<job>: its work queue).

@@ -3,7 +3,8 @@ not one of its own config's users, and the answer is that connection's permissio
 
 - No credentials: a stranger. It may call what the ``public`` role may call (compiled
   into subjects, :func:`~actorbus.bus.rights.call_subjects`), ask ``$SRV``, and hear its
-  own replies; nothing else (:func:`~actorbus.bus.rights.stranger`).
+  own replies; nothing else (:func:`~actorbus.bus.rights.stranger`). A leaf connection
+  without credentials is refused.
 - An nkey (the server's nonce signed by an actorbus key): a caller with that key's role,
   an admin, or, with a valid hosting ticket as its token, a replica of the ticket's name
   (:mod:`actorbus.bus.tickets`; the name is claimed on first use, :mod:`.bindings`).
@@ -37,6 +38,7 @@ from ...bus import (
     Keypair,
     LogThrottle,
     Msg,
+    Unauthorized,
     Unavailable,
     printable,
     publish,
@@ -137,6 +139,9 @@ class AuthCallout(Bindings):
         this connection becomes; raises an :class:`ActorError` to refuse it."""
         options, settings, state = request.connect_opts, self.settings, self.state
         expires = int(time.time() + settings.auth_ttl)
+        if not options.nkey and request.client_info.kind == _LEAF:
+            # A leaf connection carries whatever its side subscribes to: no stranger's.
+            raise Unauthorized("a leaf node joins under its node's key")
         if not options.nkey:
             if options.auth_token:
                 raise BadRequest("a token comes with an nkey (the key the token is for)")
