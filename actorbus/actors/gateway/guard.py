@@ -24,7 +24,10 @@ the bytes arrive, in the HTTP protocol itself, so nothing unbounded is buffered 
 - **Stalled readers**: a connection whose reader stops taking a response (the gateway's
   writes wait for it) is reset after ``gateway_stall_timeout``, whatever route answers:
   an answer left unread, with one more request behind it, held a request slot and the
-  connection for good (issue 30).
+  connection for good (issue 30). A response is done when the reader has taken it, not
+  when the app has handed it over: until the connection's buffer is back under its low
+  mark, the next request is neither read nor started (the app's last write only fills
+  the buffer, and the request behind it then held a slot that no share counted).
 
 It is uvicorn's httptools protocol with these checks in its parser callbacks (uvicorn
 takes a protocol class as its ``http`` option); tests/test_gateway_guard.py holds it to
@@ -198,6 +201,9 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             """Bytes of body the parser delivered."""
             self._head_timer: asyncio.TimerHandle | None = None
             self._stall_timer: asyncio.TimerHandle | None = None
+            self._held_back = False
+            """A response was complete while its writes were paused: the next request
+            waits for the reader to take it."""
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._closing = _ClosingAborts(
@@ -262,6 +268,18 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             if self._stall_timer is not None:
                 self._stall_timer.cancel()
                 self._stall_timer = None
+            if self._held_back:
+                self._held_back = False
+                super().on_response_complete()
+
+        def on_response_complete(self) -> None:
+            """The app wrote its last byte of a response: read (and start) the next
+            request only once the reader has taken it."""
+            if self.flow.write_paused and not self.transport.is_closing():
+                self.flow.pause_reading()
+                self._held_back = True
+                return
+            super().on_response_complete()
 
         def _stalled(self) -> None:
             self._stall_timer = None

@@ -1,0 +1,141 @@
+"""Issue 30's gateway holes: the limits assumed one address is one client. Against `actor up
+-d`'s gateway (a process of its own), with attackers on raw sockets and httpx from
+loopback addresses of their own (any 127/8 address is this machine: 127.0.31.0/24 is
+another network to the gateway than the legitimate client's 127.0.0.0/24). Each attack
+runs while a legitimate client calls; it must get >= 90% of its calls through (before:
+none of them)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+
+import httpx
+import pytest
+from cluster import free_port
+from up import Bus, embedded
+
+pytestmark = pytest.mark.timeout(120)
+
+SLOTS = 24
+"""The gateway's requests at once (``gateway_max_concurrency``)."""
+SHARE = 8
+"""A client's requests at once."""
+PER_ADDRESS = 16
+STALL = 5.0
+SLOW = 3.0
+"""Seconds of a slow call."""
+LEGIT = "127.0.0.1"
+
+
+class Gateway:
+    def __init__(self, bus: Bus, port: int) -> None:
+        self.bus = bus
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def connect(self, source: str, *, small: bool = False) -> socket.socket:
+        """A raw connection from ``source``; ``small``: with a small receive buffer and
+        segment size, so an answer of a few hundred KB the reader does not take is held
+        in the gateway's own buffer (with loopback's 64 KB segments the kernel would
+        take up to 4 MB of it first)."""
+        sock = socket.socket()
+        if small:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+        sock.bind((source, 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", self.port))
+        return sock
+
+    def client(self, source: str) -> httpx.Client:
+        transport = httpx.HTTPTransport(local_address=source)
+        return httpx.Client(transport=transport, base_url=self.url, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    port = free_port()
+    limits = {
+        "ACTOR_GATEWAY_PORT": str(port),
+        "ACTOR_GATEWAY_MAX_CONCURRENCY": str(SLOTS),
+        "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
+        "ACTOR_GATEWAY_MAX_CONNECTIONS_PER_IP": str(PER_ADDRESS),
+        "ACTOR_GATEWAY_STALL_TIMEOUT": str(STALL),
+    }
+    with embedded(tmp_path_factory.mktemp("shares"), **limits) as bus:
+        bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
+        yield Gateway(bus, port)
+
+
+def post(path: str, body: bytes, headers: bytes = b"") -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"%sContent-Length: %d\r\n\r\n%s" % (path.encode(), headers, len(body), body)
+    )
+
+
+def legit_calls(gateway: Gateway, count: int = 30, source: str = LEGIT) -> float:
+    """The share of ``count`` calls (one at a time, a few a second) a well-behaved client
+    gets through."""
+    ok = 0
+    with gateway.client(source) as http:
+        for i in range(count):
+            with suppress(httpx.TransportError):
+                response = http.get("/echo/forward", params={"message": str(i)})
+                ok += response.status_code == 200
+            time.sleep(0.02)
+    return ok / count
+
+
+@pytest.fixture(autouse=True)
+def _released(gateway: Gateway) -> Iterator[None]:
+    """Whatever a test held is released before the next one begins (a stalled reader's
+    connection is reset after STALL; a slow call ends)."""
+    yield
+    deadline = time.monotonic() + STALL + 10
+    while legit_calls(gateway, 3, "127.0.0.99") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def during(gateway: Gateway, held: ExitStack, attack: list[socket.socket]) -> float:
+    """What :func:`legit_calls` gets while the connections of ``attack`` are held (they
+    are closed with ``held``)."""
+    for sock in attack:
+        held.enter_context(sock)
+    time.sleep(0.5)
+    return legit_calls(gateway)
+
+
+def unread(
+    gateway: Gateway, source: str, then: bytes = b"", count: int = PER_ADDRESS
+) -> list[socket.socket]:
+    """``count`` connections from ``source`` that each ask for an answer larger than the socket
+    buffers, send ``then`` behind it on the same connection, and read nothing."""
+    big = post("/echo/forward", json.dumps({"args": ["x" * 300_000]}).encode())
+    opened = []
+    for _ in range(count):
+        sock = gateway.connect(source, small=True)
+        opened.append(sock)
+        with suppress(OSError):
+            sock.sendall(big + then)
+        time.sleep(0.03)  # one after another: none is refused for its share meanwhile
+    return opened
+
+
+def test_an_unread_answer_starts_no_request_behind_it(gateway: Gateway) -> None:
+    """Before: the app's last write of an answer only filled the connection's buffer, the
+    request pipelined behind it started at once, and its answer waited for the reader
+    with a request slot that no client's share counted: 2 addresses x 16 such
+    connections held the gateway's slots and the legitimate client got none of its 30
+    calls (until the stall timeout reset them). Now the next request is read only once the
+    reader has taken the answer."""
+    small = post("/echo/forward", b'{"args": ["behind"]}')
+
+    with ExitStack() as held:
+        attack = [s for a in ("127.0.31.1", "127.0.31.2") for s in unread(gateway, a, small)]
+        assert during(gateway, held, attack) >= 0.9
