@@ -7,6 +7,7 @@ none of them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -17,6 +18,8 @@ import httpx
 import pytest
 from cluster import free_port
 from up import Bus, embedded
+
+from actorbus import Keypair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,9 +136,93 @@ def test_an_unread_answer_starts_no_request_behind_it(gateway: Gateway) -> None:
     with a request slot that no client's share counted: 2 addresses x 16 such
     connections held the gateway's slots and the legitimate client got none of its 30
     calls (until the stall timeout reset them). Now the next request is read only once the
-    reader has taken the answer."""
+    reader has taken the answer, and the answer holds its client's share until then."""
     small = post("/echo/forward", b'{"args": ["behind"]}')
 
     with ExitStack() as held:
         attack = [s for a in ("127.0.31.1", "127.0.31.2") for s in unread(gateway, a, small)]
         assert during(gateway, held, attack) >= 0.9
+
+
+def test_every_route_holds_its_share_until_its_answer_is_taken(gateway: Gateway) -> None:
+    """Before: a call's share was given back before its answer was written, and /health
+    and /openapi.json took none, so a client could hold any number of unread answers.
+    Now an address with SHARE answers unread has no request left: 429 on every route,
+    until the gateway resets those connections; another address is served."""
+    with ExitStack() as held:
+        for sock in unread(gateway, "127.0.0.41", count=SHARE):
+            held.enter_context(sock)
+        time.sleep(0.5)
+        with gateway.client("127.0.0.41") as http:
+            for path in ("/health", "/openapi.json", "/echo/forward?message=x"):
+                assert http.get(path).status_code == 429, path
+        with gateway.client("127.0.0.42") as http:
+            assert http.get("/health").status_code == 200
+
+
+def commune(key: Keypair, target: str, args: list[object]) -> bytes:
+    data = json.dumps({"target": target, "args": args, "kwargs": {}, "timestamp": time.time()})
+    body = {"data": data, "signature": key.sign(data.encode()).hex(), "address": key.address}
+    return json.dumps(body).encode()
+
+
+def btauth(key: Keypair, receiver: str, path: str, body: bytes) -> bytes:
+    """bittensor's btauth/1 headers for ``body``, signed by ``key`` (ed25519)."""
+    nonce = str(time.time_ns())
+    signed = "\n".join(
+        (
+            "btauth/1",
+            "ed25519",
+            "POST",
+            path,
+            hashlib.sha256(body).hexdigest(),
+            nonce,
+            key.address,
+            receiver,
+        )
+    )
+    headers = {
+        "Version": "1",
+        "Hotkey": key.address,
+        "Receiver": receiver,
+        "Nonce": nonce,
+        "Crypto": "ed25519",
+        "Signature": "0x" + key.sign(signed.encode()).hex(),
+    }
+    return b"".join(
+        b"X-Bittensor-%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items()
+    )
+
+
+def test_keys_anyone_can_make_count_against_their_address(gateway: Gateway) -> None:
+    """Before: a commune body or a bittensor hotkey was counted by its key alone, and
+    keys cost nothing: from one address, 2 x SHARE slow calls under fresh keys got no
+    429 at all, and from 2 addresses they took every slot (the legitimate client got none
+    of its 30 calls). Now they count against the address they come from too."""
+    with gateway.client(LEGIT) as http:
+        receiver = http.get("/health").json()["address"]
+    attack = []
+    for source in ("127.0.32.1", "127.0.32.2"):
+        for i in range(PER_ADDRESS):
+            key = Keypair.generate()
+            if i % 2:
+                request = post("/echo/sleep", commune(key, "echo/sleep", [SLOW]))
+            else:
+                body = json.dumps({"args": [SLOW]}).encode()
+                request = post("/echo/sleep", body, btauth(key, receiver, "/echo/sleep", body))
+            sock = gateway.connect(source)
+            attack.append(sock)
+            sock.sendall(request)
+    with ExitStack() as held:
+        assert during(gateway, held, attack) >= 0.9
+        # Each address had SHARE calls at most; the others were refused at once.
+        statuses = [status_of(sock) for sock in attack]
+    assert statuses.count(429) >= 2 * (PER_ADDRESS - SHARE), statuses
+
+
+def status_of(sock: socket.socket) -> int:
+    """The status of the answer on ``sock`` (0: none, or the connection was closed)."""
+    try:
+        return int(sock.recv(12)[9:12] or 0)
+    except OSError:
+        return 0

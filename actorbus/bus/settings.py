@@ -157,8 +157,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     Behind a reverse proxy every client has the proxy's address: raise it there."""
     gateway_client_concurrency: int = 32
     """Requests one web client may have open at a gateway replica, server-sent event
-    streams included (429 beyond). A client: a token, a commune address, or else the
-    address a request comes from."""
+    streams included (429 beyond), each held until its response is taken. A client: a
+    token, else the address a request comes from (a call as an OIDC login, a commune
+    address or a hotkey counts against that key too)."""
     gateway_client_rate: float = 200.0
     """Requests a second one web client may make of a gateway replica, in bursts of up to
     two seconds' worth (429 beyond)."""

@@ -27,7 +27,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...bus import (
     ActorError,
@@ -53,6 +52,7 @@ from .guard import client_group
 from .identity import Received
 from .jobs import BodyFn, job_paths, job_routes
 from .meter import Metered
+from .shares import Shares, held
 from .sse import sse_response
 from .traced import Traced
 from .web import PASSED_STATUSES, WebSafety, page, reply_response
@@ -88,32 +88,6 @@ def _error(status: int, message: str, error_id: str = "", **headers: str) -> Res
 _GET_ONLY_IDEMPOTENT = (
     "GET calls only functions marked idempotent (safe to repeat); POST a JSON body to call it"
 )
-
-
-class _Limits:
-    """Refuses what must not reach the app: too many requests at once (503). Pure ASGI,
-    so a refusal costs no request object (what a connection may send is :mod:`.guard`'s)."""
-
-    def __init__(self, app: ASGIApp, *, max_concurrency: int) -> None:
-        self.app = app
-        self.max_concurrency = max_concurrency
-        self.active = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.active >= self.max_concurrency:
-            response = _error(
-                503, "the gateway is at its limit of requests at once", **{"Retry-After": "1"}
-            )
-            await response(scope, receive, send)
-            return
-        self.active += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active -= 1
 
 
 def build_app(gateway: Context) -> Starlette:
@@ -170,42 +144,37 @@ def build_app(gateway: Context) -> Starlette:
                 gateway.fairness.spend(failures)
                 raise
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
-            leave = gateway.fairness.enter(outgoing.who)
-            streaming = False
-            try:
-                if schema.get("stream"):
-                    chunks = read_stream(
-                        gateway.client.nc,
-                        gateway.client.signs_for,
-                        name,
-                        fn,
-                        outgoing.body,
-                        outgoing.headers,
-                        steer=signer or gateway.identities.key,  # the gateway, relaying
-                        window=_STREAM_WINDOW,
-                        timeout=timeout,
-                        reply=outgoing.reply,
-                    )
-                    streamed = await sse_response(chunks, settings.gateway_stall_timeout, leave)
-                    streaming = True  # the stream ends its share when it ends
-                    return streamed
-                if outgoing.signer is not None:  # in the signer's session, from its second call
-                    reply = await gateway.client.call_as(
-                        outgoing.signer,
-                        name,
-                        fn,
-                        outgoing.body,
-                        timeout,
-                        content_type=outgoing.content_type,
-                        on_behalf=outgoing.on_behalf,
-                    )
-                else:
-                    reply = await gateway.client.send(
-                        name, fn, outgoing.body, outgoing.headers, timeout, reply=outgoing.reply
-                    )
-            finally:
-                if not streaming:
-                    leave()
+            mine = held(request)
+            if outgoing.who != mine.who:  # a key of its own, counted beside its address
+                mine.add(gateway.fairness.enter(outgoing.who))
+            if schema.get("stream"):
+                chunks = read_stream(
+                    gateway.client.nc,
+                    gateway.client.signs_for,
+                    name,
+                    fn,
+                    outgoing.body,
+                    outgoing.headers,
+                    steer=signer or gateway.identities.key,  # the gateway, relaying
+                    window=_STREAM_WINDOW,
+                    timeout=timeout,
+                    reply=outgoing.reply,
+                )
+                return await sse_response(chunks, settings.gateway_stall_timeout)
+            if outgoing.signer is not None:  # in the signer's session, from its second call
+                reply = await gateway.client.call_as(
+                    outgoing.signer,
+                    name,
+                    fn,
+                    outgoing.body,
+                    timeout,
+                    content_type=outgoing.content_type,
+                    on_behalf=outgoing.on_behalf,
+                )
+            else:
+                reply = await gateway.client.send(
+                    name, fn, outgoing.body, outgoing.headers, timeout, reply=outgoing.reply
+                )
         except Refused as exc:
             return _refusal(exc.code, exc)
         except ActorError as exc:
@@ -325,12 +294,7 @@ def build_app(gateway: Context) -> Starlette:
         *job_routes(gateway, relay),
         Route("/{name}/{fn}", call, methods=["GET", "POST"]),
     ]
-    middleware = [
-        Middleware(
-            _Limits,
-            max_concurrency=settings.gateway_max_concurrency,
-        )
-    ]
+    middleware = [Middleware(Shares, gateway=gateway)]
     if settings.gateway_cors:
         origins = [o.strip() for o in settings.gateway_cors.split(",") if o.strip()]
         middleware.insert(
