@@ -606,16 +606,21 @@ async def test_slow_clients_get_408_and_do_not_hold_the_gateway(
 
 
 async def test_the_concurrency_cap_answers_503(settings: Settings, name: str) -> None:
-    async with stack(settings, name, gateway_max_concurrency=2) as s:
+    """Two slots: one network (an IPv4 /24) may hold no more of them than are still free
+    (one), and the other slot is another network's."""
+    async with (
+        stack(settings, name, gateway_max_concurrency=2) as s,
+        web_client(s, "127.0.1.1") as other,
+    ):
         await s.open_to("public")
         statuses: list[int] = []
 
-        async def slow() -> None:
-            statuses.append((await s.http.post(f"/{name}/slow", json={"args": [0.5]})).status_code)
+        async def slow(http: httpx.AsyncClient) -> None:
+            statuses.append((await http.post(f"/{name}/slow", json={"args": [0.5]})).status_code)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(4):
-                tg.start_soon(slow)
+            for http in (s.http, s.http, other, other):
+                tg.start_soon(slow, http)
         assert sorted(statuses) == [200, 200, 503, 503]
 
 

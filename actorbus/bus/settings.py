@@ -139,7 +139,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_read_timeout: float = 10.0
     """Seconds a gateway waits for a request's body (408 beyond)."""
     gateway_max_concurrency: int = 1024
-    """Requests a gateway replica handles at once (503 beyond)."""
+    """Requests a gateway replica handles at once (503 beyond); one network (an IPv4 /24,
+    an IPv6 /64) holds no more of them than are still free (503 beyond)."""
     gateway_max_headers: int = 16384
     """Bytes of a request's head (request line and headers) a gateway reads (431 beyond,
     refused while reading)."""

@@ -2,7 +2,12 @@
 taken its response (not until the app has handed the response over: an answer left
 unread held its slot with no share counting it, issue 30), whatever the route.
 
-- **A slot** of the replica's ``gateway_max_concurrency`` (503 beyond).
+- **A slot** of the replica's ``gateway_max_concurrency`` (503 beyond), if its network (an
+  IPv4 /24, an IPv6 /64) holds fewer of them than are still free (503 otherwise): one
+  network alone may take half the slots, k of them leave a (k+1)th of the slots free for
+  others, so a few addresses, each within its client's share, cannot take the gateway
+  (issue 30: 40 addresses x 32 slow calls did). Loopback addresses count as any other (a proxy
+  on this machine is one client and one network: see README).
 - **Its client's share** (:mod:`.fairness`), taken before anything is read or checked: a
   bearer token the policy lists counts as its key; any other request as the address it
   comes from (an IPv6 /64 counts as one), so a slow body, a page of the docs or a call
@@ -16,6 +21,7 @@ The route finds what its request holds in the scope (:func:`held`).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -56,6 +62,16 @@ def held(request: Request) -> Held:
     return cast(Held, request.scope[_HELD])
 
 
+def _network(address: str) -> str:
+    """The network of a client (:func:`.guard.client_group`'s address): an IPv4 /24 (an
+    IPv6 client is its /64 already)."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.IPv4Network((ip, 24), strict=False))
+
+
 def _refusal(status: int, message: str, retry_after: str) -> Response:
     return Response(
         error_json(status, message),
@@ -74,17 +90,26 @@ class Shares:
         self.gateway = gateway
         self.max_concurrency = gateway.settings.gateway_max_concurrency
         self.active = 0
+        self._networks: dict[str, int] = {}
+        """Requests held, by network."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.active >= self.max_concurrency:
-            refused = _refusal(503, "the gateway is at its limit of requests at once", "1")
-            await refused(scope, receive, send)
-            return
         client = scope.get("client")
         address = client_group(client[0] if client else "")
+        network = _network(address)
+        holding = self._networks.get(network, 0)
+        if self.active >= self.max_concurrency:
+            refusal = "the gateway is at its limit of requests at once"
+        elif holding >= self.max_concurrency - self.active:
+            refusal = f"your network holds {holding} of this gateway's requests: try again"
+        else:
+            refusal = ""
+        if refusal:
+            await _refusal(503, refusal, "1")(scope, receive, send)
+            return
         who = self._holder(scope) or f"address:{address}"
         try:
             leave = self.gateway.fairness.enter(who)
@@ -94,6 +119,7 @@ class Shares:
         mine = scope[_HELD] = Held(who)
         mine.add(leave)
         self.active += 1
+        self._networks[network] = holding + 1
         written: Callable[[], Awaitable[None]] | None = (
             scope.get("extensions", {}).get(WRITTEN, {}).get("wait")
         )
@@ -103,6 +129,9 @@ class Shares:
                 await written()
         finally:
             self.active -= 1
+            left = self._networks.pop(network) - 1
+            if left:
+                self._networks[network] = left
             mine.release()
 
     def _holder(self, scope: Scope) -> str:
