@@ -173,6 +173,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     own name at this machine (DNS rebinding) cannot call it."""
     gateway_cors: str = ""
     """Origins allowed to call a gateway from a browser (comma-separated; empty: none)."""
+    gateway_public_docs: bool | None = None
+    """Whether a gateway shows its actors (the dashboard ``/``, ``/docs``,
+    ``/openapi.json``, ``/api/v0/actors``) to callers without a bearer token or login;
+    unset: only where it listens on loopback (:attr:`public_docs`)."""
     oidc_jwks_ttl: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     """Seconds a gateway keeps an OIDC issuer's keys (its JWKS) before fetching them again."""
     oidc_refetch: Annotated[float, msgspec.Meta(ge=0)] = 30.0
@@ -227,6 +231,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def reply_prefixes(self) -> tuple[str, ...]:
         """:attr:`reply_prefix` as a tuple of prefixes."""
         return tuple(p.strip() for p in self.reply_prefix.split(",") if p.strip())
+
+    @property
+    def public_docs(self) -> bool:
+        """Whether a gateway shows its actors to strangers: as :attr:`gateway_public_docs`
+        says, else only when it listens on loopback (every client is this machine's)."""
+        if self.gateway_public_docs is not None:
+            return self.gateway_public_docs
+        return loopback_host(self.gateway_host)
 
     @property
     def url(self) -> str:

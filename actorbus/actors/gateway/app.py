@@ -14,6 +14,7 @@ limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in t
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -236,9 +237,31 @@ def build_app(gateway: Context) -> Starlette:
         await gateway.learn(key.address)
         return gateway.viewer(key.address)
 
+    async def discoverer(request: Request) -> Viewer:
+        """Who asks to see the actors (:func:`viewer`); raises :class:`Unauthorized` for
+        a caller without a bearer token where strangers are not shown them."""
+        if not settings.public_docs and "authorization" not in request.headers:
+            raise Unauthorized("this gateway shows its actors to callers with a bearer token")
+        return await viewer(request)
+
+    def discovery_page(
+        filename: str, external: str = ""
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """The route serving a page of ours that shows the actors (to :func:`discoverer`)."""
+        serve = page(filename, external)
+
+        async def shown(request: Request) -> Response:
+            try:
+                await discoverer(request)
+            except ActorError as exc:
+                return _refusal(exc.status, exc)
+            return await serve(request)
+
+        return shown
+
     async def openapi_json(request: Request) -> Response:
         try:
-            mine = await viewer(request)
+            mine = await discoverer(request)
         except ActorError as exc:
             return _refusal(exc.status, exc)
 
@@ -258,7 +281,7 @@ def build_app(gateway: Context) -> Starlette:
 
     async def actors(request: Request) -> Response:
         try:
-            mine = await viewer(request)
+            mine = await discoverer(request)
         except ActorError as exc:
             return _refusal(exc.status, exc)
         return JSONResponse(await gateway.catalog.overview(mine))
@@ -285,9 +308,9 @@ def build_app(gateway: Context) -> Starlette:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     routes = [
-        Route("/", page("dashboard.html")),
+        Route("/", discovery_page("dashboard.html")),
         Route("/metrics", metrics),
-        Route("/docs", page("docs.html", external="https://cdn.jsdelivr.net")),
+        Route("/docs", discovery_page("docs.html", external="https://cdn.jsdelivr.net")),
         Route("/health", health),
         Route("/openapi.json", openapi_json),
         Route("/api/v0/actors", actors),
