@@ -8,7 +8,9 @@ signed its request can verify the answer itself. What the gateway refuses on its
 has the same body: 400 malformed path or body, 401 bad token, OIDC token or commune
 signature, 403 an OIDC login no rule gives a role,
 408 body not read within the read timeout, 413 body over the limit, 431 headers over the
-limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in time.
+limit, 503 no replica (or the gateway at its concurrency cap, or the caller's network
+holding as many requests as are still free, :mod:`.shares`), 504 no reply in time; the
+actors are shown (the dashboard, the docs) to strangers only as ``public_docs`` says.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ from ...client.streams import read_stream
 from .catalog import Viewer
 from .context import Context
 from .errors import ErrorShape, Refused, error_json, new_error_id
-from .guard import client_group
 from .identity import Received
 from .jobs import BodyFn, job_paths, job_routes
 from .meter import Metered
@@ -130,7 +131,7 @@ def build_app(gateway: Context) -> Starlette:
                     raise BadRequest("a call you sign is a POST of the body you signed")
             else:
                 raw = await read_body(request)
-            address = client_group(request.client.host if request.client else "")
+            address = held(request).address
             failures = f"refused:{address}"
             gateway.fairness.check(failures)  # spent on bad credentials: no more checks now
             try:
@@ -231,7 +232,7 @@ def build_app(gateway: Context) -> Starlette:
         """Who asks, as a call would be made (a token's key, else the address's anonymous
         key); raises :class:`Unauthorized` for a bad token."""
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower() == "authorization"}
-        address = client_group(request.client.host if request.client else "")
+        address = held(request).address
         key = await gateway.identities.signer(headers, b"", gateway.policy(), address)
         assert key is not None  # neither signed nor a commune body
         await gateway.learn(key.address)

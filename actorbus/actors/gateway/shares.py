@@ -21,7 +21,6 @@ The route finds what its request holds in the scope (:func:`held`).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -42,7 +41,9 @@ _HELD = "actorbus.held"
 class Held:
     """What one request holds: given back once its response is written."""
 
-    def __init__(self, who: str) -> None:
+    def __init__(self, address: str, who: str) -> None:
+        self.address = address
+        """The address it comes from (:func:`.guard.client_group`'s)."""
         self.who = who
         """The client it was counted as when it arrived."""
         self._leaves: list[Callable[[], None]] = []
@@ -63,13 +64,12 @@ def held(request: Request) -> Held:
 
 
 def _network(address: str) -> str:
-    """The network of a client (:func:`.guard.client_group`'s address): an IPv4 /24 (an
-    IPv6 client is its /64 already)."""
-    try:
-        ip = ipaddress.IPv4Address(address)
-    except ValueError:
+    """The network of a client (:func:`.guard.client_group`'s address, so an IPv4 one is
+    in dotted form): an IPv4 /24 (an IPv6 client is its /64 already)."""
+    if ":" in address:
         return address
-    return str(ipaddress.IPv4Network((ip, 24), strict=False))
+    head, dot, _ = address.rpartition(".")
+    return f"{head}.0/24" if dot else address
 
 
 def _refusal(status: int, message: str, retry_after: str) -> Response:
@@ -116,7 +116,7 @@ class Shares:
         except RateLimited as exc:
             await _refusal(429, exc.message, f"{exc.retry_after:g}")(scope, receive, send)
             return
-        mine = scope[_HELD] = Held(who)
+        mine = scope[_HELD] = Held(address, who)
         mine.add(leave)
         self.active += 1
         self._networks[network] = holding + 1
