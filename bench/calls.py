@@ -110,6 +110,11 @@ class BenchEcho(Actor):
         """(i): the same def, run on the event loop."""
         return message
 
+    async def sleep(self, seconds: float) -> float:
+        """A slow call (bench/gateway.py's issue 30 attackers)."""
+        await asyncio.sleep(min(seconds, 30.0))
+        return seconds
+
     async def endless(self, size: int) -> AsyncIterator[str]:
         """Chunks of ``size`` characters until the caller stops (bench/gateway.py's
         stalled readers)."""

@@ -29,6 +29,13 @@ addresses of their own); then
 the gateway's RSS (sampled every 0.1 s) while 50 connections stream endless header
 blocks. Every cell is bounded in time and count; figures are medians over --repeat runs.
 The machine is shared: read the ratios.
+
+Issue 30 (the limits assumed one address is one client), against the same replica
+(target: >= 90% of normal calls succeed under each; the gateway's RSS after each): the 16
+normal callers while, each from addresses of their own, 5 x 220 connections leave a 200 KB
+answer unread with a call behind it, 40 addresses x 32 slow calls (each address within its
+share), 5 x 220 slow calls as commune bodies of fresh keys, and 5 x 256 bodies that never
+finish (bench/web_attacks.py).
 """
 
 from __future__ import annotations
@@ -260,6 +267,43 @@ def under_attack(port: int, pid: int, seconds: float, repeat: int, env: dict[str
     )
 
 
+ATTACKED = "bench30"
+"""The actor issue 30's attackers call (bench/web_attacks.py)."""
+ISSUE_30 = {
+    "unread": ("unread 200 KB answers", 5 * 220),
+    "slow": ("40 x 32 slow calls", 40 * 32),
+    "commune": ("commune calls, fresh keys", 5 * 220),
+    "bodies": ("bodies never finished", 5 * 256),
+}
+
+
+def issue_30(port: int, pid: int, seconds: float, env: dict[str, str]) -> None:
+    """Normal calls under each of issue 30's attacks, and the gateway's RSS after it."""
+    gateway = psutil.Process(pid)
+    for kind, (label, count) in ISSUE_30.items():
+        attackers = subprocess.Popen(
+            [*ATTACKS, str(port), str(seconds + 6), f"--{kind}", str(count)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert attackers.stdout is not None
+        attackers.stdout.readline()
+        time.sleep(3.0)  # all connected
+        run = run_load("normal", str(port), 16, seconds, env, "")
+        held = json.loads(attackers.stdout.readline() or b'{"held": 0}')["held"]
+        attackers.wait(60)
+        outcomes: dict[str, int] = run["outcomes"]
+        total = sum(outcomes.values())
+        failed = {k: v for k, v in outcomes.items() if k != "200"}
+        print(
+            f"under {label}: {outcomes.get('200', 0) / max(total, 1):.2%} of {total} normal "
+            f"calls succeed (target >= 90%), attackers held {held:.0f}, gateway RSS after "
+            f"{gateway.memory_info().rss / 2**20:.0f} MiB"
+            + (f", failed {failed}" if failed else ""),
+            flush=True,
+        )
+
+
 # -- the set-up -----------------------------------------------------------------------------
 
 
@@ -286,13 +330,15 @@ async def prepare(settings: Settings, ports: list[int]) -> str:
     async with Client(settings=settings) as admin:
         for _ in range(300):
             names = {e.name for e in await admin.entries()}
-            if {settings.policy, "bench", "gateway"} <= names:
+            if {settings.policy, "bench", "gateway", ATTACKED} <= names:
                 break
             await asyncio.sleep(0.1)
         else:
             raise SystemExit(f"actors did not come up: {sorted(names)}")
-        await admin.call(settings.policy, "set_role", "public", ["bench/*"])
+        await admin.call(settings.policy, "set_role", "public", ["bench/*", f"{ATTACKED}/*"])
         await admin.call(settings.policy, "set_config", floor=10_000_000)
+        for entry in await admin.entries("gateway"):  # commune bodies: as `actor up` does
+            await admin.call(settings.policy, "add_forwarder", entry.address)
         token: str = (await admin.call(settings.policy, "issue_token", "bench", "user"))["token"]
     for port in ports:
         await _serving(port)
@@ -354,6 +400,14 @@ def main() -> None:
             serve(env, f"{HERE.parent / 'calls.py'}:{BenchEcho.__name__}"),
             serve({**env, **one_client}, "actorbus.actors.gateway:Gateway"),
             serve(defended, "actorbus.actors.gateway:Gateway"),
+            # issue 30's attackers call an actor of their own, with room for all their
+            # calls: the gateway is what is measured, not this replica's queue
+            serve(
+                {**env, "ACTOR_MAX_IN_FLIGHT": "4096", "ACTOR_MAX_QUEUE": "4096"},
+                f"{HERE.parent / 'calls.py'}:{BenchEcho.__name__}",
+                "--name",
+                ATTACKED,
+            ),
         ]
         try:
             token = asyncio.run(prepare(settings, [port, attack_port]))
@@ -385,6 +439,8 @@ def main() -> None:
                 )
             print("\nunder attack (the second gateway replica, default limits):")
             under_attack(attack_port, processes[3].pid, args.attack_seconds, args.repeat, env)
+            print("\nissue 30 (the same replica):")
+            issue_30(attack_port, processes[3].pid, args.attack_seconds, env)
         finally:
             for process in processes:
                 process.terminate()

@@ -8,9 +8,22 @@ client of its own to the gateway, as on the internet):
 - **stalled SSE readers**: ``--stalled N``: N streams of bench/endless that read the
   response head and then nothing (20 per address), opened again when closed;
 - **header flood**: ``--flood N``: N connections each streaming an endless header block
-  as fast as they can, opened again when refused.
+  as fast as they can, opened again when refused;
+
+and issue 30's, calling bench30 (bench/gateway.py serves it), each held to the end of
+the run (or opened again once answered):
+
+- **unread answers**: ``--unread N``: N connections (220 per address) that each ask for a
+  200 KB echo, pipeline one more call behind it and read nothing (a small receive buffer
+  and segment size, so the answer stays in the gateway's buffers);
+- **slow calls**: ``--slow N``: N anonymous calls of bench/sleep (32 per address: each
+  address within its share);
+- **commune keys**: ``--commune N``: N slow calls, each a commune body signed by a fresh
+  key (220 per address);
+- **slow bodies**: ``--bodies N``: N requests whose body never finishes (256 per address).
 
     python bench/web_attacks.py PORT SECONDS [--slowloris N] [--stalled N] [--flood N]
+                                [--unread N] [--slow N] [--commune N] [--bodies N]
 
 It prints a line once all are started, then, at the end, how many it held on average.
 """
@@ -20,7 +33,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from actorbus import Keypair
+
+Attacker = Callable[[int, str, float, list[int]], Coroutine[Any, Any, None]]
 
 _RECONNECT_PAUSE = 0.05
 
@@ -100,10 +120,100 @@ async def flood(port: int, source: str, until: float, held: list[int]) -> None:
             writer.close()
 
 
+def _post(port: int, path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _hold(
+    port: int, source: str, until: float, held: list[int], request: Callable[[], bytes]
+) -> None:
+    """Send ``request()`` on a connection from ``source`` and hold it until it is
+    answered or closed (read at most 64 KB: the answer's head), or the run ends; again."""
+    while time.monotonic() < until:
+        if (pair := await _connect(port, source)) is None:
+            continue
+        reader, writer = pair
+        held[0] += 1
+        try:
+            writer.write(request())
+            await asyncio.wait_for(reader.read(65536), max(0.0, until - time.monotonic()))
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            held[0] -= 1
+            writer.close()
+        await asyncio.sleep(_RECONNECT_PAUSE)
+
+
+async def unread(port: int, source: str, until: float, held: list[int]) -> None:
+    """A 200 KB answer left unread with a call behind it, until the run ends (a run is
+    shorter than the gateway's stall timeout)."""
+    big = _post(port, "/bench30/echo", json.dumps({"args": ["x" * 200_000]}).encode())
+    small = _post(port, "/bench30/echo", b'{"args": ["behind"]}')
+    while time.monotonic() < until:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+        sock.setblocking(False)
+        held[0] += 1
+        try:
+            sock.bind((source, 0))
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            await asyncio.get_running_loop().sock_sendall(sock, big + small)
+            await asyncio.sleep(max(0.0, until - time.monotonic()))
+        except OSError:
+            await asyncio.sleep(_RECONNECT_PAUSE)
+        finally:
+            held[0] -= 1
+            sock.close()
+
+
+async def slow(port: int, source: str, until: float, held: list[int]) -> None:
+    """Anonymous slow calls, one after another."""
+    body = json.dumps({"args": [max(0.0, until - time.monotonic())]}).encode()
+    await _hold(port, source, until, held, lambda: _post(port, "/bench30/sleep", body))
+
+
+async def commune(port: int, source: str, until: float, held: list[int]) -> None:
+    """Slow calls, each a commune body signed by a fresh key."""
+
+    def request() -> bytes:
+        key = Keypair.generate()
+        data = json.dumps(
+            {
+                "target": "bench30/sleep",
+                "args": [max(0.0, until - time.monotonic())],
+                "kwargs": {},
+                "timestamp": time.time(),
+            }
+        )
+        signed = {"data": data, "signature": key.sign(data.encode()).hex(), "address": key.address}
+        return _post(port, "/bench30/sleep", json.dumps(signed).encode())
+
+    await _hold(port, source, until, held, request)
+
+
+async def bodies(port: int, source: str, until: float, held: list[int]) -> None:
+    """A request whose body never finishes."""
+    head = _post(port, "/bench30/echo", b"")[: -len(b"0\r\n\r\n")] + b"100\r\n\r\n{"
+    await _hold(port, source, until, held, lambda: head)
+
+
 async def attack(port: int, seconds: float, counts: dict[str, int]) -> None:
     until = time.monotonic() + seconds
     held = [0]
-    kinds = {"slowloris": (slowloris, 2, 50), "stalled": (stalled, 3, 20), "flood": (flood, 4, 10)}
+    kinds: dict[str, tuple[Attacker, int, int]] = {
+        "slowloris": (slowloris, 2, 50),
+        "stalled": (stalled, 3, 20),
+        "flood": (flood, 4, 10),
+        "unread": (unread, 6, 220),
+        "slow": (slow, 7, 32),
+        "commune": (commune, 8, 220),
+        "bodies": (bodies, 9, 256),
+    }
     tasks = []
     for kind, count in counts.items():
         run, net, per_address = kinds[kind]
@@ -129,8 +239,11 @@ def main() -> None:
     parser.add_argument("--slowloris", type=int, default=0)
     parser.add_argument("--stalled", type=int, default=0)
     parser.add_argument("--flood", type=int, default=0)
+    for kind in ("unread", "slow", "commune", "bodies"):
+        parser.add_argument(f"--{kind}", type=int, default=0)
     args = parser.parse_args()
-    counts = {"slowloris": args.slowloris, "stalled": args.stalled, "flood": args.flood}
+    kinds = ("slowloris", "stalled", "flood", "unread", "slow", "commune", "bodies")
+    counts = {kind: getattr(args, kind) for kind in kinds}
     asyncio.run(attack(args.port, args.seconds, counts))
 
 

@@ -606,17 +606,57 @@ async def test_slow_clients_get_408_and_do_not_hold_the_gateway(
 
 
 async def test_the_concurrency_cap_answers_503(settings: Settings, name: str) -> None:
-    async with stack(settings, name, gateway_max_concurrency=2) as s:
+    """Two slots: one network (an IPv4 /24) may hold no more of them than are still free
+    (one), and the other slot is another network's."""
+    async with (
+        stack(settings, name, gateway_max_concurrency=2) as s,
+        web_client(s, "127.0.1.1") as other,
+    ):
         await s.open_to("public")
         statuses: list[int] = []
 
-        async def slow() -> None:
-            statuses.append((await s.http.post(f"/{name}/slow", json={"args": [0.5]})).status_code)
+        async def slow(http: httpx.AsyncClient) -> None:
+            statuses.append((await http.post(f"/{name}/slow", json={"args": [0.5]})).status_code)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(4):
-                tg.start_soon(slow)
+            for http in (s.http, s.http, other, other):
+                tg.start_soon(slow, http)
         assert sorted(statuses) == [200, 200, 503, 503]
+
+
+async def test_strangers_see_no_actors_unless_discovery_is_open(
+    settings: Settings, name: str
+) -> None:
+    """Issue 30: a gateway listening beyond loopback showed anyone its actors (the
+    dashboard, /docs, /openapi.json, /api/v0/actors: names, keys, calls, latency), and a
+    stranger calling policy/oidc_bind was handed the command that would make its key a
+    trusted forwarder. Now discovery takes a bearer token there unless
+    ACTOR_GATEWAY_PUBLIC_DOCS opens it (tests serve on loopback only: closed by that
+    setting here), and the stranger gets a plain 403."""
+    beyond = Settings(gateway_host="0.0.0.0")
+    assert not beyond.public_docs and Settings(gateway_host="::1").public_docs
+    assert msgspec.structs.replace(beyond, gateway_public_docs=True).public_docs
+    async with stack(settings, name, gateway_public_docs=False) as s:
+        await s.open_to("public")
+        issued = await s.policy("issue_token", "viewer", "user")
+        token = {"Authorization": f"Bearer {issued['token']}"}
+        for path in ("/", "/docs", "/openapi.json", "/api/v0/actors"):
+            for headers in ({}, {"Authorization": "Bearer nope"}):
+                refused = await s.http.get(path, headers=headers)
+                assert refused.status_code == 401, path
+                assert name not in refused.text and error_of(refused)["code"] == 401
+            assert (await s.http.get(path, headers=token)).status_code == 200, path
+        # Calling is as it was: anyone may, as the policy says.
+        assert (await s.http.get("/health")).status_code == 200
+        called = await s.http.post(f"/{name}/forward", json={"args": ["x"]})
+        assert (called.status_code, called.json()) == (200, "x")
+        later = time.time() + 60
+        bind = await s.http.post(
+            f"/{s.settings.policy}/oidc_bind",
+            json={"args": [Keypair.generate().address, "https://id.example", "x", "ops", later]},
+        )
+        assert bind.status_code == 403 and "trusted forwarder" in error_of(bind)["error"]
+        assert "forwarder add" not in bind.text
 
 
 async def test_cors_is_off_unless_configured(settings: Settings, name: str) -> None:

@@ -155,7 +155,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_read_timeout: float = 10.0
     """Seconds a gateway waits for a request's body (408 beyond)."""
     gateway_max_concurrency: int = 1024
-    """Requests a gateway replica handles at once (503 beyond)."""
+    """Requests a gateway replica handles at once (503 beyond); one network (an IPv4 /24,
+    an IPv6 /64) holds no more of them than are still free (503 beyond)."""
     gateway_max_headers: int = 16384
     """Bytes of a request's head (request line and headers) a gateway reads (431 beyond,
     refused while reading)."""
@@ -173,8 +174,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     Behind a reverse proxy every client has the proxy's address: raise it there."""
     gateway_client_concurrency: int = 32
     """Requests one web client may have open at a gateway replica, server-sent event
-    streams included (429 beyond). A client: a token, a commune address, or else the
-    address a request comes from."""
+    streams included (429 beyond), each held until its response is taken. A client: a
+    token, else the address a request comes from (a call as an OIDC login, a commune
+    address or a hotkey counts against that key too)."""
     gateway_client_rate: float = 200.0
     """Requests a second one web client may make of a gateway replica, in bursts of up to
     two seconds' worth (429 beyond)."""
@@ -187,6 +189,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     own name at this machine (DNS rebinding) cannot call it."""
     gateway_cors: str = ""
     """Origins allowed to call a gateway from a browser (comma-separated; empty: none)."""
+    gateway_public_docs: bool | None = None
+    """Whether a gateway shows its actors (the dashboard ``/``, ``/docs``,
+    ``/openapi.json``, ``/api/v0/actors``) to callers without a bearer token or login;
+    unset: only where it listens on loopback (:attr:`public_docs`)."""
     oidc_jwks_ttl: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     """Seconds a gateway keeps an OIDC issuer's keys (its JWKS) before fetching them again."""
     oidc_refetch: Annotated[float, msgspec.Meta(ge=0)] = 30.0
@@ -241,6 +247,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def reply_prefixes(self) -> tuple[str, ...]:
         """:attr:`reply_prefix` as a tuple of prefixes."""
         return tuple(p.strip() for p in self.reply_prefix.split(",") if p.strip())
+
+    @property
+    def public_docs(self) -> bool:
+        """Whether a gateway shows its actors to strangers: as :attr:`gateway_public_docs`
+        says, else only when it listens on loopback (every client is this machine's)."""
+        if self.gateway_public_docs is not None:
+            return self.gateway_public_docs
+        return loopback_host(self.gateway_host)
 
     @property
     def url(self) -> str:

@@ -8,12 +8,15 @@ signed its request can verify the answer itself. What the gateway refuses on its
 has the same body: 400 malformed path or body, 401 bad token, OIDC token or commune
 signature, 403 an OIDC login no rule gives a role,
 408 body not read within the read timeout, 413 body over the limit, 431 headers over the
-limit, 503 no replica (or the gateway at its concurrency cap), 504 no reply in time.
+limit, 503 no replica (or the gateway at its concurrency cap, or the caller's network
+holding as many requests as are still free, :mod:`.shares`), 504 no reply in time; the
+actors are shown (the dashboard, the docs) to strangers only as ``public_docs`` says.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...bus import (
     ActorError,
@@ -49,10 +51,10 @@ from ...client.streams import read_stream
 from .catalog import Viewer
 from .context import Context
 from .errors import ErrorShape, Refused, error_json, new_error_id
-from .guard import client_group
 from .identity import Received
 from .jobs import BodyFn, job_paths, job_routes
 from .meter import Metered
+from .shares import Shares, held
 from .sse import sse_response
 from .traced import Traced
 from .web import PASSED_STATUSES, WebSafety, page, reply_response
@@ -88,32 +90,6 @@ def _error(status: int, message: str, error_id: str = "", **headers: str) -> Res
 _GET_ONLY_IDEMPOTENT = (
     "GET calls only functions marked idempotent (safe to repeat); POST a JSON body to call it"
 )
-
-
-class _Limits:
-    """Refuses what must not reach the app: too many requests at once (503). Pure ASGI,
-    so a refusal costs no request object (what a connection may send is :mod:`.guard`'s)."""
-
-    def __init__(self, app: ASGIApp, *, max_concurrency: int) -> None:
-        self.app = app
-        self.max_concurrency = max_concurrency
-        self.active = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.active >= self.max_concurrency:
-            response = _error(
-                503, "the gateway is at its limit of requests at once", **{"Retry-After": "1"}
-            )
-            await response(scope, receive, send)
-            return
-        self.active += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active -= 1
 
 
 def build_app(gateway: Context) -> Starlette:
@@ -155,7 +131,7 @@ def build_app(gateway: Context) -> Starlette:
                     raise BadRequest("a call you sign is a POST of the body you signed")
             else:
                 raw = await read_body(request)
-            address = client_group(request.client.host if request.client else "")
+            address = held(request).address
             failures = f"refused:{address}"
             gateway.fairness.check(failures)  # spent on bad credentials: no more checks now
             try:
@@ -170,42 +146,37 @@ def build_app(gateway: Context) -> Starlette:
                 gateway.fairness.spend(failures)
                 raise
             schema = (await gateway.catalog.schemas()).get(name, {}).get(fn, {})
-            leave = gateway.fairness.enter(outgoing.who)
-            streaming = False
-            try:
-                if schema.get("stream"):
-                    chunks = read_stream(
-                        gateway.client.nc,
-                        gateway.client.signs_for,
-                        name,
-                        fn,
-                        outgoing.body,
-                        outgoing.headers,
-                        steer=signer or gateway.identities.key,  # the gateway, relaying
-                        window=_STREAM_WINDOW,
-                        timeout=timeout,
-                        reply=outgoing.reply,
-                    )
-                    streamed = await sse_response(chunks, settings.gateway_stall_timeout, leave)
-                    streaming = True  # the stream ends its share when it ends
-                    return streamed
-                if outgoing.signer is not None:  # in the signer's session, from its second call
-                    reply = await gateway.client.call_as(
-                        outgoing.signer,
-                        name,
-                        fn,
-                        outgoing.body,
-                        timeout,
-                        content_type=outgoing.content_type,
-                        on_behalf=outgoing.on_behalf,
-                    )
-                else:
-                    reply = await gateway.client.send(
-                        name, fn, outgoing.body, outgoing.headers, timeout, reply=outgoing.reply
-                    )
-            finally:
-                if not streaming:
-                    leave()
+            mine = held(request)
+            if outgoing.who != mine.who:  # a key of its own, counted beside its address
+                mine.add(gateway.fairness.enter(outgoing.who))
+            if schema.get("stream"):
+                chunks = read_stream(
+                    gateway.client.nc,
+                    gateway.client.signs_for,
+                    name,
+                    fn,
+                    outgoing.body,
+                    outgoing.headers,
+                    steer=signer or gateway.identities.key,  # the gateway, relaying
+                    window=_STREAM_WINDOW,
+                    timeout=timeout,
+                    reply=outgoing.reply,
+                )
+                return await sse_response(chunks, settings.gateway_stall_timeout)
+            if outgoing.signer is not None:  # in the signer's session, from its second call
+                reply = await gateway.client.call_as(
+                    outgoing.signer,
+                    name,
+                    fn,
+                    outgoing.body,
+                    timeout,
+                    content_type=outgoing.content_type,
+                    on_behalf=outgoing.on_behalf,
+                )
+            else:
+                reply = await gateway.client.send(
+                    name, fn, outgoing.body, outgoing.headers, timeout, reply=outgoing.reply
+                )
         except Refused as exc:
             return _refusal(exc.code, exc)
         except ActorError as exc:
@@ -266,15 +237,37 @@ def build_app(gateway: Context) -> Starlette:
         """Who asks, as a call would be made (a token's key, else the address's anonymous
         key); raises :class:`Unauthorized` for a bad token."""
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower() == "authorization"}
-        address = client_group(request.client.host if request.client else "")
+        address = held(request).address
         key = await gateway.identities.signer(headers, b"", gateway.policy(), address)
         assert key is not None  # neither signed nor a commune body
         await gateway.learn(key.address)
         return gateway.viewer(key.address)
 
+    async def discoverer(request: Request) -> Viewer:
+        """Who asks to see the actors (:func:`viewer`); raises :class:`Unauthorized` for
+        a caller without a bearer token where strangers are not shown them."""
+        if not settings.public_docs and "authorization" not in request.headers:
+            raise Unauthorized("this gateway shows its actors to callers with a bearer token")
+        return await viewer(request)
+
+    def discovery_page(
+        filename: str, external: str = ""
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """The route serving a page of ours that shows the actors (to :func:`discoverer`)."""
+        serve = page(filename, external)
+
+        async def shown(request: Request) -> Response:
+            try:
+                await discoverer(request)
+            except ActorError as exc:
+                return _refusal(exc.status, exc)
+            return await serve(request)
+
+        return shown
+
     async def openapi_json(request: Request) -> Response:
         try:
-            mine = await viewer(request)
+            mine = await discoverer(request)
         except ActorError as exc:
             return _refusal(exc.status, exc)
 
@@ -294,7 +287,7 @@ def build_app(gateway: Context) -> Starlette:
 
     async def actors(request: Request) -> Response:
         try:
-            mine = await viewer(request)
+            mine = await discoverer(request)
         except ActorError as exc:
             return _refusal(exc.status, exc)
         return JSONResponse(await gateway.catalog.overview(mine))
@@ -321,21 +314,16 @@ def build_app(gateway: Context) -> Starlette:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     routes = [
-        Route("/", page("dashboard.html")),
+        Route("/", discovery_page("dashboard.html")),
         Route("/metrics", metrics),
-        Route("/docs", page("docs.html", external="https://cdn.jsdelivr.net")),
+        Route("/docs", discovery_page("docs.html", external="https://cdn.jsdelivr.net")),
         Route("/health", health),
         Route("/openapi.json", openapi_json),
         Route("/api/v0/actors", actors),
         *job_routes(gateway, relay),
         Route("/{name}/{fn}", call, methods=["GET", "POST"]),
     ]
-    middleware = [
-        Middleware(
-            _Limits,
-            max_concurrency=settings.gateway_max_concurrency,
-        )
-    ]
+    middleware = [Middleware(Shares, gateway=gateway)]
     if settings.gateway_cors:
         origins = [o.strip() for o in settings.gateway_cors.split(",") if o.strip()]
         middleware.insert(

@@ -2,13 +2,14 @@
 requests at once (a server-sent events stream holds its place until it ends) and
 ``gateway_client_rate`` requests a second, in bursts of up to two seconds' worth; beyond
 either, 429 with ``Retry-After``. So no client takes the whole gateway, whatever it
-holds open; the gateway's own cap (``gateway_max_concurrency``) is what all share.
+holds open or leaves unread; the gateway's own cap (``gateway_max_concurrency``) is what all share.
 
-A client is what :class:`~.identity.Outgoing` counts it as: a token's or login's key, a
-commune address or a hotkey, or else the address the request comes from (anonymous or end
-to end). Requests whose credentials the gateway refused count against a share of their
-own per address (``refused:<address>``): once it is spent, that address's requests are
-429 before any signature or token is checked again.
+A request takes its client's share when it arrives and gives it back once its response
+is written (:mod:`.shares`): a bearer token's key, or else the address it comes from; a
+call made as a key anyone can make (an OIDC login's, a commune address, a hotkey) takes
+that key's share too. Requests whose credentials the gateway refused count against a
+share of their own per address (``refused:<address>``): once it is spent, that address's
+requests are 429 before any signature or token is checked again.
 """
 
 from __future__ import annotations

@@ -24,7 +24,11 @@ the bytes arrive, in the HTTP protocol itself, so nothing unbounded is buffered 
 - **Stalled readers**: a connection whose reader stops taking a response (the gateway's
   writes wait for it) is reset after ``gateway_stall_timeout``, whatever route answers:
   an answer left unread, with one more request behind it, held a request slot and the
-  connection for good (issue 30).
+  connection for good (issue 30). A response is done when the reader has taken it, not
+  when the app has handed it over: until the connection's buffer is back under its low
+  mark, the next request is neither read nor started (the app's last write only fills
+  the buffer, and the request behind it then held a slot that no share counted), and
+  :data:`WRITTEN` lets the app wait for that moment to give back what the request held.
 
 It is uvicorn's httptools protocol with these checks in its parser callbacks (uvicorn
 takes a protocol class as its ``http`` option); tests/test_gateway_guard.py holds it to
@@ -45,7 +49,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import DATA_POLICY, SECURITY_HEADERS, error_json
 
-__all__ = ["Admission", "HeadLimits", "client_group", "guarded_protocol"]
+__all__ = ["WRITTEN", "Admission", "HeadLimits", "client_group", "guarded_protocol"]
 
 
 def client_group(host: str) -> str:
@@ -166,6 +170,12 @@ class _ClosingAborts:
         return getattr(self._transport, name)
 
 
+WRITTEN = "actorbus.written"
+"""The ASGI scope extension a guarded connection gives each request: ``{"wait": f}``,
+where ``await f()`` returns once the connection's reader has taken what was written to
+it (down to the transport's low mark), or the connection is gone (a stalled reader's is
+reset after :attr:`HeadLimits.stall`, so the wait is bounded)."""
+
 _MAX_PIPELINED = 16
 """Requests a connection may send ahead of their answers (each parsed one is held)."""
 
@@ -198,6 +208,9 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             """Bytes of body the parser delivered."""
             self._head_timer: asyncio.TimerHandle | None = None
             self._stall_timer: asyncio.TimerHandle | None = None
+            self._held_back = False
+            """A response was complete while its writes were paused: the next request
+            waits for the reader to take it."""
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._closing = _ClosingAborts(
@@ -262,6 +275,18 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
             if self._stall_timer is not None:
                 self._stall_timer.cancel()
                 self._stall_timer = None
+            if self._held_back:
+                self._held_back = False
+                super().on_response_complete()
+
+        def on_response_complete(self) -> None:
+            """The app wrote its last byte of a response: read (and start) the next
+            request only once the reader has taken it."""
+            if self.flow.write_paused and not self.transport.is_closing():
+                self.flow.pause_reading()
+                self._held_back = True
+                return
+            super().on_response_complete()
 
         def _stalled(self) -> None:
             self._stall_timer = None
@@ -296,6 +321,7 @@ def guarded_protocol(admission: Admission, limits: HeadLimits) -> type[asyncio.P
                     raise _Refuse(400, "Transfer-Encoding must be chunked, or absent")
             if self.parser.should_upgrade():
                 raise _Refuse(400, _NO_UPGRADES)
+            self.scope["extensions"] = {WRITTEN: {"wait": self.flow.drain}}
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:

@@ -20,9 +20,10 @@
    so one web client neither spends another's quota nor sees its jobs.
 
 Each request is also counted as one client for the gateway's fair share
-(:mod:`.fairness`): a token's or login's key, a commune address or a hotkey, or else the
-address it comes from (anonymous and end-to-end calls alike: a key the gateway does not
-check is no identity to count by).
+(:mod:`.fairness`, :mod:`.shares`): a token's key; else the address it comes from
+(anonymous and end-to-end calls alike: a key the gateway does not check is no identity
+to count by), and, for a login's key, a commune address or a hotkey (keys cost nothing
+to make), that key too.
 """
 
 from __future__ import annotations
@@ -235,6 +236,19 @@ class Identities:
                 return await self.oidc.login(token)
             return self._token_key(token, policy)
         return None if commune_like(headers, body) else self.anonymous(address)
+
+    def token_holder(self, authorization: str, policy: PolicyState) -> str:
+        """The address of the key an ``Authorization`` value signs as, when it is a bearer
+        token ``policy`` lists (not an OIDC login, whose keys anyone with an account at
+        the issuer gets); else ``""``."""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or looks_like_jwt(token):
+            return ""
+        try:
+            return self._token_key(token, policy).address
+        except Unauthorized:
+            return ""
 
     def _token_key(self, token: str, policy: PolicyState) -> Keypair:
         digest = token_id(token)

@@ -34,6 +34,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import math
 import re
 import time
@@ -46,7 +47,15 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import RSAKey
 
-from ...bus import ActorError, Forbidden, Keypair, RateLimited, Unauthorized, Unavailable
+from ...bus import (
+    ActorError,
+    Forbidden,
+    Keypair,
+    LogThrottle,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from ...bus.lru import LRU
 from ...bus.wire import check_nesting
 from ...host.policy import PUBLIC, OidcIssuer, OidcLogin, PolicyState
@@ -54,6 +63,8 @@ from .fairness import Fairness
 from .jwks import IssuerKeys, PublicKey
 
 __all__ = ["MAX_TOKEN", "OidcLogins", "looks_like_jwt"]
+
+log = logging.getLogger("actorbus.gateway")
 
 MAX_TOKEN = 8192
 """Characters of a bearer JWT (real ID and access tokens are 1-2 KiB)."""
@@ -124,6 +135,8 @@ class OidcLogins:
         bind: Bind,
     ) -> None:
         self._seed = gateway.seed
+        self._address = gateway.address
+        self._refusals = LogThrottle(log)
         self.keys = keys
         self._policy = policy
         self._learn = learn
@@ -265,6 +278,15 @@ class OidcLogins:
                 answer = await self._bind(address, issuer, subject, role, expires)
                 bound = msgspec.convert(answer, OidcLogin)
             except ActorError as exc:
+                if isinstance(exc, Forbidden):  # said here, to the gateway's operator
+                    self._refusals.log(
+                        logging.WARNING,
+                        "bind",
+                        "OIDC logins cannot be bound: %s (an admin runs `actor policy "
+                        "forwarder add %s`)",
+                        exc.message,
+                        self._address,
+                    )
                 raise Unavailable(f"this gateway cannot bind OIDC logins: {exc.message}") from None
             except msgspec.ValidationError:
                 raise Unavailable("the policy actor answered the binding oddly") from None

@@ -6,7 +6,7 @@ seconds (its connection is then closed), cancels the stream on the actor."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
@@ -22,18 +22,16 @@ _END = object()
 _encode = msgspec.json.Encoder().encode
 
 
-async def sse_response(
-    chunks: AsyncGenerator[Any], stall: float, done: Callable[[], None]
-) -> StreamingResponse:
-    """The response for a stream's ``chunks`` (:func:`read_stream`'s), which calls ``done``
-    once it has ended, however it ends; raises the stream's :class:`ActorError` if it fails
-    before its first chunk (``done`` is then the caller's to call)."""
+async def sse_response(chunks: AsyncGenerator[Any], stall: float) -> StreamingResponse:
+    """The response for a stream's ``chunks`` (:func:`read_stream`'s); raises the
+    stream's :class:`ActorError` if it fails before its first chunk. Its request's shares
+    are held until it has ended (:mod:`.shares`)."""
     try:
         first = await anext(chunks, _END)
     except BaseException:
         await chunks.aclose()
         raise
-    return _EventStream(_events(first, chunks), chunks, stall, done)
+    return _EventStream(_events(first, chunks), chunks, stall)
 
 
 class _EventStream(StreamingResponse):
@@ -44,13 +42,11 @@ class _EventStream(StreamingResponse):
         events: AsyncIterator[bytes],
         chunks: AsyncGenerator[Any],
         stall: float,
-        done: Callable[[], None],
     ) -> None:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         super().__init__(events, media_type="text/event-stream", headers=headers)
         self._chunks = chunks
         self._stall = stall
-        self._done = done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def bounded(message: Message) -> None:
@@ -62,7 +58,6 @@ class _EventStream(StreamingResponse):
         except TimeoutError:
             return  # the reader stopped reading: its connection is closed, unfinished
         finally:
-            self._done()
             with anyio.CancelScope(shield=True):
                 await self._chunks.aclose()
 

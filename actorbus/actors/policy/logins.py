@@ -14,6 +14,7 @@ a user's) or an admin's, and ends with its token (at most a day).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from ...bus import BadRequest, Forbidden, NotFound
+from ...bus import BadRequest, Forbidden, LogThrottle, NotFound
 from ...host.policy import (
     PUBLIC,
     OidcIssuer,
@@ -33,6 +34,9 @@ from ...host.policy import (
 from .store import PolicyStore, check_address, encode
 
 __all__ = ["Logins"]
+
+log = logging.getLogger("actorbus.policy")
+_refusals = LogThrottle(log)
 
 _CLAIM = re.compile(r"[A-Za-z0-9_.:/#-]{1,128}")
 _LONGEST = 512
@@ -139,10 +143,16 @@ class Logins(PolicyStore):
         maps to; a key with a role of its own, or an admin's, is never bound."""
         caller = self._caller()
         if caller not in self.state.forwarders:
-            raise Forbidden(
-                "only a trusted forwarder (a gateway) binds OIDC logins: an admin runs "
-                f"`actor policy forwarder add {caller}`"
+            # The way to trust it is for an admin's eyes: a stranger asking is told no more.
+            _refusals.log(
+                logging.WARNING,
+                "oidc_bind",
+                "oidc_bind refused to %s, not a trusted forwarder (if it is your gateway: "
+                "`actor policy forwarder add %s`)",
+                caller,
+                caller,
             )
+            raise Forbidden("only a trusted forwarder (a gateway) binds OIDC logins")
         check_address(key)
         _text(subject, "a subject")
         config = self.state.issuer(issuer)

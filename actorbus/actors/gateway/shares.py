@@ -1,0 +1,143 @@
+"""What each request holds of a gateway replica, from its arrival until the reader has
+taken its response (not until the app has handed the response over: an answer left
+unread held its slot with no share counting it, issue 30), whatever the route.
+
+- **A slot** of the replica's ``gateway_max_concurrency`` (503 beyond), if its network (an
+  IPv4 /24, an IPv6 /64) holds fewer of them than are still free (503 otherwise): one
+  network alone may take half the slots, k of them leave a (k+1)th of the slots free for
+  others, so a few addresses, each within its client's share, cannot take the gateway
+  (issue 30: 40 addresses x 32 slow calls did). Loopback addresses count as any other (a proxy
+  on this machine is one client and one network: see README).
+- **Its client's share** (:mod:`.fairness`), taken before anything is read or checked: a
+  bearer token the policy lists counts as its key; any other request as the address it
+  comes from (an IPv6 /64 counts as one), so a slow body, a page of the docs or a call
+  whose caller signs with a key of its own (a commune body, a bittensor hotkey, an OIDC
+  login: keys anyone can make) all count against the address it sent them from. The
+  route adds the share of the key it calls as when that is another client
+  (:meth:`Held.add`).
+
+The route finds what its request holds in the scope (:func:`held`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ...bus import RateLimited
+from .context import Context
+from .errors import error_json
+from .guard import WRITTEN, client_group
+
+__all__ = ["Held", "Shares", "held"]
+
+_HELD = "actorbus.held"
+
+
+class Held:
+    """What one request holds: given back once its response is written."""
+
+    def __init__(self, address: str, who: str) -> None:
+        self.address = address
+        """The address it comes from (:func:`.guard.client_group`'s)."""
+        self.who = who
+        """The client it was counted as when it arrived."""
+        self._leaves: list[Callable[[], None]] = []
+
+    def add(self, leave: Callable[[], None]) -> None:
+        """Give back ``leave`` (a share's end) with the rest."""
+        self._leaves.append(leave)
+
+    def release(self) -> None:
+        for leave in self._leaves:
+            leave()
+        self._leaves.clear()
+
+
+def held(request: Request) -> Held:
+    """What ``request`` holds (it passed :class:`Shares`)."""
+    return cast(Held, request.scope[_HELD])
+
+
+def _network(address: str) -> str:
+    """The network of a client (:func:`.guard.client_group`'s address, so an IPv4 one is
+    in dotted form): an IPv4 /24 (an IPv6 client is its /64 already)."""
+    if ":" in address:
+        return address
+    head, dot, _ = address.rpartition(".")
+    return f"{head}.0/24" if dot else address
+
+
+def _refusal(status: int, message: str, retry_after: str) -> Response:
+    return Response(
+        error_json(status, message),
+        status_code=status,
+        media_type="application/json",
+        headers={"Retry-After": retry_after},
+    )
+
+
+class Shares:
+    """Pure ASGI middleware taking a request's slot and its client's share (see the
+    module), so a refusal costs no request object."""
+
+    def __init__(self, app: ASGIApp, *, gateway: Context) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.max_concurrency = gateway.settings.gateway_max_concurrency
+        self.active = 0
+        self._networks: dict[str, int] = {}
+        """Requests held, by network."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client_group(client[0] if client else "")
+        network = _network(address)
+        holding = self._networks.get(network, 0)
+        if self.active >= self.max_concurrency:
+            refusal = "the gateway is at its limit of requests at once"
+        elif holding >= self.max_concurrency - self.active:
+            refusal = f"your network holds {holding} of this gateway's requests: try again"
+        else:
+            refusal = ""
+        if refusal:
+            await _refusal(503, refusal, "1")(scope, receive, send)
+            return
+        who = self._holder(scope) or f"address:{address}"
+        try:
+            leave = self.gateway.fairness.enter(who)
+        except RateLimited as exc:
+            await _refusal(429, exc.message, f"{exc.retry_after:g}")(scope, receive, send)
+            return
+        mine = scope[_HELD] = Held(address, who)
+        mine.add(leave)
+        self.active += 1
+        self._networks[network] = holding + 1
+        written: Callable[[], Awaitable[None]] | None = (
+            scope.get("extensions", {}).get(WRITTEN, {}).get("wait")
+        )
+        try:
+            await self.app(scope, receive, send)
+            if written is not None:
+                await written()
+        finally:
+            self.active -= 1
+            left = self._networks.pop(network) - 1
+            if left:
+                self._networks[network] = left
+            mine.release()
+
+    def _holder(self, scope: Scope) -> str:
+        """The key a bearer token the policy lists signs as, else ``""``."""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                token = value.decode("latin-1")
+                return self.gateway.identities.token_holder(token, self.gateway.policy())
+        return ""
