@@ -344,9 +344,10 @@ async def test_a_hosts_name_cannot_nest_in_the_jobs_actors_subjects(node: Bus) -
             error_cb=_quiet,
         )
 
-    for role in ("jobs", "gateway"):
+    for refused_name, role in (("jobs.work", "jobs"), ("jobs.work", "gateway"), ("JOBS", "jobs")):
+        # JOBS: its streams' names would be the jobs actor's (ACTOR_JOBS_JOBS: its queue).
         with pytest.raises(nats.errors.Error):
-            await connect_as("jobs.work", role)
+            await connect_as(refused_name, role)
         close_refused_sockets()
     nc = await connect_as(f"plain.x{secrets.token_hex(3)}", "actor")
     await nc.close()

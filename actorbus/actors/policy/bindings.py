@@ -116,6 +116,9 @@ class Bindings(PolicyStore):
             # Their subjects and buckets are made of the name: jobs.work's would be inside
             # the jobs actor's (actorbus.jobs.jobs.work.<job>: its work queue).
             raise BadRequest(f"a {role} actor's name has no dots (its subjects would nest)")
+        if role == JOBS and name != name.lower():
+            # Its streams are named in capitals (ACTOR_JOBS_<NAME>): JOBS's would be jobs'.
+            raise BadRequest("a jobs actor's name is lowercase (its streams' names are not)")
         return name
 
     async def _claim(self, name: str, role: str, address: str, host: str) -> None:
