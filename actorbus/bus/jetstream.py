@@ -413,15 +413,14 @@ async def ensure_stream(
     max_msg_size: int | None = None,
     work_queue: bool = False,
     duplicate_window: float = 0.0,
-    allow_direct: bool = False,
     append_only: bool = False,
     adjust: bool = True,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
     ``max_bytes`` in all, the oldest dropped first), or widen its age and set its bytes. A
     ``work_queue`` stream drops each message once a consumer acknowledges it; a message id is stored
-    once per ``duplicate_window`` seconds (0: the server's default, 2 minutes);
-    ``allow_direct`` serves direct gets; an ``append_only`` stream refuses to delete a
+    once per ``duplicate_window`` seconds (0: the server's default, 2 minutes); an
+    ``append_only`` stream refuses to delete a
     message or purge (an existing stream is made so). Without ``adjust`` an existing
     stream is kept as it is (its maker's: changing it takes a right the caller lacks)."""
     js = nc.jetstream()
@@ -436,7 +435,6 @@ async def ensure_stream(
         discard=api.DiscardPolicy.OLD,
         num_replicas=replicas,
         duplicate_window=duplicate_window,
-        allow_direct=allow_direct or None,
         deny_delete=append_only,
         deny_purge=append_only,
     )
@@ -454,15 +452,13 @@ async def ensure_stream(
         widen = (info.config.max_age or 0) < max_age
         bound = max_bytes is not None and info.config.max_bytes != max_bytes
         seal = append_only and not (info.config.deny_delete and info.config.deny_purge)
-        direct = allow_direct and not info.config.allow_direct
-        if widen or bound or seal or direct:
+        if widen or bound or seal:
             await js.update_stream(
                 info.config.evolve(
                     max_age=max(max_age, info.config.max_age or 0),
                     max_bytes=max_bytes if bound else info.config.max_bytes,
                     deny_delete=info.config.deny_delete or append_only,
                     deny_purge=info.config.deny_purge or append_only,
-                    allow_direct=info.config.allow_direct or allow_direct or None,
                 )
             )
     except JS_ERRORS as exc:

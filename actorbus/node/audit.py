@@ -32,7 +32,6 @@ async def ensure_audit(nc: NATS, *, replicas: int = 1) -> None:
         max_age=_MAX_AGE,
         replicas=replicas,
         append_only=True,
-        allow_direct=True,  # read a page from its end (client.audit)
     )
 
 
