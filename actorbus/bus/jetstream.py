@@ -420,8 +420,8 @@ async def ensure_stream(
     ``max_bytes`` in all, the oldest dropped first), or widen its age and set its bytes. A
     ``work_queue`` stream drops each message once a consumer acknowledges it; a message id is stored
     once per ``duplicate_window`` seconds (0: the server's default, 2 minutes); an
-    ``append_only`` stream refuses to delete a
-    message or purge (an existing stream is made so). Without ``adjust`` an existing
+    ``append_only`` stream refuses to delete a message or purge (an existing stream is
+    made so). Without ``adjust`` an existing
     stream is kept as it is (its maker's: changing it takes a right the caller lacks)."""
     js = nc.jetstream()
     config = api.StreamConfig(
