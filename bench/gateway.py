@@ -212,17 +212,8 @@ def under_attack(port: int, pid: int, seconds: float, repeat: int, env: dict[str
     rows: dict[str, list[float]] = {}
     for _ in range(repeat):
         alone = run_load("normal", str(port), 16, seconds, env, "")
-        attackers = subprocess.Popen(
-            [*ATTACKS, str(port), str(seconds + 5), "--slowloris", "1000", "--stalled", "200"],
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        assert attackers.stdout is not None
-        attackers.stdout.readline()
-        time.sleep(3.0)  # all connected
-        loaded = run_load("normal", str(port), 16, seconds, env, "")
-        held = json.loads(attackers.stdout.readline() or b'{"held": 0}')["held"]
-        attackers.wait(60)
+        attack = ["--slowloris", "1000", "--stalled", "200"]
+        loaded, held = attacked_load(port, seconds, seconds + 5, env, attack)
         for label, run in (("alone", alone), ("attacked", loaded)):
             outcomes: dict[str, int] = run["outcomes"]
             total = sum(outcomes.values())
@@ -277,21 +268,28 @@ ISSUE_30 = {
 }
 
 
+def attacked_load(
+    port: int, seconds: float, attack_seconds: float, env: dict[str, str], attack: list[str]
+) -> tuple[dict[str, Any], float]:
+    """16 normal callers' run of ``seconds`` while bench/web_attacks.py runs ``attack``
+    (for ``attack_seconds``, all connected first), and the connections it held."""
+    attackers = subprocess.Popen(
+        [*ATTACKS, str(port), str(attack_seconds), *attack], stdout=subprocess.PIPE, env=env
+    )
+    assert attackers.stdout is not None
+    attackers.stdout.readline()
+    time.sleep(3.0)  # all connected
+    run = run_load("normal", str(port), 16, seconds, env, "")
+    held = float(json.loads(attackers.stdout.readline() or b'{"held": 0}')["held"])
+    attackers.wait(60)
+    return run, held
+
+
 def issue_30(port: int, pid: int, seconds: float, env: dict[str, str]) -> None:
     """Normal calls under each of issue 30's attacks, and the gateway's RSS after it."""
     gateway = psutil.Process(pid)
     for kind, (label, count) in ISSUE_30.items():
-        attackers = subprocess.Popen(
-            [*ATTACKS, str(port), str(seconds + 6), f"--{kind}", str(count)],
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        assert attackers.stdout is not None
-        attackers.stdout.readline()
-        time.sleep(3.0)  # all connected
-        run = run_load("normal", str(port), 16, seconds, env, "")
-        held = json.loads(attackers.stdout.readline() or b'{"held": 0}')["held"]
-        attackers.wait(60)
+        run, held = attacked_load(port, seconds, seconds + 6, env, [f"--{kind}", str(count)])
         outcomes: dict[str, int] = run["outcomes"]
         total = sum(outcomes.values())
         failed = {k: v for k, v in outcomes.items() if k != "200"}

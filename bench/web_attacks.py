@@ -35,7 +35,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from actorbus import Keypair
@@ -55,13 +55,25 @@ async def _connect(
         return None
 
 
-async def slowloris(port: int, source: str, until: float, held: list[int]) -> None:
-    """A head that never ends: a header byte every 2 s; opened again once closed."""
+async def _connections(
+    port: int, source: str, until: float, held: list[int]
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Connections from ``source``, one after another until ``until``, each counted in
+    ``held`` while open (closed when the next is asked for)."""
     while time.monotonic() < until:
         if (pair := await _connect(port, source)) is None:
             continue
-        reader, writer = pair
         held[0] += 1
+        try:
+            yield pair
+        finally:
+            held[0] -= 1
+            pair[1].close()
+
+
+async def slowloris(port: int, source: str, until: float, held: list[int]) -> None:
+    """A head that never ends: a header byte every 2 s; opened again once closed."""
+    async for reader, writer in _connections(port, source, until, held):
         try:
             writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
             while time.monotonic() < until:
@@ -74,19 +86,12 @@ async def slowloris(port: int, source: str, until: float, held: list[int]) -> No
                     continue
         except OSError:
             pass
-        finally:
-            held[0] -= 1
-            writer.close()
 
 
 async def stalled(port: int, source: str, until: float, held: list[int]) -> None:
     """A stream whose head is read, then nothing: held to the end (a phase is shorter
     than the gateway's stall timeout)."""
-    while time.monotonic() < until:
-        if (pair := await _connect(port, source)) is None:
-            continue
-        reader, writer = pair
-        held[0] += 1
+    async for reader, writer in _connections(port, source, until, held):
         try:
             writer.write(
                 f"GET /bench/endless?size=60000 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
@@ -95,19 +100,12 @@ async def stalled(port: int, source: str, until: float, held: list[int]) -> None
             await asyncio.sleep(max(0.0, until - time.monotonic()))
         except (OSError, asyncio.IncompleteReadError):
             await asyncio.sleep(_RECONNECT_PAUSE)
-        finally:
-            held[0] -= 1
-            writer.close()
 
 
 async def flood(port: int, source: str, until: float, held: list[int]) -> None:
     """An endless header block, as fast as it goes; opened again once refused."""
     chunk = b"a" * 65536
-    while time.monotonic() < until:
-        if (pair := await _connect(port, source)) is None:
-            continue
-        _, writer = pair
-        held[0] += 1
+    async for _, writer in _connections(port, source, until, held):
         try:
             writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX: ".encode())
             while time.monotonic() < until:
@@ -115,9 +113,6 @@ async def flood(port: int, source: str, until: float, held: list[int]) -> None:
                 await writer.drain()
         except OSError:
             pass
-        finally:
-            held[0] -= 1
-            writer.close()
 
 
 def _post(port: int, path: str, body: bytes) -> bytes:
@@ -132,19 +127,12 @@ async def _hold(
 ) -> None:
     """Send ``request()`` on a connection from ``source`` and hold it until it is
     answered or closed (read at most 64 KB: the answer's head), or the run ends; again."""
-    while time.monotonic() < until:
-        if (pair := await _connect(port, source)) is None:
-            continue
-        reader, writer = pair
-        held[0] += 1
+    async for reader, writer in _connections(port, source, until, held):
         try:
             writer.write(request())
             await asyncio.wait_for(reader.read(65536), max(0.0, until - time.monotonic()))
         except (OSError, TimeoutError):
             pass
-        finally:
-            held[0] -= 1
-            writer.close()
         await asyncio.sleep(_RECONNECT_PAUSE)
 
 

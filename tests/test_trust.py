@@ -302,24 +302,13 @@ async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
     claim a new name, never one bound to another key."""
     intruder = Keypair.generate()
 
-    async def connect_as(name: str) -> nats.NATS:
-        return await nats.connect(
-            servers=node.url.split(","),
-            nkeys_seed_str=encode_nkey_seed(intruder.seed),
-            inbox_prefix=inbox_of(intruder.public_key),
-            token=host_ticket(intruder, name, "actor", intruder.address),
-            allow_reconnect=False,
-            connect_timeout=5,
-            error_cb=_quiet,
-        )
-
     for name in ("squat", "echo"):
         if name == "echo":
             node.actor("policy", "host", "add", intruder.address)
         with pytest.raises(nats.errors.Error):  # refused; then bound to the echo actor's key
-            await connect_as(name)
+            await replica_of(node, intruder, name)
         close_refused_sockets()
-    nc = await connect_as(f"squat{secrets.token_hex(3)}")
+    nc = await replica_of(node, intruder, f"squat{secrets.token_hex(3)}")
     await nc.close()
     owner = Keystore(node.settings.home).load("default")
     assert owner.address in node.actor("policy", "log", "--json")
@@ -333,23 +322,12 @@ async def test_a_hosts_name_cannot_nest_in_the_jobs_actors_subjects(node: Bus) -
     key = Keypair.generate()
     node.actor("policy", "host", "add", key.address)
 
-    async def connect_as(name: str, role: str) -> nats.NATS:
-        return await nats.connect(
-            servers=node.url.split(","),
-            nkeys_seed_str=encode_nkey_seed(key.seed),
-            inbox_prefix=inbox_of(key.public_key),
-            token=host_ticket(key, name, role, key.address),
-            allow_reconnect=False,
-            connect_timeout=5,
-            error_cb=_quiet,
-        )
-
     for refused_name, role in (("jobs.work", "jobs"), ("jobs.work", "gateway"), ("JOBS", "jobs")):
         # JOBS: its streams' names would be the jobs actor's (ACTOR_JOBS_JOBS: its queue).
         with pytest.raises(nats.errors.Error):
-            await connect_as(refused_name, role)
+            await replica_of(node, key, refused_name, role)
         close_refused_sockets()
-    nc = await connect_as(f"plain.x{secrets.token_hex(3)}", "actor")
+    nc = await replica_of(node, key, f"plain.x{secrets.token_hex(3)}")
     await nc.close()
 
 
@@ -362,21 +340,10 @@ async def test_a_supervisors_name_is_one_node(node: Bus) -> None:
     node.actor("policy", "host", "add", key.address)
     machine = f"m{secrets.token_hex(3)}"
 
-    async def connect_as(name: str) -> nats.NATS:
-        return await nats.connect(
-            servers=node.url.split(","),
-            nkeys_seed_str=encode_nkey_seed(key.seed),
-            inbox_prefix=inbox_of(key.public_key),
-            token=host_ticket(key, name, "node", key.address),
-            allow_reconnect=False,
-            connect_timeout=5,
-            error_cb=_quiet,
-        )
-
     with pytest.raises(nats.errors.Error):
-        await connect_as(f"node.{machine}.0")
+        await replica_of(node, key, f"node.{machine}.0", "node")
     close_refused_sockets()
-    nc = await connect_as(f"node.{machine}")
+    nc = await replica_of(node, key, f"node.{machine}", "node")
     await nc.close()
     assert f"node.{machine}.0" not in node.actor("policy", "name", "ls")
 
@@ -405,6 +372,19 @@ def test_a_second_home_runs_its_own_actors(node: Bus, tmp_path: Path) -> None:
 
 async def _quiet(exc: Exception) -> None:
     pass
+
+
+async def replica_of(node: Bus, key: Keypair, name: str, role: str = "actor") -> nats.NATS:
+    """A plain nats-py connection as a replica of ``name`` (as ``role``), by a hosting
+    ticket ``key`` signs for itself."""
+    return await nats.connect(
+        servers=node.url.split(","),
+        token=host_ticket(key, name, role, key.address),
+        allow_reconnect=False,
+        connect_timeout=5,
+        error_cb=_quiet,
+        **_as_host(key),
+    )
 
 
 async def test_jetstream_answers_nothing_onto_the_policy(node: Bus) -> None:
@@ -554,14 +534,7 @@ async def test_a_removed_hosts_replicas_are_cut_off(node: Bus) -> None:
     rows = json.loads(node.actor("ps", "--json"))
     assert rows and all(row["restarts"] == 0 for row in rows), rows
     with pytest.raises(nats.errors.Error):  # and its next ticket is refused
-        await nats.connect(
-            servers=node.url.split(","),
-            token=host_ticket(key, name, "actor", key.address),
-            allow_reconnect=False,
-            connect_timeout=5,
-            error_cb=_quiet,
-            **_as_host(key),
-        )
+        await replica_of(node, key, name)
     close_refused_sockets()
 
 
