@@ -96,8 +96,9 @@ def _kv(bucket: str) -> str:
 
 
 def stream_reader(stream: str) -> list[str]:
-    """What reading ``stream`` takes: its info, the API's gets, and consumers of it (made,
-    read, acknowledged, deleted). No direct gets (:func:`direct_reader`)."""
+    """What reading ``stream`` takes: its info, the API's gets, and push consumers of it
+    (made, acknowledged, deleted). No direct gets (:func:`direct_reader`) and no pulls
+    (:func:`puller`)."""
     api = "$JS.API"
     return [
         f"{api}.STREAM.INFO.{stream}",
@@ -107,7 +108,6 @@ def stream_reader(stream: str) -> list[str]:
         f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*",
         f"{api}.CONSUMER.INFO.{stream}.*",
         f"{api}.CONSUMER.DELETE.{stream}.*",
-        f"{api}.CONSUMER.MSG.NEXT.{stream}.*",
         f"$JS.ACK.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
@@ -120,6 +120,17 @@ def direct_reader(stream: str) -> list[str]:
     ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``): a connection that may ask for
     them may have any stream deleted (:mod:`.stored`)."""
     return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
+
+
+def puller(stream: str) -> list[str]:
+    """Pulling from ``stream``'s consumers (the jobs actor's work queue). JetStream answers
+    a pull that finds nothing with an empty status message on the pull's reply subject,
+    and nats-server takes that as the account's own request when the subject is an API
+    one: a pull answered onto ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``, as a
+    direct get's answer did (issue 30's second attacker). Only a jobs actor pulls, from
+    its own queue: a host that runs one may still do so (open in issue 30: the way out is
+    JetStream in an account of its own, whose answers cannot land on its API)."""
+    return [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*"]
 
 
 def stream_owner(stream: str) -> list[str]:
@@ -259,6 +270,7 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         for stream in (_kv(jobs.bucket), jobs.work_stream, jobs.record_stream):
             pub += stream_reader(stream)  # made by the policy actor, as it makes them
         pub.append(f"$JS.API.STREAM.PURGE.{jobs.work_stream}")  # a cancelled job's queue
+        pub += puller(jobs.work_stream)
     elif role == GATEWAY:
         sub.append(f"{RELAY_PREFIX}{name}.>")  # its own callers' replies: none of another's
         seen = commune_bucket(name)
@@ -329,6 +341,7 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 "$JS.API.STREAM.UPDATE.*",
                 *(subject for stream in owned for subject in stream_owner(stream)),
                 *(subject for stream in owned for subject in direct_reader(stream)),
+                *(subject for stream in owned for subject in puller(stream)),
             ]
         ),
         sub=Permission(
