@@ -431,14 +431,15 @@ def _as_host(key: Keypair, ticket: str = "") -> dict[str, Any]:
     return {**login, "token": ticket} if ticket else login
 
 
-@pytest.mark.parametrize("how", ["direct get", "pull"])
+@pytest.mark.parametrize("how", ["direct get", "pull", "ack"])
 @pytest.mark.parametrize("who", ["host", "replica"])
 async def test_no_jetstream_answer_deletes_a_stream(node: Bus, who: str, how: str) -> None:
     """Issue 30: JetStream answers on the reply subject a request names, and nats-server
-    takes some answers (a direct get's; a pull's "no messages" status) as the account's
-    own request when that subject is an API one: a listed host's connection (it reads
-    the registry) or any replica it runs deleted a stream of its choice (the policy
-    bucket as well as this one). Neither may ask for direct gets or pull now."""
+    takes some answers (a direct get's; a pull's "no messages" status; an
+    acknowledgement's) as the account's own request when that subject is an API one: a
+    listed host's connection (it reads the registry) or any replica it runs deleted a
+    stream of its choice (the policy bucket as well as this one). Neither may ask for
+    direct gets, pull or acknowledge now."""
     victim = f"VICTIM_{secrets.token_hex(3)}"
     async with Client(settings=node.settings) as operator:
         await operator.nc.jetstream().add_stream(name=victim, subjects=[f"victim.{victim}"])
@@ -453,17 +454,21 @@ async def test_no_jetstream_answer_deletes_a_stream(node: Bus, who: str, how: st
         if how == "direct get":
             ask = {"seq": 1, "next_by_subj": "$KV.actor_registry.>"}
             subject = f"$JS.API.DIRECT.GET.{registry}"
-        else:  # a pull consumer that finds nothing: its answer is an empty status
+        else:  # a consumer of its own, pulled from (it finds nothing) or acknowledged
             durable = f"d{secrets.token_hex(3)}"
             config = {"durable_name": durable, "filter_subject": "$KV.actor_registry.none.x"}
             create = f"$JS.API.CONSUMER.DURABLE.CREATE.{registry}.{durable}"
             made = {"stream_name": registry, "config": config}
             await nc.request(create, json.dumps(made).encode(), timeout=5)
-            ask, subject = (
-                {"batch": 1, "no_wait": True},
-                f"$JS.API.CONSUMER.MSG.NEXT.{registry}.{durable}",
-            )
-        await nc.publish(subject, json.dumps(ask).encode(), reply=f"$JS.API.STREAM.DELETE.{victim}")
+            if how == "pull":
+                ask, subject = (
+                    {"batch": 1, "no_wait": True},
+                    f"$JS.API.CONSUMER.MSG.NEXT.{registry}.{durable}",
+                )
+            else:  # an acknowledgement asking to be acknowledged: an empty message
+                ask, subject = "-NAK", f"$JS.ACK.{registry}.{durable}.1.1.1.0.0"
+        body = ask.encode() if isinstance(ask, str) else json.dumps(ask).encode()
+        await nc.publish(subject, body, reply=f"$JS.API.STREAM.DELETE.{victim}")
         await refused(nc, refusals, subject)
     async with Client(settings=node.settings) as operator:
         assert (await operator.nc.jetstream().stream_info(victim)).config.name == victim

@@ -96,9 +96,9 @@ def _kv(bucket: str) -> str:
 
 
 def stream_reader(stream: str) -> list[str]:
-    """What reading ``stream`` takes: its info, the API's gets, and push consumers of it
-    (made, acknowledged, deleted). No direct gets (:func:`direct_reader`) and no pulls
-    (:func:`puller`)."""
+    """What reading ``stream`` takes: its info, the API's gets, and ordered push consumers
+    of it (made, kept flowing, deleted). No direct gets (:func:`direct_reader`), no pulls
+    and no acknowledgements (:func:`puller`): an ordered consumer acknowledges nothing."""
     api = "$JS.API"
     return [
         f"{api}.STREAM.INFO.{stream}",
@@ -108,7 +108,6 @@ def stream_reader(stream: str) -> list[str]:
         f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*",
         f"{api}.CONSUMER.INFO.{stream}.*",
         f"{api}.CONSUMER.DELETE.{stream}.*",
-        f"$JS.ACK.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
 
@@ -123,14 +122,15 @@ def direct_reader(stream: str) -> list[str]:
 
 
 def puller(stream: str) -> list[str]:
-    """Pulling from ``stream``'s consumers (the jobs actor's work queue). JetStream answers
-    a pull that finds nothing with an empty status message on the pull's reply subject,
-    and nats-server takes that as the account's own request when the subject is an API
-    one: a pull answered onto ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``, as a
-    direct get's answer did (issue 30's second attacker). Only a jobs actor pulls, from
-    its own queue: a host that runs one may still do so (open in issue 30: the way out is
-    JetStream in an account of its own, whose answers cannot land on its API)."""
-    return [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*"]
+    """Pulling from ``stream``'s consumers and acknowledging what they deliver (the jobs
+    actor's work queue). JetStream answers a pull that finds nothing with an empty status
+    message on the pull's reply subject, and an acknowledgement that names a reply subject
+    with an empty message; nats-server takes either as the account's own request when the
+    subject is an API one: a pull or a ``-NAK`` answered onto ``$JS.API.STREAM.DELETE.<s>``
+    deleted stream ``s``, as a direct get's answer did (issue 30's second attacker). Only
+    the policy actor and a jobs actor, on its own queue, pull (open in issue 30: the way
+    out is JetStream in an account of its own, whose answers cannot land on its API)."""
+    return [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>"]
 
 
 def stream_owner(stream: str) -> list[str]:
