@@ -379,3 +379,36 @@ async def test_work_written_into_the_jobs_streams_never_runs(settings: Settings,
         results = [r async for r in job.results()]
         assert [(r["index"], r["value"]) for r in results] == [(1, "mine"), (2, "second")]
         assert (final["total"], final["done"]) == (2, 2)
+
+
+async def test_a_slice_stored_again_runs_once(settings: Settings, name: str) -> None:
+    """Issue 30: a sealed slice captured on its way into the work queue and published
+    again once it had run (without its message id, past the queue's duplicate window)
+    ran the owner's call once more each time. The jobs actor runs a slice whose result
+    it has seen, or which it runs already, never again."""
+    probe = Probe()
+    names = JobsNames(settings.jobs)
+    async with (
+        serve(probe, name=name, settings=settings),
+        serve(Jobs(), name=settings.jobs, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        spy = await client.nc.subscribe(names.work("*"))
+        job = await client.submit(f"{name}/slow", [[0.01], [0.01]])
+
+        async def ran() -> None:
+            assert (await job.status())["done"] == 2
+
+        await eventually(ran)  # open still: its slices are taken as they come
+        captured = [await spy.next_msg(timeout=1) for _ in range(2)]
+        await spy.unsubscribe()
+        assert probe.runs == 2
+        js = client.nc.jetstream()
+        for msg in captured * 3:
+            headers = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
+            await js.publish(msg.subject, msg.data, headers=headers)
+        await anyio.sleep(1.5)  # a batch's wait and three slices' time: none runs
+        assert probe.runs == 2
+        await job.close()
+        final = await job.wait()
+        assert (final["total"], final["done"], final["queued"]) == (2, 2, 0)

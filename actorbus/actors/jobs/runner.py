@@ -76,6 +76,10 @@ class Tally:
     def count(self) -> int:
         return self.done + self.failed
 
+    def has(self, index: int) -> bool:
+        """Whether a result of slice ``index`` was seen."""
+        return index < len(self.seen) and bool(self.seen[index])
+
     def add(self, index: int, status: int, live: bool) -> bool:
         """Count a result (once per index); ``live``: stored just now, not replayed."""
         if index >= len(self.seen):
@@ -117,6 +121,8 @@ class Runner:
         self._changed = anyio.Event()
         self._owners: set[str] = set()
         self._local: dict[str, int] = {}
+        self._indices: dict[str, set[int]] = {}
+        """Per job, the slices this replica runs or stores the result of."""
         self._idle_until: dict[str, float] = {}
         self._pullers: dict[str, Puller] = {}
         self._running: dict[str, set[anyio.CancelScope]] = {}
@@ -174,7 +180,7 @@ class Runner:
             if (puller := self._pullers.pop(job, None)) is not None and self._tg is not None:
                 self._tg.start_soon(puller.close)
         if record is None:  # expired: forget it
-            for table in (self.records, self.tallies, self._idle_until):
+            for table in (self.records, self.tallies, self._idle_until, self._indices):
                 table.pop(job, None)
             return
         self.records[job] = record
@@ -322,13 +328,18 @@ class Runner:
         if not msgs:
             self._idle_until[job] = time.monotonic() + _EMPTY_WAIT
         assert self._tg is not None
+        running = self._indices.setdefault(job, set())
         for msg in msgs:
             index = (msg.headers or {}).get(SLICE_HEADER, "")
-            if not self.store.seals.check(msg.subject, index, msg.headers, msg.data):
+            sealed = self.store.seals.check(msg.subject, index, msg.headers, msg.data)
+            if not sealed or self.tally(job).has(int(index)) or int(index) in running:
+                # Not this actor's, or a slice stored again (a replay; one whose result
+                # was stored and its ack lost): it runs once, never again.
                 self._slots.release()
-                self._tg.start_soon(_quietly, msg.term())  # not this actor's: never run
+                self._tg.start_soon(_quietly, msg.term())
                 continue
             self._local[job] = self._local.get(job, 0) + 1
+            running.add(int(index))
             self._tg.start_soon(self._run_slice, job, msg)
 
     # -- running one slice ---------------------------------------------------------------
@@ -364,6 +375,7 @@ class Runner:
                     await _quietly(msg.term())  # cancelled: never again
         finally:
             self._running[job].discard(scope)
+            self._indices.get(job, set()).discard(int((msg.headers or {})[SLICE_HEADER]))
 
     async def _execute(self, record: JobRecord, msg: Msg) -> SliceResult:
         job = record.id
