@@ -18,6 +18,7 @@ import httpx
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 import psutil
 import pytest
 from cluster import free_port, raw_route
@@ -483,8 +484,8 @@ async def test_a_host_makes_no_stream_of_its_own(node: Bus, role: str) -> None:
     makes them, when the replica connects; the replica may neither create nor change
     them."""
     key = Keypair.generate()
-    node.actor("policy", "host", "add", key.address)
     name = f"{role}{secrets.token_hex(3)}"
+    node.actor("policy", "host", "add", key.address, f"--{role}", name)
     stream = JobsNames(name).work_stream if role == "jobs" else f"KV_{commune_bucket(name)}"
     config = json.dumps({"name": stream, "subjects": ["actor.>", "_INBOX.>"]}).encode()
     create, update = (f"$JS.API.STREAM.{verb}.{stream}" for verb in ("CREATE", "UPDATE"))
@@ -501,13 +502,42 @@ async def test_a_host_makes_no_stream_of_its_own(node: Bus, role: str) -> None:
         await operator.nc.jetstream().delete_stream(stream)
 
 
+@pytest.mark.parametrize("role", ["jobs", "gateway"])
+async def test_a_host_runs_the_jobs_actors_and_gateways_an_admin_names(
+    node: Bus, role: str
+) -> None:
+    """Issue 30: any listed host could claim any number of new jobs and gateway names, and
+    the policy actor made streams for each (three per jobs name, one reserving a GiB):
+    47 names filled the node's JetStream storage. A jobs actor also pulls from its queue,
+    a right no plain actor holds. Now a host runs only the names an admin lets it, and
+    freeing a name deletes its streams (its next holder must not read its jobs)."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    name = f"{role}{secrets.token_hex(3)}"
+    stream = JobsNames(name).work_stream if role == "jobs" else f"KV_{commune_bucket(name)}"
+    with pytest.raises(nats.errors.Error, match=r"[Aa]uthoriz"):
+        await replica_of(node, key, name, role)
+    close_refused_sockets()
+    async with Client(settings=node.settings) as operator:
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await operator.nc.jetstream().stream_info(stream)
+    node.actor("policy", "host", "add", key.address, f"--{role}", name)
+    await (await replica_of(node, key, name, role)).close()
+    async with Client(settings=node.settings) as operator:
+        assert (await operator.nc.jetstream().stream_info(stream)).config.name == stream
+    node.actor("policy", "name", "rm", name)
+    async with Client(settings=node.settings) as operator:
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await operator.nc.jetstream().stream_info(stream)
+
+
 async def test_a_gateway_hears_only_its_own_relayed_replies(node: Bus) -> None:
     """Issue 30: a ticket with role ``gateway`` for a fresh name subscribed
     ``_INBOX.relay.>`` and read the end-to-end replies of every gateway's callers. Each
     gateway's relay inboxes carry its name now, and only it may hear them."""
     key = Keypair.generate()
-    node.actor("policy", "host", "add", key.address)
     name = f"gw{secrets.token_hex(3)}"
+    node.actor("policy", "host", "add", key.address, "--gateway", name)
     ticket = host_ticket(key, name, "gateway", key.address)
     async with stranger(node.url, **_as_host(key, ticket)) as (nc, refusals):
         await nc.subscribe(f"_INBOX.relay.{name}.>")  # its own

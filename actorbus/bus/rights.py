@@ -318,7 +318,7 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
     """The policy actor's replicas (a static user of the server's config): the auth
     callout, its buckets, the streams every node shares (it makes them: registry, nonces,
     audit, logs), and those of the jobs actors and gateways (it makes them as their
-    replicas connect)."""
+    replicas connect, and deletes them when an admin frees their name)."""
     name = settings.policy
     bucket = settings.policy_bucket
     shared = [_kv(REGISTRY_BUCKET), NONCE_STREAM, AUDIT_STREAM, LOG_STREAM]
@@ -339,6 +339,7 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 "$JS.API.STREAM.INFO.*",
                 "$JS.API.STREAM.CREATE.*",
                 "$JS.API.STREAM.UPDATE.*",
+                "$JS.API.STREAM.DELETE.*",  # a freed jobs or gateway name's (NATS has no prefix)
                 *(subject for stream in owned for subject in stream_owner(stream)),
                 *(subject for stream in owned for subject in direct_reader(stream)),
                 *(subject for stream in owned for subject in puller(stream)),

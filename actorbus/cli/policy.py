@@ -329,10 +329,16 @@ def policy_host() -> None:
 
 @policy_host.command("add")
 @click.argument("key")
+@click.option("--jobs", "jobs", multiple=True, metavar="NAME", help="A jobs actor it may run.")
+@click.option("--gateway", multiple=True, metavar="NAME", help="A gateway it may run.")
 @click.pass_context
-def policy_host_add(ctx: click.Context, key: str) -> None:
-    """Let KEY (another home's key: `actor key show` there) host actors on this bus."""
-    _policy_call(ctx, "add_host", _key_address(settings_of(ctx), key))
+def policy_host_add(
+    ctx: click.Context, key: str, jobs: tuple[str, ...], gateway: tuple[str, ...]
+) -> None:
+    """Let KEY (another home's key: `actor key show` there) host actors on this bus, and
+    the jobs actors and gateways named (again: replaces those)."""
+    address = _key_address(settings_of(ctx), key)
+    _policy_call(ctx, "add_host", address, list(jobs), list(gateway))
 
 
 @policy_host.command("rm")

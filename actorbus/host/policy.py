@@ -27,6 +27,7 @@ import urllib.parse
 import msgspec
 
 from ..bus.errors import BadRequest
+from ..bus.rights import GATEWAY, JOBS
 from ..bus.settings import loopback_host
 from ..bus.wire import UNDECODABLE
 
@@ -35,6 +36,7 @@ __all__ = [
     "PER_KEY",
     "PUBLIC",
     "Decision",
+    "HostGrant",
     "OidcIssuer",
     "OidcLogin",
     "OidcRule",
@@ -206,6 +208,25 @@ def _pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
 
+class HostGrant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a listed host may run besides plain actors and its own node's supervisor: the
+    names of the jobs actors and gateways an admin let it serve. Their work takes streams
+    (the policy actor makes them: three per jobs name, one reserving a GiB) and rights no
+    plain actor holds (a jobs actor pulls from its queue), so a host does not pick them
+    for itself. A ``host.`` record of any other JSON value is a plain host."""
+
+    jobs: list[str] = []
+    gateway: list[str] = []
+
+    def allows(self, role: str, name: str) -> bool:
+        """Whether this host may run ``name`` as ``role`` (``jobs`` or ``gateway``)."""
+        return name in (self.jobs if role == JOBS else self.gateway if role == GATEWAY else ())
+
+
+_PLAIN_HOST = HostGrant()
+_host_decoder = msgspec.json.Decoder(HostGrant | int | str | bool)
+
+
 class PolicyState:
     """The policy as a host knows it; :meth:`apply` takes one KV change."""
 
@@ -218,8 +239,9 @@ class PolicyState:
         """Bearer tokens by the hex SHA-256 of their text."""
         self.forwarders: set[str] = set()
         """Keys trusted to call on behalf of others (a gateway's)."""
-        self.hosts: set[str] = set()
-        """Keys that may let replicas serve a name (besides admins)."""
+        self.hosts: dict[str, HostGrant] = {}
+        """Keys that may let replicas serve a name (besides admins), and the jobs actors
+        and gateways each may run."""
         self.revoked: set[str] = set()
         """Keys of revoked tokens: they may call nothing, and their jobs stop."""
         self.names: dict[str, list[str]] = {}
@@ -273,9 +295,10 @@ class PolicyState:
                     self.forwarders.add(subject)
             elif kind == "host":
                 if value is None:
-                    self.hosts.discard(subject)
+                    self.hosts.pop(subject, None)
                 else:
-                    self.hosts.add(subject)
+                    grant = _host_decoder.decode(value)
+                    self.hosts[subject] = grant if isinstance(grant, HostGrant) else _PLAIN_HOST
             elif kind == "revoked":
                 if value is None:
                     self.revoked.discard(subject)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import anyio
 import msgspec
+import nats.js.errors
 
 from ...bus import BadRequest, Forbidden, NotFound, Unavailable
+from ...bus.jetstream import JS_ERRORS
 from ...bus.rights import GATEWAY, JOBS, NODE, ROLES
-from ...bus.subjects import NODE_PREFIX, check_name
+from ...bus.subjects import NODE_PREFIX, JobsNames, check_name, commune_bucket
 from ...bus.tickets import HostTicket, read_ticket
 from ...host.pages import MAX_PAGE
+from ...host.policy import HostGrant
 from .store import PolicyStore, check_address, encode
 
 __all__ = ["Bindings"]
@@ -30,10 +33,18 @@ _addresses = msgspec.json.Decoder(list[str])
 class Bindings(PolicyStore):
     """Hosts and name bindings (changes: admins only)."""
 
-    async def add_host(self, key: str) -> list[str]:
+    async def add_host(
+        self, key: str, jobs: list[str] | None = None, gateway: list[str] | None = None
+    ) -> list[str]:
         """Let ``key`` sign hosting tickets: replicas it starts may serve names (their own,
-        or new ones); returns the hosts."""
-        await self._change("add_host", "host." + check_address(key), b"1", key=key)
+        or new ones) as plain actors, and as jobs actors and gateways the names in ``jobs``
+        and ``gateway`` alone (adding a host again replaces those); returns the hosts."""
+        jobs_names = sorted({self._check_claimable(n, JOBS) for n in jobs or ()})
+        gateways = sorted({self._check_claimable(n, GATEWAY) for n in gateway or ()})
+        grant = HostGrant(jobs=jobs_names, gateway=gateways)
+        value = msgspec.json.encode(grant) if grant != HostGrant() else b"1"
+        args = {"key": key, "jobs": jobs_names, "gateway": gateways}
+        await self._change("add_host", "host." + check_address(key), value, **args)
         return sorted(self.state.hosts)
 
     async def rm_host(self, key: str) -> list[str]:
@@ -43,11 +54,12 @@ class Bindings(PolicyStore):
         await self._change("rm_host", "host." + key, None, key=key)
         return sorted(self.state.hosts)
 
-    async def hosts(self, limit: int = MAX_PAGE, after: str = "") -> list[str]:
-        """The listed hosts (admins are hosts too; a page: at most ``limit``, after
-        ``after``)."""
+    async def hosts(self, limit: int = MAX_PAGE, after: str = "") -> dict[str, HostGrant]:
+        """The listed hosts and the jobs actors and gateways each may run (admins are
+        hosts too, of anything; a page: at most ``limit``, after ``after``)."""
         self._require_admin()
-        return self._page("hosts", self.state.hosts, after, limit)
+        hosts = self.state.hosts
+        return {key: hosts[key] for key in self._page("hosts", hosts, after, limit)}
 
     async def grant_name(self, name: str, key: str) -> dict[str, list[str]]:
         """Let ``key`` serve actor ``name`` too (beside the keys bound to it)."""
@@ -68,7 +80,25 @@ class Bindings(PolicyStore):
         await self._change(
             "revoke_name", "name." + name, encode(left) if left else None, name=name, key=key
         )
+        if not left:
+            await self._drop_streams(name)
         return {name: left}
+
+    async def _drop_streams(self, name: str) -> None:
+        """Delete what a jobs actor or a gateway named ``name`` kept, if it was one (its
+        jobs, their work and results; the commune signatures it took): the name is free
+        now, and whoever claims it next must not read the last holder's."""
+        if "." in name:  # no jobs actor's nor gateway's
+            return
+        jobs, js = JobsNames(name), self.nc.jetstream()
+        kept = [jobs.work_stream, jobs.record_stream, f"KV_{jobs.bucket}"]
+        for stream in [*kept, f"KV_{commune_bucket(name)}"]:
+            try:
+                await js.delete_stream(stream)
+            except nats.js.errors.NotFoundError:
+                continue
+            except JS_ERRORS as exc:
+                raise Unavailable(f"{name!r} is revoked; its stream {stream}: {exc}") from exc
 
     async def claim(self, ticket: str) -> str:
         """Bind the caller's key to the name of its hosting ``ticket`` if the name is free
@@ -86,13 +116,22 @@ class Bindings(PolicyStore):
     def _check_ticket(self, text: str, address: str) -> HostTicket:
         """The hosting ticket ``text`` of the key ``address``, if a host signed it."""
         ticket = read_ticket(text, address)
-        if ticket.host not in self.state.admins and ticket.host not in self.state.hosts:
+        host, role, name = ticket.host, ticket.role, ticket.name
+        if host not in self.state.admins and host not in self.state.hosts:
             raise Forbidden(
-                f"{ticket.host} may not host actors on this bus: an admin runs "
-                f"`actor policy host add {ticket.host}`"
+                f"{host} may not host actors on this bus: an admin runs "
+                f"`actor policy host add {host}`"
             )
-        if ticket.role not in ROLES:
-            raise BadRequest(f"no such hosting role {ticket.role!r}")
+        if role not in ROLES:
+            raise BadRequest(f"no such hosting role {role!r}")
+        # A jobs actor or a gateway takes streams and rights a plain actor does not: an
+        # admin names the ones each host may run (admins run any).
+        admin = host in self.state.admins
+        if role in (JOBS, GATEWAY) and not admin and not self.state.hosts[host].allows(role, name):
+            raise Forbidden(
+                f"host {host} may not run {role} {name!r}: an admin runs "
+                f"`actor policy host add {host} --{role} {name}`"
+            )
         return ticket
 
     async def names(self, limit: int = MAX_PAGE, after: str = "") -> dict[str, list[str]]:

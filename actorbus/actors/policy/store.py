@@ -26,10 +26,10 @@ from ...bus import (
 from ...bus.jetstream import Bucket, when_ready
 from ...bus.pins import seeded_marker
 from ...bus.records import open_record, sign_record
-from ...bus.subjects import REGISTRY_BUCKET
+from ...bus.subjects import DEFAULT_GATEWAY, REGISTRY_BUCKET
 from ...host import Actor, current_call
 from ...host.pages import SortedKeys
-from ...host.policy import PUBLIC, PolicyConfig, PolicyState, Role
+from ...host.policy import PUBLIC, HostGrant, PolicyConfig, PolicyState, Role
 from ...host.policy_view import PolicyRecords, load_state
 from ...node.audit import ensure_audit, record
 from ...node.logs import ensure_logs
@@ -147,9 +147,11 @@ class PolicyStore(Actor):
                 if not state.admins:
                     first = Keystore(settings.home).caller(settings.key).address
                     await self._seed("admin." + first, b"1", "first_admin", {"key": first})
-                if settings.host_token:
+                if settings.host_token:  # it runs the node's jobs actor and gateway too
                     host = token_keypair(settings.host_token).address
-                    await self._seed("host." + host, b"1", "add_host", {"key": host})
+                    grant = HostGrant(jobs=[settings.jobs], gateway=[DEFAULT_GATEWAY])
+                    args = {"key": host, **msgspec.to_builtins(grant)}
+                    await self._seed("host." + host, msgspec.json.encode(grant), "add_host", args)
                 if "user" not in state.roles:
                     user = Role(allow=["*/*"])
                     args = {"role": "user", **msgspec.to_builtins(user)}
