@@ -27,7 +27,7 @@ from actorbus import (
 )
 from actorbus.bus import MSGPACK, Keypair, Keystore, connect, public_key_to_address
 from actorbus.bus.subjects import call_subject
-from actorbus.bus.wire import request_signing_bytes
+from actorbus.bus.wire import relay_reply, request_signing_bytes, sign_relayed
 from actorbus.host.actor import collect_functions
 
 
@@ -205,6 +205,40 @@ async def test_replay_to_other_running_replicas_is_401(settings: Settings, name:
                 status, _, _ = await raw(nc, key, name, "forward", payload, **sent)
                 assert status == 401
         served = [h.pipeline.stats["forward"].num_requests for h in (a, b)]
+        assert all(n > 0 for n in served), served
+
+
+async def test_a_relayed_envelope_raced_to_two_replicas_runs_once(
+    settings: Settings, name: str
+) -> None:
+    """Issue 30: an unchanged envelope sent to two replicas at once, inside the nonce
+    announcement's delay, ran on both (44 answers of 200 for 40 calls). Whoever carries a
+    caller's end-to-end envelope (a gateway relaying it) could do so; a relayed envelope
+    is claimed on JetStream before it runs, so one replica runs it and the other answers
+    401."""
+    key = Keypair.generate()
+    probes = Probe(), Probe()
+    calls = 40
+    async with (
+        serve(probes[0], name=name, settings=settings) as a,
+        serve(probes[1], name=name, settings=settings) as b,
+        connect(settings.url) as nc,
+    ):
+        replies = await nc.subscribe(relay_reply("gw", "*"))
+        subject = call_subject(name, "slow")
+        for _ in range(calls):
+            payload = body(0.0)
+            headers = sign_relayed(key, subject, payload, gateway="gw")
+            reply = relay_reply("gw", headers["Actor-Nonce"])
+            for _ in range(2):  # both at once: the queue group spreads them
+                await nc.publish(subject, payload, reply=reply, headers=headers)
+        statuses: dict[str, list[int]] = {}
+        for _ in range(2 * calls):
+            msg = await replies.next_msg(timeout=5)
+            statuses.setdefault(msg.subject, []).append(int((msg.headers or {})["Actor-Status"]))
+        assert all(sorted(got) == [200, 401] for got in statuses.values()), statuses
+        assert probes[0].runs + probes[1].runs == calls
+        served = [h.pipeline.stats["slow"].num_requests for h in (a, b)]
         assert all(n > 0 for n in served), served
 
 

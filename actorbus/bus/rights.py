@@ -252,6 +252,7 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         "$SRV.>",
         _INBOXES,
         nonce_subject(name),
+        f"{nonce_subject(name)}.*",  # its relayed calls' claims (host.replay)
         f"$KV.{REGISTRY_BUCKET}.{name}.*",
         *stream_reader(registry),
         *stream_reader(_kv(settings.policy_bucket)),
@@ -331,6 +332,7 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 _INBOXES,
                 _SERVER_INBOXES,
                 nonce_subject(name),
+                f"{nonce_subject(name)}.*",
                 f"{AUDIT_PREFIX}.{name}",
                 f"$KV.{REGISTRY_BUCKET}.{name}.*",
                 f"$KV.{bucket}.>",

@@ -46,6 +46,7 @@ from ..bus.chunks import H_STREAM, stream_window
 from ..bus.delegation import parse_delegation_header, verify_delegation
 from ..bus.sessions import H_SESSION, SESSION_FN
 from ..bus.settings import Settings
+from ..bus.subjects import RELAY_PREFIX
 from ..bus.tracing import spans, trace_headers, use_trace
 from ..bus.wire import codec_for, request_nonce, verify_request
 from .actor import _CURRENT, Actor, Call, Function, resolve_hook, run_hook
@@ -372,6 +373,9 @@ class Pipeline:
         try:
             if call.deadline <= time.monotonic():
                 raise DeadlineExceeded("deadline passed before the call could run")
+            if call.reply_to.startswith(RELAY_PREFIX) and call.session_key is None:
+                assert call.meta is not None  # a carrier could race it to two replicas
+                await self.guard.claim(call.meta)
             slot.running = call
             call.started = time.monotonic()
             if self.spans is not None and call.span is not None:

@@ -16,13 +16,21 @@ replica learns only from announcements that verify, and only notes inside the fr
 window: forged notes cannot fill its memory. A replica skips its own announcements (they
 come back to it) by instance id.
 
-The race window left open: two replicas that receive the *same* envelope within the
-announcement's delay (one event-loop turn plus one NATS hop, typically well under a
-millisecond on a LAN) may both accept it. Anything later is rejected.
+An announcement takes one event-loop turn plus one NATS hop: two replicas that receive
+the *same* envelope within that delay would both accept it. Who could send it twice at
+once? The caller (its own call, twice: as calling twice), the actor's replicas (the
+callee itself), and a carrier: a gateway relaying a caller's end-to-end envelope
+(``_INBOX.relay.<gateway>.…``) holds it and could race it to two replicas (issue 30). So
+a relayed envelope is also *claimed* before it runs: a JetStream publish on
+``actorbus.nonce.<name>.<hex sha256 of "<key>\n<nonce>">`` that expects no message on that
+subject before it (``Nats-Expected-Last-Subject-Sequence: 0``), which one replica wins and
+any other loses, as a replay (:meth:`ReplayGuard.claim`, about a millisecond per relayed
+call).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +38,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import msgspec
+import nats.js.errors
 from nats.aio.subscription import Subscription
 
 from ..bus import (
@@ -43,7 +52,7 @@ from ..bus import (
     Unavailable,
     publish,
 )
-from ..bus.jetstream import ensure_stream, publish_acked, stream_messages
+from ..bus.jetstream import JS_ERRORS, ensure_stream, publish_acked, stream_messages
 from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
 from ..bus.wire import H_INSTANCE, UNDECODABLE, NonceNote, sign_announcement, verify_announcement
 
@@ -63,6 +72,11 @@ _BATCH = 1000
 _MAX_ANNOUNCEMENT = 256 * 1024
 """Bytes of one announcement the stream stores at most."""
 _decode = msgspec.msgpack.Decoder(list[NonceNote]).decode
+_FIRST = {"Nats-Expected-Last-Subject-Sequence": "0"}
+_WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code for a publish whose subject already holds a message."""
+_CLAIM_WAIT = 2.0
+"""Seconds a claim may take."""
 
 
 class NonceBook:
@@ -145,6 +159,22 @@ class ReplayGuard:
         self._outbox.append(NonceNote(meta.key, meta.nonce, meta.time_ms))
         if len(self._outbox) == 1:
             self._wakeup.set()
+
+    async def claim(self, meta: RequestMeta) -> None:
+        """Make ``meta``'s nonce this replica's alone among the actor's replicas (checked
+        by :meth:`check` first): raises :class:`Unauthorized` if another replica claimed
+        it, :class:`Unavailable` if JetStream cannot say (then it must not run)."""
+        digest = hashlib.sha256(f"{meta.key}\n{meta.nonce}".encode()).hexdigest()
+        try:
+            await self._nc.jetstream().publish(
+                f"{self._subject}.{digest}", b"", headers=_FIRST, timeout=_CLAIM_WAIT
+            )
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                raise Unauthorized("replayed nonce") from None
+            raise Unavailable(f"claiming a relayed request's nonce: {exc}") from exc
+        except JS_ERRORS as exc:
+            raise Unavailable(f"claiming a relayed request's nonce: {exc}") from exc
 
     async def _announce(self) -> None:
         """Publish the nonces accepted since the last turn, as one message; until cancelled."""
