@@ -26,7 +26,7 @@ from processes import actor_serve
 from support import close_refused_sockets, eventually
 from up import Bus, embedded
 
-from actorbus import Client, Forbidden, Keypair, Settings, Unauthorized
+from actorbus import ActorError, Client, Forbidden, Keypair, Settings, Unauthorized
 from actorbus.bus import (
     EmbeddedServer,
     Keystore,
@@ -81,6 +81,7 @@ def deployed(root: Path) -> Iterator[Bus]:
     url = ",".join(f"nats://127.0.0.1:{p}" for p in ports[:3])
     token = new_token()
     common = {"ACTOR_NATS_URL": url, "ACTOR_JS_REPLICAS": "3", "ACTOR_HOST_TOKEN": token}
+    common["ACTOR_LEAF_TTL"] = "8"  # a leaf's connection lasts 6 to 8 s
     bus = Bus(root / "policy", **common)
     auth = bus.actor("nats", "config")
     servers = [
@@ -641,7 +642,10 @@ async def test_a_node_joins_the_cluster_under_its_own_key(
     node: Bus, tmp_path: Path, name: str
 ) -> None:
     """A leaf node's connection is a client of the hub's callout: refused until an admin
-    lists its key as a host, then its actors serve into the cluster."""
+    lists its key as a host, then its actors serve into the cluster, across the leaf's
+    reconnections (its credentials last ``leaf_ttl``). Issue 30: a leaf connection never
+    expired, so a removed host's leaf kept its rights for good; it is cut off within
+    ``leaf_ttl`` now."""
     joining = Bus(
         tmp_path / "home",
         ACTOR_NATS_URL=f"nats://127.0.0.1:{free_port()}",
@@ -659,6 +663,28 @@ async def test_a_node_joins_the_cluster_under_its_own_key(
     try:
         async with Client(settings=node.settings) as client:
             assert await client.call(name, "forward", "from the hub") == "from the hub"
+            await anyio.sleep(9)  # past one leaf_ttl: the leaf connected again
+            assert await client.call(name, "forward", "still") == "still"
+            node.actor("policy", "host", "rm", key.address)
+
+            async def cut_off() -> None:
+                try:
+                    await client.request(name, "forward", ["gone"], timeout=1)
+                except ActorError as exc:
+                    assert exc.status >= 500, exc  # nobody answers it
+                    return
+                raise AssertionError("the removed host's leaf still serves")
+
+            await eventually(cut_off, timeout=12)
+            node.actor("policy", "host", "add", key.address)
+
+            async def back() -> None:
+                try:
+                    assert await client.request(name, "forward", ["back"], timeout=1) == "back"
+                except ActorError as exc:
+                    raise AssertionError(exc.message) from None
+
+            await eventually(back, timeout=15)
         joining.actor("down")  # its own key controls its node, though not an admin here
     finally:
         for pid in (info["pid"], info.get("embedded")):

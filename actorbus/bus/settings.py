@@ -68,6 +68,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     then the server closes its connection and it connects again with a fresh ticket, which
     the policy checks anew. A host removed, or a name revoked, loses its replicas within
     this."""
+    leaf_ttl: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """Seconds a leaf node's connection to its hub lasts, give or take a quarter: then the
+    hub closes it, the leaf node connects again (its actors out of the hub's reach for
+    about a second) and the policy checks its key anew. A host removed loses its leaf
+    within this."""
     max_skew: float = 30.0
     """Seconds a request's ``Actor-Time`` may differ from the actor's clock."""
     max_body: int = 1024 * 1024

@@ -14,7 +14,8 @@ not one of its own config's users, and the answer is that connection's permissio
 Role-compiled permissions expire after ``auth_ttl`` seconds (the client reconnects and
 is asked about again), so a role's change reaches the server's check; replicas decide
 every call on the live policy meanwhile. A replica's expire after about ``replica_ttl``
-seconds: a removed host's replicas are cut off then (their next ticket is refused). A
+seconds, a leaf node's after about ``leaf_ttl``: a removed host's replicas and leaf are
+cut off then (their next connection is refused). A
 refusal is an ``Authorization Violation`` for the client, and a line (throttled) in this
 actor's log saying why.
 """
@@ -158,7 +159,8 @@ class AuthCallout(Bindings):
             node = _NODE_NAME.fullmatch(request.client_info.name)
             if node is None:
                 raise BadRequest("a leaf node names itself after its node (server_name)")
-            return leaf(node.group(0), settings), f"leaf {node.group(0)}", 0
+            until = int(time.time() + settings.leaf_ttl * random.uniform(0.75, 1.0))
+            return leaf(node.group(0), settings), f"leaf {node.group(0)}", until
         if options.auth_token and is_vouch(options.auth_token):
             address, public_key = read_vouch(options.auth_token, address)
         elif options.auth_token:
