@@ -83,11 +83,14 @@ class Bucket:
         """Seconds an entry lives after its last put, as the bucket was made (``None``:
         forever, or not known)."""
         self._direct_reads = direct_reads
-        self.direct = direct_reads and allow_direct
-        # nats-py's own gets (a create over a deleted key reads its revision) follow it.
-        kv._direct = self.direct
+        kv._direct = direct_reads and allow_direct
+
+    @property
+    def direct(self) -> bool:
         """Whether this connection reads it with direct gets (the policy actor's alone:
-        :mod:`.stored`), else with the API's gets."""
+        :mod:`.stored`), else with the API's gets. nats-py's own gets (a create over a
+        deleted key reads its revision) go the same way: it is nats-py's flag."""
+        return bool(self._kv._direct)
 
     @classmethod
     async def open(
@@ -141,13 +144,13 @@ class Bucket:
         try:
             info = await self._js.stream_info(self.stream)
             if info.config.allow_direct and not info.config.allow_rollup_hdrs:
-                self.direct = self._kv._direct = self._direct_reads
+                self._kv._direct = self._direct_reads
                 return
             settled = info.config.evolve(allow_direct=True, allow_rollup_hdrs=False)
             await self._js.update_stream(settled)
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {self.name}: {exc}") from exc
-        self.direct = self._kv._direct = self._direct_reads
+        self._kv._direct = self._direct_reads
 
     @classmethod
     async def find(cls, nc: NATS, name: str, *, direct_reads: bool = False) -> Bucket | None:
@@ -315,10 +318,25 @@ class Bucket:
     async def _got(self, subjects: list[str], timeout: float) -> list[Change]:
         """:meth:`latest` through the API's gets (:mod:`.stored`)."""
         exact = [subject for subject in subjects if not _WILDCARDS & set(subject.split("."))]
-        found = await last_of(self._nc, self.stream, exact, timeout=timeout)
-        for subjects_filter in subjects:
-            if subjects_filter not in exact:
-                found += await walk(self._nc, self.stream, subjects_filter, timeout=timeout)
+        found: list[Stored] = []
+        failed: list[Unavailable] = []
+
+        async def read(subjects: list[str] | str) -> None:
+            try:
+                if isinstance(subjects, list):
+                    found.extend(await last_of(self._nc, self.stream, subjects, timeout=timeout))
+                else:
+                    found.extend(await walk(self._nc, self.stream, subjects, timeout=timeout))
+            except Unavailable as exc:
+                failed.append(exc)
+
+        async with anyio.create_task_group() as tg:  # the filters walked side by side
+            tg.start_soon(read, exact)
+            for subjects_filter in subjects:
+                if subjects_filter not in exact:
+                    tg.start_soon(read, subjects_filter)
+        if failed:
+            raise failed[0]
         changes: dict[int, Change] = {}
         prefix = len(f"$KV.{self.name}.")
         for stored in found:
