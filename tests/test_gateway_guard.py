@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cluster import free_port
-from up import Bus, embedded
+from up import Bus, web_node
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,17 +46,14 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    port = free_port()
     limits = {
-        "ACTOR_GATEWAY_PORT": str(port),
         "ACTOR_GATEWAY_MAX_CONNECTIONS_PER_IP": str(PER_ADDRESS),
         "ACTOR_GATEWAY_HEADER_TIMEOUT": str(HEAD_TIMEOUT),
         "ACTOR_GATEWAY_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
         "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
         "ACTOR_GATEWAY_STALL_TIMEOUT": str(STALL),
     }
-    with embedded(tmp_path_factory.mktemp("guard"), **limits) as bus:
-        bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
+    with web_node(tmp_path_factory.mktemp("guard"), **limits) as (bus, port):
         yield Gateway(bus, port)
 
 

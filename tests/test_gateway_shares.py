@@ -16,8 +16,7 @@ from contextlib import ExitStack, suppress
 
 import httpx
 import pytest
-from cluster import free_port
-from up import Bus, embedded
+from up import Bus, web_node
 
 from actorbus import Keypair
 
@@ -61,16 +60,13 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    port = free_port()
     limits = {
-        "ACTOR_GATEWAY_PORT": str(port),
         "ACTOR_GATEWAY_MAX_CONCURRENCY": str(SLOTS),
         "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
         "ACTOR_GATEWAY_MAX_CONNECTIONS_PER_IP": str(PER_ADDRESS),
         "ACTOR_GATEWAY_STALL_TIMEOUT": str(STALL),
     }
-    with embedded(tmp_path_factory.mktemp("shares"), **limits) as bus:
-        bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
+    with web_node(tmp_path_factory.mktemp("shares"), **limits) as (bus, port):
         bus.actor("policy", "config", "--floor", "100000")  # the actor's quota is not tested
         yield Gateway(bus, port)
 

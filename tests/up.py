@@ -21,7 +21,7 @@ from processes import ROOT
 
 from actorbus import Settings
 
-__all__ = ["Bus", "Up", "embedded"]
+__all__ = ["Bus", "Up", "embedded", "web_node"]
 
 
 class Bus:
@@ -79,6 +79,16 @@ def embedded(root: Path, **env: str) -> Iterator[Bus]:
         for pid in (info["pid"], info.get("embedded") or 0):
             if pid and psutil.pid_exists(pid):
                 psutil.Process(pid).kill()
+
+
+@contextmanager
+def web_node(root: Path, **limits: str) -> Iterator[tuple[Bus, int]]:
+    """:func:`embedded` with its gateway on a port of its own (and ``limits``), which web
+    callers without a token may reach the echo actor through; and that port."""
+    port = free_port()
+    with embedded(root, ACTOR_GATEWAY_PORT=str(port), **limits) as bus:
+        bus.actor("policy", "role", "set", "public", "--allow", "echo/*")
+        yield bus, port
 
 
 class Up:
