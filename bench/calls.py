@@ -18,7 +18,10 @@
 (i) inline: the ``def`` with ``@endpoint(inline=True)`` (run on the loop, no hand-off);
 (j) client: (c)'s actor called with ``Client.call`` as a user makes calls (sessions on, the
     default: each call a MAC after the first);
-(k) client, signed: the same with ``Client(session=False)`` (each call signed).
+(k) client, signed: the same with ``Client(session=False)`` (each call signed);
+(l) relayed: (c)'s actor called with end-to-end envelopes as a gateway relays them (reply
+    subject ``_INBOX.relay.<gateway>.<nonce>``): each is claimed on JetStream before it runs
+    (PROTOCOL.md §6), the cost (l)/(c) shows.
 
 Each responder runs in its own process(es) against an embedded nats-server; the generator
 runs here. For (b) and (c) it signs every request and verifies every reply, as a client
@@ -69,7 +72,7 @@ from actorbus.bus import (
 )
 from actorbus.bus.requests import request
 from actorbus.bus.sessions import SESSION_FN, SessionGrant, mac_request, open_grant
-from actorbus.bus.wire import reply_signing_bytes, request_signing_bytes
+from actorbus.bus.wire import relay_reply, reply_signing_bytes, request_signing_bytes, sign_relayed
 from actorbus.host.stats import FunctionStats
 
 HERE = Path(__file__).resolve()
@@ -86,9 +89,10 @@ SUBJECTS = {
     "i": "actor.bench.echo_inline",
     "j": "actor.bench.echo",
     "k": "actor.bench.echo",
+    "l": "actor.bench.echo",
 }
-SHARED = {"d": "c", "g": "c", "h": "c", "i": "c", "j": "c", "k": "c"}
-"""Responders that call another's actor: (d) and (g) to (k) call (c)'s."""
+SHARED = {"d": "c", "g": "c", "h": "c", "i": "c", "j": "c", "k": "c", "l": "c"}
+"""Responders that call another's actor: (d) and (g) to (l) call (c)'s."""
 """All responders run at once, each on its own subject ((d) calls (c)'s actor in a session),
 so the cells of one repeat are measured minutes apart at most, not the whole run apart."""
 
@@ -208,6 +212,8 @@ async def _load(
     body = b'{"args":["x"],"kwargs":{}}'
     actor, fn = subject.split(".")[1:3]
     ticket, session_key = await open_session(nc, key, actor) if mode == "session" else ("", b"")
+    if mode == "relayed":
+        return await _relayed(nc, key, concurrency, seconds, subject, body)
 
     async def primitive() -> None:
         if mode == "raw":
@@ -240,6 +246,37 @@ async def _load(
                 assert await c.call(actor, fn, "x") == "x"
 
             return await drive(call, concurrency, seconds)
+
+
+async def _relayed(
+    nc: nats.NATS,
+    key: Keypair | SrKeypair,
+    concurrency: int,
+    seconds: float,
+    subject: str,
+    body: bytes,
+) -> tuple[float, list[float]]:
+    """(l): signed requests whose replies come to a relay inbox, as a gateway sends them."""
+    waiting: dict[str, asyncio.Future[nats.aio.msg.Msg]] = {}
+
+    async def arrived(msg: nats.aio.msg.Msg) -> None:
+        if (future := waiting.pop(msg.subject, None)) is not None:
+            future.set_result(msg)
+
+    sub = await nc.subscribe(relay_reply("bench", "*"), cb=arrived)
+
+    async def relayed() -> None:
+        headers = sign_relayed(key, subject, body, gateway="bench")
+        reply = relay_reply("bench", headers["Actor-Nonce"])
+        waiting[reply] = future = asyncio.get_running_loop().create_future()
+        await nc.publish(subject, body, reply=reply, headers=headers)
+        msg = await asyncio.wait_for(future, 10)
+        assert verify_reply(msg.headers, msg.data, headers["Actor-Nonce"]).status == 200
+
+    try:
+        return await drive(relayed, concurrency, seconds)
+    finally:
+        await sub.unsubscribe()
 
 
 async def drive(
@@ -316,6 +353,7 @@ MODES = {
     "i": "signed",
     "j": "client",
     "k": "client-signed",
+    "l": "relayed",
 }
 LABELS = {
     "a": "raw",
@@ -329,6 +367,7 @@ LABELS = {
     "i": "inline",
     "j": "client",
     "k": "client signed",
+    "l": "relayed",
 }
 RATIOS = [
     ("c", "b"),
@@ -342,6 +381,7 @@ RATIOS = [
     ("h", "c"),
     ("i", "c"),
     ("j", "k"),
+    ("l", "c"),
 ]
 
 
@@ -350,7 +390,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per cell (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="responders (letters)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k,l", help="responders (letters)")
     parser.add_argument("--log-level", default="INFO", help="of the actor (c, d, e)")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()

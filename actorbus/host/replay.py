@@ -38,7 +38,6 @@ from contextlib import asynccontextmanager
 
 import anyio
 import msgspec
-import nats.js.errors
 from nats.aio.subscription import Subscription
 
 from ..bus import (
@@ -73,6 +72,20 @@ _MAX_ANNOUNCEMENT = 256 * 1024
 """Bytes of one announcement the stream stores at most."""
 _decode = msgspec.msgpack.Decoder(list[NonceNote]).decode
 _FIRST = {"Nats-Expected-Last-Subject-Sequence": "0"}
+
+
+class _Refusal(msgspec.Struct):
+    err_code: int = 0
+    description: str = ""
+
+
+class _Claimed(msgspec.Struct):
+    """JetStream's answer to a publish: an ack, or ``error``."""
+
+    error: _Refusal | None = None
+
+
+_claimed = msgspec.json.Decoder(_Claimed).decode
 _WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a publish whose subject already holds a message."""
 _CLAIM_WAIT = 2.0
@@ -166,15 +179,16 @@ class ReplayGuard:
         it, :class:`Unavailable` if JetStream cannot say (then it must not run)."""
         digest = hashlib.sha256(f"{meta.key}\n{meta.nonce}".encode()).hexdigest()
         try:
-            await self._nc.jetstream().publish(
-                f"{self._subject}.{digest}", b"", headers=_FIRST, timeout=_CLAIM_WAIT
+            answer = await self._nc.request(
+                f"{self._subject}.{digest}", b"", timeout=_CLAIM_WAIT, headers=_FIRST
             )
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
-                raise Unauthorized("replayed nonce") from None
+            error = _claimed(answer.data).error
+        except (*JS_ERRORS, *UNDECODABLE) as exc:
             raise Unavailable(f"claiming a relayed request's nonce: {exc}") from exc
-        except JS_ERRORS as exc:
-            raise Unavailable(f"claiming a relayed request's nonce: {exc}") from exc
+        if error is not None:
+            if error.err_code == _WRONG_LAST_SEQUENCE:
+                raise Unauthorized("replayed nonce")
+            raise Unavailable(f"claiming a relayed request's nonce: {error.description}")
 
     async def _announce(self) -> None:
         """Publish the nonces accepted since the last turn, as one message; until cancelled."""
