@@ -530,6 +530,10 @@ async def test_a_host_runs_the_jobs_actors_and_gateways_an_admin_names(
     async with Client(settings=node.settings) as operator:
         with pytest.raises(nats.js.errors.NotFoundError):
             await operator.nc.jetstream().stream_info(stream)
+    # Free: the next to serve it claims it, and its streams are made anew (empty).
+    await (await replica_of(node, key, name, role)).close()
+    async with Client(settings=node.settings) as operator:
+        assert (await operator.nc.jetstream().stream_info(stream)).state.messages == 0
 
 
 async def test_a_gateway_hears_only_its_own_relayed_replies(node: Bus) -> None:

@@ -86,8 +86,6 @@ class AuthCallout(Bindings):
     """Answers ``$SYS.REQ.USER.AUTH`` (in the policy actor's replicas, a queue group)."""
 
     _registry_view: tuple[float, list[RegistryEntry]] = (0.0, [])
-    _provided: frozenset[str] = frozenset()
-    """The names whose streams this process has made (or found)."""
 
     async def on_run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         issuer = callout_issuer(self.key)
@@ -179,9 +177,11 @@ class AuthCallout(Bindings):
 
     async def _provide(self, name: str, role: str) -> None:
         """Make the streams a jobs actor or a gateway named ``name`` works on, as this
-        node's settings say, if this process has not yet. Raises :class:`Unavailable`
-        if JetStream cannot make them in time (the replica connects again)."""
-        if role not in (JOBS, GATEWAY) or name in self._provided:
+        node's settings say, or find them made (a few reads per such replica's connection:
+        an admin who frees the name deletes them, on any policy replica). Raises
+        :class:`Unavailable` if JetStream cannot make them in time (the replica connects
+        again)."""
+        if role not in (JOBS, GATEWAY):
             return
         settings = self.settings
         try:
@@ -198,7 +198,6 @@ class AuthCallout(Bindings):
                     await seen.settle()
         except TimeoutError:
             raise Unavailable(f"the streams of {role} {name!r} took too long to make") from None
-        self._provided = self._provided | {name}
 
     async def _calls(self, role_name: str) -> list[str]:
         """The call subjects of role ``role_name``: its allow patterns, the discovery

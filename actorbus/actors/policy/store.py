@@ -167,11 +167,14 @@ class PolicyStore(Actor):
         self, key: str, value: bytes, *, who: str, what: str, args: dict[str, Any]
     ) -> bool:
         """Write ``key`` unless it holds a record of this policy (an entry nobody trusts,
-        such as one a stranger wrote first, is written over), recorded first as made by
-        ``who``; whether this call wrote it (another replica may come first)."""
+        such as one a stranger wrote first, is written over, and so is this policy's
+        record of a removal), recorded first as made by ``who``; whether this call wrote
+        it (another replica may come first)."""
         current = await self._bucket.get(key)
         if current is not None and self._keeper.ours(key, current[0]):
-            return False
+            removed = open_record(self._bucket.name, key, current[0]).value is None
+            if not removed:
+                return False
         await record(self.nc, self.name or "policy", self.key, who, what, args)
         signed = sign_record(self.key, self._bucket.name, key, value, self._version())
         if await self._bucket.update(key, signed, current[1] if current else 0) is None:
