@@ -665,8 +665,18 @@ async def test_a_node_joins_the_cluster_under_its_own_key(
     joining.actor(*args)
     info = json.loads((joining.settings.home / "node.json").read_text())
     try:
+        victim = f"VICTIM_{secrets.token_hex(3)}"
         async with Client(settings=node.settings) as client:
             assert await client.call(name, "forward", "from the hub") == "from the hub"
+            await client.nc.jetstream().add_stream(name=victim, subjects=[f"victim.{victim}"])
+            # Issue 30: the joined node could ask its hub's JetStream anything (the hub's
+            # domain was open to it): it deleted the hub's streams. It reads there now.
+            async with Client(settings=joining.settings) as local:
+                for api in ("$JS.hub.API", "$JS.API"):  # the leaf maps the second to the first
+                    with pytest.raises(nats.errors.Error):  # no answer
+                        await local.nc.request(f"{api}.STREAM.DELETE.{victim}", b"", timeout=2)
+            assert (await client.nc.jetstream().stream_info(victim)).config.name == victim
+            await client.nc.jetstream().delete_stream(victim)
             await anyio.sleep(9)  # past one leaf_ttl: the leaf connected again
             assert await client.call(name, "forward", "still") == "still"
             node.actor("policy", "host", "rm", key.address)

@@ -282,6 +282,35 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
     return Permissions(pub=Permission(allow=pub), sub=Permission(allow=sub))
 
 
+_NOT_READING: Final = (
+    "STREAM.CREATE.>",
+    "STREAM.UPDATE.>",
+    "STREAM.DELETE.>",
+    "STREAM.PURGE.>",
+    "STREAM.MSG.DELETE.>",
+    "STREAM.SNAPSHOT.>",
+    "STREAM.RESTORE.>",
+    "STREAM.LEADER.>",
+    "STREAM.PEER.>",
+    "STREAM.NAMES",
+    "STREAM.LIST",
+    "STREAM.TEMPLATE.>",
+    "CONSUMER.DURABLE.CREATE.>",
+    "CONSUMER.MSG.NEXT.>",
+    "CONSUMER.LEADER.>",
+    "CONSUMER.PAUSE.>",
+    "CONSUMER.UNPIN.>",
+    "CONSUMER.NAMES.>",
+    "CONSUMER.LIST.>",
+    "DIRECT.GET.>",
+    "ACCOUNT.>",
+    "SERVER.>",
+    "META.>",
+)
+"""The JetStream API a leaf may not ask of its hub's domain: all but a reader's gets, infos
+and ordered consumers (:func:`stream_reader`)."""
+
+
 def leaf(node: str, settings: Settings) -> Permissions:
     """The leaf connection of a node that joined (``actor up --join``): what its machine's
     processes do, crossing into the hub. It carries every name its replicas serve, so it
@@ -292,9 +321,11 @@ def leaf(node: str, settings: Settings) -> Permissions:
 
     A leaf connection's permissions work both ways round (nats-server checks the interest
     it sends the leaf against ``subscribe`` and the interest the leaf sends against
-    ``publish``), so both are the same list, and the leaf's own interest in its hub's
-    JetStream domain (``$JS.<domain>.API.>``, which a leaf without JetStream of its own
-    keeps to reach it) is allowed besides."""
+    ``publish``), so both are the same list. The hub's JetStream domain
+    (``$JS.<domain>.API.>``) is one interest, which the leaf must be let publish to for
+    its JetStream requests to cross at all, so what it may ask there is bounded by a deny
+    list instead: every API verb but the readers' (issue 30: a joined node deleted the
+    hub's streams through it)."""
     registry = _kv(REGISTRY_BUCKET)
     readers = [registry, _kv(settings.policy_bucket), NONCE_STREAM, LOG_STREAM, AUDIT_STREAM]
     api = [subject for stream in readers for subject in stream_reader(stream)]
@@ -311,7 +342,8 @@ def leaf(node: str, settings: Settings) -> Permissions:
         *(s.replace("$JS.API.", domain) for s in api if s.startswith("$JS.API.")),
     ]
     return Permissions(
-        pub=Permission(allow=[*subjects, f"{domain}>"]), sub=Permission(allow=subjects)
+        pub=Permission(allow=[*subjects, f"{domain}>"], deny=[domain + v for v in _NOT_READING]),
+        sub=Permission(allow=subjects),
     )
 
 
