@@ -641,7 +641,8 @@ async def test_strangers_see_no_actors_unless_discovery_is_open(
         issued = await s.policy("issue_token", "viewer", "user")
         token = {"Authorization": f"Bearer {issued['token']}"}
         for path in ("/", "/docs", "/openapi.json", "/api/v0/actors"):
-            for headers in ({}, {"Authorization": "Bearer nope"}):
+            # An empty Authorization passed the gate as a token (the second attacker).
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": ""}):
                 refused = await s.http.get(path, headers=headers)
                 assert refused.status_code == 401, path
                 assert name not in refused.text and error_of(refused)["code"] == 401

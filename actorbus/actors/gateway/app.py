@@ -246,7 +246,7 @@ def build_app(gateway: Context) -> Starlette:
     async def discoverer(request: Request) -> Viewer:
         """Who asks to see the actors (:func:`viewer`); raises :class:`Unauthorized` for
         a caller without a bearer token where strangers are not shown them."""
-        if not settings.public_docs and "authorization" not in request.headers:
+        if not settings.public_docs and not request.headers.get("authorization", "").strip():
             raise Unauthorized("this gateway shows its actors to callers with a bearer token")
         return await viewer(request)
 
