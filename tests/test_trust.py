@@ -477,6 +477,29 @@ async def test_no_jetstream_answer_deletes_a_stream(node: Bus, who: str, how: st
         await operator.nc.jetstream().delete_stream(victim)
 
 
+async def test_a_hosts_consumers_of_shared_state_do_not_outlive_their_reader(node: Bus) -> None:
+    """Issue 30: a replica of a plain host made 989 durable consumers of the policy bucket
+    (and could make ephemeral ones that idle for an hour); while they stood, every
+    replica that started could not read the policy and answered 503, long after the
+    attacker was gone. A consumer of a shared stream is now deleted 30 s after nobody
+    reads it, whatever it asked for."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
+    async with stranger(node.url, **_as_host(key, ticket)) as (nc, _):
+        for stream in ("KV_actor_policy", "KV_actor_registry", "ACTOR_NONCES"):
+            durable = f"d{secrets.token_hex(3)}"
+            config = {"durable_name": durable, "ack_policy": "none", "deliver_subject": "x.y"}
+            create = f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}"
+            made = {"stream_name": stream, "config": config}
+            answer = json.loads((await nc.request(create, json.dumps(made).encode(), 5)).data)
+            assert answer["config"]["inactive_threshold"] == 30 * 10**9, answer
+            lasting = {**config, "durable_name": durable + "x", "inactive_threshold": 3600 * 10**9}
+            made = {"stream_name": stream, "config": lasting}
+            answer = json.loads((await nc.request(create + "x", json.dumps(made).encode(), 5)).data)
+            assert "error" in answer, answer
+
+
 @pytest.mark.parametrize("role", ["jobs", "gateway"])
 async def test_a_host_makes_no_stream_of_its_own(node: Bus, role: str) -> None:
     """Issue 30: a ticket for a new jobs or gateway name let its replica create and change

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NamedTuple, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import anyio
 import msgspec
@@ -59,6 +59,17 @@ class Change(NamedTuple):
     revision: int
     """What :meth:`Bucket.update` compares with: unlike a get (a direct get may be served
     by a replica that lags), the watch has seen this revision land."""
+
+
+READERS: Final = api.StreamConsumerLimits(inactive_threshold=30.0)
+"""What a consumer of a stream every node shares may be: gone 30 s after nobody reads it,
+a durable one too (issue 30: a host's replica made 989 durable consumers of the policy
+bucket, and every replica that started after could not read the policy while they stood).
+Ours are ordered consumers, gone 5 s after their reader."""
+MAX_ENTRY: Final = 256 * 1024
+"""Bytes of one entry of a bucket that is settled (a registry entry is about 2 KB): an
+answer JetStream writes onto a stored subject carries a stored message, so the largest
+one bounds what one request can make a stream keep."""
 
 
 class Bucket:
@@ -136,17 +147,29 @@ class Bucket:
         return f"KV_{self.name}"
 
     async def settle(self) -> None:
-        """Have the bucket's stream serve direct gets and refuse rollups, if it was made
-        before (its owner's call: changing a stream takes that right). A KV stream takes
-        a ``Nats-Rollup`` header by default, and JetStream can be made to publish stored
-        headers onto any subject (a direct get answers where its request says): one
-        rollup onto the policy bucket left 1 entry of 27. Nothing of ours rolls up."""
+        """Have the bucket's stream serve direct gets, refuse rollups, bound its entries and
+        its readers' consumers (:data:`READERS`), if it was made before (its owner's call:
+        changing a stream takes that right). A KV stream takes a ``Nats-Rollup`` header by
+        default, and JetStream can be made to publish stored headers onto any subject (a
+        direct get answers where its request says): one rollup onto the policy bucket left
+        1 entry of 27. Nothing of ours rolls up."""
         try:
             info = await self._js.stream_info(self.stream)
-            if info.config.allow_direct and not info.config.allow_rollup_hdrs:
+            config = info.config
+            if (
+                config.allow_direct
+                and not config.allow_rollup_hdrs
+                and config.max_msg_size == MAX_ENTRY
+                and config.consumer_limits == READERS
+            ):
                 self._kv._direct = self._direct_reads
                 return
-            settled = info.config.evolve(allow_direct=True, allow_rollup_hdrs=False)
+            settled = config.evolve(
+                allow_direct=True,
+                allow_rollup_hdrs=False,
+                max_msg_size=MAX_ENTRY,
+                consumer_limits=READERS,
+            )
             await self._js.update_stream(settled)
         except JS_ERRORS as exc:
             raise Unavailable(f"JetStream bucket {self.name}: {exc}") from exc
@@ -179,7 +202,7 @@ class Bucket:
         Runs until cancelled; raises :class:`Unavailable` if the watch cannot start.
         """
         try:
-            watcher = await self._kv.watch(">")
+            watcher = await self._kv.watch(">", inactive_threshold=_GONE_AFTER)
         except JS_ERRORS as exc:
             raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
         caught_up = False
@@ -435,7 +458,8 @@ async def ensure_stream(
     adjust: bool = True,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
-    ``max_bytes`` in all, the oldest dropped first), or widen its age and set its bytes. A
+    ``max_bytes`` in all, the oldest dropped first, each at most ``max_msg_size``; its
+    consumers bounded as :data:`READERS` says), or widen its age and set its bytes. A
     ``work_queue`` stream drops each message once a consumer acknowledges it; a message id is stored
     once per ``duplicate_window`` seconds (0: the server's default, 2 minutes); an
     ``append_only`` stream refuses to delete a message or purge (an existing stream is
@@ -455,6 +479,7 @@ async def ensure_stream(
         duplicate_window=duplicate_window,
         deny_delete=append_only,
         deny_purge=append_only,
+        consumer_limits=None if work_queue else READERS,
     )
     try:
         try:
@@ -467,16 +492,21 @@ async def ensure_stream(
                 info = await js.stream_info(name)
         if not adjust:
             return
-        widen = (info.config.max_age or 0) < max_age
-        bound = max_bytes is not None and info.config.max_bytes != max_bytes
-        seal = append_only and not (info.config.deny_delete and info.config.deny_purge)
-        if widen or bound or seal:
+        made = info.config
+        widen = (made.max_age or 0) < max_age
+        bound = max_bytes is not None and made.max_bytes != max_bytes
+        sized = max_msg_size is not None and made.max_msg_size != max_msg_size
+        seal = append_only and not (made.deny_delete and made.deny_purge)
+        limit = made.consumer_limits != config.consumer_limits
+        if widen or bound or sized or seal or limit:
             await js.update_stream(
-                info.config.evolve(
-                    max_age=max(max_age, info.config.max_age or 0),
-                    max_bytes=max_bytes if bound else info.config.max_bytes,
-                    deny_delete=info.config.deny_delete or append_only,
-                    deny_purge=info.config.deny_purge or append_only,
+                made.evolve(
+                    max_age=max(max_age, made.max_age or 0),
+                    max_bytes=max_bytes if bound else made.max_bytes,
+                    max_msg_size=max_msg_size if sized else made.max_msg_size,
+                    deny_delete=made.deny_delete or append_only,
+                    deny_purge=made.deny_purge or append_only,
+                    consumer_limits=config.consumer_limits,
                 )
             )
     except JS_ERRORS as exc:

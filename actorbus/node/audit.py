@@ -18,6 +18,9 @@ from ..client.audit import AuditRecord
 __all__ = ["ensure_audit", "record"]
 
 _MAX_AGE = 365 * 24 * 3600.0
+_MAX_RECORD = 64 * 1024
+"""Bytes of one record at most (a record is a few hundred): JetStream's answers written
+onto a record's subject are stored too, and a large one was 900 KB (issue 30)."""
 _encode = msgspec.json.Encoder().encode
 
 
@@ -30,6 +33,7 @@ async def ensure_audit(nc: NATS, *, replicas: int = 1) -> None:
         AUDIT_STREAM,
         [f"{AUDIT_PREFIX}.>"],
         max_age=_MAX_AGE,
+        max_msg_size=_MAX_RECORD,
         replicas=replicas,
         append_only=True,
     )
