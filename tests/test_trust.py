@@ -500,6 +500,37 @@ async def test_a_hosts_consumers_of_shared_state_do_not_outlive_their_reader(nod
             assert "error" in answer, answer
 
 
+async def test_a_replica_cannot_fill_the_audit_with_jetstream_answers(node: Bus) -> None:
+    """Issue 30: JetStream's answers written onto a stored subject are stored: a replica
+    put 700 KB under its own registry key and had 50 gets of it answered onto an audit
+    subject, 46.7 MB in 2 s, into a stream nobody may purge. A registry entry and an audit
+    record are bounded now, and the answer is too big to be kept."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    name = f"tenant{secrets.token_hex(3)}"
+    async with stranger(
+        node.url, **_as_host(key, host_ticket(key, name, "actor", key.address))
+    ) as (
+        nc,
+        _,
+    ):
+        entry = f"$KV.actor_registry.{name}.x"
+        with pytest.raises(nats.errors.Error):  # 700 KB: not stored (no ack)
+            await nc.jetstream().publish(entry, b"x" * 700_000, timeout=3)
+        await nc.jetstream().publish(entry, b"x" * 200_000, timeout=3)
+        async with Client(settings=node.settings) as operator:
+            before = (await operator.nc.jetstream().stream_info("ACTOR_POLICY_AUDIT")).state
+            ask = json.dumps({"last_by_subj": entry}).encode()
+            for _ in range(5):
+                await nc.publish(
+                    "$JS.API.STREAM.MSG.GET.KV_actor_registry", ask, reply="actorbus.audit.x"
+                )
+            await nc.flush()
+            await anyio.sleep(1)
+            after = (await operator.nc.jetstream().stream_info("ACTOR_POLICY_AUDIT")).state
+        assert after.bytes - before.bytes < 100_000, (before, after)
+
+
 @pytest.mark.parametrize("role", ["jobs", "gateway"])
 async def test_a_host_makes_no_stream_of_its_own(node: Bus, role: str) -> None:
     """Issue 30: a ticket for a new jobs or gateway name let its replica create and change
