@@ -24,6 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 
 SLOTS = 24
 """The gateway's requests at once (``gateway_max_concurrency``)."""
+CONNECTIONS = 128
+"""The gateway's connections at once (``gateway_max_connections``)."""
 SHARE = 8
 """A client's requests at once."""
 PER_ADDRESS = 16
@@ -62,6 +64,7 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     limits = {
         "ACTOR_GATEWAY_MAX_CONCURRENCY": str(SLOTS),
+        "ACTOR_GATEWAY_MAX_CONNECTIONS": str(CONNECTIONS),
         "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
         "ACTOR_GATEWAY_MAX_CONNECTIONS_PER_IP": str(PER_ADDRESS),
         "ACTOR_GATEWAY_STALL_TIMEOUT": str(STALL),
@@ -244,5 +247,20 @@ def test_a_few_addresses_cannot_take_the_gateway(gateway: Gateway, kind: str) ->
             sock = gateway.connect(f"127.0.33.{address}")
             attack.append(sock)
             sock.sendall(slow if kind == "slow calls" else SLOW_BODY)
+    with ExitStack() as held:
+        assert during(gateway, held, attack) >= 0.9
+
+
+def test_a_few_addresses_cannot_take_the_gateways_connections(gateway: Gateway) -> None:
+    """The second attacker: 58 addresses, each under its own cap, held every connection the
+    gateway takes (4,300 slowloris connections against 4,096) and the legitimate client
+    got 17.5% of its calls. Now a network holds no more connections than are still
+    free: here 8 addresses x PER_ADDRESS connections of one /24 try to hold all
+    CONNECTIONS."""
+    attack = []
+    for address in range(1, 9):
+        for _ in range(PER_ADDRESS):
+            with suppress(OSError):
+                attack.append(gateway.connect(f"127.0.35.{address}"))
     with ExitStack() as held:
         assert during(gateway, held, attack) >= 0.9

@@ -1,9 +1,10 @@
 """What a connection to the gateway may do before it is a request: limits enforced where
 the bytes arrive, in the HTTP protocol itself, so nothing unbounded is buffered or held.
 
-- **Connections**: at most ``gateway_max_connections`` open, and
-  ``gateway_max_connections_per_ip`` from one client address (an IPv6 /64 counts as one);
-  beyond either, a 503 and a close, before a byte is read.
+- **Connections**: at most ``gateway_max_connections`` open,
+  ``gateway_max_connections_per_ip`` from one client address (an IPv6 /64 counts as one),
+  and from one network (an IPv4 /24) no more than are still free; beyond any, a 503 and
+  a close, before a byte is read.
 - **The request head** (request line and headers): counted as it arrives; past
   ``gateway_max_headers`` bytes or ``gateway_max_header_count`` headers, a 431 and a close
   (the parser never holds more than the limit plus one read). The whole head must arrive
@@ -49,7 +50,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import DATA_POLICY, SECURITY_HEADERS, error_json
 
-__all__ = ["WRITTEN", "Admission", "HeadLimits", "client_group", "guarded_protocol"]
+__all__ = [
+    "WRITTEN",
+    "Admission",
+    "HeadLimits",
+    "client_group",
+    "client_network",
+    "guarded_protocol",
+]
 
 
 def client_group(host: str) -> str:
@@ -66,31 +74,51 @@ def client_group(host: str) -> str:
     return str(address)
 
 
+def client_network(address: str) -> str:
+    """The network of a client (:func:`client_group`'s address, so an IPv4 one is in
+    dotted form): an IPv4 /24 (an IPv6 client is its /64 already)."""
+    if ":" in address:
+        return address
+    head, dot, _ = address.rpartition(".")
+    return f"{head}.0/24" if dot else address
+
+
 class Admission:
-    """Open connections of one server, in all and by client address."""
+    """Open connections of one server, in all, by client address, and by network: one
+    network (:func:`client_network`) holds no more connections than are still free, so
+    a few networks cannot take them all whatever their number of addresses (issue 30: 58
+    addresses of one /24, each under its own cap, held all 4,096)."""
 
     def __init__(self, max_connections: int, max_per_client: int) -> None:
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self.total = 0
         self._by_client: dict[str, int] = {}
+        self._by_network: dict[str, int] = {}
 
     def enter(self, client: str) -> str:
         """Count a new connection from ``client``; or say why it is refused."""
-        if self.total >= self.max_connections:
+        free = self.max_connections - self.total
+        if free <= 0:
             return f"the gateway holds its limit of {self.max_connections} connections"
         held = self._by_client.get(client, 0)
         if held >= self.max_per_client:
             return f"your address holds its limit of {self.max_per_client} connections"
+        network = client_network(client)
+        near = self._by_network.get(network, 0)
+        if near >= free:
+            return f"your network holds {near} connections, as many as are still free"
         self.total += 1
         self._by_client[client] = held + 1
+        self._by_network[network] = near + 1
         return ""
 
     def leave(self, client: str) -> None:
         self.total -= 1
-        held = self._by_client.pop(client) - 1
-        if held:
-            self._by_client[client] = held
+        for table, key in ((self._by_client, client), (self._by_network, client_network(client))):
+            held = table.pop(key) - 1
+            if held:
+                table[key] = held
 
 
 class HeadLimits:

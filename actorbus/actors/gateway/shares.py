@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ...bus import RateLimited
 from .context import Context
 from .errors import error_json
-from .guard import WRITTEN, client_group
+from .guard import WRITTEN, client_group, client_network
 
 __all__ = ["Held", "Shares", "held"]
 
@@ -63,15 +63,6 @@ def held(request: Request) -> Held:
     return cast(Held, request.scope[_HELD])
 
 
-def _network(address: str) -> str:
-    """The network of a client (:func:`.guard.client_group`'s address, so an IPv4 one is
-    in dotted form): an IPv4 /24 (an IPv6 client is its /64 already)."""
-    if ":" in address:
-        return address
-    head, dot, _ = address.rpartition(".")
-    return f"{head}.0/24" if dot else address
-
-
 def _refusal(status: int, message: str, retry_after: str) -> Response:
     return Response(
         error_json(status, message),
@@ -99,7 +90,7 @@ class Shares:
             return
         client = scope.get("client")
         address = client_group(client[0] if client else "")
-        network = _network(address)
+        network = client_network(address)
         holding = self._networks.get(network, 0)
         if self.active >= self.max_concurrency:
             refusal = "the gateway is at its limit of requests at once"
