@@ -350,7 +350,8 @@ async def test_start_up_waits_for_jetstream(cluster: Cluster, nodes: Any, name: 
         cluster.start(0)
         cluster.start(1)
     assert "JetStream is ready" in _read(node.home / "node.log")
-    assert any(r["actor"] == name and r["state"] == "running" for r in await node.ps())
+    rows = await node.ps()
+    assert any(r["actor"] == name and r["state"] == "running" for r in rows), rows
 
 
 def _read(path: Path) -> str:

@@ -4,9 +4,9 @@ Callers that trust a policy count a registry entry only if it shows the policy's
 binding of the name to the entry's key (:class:`~actorbus.client.registry.Vouching`). On a
 NATS with the policy's auth callout, connecting claimed the name; elsewhere (a NATS of the
 user's own, the leaf-local server of a joined node) the replica asks the policy actor,
-with its home's hosting ticket, as soon as a policy is loaded and again each heartbeat
-until it is bound. The policy actor's own entries need none: they are signed by the key
-the callers trust.
+with its home's hosting ticket, as soon as a policy is loaded and again, up to once a
+second, until it is bound. The policy actor's own entries need none:
+they are signed by the key the callers trust.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from .policy_view import PolicyView
 __all__ = ["NameBinding", "binding_key"]
 
 log = logging.getLogger("actorbus.host")
+
+_FIRST_RETRY = 0.25
+"""Seconds before a claim the policy could not answer is asked again (then doubled)."""
+_LAST_RETRY = 1.0
+"""Seconds between claims at most (one nobody answers costs the bus next to nothing)."""
 
 
 def binding_key(name: str) -> str:
@@ -93,13 +98,19 @@ class NameBinding:
     async def keep(
         self, period: Callable[[], float], announce: Callable[[], Awaitable[None]]
     ) -> None:
-        """Once a policy is loaded, claim the name until it is bound (every ``period()``
-        seconds), then ``announce()`` it (the registry entry shows it at once)."""
+        """Once a policy is loaded, claim the name until it is bound, then ``announce()``
+        it (the registry entry shows it at once). Asked again after a quarter second,
+        then twice as long each time up to a second (or ``period()``, if shorter): a node
+        that starts the policy actor itself loads the policy before that actor answers,
+        and its own name, asked once a heartbeat, was bound a heartbeat late (`actor ps`
+        right after `up` found no node)."""
         if not self.needed:
             return
         await self._policy.loaded.wait()
+        wait = _FIRST_RETRY
         while not self.bound:
             if await self.claim():
                 await announce()
                 return
-            await anyio.sleep(period())
+            await anyio.sleep(min(wait, period()))
+            wait = min(2 * wait, _LAST_RETRY)
