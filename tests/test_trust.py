@@ -316,6 +316,26 @@ async def test_serving_a_name_takes_a_host_and_the_names_key(node: Bus) -> None:
     assert owner.address in node.actor("policy", "log", "--json")
 
 
+async def test_a_host_claims_new_names_at_a_bounded_pace(node: Bus) -> None:
+    """Issue 30's second attacker: a plain host claimed 1,000 fresh names in 2.9 s, each a
+    policy record every replica's policy view reads when it starts. A host claims 32 at
+    once, then one every 10 s (per policy replica); names it holds already are not
+    counted."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    prefix = f"many{secrets.token_hex(3)}x"
+    claimed = 0
+    try:
+        while claimed < 80:
+            await (await replica_of(node, key, f"{prefix}{claimed}")).close()
+            claimed += 1
+    except nats.errors.Error:  # one too many
+        pass
+    close_refused_sockets()  # once the refusal (which holds its socket) is gone
+    assert 32 <= claimed <= 64, claimed
+    await (await replica_of(node, key, f"{prefix}0")).close()  # its own: no new claim
+
+
 async def test_a_hosts_name_cannot_nest_in_the_jobs_actors_subjects(node: Bus) -> None:
     """Issue 30: a jobs actor's subjects are made of its name, dots kept: a host's ticket
     for the name ``jobs.work`` with role ``jobs`` could publish into the real jobs actor's
