@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from .errors import NoResponders, ReplyTimeout, Unavailable
 from .requests import request
 
-__all__ = ["Stored", "by_sequence", "last_of", "walk"]
+__all__ = ["ApiError", "Stored", "by_sequence", "last_of", "walk"]
 
 _CONCURRENCY = 32
 """Gets of one read in flight at once."""
@@ -46,14 +46,17 @@ class _Message(msgspec.Struct):
     data: bytes = b""
 
 
-class _Error(msgspec.Struct):
-    code: int
+class ApiError(msgspec.Struct):
+    """An error JetStream's API answers with (``{"error": {...}}``)."""
+
+    code: int = 0
+    err_code: int = 0
     description: str = ""
 
 
 class _Answer(msgspec.Struct):
     message: _Message | None = None
-    error: _Error | None = None
+    error: ApiError | None = None
 
 
 _decode = msgspec.json.Decoder(_Answer).decode

@@ -52,6 +52,7 @@ from ..bus import (
     publish,
 )
 from ..bus.jetstream import JS_ERRORS, ensure_stream, publish_acked, stream_messages
+from ..bus.stored import ApiError
 from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
 from ..bus.wire import H_INSTANCE, UNDECODABLE, NonceNote, sign_announcement, verify_announcement
 
@@ -74,15 +75,10 @@ _decode = msgspec.msgpack.Decoder(list[NonceNote]).decode
 _FIRST = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
-class _Refusal(msgspec.Struct):
-    err_code: int = 0
-    description: str = ""
-
-
 class _Claimed(msgspec.Struct):
     """JetStream's answer to a publish: an ack, or ``error``."""
 
-    error: _Refusal | None = None
+    error: ApiError | None = None
 
 
 _claimed = msgspec.json.Decoder(_Claimed).decode
