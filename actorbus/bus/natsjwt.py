@@ -22,12 +22,18 @@ from .keys import Keypair, verify_raw
 from .nkeys import ACCOUNT, SERVER, decode_nkey, encode_nkey
 
 __all__ = [
+    "BUS_ACCOUNT",
     "AuthRequest",
     "Permission",
     "Permissions",
     "authorization_response",
     "decode_request",
 ]
+
+BUS_ACCOUNT: Final = "BUS"
+"""The NATS account every connection is in, the auth callout's users and the users it
+answers for alike; JetStream is in another, which no connection is in
+(:mod:`actorbus.node.natsconf`)."""
 
 _HEADER: Final = base64.urlsafe_b64encode(b'{"typ":"JWT","alg":"ed25519-nkey"}').rstrip(b"=")
 _MAX_JWT: Final = 64 * 1024
@@ -164,11 +170,10 @@ def authorization_response(
     *,
     permissions: Permissions | None = None,
     name: str = "",
-    account: str = "$G",
     expires: int = 0,
     error: str = "",
 ) -> bytes:
-    """The signed answer to ``request``: a user with ``permissions`` in ``account`` (until
+    """The signed answer to ``request``: a user with ``permissions`` in :data:`BUS_ACCOUNT` (until
     the Unix time ``expires``, if not 0), or, with ``error``, a refusal."""
     nats = _ResponseNats(error=error)
     if not error:
@@ -177,7 +182,7 @@ def authorization_response(
             sub=request.user_nkey,
             nats=_UserNats(pub=permissions.pub, sub=permissions.sub),
             name=name,
-            aud=account,
+            aud=BUS_ACCOUNT,
             exp=expires,
         )
         nats.jwt = _sign(issuer, user)

@@ -100,6 +100,11 @@ class EmbeddedServer:
         return self._process.pid if self._process else None
 
     @property
+    def jetstream_dir(self) -> Path:
+        """JetStream's store (``-sd``): a folder per account in its ``jetstream``."""
+        return self.store / "jetstream"
+
+    @property
     def log_path(self) -> Path:
         return self.store / "nats-server.log"
 
@@ -124,7 +129,7 @@ class EmbeddedServer:
         binary = find_nats_server()
         command = [
             binary,
-            *(("-js", "-sd", str(self.store / "jetstream")) if self.jetstream else ()),
+            *(("-js", "-sd", str(self.jetstream_dir)) if self.jetstream else ()),
             *(("-m", "-1") if self.monitor else ()),
             "-a",
             self.host,

@@ -12,6 +12,7 @@ from .nkeys import encode_nkey
 __all__ = [
     "AUDIT_PREFIX",
     "AUDIT_STREAM",
+    "JOBS_PREFIX",
     "LOG_PREFIX",
     "LOG_STREAM",
     "MAX_NAME_TOKENS",
@@ -38,6 +39,7 @@ NONCE_PREFIX: Final = "actorbus.nonce"
 REGISTRY_BUCKET: Final = "actor_registry"
 LOG_STREAM: Final = "ACTOR_LOGS"
 LOG_PREFIX: Final = "actorbus.logs"
+JOBS_PREFIX: Final = "actorbus.jobs"
 AUDIT_STREAM: Final = "ACTOR_POLICY_AUDIT"
 AUDIT_PREFIX: Final = "actorbus.audit"
 
@@ -133,7 +135,7 @@ class JobsNames:
 
     def __init__(self, name: str) -> None:
         flat = check_name(name).replace(".", "_")
-        self.prefix = f"actorbus.jobs.{name}"
+        self.prefix = f"{JOBS_PREFIX}.{name}"
         self.bucket = f"actor_jobs_{flat}"
         """Job records by job id (KV)."""
         self.work_stream = f"ACTOR_JOBS_{flat.upper()}"

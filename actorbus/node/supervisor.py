@@ -44,7 +44,7 @@ from ..bus.subjects import service_subject
 from ..client.registry import RegistryEntry
 from ..client.specs import TIERS, ActorSpec, ReplicaStatus
 from .ghosts import forget
-from .natsconf import server_config, server_limits
+from .natsconf import adopt_global_store, server_config, server_limits
 from .saved import save
 from .slots import EventFn, OutputFn, Replica, ReplicaReady, SupervisorError
 
@@ -155,6 +155,8 @@ async def nats_server_for(settings: Settings) -> AsyncIterator[EmbeddedServer | 
         extra_args=("-c", str(path)),
         monitor=settings.nats_monitor,
     )
+    if settings.nats_auth:
+        adopt_global_store(server.jetstream_dir)
     async with AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(server)
