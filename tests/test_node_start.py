@@ -13,11 +13,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import nats
 import psutil
 import pytest
 from cluster import free_port
 from processes import ROOT
-from up import Bus
+from up import Bus, embedded
+
+from actorbus import Client
+from actorbus.bus.server import EmbeddedServer
 
 
 def test_a_taken_nats_port_is_said_and_another_port_serves(tmp_path: Path) -> None:
@@ -125,3 +129,21 @@ def test_a_specs_secrets_stay_out_of_command_lines_and_the_audit_trail(tmp_path:
         assert done.returncode != 0 and "it stops with its node" in done.stderr
     finally:
         bus.run("down")
+
+
+async def test_a_store_made_before_the_accounts_keeps_its_streams(tmp_path: Path) -> None:
+    """Issue 30 put JetStream in an account of its own. A node's store made before keeps
+    its streams under nats-server's global account, which has no JetStream now: the node
+    would start with the policy, the audit and the jobs gone, and say nothing. `actor up`
+    moves them to JetStream's account first."""
+    home = tmp_path / "home"
+    with EmbeddedServer(home / "nats") as before:  # as `actor up` ran it: one account
+        nc = await nats.connect(before.url)
+        kv = await nc.jetstream().create_key_value(bucket="keepsake")
+        await kv.put("kept", b"since before")
+        await nc.close()
+    with embedded(tmp_path) as bus:
+        async with Client(settings=bus.settings) as operator:
+            kv = await operator.nc.jetstream().key_value("keepsake")
+            assert (await kv.get("kept")).value == b"since before"
+        assert (home / "nats" / "jetstream" / "jetstream" / "STATE").is_dir()

@@ -497,6 +497,47 @@ async def test_no_jetstream_answer_deletes_a_stream(node: Bus, who: str, how: st
         await operator.nc.jetstream().delete_stream(victim)
 
 
+@pytest.mark.parametrize("how", ["pull", "ack"])
+async def test_a_jobs_actor_deletes_no_stream_with_its_own_queue(node: Bus, how: str) -> None:
+    """Issue 30: a jobs actor pulls from its queue and acknowledges what it takes, as no
+    other replica may. JetStream answers a pull that finds nothing, and an acknowledgement
+    that names a reply subject, on that subject, and nats-server took an answer on an API
+    subject as the account's own request: a host an admin let run a jobs actor deleted the
+    stream of its choice (the policy's bucket, the audit). JetStream is in an account of
+    its own now, where its answers land as messages."""
+    victim = f"VICTIM_{secrets.token_hex(3)}"
+    async with Client(settings=node.settings) as operator:
+        await operator.nc.jetstream().add_stream(name=victim, subjects=[f"victim.{victim}"])
+    key = Keypair.generate()
+    name = f"jobs{secrets.token_hex(3)}"
+    node.actor("policy", "host", "add", key.address, "--jobs", name)
+    jobs = JobsNames(name)
+    ticket = host_ticket(key, name, "jobs", key.address)
+    async with stranger(node.url, **_as_host(key, ticket)) as (nc, refusals):
+        durable = f"d{secrets.token_hex(3)}"
+        config = {"durable_name": durable, "ack_policy": "explicit"}
+        config["filter_subject"] = jobs.work("x")
+        create = f"$JS.API.CONSUMER.DURABLE.CREATE.{jobs.work_stream}.{durable}"
+        made = {"stream_name": jobs.work_stream, "config": config}
+        answer = json.loads((await nc.request(create, json.dumps(made).encode(), 5)).data)
+        assert "error" not in answer, answer
+        if how == "pull":
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{jobs.work_stream}.{durable}"
+            body = json.dumps({"batch": 1, "no_wait": True}).encode()
+        else:
+            subject, body = f"$JS.ACK.{jobs.work_stream}.{durable}.1.1.1.0.0", b"-NAK"
+        for target in (victim, "ACTOR_POLICY_AUDIT"):
+            await nc.publish(subject, body, reply=f"$JS.API.STREAM.DELETE.{target}")
+        await nc.flush()
+        await anyio.sleep(0.5)
+        assert not refusals.errors, refusals.errors  # its own rights: allowed, and harmless
+    async with Client(settings=node.settings) as operator:
+        js = operator.nc.jetstream()
+        assert (await js.stream_info("ACTOR_POLICY_AUDIT")).state.messages > 0
+        assert (await js.stream_info(victim)).config.name == victim
+        await js.delete_stream(victim)
+
+
 async def test_a_hosts_consumers_of_shared_state_do_not_outlive_their_reader(node: Bus) -> None:
     """Issue 30: a replica of a plain host made 989 durable consumers of the policy bucket
     (and could make ephemeral ones that idle for an hour); while they stood, every

@@ -113,23 +113,20 @@ def stream_reader(stream: str) -> list[str]:
 
 
 def direct_reader(stream: str) -> list[str]:
-    """Direct gets of ``stream``: the policy actor's alone. The stream answers one on the
-    reply subject the request names, and nats-server takes an answer on an API subject
-    as the account's own request (a direct get answered onto
-    ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``): a connection that may ask for
-    them may have any stream deleted (:mod:`.stored`)."""
+    """Direct gets of ``stream``: the policy actor's alone (:mod:`.stored`). The stream
+    answers one on the reply subject the request names; on a server with JetStream in the
+    callers' account, an answer onto ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``
+    (:mod:`actorbus.node.natsconf` puts JetStream in an account of its own)."""
     return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
 
 
 def puller(stream: str) -> list[str]:
-    """Pulling from ``stream``'s consumers and acknowledging what they deliver (the jobs
-    actor's work queue). JetStream answers a pull that finds nothing with an empty status
-    message on the pull's reply subject, and an acknowledgement that names a reply subject
-    with an empty message; nats-server takes either as the account's own request when the
-    subject is an API one: a pull or a ``-NAK`` answered onto ``$JS.API.STREAM.DELETE.<s>``
-    deleted stream ``s``, as a direct get's answer did (issue 30's second attacker). Only
-    the policy actor and a jobs actor, on its own queue, pull (open in issue 30: the way
-    out is JetStream in an account of its own, whose answers cannot land on its API)."""
+    """Pulling from ``stream``'s consumers and acknowledging what they deliver: the policy
+    actor's, and a jobs actor's on its own work queue. JetStream answers a pull that finds
+    nothing, and an acknowledgement that names a reply subject, on that subject; on a
+    server with JetStream in the callers' account, a pull or a ``-NAK`` answered onto
+    ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``, as a direct get's answer did
+    (:mod:`actorbus.node.natsconf` puts JetStream in an account of its own)."""
     return [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>"]
 
 
