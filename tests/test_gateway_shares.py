@@ -30,6 +30,8 @@ SHARE = 8
 """A client's requests at once."""
 PER_ADDRESS = 16
 STALL = 5.0
+UNREAD = 3 * 1024 * 1024
+"""Bytes of answers the gateway holds, in all, for readers that are behind."""
 SLOW = 3.0
 """Seconds of a slow call."""
 LEGIT = "127.0.0.1"
@@ -68,6 +70,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
         "ACTOR_GATEWAY_MAX_CONNECTIONS_PER_IP": str(PER_ADDRESS),
         "ACTOR_GATEWAY_STALL_TIMEOUT": str(STALL),
+        "ACTOR_GATEWAY_MAX_UNREAD": str(UNREAD),
     }
     with web_node(tmp_path_factory.mktemp("shares"), **limits) as (bus, port):
         bus.actor("policy", "config", "--floor", "100000")  # the actor's quota is not tested
@@ -141,6 +144,32 @@ def test_an_unread_answer_starts_no_request_behind_it(gateway: Gateway) -> None:
     with ExitStack() as held:
         attack = [s for a in ("127.0.31.1", "127.0.31.2") for s in unread(gateway, a, small)]
         assert during(gateway, held, attack) >= 0.9
+
+
+def test_answers_left_unread_are_bounded_in_all(gateway: Gateway) -> None:
+    """Issue 30: 1,000 connections asked for 900 KB answers and read none; the gateway
+    held one for each until its stall timeout, 967 MiB in all, and the legitimate
+    callers got 67.5% of their calls. Past UNREAD bytes held for readers that are behind,
+    the connections that fell behind first are reset at once, long before their stall
+    timeout (4 networks' shares of 300 KB answers here, as many as the gateway's SLOTS:
+    the first are cut short, and the client is served)."""
+    with ExitStack() as held:
+        attack = [s for a in range(1, 5) for s in unread(gateway, f"127.0.{31 + a}.1")]
+        for sock in attack:
+            held.enter_context(sock)
+        first = [len(answer(sock, 1.0)) for sock in attack[:2]]
+        assert all(taken < 300_000 for taken in first), first
+        assert legit_calls(gateway) >= 0.9
+
+
+def answer(sock: socket.socket, limit: float) -> bytes:
+    """What ``sock`` receives until the gateway closes or resets it, or ``limit`` s pass."""
+    sock.settimeout(limit)
+    data = b""
+    with suppress(ConnectionResetError, TimeoutError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
 
 
 def test_every_route_holds_its_share_until_its_answer_is_taken(gateway: Gateway) -> None:

@@ -188,6 +188,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_stall_timeout: float = 30.0
     """Seconds a response may wait on a web caller that stopped reading (a server-sent
     events stream is then ended and its connection closed)."""
+    gateway_max_unread: int = 256 * 1024 * 1024
+    """Bytes of answers a gateway replica holds, in all, for web callers that have not
+    read them: beyond, the connections whose callers stopped reading first are reset."""
     gateway_hosts: str = ""
     """Host names a gateway answers to besides ``localhost``, IP addresses and the address
     it listens on (comma-separated; ``*``: any). Others get 421: a web page that points its

@@ -31,7 +31,7 @@ from .app import build_app
 from .catalog import Catalog, Viewer
 from .context import Context
 from .fairness import Fairness
-from .guard import Admission, HeadLimits, guarded_protocol
+from .guard import Admission, Backlog, HeadLimits, guarded_protocol
 from .identity import Identities
 from .jwks import IssuerKeys
 from .meter import Meter
@@ -154,6 +154,7 @@ class Gateway(Actor):
                         timeout=settings.gateway_header_timeout,
                         stall=settings.gateway_stall_timeout,
                     ),
+                    Backlog(settings.gateway_max_unread),
                 ),
                 log_level="critical",  # the gateway logs its own errors (throttled)
                 access_log=False,
