@@ -31,11 +31,12 @@ blocks. Every cell is bounded in time and count; figures are medians over --repe
 The machine is shared: read the ratios.
 
 Issue 30 (the limits assumed one address is one client), against the same replica
-(target: >= 90% of normal calls succeed under each; the gateway's RSS after each): the 16
-normal callers while, each from addresses of their own, 5 x 220 connections leave a 200 KB
-answer unread with a call behind it, 40 addresses x 32 slow calls (each address within its
-share), 5 x 220 slow calls as commune bodies of fresh keys, and 5 x 256 bodies that never
-finish (bench/web_attacks.py).
+(target: >= 90% of normal calls succeed under each; the gateway's RSS after each; with
+--issue-30, only these): the 16 normal callers while, each from addresses of their own,
+5 x 220 connections leave a 200 KB answer unread with a call behind it, 1,000 leave a
+900 KB answer unread (the gateway holds at most ``ACTOR_GATEWAY_MAX_UNREAD`` for them in
+all), 40 addresses x 32 slow calls (each address within its share), 5 x 220 slow calls as
+commune bodies of fresh keys, and 5 x 256 bodies that never finish (bench/web_attacks.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -262,6 +264,7 @@ ATTACKED = "bench30"
 """The actor issue 30's attackers call (bench/web_attacks.py)."""
 ISSUE_30 = {
     "unread": ("unread 200 KB answers", 5 * 220),
+    "hoard": ("1,000 unread 900 KB answers", 1000),
     "slow": ("40 x 32 slow calls", 40 * 32),
     "commune": ("commune calls, fresh keys", 5 * 220),
     "bodies": ("bodies never finished", 5 * 256),
@@ -285,18 +288,32 @@ def attacked_load(
     return run, held
 
 
+def _sample_peak(process: psutil.Process, peak: list[int], done: threading.Event) -> None:
+    """``peak[0]``: the largest RSS of ``process`` seen every 0.1 s until ``done``."""
+    while not done.wait(0.1):
+        peak[0] = max(peak[0], process.memory_info().rss)
+
+
 def issue_30(port: int, pid: int, seconds: float, env: dict[str, str]) -> None:
     """Normal calls under each of issue 30's attacks, and the gateway's RSS after it."""
     gateway = psutil.Process(pid)
     for kind, (label, count) in ISSUE_30.items():
-        run, held = attacked_load(port, seconds, seconds + 6, env, [f"--{kind}", str(count)])
+        peak = [gateway.memory_info().rss]
+        done = threading.Event()
+        sampler = threading.Thread(target=_sample_peak, args=(gateway, peak, done))
+        sampler.start()
+        try:
+            run, held = attacked_load(port, seconds, seconds + 6, env, [f"--{kind}", str(count)])
+        finally:
+            done.set()
+            sampler.join()
         outcomes: dict[str, int] = run["outcomes"]
         total = sum(outcomes.values())
         failed = {k: v for k, v in outcomes.items() if k != "200"}
         print(
             f"under {label}: {outcomes.get('200', 0) / max(total, 1):.2%} of {total} normal "
-            f"calls succeed (target >= 90%), attackers held {held:.0f}, gateway RSS after "
-            f"{gateway.memory_info().rss / 2**20:.0f} MiB"
+            f"calls succeed (target >= 90%), attackers held {held:.0f}, gateway RSS peak "
+            f"{peak[0] / 2**20:.0f} MiB, after {gateway.memory_info().rss / 2**20:.0f} MiB"
             + (f", failed {failed}" if failed else ""),
             flush=True,
         )
@@ -369,6 +386,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (median)")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--attack-seconds", type=float, default=8.0, help="per cell (default 8)")
+    parser.add_argument("--issue-30", action="store_true", help="only issue 30's attacks")
     parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -409,6 +427,9 @@ def main() -> None:
         ]
         try:
             token = asyncio.run(prepare(settings, [port, attack_port]))
+            if args.issue_30:
+                issue_30(attack_port, processes[3].pid, args.attack_seconds, env)
+                return
             targets = {"direct": server.url, "http": str(port), "token": str(port)}
             results: dict[tuple[str, int], float] = {}
             print(f"{'mode':7} {'conc':>5} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")

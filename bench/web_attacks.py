@@ -16,6 +16,9 @@ the run (or opened again once answered):
 - **unread answers**: ``--unread N``: N connections (220 per address) that each ask for a
   200 KB echo, pipeline one more call behind it and read nothing (a small receive buffer
   and segment size, so the answer stays in the gateway's buffers);
+- **hoarded answers**: ``--hoard N``: N connections (16 per address, 250 per network)
+  that each ask for a 900 KB echo and read nothing: what the gateway holds for them in
+  all;
 - **slow calls**: ``--slow N``: N anonymous calls of bench/sleep (32 per address: each
   address within its share);
 - **commune keys**: ``--commune N``: N slow calls, each a commune body signed by a fresh
@@ -23,7 +26,8 @@ the run (or opened again once answered):
 - **slow bodies**: ``--bodies N``: N requests whose body never finishes (256 per address).
 
     python bench/web_attacks.py PORT SECONDS [--slowloris N] [--stalled N] [--flood N]
-                                [--unread N] [--slow N] [--commune N] [--bodies N]
+                                [--unread N] [--hoard N] [--slow N] [--commune N]
+                                [--bodies N]
 
 It prints a line once all are started, then, at the end, how many it held on average.
 """
@@ -136,11 +140,10 @@ async def _hold(
         await asyncio.sleep(_RECONNECT_PAUSE)
 
 
-async def unread(port: int, source: str, until: float, held: list[int]) -> None:
-    """A 200 KB answer left unread with a call behind it, until the run ends (a run is
-    shorter than the gateway's stall timeout)."""
-    big = _post(port, "/bench30/echo", json.dumps({"args": ["x" * 200_000]}).encode())
-    small = _post(port, "/bench30/echo", b'{"args": ["behind"]}')
+async def _unread(port: int, source: str, until: float, held: list[int], request: bytes) -> None:
+    """Send ``request`` and read nothing, until the run ends (a run is shorter than the
+    gateway's stall timeout): a small receive buffer and segment size, so the answer
+    stays in the gateway's buffers; again if the gateway closes it."""
     while time.monotonic() < until:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -150,13 +153,27 @@ async def unread(port: int, source: str, until: float, held: list[int]) -> None:
         try:
             sock.bind((source, 0))
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-            await asyncio.get_running_loop().sock_sendall(sock, big + small)
+            await asyncio.get_running_loop().sock_sendall(sock, request)
             await asyncio.sleep(max(0.0, until - time.monotonic()))
         except OSError:
             await asyncio.sleep(_RECONNECT_PAUSE)
         finally:
             held[0] -= 1
             sock.close()
+
+
+async def unread(port: int, source: str, until: float, held: list[int]) -> None:
+    """A 200 KB answer left unread with a call behind it."""
+    big = _post(port, "/bench30/echo", json.dumps({"args": ["x" * 200_000]}).encode())
+    small = _post(port, "/bench30/echo", b'{"args": ["behind"]}')
+    await _unread(port, source, until, held, big + small)
+
+
+async def hoard(port: int, source: str, until: float, held: list[int]) -> None:
+    """A 900 KB answer left unread: many are what the gateway holds in all (issue 30's
+    second attacker: 1,000 connections, 967 MiB)."""
+    big = _post(port, "/bench30/echo", json.dumps({"args": ["x" * 900_000]}).encode())
+    await _unread(port, source, until, held, big)
 
 
 async def slow(port: int, source: str, until: float, held: list[int]) -> None:
@@ -193,20 +210,26 @@ async def bodies(port: int, source: str, until: float, held: list[int]) -> None:
 async def attack(port: int, seconds: float, counts: dict[str, int]) -> None:
     until = time.monotonic() + seconds
     held = [0]
-    kinds: dict[str, tuple[Attacker, int, int]] = {
-        "slowloris": (slowloris, 2, 50),
-        "stalled": (stalled, 3, 20),
-        "flood": (flood, 4, 10),
-        "unread": (unread, 6, 220),
-        "slow": (slow, 7, 32),
-        "commune": (commune, 8, 220),
-        "bodies": (bodies, 9, 256),
+    # each kind: its attacker, its first network (127.0.<net>.0/24), its connections per
+    # address, and per network (then the next network's addresses)
+    one = 1 << 20
+    kinds: dict[str, tuple[Attacker, int, int, int]] = {
+        "slowloris": (slowloris, 2, 50, one),
+        "stalled": (stalled, 3, 20, one),
+        "flood": (flood, 4, 10, one),
+        "unread": (unread, 6, 220, one),
+        "slow": (slow, 7, 32, one),
+        "commune": (commune, 8, 220, one),
+        "bodies": (bodies, 9, 256, one),
+        "hoard": (hoard, 10, 16, 250),
     }
     tasks = []
     for kind, count in counts.items():
-        run, net, per_address = kinds[kind]
+        run, net, per_address, per_network = kinds[kind]
         for i in range(count):
-            tasks.append(run(port, f"127.0.{net}.{1 + i // per_address}", until, held))
+            network, index = divmod(i, per_network)
+            source = f"127.0.{net + network}.{1 + index // per_address}"
+            tasks.append(run(port, source, until, held))
     samples: list[int] = []
 
     async def sample() -> None:
@@ -227,10 +250,10 @@ def main() -> None:
     parser.add_argument("--slowloris", type=int, default=0)
     parser.add_argument("--stalled", type=int, default=0)
     parser.add_argument("--flood", type=int, default=0)
-    for kind in ("unread", "slow", "commune", "bodies"):
+    for kind in ("unread", "hoard", "slow", "commune", "bodies"):
         parser.add_argument(f"--{kind}", type=int, default=0)
     args = parser.parse_args()
-    kinds = ("slowloris", "stalled", "flood", "unread", "slow", "commune", "bodies")
+    kinds = ("slowloris", "stalled", "flood", "unread", "hoard", "slow", "commune", "bodies")
     counts = {kind: getattr(args, kind) for kind in kinds}
     asyncio.run(attack(args.port, args.seconds, counts))
 

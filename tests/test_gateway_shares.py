@@ -150,15 +150,25 @@ def test_answers_left_unread_are_bounded_in_all(gateway: Gateway) -> None:
     """Issue 30: 1,000 connections asked for 900 KB answers and read none; the gateway
     held one for each until its stall timeout, 967 MiB in all, and the legitimate
     callers got 67.5% of their calls. Past UNREAD bytes held for readers that are behind,
-    the connections that fell behind first are reset at once, long before their stall
-    timeout (4 networks' shares of 300 KB answers here, as many as the gateway's SLOTS:
-    the first are cut short, and the client is served)."""
+    connections are reset at once, long before their stall timeout: from the networks
+    that hold the most, those that fell behind first (4 networks' shares of 300 KB
+    answers, as many as the gateway's SLOTS). A slow reader behind before them all, in a
+    network of its own, keeps its answer; the client is served."""
+    big = post("/echo/forward", json.dumps({"args": ["x" * 300_000]}).encode())
     with ExitStack() as held:
-        attack = [s for a in range(1, 5) for s in unread(gateway, f"127.0.{31 + a}.1")]
+        slow_reader = held.enter_context(gateway.connect("127.0.40.1", small=True))
+        slow_reader.sendall(big)
+        time.sleep(0.3)
+        attack = [
+            sock
+            for network in range(32, 36)
+            for sock in unread(gateway, f"127.0.{network}.1", count=SHARE)
+        ]
         for sock in attack:
             held.enter_context(sock)
         first = [len(answer(sock, 1.0)) for sock in attack[:2]]
         assert all(taken < 300_000 for taken in first), first
+        assert len(answer(slow_reader, 1.0)) > 300_000
         assert legit_calls(gateway) >= 0.9
 
 

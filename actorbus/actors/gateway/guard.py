@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import ipaddress
 import socket
 import struct
@@ -129,6 +130,9 @@ class Admission:
 class _Behind(Protocol):
     """A connection whose reader is behind."""
 
+    network: str
+    """Its client's network (:func:`client_network`)."""
+
     def unsent(self) -> int:
         """Bytes written to it that its reader has not taken (its write buffer)."""
 
@@ -138,11 +142,13 @@ class _Behind(Protocol):
 
 class Backlog:
     """What the connections whose readers are behind hold, in all: past ``limit`` bytes,
-    those that fell behind first are reset until the rest fits. Issue 30: each of 1,000
+    connections are reset until the rest fits, from the network that holds the most
+    first, and within it the one that fell behind first. Issue 30: each of 1,000
     connections asked for eight 900 KB answers and read none; each held one, 967 MiB in
     all, and the gateway's legitimate callers got 67.5% of their calls. The stall timeout
     bounds how long one is held, not how many are: this bounds the sum. A reader that
-    takes what it is sent is not behind for long, and is not among the first."""
+    takes what it is sent is not behind for long; one on a slow link is behind, and the
+    networks that hold more than it does lose theirs before it loses its own."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -156,19 +162,31 @@ class Backlog:
         held = connection.unsent()
         self._total += held - self._behind.pop(connection, 0)
         self._behind[connection] = held
-        if self._total <= self.limit:
-            return
-        self._behind = {c: c.unsent() for c in self._behind}  # what they hold now
-        self._total = sum(self._behind.values())
-        for first in list(self._behind):
-            if self._total <= self.limit:
-                break
-            self._total -= self._behind.pop(first)
-            first.reset()
+        if self._total > self.limit:
+            self._shed()
 
     def caught_up(self, connection: _Behind) -> None:
         """``connection``'s reader took what it held, or it is gone."""
         self._total -= self._behind.pop(connection, 0)
+
+    def _shed(self) -> None:
+        self._behind = {c: c.unsent() for c in self._behind}  # what they hold now
+        self._total = sum(self._behind.values())
+        networks: dict[str, list[_Behind]] = {}
+        for connection in self._behind:
+            networks.setdefault(connection.network, []).append(connection)
+        sums = {net: sum(self._behind[c] for c in held) for net, held in networks.items()}
+        heaviest = [(-total, net) for net, total in sums.items()]
+        heapq.heapify(heaviest)
+        while self._total > self.limit and heaviest:
+            _, net = heapq.heappop(heaviest)
+            first = networks[net].pop(0)
+            held = self._behind.pop(first)
+            self._total -= held
+            sums[net] -= held
+            first.reset()
+            if networks[net]:
+                heapq.heappush(heaviest, (-sums[net], net))
 
 
 class HeadLimits:
@@ -278,6 +296,7 @@ def guarded_protocol(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._group = ""
+            self.network = ""
             self._admitted = False
             self._head_bytes = 0
             """Bytes received while the request head is not complete."""
@@ -299,6 +318,7 @@ def guarded_protocol(
             )
             super().connection_made(cast(asyncio.Transport, self._closing))
             self._group = client_group(self.client[0] if self.client else "")
+            self.network = client_network(self._group)
             refusal = admission.enter(self._group)
             if refusal:
                 self._answer(503, refusal, retry_after=True)
