@@ -30,8 +30,6 @@ SHARE = 8
 """A client's requests at once."""
 PER_ADDRESS = 16
 STALL = 5.0
-UNREAD = 3 * 1024 * 1024
-"""Bytes of answers the gateway holds, in all, for readers that are behind."""
 SLOW = 3.0
 """Seconds of a slow call."""
 LEGIT = "127.0.0.1"
@@ -70,7 +68,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "ACTOR_GATEWAY_CLIENT_CONCURRENCY": str(SHARE),
         "ACTOR_GATEWAY_MAX_CONNECTIONS_PER_IP": str(PER_ADDRESS),
         "ACTOR_GATEWAY_STALL_TIMEOUT": str(STALL),
-        "ACTOR_GATEWAY_MAX_UNREAD": str(UNREAD),
     }
     with web_node(tmp_path_factory.mktemp("shares"), **limits) as (bus, port):
         bus.actor("policy", "config", "--floor", "100000")  # the actor's quota is not tested
@@ -144,42 +141,6 @@ def test_an_unread_answer_starts_no_request_behind_it(gateway: Gateway) -> None:
     with ExitStack() as held:
         attack = [s for a in ("127.0.31.1", "127.0.31.2") for s in unread(gateway, a, small)]
         assert during(gateway, held, attack) >= 0.9
-
-
-def test_answers_left_unread_are_bounded_in_all(gateway: Gateway) -> None:
-    """Issue 30: 1,000 connections asked for 900 KB answers and read none; the gateway
-    held one for each until its stall timeout, 967 MiB in all, and the legitimate
-    callers got 67.5% of their calls. Past UNREAD bytes held for readers that are behind,
-    connections are reset at once, long before their stall timeout: from the networks
-    that hold the most, those that fell behind first (4 networks' shares of 300 KB
-    answers, as many as the gateway's SLOTS). A slow reader behind before them all, in a
-    network of its own, keeps its answer; the client is served."""
-    big = post("/echo/forward", json.dumps({"args": ["x" * 300_000]}).encode())
-    with ExitStack() as held:
-        slow_reader = held.enter_context(gateway.connect("127.0.40.1", small=True))
-        slow_reader.sendall(big)
-        time.sleep(0.3)
-        attack = [
-            sock
-            for network in range(32, 36)
-            for sock in unread(gateway, f"127.0.{network}.1", count=SHARE)
-        ]
-        for sock in attack:
-            held.enter_context(sock)
-        first = [len(answer(sock, 1.0)) for sock in attack[:2]]
-        assert all(taken < 300_000 for taken in first), first
-        assert len(answer(slow_reader, 1.0)) > 300_000
-        assert legit_calls(gateway) >= 0.9
-
-
-def answer(sock: socket.socket, limit: float) -> bytes:
-    """What ``sock`` receives until the gateway closes or resets it, or ``limit`` s pass."""
-    sock.settimeout(limit)
-    data = b""
-    with suppress(ConnectionResetError, TimeoutError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
 
 
 def test_every_route_holds_its_share_until_its_answer_is_taken(gateway: Gateway) -> None:

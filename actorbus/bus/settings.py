@@ -190,7 +190,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     events stream is then ended and its connection closed)."""
     gateway_max_unread: int = 256 * 1024 * 1024
     """Bytes of answers a gateway replica holds, in all, for web callers that have not
-    read them: beyond, the connections whose callers stopped reading first are reset."""
+    read them: beyond, connections are reset from the network that holds the most; a
+    network that holds an eighth of it starts no new request (503) until it holds less."""
     gateway_hosts: str = ""
     """Host names a gateway answers to besides ``localhost``, IP addresses and the address
     it listens on (comma-separated; ``*``: any). Others get 421: a web page that points its

@@ -141,33 +141,54 @@ class _Behind(Protocol):
 
 
 class Backlog:
-    """What the connections whose readers are behind hold, in all: past ``limit`` bytes,
-    connections are reset until the rest fits, from the network that holds the most
-    first, and within it the one that fell behind first. Issue 30: each of 1,000
-    connections asked for eight 900 KB answers and read none; each held one, 967 MiB in
-    all, and the gateway's legitimate callers got 67.5% of their calls. The stall timeout
-    bounds how long one is held, not how many are: this bounds the sum. A reader that
-    takes what it is sent is not behind for long; one on a slow link is behind, and the
-    networks that hold more than it does lose theirs before it loses its own."""
+    """What the connections whose readers are behind hold, in all and by network.
+
+    A network that holds an eighth of ``limit`` starts no new request until it holds less
+    (503 before its body is read). Past ``limit`` in all, connections are reset until the
+    rest fits: from the network that holds the most first (of two as heavy, the one that
+    fell behind last), and within it the one that fell behind first. A reader that takes
+    what it is sent is not behind for long; one on a slow link is, and the networks that
+    hold more than it does lose theirs first.
+
+    Issue 30: each of 1,000 connections asked for eight 900 KB answers and read none; each
+    held one, 967 MiB in all, and the gateway's legitimate callers got 67.5% of their
+    calls. The stall timeout bounds how long one is held, not how many are: this bounds
+    the sum, and what one network asks for while it holds its share.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.share = limit // 8
+        """Bytes one network may hold before it starts no new request."""
         self._behind: dict[_Behind, int] = {}
         """In the order they fell behind: the bytes each held then (it only drains until
         it catches up, so their sum bounds what they hold)."""
+        self._by_network: dict[str, int] = {}
         self._total = 0
+
+    def full(self, network: str) -> bool:
+        """Whether ``network`` holds its share: it may start no new request."""
+        return self._by_network.get(network, 0) >= self.share
 
     def behind(self, connection: _Behind) -> None:
         """``connection``'s reader fell behind (its writes are paused)."""
+        self.caught_up(connection)
         held = connection.unsent()
-        self._total += held - self._behind.pop(connection, 0)
         self._behind[connection] = held
+        self._by_network[connection.network] = self._by_network.get(connection.network, 0) + held
+        self._total += held
         if self._total > self.limit:
             self._shed()
 
     def caught_up(self, connection: _Behind) -> None:
         """``connection``'s reader took what it held, or it is gone."""
-        self._total -= self._behind.pop(connection, 0)
+        held = self._behind.pop(connection, None)
+        if held is None:
+            return
+        self._total -= held
+        left = self._by_network.pop(connection.network) - held
+        if left > 0:
+            self._by_network[connection.network] = left
 
     def _shed(self) -> None:
         self._behind = {c: c.unsent() for c in self._behind}  # what they hold now
@@ -176,17 +197,20 @@ class Backlog:
         for connection in self._behind:
             networks.setdefault(connection.network, []).append(connection)
         sums = {net: sum(self._behind[c] for c in held) for net, held in networks.items()}
-        heaviest = [(-total, net) for net, total in sums.items()]
+        # The heaviest first; of two as heavy, the one that fell behind last.
+        arrived = {net: i for i, net in enumerate(networks)}
+        heaviest = [(-total, -arrived[net], net) for net, total in sums.items()]
         heapq.heapify(heaviest)
         while self._total > self.limit and heaviest:
-            _, net = heapq.heappop(heaviest)
+            _, _, net = heapq.heappop(heaviest)
             first = networks[net].pop(0)
             held = self._behind.pop(first)
             self._total -= held
             sums[net] -= held
             first.reset()
             if networks[net]:
-                heapq.heappush(heaviest, (-sums[net], net))
+                heapq.heappush(heaviest, (-sums[net], -arrived[net], net))
+        self._by_network = {net: total for net, total in sums.items() if total > 0}
 
 
 class HeadLimits:
@@ -353,7 +377,7 @@ def guarded_protocol(
             except httptools.HttpParserError as exc:
                 cause = exc.__context__
                 if isinstance(cause, _Refuse):
-                    self._answer(cause.status, cause.message)
+                    self._answer(cause.status, cause.message, retry_after=cause.status == 503)
                 else:
                     self._answer(400, "malformed HTTP request")
                 return
@@ -421,6 +445,8 @@ def guarded_protocol(
             self._head_done = True
             if len(self.pipeline) >= _MAX_PIPELINED:
                 raise _Refuse(400, f"over {_MAX_PIPELINED} requests pipelined unanswered")
+            if backlog.full(self.network):
+                raise _Refuse(503, "your network holds its share of answers not yet read")
             size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
             if size > limits.max_bytes:
                 raise _Refuse(
