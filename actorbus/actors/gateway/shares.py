@@ -8,6 +8,11 @@ unread held its slot with no share counting it, issue 30), whatever the route.
   others, so a few addresses, each within its client's share, cannot take the gateway
   (issue 30: 40 addresses x 32 slow calls did). Loopback addresses count as any other (a proxy
   on this machine is one client and one network: see README).
+- **Room for its body** in the replica's ``gateway_max_bodies`` bytes (503 beyond), its
+  network holding no more of them than are still free: a body is counted at its
+  ``Content-Length`` (a chunked one at ``max_body``) until the answer is taken, so many
+  large calls at once cannot hold the replica's memory (issue 30: 1,000 calls of 900 KB
+  at once, 941 MiB).
 - **Its client's share** (:mod:`.fairness`), taken before anything is read or checked: a
   bearer token the policy lists counts as its key; any other request as the address it
   comes from (an IPv6 /64 counts as one), so a slow body, a page of the docs or a call
@@ -80,9 +85,12 @@ class Shares:
         self.app = app
         self.gateway = gateway
         self.max_concurrency = gateway.settings.gateway_max_concurrency
+        self.max_bodies = gateway.settings.gateway_max_bodies
         self.active = 0
-        self._networks: dict[str, int] = {}
-        """Requests held, by network."""
+        self.bodies = 0
+        """Bytes of the bodies of the requests held."""
+        self._networks: dict[str, tuple[int, int]] = {}
+        """Requests held, and the bytes of their bodies, by network."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,11 +99,16 @@ class Shares:
         client = scope.get("client")
         address = client_group(client[0] if client else "")
         network = client_network(address)
-        holding = self._networks.get(network, 0)
+        holding, bodies = self._networks.get(network, (0, 0))
+        body = self._body(scope)
         if self.active >= self.max_concurrency:
             refusal = "the gateway is at its limit of requests at once"
         elif holding >= self.max_concurrency - self.active:
             refusal = f"your network holds {holding} of this gateway's requests: try again"
+        elif self.bodies + body > self.max_bodies:
+            refusal = "the gateway holds its limit of request bodies at once: try again"
+        elif bodies + body > self.max_bodies - self.bodies:
+            refusal = f"your network holds {bodies} bytes of this gateway's requests: try again"
         else:
             refusal = ""
         if refusal:
@@ -110,7 +123,8 @@ class Shares:
         mine = scope[_HELD] = Held(address, who)
         mine.add(leave)
         self.active += 1
-        self._networks[network] = holding + 1
+        self.bodies += body
+        self._networks[network] = (holding + 1, bodies + body)
         written: Callable[[], Awaitable[None]] | None = (
             scope.get("extensions", {}).get(WRITTEN, {}).get("wait")
         )
@@ -120,10 +134,21 @@ class Shares:
                 await written()
         finally:
             self.active -= 1
-            left = self._networks.pop(network) - 1
-            if left:
-                self._networks[network] = left
+            self.bodies -= body
+            left, left_bodies = self._networks.pop(network)
+            if left > 1:
+                self._networks[network] = (left - 1, left_bodies - body)
             mine.release()
+
+    def _body(self, scope: Scope) -> int:
+        """Bytes ``scope``'s body is counted at: its ``Content-Length`` (up to
+        ``max_body``: a larger one is refused unread), ``max_body`` if it is chunked."""
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit():
+                return min(int(value), self.gateway.max_body)
+            if name == b"transfer-encoding":
+                return self.gateway.max_body
+        return 0
 
     def _holder(self, scope: Scope) -> str:
         """The key a bearer token the policy lists signs as, else ``""``."""
