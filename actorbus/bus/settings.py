@@ -188,11 +188,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_stall_timeout: float = 30.0
     """Seconds a response may wait on a web caller that stopped reading (a server-sent
     events stream is then ended and its connection closed)."""
-    gateway_max_bodies: int = 256 * 1024 * 1024
+    gateway_max_bodies: Annotated[int, msgspec.Meta(ge=1024 * 1024)] = 256 * 1024 * 1024
     """Bytes of request bodies a gateway replica holds at once, each counted at its
     ``Content-Length`` (a chunked one at ``max_body``) until its answer is taken (503
     beyond; one network holds no more of them than are still free)."""
-    gateway_max_unread: int = 256 * 1024 * 1024
+    gateway_max_unread: Annotated[int, msgspec.Meta(ge=1024 * 1024)] = 256 * 1024 * 1024
     """Bytes of answers a gateway replica holds, in all, for web callers that have not
     read them: beyond, connections are reset from the network that holds the most; a
     network that holds an eighth of it starts no new request (503) until it holds less."""
