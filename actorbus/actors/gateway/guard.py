@@ -145,10 +145,10 @@ class Backlog:
 
     A network that holds an eighth of ``limit`` starts no new request until it holds less
     (503 before its body is read). Past ``limit`` in all, connections are reset until the
-    rest fits: from the network that holds the most first (of two as heavy, the one that
-    fell behind last), and within it the one that fell behind first. A reader that takes
-    what it is sent is not behind for long; one on a slow link is, and the networks that
-    hold more than it does lose theirs first.
+    rest is under 7/8 of it: from the network that holds the most first (of two as heavy,
+    the one that fell behind last), and within it the one that fell behind first. A
+    reader that takes what it is sent is not behind for long; one on a slow link is, and
+    the networks that hold more than it does lose theirs first.
 
     Issue 30: each of 1,000 connections asked for eight 900 KB answers and read none; each
     held one, 967 MiB in all, and the gateway's legitimate callers got 67.5% of their
@@ -201,7 +201,9 @@ class Backlog:
         arrived = {net: i for i, net in enumerate(networks)}
         heaviest = [(-total, -arrived[net], net) for net, total in sums.items()]
         heapq.heapify(heaviest)
-        while self._total > self.limit and heaviest:
+        # Down to 7/8 of the bound: the next shedding is an eighth of it away, so its
+        # cost (a pass over every connection behind) is spread over that many arrivals.
+        while self._total > self.limit - self.share and heaviest:
             _, _, net = heapq.heappop(heaviest)
             first = networks[net].pop(0)
             held = self._behind.pop(first)
