@@ -2,7 +2,7 @@
 
     python bench/scale.py [--users 100,1000,100000] [--keys 40,400,4000]
                           [--reads 100,1000,10000] [--actors 6,20,60]
-                          [--soak 600]
+                          [--soak 600] [--behind 1024,4096,16384]
 
 Against an embedded nats-server, the policy actor and an echo actor (bench/calls.py's
 ``BenchEcho``), each a process of its own, and this process as the callers:
@@ -26,6 +26,10 @@ Against an embedded nats-server, the policy actor and an echo actor (bench/calls
    them in turn (and every tenth request is ``/openapi.json``) for SOAK seconds: requests,
    answers by status, and the registry's consumers before and after (target: 60 actors,
    600 s, no answer but 200 and 429, consumers +0).
+6. the gateway's bound on unread answers (``guard.Backlog``, in this process): BEHIND
+   connections from 200 networks fall behind one after another, each holding 900 KB, then
+   64 KiB: the time per connection falling behind (past the bound, connections are reset
+   from the heaviest networks; target: flat in BEHIND).
 
 Every phase is bounded in count and time. The machine is shared: read the curves' shapes
 and the ratios, not single figures.
@@ -50,6 +54,7 @@ import psutil
 
 from actorbus import Client, Settings
 from actorbus import serve as serve_actor
+from actorbus.actors.gateway.guard import Backlog
 from actorbus.bus import NATS, EmbeddedServer, Keypair, connect, sign_request, verify_reply
 from actorbus.bus.requests import request
 from actorbus.bus.subjects import call_subject
@@ -290,6 +295,38 @@ async def run(
         await openapi_size(client, settings, args.gateway_port, actors, args.soak)
 
 
+class _Behind:
+    def __init__(self, network: str, size: int) -> None:
+        self.network = network
+        self.size = size
+
+    def unsent(self) -> int:
+        return self.size
+
+    def reset(self) -> None:
+        self.size = 0
+
+
+def backlog_cost(counts: list[int]) -> None:
+    """Phase 6: microseconds per connection falling behind, at each of ``counts``."""
+    for size in (900_000, 64 * 1024):
+        for count in counts:
+            runs = []
+            for _ in range(5):
+                backlog = Backlog(256 * 1024 * 1024)
+                behind = [_Behind(f"10.{i % 200}.0.0/24", size) for i in range(count)]
+                started = time.perf_counter()
+                for connection in behind:
+                    backlog.behind(connection)
+                runs.append((time.perf_counter() - started) / count * 1e6)
+            reset = sum(c.size == 0 for c in behind)
+            print(
+                f"backlog: {count} behind of {size // 1024} KiB each: "
+                f"{statistics.median(runs):.1f} us per one falling behind, {reset} reset",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reads", default="100,1000,10000")
@@ -299,7 +336,9 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=600.0, help="seconds (0: none)")
     parser.add_argument("--window", type=float, default=3600.0, help="the quota window (s)")
     parser.add_argument("--gateway-port", type=int, default=18480)
+    parser.add_argument("--behind", default="1024,4096,16384")
     args = parser.parse_args()
+    backlog_cost([int(n) for n in args.behind.split(",")])
     home = Path(tempfile.mkdtemp(prefix="actorbus-scale-"))
     with EmbeddedServer(home / "nats") as server:
         env = dict(os.environ, ACTOR_NATS_URL=server.url, ACTOR_HOME=str(home))
