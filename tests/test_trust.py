@@ -476,12 +476,12 @@ async def test_no_jetstream_answer_deletes_a_stream(node: Bus, who: str, how: st
         if how == "direct get":
             ask = {"seq": 1, "next_by_subj": "$KV.actor_registry.>"}
             subject = f"$JS.API.DIRECT.GET.{registry}"
-        else:  # a consumer of its own, pulled from (it finds nothing) or acknowledged
+        else:  # a consumer of its own (refused now, as any of the registry), pulled or acked
             durable = f"d{secrets.token_hex(3)}"
             config = {"durable_name": durable, "filter_subject": "$KV.actor_registry.none.x"}
             create = f"$JS.API.CONSUMER.DURABLE.CREATE.{registry}.{durable}"
             made = {"stream_name": registry, "config": config}
-            await nc.request(create, json.dumps(made).encode(), timeout=5)
+            await nc.publish(create, json.dumps(made).encode(), reply=nc.new_inbox())
             if how == "pull":
                 ask, subject = (
                     {"batch": 1, "no_wait": True},
@@ -548,7 +548,7 @@ async def test_a_hosts_consumers_of_shared_state_do_not_outlive_their_reader(nod
     node.actor("policy", "host", "add", key.address)
     ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
     async with stranger(node.url, **_as_host(key, ticket)) as (nc, _):
-        for stream in ("KV_actor_policy", "KV_actor_registry", "ACTOR_NONCES"):
+        for stream in ("KV_actor_policy", "ACTOR_NONCES"):
             durable = f"d{secrets.token_hex(3)}"
             config = {"durable_name": durable, "ack_policy": "none", "deliver_subject": "x.y"}
             create = f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}"
@@ -559,6 +559,35 @@ async def test_a_hosts_consumers_of_shared_state_do_not_outlive_their_reader(nod
             made = {"stream_name": stream, "config": lasting}
             answer = json.loads((await nc.request(create + "x", json.dumps(made).encode(), 5)).data)
             assert "error" in answer, answer
+
+
+@pytest.mark.parametrize("who", ["host", "replica"])
+async def test_no_host_makes_consumers_of_the_registry(node: Bus, who: str) -> None:
+    """Issue 30's third attacker: a push consumer's deliver subject is its maker's choice,
+    and one aimed where something listens never goes inactive (every replica listens for
+    the policy bucket's deletion advisory). A plain host filled the registry's 1,000
+    consumers in a second, and long after it left even the operator could make none.
+    Nobody but an admin follows the registry: a host and its replicas read it by gets, and
+    make no consumer of it."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
+    registry = "KV_actor_registry"
+    async with stranger(node.url, **_as_host(key, ticket if who == "replica" else "")) as (
+        nc,
+        refusals,
+    ):
+        listened = f"$JS.EVENT.ADVISORY.STREAM.DELETED.KV_{node.settings.policy_bucket}"
+        durable = f"d{secrets.token_hex(3)}"
+        config = {"durable_name": durable, "ack_policy": "none", "deliver_subject": listened}
+        made = json.dumps({"stream_name": registry, "config": config}).encode()
+        create = f"$JS.API.CONSUMER.DURABLE.CREATE.{registry}.{durable}"
+        ephemeral = f"$JS.API.CONSUMER.CREATE.{registry}"
+        for subject in (create, ephemeral):
+            await nc.publish(subject, made, reply=nc.new_inbox())
+        await refused(nc, refusals, create, ephemeral)
+        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{registry}", b"", 5)).data)
+        assert info["config"]["name"] == registry, info  # it still reads it
 
 
 async def test_a_replica_cannot_fill_the_audit_with_jetstream_answers(node: Bus) -> None:

@@ -95,14 +95,23 @@ def _kv(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
+def stream_getter(stream: str) -> list[str]:
+    """What reading ``stream`` by gets takes: its info and the API's gets, no consumer. A
+    consumer's deliver subject is its maker's choice, and one aimed where something
+    listens never goes inactive: issue 30's third attacker filled the registry's 1,000
+    consumers so, as a plain host, long after it left. Nobody but an admin follows the
+    registry; everyone reads it by gets (:meth:`~.jetstream.Bucket.latest`)."""
+    api = "$JS.API"
+    return [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}"]
+
+
 def stream_reader(stream: str) -> list[str]:
-    """What reading ``stream`` takes: its info, the API's gets, and ordered push consumers
+    """What reading ``stream`` takes: :func:`stream_getter`'s, and ordered push consumers
     of it (made, kept flowing, deleted). No direct gets (:func:`direct_reader`), no pulls
     and no acknowledgements (:func:`puller`): an ordered consumer acknowledges nothing."""
     api = "$JS.API"
     return [
-        f"{api}.STREAM.INFO.{stream}",
-        f"{api}.STREAM.MSG.GET.{stream}",
+        *stream_getter(stream),
         f"{api}.CONSUMER.CREATE.{stream}",
         f"{api}.CONSUMER.CREATE.{stream}.>",
         f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*",
@@ -216,7 +225,7 @@ def caller(public_key: bytes, calls: list[str], *, host: bool = False) -> Permis
     may call nodes' control actors (each takes its own home's key and admins only: a
     second home's `actor down` could not reach its own node)."""
     nodes = f"{CALL_PREFIX}.{NODE_PREFIX}*.*"
-    readers = [*stream_reader(_kv(REGISTRY_BUCKET)), nodes] if host else []
+    readers = [*stream_getter(_kv(REGISTRY_BUCKET)), nodes] if host else []
     return Permissions(
         pub=Permission(allow=[*calls, "$SRV.>", _INBOXES, *readers]),
         sub=Permission(allow=[f"{inbox_of(public_key)}.>"]),
@@ -251,7 +260,7 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         nonce_subject(name),
         f"{nonce_subject(name)}.*",  # its relayed calls' claims (host.replay)
         f"$KV.{REGISTRY_BUCKET}.{name}.*",
-        *stream_reader(registry),
+        *stream_getter(registry),
         *stream_reader(_kv(settings.policy_bucket)),
         *stream_reader(NONCE_STREAM),
     ]
