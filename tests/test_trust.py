@@ -453,6 +453,15 @@ def _as_host(key: Keypair, ticket: str = "") -> dict[str, Any]:
     return {**login, "token": ticket} if ticket else login
 
 
+def _listed_host(node: Bus, who: str) -> dict[str, Any]:
+    """nats-py options of a fresh key an admin listed as a host: its own connection
+    (``who`` is "host") or a replica of a fresh name it runs ("replica")."""
+    key = Keypair.generate()
+    node.actor("policy", "host", "add", key.address)
+    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
+    return _as_host(key, ticket if who == "replica" else "")
+
+
 @pytest.mark.parametrize("how", ["direct get", "pull", "ack"])
 @pytest.mark.parametrize("who", ["host", "replica"])
 async def test_no_jetstream_answer_deletes_a_stream(node: Bus, who: str, how: str) -> None:
@@ -465,14 +474,8 @@ async def test_no_jetstream_answer_deletes_a_stream(node: Bus, who: str, how: st
     victim = f"VICTIM_{secrets.token_hex(3)}"
     async with Client(settings=node.settings) as operator:
         await operator.nc.jetstream().add_stream(name=victim, subjects=[f"victim.{victim}"])
-    key = Keypair.generate()
-    node.actor("policy", "host", "add", key.address)
-    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
     registry = "KV_actor_registry"
-    async with stranger(node.url, **_as_host(key, ticket if who == "replica" else "")) as (
-        nc,
-        refusals,
-    ):
+    async with stranger(node.url, **_listed_host(node, who)) as (nc, refusals):
         if how == "direct get":
             ask = {"seq": 1, "next_by_subj": "$KV.actor_registry.>"}
             subject = f"$JS.API.DIRECT.GET.{registry}"
@@ -569,14 +572,8 @@ async def test_no_host_makes_consumers_of_the_registry(node: Bus, who: str) -> N
     consumers in a second, and long after it left even the operator could make none.
     Nobody but an admin follows the registry: a host and its replicas read it by gets, and
     make no consumer of it."""
-    key = Keypair.generate()
-    node.actor("policy", "host", "add", key.address)
-    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
     registry = "KV_actor_registry"
-    async with stranger(node.url, **_as_host(key, ticket if who == "replica" else "")) as (
-        nc,
-        refusals,
-    ):
+    async with stranger(node.url, **_listed_host(node, who)) as (nc, refusals):
         listened = f"$JS.EVENT.ADVISORY.STREAM.DELETED.KV_{node.settings.policy_bucket}"
         durable = f"d{secrets.token_hex(3)}"
         config = {"durable_name": durable, "ack_policy": "none", "deliver_subject": listened}
