@@ -33,8 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _ROW = re.compile(r"^(?P<key>\s*[A-Za-z][^\d=]*?)\s+(?P<figures>-?\d[\d.]*(?:\s+-?\d[\d.]*)+)\s*$")
-_NAMED = re.compile(r"(\w+/\w+) = (-?\d[\d.]*)")
-"""A ratio a bench prints, as ``c/b = 0.82``."""
+_NAMED = re.compile(r"(\w+/\w+)(?: =)? (-?\d[\d.]*)")
+"""A ratio a bench prints, as ``c/b = 0.82`` or ``on/off 0.99`` (bench/trust.py)."""
 
 Figures = dict[tuple[str, int], list[float]]
 """Per line (its leading words, its place among lines with those words): its figures."""
