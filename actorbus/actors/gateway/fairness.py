@@ -15,11 +15,10 @@ requests are 429 before any signature or token is checked again.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 from ...bus import RateLimited
-from ...bus.lru import LRU
+from ...bus.pace import Pace
 
 __all__ = ["Fairness"]
 
@@ -33,10 +32,8 @@ class Fairness:
     def __init__(self, concurrency: int, rate: float) -> None:
         self.concurrency = concurrency
         self.rate = rate
-        self.burst = max(1.0, 2.0 * rate)
         self._active: dict[str, int] = {}
-        self._buckets: LRU[str, tuple[float, float]] = LRU(_CLIENTS_KEPT)
-        """Per client: (tokens, when counted)."""
+        self._pace = Pace(rate, max(1.0, 2.0 * rate), _CLIENTS_KEPT)
 
     def enter(self, who: str) -> Callable[[], None]:
         """Count a request of ``who``; returns what ends it (call it once). Raises
@@ -46,9 +43,8 @@ class Fairness:
             raise RateLimited(
                 f"you have {held} requests open at this gateway: at most {self.concurrency}"
             )
-        tokens, now = self._tokens(who)
-        self._refuse_if_spent(tokens)
-        self._buckets[who] = (tokens - 1.0, now)
+        self.check(who)
+        self._pace.take(who)
         self._active[who] = held + 1
         done = False
 
@@ -65,11 +61,8 @@ class Fairness:
 
     def check(self, who: str) -> None:
         """Raise :class:`RateLimited` if ``who`` has no request left this second."""
-        self._refuse_if_spent(self._tokens(who)[0])
-
-    def _refuse_if_spent(self, tokens: float) -> None:
-        if tokens < 1.0:
-            wait = (1.0 - tokens) / self.rate
+        wait = self._pace.wait(who)
+        if wait > 0:
             raise RateLimited(
                 f"over {self.rate:g} requests a second at this gateway",
                 retry_after=math.ceil(wait * 10) / 10,
@@ -77,10 +70,4 @@ class Fairness:
 
     def spend(self, who: str) -> None:
         """Count one request of ``who`` against its rate (none left: it stays at none)."""
-        tokens, now = self._tokens(who)
-        self._buckets[who] = (max(tokens - 1.0, 0.0), now)
-
-    def _tokens(self, who: str) -> tuple[float, float]:
-        now = time.monotonic()
-        tokens, stamp = self._buckets.get(who) or (self.burst, now)
-        return min(self.burst, tokens + (now - stamp) * self.rate), now
+        self._pace.take(who)

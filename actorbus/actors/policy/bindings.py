@@ -10,14 +10,13 @@ connections the server's config names.
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import msgspec
 import nats.js.errors
 
 from ...bus import BadRequest, Forbidden, NotFound, RateLimited, Unavailable
 from ...bus.jetstream import JS_ERRORS
+from ...bus.pace import Pace
 from ...bus.rights import GATEWAY, JOBS, NODE, ROLES
 from ...bus.subjects import NODE_PREFIX, JobsNames, check_name, commune_bucket
 from ...bus.tickets import HostTicket, read_ticket
@@ -31,6 +30,8 @@ _NAMES_AT_ONCE = 32
 """New names a host may claim at once (then :data:`_NAME_EVERY`)."""
 _NAME_EVERY = 10.0
 """Seconds per further new name a host claims."""
+_HOSTS_KEPT = 4096
+"""Hosts whose pace of new names a replica remembers (the least recent forgotten)."""
 _CLAIM_WAIT = 2.0
 """Seconds a claim may take (the server waits for the callout's answer a little longer)."""
 _addresses = msgspec.json.Decoder(list[str])
@@ -38,6 +39,11 @@ _addresses = msgspec.json.Decoder(list[str])
 
 class Bindings(PolicyStore):
     """Hosts and name bindings (changes: admins only)."""
+
+    async def on_start(self) -> None:
+        self._new_names = Pace(1 / _NAME_EVERY, _NAMES_AT_ONCE, _HOSTS_KEPT)
+        """Per host: the pace of the new names it claims (:meth:`_pace_new_name`)."""
+        await super().on_start()
 
     async def add_host(
         self, key: str, jobs: list[str] | None = None, gateway: list[str] | None = None
@@ -148,16 +154,13 @@ class Bindings(PolicyStore):
         view reads at start (issue 30's second attacker)."""
         if host in self.state.admins:
             return
-        now = time.monotonic()
-        left, then = self._new_names.get(host) or (float(_NAMES_AT_ONCE), now)
-        left = min(float(_NAMES_AT_ONCE), left + (now - then) / _NAME_EVERY)
-        if left < 1:
-            wait = (1 - left) * _NAME_EVERY
+        wait = self._new_names.wait(host)
+        if wait > 0:
             raise RateLimited(
                 f"host {host} claims new names too fast: one every {_NAME_EVERY:g} s",
                 retry_after=wait,
             )
-        self._new_names[host] = (left - 1, now)
+        self._new_names.take(host)
 
     async def names(self, limit: int = MAX_PAGE, after: str = "") -> dict[str, list[str]]:
         """The bound names and the keys that may serve each (a page: at most ``limit``,

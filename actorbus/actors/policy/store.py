@@ -24,7 +24,6 @@ from ...bus import (
     token_keypair,
 )
 from ...bus.jetstream import Bucket, when_ready
-from ...bus.lru import LRU
 from ...bus.pins import seeded_marker
 from ...bus.records import open_record, sign_record
 from ...bus.subjects import DEFAULT_GATEWAY, REGISTRY_BUCKET
@@ -64,8 +63,6 @@ def check_role(role: str) -> str:
 
 _WRITERS = 64
 """Records a bulk change writes at once."""
-_HOSTS_KEPT = 4096
-"""Hosts whose pace of new names a replica remembers (the least recent forgotten)."""
 
 
 class PolicyStore(Actor):
@@ -80,8 +77,6 @@ class PolicyStore(Actor):
         self._signed = 0
         """The version of the last record this replica signed."""
         self._sorted: dict[str, SortedKeys] = {}
-        self._new_names: LRU[str, tuple[float, float]] = LRU(_HOSTS_KEPT)
-        """Per host: the new names it may still claim now, and when that was counted."""
         await when_ready(self._open, "the policy bucket", wait=self.settings.start_wait)
 
     async def on_stop(self) -> None:
