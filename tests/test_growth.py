@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from support import Probe, env_of, eventually
 
-from actorbus import Client, Forbidden, Settings, serve
+from actorbus import Client, Forbidden, Settings, Unavailable, serve
 from actorbus.actors.policy import Policy
 from actorbus.actors.policy.keeper import RecordKeeper
 from actorbus.bus import Bucket, Keypair, connect
@@ -47,6 +47,37 @@ async def test_a_bucket_read_pages_through_every_key(nats_url: str) -> None:
         found = dict(await bucket.items())
         assert len(found) == 599 and "k.0007" not in found and found["k.0599"] == b"599"
         assert sorted(await bucket.items("k.0010")) == [("k.0010", b"10")]
+
+
+async def test_a_followed_bucket_makes_no_consumer_and_misses_nothing_silently(
+    nats_url: str,
+) -> None:
+    """Issue 30: a host followed the policy with a consumer whose deliver subject a replica
+    could choose, and consumers aimed where something listens never went away. The
+    bucket's stream now republishes each change, which followers hear by a plain
+    subscription: changes come in order with their revisions and no consumer is made. A
+    follower that finds a change skipped says so (its reader reads the bucket again), as
+    does one of a bucket that republishes nothing."""
+    name = f"grow{secrets.token_hex(4)}"
+    async with connect(nats_url) as nc:
+        bucket = await Bucket.open(nc, name, ttl=None, followed=True)
+        js = nc.jetstream()
+        async with bucket.changes() as changes:
+            await bucket.put("a", b"1")
+            await bucket.delete("a")
+            await bucket.put("b.c", b"2")
+            seen = [await anext(changes) for _ in range(3)]
+            assert [(c.key, c.value) for c in seen] == [("a", b"1"), ("a", None), ("b.c", b"2")]
+            assert [c.revision for c in seen] == [1, 2, 3]
+            assert (await js.stream_info(bucket.stream)).state.consumer_count == 0
+            skipped = {"Nats-Sequence": "9"}  # as if 4 to 8 were lost on the way
+            await nc.publish(f"actorbus.changes.{name}.d", b"x", headers=skipped)
+            with pytest.raises(Unavailable, match="changes 4 to 8 missed"):
+                await anext(changes)
+        plain = await Bucket.open(nc, name + "p", ttl=None)
+        async with plain.changes() as changes:
+            with pytest.raises(Unavailable, match="does not publish its changes"):
+                await anext(changes)
 
 
 async def test_the_policy_keeps_its_records_whatever_their_number(

@@ -541,50 +541,57 @@ async def test_a_jobs_actor_deletes_no_stream_with_its_own_queue(node: Bus, how:
         await js.delete_stream(victim)
 
 
-async def test_a_hosts_consumers_of_shared_state_do_not_outlive_their_reader(node: Bus) -> None:
-    """Issue 30: a replica of a plain host made 989 durable consumers of the policy bucket
-    (and could make ephemeral ones that idle for an hour); while they stood, every
-    replica that started could not read the policy and answered 503, long after the
-    attacker was gone. A consumer of a shared stream is now deleted 30 s after nobody
-    reads it, whatever it asked for."""
-    key = Keypair.generate()
-    node.actor("policy", "host", "add", key.address)
-    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
-    async with stranger(node.url, **_as_host(key, ticket)) as (nc, _):
-        for stream in ("KV_actor_policy", "ACTOR_NONCES"):
-            durable = f"d{secrets.token_hex(3)}"
-            config = {"durable_name": durable, "ack_policy": "none", "deliver_subject": "x.y"}
-            create = f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}"
-            made = {"stream_name": stream, "config": config}
-            answer = json.loads((await nc.request(create, json.dumps(made).encode(), 5)).data)
-            assert answer["config"]["inactive_threshold"] == 30 * 10**9, answer
-            lasting = {**config, "durable_name": durable + "x", "inactive_threshold": 3600 * 10**9}
-            made = {"stream_name": stream, "config": lasting}
-            answer = json.loads((await nc.request(create + "x", json.dumps(made).encode(), 5)).data)
-            assert "error" in answer, answer
-
-
-@pytest.mark.parametrize("who", ["host", "replica"])
-async def test_no_host_makes_consumers_of_the_registry(node: Bus, who: str) -> None:
+@pytest.mark.parametrize(
+    ("who", "stream"),
+    [("host", "registry"), ("replica", "registry"), ("replica", "policy"), ("replica", "nonces")],
+)
+async def test_no_host_makes_consumers_of_shared_state(node: Bus, who: str, stream: str) -> None:
     """Issue 30's third attacker: a push consumer's deliver subject is its maker's choice,
     and one aimed where something listens never goes inactive (every replica listens for
     the policy bucket's deletion advisory). A plain host filled the registry's 1,000
-    consumers in a second, and long after it left even the operator could make none.
-    Nobody but an admin follows the registry: a host and its replicas read it by gets, and
-    make no consumer of it."""
-    registry = "KV_actor_registry"
+    consumers in a second, and a replica the policy bucket's: long after it left, replicas
+    that started could not read the policy (503) and even the operator could make none.
+    A host and its replicas read the registry, the policy and the nonce window by gets,
+    follow the policy by what its stream republishes, and make no consumer of them."""
+    shared = {
+        "registry": "KV_actor_registry",
+        "policy": f"KV_{node.settings.policy_bucket}",
+        "nonces": "ACTOR_NONCES",
+    }[stream]
     async with stranger(node.url, **_listed_host(node, who)) as (nc, refusals):
         listened = f"$JS.EVENT.ADVISORY.STREAM.DELETED.KV_{node.settings.policy_bucket}"
         durable = f"d{secrets.token_hex(3)}"
         config = {"durable_name": durable, "ack_policy": "none", "deliver_subject": listened}
-        made = json.dumps({"stream_name": registry, "config": config}).encode()
-        create = f"$JS.API.CONSUMER.DURABLE.CREATE.{registry}.{durable}"
-        ephemeral = f"$JS.API.CONSUMER.CREATE.{registry}"
+        made = json.dumps({"stream_name": shared, "config": config}).encode()
+        create = f"$JS.API.CONSUMER.DURABLE.CREATE.{shared}.{durable}"
+        ephemeral = f"$JS.API.CONSUMER.CREATE.{shared}"
         for subject in (create, ephemeral):
             await nc.publish(subject, made, reply=nc.new_inbox())
         await refused(nc, refusals, create, ephemeral)
-        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{registry}", b"", 5)).data)
-        assert info["config"]["name"] == registry, info  # it still reads it
+        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{shared}", b"", 5)).data)
+        assert info["config"]["name"] == shared, info  # it still reads it
+
+
+async def test_a_replicas_nonce_window_deletes_no_stream(node: Bus) -> None:
+    """A replica reads its replay window with batched direct gets of the nonce stream, as
+    it may now (it makes no consumer of it): answered onto another stream's deletion, the
+    answer is a message in the callers' account and deletes nothing."""
+    victim = f"VICTIM_{secrets.token_hex(3)}"
+    async with Client(settings=node.settings) as operator:
+        await operator.nc.jetstream().add_stream(name=victim, subjects=[f"victim.{victim}"])
+    async with stranger(node.url, **_listed_host(node, "replica")) as (nc, refusals):
+        ask = json.dumps({"seq": 1, "next_by_subj": "actorbus.nonce.>", "batch": 5}).encode()
+        subject = "$JS.API.DIRECT.GET.ACTOR_NONCES"
+        for target in (victim, "ACTOR_POLICY_AUDIT"):
+            await nc.publish(subject, ask, reply=f"$JS.API.STREAM.DELETE.{target}")
+        await nc.flush()
+        await anyio.sleep(0.5)
+        assert not refusals.errors, refusals.errors  # its own rights: allowed, and harmless
+    async with Client(settings=node.settings) as operator:
+        js = operator.nc.jetstream()
+        assert (await js.stream_info("ACTOR_POLICY_AUDIT")).config.name == "ACTOR_POLICY_AUDIT"
+        assert (await js.stream_info(victim)).config.name == victim
+        await js.delete_stream(victim)
 
 
 async def test_a_replica_cannot_fill_the_audit_with_jetstream_answers(node: Bus) -> None:

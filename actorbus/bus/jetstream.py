@@ -18,6 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
@@ -26,12 +27,14 @@ from .connection import connect
 from .errors import Forbidden, Gone, NoResponders, ReplyTimeout, Unavailable
 from .requests import request, request_all
 from .stored import Stored, by_sequence, last_of, walk
+from .subjects import changes_of
 
 __all__ = [
     "JS_ERRORS",
     "Bucket",
     "Change",
     "deleted_advisory",
+    "direct_batches",
     "ensure_stream",
     "publish_acked",
     "strangers_use_jetstream",
@@ -112,11 +115,13 @@ class Bucket:
         ttl: float | None,
         replicas: int = 1,
         direct_reads: bool = False,
+        followed: bool = False,
     ) -> Bucket:
         """Bind to bucket ``name``, creating it (history 1, file store, direct gets; entries
-        expire after ``ttl`` seconds, or never if ``None``) if it is missing; :attr:`ttl`
-        is what the bucket really has (its creator's choice, if it existed). With
-        ``direct_reads`` (the policy actor's own connection) it is read with direct gets."""
+        expire after ``ttl`` seconds, or never if ``None``; with ``followed``, its changes
+        republished: :meth:`changes`) if it is missing; :attr:`ttl` is what the bucket
+        really has (its creator's choice, if it existed). With ``direct_reads`` (the policy
+        actor's own connection) it is read with direct gets."""
         js = nc.jetstream()
         try:
             try:
@@ -127,7 +132,10 @@ class Bucket:
                 )
                 kv = await js.create_key_value(config)
                 made = await js.stream_info(f"KV_{name}")  # no rollups (see settle)
-                await js.update_stream(made.config.evolve(allow_rollup_hdrs=False))
+                republish = _republish(name) if followed else None
+                await js.update_stream(
+                    made.config.evolve(allow_rollup_hdrs=False, republish=republish)
+                )
         except nats.js.errors.BadRequestError:  # created concurrently: bind to it
             kv = await _bind(nc, name)
         except JS_ERRORS as exc:
@@ -146,13 +154,15 @@ class Bucket:
         """The stream that holds the bucket."""
         return f"KV_{self.name}"
 
-    async def settle(self) -> None:
+    async def settle(self, *, followed: bool = False) -> None:
         """Have the bucket's stream serve direct gets, refuse rollups, bound its entries and
-        its readers' consumers (:data:`READERS`), if it was made before (its owner's call:
-        changing a stream takes that right). A KV stream takes a ``Nats-Rollup`` header by
-        default, and JetStream can be made to publish stored headers onto any subject (a
-        direct get answers where its request says): one rollup onto the policy bucket left
-        1 entry of 27. Nothing of ours rolls up."""
+        its readers' consumers (:data:`READERS`) and, if ``followed``, republish its changes
+        (:meth:`changes`), if it was made before (its owner's call: changing a stream takes
+        that right). A KV stream takes a ``Nats-Rollup`` header by default, and JetStream
+        can be made to publish stored headers onto any subject (a direct get answers where
+        its request says): one rollup onto the policy bucket left 1 entry of 27. Nothing of
+        ours rolls up."""
+        republish = _republish(self.name) if followed else None
         try:
             info = await self._js.stream_info(self.stream)
             config = info.config
@@ -161,6 +171,7 @@ class Bucket:
                 and not config.allow_rollup_hdrs
                 and config.max_msg_size == MAX_ENTRY
                 and config.consumer_limits == READERS
+                and config.republish == republish
             ):
                 self._kv._direct = self._direct_reads
                 return
@@ -169,6 +180,7 @@ class Bucket:
                 allow_rollup_hdrs=False,
                 max_msg_size=MAX_ENTRY,
                 consumer_limits=READERS,
+                republish=republish,
             )
             await self._js.update_stream(settled)
         except JS_ERRORS as exc:
@@ -275,68 +287,94 @@ class Bucket:
         prefix = f"$KV.{self.name}."
         if not self.direct:
             return await self._got([prefix + k for k in keys], timeout)
-        subject = f"$JS.API.DIRECT.GET.{self.stream}"
-        deadline = time.monotonic() + timeout
-        ask: dict[str, object] = {"multi_last": [prefix + k for k in keys], "batch": _BATCH}
+        ask: dict[str, object] = {"multi_last": [prefix + k for k in keys]}
         found: list[Change] = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Unavailable(f"reading bucket {self.name} timed out")
-            try:
-                answer = await request_all(self._nc, subject, _encode(ask), left, last=_status)
-            except (ReplyTimeout, NoResponders) as exc:
-                raise Unavailable(f"reading bucket {self.name}: {exc.message}") from None
-            *entries, end = answer
-            for msg in entries:
-                headers = msg.headers or {}
-                deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
-                key = headers.get("Nats-Subject", "")[len(prefix) :]
-                revision = int(headers.get("Nats-Sequence", "0"))
-                found.append(Change(key, None if deleted else msg.data, revision))
-            status = (end.headers or {}).get("Status")
-            if status == "404":  # no such key at all
-                return found
-            if status != "204":
-                raise Unavailable(f"reading bucket {self.name}: JetStream answered {status}")
-            headers = end.headers or {}
-            if headers.get("Nats-Num-Pending", "0") == "0":
-                return found
-            ask["up_to_seq"] = int(headers["Nats-UpTo-Sequence"])
-            ask["seq"] = int(headers["Nats-Last-Sequence"]) + 1  # the next page starts after
+        async for msg in direct_batches(self._nc, self.stream, ask, timeout=timeout):
+            headers = msg.headers or {}
+            deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
+            key = headers.get("Nats-Subject", "")[len(prefix) :]
+            revision = int(headers.get("Nats-Sequence", "0"))
+            found.append(Change(key, None if deleted else msg.data, revision))
+        return found
 
     @contextlib.asynccontextmanager
     async def changes(self) -> AsyncIterator[AsyncIterator[Change]]:
-        """Every change made from its entry on (none of what the bucket held before), as
-        an iterator: on entry the server delivers them already, so a snapshot read after
-        it misses none (what both show, compare by revision). Raises
-        :class:`Unavailable` if it cannot start, or while iterating if it breaks."""
+        """Every change stored from its entry on (none of what the bucket held before), as
+        an iterator: what the bucket's stream republishes (its owner settles it so:
+        :meth:`settle`), heard by a plain subscription, so reading makes nothing on the
+        server. A consumer's deliver subject is its maker's choice, and one aimed where
+        something listens never goes inactive: issue 30's third attacker filled the policy
+        bucket's consumers so, and replicas that started after could not read the policy.
+
+        On entry the subscription hears them already, so a snapshot read after it misses
+        none (what both show, compare by revision). Raises :class:`Unavailable` on entry if
+        it cannot start, and while iterating if the stream republishes nothing or a change
+        may have been missed, for the reader to read the bucket again: a stream sequence
+        skipped (the stream's messages are numbered one by one, each key's change
+        republished), a reconnect, or the stream ahead of what came for a whole
+        :data:`_VERIFY` seconds (nothing came after the missed one)."""
+        subject = changes_of(self.name)
+        nc = self._nc
         try:
-            sub = await self._js.subscribe(
-                f"$KV.{self.name}.>",
-                stream=self.stream,
-                ordered_consumer=True,
-                deliver_policy=api.DeliverPolicy.NEW,
-                inactive_threshold=_GONE_AFTER,
-            )
+            sub = await nc.subscribe(f"{subject}.>", pending_msgs_limit=_FOLLOWED_MAX)
         except JS_ERRORS as exc:
-            raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
-        prefix = len(f"$KV.{self.name}.")
-
-        async def each() -> AsyncIterator[Change]:
-            try:
-                async for msg in sub.messages:
-                    deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
-                    value = None if deleted else msg.data
-                    yield Change(msg.subject[prefix:], value, msg.metadata.sequence.stream)
-            except JS_ERRORS as exc:
-                raise Unavailable(f"watching bucket {self.name}: {exc}") from exc
-
+            raise Unavailable(f"following bucket {self.name}: {exc}") from exc
         try:
-            yield each()
+            try:
+                await nc.flush()
+                info = await self._js.stream_info(self.stream)
+            except JS_ERRORS as exc:
+                raise Unavailable(f"following bucket {self.name}: {exc}") from exc
+            republished = info.config.republish == _republish(self.name)
+            yield self._followed(sub, info.state.last_seq, republished)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(*JS_ERRORS):
                 await sub.unsubscribe()
+
+    async def _followed(
+        self, sub: Subscription, last: int, republished: bool
+    ) -> AsyncIterator[Change]:
+        """:meth:`changes`' iterator: the changes ``sub`` hears after stream sequence
+        ``last`` (and those before it that it hears too), if the stream is
+        ``republished``."""
+        if not republished:
+            raise Unavailable(
+                f"bucket {self.name} does not publish its changes (its owner settles it so)"
+            )
+        nc = self._nc
+        reconnects = nc.stats["reconnects"]
+        prefix = len(changes_of(self.name)) + 1
+        checked, ahead = time.monotonic(), 0
+        while True:
+            try:
+                msg: Msg | None = await sub.next_msg(timeout=_IDLE)
+            except nats.errors.TimeoutError:
+                msg = None
+            except JS_ERRORS as exc:
+                raise Unavailable(f"following bucket {self.name}: {exc}") from exc
+            if msg is None:
+                if nc.stats["reconnects"] != reconnects:
+                    raise Unavailable(f"bucket {self.name}: reconnected, changes may be missed")
+                if time.monotonic() - checked < _VERIFY:
+                    continue
+                if ahead > last:
+                    raise Unavailable(f"bucket {self.name}: change {ahead} never came")
+                try:
+                    ahead = (await self._js.stream_info(self.stream)).state.last_seq
+                except JS_ERRORS as exc:
+                    raise Unavailable(f"following bucket {self.name}: {exc}") from exc
+                checked = time.monotonic()
+                continue
+            headers = msg.headers or {}
+            try:
+                seq = int(headers.get("Nats-Sequence", ""))
+            except ValueError:
+                continue  # not a republished entry
+            if seq > last + 1:
+                raise Unavailable(f"bucket {self.name}: changes {last + 1} to {seq - 1} missed")
+            last = max(last, seq)
+            deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
+            yield Change(msg.subject[prefix:], None if deleted else msg.data, seq)
 
     async def _got(self, subjects: list[str], timeout: float) -> list[Change]:
         """:meth:`latest` through the API's gets (:mod:`.stored`)."""
@@ -380,10 +418,61 @@ class Bucket:
 
 _GONE_AFTER = 5.0
 """Seconds a watch's consumer outlives its reader."""
+_IDLE = 1.0
+"""Seconds without a change after which a follower looks whether it reconnected."""
+_VERIFY = 30.0
+"""Seconds between a follower's looks at its stream's last sequence, while no change
+comes (a change it missed with none after it is found so)."""
+_FOLLOWED_MAX = 1_000_000
+"""Changes a follower's subscription holds unread at most (past that nats-py drops them,
+and the follower finds the gap)."""
 _WILDCARDS = frozenset({"*", ">"})
 _BATCH = 256
 """Entries one direct get answers with at most (a registry entry is about 2 KB)."""
+_BATCH_BYTES = 4 * 1024 * 1024
+"""Bytes one direct get answers with at most (a nonce announcement is up to 256 KB)."""
 _encode = msgspec.json.Encoder().encode
+
+
+async def direct_batches(
+    nc: NATS, stream: str, ask: dict[str, object], *, timeout: float = 5.0
+) -> AsyncIterator[Msg]:
+    """The messages of ``stream`` a batched direct get ``ask`` names (``multi_last``: each
+    subject's last; ``next_by_subj``: every message on a filter), oldest first, asked
+    :data:`_BATCH` (and :data:`_BATCH_BYTES`) at a time: each batch starts after the last
+    one's end, and a ``multi_last`` read is of one snapshot (the stream's last sequence at
+    the first batch). Nothing is made on the server. Raises :class:`Unavailable`, and
+    after ``timeout`` seconds in all."""
+    subject = f"$JS.API.DIRECT.GET.{stream}"
+    deadline = time.monotonic() + timeout
+    ask = {**ask, "batch": _BATCH, "max_bytes": _BATCH_BYTES}
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unavailable(f"reading {stream} timed out")
+        try:
+            answer = await request_all(nc, subject, _encode(ask), left, last=_status)
+        except (ReplyTimeout, NoResponders) as exc:
+            raise Unavailable(f"reading {stream}: {exc.message}") from None
+        *messages, end = answer
+        for msg in messages:
+            yield msg
+        headers = end.headers or {}
+        status = headers.get("Status")
+        if status == "404":  # nothing (more) to read
+            return
+        if status != "204":
+            raise Unavailable(f"reading {stream}: JetStream answered {status}")
+        if headers.get("Nats-Num-Pending", "0") == "0":
+            return
+        if "multi_last" in ask:
+            ask["up_to_seq"] = int(headers["Nats-UpTo-Sequence"])
+        ask["seq"] = int(headers["Nats-Last-Sequence"]) + 1  # the next batch starts after
+
+
+def _republish(bucket: str) -> api.RePublish:
+    """What the stream of ``bucket`` republishes for its followers: every entry."""
+    return api.RePublish(src=f"$KV.{bucket}.>", dest=f"{changes_of(bucket)}.>")
 
 
 def _status(msg: Msg) -> bool:
@@ -455,6 +544,7 @@ async def ensure_stream(
     work_queue: bool = False,
     duplicate_window: float = 0.0,
     append_only: bool = False,
+    direct: bool = False,
     adjust: bool = True,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
@@ -463,7 +553,8 @@ async def ensure_stream(
     ``work_queue`` stream drops each message once a consumer acknowledges it; a message id is stored
     once per ``duplicate_window`` seconds (0: the server's default, 2 minutes); an
     ``append_only`` stream refuses to delete a message or purge (an existing stream is
-    made so). Without ``adjust`` an existing
+    made so); a ``direct`` one answers direct gets (:func:`direct_batches`; an existing
+    one is made so). Without ``adjust`` an existing
     stream is kept as it is (its maker's: changing it takes a right the caller lacks)."""
     js = nc.jetstream()
     config = api.StreamConfig(
@@ -479,6 +570,7 @@ async def ensure_stream(
         duplicate_window=duplicate_window,
         deny_delete=append_only,
         deny_purge=append_only,
+        allow_direct=direct,
         consumer_limits=None if work_queue else READERS,
     )
     try:
@@ -498,7 +590,8 @@ async def ensure_stream(
         sized = max_msg_size is not None and made.max_msg_size != max_msg_size
         seal = append_only and not (made.deny_delete and made.deny_purge)
         limit = made.consumer_limits != config.consumer_limits
-        if widen or bound or sized or seal or limit:
+        opened = direct and not made.allow_direct
+        if widen or bound or sized or seal or limit or opened:
             await js.update_stream(
                 made.evolve(
                     max_age=max(max_age, made.max_age or 0),
@@ -506,6 +599,7 @@ async def ensure_stream(
                     max_msg_size=max_msg_size if sized else made.max_msg_size,
                     deny_delete=made.deny_delete or append_only,
                     deny_purge=made.deny_purge or append_only,
+                    allow_direct=made.allow_direct or direct,
                     consumer_limits=config.consumer_limits,
                 )
             )

@@ -39,6 +39,7 @@ from .subjects import (
     REGISTRY_BUCKET,
     RELAY_PREFIX,
     JobsNames,
+    changes_of,
     commune_bucket,
     inbox_of,
     nonce_subject,
@@ -99,8 +100,10 @@ def stream_getter(stream: str) -> list[str]:
     """What reading ``stream`` by gets takes: its info and the API's gets, no consumer. A
     consumer's deliver subject is its maker's choice, and one aimed where something
     listens never goes inactive: issue 30's third attacker filled the registry's 1,000
-    consumers so, as a plain host, long after it left. Nobody but an admin follows the
-    registry; everyone reads it by gets (:meth:`~.jetstream.Bucket.latest`)."""
+    consumers so, as a plain host, long after it left, and the policy bucket's as a
+    replica. No host or replica makes a consumer of a stream every node shares: each
+    reads by gets (:meth:`~.jetstream.Bucket.latest`) and follows the policy by what its
+    stream republishes (:func:`follower`)."""
     api = "$JS.API"
     return [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}"]
 
@@ -121,11 +124,18 @@ def stream_reader(stream: str) -> list[str]:
     ]
 
 
+def follower(bucket: str) -> str:
+    """What following KV ``bucket``'s changes takes: hearing what its stream republishes
+    (:meth:`~.jetstream.Bucket.changes`), which only JetStream publishes there."""
+    return f"{changes_of(bucket)}.>"
+
+
 def direct_reader(stream: str) -> list[str]:
-    """Direct gets of ``stream``: the policy actor's alone (:mod:`.stored`). The stream
-    answers one on the reply subject the request names; on a server with JetStream in the
-    callers' account, an answer onto ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``
-    (:mod:`actorbus.node.natsconf` puts JetStream in an account of its own)."""
+    """Direct gets of ``stream``, batched ones among them. The stream answers one on the
+    reply subject the request names; on a server with JetStream in the callers' account,
+    an answer onto ``$JS.API.STREAM.DELETE.<s>`` deleted stream ``s``; with JetStream in
+    an account of its own (:mod:`actorbus.node.natsconf`) an answer is a message, as an
+    API get's is."""
     return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
 
 
@@ -261,8 +271,9 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         f"{nonce_subject(name)}.*",  # its relayed calls' claims (host.replay)
         f"$KV.{REGISTRY_BUCKET}.{name}.*",
         *stream_getter(registry),
-        *stream_reader(_kv(settings.policy_bucket)),
-        *stream_reader(NONCE_STREAM),
+        *stream_getter(_kv(settings.policy_bucket)),
+        *stream_getter(NONCE_STREAM),
+        *direct_reader(NONCE_STREAM),  # its replay window, in batches (host.replay)
     ]
     sub = [
         f"{serve_subject(name)} {queue_group(name)}",
@@ -270,6 +281,7 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         *_service(name),
         f"{inbox_of(public_key)}.>",
         deleted_advisory(_kv(settings.policy_bucket)),
+        follower(settings.policy_bucket),
     ]
     if role == JOBS:
         jobs = JobsNames(name)
@@ -308,7 +320,6 @@ _NOT_READING: Final = (
     "CONSUMER.UNPIN.>",
     "CONSUMER.NAMES.>",
     "CONSUMER.LIST.>",
-    "DIRECT.GET.>",
     "ACCOUNT.>",
     "SERVER.>",
     "META.>",
@@ -323,7 +334,8 @@ def leaf(node: str, settings: Settings) -> Permissions:
     may receive any actor's calls (a reply from a key the name is not bound to is refused
     by its caller, :mod:`actorbus.client.discovery`); it writes registry entries and nonce
     announcements (signed by their actors), and its own node's logs and audit records; it
-    reads the shared state its replicas read, through the hub's JetStream domain.
+    reads the shared state its replicas read, through the hub's JetStream domain, as they
+    do: by gets, and the policy's changes as its stream republishes them.
 
     A leaf connection's permissions work both ways round (nats-server checks the interest
     it sends the leaf against ``subscribe`` and the interest the leaf sends against
@@ -331,10 +343,15 @@ def leaf(node: str, settings: Settings) -> Permissions:
     (``$JS.<domain>.API.>``) is one interest, which the leaf must be let publish to for
     its JetStream requests to cross at all, so what it may ask there is bounded by a deny
     list instead: every API verb but the readers' (issue 30: a joined node deleted the
-    hub's streams through it)."""
-    registry = _kv(REGISTRY_BUCKET)
-    readers = [registry, _kv(settings.policy_bucket), NONCE_STREAM, LOG_STREAM, AUDIT_STREAM]
-    api = [subject for stream in readers for subject in stream_reader(stream)]
+    hub's streams through it), and no consumer of the streams every node reads by gets
+    (one aimed where something listens outlives its maker: :func:`stream_getter`)."""
+    policy = _kv(settings.policy_bucket)
+    shared = [_kv(REGISTRY_BUCKET), policy, NONCE_STREAM]
+    api = [
+        *(subject for stream in shared for subject in stream_getter(stream)),
+        *direct_reader(NONCE_STREAM),
+        *(subject for stream in (LOG_STREAM, AUDIT_STREAM) for subject in stream_reader(stream)),
+    ]
     domain = f"$JS.{settings.join_domain}.API."
     subjects = [
         f"{CALL_PREFIX}.>",
@@ -344,11 +361,16 @@ def leaf(node: str, settings: Settings) -> Permissions:
         f"$KV.{REGISTRY_BUCKET}.>",
         f"{LOG_PREFIX}.{node}.>",
         f"{AUDIT_PREFIX}.{NODE_PREFIX}{node}",
+        follower(settings.policy_bucket),
         *api,
         *(s.replace("$JS.API.", domain) for s in api if s.startswith("$JS.API.")),
     ]
+    unfollowed = [f"CONSUMER.CREATE.{stream}{tail}" for stream in shared for tail in ("", ".>")]
     return Permissions(
-        pub=Permission(allow=[*subjects, f"{domain}>"], deny=[domain + v for v in _NOT_READING]),
+        pub=Permission(
+            allow=[*subjects, f"{domain}>"],
+            deny=[domain + verb for verb in (*_NOT_READING, *unfollowed)],
+        ),
         sub=Permission(allow=subjects),
     )
 

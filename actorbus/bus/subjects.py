@@ -12,6 +12,7 @@ from .nkeys import encode_nkey
 __all__ = [
     "AUDIT_PREFIX",
     "AUDIT_STREAM",
+    "CHANGES_PREFIX",
     "JOBS_PREFIX",
     "LOG_PREFIX",
     "LOG_STREAM",
@@ -23,6 +24,7 @@ __all__ = [
     "RELAY_PREFIX",
     "JobsNames",
     "call_subject",
+    "changes_of",
     "check_fn",
     "check_name",
     "commune_bucket",
@@ -42,6 +44,14 @@ LOG_PREFIX: Final = "actorbus.logs"
 JOBS_PREFIX: Final = "actorbus.jobs"
 AUDIT_STREAM: Final = "ACTOR_POLICY_AUDIT"
 AUDIT_PREFIX: Final = "actorbus.audit"
+CHANGES_PREFIX: Final = "actorbus.changes"
+
+
+def changes_of(bucket: str) -> str:
+    """Where the stream of KV bucket ``bucket`` republishes each entry it stores, as
+    ``<this>.<key>``: its readers follow it without a consumer
+    (:meth:`.jetstream.Bucket.changes`)."""
+    return f"{CHANGES_PREFIX}.{bucket}"
 
 
 def commune_bucket(gateway: str) -> str:

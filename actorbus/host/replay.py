@@ -8,7 +8,8 @@ the replay window), so:
 
 - running replicas learn each other's nonces from a core subscription, and
 - a replica that starts (or restarts) reads the window's nonces from the stream before it
-  takes its first call.
+  takes its first call (by batched direct gets: a consumer's deliver subject is its
+  maker's choice, and replicas make none of a shared stream, :mod:`actorbus.bus.rights`).
 
 Anyone on the bus can publish on that subject, so each announcement carries an HMAC by a
 secret derived from the actor's seed (which all its replicas share, and nobody else) and a
@@ -51,7 +52,7 @@ from ..bus import (
     Unavailable,
     publish,
 )
-from ..bus.jetstream import JS_ERRORS, ensure_stream, publish_acked, stream_messages
+from ..bus.jetstream import JS_ERRORS, direct_batches, ensure_stream, publish_acked
 from ..bus.stored import ApiError
 from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
 from ..bus.wire import H_INSTANCE, UNDECODABLE, NonceNote, sign_announcement, verify_announcement
@@ -86,6 +87,9 @@ _WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a publish whose subject already holds a message."""
 _CLAIM_WAIT = 2.0
 """Seconds a claim may take."""
+_LOAD_WAIT = 30.0
+"""Seconds reading the replay window may take (256 MiB at most, by direct gets of 4 MiB:
+nothing made on the server)."""
 
 
 class NonceBook:
@@ -260,7 +264,10 @@ class ReplayGuard:
         try:
             await self._nc.flush()
             try:
-                async for stored in stream_messages(self._nc, NONCE_STREAM, self._subject):
+                window = {"seq": 1, "next_by_subj": self._subject}
+                async for stored in direct_batches(
+                    self._nc, NONCE_STREAM, window, timeout=_LOAD_WAIT
+                ):
                     self.learn(stored)
             except Unavailable as exc:
                 log.warning(
@@ -306,6 +313,7 @@ async def replay_guard(
             replicas=replicas,
             max_bytes=max_bytes,
             max_msg_size=_MAX_ANNOUNCEMENT,
+            direct=True,
         )
     except Unavailable as exc:  # no JetStream: start anyway (reading the window says so)
         log.debug("nonce stream: %s", exc)

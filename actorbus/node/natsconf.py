@@ -3,8 +3,9 @@ callout.
 
 Two accounts. **STATE** holds JetStream and no user: nobody connects to it. **BUS** holds
 every connection, and imports from STATE the JetStream API, acknowledgements, flow
-control, KV writes and the stored subjects (``actorbus.>``) as services, and the inboxes
-JetStream delivers to as a stream (:func:`_accounts`). JetStream answers every request
+control, KV writes and the stored subjects (``actorbus.>``) as services, and as streams
+the inboxes JetStream delivers to and what a followed bucket republishes (``actorbus.changes.>``:
+:func:`_accounts`). JetStream answers every request
 and acknowledgement on the reply subject it names; in the account of its API, an answer
 on an API subject (``$JS.API.STREAM.DELETE.<s>``) was taken as the account's own request,
 and any connection allowed to pull, acknowledge or get could delete any stream. From
@@ -42,7 +43,7 @@ from ..bus.natsjwt import BUS_ACCOUNT, Permissions
 from ..bus.nkeys import ACCOUNT, encode_nkey
 from ..bus.rights import callout_issuer, policy_service
 from ..bus.settings import Settings
-from ..bus.subjects import AUDIT_PREFIX, JOBS_PREFIX, LOG_PREFIX, NONCE_PREFIX
+from ..bus.subjects import AUDIT_PREFIX, CHANGES_PREFIX, JOBS_PREFIX, LOG_PREFIX, NONCE_PREFIX
 
 __all__ = ["STATE_ACCOUNT", "adopt_global_store", "server_config", "server_limits"]
 
@@ -116,7 +117,7 @@ def _accounts(users: list[dict[str, Any]]) -> dict[str, Any]:
         ("$KV.>", False),
         *((subject, False) for subject in _STORED),
     ]
-    streams = ["_INBOX.>", deleted_advisory("*")]
+    streams = ["_INBOX.>", deleted_advisory("*"), f"{CHANGES_PREFIX}.>"]
     only_bus = {"accounts": [BUS_ACCOUNT]}
     exports: list[dict[str, Any]] = [
         {"service": subject, **only_bus}

@@ -104,11 +104,12 @@ class PolicyStore(Actor):
             ttl=None,
             replicas=settings.js_replicas,
             direct_reads=True,
+            followed=True,
         )
         # The policy actor reads its buckets with direct gets, and no bucket takes a
         # rollup: buckets made before are settled so by the policy actor, which owns the
         # shared streams.
-        await self._bucket.settle()
+        await self._bucket.settle(followed=True)  # hosts follow it (PolicyView)
         registry = await Bucket.open(
             self.nc, REGISTRY_BUCKET, ttl=settings.registry_ttl, replicas=settings.js_replicas
         )
