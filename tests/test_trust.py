@@ -37,7 +37,13 @@ from actorbus.bus import (
 from actorbus.bus.nkeys import encode_nkey_seed
 from actorbus.bus.records import open_record
 from actorbus.bus.server import write_config
-from actorbus.bus.subjects import JobsNames, call_subject, commune_bucket, inbox_of
+from actorbus.bus.subjects import (
+    JobsNames,
+    call_subject,
+    commune_bucket,
+    inbox_of,
+    nonce_stream,
+)
 from actorbus.bus.tickets import host_ticket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -453,12 +459,13 @@ def _as_host(key: Keypair, ticket: str = "") -> dict[str, Any]:
     return {**login, "token": ticket} if ticket else login
 
 
-def _listed_host(node: Bus, who: str) -> dict[str, Any]:
+def _listed_host(node: Bus, who: str, name: str = "") -> dict[str, Any]:
     """nats-py options of a fresh key an admin listed as a host: its own connection
-    (``who`` is "host") or a replica of a fresh name it runs ("replica")."""
+    (``who`` is "host") or a replica it runs ("replica") of ``name`` (else a fresh one)."""
     key = Keypair.generate()
     node.actor("policy", "host", "add", key.address)
-    ticket = host_ticket(key, f"tenant{secrets.token_hex(3)}", "actor", key.address)
+    name = name or f"tenant{secrets.token_hex(3)}"
+    ticket = host_ticket(key, name, "actor", key.address)
     return _as_host(key, ticket if who == "replica" else "")
 
 
@@ -553,12 +560,13 @@ async def test_no_host_makes_consumers_of_shared_state(node: Bus, who: str, stre
     that started could not read the policy (503) and even the operator could make none.
     A host and its replicas read the registry, the policy and the nonce window by gets,
     follow the policy by what its stream republishes, and make no consumer of them."""
+    name = f"tenant{secrets.token_hex(3)}"
     shared = {
         "registry": "KV_actor_registry",
         "policy": f"KV_{node.settings.policy_bucket}",
-        "nonces": "ACTOR_NONCES",
+        "nonces": nonce_stream(name),  # its own name's, which it reads by gets
     }[stream]
-    async with stranger(node.url, **_listed_host(node, who)) as (nc, refusals):
+    async with stranger(node.url, **_listed_host(node, who, name)) as (nc, refusals):
         listened = f"$JS.EVENT.ADVISORY.STREAM.DELETED.KV_{node.settings.policy_bucket}"
         durable = f"d{secrets.token_hex(3)}"
         config = {"durable_name": durable, "ack_policy": "none", "deliver_subject": listened}
@@ -579,9 +587,10 @@ async def test_a_replicas_nonce_window_deletes_no_stream(node: Bus) -> None:
     victim = f"VICTIM_{secrets.token_hex(3)}"
     async with Client(settings=node.settings) as operator:
         await operator.nc.jetstream().add_stream(name=victim, subjects=[f"victim.{victim}"])
-    async with stranger(node.url, **_listed_host(node, "replica")) as (nc, refusals):
+    name = f"tenant{secrets.token_hex(3)}"
+    async with stranger(node.url, **_listed_host(node, "replica", name)) as (nc, refusals):
         ask = json.dumps({"seq": 1, "next_by_subj": "actorbus.nonce.>", "batch": 5}).encode()
-        subject = "$JS.API.DIRECT.GET.ACTOR_NONCES"
+        subject = f"$JS.API.DIRECT.GET.{nonce_stream(name)}"
         for target in (victim, "ACTOR_POLICY_AUDIT"):
             await nc.publish(subject, ask, reply=f"$JS.API.STREAM.DELETE.{target}")
         await nc.flush()
@@ -623,6 +632,30 @@ async def test_a_replica_cannot_fill_the_audit_with_jetstream_answers(node: Bus)
             await anyio.sleep(1)
             after = (await operator.nc.jetstream().stream_info("ACTOR_POLICY_AUDIT")).state
         assert after.bytes - before.bytes < 100_000, (before, after)
+
+
+async def test_a_replica_evicts_no_other_names_nonces(node: Bus) -> None:
+    """Issue 30's third attacker: every name's nonce announcements shared one stream of
+    256 MiB, the oldest dropped first, and a replica of a fresh name published 270 MB on
+    its own nonce subject in a few seconds: echo's announcements were gone long before
+    their window, and a replica of echo that started then would have taken a replay.
+    Each name has a stream of its own now, and a flood evicts the flooder's only."""
+    async with Client(settings=node.settings) as operator:
+        js = operator.nc.jetstream()
+        assert await operator.call("echo", "forward", "x") == "x"
+        victim = "actorbus.nonce.echo"
+        await anyio.sleep(0.5)  # echo announces the nonce it accepted after its reply
+        stream = await js.find_stream_name_by_subject(victim)
+        seq = (await js.get_last_msg(stream, victim)).seq
+        name = f"tenant{secrets.token_hex(3)}"
+        async with stranger(node.url, **_listed_host(node, "replica", name)) as (nc, _):
+            body = b"z" * 250_000
+            for i in range(1100):  # 275 MB, past the shared stream's 256 MiB
+                await nc.publish(f"actorbus.nonce.{name}", body)
+                if i % 50 == 49:
+                    await nc.flush()
+            await nc.jetstream().publish(f"actorbus.nonce.{name}", b"", timeout=10)  # all in
+        assert (await js.get_msg(stream, seq)).seq == seq  # echo's window is whole
 
 
 @pytest.mark.parametrize("role", ["jobs", "gateway"])

@@ -33,11 +33,13 @@ __all__ = [
     "JS_ERRORS",
     "Bucket",
     "Change",
+    "delete_stream",
     "deleted_advisory",
     "direct_batches",
     "ensure_stream",
     "publish_acked",
     "strangers_use_jetstream",
+    "stream_exists",
     "stream_messages",
     "stream_tail",
     "when_ready",
@@ -431,6 +433,10 @@ _BATCH = 256
 """Entries one direct get answers with at most (a registry entry is about 2 KB)."""
 _BATCH_BYTES = 4 * 1024 * 1024
 """Bytes one direct get answers with at most (a nonce announcement is up to 256 KB)."""
+_BATCH_WAIT = 2.0
+"""Seconds one batch of a direct get may take before it is asked again (a request lost
+on a leaf node's reconnect, or sent to a stream made a moment before on a cluster,
+stalled a replica's start for a whole read's time)."""
 _encode = msgspec.json.Encoder().encode
 
 
@@ -441,8 +447,9 @@ async def direct_batches(
     subject's last; ``next_by_subj``: every message on a filter), oldest first, asked
     :data:`_BATCH` (and :data:`_BATCH_BYTES`) at a time: each batch starts after the last
     one's end, and a ``multi_last`` read is of one snapshot (the stream's last sequence at
-    the first batch). Nothing is made on the server. Raises :class:`Unavailable`, and
-    after ``timeout`` seconds in all."""
+    the first batch). Nothing is made on the server. A batch unanswered within
+    :data:`_BATCH_WAIT` seconds is asked again. Raises :class:`Unavailable` after
+    ``timeout`` seconds in all."""
     subject = f"$JS.API.DIRECT.GET.{stream}"
     deadline = time.monotonic() + timeout
     ask = {**ask, "batch": _BATCH, "max_bytes": _BATCH_BYTES}
@@ -451,8 +458,13 @@ async def direct_batches(
         if left <= 0:
             raise Unavailable(f"reading {stream} timed out")
         try:
-            answer = await request_all(nc, subject, _encode(ask), left, last=_status)
-        except (ReplyTimeout, NoResponders) as exc:
+            wait = min(left, _BATCH_WAIT)  # a request lost on the way costs this, no more
+            answer = await request_all(nc, subject, _encode(ask), wait, last=_status)
+        except ReplyTimeout as exc:
+            if deadline - time.monotonic() > 0:
+                continue  # asked again
+            raise Unavailable(f"reading {stream}: {exc.message}") from None
+        except NoResponders as exc:
             raise Unavailable(f"reading {stream}: {exc.message}") from None
         *messages, end = answer
         for msg in messages:
@@ -605,6 +617,28 @@ async def ensure_stream(
             )
     except JS_ERRORS as exc:
         raise Unavailable(f"JetStream stream {name}: {exc}") from exc
+
+
+async def stream_exists(nc: NATS, name: str) -> bool:
+    """Whether stream ``name`` exists. Raises :class:`Unavailable`."""
+    try:
+        await nc.jetstream().stream_info(name)
+    except nats.js.errors.NotFoundError:
+        return False
+    except JS_ERRORS as exc:
+        raise Unavailable(f"JetStream stream {name}: {exc}") from exc
+    return True
+
+
+async def delete_stream(nc: NATS, name: str) -> bool:
+    """Delete stream ``name``; whether it was there. Raises :class:`Unavailable`."""
+    try:
+        await nc.jetstream().delete_stream(name)
+    except nats.js.errors.NotFoundError:
+        return False
+    except JS_ERRORS as exc:
+        raise Unavailable(f"deleting stream {name}: {exc}") from exc
+    return True
 
 
 async def stream_tail(

@@ -29,19 +29,21 @@ from .subjects import (
     AUDIT_PREFIX,
     AUDIT_STREAM,
     CALL_PREFIX,
+    CLAIM_PREFIX,
     LOG_PREFIX,
     LOG_STREAM,
     MAX_NAME_TOKENS,
     NODE_PREFIX,
     NONCE_PREFIX,
-    NONCE_STREAM,
     PRIVATE_INBOXES,
     REGISTRY_BUCKET,
     RELAY_PREFIX,
     JobsNames,
     changes_of,
+    claim_subject,
     commune_bucket,
     inbox_of,
+    nonce_stream,
     nonce_subject,
     queue_group,
     serve_subject,
@@ -256,8 +258,8 @@ def admin(public_key: bytes) -> Permissions:
 
 def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Permissions:
     """A replica of the actor ``name`` (as a host let it be: ``role``): it serves ``name``
-    alone, writes only its own registry entries and nonce announcements, reads the
-    registry, the policy and the nonce window, and calls whom it likes (as its own key,
+    alone, writes only its own registry entries, nonce announcements and claims, reads the
+    registry, the policy and its name's nonce window, and calls whom it likes (as its own key,
     which the callee's policy judges). The jobs actor also works on its streams and a
     gateway on its commune bucket (the policy actor makes them: a ticket grants no stream's
     creation, whose config would be the host's); a gateway also receives its relayed replies;
@@ -268,12 +270,12 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
         "$SRV.>",
         _INBOXES,
         nonce_subject(name),
-        f"{nonce_subject(name)}.*",  # its relayed calls' claims (host.replay)
+        claim_subject(name),  # its relayed calls' claims (host.replay)
         f"$KV.{REGISTRY_BUCKET}.{name}.*",
         *stream_getter(registry),
         *stream_getter(_kv(settings.policy_bucket)),
-        *stream_getter(NONCE_STREAM),
-        *direct_reader(NONCE_STREAM),  # its replay window, in batches (host.replay)
+        *stream_getter(nonce_stream(name)),
+        *direct_reader(nonce_stream(name)),  # its replay window, in batches (host.replay)
     ]
     sub = [
         f"{serve_subject(name)} {queue_group(name)}",
@@ -345,11 +347,9 @@ def leaf(node: str, settings: Settings) -> Permissions:
     list instead: every API verb but the readers' (issue 30: a joined node deleted the
     hub's streams through it), and no consumer of the streams every node reads by gets
     (one aimed where something listens outlives its maker: :func:`stream_getter`)."""
-    policy = _kv(settings.policy_bucket)
-    shared = [_kv(REGISTRY_BUCKET), policy, NONCE_STREAM]
+    shared = [_kv(REGISTRY_BUCKET), _kv(settings.policy_bucket)]
     api = [
         *(subject for stream in shared for subject in stream_getter(stream)),
-        *direct_reader(NONCE_STREAM),
         *(subject for stream in (LOG_STREAM, AUDIT_STREAM) for subject in stream_reader(stream)),
     ]
     domain = f"$JS.{settings.join_domain}.API."
@@ -358,6 +358,7 @@ def leaf(node: str, settings: Settings) -> Permissions:
         "$SRV.>",
         _INBOXES,
         f"{NONCE_PREFIX}.>",
+        f"{CLAIM_PREFIX}.>",
         f"$KV.{REGISTRY_BUCKET}.>",
         f"{LOG_PREFIX}.{node}.>",
         f"{AUDIT_PREFIX}.{NODE_PREFIX}{node}",
@@ -377,13 +378,13 @@ def leaf(node: str, settings: Settings) -> Permissions:
 
 def policy_service(public_key: bytes, settings: Settings) -> Permissions:
     """The policy actor's replicas (a static user of the server's config): the auth
-    callout, its buckets, the streams every node shares (it makes them: registry, nonces,
-    audit, logs), and those of the jobs actors and gateways (it makes them as their
-    replicas connect, and deletes them when an admin frees their name)."""
+    callout, its buckets, the streams every node shares (it makes them: registry, audit,
+    logs), and those of each name (its nonces; a jobs actor's or a gateway's own: it makes
+    them as the name's replicas connect, and deletes them when an admin frees the name)."""
     name = settings.policy
     bucket = settings.policy_bucket
-    shared = [_kv(REGISTRY_BUCKET), NONCE_STREAM, AUDIT_STREAM, LOG_STREAM]
-    owned = [*shared, _kv(bucket), _kv(f"{bucket}_lent")]
+    shared = [_kv(REGISTRY_BUCKET), AUDIT_STREAM, LOG_STREAM]
+    owned = [*shared, _kv(bucket), _kv(f"{bucket}_lent"), nonce_stream(name)]
     return Permissions(
         pub=Permission(
             allow=[
@@ -392,7 +393,7 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 _INBOXES,
                 _SERVER_INBOXES,
                 nonce_subject(name),
-                f"{nonce_subject(name)}.*",
+                claim_subject(name),
                 f"{AUDIT_PREFIX}.{name}",
                 f"$KV.{REGISTRY_BUCKET}.{name}.*",
                 f"$KV.{bucket}.>",
@@ -401,7 +402,7 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 "$JS.API.STREAM.INFO.*",
                 "$JS.API.STREAM.CREATE.*",
                 "$JS.API.STREAM.UPDATE.*",
-                "$JS.API.STREAM.DELETE.*",  # a freed jobs or gateway name's (NATS has no prefix)
+                "$JS.API.STREAM.DELETE.*",  # a freed name's (NATS has no prefix)
                 *(subject for stream in owned for subject in stream_owner(stream)),
                 *(subject for stream in owned for subject in direct_reader(stream)),
                 *(subject for stream in owned for subject in puller(stream)),

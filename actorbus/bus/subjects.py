@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from typing import Final
 
@@ -13,31 +14,38 @@ __all__ = [
     "AUDIT_PREFIX",
     "AUDIT_STREAM",
     "CHANGES_PREFIX",
+    "CLAIM_PREFIX",
     "JOBS_PREFIX",
     "LOG_PREFIX",
     "LOG_STREAM",
     "MAX_NAME_TOKENS",
     "NODE_PREFIX",
-    "NONCE_STREAM",
     "PRIVATE_INBOXES",
     "REGISTRY_BUCKET",
     "RELAY_PREFIX",
+    "SHARED_NONCE_STREAM",
     "JobsNames",
     "call_subject",
     "changes_of",
     "check_fn",
     "check_name",
+    "claim_subject",
     "commune_bucket",
     "inbox_of",
     "is_reply_subject",
+    "nonce_stream",
     "nonce_subject",
     "queue_group",
     "serve_subject",
 ]
 
 CALL_PREFIX: Final = "actor"
-NONCE_STREAM: Final = "ACTOR_NONCES"
+SHARED_NONCE_STREAM: Final = "ACTOR_NONCES"
+"""The one nonce stream every name shared before each had its own (:func:`nonce_stream`):
+one replica flooding its own subjects evicted every other name's window (issue 30). Its
+subjects overlap theirs, so the policy actor deletes it."""
 NONCE_PREFIX: Final = "actorbus.nonce"
+CLAIM_PREFIX: Final = "actorbus.claim"
 REGISTRY_BUCKET: Final = "actor_registry"
 LOG_STREAM: Final = "ACTOR_LOGS"
 LOG_PREFIX: Final = "actorbus.logs"
@@ -138,6 +146,22 @@ def service_subject(verb: str, name: str, instance: str = "") -> str:
 def nonce_subject(name: str) -> str:
     """Where replicas of ``name`` announce the nonces they accepted."""
     return f"{NONCE_PREFIX}.{check_name(name)}"
+
+
+def claim_subject(name: str, digest: str = "*") -> str:
+    """Where a replica of ``name`` claims a relayed request's nonce (``digest``: the hex
+    sha256 of ``<key>\n<nonce>``; ``*``: every claim of ``name``). A claim is one token
+    longer than ``name``, so no name's claims are another's (``a``'s are 4 tokens,
+    ``a.b``'s 5)."""
+    return f"{CLAIM_PREFIX}.{check_name(name)}.{digest}"
+
+
+def nonce_stream(name: str) -> str:
+    """The stream that keeps ``name``'s nonce announcements and claims for the replay
+    window: one per name, so what one name's replicas publish can evict none of another's
+    (its flattened name, and a digest of the real one: ``a.b`` and ``a_b`` are two)."""
+    flat = check_name(name).replace(".", "_")[:64]
+    return f"ACTOR_NONCES_{flat}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 class JobsNames:

@@ -3,8 +3,10 @@
 A replica checks a request against the nonces it has seen, records it, and announces it
 on ``actorbus.nonce.<name>``: the nonces accepted in one turn of the event loop go out as one
 MessagePack array, so announcing shares a socket write with that turn's replies instead of
-costing one of its own. That subject is captured by the ``ACTOR_NONCES`` stream (kept for
-the replay window), so:
+costing one of its own. That subject is captured by the name's own stream
+(:func:`~actorbus.bus.subjects.nonce_stream`, kept for the replay window: one per name, so
+a replica that floods its own subjects evicts no other name's nonces, as one replica did
+of the stream every name once shared: issue 30), so:
 
 - running replicas learn each other's nonces from a core subscription, and
 - a replica that starts (or restarts) reads the window's nonces from the stream before it
@@ -23,7 +25,7 @@ once? The caller (its own call, twice: as calling twice), the actor's replicas (
 callee itself), and a carrier: a gateway relaying a caller's end-to-end envelope
 (``_INBOX.relay.<gateway>.…``) holds it and could race it to two replicas (issue 30). So
 a relayed envelope is also *claimed* before it runs: a JetStream publish on
-``actorbus.nonce.<name>.<hex sha256 of "<key>\n<nonce>">`` that expects no message on that
+``actorbus.claim.<name>.<hex sha256 of "<key>\n<nonce>">`` that expects no message on that
 subject before it (``Nats-Expected-Last-Subject-Sequence: 0``), which one replica wins and
 any other loses, as a replay (:meth:`ReplayGuard.claim`, about a millisecond per relayed
 call).
@@ -52,22 +54,29 @@ from ..bus import (
     Unavailable,
     publish,
 )
-from ..bus.jetstream import JS_ERRORS, direct_batches, ensure_stream, publish_acked
+from ..bus.jetstream import (
+    JS_ERRORS,
+    delete_stream,
+    direct_batches,
+    ensure_stream,
+    publish_acked,
+    stream_exists,
+)
 from ..bus.stored import ApiError
-from ..bus.subjects import NONCE_PREFIX, NONCE_STREAM, nonce_subject
+from ..bus.subjects import SHARED_NONCE_STREAM, claim_subject, nonce_stream, nonce_subject
 from ..bus.wire import H_INSTANCE, UNDECODABLE, NonceNote, sign_announcement, verify_announcement
 
-__all__ = ["NonceBook", "ReplayGuard", "replay_guard"]
+__all__ = ["NonceBook", "ReplayGuard", "ensure_nonces", "replay_guard", "retire_shared_nonces"]
 
 log = logging.getLogger("actorbus.host")
 
 _encode = msgspec.msgpack.Encoder().encode
 
-NONCES_MAX_BYTES = 256 * 1024 * 1024
-"""Bytes the ``ACTOR_NONCES`` stream keeps at most, the oldest dropped first: about three
-million nonces, a minute of 50,000 calls a second. Past that, a replica that restarts
-learns fewer of the window's nonces than were accepted (running replicas still hear
-every announcement)."""
+NONCES_MAX_BYTES = 64 * 1024 * 1024
+"""Bytes a name's nonce stream keeps at most, the oldest dropped first: about 700,000
+nonces, a window of 65 s at 10,000 calls a second to one name. Past that, a replica that
+restarts learns fewer of the window's nonces than were accepted (running replicas still
+hear every announcement)."""
 _BATCH = 1000
 """Nonces in one announcement at most: about 100 KB."""
 _MAX_ANNOUNCEMENT = 256 * 1024
@@ -87,8 +96,8 @@ _WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a publish whose subject already holds a message."""
 _CLAIM_WAIT = 2.0
 """Seconds a claim may take."""
-_LOAD_WAIT = 30.0
-"""Seconds reading the replay window may take (256 MiB at most, by direct gets of 4 MiB:
+_LOAD_WAIT = 10.0
+"""Seconds reading the replay window may take (64 MiB at most, by direct gets of 4 MiB:
 nothing made on the server)."""
 
 
@@ -144,6 +153,7 @@ class ReplayGuard:
 
     def __init__(self, nc: NATS, name: str, max_skew: float, key: Keypair, instance: str) -> None:
         self._nc = nc
+        self._name = name
         self._subject = nonce_subject(name)
         self._key = key
         self._instance = instance
@@ -180,7 +190,7 @@ class ReplayGuard:
         digest = hashlib.sha256(f"{meta.key}\n{meta.nonce}".encode()).hexdigest()
         try:
             answer = await self._nc.request(
-                f"{self._subject}.{digest}", b"", timeout=_CLAIM_WAIT, headers=_FIRST
+                claim_subject(self._name, digest), b"", timeout=_CLAIM_WAIT, headers=_FIRST
             )
             error = _claimed(answer.data).error
         except (*JS_ERRORS, *UNDECODABLE) as exc:
@@ -252,7 +262,10 @@ class ReplayGuard:
             if abs(note.time_ms - now_ms) <= skew_ms:  # others could never be accepted
                 self.book.add(note.key, note.nonce, note.time_ms)
 
-    async def _follow(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _follow(self, kept: bool, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Follow the announcements, after reading the window's from the stream if it is
+        ``kept`` (one that is not holds none: a new name's, on a joined node)."""
+
         # A callback, not ``sub.messages``: nats-py's iterator takes a message off the
         # queue in a task of its own and hands it over a loop turn later, a turn in which
         # neither _catch_up nor learn could see it (the cross-replica replay flake). A
@@ -263,12 +276,13 @@ class ReplayGuard:
         sub = await self._nc.subscribe(self._subject, cb=on_message, pending_msgs_limit=1_000_000)
         try:
             await self._nc.flush()
+            window = {"seq": 1, "next_by_subj": self._subject}
             try:
-                window = {"seq": 1, "next_by_subj": self._subject}
-                async for stored in direct_batches(
-                    self._nc, NONCE_STREAM, window, timeout=_LOAD_WAIT
-                ):
-                    self.learn(stored)
+                if kept:
+                    async for stored in direct_batches(
+                        self._nc, nonce_stream(self._name), window, timeout=_LOAD_WAIT
+                    ):
+                        self.learn(stored)
             except Unavailable as exc:
                 log.warning(
                     "%s: replay window not loaded (%s): until a request's Actor-Time is "
@@ -287,6 +301,35 @@ class ReplayGuard:
                 await sub.unsubscribe()
 
 
+async def ensure_nonces(nc: NATS, name: str, max_skew: float, *, replicas: int = 1) -> None:
+    """Make the nonce stream of ``name`` (its announcements and claims, kept for the replay
+    window, :data:`NONCES_MAX_BYTES` at most), or find it made: the policy actor makes it
+    as a replica of ``name`` connects (a ticket grants no stream's creation), a replica on
+    a NATS without the policy's auth callout makes its own. Raises :class:`Unavailable`."""
+    await ensure_stream(
+        nc,
+        nonce_stream(name),
+        [nonce_subject(name), claim_subject(name)],
+        max_age=2 * max_skew + 5,
+        replicas=replicas,
+        max_bytes=NONCES_MAX_BYTES,
+        max_msg_size=_MAX_ANNOUNCEMENT,
+        direct=True,
+    )
+
+
+async def retire_shared_nonces(nc: NATS) -> None:
+    """Delete the nonce stream every name once shared, if it is there (the policy actor
+    does, as it starts): its subjects (``actorbus.nonce.>``) overlap each name's own
+    stream's, which JetStream would not make beside it. What it held is a minute's nonces
+    at most. Raises :class:`Unavailable`."""
+    if await delete_stream(nc, SHARED_NONCE_STREAM):
+        log.warning(
+            "deleted %s, the nonce stream every name shared: each has its own now",
+            SHARED_NONCE_STREAM,
+        )
+
+
 @asynccontextmanager
 async def replay_guard(
     nc: NATS,
@@ -296,30 +339,28 @@ async def replay_guard(
     instance: str,
     *,
     replicas: int = 1,
-    max_bytes: int = NONCES_MAX_BYTES,
+    make: bool = True,
 ) -> AsyncIterator[ReplayGuard]:
     """A :class:`ReplayGuard` for replica ``instance`` of actor ``name`` (whose key is
     ``key``) that has loaded the window's nonces and follows new ones.
 
     Started means ready: the stream's history is read before this yields (or, when
-    JetStream is unavailable, a warning says it could not be).
+    JetStream is unavailable, a warning says it could not be). Without ``make`` (a home
+    that knows a policy: its actor makes each name's stream as a replica connects or
+    claims its name; a joined node's replica, whose leaf may make no stream in the hub) a
+    stream not made yet is not made here, and holds no nonce to read.
     """
+    kept = True
     try:
-        await ensure_stream(
-            nc,
-            NONCE_STREAM,
-            [f"{NONCE_PREFIX}.>"],
-            max_age=2 * max_skew + 5,
-            replicas=replicas,
-            max_bytes=max_bytes,
-            max_msg_size=_MAX_ANNOUNCEMENT,
-            direct=True,
-        )
+        if make:
+            await ensure_nonces(nc, name, max_skew, replicas=replicas)
+        else:
+            kept = await stream_exists(nc, nonce_stream(name))
     except Unavailable as exc:  # no JetStream: start anyway (reading the window says so)
         log.debug("nonce stream: %s", exc)
     guard = ReplayGuard(nc, name, max_skew, key, instance)
     async with anyio.create_task_group() as tg:
-        await tg.start(guard._follow)
+        await tg.start(guard._follow, kept)
         tg.start_soon(guard._announce)
         try:
             yield guard

@@ -25,6 +25,7 @@ import anyio
 import msgspec
 
 from ..bus import NATS, ActorError, Keypair, Keystore, Unavailable, connect, token_keypair
+from ..bus.pins import policy_seen
 from ..bus.settings import Settings, node_name
 from ..bus.subjects import check_name, queue_group, serve_subject
 from ..bus.tickets import host_ticket
@@ -115,7 +116,15 @@ async def serve(
         registration = _Registration(nc, settings, name, key)
         await registration.open()
         guard = await stack.enter_async_context(
-            replay_guard(nc, name, settings.max_skew, key, instance, replicas=settings.js_replicas)
+            replay_guard(
+                nc,
+                name,
+                settings.max_skew,
+                key,
+                instance,
+                replicas=settings.js_replicas,
+                make=not settings.join and not policy_seen(settings),
+            )
         )
         actor.__actorbus_policy__ = policy
         client = await stack.enter_async_context(Client(key, settings=settings, nc=nc))

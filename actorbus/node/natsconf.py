@@ -43,7 +43,14 @@ from ..bus.natsjwt import BUS_ACCOUNT, Permissions
 from ..bus.nkeys import ACCOUNT, encode_nkey
 from ..bus.rights import callout_issuer, policy_service
 from ..bus.settings import Settings
-from ..bus.subjects import AUDIT_PREFIX, CHANGES_PREFIX, JOBS_PREFIX, LOG_PREFIX, NONCE_PREFIX
+from ..bus.subjects import (
+    AUDIT_PREFIX,
+    CHANGES_PREFIX,
+    CLAIM_PREFIX,
+    JOBS_PREFIX,
+    LOG_PREFIX,
+    NONCE_PREFIX,
+)
 
 __all__ = ["STATE_ACCOUNT", "adopt_global_store", "server_config", "server_limits"]
 
@@ -79,10 +86,10 @@ _STREAMED_FOR: Final = "30s"
 """How long a streamed answer's route back lives after its last message: a pull that
 waits longer without idle heartbeats misses what comes after (actorbus pulls for 0.5 s)."""
 _STORED: Final = tuple(
-    f"{prefix}.>" for prefix in (AUDIT_PREFIX, JOBS_PREFIX, LOG_PREFIX, NONCE_PREFIX)
+    f"{prefix}.>" for prefix in (AUDIT_PREFIX, CLAIM_PREFIX, JOBS_PREFIX, LOG_PREFIX, NONCE_PREFIX)
 )
-"""The subjects JetStream keeps (the audit, the jobs, the logs, the nonces): a message
-published on one is stored in STATE and heard by BUS's subscribers."""
+"""The subjects JetStream keeps (the audit, the claims, the jobs, the logs, the nonces): a
+message published on one is stored in STATE and heard by BUS's subscribers."""
 
 
 def server_limits(settings: Settings) -> dict[str, Any]:

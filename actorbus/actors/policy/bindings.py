@@ -10,21 +10,26 @@ connections the server's config names.
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import msgspec
-import nats.js.errors
 
-from ...bus import BadRequest, Forbidden, NotFound, RateLimited, Unavailable
-from ...bus.jetstream import JS_ERRORS
+from ...bus import BadRequest, Forbidden, LogThrottle, NotFound, RateLimited, Unavailable
+from ...bus.jetstream import Bucket, delete_stream
 from ...bus.pace import Pace
 from ...bus.rights import GATEWAY, JOBS, NODE, ROLES
-from ...bus.subjects import NODE_PREFIX, JobsNames, check_name, commune_bucket
+from ...bus.subjects import NODE_PREFIX, JobsNames, check_name, commune_bucket, nonce_stream
 from ...bus.tickets import HostTicket, read_ticket
 from ...host.pages import MAX_PAGE
 from ...host.policy import HostGrant
+from ...host.replay import ensure_nonces
+from ..jobs.streams import jobs_streams
 from .store import PolicyStore, check_address, encode
 
 __all__ = ["Bindings"]
+
+log = logging.getLogger("actorbus.policy")
 
 _NAMES_AT_ONCE = 32
 """New names a host may claim at once (then :data:`_NAME_EVERY`)."""
@@ -34,6 +39,11 @@ _HOSTS_KEPT = 4096
 """Hosts whose pace of new names a replica remembers (the least recent forgotten)."""
 _CLAIM_WAIT = 2.0
 """Seconds a claim may take (the server waits for the callout's answer a little longer)."""
+_PROVIDE_WAIT = 2.0
+"""Seconds making a jobs actor's or a gateway's streams may take (the server waits for the
+callout's answer a little longer)."""
+_NONCES_WAIT = 0.5
+"""Seconds making a name's nonce stream may take before its replica connects without it."""
 _addresses = msgspec.json.Decoder(list[str])
 
 
@@ -43,6 +53,7 @@ class Bindings(PolicyStore):
     async def on_start(self) -> None:
         self._new_names = Pace(1 / _NAME_EVERY, _NAMES_AT_ONCE, _HOSTS_KEPT)
         """Per host: the pace of the new names it claims (:meth:`_pace_new_name`)."""
+        self._streams_throttle = LogThrottle(log)
         await super().on_start()
 
     async def add_host(
@@ -97,20 +108,61 @@ class Bindings(PolicyStore):
         return {name: left}
 
     async def _drop_streams(self, name: str) -> None:
-        """Delete what a jobs actor or a gateway named ``name`` kept, if it was one (its
-        jobs, their work and results; the commune signatures it took): the name is free
-        now, and whoever claims it next must not read the last holder's."""
-        if "." in name:  # no jobs actor's nor gateway's
-            return
-        jobs, js = JobsNames(name), self.nc.jetstream()
-        kept = [jobs.work_stream, jobs.record_stream, f"KV_{jobs.bucket}"]
-        for stream in [*kept, f"KV_{commune_bucket(name)}"]:
+        """Delete what the replicas of ``name`` kept (the nonces of its window; a jobs
+        actor's jobs, their work and results; the commune signatures a gateway took): the
+        name is free now, and whoever claims it next must not read the last holder's."""
+        kept = [nonce_stream(name)]
+        if "." not in name:  # a jobs actor's or a gateway's name is one token
+            jobs = JobsNames(name)
+            kept += [jobs.work_stream, jobs.record_stream, f"KV_{jobs.bucket}"]
+            kept.append(f"KV_{commune_bucket(name)}")
+        for stream in kept:
             try:
-                await js.delete_stream(stream)
-            except nats.js.errors.NotFoundError:
-                continue
-            except JS_ERRORS as exc:
-                raise Unavailable(f"{name!r} is revoked; its stream {stream}: {exc}") from exc
+                await delete_stream(self.nc, stream)
+            except Unavailable as exc:
+                raise Unavailable(f"{name!r} is revoked; {exc.message}") from None
+
+    async def _provide(self, name: str, role: str) -> None:
+        """Make the streams a replica named ``name`` works on (its nonces, if it can be
+        done at once; a jobs actor's or a gateway's own), as this node's settings say, or
+        find them made (a read or a few per replica's connection: an admin who frees the
+        name deletes them, on any policy replica). Raises :class:`Unavailable` if
+        JetStream cannot make a jobs actor's or a gateway's in time (the replica connects
+        again)."""
+        await self._provide_nonces(name)
+        if role not in (JOBS, GATEWAY):
+            return
+        settings = self.settings
+        try:
+            with anyio.fail_after(_PROVIDE_WAIT):
+                if role == JOBS:
+                    await jobs_streams(self.nc, name, settings, adjust=True)
+                else:
+                    seen = await Bucket.open(
+                        self.nc,
+                        commune_bucket(name),
+                        ttl=2 * settings.max_skew,
+                        replicas=settings.js_replicas,
+                    )
+                    await seen.settle()
+        except TimeoutError:
+            raise Unavailable(f"the streams of {role} {name!r} took too long to make") from None
+
+    async def _provide_nonces(self, name: str) -> None:
+        """Make the nonce stream of ``name``, or find it made, within
+        :data:`_NONCES_WAIT` seconds, else say so (throttled): a replica connecting while
+        JetStream elects its leaders (a NATS node of a cluster lost) connects anyway, and
+        starts without the window of nonces its name's earlier replicas accepted (it says
+        so); the next connection makes it."""
+        settings = self.settings
+        try:
+            with anyio.fail_after(_NONCES_WAIT):
+                await ensure_nonces(self.nc, name, settings.max_skew, replicas=settings.js_replicas)
+        except (TimeoutError, Unavailable) as exc:
+            why = exc.message if isinstance(exc, Unavailable) else "JetStream took too long"
+            self._streams_throttle.log(
+                logging.WARNING, "nonces", "the nonce stream of %r is not made: %s", name, why
+            )
 
     async def claim(self, ticket: str) -> str:
         """Bind the caller's key to the name of its hosting ``ticket`` if the name is free
@@ -120,6 +172,7 @@ class Bindings(PolicyStore):
         signed for, by a host."""
         hosted = self._check_ticket(ticket, self._caller())
         await self._claim(hosted.name, hosted.role, self._caller(), hosted.host)
+        await self._provide_nonces(hosted.name)  # a joined node's replica's too
         stored = await self._bucket.get("name." + hosted.name)
         if stored is None:
             raise Unavailable(f"the binding of {hosted.name!r} is not readable yet")

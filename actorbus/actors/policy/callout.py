@@ -40,18 +40,14 @@ from ...bus import (
     LogThrottle,
     Msg,
     Unauthorized,
-    Unavailable,
     printable,
     publish,
 )
-from ...bus.jetstream import Bucket
 from ...bus.keys import public_key_to_address, verify_raw
 from ...bus.natsjwt import AuthRequest, Permissions, authorization_response, decode_request
 from ...bus.nkeys import decode_nkey
 from ...bus.rights import (
     AUTH_SUBJECT,
-    GATEWAY,
-    JOBS,
     admin,
     call_subjects,
     caller,
@@ -60,11 +56,10 @@ from ...bus.rights import (
     replica,
     stranger,
 )
-from ...bus.subjects import commune_bucket, queue_group
+from ...bus.subjects import queue_group
 from ...bus.vouch import is_vouch, read_vouch
 from ...client import RegistryEntry
 from ...host.policy import DEFAULT_WHITELIST, PUBLIC, Role
-from ..jobs.streams import jobs_streams
 from .bindings import Bindings
 
 __all__ = ["AuthCallout"]
@@ -77,9 +72,6 @@ _ACTORS_SECONDS = 5.0
 _LEAF = "Leafnode"
 _NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """How long the registry's view of each actor's own whitelist is reused."""
-_PROVIDE_WAIT = 2.0
-"""Seconds making a jobs actor's or a gateway's streams may take (the server waits for
-the callout's answer a little longer)."""
 
 
 class AuthCallout(Bindings):
@@ -174,30 +166,6 @@ class AuthCallout(Bindings):
         # A host's own connection reads the registry, as its replicas do (its `actor up`
         # waits there for what it started); any other caller's does not.
         return caller(public_key, calls, host=address in state.hosts), address, expires
-
-    async def _provide(self, name: str, role: str) -> None:
-        """Make the streams a jobs actor or a gateway named ``name`` works on, as this
-        node's settings say, or find them made (a few reads per such replica's connection:
-        an admin who frees the name deletes them, on any policy replica). Raises
-        :class:`Unavailable` if JetStream cannot make them in time (the replica connects
-        again)."""
-        if role not in (JOBS, GATEWAY):
-            return
-        settings = self.settings
-        try:
-            with anyio.fail_after(_PROVIDE_WAIT):
-                if role == JOBS:
-                    await jobs_streams(self.nc, name, settings, adjust=True)
-                else:
-                    seen = await Bucket.open(
-                        self.nc,
-                        commune_bucket(name),
-                        ttl=2 * settings.max_skew,
-                        replicas=settings.js_replicas,
-                    )
-                    await seen.settle()
-        except TimeoutError:
-            raise Unavailable(f"the streams of {role} {name!r} took too long to make") from None
 
     async def _calls(self, role_name: str) -> list[str]:
         """The call subjects of role ``role_name``: its allow patterns, the discovery

@@ -31,6 +31,7 @@ from ...host import Actor, current_call
 from ...host.pages import SortedKeys
 from ...host.policy import PUBLIC, HostGrant, PolicyConfig, PolicyState, Role
 from ...host.policy_view import PolicyRecords, load_state
+from ...host.replay import ensure_nonces, retire_shared_nonces
 from ...node.audit import ensure_audit, record
 from ...node.logs import ensure_logs
 from .keeper import RecordKeeper
@@ -114,6 +115,11 @@ class PolicyStore(Actor):
             self.nc, REGISTRY_BUCKET, ttl=settings.registry_ttl, replicas=settings.js_replicas
         )
         await registry.settle()
+        await retire_shared_nonces(self.nc)
+        # Its own name's too: its replicas connect as the server's config says, no callout.
+        await ensure_nonces(
+            self.nc, self.name or settings.policy, settings.max_skew, replicas=settings.js_replicas
+        )
         await ensure_audit(self.nc, replicas=settings.js_replicas)
         await ensure_logs(self.nc, settings)  # every node ships into it; the policy makes it
         path = seeded.with_name(f"{settings.policy_bucket}.records")
