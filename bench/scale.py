@@ -3,6 +3,7 @@
     python bench/scale.py [--users 100,1000,100000] [--keys 40,400,4000]
                           [--reads 100,1000,10000] [--actors 6,20,60]
                           [--soak 600] [--behind 1024,4096,16384]
+                          [--replicas 1,4,16]
 
 Against an embedded nats-server, the policy actor and an echo actor (bench/calls.py's
 ``BenchEcho``), each a process of its own, and this process as the callers:
@@ -30,6 +31,11 @@ Against an embedded nats-server, the policy actor and an echo actor (bench/calls
    connections from 200 networks fall behind one after another, each holding 900 KB, then
    64 KiB: the time per connection falling behind (past the bound, connections are reset
    from the heaviest networks; target: flat in BEHIND).
+7. replicas following the policy: REPLICAS replicas of one echo actor (processes of
+   their own) start, a user calls them, then its role loses them: JetStream's consumers
+   (of every stream) with the replicas running against before (target: +0, issue 30: each
+   held one of the policy bucket, which a host could fill), and the time from the change
+   until 4 calls per replica in a row are refused (the change reached them all).
 
 Every phase is bounded in count and time. The machine is shared: read the curves' shapes
 and the ratios, not single figures.
@@ -52,7 +58,7 @@ import anyio
 import httpx
 import psutil
 
-from actorbus import Client, Settings
+from actorbus import Client, Forbidden, Settings
 from actorbus import serve as serve_actor
 from actorbus.actors.gateway.guard import Backlog
 from actorbus.bus import NATS, EmbeddedServer, Keypair, connect, sign_request, verify_reply
@@ -293,6 +299,44 @@ async def run(
         await one_change(client, settings, [int(n) for n in args.keys.split(",")], pid)
         actors = [int(n) for n in args.actors.split(",")]
         await openapi_size(client, settings, args.gateway_port, actors, args.soak)
+        await replicas_follow(client, settings, env, [int(n) for n in args.replicas.split(",")])
+
+
+async def replicas_follow(
+    client: Client, settings: Settings, env: dict[str, str], counts: list[int]
+) -> None:
+    """Phase 7: consumers held by ``counts`` replicas, and a change's way to them all."""
+    js = client.nc.jetstream()
+    print("\n7. replicas following   replicas   consumers before -> with them   change -> refused")
+    key = Keypair.generate()
+    await client.call(settings.policy, "add_user", key.address, "user")
+    async with Client(key, settings=settings) as caller:
+        for count in counts:
+            name = f"start{count}"
+            before = sum(s.state.consumer_count for s in await js.streams_info())
+            replicas = [serve(env, f"{HERE / 'calls.py'}:BenchEcho", name)[0] for _ in range(count)]
+            try:
+                with anyio.fail_after(PHASE_LIMIT):
+                    for _ in range(4 * count):
+                        assert await caller.call(name, "echo", "x") == "x"
+                    held = sum(s.state.consumer_count for s in await js.streams_info())
+                    changed = time.perf_counter()
+                    await client.call(settings.policy, "set_role", "user", ["bench/*"])
+                    refused = 0
+                    while refused < 4 * count:
+                        try:
+                            await caller.call(name, "echo", "x")
+                            refused = 0
+                        except Forbidden:
+                            refused += 1
+                    took = (time.perf_counter() - changed) * 1000
+            finally:
+                await client.call(settings.policy, "set_role", "user", ["bench/*", "start*/*"])
+                for process in replicas:
+                    process.terminate()
+                    process.wait(30)
+            row = f"{count:7d}   {before:7d} -> {held:<10d}   {took:7.0f} ms"
+            print(" " * 23 + row)
 
 
 class _Behind:
@@ -337,6 +381,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=3600.0, help="the quota window (s)")
     parser.add_argument("--gateway-port", type=int, default=18480)
     parser.add_argument("--behind", default="1024,4096,16384")
+    parser.add_argument("--replicas", default="1,4,16")
     args = parser.parse_args()
     backlog_cost([int(n) for n in args.behind.split(",")])
     home = Path(tempfile.mkdtemp(prefix="actorbus-scale-"))

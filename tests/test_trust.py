@@ -45,6 +45,7 @@ from actorbus.bus.subjects import (
     nonce_stream,
 )
 from actorbus.bus.tickets import host_ticket
+from actorbus.bus.workqueue import open_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = "actorbus.actors.policy:Policy"
@@ -524,13 +525,9 @@ async def test_a_jobs_actor_deletes_no_stream_with_its_own_queue(node: Bus, how:
     jobs = JobsNames(name)
     ticket = host_ticket(key, name, "jobs", key.address)
     async with stranger(node.url, **_as_host(key, ticket)) as (nc, refusals):
-        durable = f"d{secrets.token_hex(3)}"
-        config = {"durable_name": durable, "ack_policy": "explicit"}
-        config["filter_subject"] = jobs.work("x")
-        create = f"$JS.API.CONSUMER.DURABLE.CREATE.{jobs.work_stream}.{durable}"
-        made = {"stream_name": jobs.work_stream, "config": config}
-        answer = json.loads((await nc.request(create, json.dumps(made).encode(), 5)).data)
-        assert "error" not in answer, answer
+        durable = f"job_{secrets.token_hex(6)}"
+        async with Client(settings=node.settings) as operator:  # as the policy actor would
+            await open_queue(operator.nc, jobs.work_stream, durable, jobs.work("x"), ack_wait=30)
         if how == "pull":
             subject = f"$JS.API.CONSUMER.MSG.NEXT.{jobs.work_stream}.{durable}"
             body = json.dumps({"batch": 1, "no_wait": True}).encode()
@@ -656,6 +653,38 @@ async def test_a_replica_evicts_no_other_names_nonces(node: Bus) -> None:
                     await nc.flush()
             await nc.jetstream().publish(f"actorbus.nonce.{name}", b"", timeout=10)  # all in
         assert (await js.get_msg(stream, seq)).seq == seq  # echo's window is whole
+
+
+async def test_a_jobs_actor_makes_no_consumer_of_its_queue(node: Bus) -> None:
+    """Issue 30's third attacker: a jobs actor made its jobs' queues (durable consumers of
+    its work stream) with a config of its own; one holding up to 300,000 waiting pulls
+    took 451 MiB of the server's memory. A jobs replica may make no consumer of its queue
+    now; the policy actor makes each job's, with 64 waiting pulls at most, and a job
+    still runs."""
+    key = Keypair.generate()
+    name = f"jobs{secrets.token_hex(3)}"
+    node.actor("policy", "host", "add", key.address, "--jobs", name)
+    work = JobsNames(name).work_stream
+    ticket = host_ticket(key, name, "jobs", key.address)
+    async with stranger(node.url, **_as_host(key, ticket)) as (nc, refusals):
+        durable = f"job_{secrets.token_hex(6)}"
+        config = {"durable_name": durable, "ack_policy": "explicit", "max_waiting": 300_000}
+        made = json.dumps({"stream_name": work, "config": config}).encode()
+        create = f"$JS.API.CONSUMER.DURABLE.CREATE.{work}.{durable}"
+        ephemeral = f"$JS.API.CONSUMER.CREATE.{work}"
+        for subject in (create, ephemeral):
+            await nc.publish(subject, made, reply=nc.new_inbox())
+        await refused(nc, refusals, create, ephemeral)
+    async with Client(settings=node.settings) as operator:
+        slow = await operator.submit("echo/sleep", [[1.0]] * 5, concurrency=1)
+        js = operator.nc.jetstream()
+
+        async def queued() -> None:  # its queue, made by the policy actor
+            queues = await js.consumers_info(JobsNames("jobs").work_stream)
+            assert queues and {q.config.max_waiting for q in queues} == {64}, queues
+
+        await eventually(queued, timeout=10)
+        assert (await slow.cancel())["state"] == "cancelled"
 
 
 @pytest.mark.parametrize("role", ["jobs", "gateway"])

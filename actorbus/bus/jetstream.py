@@ -557,6 +557,7 @@ async def ensure_stream(
     duplicate_window: float = 0.0,
     append_only: bool = False,
     direct: bool = False,
+    max_consumers: int = -1,
     adjust: bool = True,
 ) -> None:
     """Create stream ``name`` (file store, messages kept ``max_age`` s and, if given, at most
@@ -566,7 +567,8 @@ async def ensure_stream(
     once per ``duplicate_window`` seconds (0: the server's default, 2 minutes); an
     ``append_only`` stream refuses to delete a message or purge (an existing stream is
     made so); a ``direct`` one answers direct gets (:func:`direct_batches`; an existing
-    one is made so). Without ``adjust`` an existing
+    one is made so); it holds at most ``max_consumers`` consumers (-1: any number). Without
+    ``adjust`` an existing
     stream is kept as it is (its maker's: changing it takes a right the caller lacks)."""
     js = nc.jetstream()
     config = api.StreamConfig(
@@ -583,6 +585,7 @@ async def ensure_stream(
         deny_delete=append_only,
         deny_purge=append_only,
         allow_direct=direct,
+        max_consumers=max_consumers,
         consumer_limits=None if work_queue else READERS,
     )
     try:
@@ -603,7 +606,8 @@ async def ensure_stream(
         seal = append_only and not (made.deny_delete and made.deny_purge)
         limit = made.consumer_limits != config.consumer_limits
         opened = direct and not made.allow_direct
-        if widen or bound or sized or seal or limit or opened:
+        counted = made.max_consumers != max_consumers
+        if widen or bound or sized or seal or limit or opened or counted:
             await js.update_stream(
                 made.evolve(
                     max_age=max(max_age, made.max_age or 0),
@@ -612,6 +616,7 @@ async def ensure_stream(
                     deny_delete=made.deny_delete or append_only,
                     deny_purge=made.deny_purge or append_only,
                     allow_direct=made.allow_direct or direct,
+                    max_consumers=max_consumers,
                     consumer_limits=config.consumer_limits,
                 )
             )

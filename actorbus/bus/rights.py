@@ -288,10 +288,15 @@ def replica(name: str, public_key: bytes, role: str, settings: Settings) -> Perm
     if role == JOBS:
         jobs = JobsNames(name)
         pub += [f"{jobs.prefix}.>", f"$KV.{jobs.bucket}.>"]
-        for stream in (_kv(jobs.bucket), jobs.work_stream, jobs.record_stream):
+        for stream in (_kv(jobs.bucket), jobs.record_stream):
             pub += stream_reader(stream)  # made by the policy actor, as it makes them
-        pub.append(f"$JS.API.STREAM.PURGE.{jobs.work_stream}")  # a cancelled job's queue
-        pub += puller(jobs.work_stream)
+        work = jobs.work_stream
+        pub += stream_getter(work)
+        # Its jobs' queues: the policy actor makes each (a consumer's config, how many
+        # pulls it holds waiting among it, would be the host's: issue 30).
+        pub += [f"$JS.API.CONSUMER.INFO.{work}.*", f"$JS.API.CONSUMER.DELETE.{work}.*"]
+        pub.append(f"$JS.API.STREAM.PURGE.{work}")  # a cancelled job's queue
+        pub += puller(work)
     elif role == GATEWAY:
         sub.append(f"{RELAY_PREFIX}{name}.>")  # its own callers' replies: none of another's
         seen = commune_bucket(name)
@@ -403,6 +408,8 @@ def policy_service(public_key: bytes, settings: Settings) -> Permissions:
                 "$JS.API.STREAM.CREATE.*",
                 "$JS.API.STREAM.UPDATE.*",
                 "$JS.API.STREAM.DELETE.*",  # a freed name's (NATS has no prefix)
+                "$JS.API.CONSUMER.INFO.*.*",  # a jobs actor's queues (it makes them)
+                "$JS.API.CONSUMER.DURABLE.CREATE.*.*",
                 *(subject for stream in owned for subject in stream_owner(stream)),
                 *(subject for stream in owned for subject in direct_reader(stream)),
                 *(subject for stream in owned for subject in puller(stream)),

@@ -6,6 +6,7 @@ Errors from ``nats.js`` are translated to :class:`Unavailable` here, as in :mod:
 from __future__ import annotations
 
 import contextlib
+from typing import Final
 
 import nats.errors
 import nats.js.errors
@@ -18,12 +19,15 @@ from .errors import Unavailable
 from .jetstream import JS_ERRORS as _JS_ERRORS
 
 __all__ = [
+    "QUEUE_MAX_WAITING",
     "Puller",
     "StoredMsg",
     "consumer_counts",
+    "consumer_exists",
     "delete_consumer",
     "last_message",
     "message_at",
+    "open_queue",
     "publish_deduplicated",
     "publish_once",
     "purge_subject",
@@ -48,26 +52,10 @@ class Puller:
         self.durable = durable
 
     @classmethod
-    async def open(
-        cls, nc: NATS, stream: str, durable: str, subject: str, *, ack_wait: float
-    ) -> Puller:
-        """Bind to durable ``durable`` of ``stream``, creating it (explicit acks, filtered to
-        ``subject``, unlimited redeliveries) if it is missing."""
-        js = nc.jetstream()
-        config = api.ConsumerConfig(
-            durable_name=durable,
-            filter_subject=subject,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=ack_wait,
-            max_ack_pending=-1,
-            deliver_policy=api.DeliverPolicy.ALL,
-        )
+    async def bind(cls, nc: NATS, stream: str, durable: str) -> Puller:
+        """Pull from durable ``durable`` of ``stream`` (made by :func:`open_queue`)."""
         try:
-            try:
-                await js.consumer_info(stream, durable)
-            except nats.js.errors.NotFoundError:
-                await js.add_consumer(stream, config)
-            sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+            sub = await nc.jetstream().pull_subscribe_bind(durable=durable, stream=stream)
         except _JS_ERRORS as exc:
             raise Unavailable(f"consumer {durable} of {stream}: {exc}") from exc
         return cls(sub, stream, durable)
@@ -85,6 +73,47 @@ class Puller:
     async def close(self) -> None:
         with contextlib.suppress(*_JS_ERRORS):  # if the connection is gone, so is the sub
             await self._sub.unsubscribe()
+
+
+QUEUE_MAX_WAITING: Final = 64
+"""Pulls a queue's consumer holds waiting at most (a jobs actor's replica waits with one at
+a time per job). NATS bounds them by nothing but the consumer's own config: a jobs replica
+that made its consumer so kept 300,000 waiting, 451 MiB of the server's memory (issue 30),
+so the policy actor makes them (:func:`open_queue`)."""
+
+
+async def open_queue(nc: NATS, stream: str, durable: str, subject: str, *, ack_wait: float) -> None:
+    """Make durable ``durable`` of ``stream``, unless it exists: explicit acks, filtered
+    to ``subject``, unlimited redeliveries (a message comes back ``ack_wait`` seconds after
+    it was last taken, or marked in progress, if nobody acknowledged it), at most
+    :data:`QUEUE_MAX_WAITING` pulls waiting."""
+    js = nc.jetstream()
+    config = api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=-1,
+        max_waiting=QUEUE_MAX_WAITING,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+    if await consumer_exists(nc, stream, durable):
+        return
+    try:
+        await js.add_consumer(stream, config)
+    except _JS_ERRORS as exc:
+        raise Unavailable(f"consumer {durable} of {stream}: {exc}") from exc
+
+
+async def consumer_exists(nc: NATS, stream: str, durable: str) -> bool:
+    """Whether ``stream`` has the consumer ``durable``."""
+    try:
+        await nc.jetstream().consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        return False
+    except _JS_ERRORS as exc:
+        raise Unavailable(f"consumer {durable}: {exc}") from exc
+    return True
 
 
 async def consumer_counts(nc: NATS, stream: str, durable: str) -> tuple[int, int]:

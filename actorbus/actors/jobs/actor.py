@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ...bus import ActorError, BadRequest, Forbidden, NotFound
+from ...bus import ActorError, BadRequest, Forbidden, NoResponders, NotFound, Unavailable
 from ...bus.delegation import (
     MAX_DELEGATION_SECONDS,
     Delegation,
@@ -25,11 +25,16 @@ from ...bus.delegation import (
     split_work,
     verify_delegation,
 )
+from ...bus.errors import NoSuchActor
 from ...bus.jetstream import when_ready
 from ...bus.ranges import page_of, parse_ranges
 from ...bus.rights import JOBS
+from ...bus.subjects import JobsNames
+from ...bus.tickets import host_ticket
+from ...bus.workqueue import open_queue
 from ...host import Actor, current_call, endpoint
 from ...host.pages import MAX_PAGE, check_limit
+from ...host.replica import host_key
 from .model import (
     ACTIVE,
     Batch,
@@ -47,6 +52,8 @@ __all__ = ["Jobs"]
 log = logging.getLogger("actorbus.jobs")
 
 _READ_CONCURRENCY = 64
+_ASK_WAIT = 4.0
+"""Seconds the policy actor may take to make a job's queue."""
 _MIN_LIFE = 10.0
 """Seconds a delegation must still be valid for when a job is submitted."""
 
@@ -65,12 +72,35 @@ class Jobs(Actor):
     _runner: Runner
 
     async def on_start(self) -> None:
+        name = self.name or "jobs"
         self._store = await when_ready(
-            lambda: JobStore.open(self.nc, self.name or "jobs", self.settings, self.key),
+            lambda: JobStore.open(self.nc, name, self.settings, self.key, self._open_queue),
             "the jobs streams",
             wait=self.settings.start_wait,
         )
         self._runner = Runner(self._store, self.client, self.key, self.nc, self.settings)
+
+    async def _open_queue(self, job: str, ack_wait: float) -> None:
+        """Have the policy actor make ``job``'s queue, as this host's ticket lets it: a
+        ticket grants no consumer's creation (its config, how many pulls it holds waiting
+        among it, would be this host's). On a NATS with no policy actor, make it here."""
+        name = self.name or "jobs"
+        ticket = host_ticket(host_key(self.settings), name, JOBS, self.key.address)
+        try:
+            await self.client.request(
+                self.settings.policy, "open_queue", [ticket, job, ack_wait], timeout=_ASK_WAIT
+            )
+        except (NoResponders, NoSuchActor):
+            names = JobsNames(name)
+            await open_queue(
+                self.nc, names.work_stream, f"job_{job}", names.work(job), ack_wait=ack_wait
+            )
+        except ActorError as exc:
+            if isinstance(exc, Unavailable):
+                raise
+            raise Unavailable(
+                f"the policy did not make the queue of job {job}: {exc.message}"
+            ) from None
 
     def figures(self) -> dict[str, float]:
         """Jobs by state, and their slices: done, failed and left to run (of the jobs still

@@ -21,7 +21,7 @@ sealed by the jobs actor's key (:mod:`.seals`): what is not is ignored, never ru
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -34,6 +34,7 @@ from ...bus.subjects import JobsNames
 from ...bus.workqueue import (
     Puller,
     consumer_counts,
+    consumer_exists,
     delete_consumer,
     last_message,
     message_at,
@@ -45,7 +46,11 @@ from .model import Batch, JobRecord, SliceResult
 from .seals import Seals
 from .streams import jobs_streams
 
-__all__ = ["SLICE_HEADER", "STATUS_HEADER", "JobStore", "call_body"]
+__all__ = ["SLICE_HEADER", "STATUS_HEADER", "JobStore", "OpenQueue", "call_body"]
+
+OpenQueue = Callable[[str, float], Awaitable[None]]
+"""``open_queue(job, ack_wait)``: have ``job``'s queue made
+(:func:`~actorbus.bus.workqueue.open_queue`)."""
 
 SLICE_HEADER = "Actor-Slice"
 STATUS_HEADER = "Actor-Status"
@@ -64,22 +69,28 @@ def call_body(args: list[Any]) -> bytes:
 class JobStore:
     """The jobs of the jobs actor ``name`` on JetStream."""
 
-    def __init__(self, nc: NATS, names: JobsNames, records: Bucket, seals: Seals) -> None:
+    def __init__(
+        self, nc: NATS, names: JobsNames, records: Bucket, seals: Seals, open_queue: OpenQueue
+    ) -> None:
         self.nc = nc
         self.names = names
         self.records = records
         self.seals = seals
+        self._open_queue = open_queue
         self._genuine: dict[str, JobRecord] = {}
         """The last record of each job this actor sealed, as read: what a record written
         over by someone else is restored to."""
 
     @classmethod
-    async def open(cls, nc: NATS, name: str, settings: Settings, key: Keypair) -> JobStore:
+    async def open(
+        cls, nc: NATS, name: str, settings: Settings, key: Keypair, open_queue: OpenQueue
+    ) -> JobStore:
         """Bind to (or, on a NATS without the policy's callout, create) the bucket and
-        streams of the jobs actor ``name``, whose key is ``key``."""
+        streams of the jobs actor ``name``, whose key is ``key``; ``open_queue(job,
+        ack_wait)`` has a job's queue made (:meth:`puller`)."""
         names = JobsNames(name)
         records = await jobs_streams(nc, name, settings, adjust=False)
-        return cls(nc, names, records, Seals(key, names.bucket))
+        return cls(nc, names, records, Seals(key, names.bucket), open_queue)
 
     # -- job records -------------------------------------------------------------------
 
@@ -200,9 +211,12 @@ class JobStore:
                 tg.start_soon(one, start + offset, args)
 
     async def puller(self, job: str, ack_wait: float) -> Puller:
-        return await Puller.open(
-            self.nc, self.names.work_stream, f"job_{job}", self.names.work(job), ack_wait=ack_wait
-        )
+        """A puller of ``job``'s queue, made first if missing (slices come back
+        ``ack_wait`` seconds after they were taken if not acknowledged)."""
+        durable = f"job_{job}"
+        if not await consumer_exists(self.nc, self.names.work_stream, durable):
+            await self._open_queue(job, ack_wait)
+        return await Puller.bind(self.nc, self.names.work_stream, durable)
 
     async def counts(self, job: str) -> tuple[int, int]:
         """``(queued, in flight)`` slices of ``job``."""

@@ -17,6 +17,11 @@ from ...bus.subjects import JobsNames
 
 __all__ = ["jobs_streams"]
 
+_MAX_QUEUES = 1024
+"""Jobs whose queue is open at once, at most (a job's queue is a consumer of the work
+stream, with its waiting pulls: the number of them bounds what the server holds)."""
+_MAX_READERS = 1024
+"""Readers of the results at once, at most (each an ordered consumer of its stream)."""
 _DUPLICATE_WINDOW = 600.0
 """Seconds a slice's message id is remembered (a slice queued again within it is not
 stored twice)."""
@@ -37,6 +42,7 @@ async def jobs_streams(nc: NATS, name: str, settings: Settings, *, adjust: bool)
         replicas=settings.js_replicas,
         work_queue=True,
         duplicate_window=_DUPLICATE_WINDOW,
+        max_consumers=_MAX_QUEUES,
         adjust=adjust,
     )
     await ensure_stream(
@@ -46,6 +52,7 @@ async def jobs_streams(nc: NATS, name: str, settings: Settings, *, adjust: bool)
         max_age=retention,
         max_bytes=settings.jobs_max_bytes,
         replicas=settings.js_replicas,
+        max_consumers=_MAX_READERS,
         adjust=adjust,
     )
     return records

@@ -27,9 +27,11 @@ class Policy(Credentials, Logins, Quotas, AuthCallout):
 
     name = "policy"
     # Anyone may ask about themselves, hosts must reach the lease calls, replicas their
-    # name's claim and gateways the binding of logins; the handlers check further (admin,
-    # own key, registered actor, ticket, forwarder).
-    allow_fns = frozenset({"claim", "decide", "lease", "oidc_bind", "release", "user2role"})
+    # name's claim, jobs actors their jobs' queues and gateways the binding of logins; the
+    # handlers check further (admin, own key, registered actor, ticket, forwarder).
+    allow_fns = frozenset(
+        {"claim", "decide", "lease", "oidc_bind", "open_queue", "release", "user2role"}
+    )
     quotas = False
 
     # -- admins and users --------------------------------------------------------------

@@ -16,11 +16,13 @@ import anyio
 import msgspec
 
 from ...bus import BadRequest, Forbidden, LogThrottle, NotFound, RateLimited, Unavailable
+from ...bus.delegation import check_job_id
 from ...bus.jetstream import Bucket, delete_stream
 from ...bus.pace import Pace
 from ...bus.rights import GATEWAY, JOBS, NODE, ROLES
 from ...bus.subjects import NODE_PREFIX, JobsNames, check_name, commune_bucket, nonce_stream
 from ...bus.tickets import HostTicket, read_ticket
+from ...bus.workqueue import open_queue
 from ...host.pages import MAX_PAGE
 from ...host.policy import HostGrant
 from ...host.replay import ensure_nonces
@@ -42,6 +44,9 @@ _CLAIM_WAIT = 2.0
 _PROVIDE_WAIT = 2.0
 """Seconds making a jobs actor's or a gateway's streams may take (the server waits for the
 callout's answer a little longer)."""
+_MAX_ACK_WAIT = 3605.0
+"""Seconds a job's queue waits for a slice's acknowledgement at most: a slice's longest
+timeout (an hour) and the jobs actor's margin."""
 _NONCES_WAIT = 0.5
 """Seconds making a name's nonce stream may take before its replica connects without it."""
 _addresses = msgspec.json.Decoder(list[str])
@@ -163,6 +168,26 @@ class Bindings(PolicyStore):
             self._streams_throttle.log(
                 logging.WARNING, "nonces", "the nonce stream of %r is not made: %s", name, why
             )
+
+    async def open_queue(self, ticket: str, job: str, ack_wait: float) -> None:
+        """Make the queue of job ``job`` of the jobs actor the caller serves (its hosting
+        ``ticket`` names it, and says a host may run it as one), its slices handed out
+        again ``ack_wait`` seconds after they were taken if not acknowledged: a ticket
+        grants no consumer's creation, since its config (how many pulls it holds waiting
+        among it) would be the host's (issue 30: 300,000 waiting pulls, 451 MiB of the
+        server's memory). On a NATS without this actor's auth callout, the jobs actor
+        makes its own."""
+        caller = self._caller()
+        hosted = self._check_ticket(ticket, caller)
+        if hosted.role != JOBS:
+            raise Forbidden(f"{hosted.name!r} is hosted as {hosted.role}, not as a jobs actor")
+        if caller not in self.state.names.get(hosted.name, []):
+            raise Forbidden(f"{caller} is not bound to {hosted.name!r}")
+        if not 0 < ack_wait <= _MAX_ACK_WAIT:
+            raise BadRequest(f"ack_wait is more than 0 and at most {_MAX_ACK_WAIT:g} seconds")
+        names = JobsNames(hosted.name)
+        durable, subject = f"job_{check_job_id(job)}", names.work(job)
+        await open_queue(self.nc, names.work_stream, durable, subject, ack_wait=ack_wait)
 
     async def claim(self, ticket: str) -> str:
         """Bind the caller's key to the name of its hosting ``ticket`` if the name is free
