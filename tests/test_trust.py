@@ -5,6 +5,7 @@ server had permissions: now the server refuses it, and the node is unharmed."""
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -575,6 +576,77 @@ async def test_no_host_makes_consumers_of_shared_state(node: Bus, who: str, stre
         await refused(nc, refusals, create, ephemeral)
         info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{shared}", b"", 5)).data)
         assert info["config"]["name"] == shared, info  # it still reads it
+
+
+async def _reflect(nc: nats.NATS, name: str, body: bytes, seq: int, onto: str) -> None:
+    """Have JetStream answer onto ``onto`` with ``body`` stored at sequence ``seq`` of the
+    nonce stream of ``name`` (the replica ``nc``'s own): a direct get of it, its reply
+    subject chosen."""
+    js, stream = nc.jetstream(), nonce_stream(name)
+    last = (await js.stream_info(stream)).state.last_seq
+    assert last < seq, (last, seq)
+    for _ in range(seq - last - 1):
+        await nc.publish(f"actorbus.nonce.{name}", b"x")
+    assert (await js.publish(f"actorbus.nonce.{name}", body)).seq == seq
+    await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode(), reply=onto)
+    await nc.flush()
+
+
+async def test_a_replica_cannot_freeze_a_record_its_hosts_follow(node: Bus) -> None:
+    """Issue 30's third attacker: hosts follow the policy by what its bucket's stream
+    republishes, and took a message's ``Nats-Sequence`` as the entry's revision. A
+    replica had a direct get of its own nonce stream answer onto the changes subject of
+    an admin's record: the genuine record, at a sequence one past the bucket's. The admin
+    was then removed, and kept every admin right on every replica. A change is ordered by
+    the version its record signs now."""
+    admin = Keypair.generate()
+    node.actor("policy", "admin", "add", admin.address)
+    bucket = node.settings.policy_bucket
+    name = f"tenant{secrets.token_hex(3)}"
+    async with (
+        Client(admin, settings=node.settings) as pinned,
+        stranger(node.url, **_listed_host(node, "replica", name)) as (nc, _),
+    ):
+        assert await pinned.call("echo", "is_admin") is True
+        key = f"$KV.{bucket}.admin.{admin.address}"
+        ask = json.dumps({"last_by_subj": key}).encode()
+        got = json.loads((await nc.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", ask, 5)).data)
+        record = base64.b64decode(got["message"]["data"])
+        last = (await nc.jetstream().stream_info(f"KV_{bucket}")).state.last_seq
+        changes = f"actorbus.changes.{bucket}.admin.{admin.address}"
+        await _reflect(nc, name, record, last + 1, changes)
+        await anyio.sleep(0.5)
+        node.actor("policy", "admin", "rm", admin.address)
+
+        async def removed() -> None:
+            assert await pinned.call("echo", "is_admin") is False
+
+        await eventually(removed, timeout=10)
+
+
+async def test_forged_changes_cost_the_policys_followers_nothing(node: Bus) -> None:
+    """Issue 30's third attacker: an answer landing on the policy's changes subject with a
+    sequence far past the bucket's made every host read the policy again, and while it
+    did, keys it did not hold were decided as ``public``: one message every 0.2 s had
+    every keyed caller decided as a stranger. Hosts take no sequence from a message now:
+    a key whose role refuses what ``public`` may do stays refused throughout."""
+    user, role = Keypair.generate(), f"r{secrets.token_hex(3)}"
+    node.actor("policy", "role", "set", role, "--allow", "echo/*", "--deny", "echo/forward")
+    node.actor("policy", "user", "add", user.address, "--role", role)
+    bucket = node.settings.policy_bucket
+    name = f"tenant{secrets.token_hex(3)}"
+    async with stranger(node.url, **_listed_host(node, "replica", name)) as (nc, _):
+        last = (await nc.jetstream().stream_info(f"KV_{bucket}")).state.last_seq
+        gap = f"actorbus.changes.{bucket}.gap"
+        await _reflect(nc, name, b"x", last + 100, gap)
+        direct = f"$JS.API.DIRECT.GET.{nonce_stream(name)}"
+        ask = json.dumps({"seq": last + 100}).encode()
+        async with Client(user, settings=node.settings) as caller:
+            for i in range(20):  # 4 s of forged gaps, a call between each two
+                await nc.publish(direct, ask, reply=gap)
+                await anyio.sleep(0.2)
+                with pytest.raises(Forbidden):  # as its role says, not as a stranger
+                    await caller.call("echo", "forward", str(i))
 
 
 async def test_a_replicas_nonce_window_deletes_no_stream(node: Bus) -> None:

@@ -63,7 +63,8 @@ class Change(NamedTuple):
     """``None``: deleted or purged."""
     revision: int
     """What :meth:`Bucket.update` compares with: unlike a get (a direct get may be served
-    by a replica that lags), the watch has seen this revision land."""
+    by a replica that lags), the watch has seen this revision land. What
+    :meth:`Bucket.changes` yields says what its message said: not to be trusted."""
 
 
 READERS: Final = api.StreamConsumerLimits(inactive_threshold=30.0)
@@ -300,7 +301,7 @@ class Bucket:
         return found
 
     @contextlib.asynccontextmanager
-    async def changes(self) -> AsyncIterator[AsyncIterator[Change]]:
+    async def changes(self, *, verify: float = 30.0) -> AsyncIterator[AsyncIterator[Change]]:
         """Every change stored from its entry on (none of what the bucket held before), as
         an iterator: what the bucket's stream republishes (its owner settles it so:
         :meth:`settle`), heard by a plain subscription, so reading makes nothing on the
@@ -309,12 +310,12 @@ class Bucket:
         bucket's consumers so, and replicas that started after could not read the policy.
 
         On entry the subscription hears them already, so a snapshot read after it misses
-        none (what both show, compare by revision). Raises :class:`Unavailable` on entry if
-        it cannot start, and while iterating if the stream republishes nothing or a change
-        may have been missed, for the reader to read the bucket again: a stream sequence
-        skipped (the stream's messages are numbered one by one, each key's change
-        republished), a reconnect, or the stream ahead of what came for a whole
-        :data:`_VERIFY` seconds (nothing came after the missed one)."""
+        none. What comes may also be forged, a genuine old entry among it (see
+        :meth:`_followed`): the reader orders by what each entry signs. Raises
+        :class:`Unavailable` on entry if it cannot start, and while iterating if the stream
+        republishes nothing or a change may have been missed, for the reader to read the
+        bucket again: a reconnect, or fewer changes heard than the stream stored over two
+        periods of ``verify`` seconds (how often it looks how many the stream stored)."""
         subject = changes_of(self.name)
         nc = self._nc
         try:
@@ -328,17 +329,24 @@ class Bucket:
             except JS_ERRORS as exc:
                 raise Unavailable(f"following bucket {self.name}: {exc}") from exc
             republished = info.config.republish == _republish(self.name)
-            yield self._followed(sub, info.state.last_seq, republished)
+            yield self._followed(sub, info.state.last_seq, republished, verify)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(*JS_ERRORS):
                 await sub.unsubscribe()
 
     async def _followed(
-        self, sub: Subscription, last: int, republished: bool
+        self, sub: Subscription, stored: int, republished: bool, verify: float
     ) -> AsyncIterator[Change]:
-        """:meth:`changes`' iterator: the changes ``sub`` hears after stream sequence
-        ``last`` (and those before it that it hears too), if the stream is
-        ``republished``."""
+        """:meth:`changes`' iterator: what ``sub`` hears (the stream held ``stored``
+        messages' sequences when it started), if the stream is ``republished``.
+
+        Nothing a message says is taken as the stream's: JetStream answers on the reply
+        subject its request names, so any connection that may get from a stream of its
+        own can have an answer, headers and all, land here (issue 30's third attacker
+        froze a removed admin's record on every follower with a genuine old record and a
+        ``Nats-Sequence`` ahead of the bucket's). A change's ``revision`` is what its
+        message says, for show: its record's own signed version orders it. Missed ones
+        are found by what the stream says of itself, every ``verify`` seconds."""
         if not republished:
             raise Unavailable(
                 f"bucket {self.name} does not publish its changes (its owner settles it so)"
@@ -346,7 +354,7 @@ class Bucket:
         nc = self._nc
         reconnects = nc.stats["reconnects"]
         prefix = len(changes_of(self.name)) + 1
-        checked, ahead = time.monotonic(), 0
+        checked, heard, owed = time.monotonic(), 0, 0
         while True:
             try:
                 msg: Msg | None = await sub.next_msg(timeout=_IDLE)
@@ -354,29 +362,29 @@ class Bucket:
                 msg = None
             except JS_ERRORS as exc:
                 raise Unavailable(f"following bucket {self.name}: {exc}") from exc
-            if msg is None:
-                if nc.stats["reconnects"] != reconnects:
-                    raise Unavailable(f"bucket {self.name}: reconnected, changes may be missed")
-                if time.monotonic() - checked < _VERIFY:
-                    continue
-                if ahead > last:
-                    raise Unavailable(f"bucket {self.name}: change {ahead} never came")
+            if nc.stats["reconnects"] != reconnects:
+                raise Unavailable(f"bucket {self.name}: reconnected, changes may be missed")
+            if time.monotonic() - checked >= verify:
                 try:
-                    ahead = (await self._js.stream_info(self.stream)).state.last_seq
+                    now = (await self._js.stream_info(self.stream)).state.last_seq
                 except JS_ERRORS as exc:
                     raise Unavailable(f"following bucket {self.name}: {exc}") from exc
-                checked = time.monotonic()
+                # Changes stored and not heard, carried over one check (one on its way at
+                # a check is heard by the next); more heard than stored owes nothing.
+                before, owed = owed, max(0, owed + (now - stored) - heard)
+                if owed and before:
+                    raise Unavailable(f"bucket {self.name}: {owed} of its changes never came")
+                checked, stored, heard = time.monotonic(), now, 0
+            if msg is None:
                 continue
+            heard += 1
             headers = msg.headers or {}
             try:
-                seq = int(headers.get("Nats-Sequence", ""))
+                revision = int(headers.get("Nats-Sequence", "0"))
             except ValueError:
-                continue  # not a republished entry
-            if seq > last + 1:
-                raise Unavailable(f"bucket {self.name}: changes {last + 1} to {seq - 1} missed")
-            last = max(last, seq)
+                revision = 0
             deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
-            yield Change(msg.subject[prefix:], None if deleted else msg.data, seq)
+            yield Change(msg.subject[prefix:], None if deleted else msg.data, revision)
 
     async def _got(self, subjects: list[str], timeout: float) -> list[Change]:
         """:meth:`latest` through the API's gets (:mod:`.stored`)."""
@@ -422,9 +430,6 @@ _GONE_AFTER = 5.0
 """Seconds a watch's consumer outlives its reader."""
 _IDLE = 1.0
 """Seconds without a change after which a follower looks whether it reconnected."""
-_VERIFY = 30.0
-"""Seconds between a follower's looks at its stream's last sequence, while no change
-comes (a change it missed with none after it is found so)."""
 _FOLLOWED_MAX = 1_000_000
 """Changes a follower's subscription holds unread at most (past that nats-py drops them,
 and the follower finds the gap)."""

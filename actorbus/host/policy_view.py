@@ -35,7 +35,7 @@ import anyio.abc
 
 from ..bus import NATS, ActorError, Unavailable
 from ..bus.connection import subscribe
-from ..bus.jetstream import Bucket, Change, deleted_advisory
+from ..bus.jetstream import Bucket, Change, deleted_advisory, stream_exists
 from ..bus.pins import pin_policy, pinned_policy, policy_seen
 from ..bus.records import open_record
 from ..bus.settings import Settings
@@ -176,8 +176,6 @@ class PolicyView:
         """The bucket followed now (lazy: where keys' records are read from)."""
         self._held: OrderedDict[str, None] = OrderedDict()
         """The keys whose own records this view holds, the least recent first."""
-        self._revisions: dict[str, int] = {}
-        """Per record held, the revision applied (a snapshot and the changes overlap)."""
         self._learning: dict[str, tuple[anyio.Event, list[Change]]] = {}
         """Keys whose records are being read, and the changes to them meanwhile."""
         self._throttle = LogThrottle(log)
@@ -279,8 +277,9 @@ class PolicyView:
             raise lost
 
     async def _until_deleted(self, bucket: Bucket, scope: anyio.CancelScope) -> None:
-        """Cancel ``scope`` when JetStream says the bucket's stream was deleted (a forged
-        advisory costs a look at the bucket, no more)."""
+        """Cancel ``scope`` when JetStream says the bucket's stream was deleted and it is
+        gone (anyone can have an answer land on the advisory's subject: a forged one costs
+        a look at the bucket, no more)."""
         try:
             sub = await subscribe(self._nc, deleted_advisory(bucket.stream))
         except Unavailable as exc:  # the connection is closing: the watch ends too
@@ -288,6 +287,11 @@ class PolicyView:
             return
         try:
             async for _ in sub.messages:
+                try:
+                    if await stream_exists(self._nc, bucket.stream):
+                        continue
+                except Unavailable:
+                    pass  # cannot tell: look for it again from the start
                 scope.cancel()
                 return
         finally:
@@ -341,7 +345,6 @@ class PolicyView:
         async with bucket.changes() as changes:
             fresh = PolicyState()
             self._held.clear()
-            self._revisions = {}
             counted = sum(self._apply(fresh, c) for c in await bucket.latest(_SHARED))
             live = self._loaded(fresh, counted)
             self._following = bucket if live else None
@@ -363,13 +366,10 @@ class PolicyView:
                 self._apply(self.state, change)
 
     def _apply(self, state: PolicyState, change: Change) -> bool:
-        """Apply ``change`` unless what is held of its key is newer; whether it counted."""
-        if change.revision <= self._revisions.get(change.key, 0):
-            return False
-        if not self.records.apply(state, change.key, change.value):
-            return False
-        self._revisions[change.key] = change.revision
-        return True
+        """Apply ``change`` unless what is held of its key is newer (by the version its
+        record signs: a change's revision may be forged, :meth:`.Bucket.changes`);
+        whether it counted."""
+        return self.records.apply(state, change.key, change.value)
 
     def knows(self, key: str) -> bool:
         """Whether deciding for ``key`` needs nothing read first."""
@@ -407,12 +407,11 @@ class PolicyView:
         finally:
             del self._learning[key]
             done.set()
-        for change in sorted([*found, *changed], key=lambda c: c.revision):
+        for change in [*found, *changed]:
             self._apply(self.state, change)
         self._held[key] = None
         if len(self._held) > _HELD:  # let go of the key that called least lately
             dropped, _ = self._held.popitem(last=False)
             self.state.forget(dropped)
             for kind in PER_KEY:
-                self._revisions.pop(f"{kind}.{dropped}", None)
                 self.records.versions.pop(f"{kind}.{dropped}", None)
