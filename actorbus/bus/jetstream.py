@@ -377,8 +377,10 @@ class Bucket:
                 checked, stored, heard = time.monotonic(), now, 0
             if msg is None:
                 continue
-            heard += 1
             headers = msg.headers or {}
+            if headers.get("Nats-Stream") != self.stream:
+                continue  # another stream's answer aimed here (a push delivery may pass)
+            heard += 1
             try:
                 revision = int(headers.get("Nats-Sequence", "0"))
             except ValueError:

@@ -86,6 +86,7 @@ class PolicyRecords:
         self.trusted = trusted
         self._pin = pin
         self._reported: set[str] = set()
+        self._throttle = LogThrottle(log)
         self._keep = keep
         self.kept: dict[str, bytes] = {}
         """The signed records (as stored) of the keys in ``keep`` that count."""
@@ -132,7 +133,16 @@ class PolicyRecords:
             self._reported.clear()  # a flood of keys: say some again rather than grow
         if key not in self._reported:
             self._reported.add(key)
-            log.warning("policy %s: ignoring %s: %s", self.bucket, key[:80], why)
+            # Anyone may have an answer land on the changes subject (issue 30: 20,000
+            # forged keys made 100,000 lines): said at a bounded pace, whatever the keys.
+            self._throttle.log(
+                logging.WARNING,
+                "ignored",
+                "policy %s: ignoring %s: %s",
+                self.bucket,
+                key[:80],
+                why,
+            )
 
 
 async def load_state(
@@ -215,6 +225,8 @@ class PolicyView:
             try:
                 bucket = await Bucket.find(self._nc, self.bucket)
                 self._absent = bucket is None
+                if bucket is None:
+                    self._following = None  # no records to learn a key's from
                 if bucket is None and self._seen:
                     # A policy this home knows (or saw) is gone: not "no policy".
                     self.enforced = False
@@ -270,8 +282,6 @@ class PolicyView:
                     await self._apply_records(bucket, mark_ready)
             except Unavailable as exc:  # raised out of the group, not inside one
                 lost = exc
-            finally:
-                self._following = None
             tg.cancel_scope.cancel()
         if lost is not None:
             raise lost
@@ -344,9 +354,13 @@ class PolicyView:
         one) is read again every :data:`_RECHECK` seconds."""
         async with bucket.changes() as changes:
             fresh = PolicyState()
-            self._held.clear()
             counted = sum(self._apply(fresh, c) for c in await bucket.latest(_SHARED))
+            # Until the fresh copy replaces the last one, keys are still learned into the
+            # last one (issue 30: read again after a reconnect, a host decided every key it
+            # did not hold as `public`): what it held is let go as it is replaced, at once.
             live = self._loaded(fresh, counted)
+            if live:
+                self._held.clear()
             self._following = bucket if live else None
             mark_ready()
             if not live:
