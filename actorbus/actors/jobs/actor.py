@@ -85,13 +85,19 @@ class Jobs(Actor):
         ticket grants no consumer's creation (its config, how many pulls it holds waiting
         among it, would be this host's). On a NATS with no policy actor, make it here."""
         name = self.name or "jobs"
+        names = JobsNames(name)
+        policy = self.__actorbus_policy__
+        if policy is None or not policy.enforced:  # no policy here: asking it waits in vain
+            await open_queue(
+                self.nc, names.work_stream, f"job_{job}", names.work(job), ack_wait=ack_wait
+            )
+            return
         ticket = host_ticket(host_key(self.settings), name, JOBS, self.key.address)
         try:
             await self.client.request(
                 self.settings.policy, "open_queue", [ticket, job, ack_wait], timeout=_ASK_WAIT
             )
         except (NoResponders, NoSuchActor):
-            names = JobsNames(name)
             await open_queue(
                 self.nc, names.work_stream, f"job_{job}", names.work(job), ack_wait=ack_wait
             )
